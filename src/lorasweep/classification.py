@@ -1,0 +1,46 @@
+"""Sequence classification: encode (text, label) rows, and evaluate accuracy with its standard error."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import DataCollatorWithPadding
+
+from .metrics import binomial_se
+
+
+def encode(rows: Sequence[dict], tokenizer, label_ids: dict[str, int], max_length: int) -> list[dict]:
+    """Tokenize without padding: the collator pads each batch to its own longest row."""
+    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
+    return [{"input_ids": ids, "attention_mask": mask, "labels": label_ids[str(r["label"])]}
+            for ids, mask, r in zip(enc["input_ids"], enc["attention_mask"], rows)]
+
+
+def collator(tokenizer) -> DataCollatorWithPadding:
+    return DataCollatorWithPadding(tokenizer)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, encoded: Sequence[dict], batch_size: int) -> dict[str, float]:
+    """Accuracy, its binomial standard error, n, and mean cross-entropy loss."""
+    was_training = model.training
+    model.eval()
+    collate = collator(tokenizer)
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(encoded), batch_size):
+        batch = collate(list(encoded[start:start + batch_size])).to(_device(model))
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(-1) == labels).sum().item()
+    model.train(was_training)
+    n = len(encoded)
+    acc = correct / n if n else math.nan
+    return {"accuracy": acc, "accuracy_se": binomial_se(acc, n), "n": n,
+            "loss": loss_sum / n if n else math.nan}
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device

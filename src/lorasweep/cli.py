@@ -1,0 +1,23 @@
+"""What launch.py calls: run one composed config, and turn a user's mistake into one clear line."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+from .assets import ModelUnavailableError
+from .data import DataError
+from .spec import ConfigError
+
+USER_ERRORS = (ConfigError, DataError, ModelUnavailableError)
+
+
+def run_or_explain(cfg: Mapping[str, Any]) -> float | None:
+    """Run the config and return the objective (for sweepers); exit 2 with a message on bad input."""
+    from .run import run_from_config
+
+    try:
+        result = run_from_config(cfg)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return (result.get("objective") or {}).get("value")

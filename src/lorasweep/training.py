@@ -1,0 +1,128 @@
+"""The training loop: transformers' Trainer for classification, trl's SFTTrainer for chat SFT.
+
+Both trainers evaluate with the task's own evaluator (accuracy with its standard error, the same
+code as the final test evaluation) every `train.eval_steps`, which yields the run's curve.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from trl import SFTConfig, SFTTrainer
+
+from .spec import TrainSpec
+from .tracking import Tracker
+
+Evaluator = Callable[[torch.nn.Module], dict]
+
+
+@dataclass
+class TrainOutcome:
+    curve: list[dict] = field(default_factory=list)
+    steps: int = 0
+    train_seconds: float = 0.0    # optimisation only: evaluations along the way are not counted
+    eval_seconds: float = 0.0
+    examples: int = 0
+    final_train_loss: float | None = None
+
+
+class _TaskEvaluation:
+    """Mixin for a Trainer: evaluate() runs the task's evaluator and records a curve point."""
+
+    task_evaluate: Evaluator
+    outcome: TrainOutcome
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        start = time.perf_counter()
+        metrics = self.task_evaluate(self.model)
+        self.outcome.eval_seconds += time.perf_counter() - start
+        losses = [h["loss"] for h in self.state.log_history if "loss" in h]
+        self.outcome.curve.append({"step": self.state.global_step, "epoch": self.state.epoch or 0.0,
+                                   "train_loss": losses[-1] if losses else None, **metrics})
+        logs = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        self.log(logs)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, logs)
+        return logs
+
+
+class _ClassificationTrainer(_TaskEvaluation, Trainer):
+    pass
+
+
+class _SFTTrainer(_TaskEvaluation, SFTTrainer):
+    pass
+
+
+class ProgressPrinter(TrainerCallback):
+    """One line per log: step, loss, examples/s and ETA; eval lines with accuracy ± SE. Forwards to the tracker."""
+
+    def __init__(self, tracker: Tracker, batch_size: int):
+        self.tracker, self.batch_size, self.start = tracker, batch_size, time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        self.tracker.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, state.global_step)
+        step, total = state.global_step, state.max_steps
+        if "eval_accuracy" in logs:
+            print(f"  eval  step {step:>5}/{total}  accuracy {logs['eval_accuracy']:.3f} "
+                  f"± {logs['eval_accuracy_se']:.3f} (n={logs['eval_n']})  loss {logs['eval_loss']:.3f}",
+                  file=sys.stderr, flush=True)
+        elif "loss" in logs and step:
+            elapsed = time.perf_counter() - self.start
+            rate = step * self.batch_size / elapsed
+            eta = elapsed / step * (total - step)
+            print(f"  train step {step:>5}/{total}  loss {logs['loss']:.4f}  {rate:.1f} ex/s  "
+                  f"ETA {eta:.0f}s", file=sys.stderr, flush=True)
+
+
+def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluator, spec: TrainSpec,
+          workdir: Path, tracker: Tracker, collator=None) -> TrainOutcome:
+    """Train `model` in place and return its curve and timing. kind: classification | mcq."""
+    outcome = TrainOutcome()
+    common = _arguments(spec, workdir)
+    if kind == "classification":
+        trainer = _ClassificationTrainer(model=model, args=TrainingArguments(**common),
+                                         train_dataset=train_data, eval_dataset=eval_data,
+                                         data_collator=collator, processing_class=tokenizer)
+    else:
+        # SFTConfig defaults to bf16 and gradient checkpointing: both wrong on a CPU (2x slower,
+        # and a reloaded adapter differs), so they are set explicitly.
+        args = SFTConfig(**common, max_length=spec.max_length, gradient_checkpointing=False,
+                         packing=False, completion_only_loss=True)
+        trainer = _SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
+                              processing_class=tokenizer)
+    trainer.task_evaluate, trainer.outcome = evaluator, outcome
+    trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
+    trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))
+    trainer.evaluate()  # the curve's step-0 point: the model before any update
+    outcome.eval_seconds = 0.0
+    before_evals = time.perf_counter()
+    out = trainer.train()
+    wall = time.perf_counter() - before_evals
+    outcome.train_seconds = wall - outcome.eval_seconds
+    outcome.steps = out.global_step
+    outcome.examples = out.global_step * spec.batch_size
+    outcome.final_train_loss = out.training_loss
+    return outcome
+
+
+def _arguments(spec: TrainSpec, workdir: Path) -> dict:
+    cuda = torch.cuda.is_available()
+    return dict(
+        output_dir=str(workdir), per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.eval_batch_size, learning_rate=spec.lr,
+        num_train_epochs=spec.epochs, max_steps=spec.max_steps, weight_decay=spec.weight_decay,
+        warmup_steps=spec.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all steps
+        eval_strategy="steps", eval_steps=spec.eval_steps,
+        logging_steps=max(1, spec.eval_steps // 5), save_strategy="no",
+        seed=spec.seed, data_seed=spec.seed, use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,  # never bf16 autocast on a CPU
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0)

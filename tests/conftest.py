@@ -1,0 +1,38 @@
+"""Shared helpers: compose the project's real Hydra config, and run tiny end-to-end runs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny run: a few steps on a slice of the real data, in seconds.
+TINY_TOPICS = ["model=tiny-bert", "task=wordnet_topics", "train.max_steps=4", "train.eval_steps=2",
+               "task.max_train=32", "task.max_eval=16", "task.max_test=16", "train.batch_size=8"]
+TINY_MCQ = ["model=tiny-qwen3", "task=wordnet_mcq", "train.max_steps=4", "train.eval_steps=2",
+            "task.max_train=16", "task.max_eval=6", "task.max_test=8", "train.batch_size=4"]
+
+
+def compose_config(overrides: list[str]) -> dict:
+    """The fully resolved config launch.py would get for these command-line overrides."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def launch(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python launch.py ARGS` as a user would, in `cwd`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    return tmp_path / "results"

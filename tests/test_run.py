@@ -1,0 +1,127 @@
+"""End to end on tiny models and real data slices: every method trains, evaluates and writes its result."""
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from lorasweep import models, tasks
+from lorasweep.data import DataError
+from lorasweep.run import run_from_config
+from lorasweep.spec import from_config
+
+from conftest import TINY_MCQ, TINY_TOPICS, compose_config
+
+REQUIRED = {"schema", "run_key", "status", "reason", "config", "params", "metrics", "objective",
+            "curve", "timing", "memory", "env", "artifacts"}
+
+
+def run(overrides, results_dir):
+    cfg = compose_config(overrides + [f"results_dir={results_dir}"])
+    return cfg, run_from_config(cfg)
+
+
+def stored(result_dir, result):
+    return json.loads((result_dir / f"{result['slug']}-{result['run_key']}" / "result.json").read_text())
+
+
+@pytest.mark.parametrize("base", [TINY_TOPICS, TINY_MCQ], ids=["classification", "mcq"])
+@pytest.mark.parametrize("method", ["none", "lora", "dora", "full"])
+def test_each_method_writes_a_valid_result(base, method, results_dir):
+    cfg, result = run(base + [f"method={method}"], results_dir)
+    on_disk = stored(results_dir, result)
+    assert REQUIRED <= set(on_disk) and on_disk["status"] == "done" and on_disk["schema"] == 1
+    test = on_disk["metrics"]["test"]
+    assert test["n"] == cfg["task"]["max_test"] and 0 <= test["accuracy"] <= 1
+    assert test["accuracy_se"] == pytest.approx((test["accuracy"] * (1 - test["accuracy"]) / test["n"]) ** 0.5)
+    assert on_disk["objective"] == {"name": "test.accuracy", "value": test["accuracy"], "direction": "maximize"}
+    p = on_disk["params"]
+    if method == "none":
+        assert p["trainable"] == 0 and on_disk["curve"] == [] and on_disk["artifacts"] == {}
+    else:
+        # curve: the step-0 point, then every eval_steps=2 of 4 steps
+        assert [c["step"] for c in on_disk["curve"]] == [0, 2, 4]
+        assert on_disk["timing"]["steps"] == 4 and on_disk["artifacts"]["size_bytes"] > 0
+    if method in ("lora", "dora"):
+        assert on_disk["config"]["lora"] == {"r": 8, "alpha": 16.0, "dropout": 0.05, "proj": "qkvo"}
+        assert p["n_adapted_modules"] == len(p["adapted_modules"]) == 2 * 4  # 2 layers x qkvo
+        assert 0 < p["trainable"] < p["total"]
+    if method == "full":
+        assert p["trainable"] == p["total"]
+
+
+def test_dora_trains_magnitudes_on_top_of_lora(results_dir):
+    _, lora = run(TINY_TOPICS + ["method=lora"], results_dir)
+    _, dora = run(TINY_TOPICS + ["method=dora"], results_dir)
+    # one magnitude per output feature of each adapted 64x64 projection: 8 modules x 64
+    assert dora["params"]["trainable"] - lora["params"]["trainable"] == 8 * 64
+
+
+def test_training_lowers_the_loss(results_dir):
+    _, result = run(TINY_TOPICS + ["method=full", "train.max_steps=12", "train.eval_steps=12",
+                                   "train.lr=3e-3", "task.max_eval=32"], results_dir)
+    curve = result["curve"]
+    assert curve[-1]["loss"] < curve[0]["loss"]
+
+
+@pytest.mark.parametrize("base,method", [(TINY_TOPICS, "lora"), (TINY_MCQ, "dora")], ids=["cls-lora", "mcq-dora"])
+def test_adapter_round_trip_gives_the_same_predictions(base, method, results_dir):
+    cfg, result = run(base + [f"method={method}", "train.lr=5e-3"], results_dir)
+    spec = from_config(cfg)
+    task = tasks.load_task(spec.task)
+    base_model, tokenizer = models.load_model(spec.model, task.head, task.num_labels)
+    reloaded = PeftModel.from_pretrained(base_model, result["artifacts"]["path"])
+    metrics = tasks.evaluator(task, tokenizer, task.test, spec.train)(reloaded)
+    assert metrics["accuracy"] == result["metrics"]["test"]["accuracy"]
+    assert metrics["loss"] == pytest.approx(result["metrics"]["test"]["loss"], abs=1e-5)
+    # and the adapter changed the model: the reloaded scores differ from the bare base model's
+    bare, _ = models.load_model(spec.model, task.head, task.num_labels)
+    assert tasks.evaluator(task, tokenizer, task.test, spec.train)(bare)["loss"] != pytest.approx(metrics["loss"], abs=1e-6)
+
+
+def test_a_finished_run_is_not_trained_again(results_dir):
+    _, first = run(TINY_TOPICS, results_dir)
+    folder = results_dir / f"{first['slug']}-{first['run_key']}"
+    before = (folder / "result.json").stat().st_mtime_ns
+    _, second = run(TINY_TOPICS, results_dir)
+    assert second == first and (folder / "result.json").stat().st_mtime_ns == before
+
+
+def test_malformed_row_is_reported_with_file_and_line_before_loading(tmp_path, results_dir):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"text": "a dog", "label": "noun.animal"}\n{"text": "a cat"}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:2: missing field 'label'"):
+        run(TINY_TOPICS + [f"task.train={bad}"], results_dir)
+    assert not results_dir.exists()  # nothing was started
+
+
+def test_budget_over_the_cap_is_recorded_not_trained(results_dir):
+    _, result = run(TINY_TOPICS + ["method=full", "budget.max_trainable=1000"], results_dir)
+    on_disk = stored(results_dir, result)
+    assert on_disk["status"] == "skipped_budget" and "exceed the budget of 1,000" in on_disk["reason"]
+    assert on_disk["params"]["trainable"] > 1000 and "metrics" not in on_disk
+
+
+def test_a_failing_run_leaves_a_failed_result_and_traceback(results_dir, monkeypatch):
+    from lorasweep import run as run_module
+
+    def explode(*a, **k):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(run_module, "train", explode)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run(TINY_TOPICS, results_dir)
+    [folder] = list(results_dir.iterdir())
+    result = json.loads((folder / "result.json").read_text())
+    assert result["status"] == "failed" and "disk on fire" in result["reason"]
+    assert "RuntimeError: disk on fire" in (folder / "traceback.txt").read_text()
+    monkeypatch.undo()
+    _, again = run(TINY_TOPICS, results_dir)  # a failed run is retried, not skipped
+    assert again["status"] == "done"
+
+
+def test_cpu_training_is_fp32_not_bf16(results_dir):
+    assert not torch.cuda.is_available()
+    _, result = run(TINY_MCQ + ["method=lora"], results_dir)
+    from safetensors.torch import load_file
+    weights = load_file(f"{result['artifacts']['path']}/adapter_model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}

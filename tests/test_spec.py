@@ -1,0 +1,72 @@
+"""Composing configs from the groups, and every bad value refused with field, value and what is valid."""
+import pytest
+
+from lorasweep.spec import ConfigError, from_config
+
+from conftest import compose_config
+
+
+def spec_of(*overrides):
+    return from_config(compose_config(list(overrides)))
+
+
+def test_default_composes_to_the_embedded_default():
+    spec = spec_of()
+    assert (spec.model.name, spec.model.source, spec.task.name, spec.method) == \
+        ("minilm", "package", "wordnet_topics", "lora")
+    assert (spec.lora.r, spec.lora.alpha, spec.lora.proj) == (8, 16.0, "qkvo")
+
+
+def test_alpha_follows_r_unless_set():
+    assert spec_of("lora.r=4").lora.alpha == 8.0
+    assert spec_of("lora.r=32").lora.alpha == 64.0
+    assert spec_of("lora.r=32", "lora.alpha=16").lora.alpha == 16.0
+
+
+def test_groups_compose():
+    spec = spec_of("model=smollm2-135m", "method=dora", "lora.r=8", "lora.proj=vq", "lora.dropout=0.1",
+                   "train.lr=2e-4", "train.seed=1", "task=wordnet_mcq")
+    assert spec.model.family == "llama" and spec.method == "dora" and spec.task.kind == "mcq"
+    assert (spec.lora.proj, spec.lora.dropout, spec.train.lr, spec.train.seed) == ("qv", 0.1, 2e-4, 1)
+    assert spec.train.max_length == 192  # the task's train tweak applies
+
+
+def test_method_full_lowers_lr_but_the_command_line_wins():
+    assert spec_of("method=full").train.lr == 5e-5
+    assert spec_of("method=full", "train.lr=1e-4").train.lr == 1e-4
+
+
+def test_run_key_is_stable_and_ignores_what_does_not_define_the_run():
+    a, b = spec_of("lora.proj=qkvo"), spec_of("lora.proj=vkqo")
+    assert a.run_key == b.run_key  # a code is a set
+    assert spec_of("lora.r=4").run_key != a.run_key
+    assert spec_of("train.seed=1").run_key != a.run_key
+    # lora settings do not define a full fine-tuning run
+    assert spec_of("method=full", "lora.r=4").run_key == spec_of("method=full", "lora.r=16").run_key
+    key_results = from_config({**compose_config([]), "results_dir": "/elsewhere"}).run_key
+    assert key_results == a.run_key
+
+
+@pytest.mark.parametrize("override,field,valid", [
+    ("lora.r=0", "lora.r=0", "positive integer"),
+    ("lora.r=-4", "lora.r=-4", "positive integer"),
+    ("lora.dropout=1.0", "lora.dropout=1.0", "[0, 1)"),
+    ("lora.dropout=-0.1", "lora.dropout=-0.1", "[0, 1)"),
+    ("train.lr=0", "train.lr=0", "positive number"),
+    ("train.lr=-1e-4", "train.lr=-0.0001", "positive number"),
+    ("lora.alpha=-2", "lora.alpha=-2", "positive number"),
+    ("train.batch_size=0", "train.batch_size=0", "positive integer"),
+    ("method.name=qlora", "method='qlora'", "none, lora, dora, full"),
+    ("lora.proj=qkx", "lora.proj='qkx'", "q k v o g u d"),
+    ("lora.proj=''", "lora.proj=''", "empty"),
+])
+def test_bad_values_name_field_value_and_valid(override, field, valid):
+    with pytest.raises(ConfigError) as e:
+        spec_of(override)
+    assert field in str(e.value) and valid in str(e.value)
+
+
+def test_bert_has_no_gate():
+    with pytest.raises(ConfigError) as e:
+        spec_of("model=minilm", "lora.proj=qkvg")
+    assert "'g' (MLP gate)" in str(e.value) and "valid codes for bert: q k v o u d" in str(e.value)
