@@ -13,6 +13,7 @@ USER_ERRORS = (ConfigError, DataError, ModelUnavailableError)
 
 def run_or_explain(cfg: Mapping[str, Any]) -> float | None:
     """Run the config and return the objective (for sweepers); exit 2 with a message on bad input."""
+    _quiet_libraries()
     from .run import run_from_config
 
     try:
@@ -21,3 +22,16 @@ def run_or_explain(cfg: Mapping[str, Any]) -> float | None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return (result.get("objective") or {}).get("value")
+
+
+def _quiet_libraries() -> None:
+    """Keep the console to lorasweep's own progress lines: no per-file progress bars from datasets
+    and transformers, no deprecation notices about their internals."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()

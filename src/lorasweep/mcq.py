@@ -33,44 +33,70 @@ def prompt_ids(tokenizer, row: dict) -> list[int]:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, rows: Sequence[dict], batch_size: int, max_length: int) -> dict[str, float]:
-    """Accuracy (argmax of summed option log-likelihood), its SE, n, and the answer's NLL per token."""
+    """Accuracy (argmax of summed option log-likelihood), its SE, n, and the answer's NLL per token.
+
+    `batch_size` counts questions: their prompts run once, and the options continue from the
+    prompts' cached keys and values (a question's options share its prefix).
+    """
     was_training = model.training
     model.eval()
-    seqs = []  # (row index, option index, prompt ids, answer ids)
-    for i, row in enumerate(rows):
-        p = prompt_ids(tokenizer, row)
-        for j in range(len(row["options"])):
-            a = tokenizer(mcq_answer(row["options"], j), add_special_tokens=False)["input_ids"]
-            seqs.append((i, j, p[-(max_length - len(a)):], a))  # keep the answer, cut the prompt's start
-    scores = [[0.0] * len(r["options"]) for r in rows]
-    ntoks = [[1] * len(r["options"]) for r in rows]
-    for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start:start + batch_size]
-        for (i, j, _, a), lp in zip(chunk, _answer_logprobs(model, tokenizer, chunk)):
-            scores[i][j], ntoks[i][j] = lp, len(a)
+    items = []
+    for row in rows:
+        answers = [tokenizer(mcq_answer(row["options"], j), add_special_tokens=False)["input_ids"]
+                   for j in range(len(row["options"]))]
+        keep = max_length - max(map(len, answers))
+        items.append((prompt_ids(tokenizer, row)[-keep:], answers))  # cut the prompt's start, never an answer
+    scores = []
+    for start in range(0, len(items), batch_size):
+        scores += score_options(model, tokenizer.pad_token_id or 0, items[start:start + batch_size])
     model.train(was_training)
     correct = sum(max(range(len(s)), key=s.__getitem__) == r["answer"] for s, r in zip(scores, rows))
-    nll = sum(-s[r["answer"]] / t[r["answer"]] for s, t, r in zip(scores, ntoks, rows))
+    nll = sum(-s[r["answer"]] / len(a[r["answer"]]) for s, (_, a), r in zip(scores, items, rows))
     n = len(rows)
     acc = correct / n if n else math.nan
     return {"accuracy": acc, "accuracy_se": binomial_se(acc, n), "n": n,
             "loss": nll / n if n else math.nan}
 
 
-def _answer_logprobs(model, tokenizer, chunk) -> list[float]:
-    """Sum of log p(answer tokens | prompt) for each (prompt, answer) in the chunk, right-padded."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    longest = max(len(p) + len(a) for _, _, p, a in chunk)
-    ids = torch.full((len(chunk), longest), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, (_, _, p, a) in enumerate(chunk):
-        ids[b, :len(p) + len(a)] = torch.tensor(p + a)
-        mask[b, :len(p) + len(a)] = 1
+def score_options(model, pad_id: int, items: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
+    """log p(answer | prompt), summed over the answer's tokens, for every (prompt, answers) item.
+
+    Pass 1 runs the left-padded prompts and keeps their cache and last-position logits (which
+    predict each answer's first token). Pass 2 runs every answer from its prompt's cache.
+    """
     device = next(model.parameters()).device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    out = []
-    for b, (_, _, p, a) in enumerate(chunk):
-        pos = torch.arange(len(p) - 1, len(p) + len(a) - 1)  # logits at t predict token t+1
-        out.append(logprobs[b, pos.to(device), torch.tensor(a, device=device)].sum().item())
-    return out
+    prompts = [p for p, _ in items]
+    ids, mask = _pad([p for p in prompts], pad_id, left=True)
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                position_ids=_positions(mask).to(device), use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)           # [questions, vocab]
+    owner = torch.tensor([q for q, (_, answers) in enumerate(items) for _ in answers])
+    answers = [a for _, ans in items for a in ans]
+    cache = out.past_key_values
+    cache.batch_select_indices(owner.to(device))                          # one cache row per answer
+    a_ids, a_mask = _pad(answers, pad_id, left=False)
+    positions = mask.sum(-1)[owner, None] + torch.arange(a_ids.shape[1])
+    out = model(input_ids=a_ids.to(device), attention_mask=torch.cat([mask[owner], a_mask], 1).to(device),
+                position_ids=positions.to(device), past_key_values=cache, use_cache=False)
+    rest = torch.log_softmax(out.logits.float(), dim=-1)                   # [answers, len, vocab]
+    flat = []
+    for r, (q, a) in enumerate(zip(owner.tolist(), answers)):
+        lp = first[q, a[0]] + sum(rest[r, k - 1, a[k]] for k in range(1, len(a)))
+        flat.append(float(lp))
+    it = iter(flat)
+    return [[next(it) for _ in ans] for _, ans in items]
+
+
+def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, span], mask[i, span] = torch.tensor(s), 1
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, so absolute-position models see the same numbers."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)

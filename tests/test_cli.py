@@ -1,0 +1,48 @@
+"""launch.py as a user types it: a tiny run, and bad input answered with one clear line, fast."""
+import json
+import time
+
+import pytest
+
+from conftest import TINY_TOPICS, launch
+
+
+def test_launch_runs_and_prints_a_summary(tmp_path):
+    proc = launch(TINY_TOPICS + ["method=lora", "lora.r=4", "lora.proj=vq"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [result_file] = list((tmp_path / "results").glob("*/result.json"))
+    result = json.loads(result_file.read_text())
+    assert result["config"]["lora"] == {"r": 4, "alpha": 8.0, "dropout": 0.05, "proj": "qv"}
+    summary = proc.stderr.strip().splitlines()[-1]
+    acc, se = result["metrics"]["test"]["accuracy"], result["metrics"]["test"]["accuracy_se"]
+    assert f"test accuracy {acc:.3f} ± {se:.3f}" in summary
+    assert f"{result['params']['trainable']:,} trainable params" in summary
+    assert "train step" in proc.stderr and "eval  step" in proc.stderr  # progress was shown
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["lora.proj=qkx"], ["lora.proj='qkx'", "'x'", "q k v o g u d"]),
+    (["model=minilm", "lora.proj=qkvg"], ["'g' (MLP gate)", "valid codes for bert: q k v o u d"]),
+    (["lora.r=0"], ["lora.r=0", "positive integer"]),
+    (["lora.dropout=1.5"], ["lora.dropout=1.5", "[0, 1)"]),
+    (["train.lr=0"], ["train.lr=0", "positive number"]),
+    (["model=qwen3-0.6b"], ["qwen3-0.6b", "Qwen/Qwen3-0.6B", "minilm", "smollm2-135m"]),
+])
+def test_bad_input_fails_fast_with_one_clear_message(tmp_path, args, needles):
+    start = time.perf_counter()
+    proc = launch(args, cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr
+    assert elapsed < 30  # generous for a loaded CI machine; seconds on an idle one
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("group,value", [("model", "nope"), ("task", "nope")])
+def test_unknown_group_option_lists_the_available_ones(tmp_path, group, value):
+    proc = launch([f"{group}={value}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert f"Could not find '{group}/{value}'" in proc.stderr
+    assert ("minilm" if group == "model" else "wordnet_topics") in proc.stderr
