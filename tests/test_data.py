@@ -1,17 +1,11 @@
 """Strict loaders: every error names file, line and field; the shipped data loads exactly."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-try:
-    import lorasweep.data  # noqa: F401
-except ImportError:  # not installed: run from the source tree
-    sys.path.insert(0, str(ROOT / "src"))
-
 from lorasweep.data import (DataError, load_classification, load_mcq, mcq_answer, mcq_prompt,
                             read_jsonl, resolve_data_path)
 

@@ -1,6 +1,5 @@
 """Model loading: tiny random models of every family, meta-device skeletons, hub and package
 errors; and (real_model) the packaged MiniLM and SmolLM2 weights."""
-import sys
 import time
 from pathlib import Path
 
@@ -8,11 +7,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-try:
-    import lorasweep.models  # noqa: F401
-except ImportError:  # not installed: run from the source tree
-    sys.path.insert(0, str(ROOT / "src"))
-
 from lorasweep import assets
 from lorasweep.models import ModelUnavailableError, build_on_meta, load_model, model_config
 from lorasweep.spec import ModelSpec

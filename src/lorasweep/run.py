@@ -38,7 +38,7 @@ def execute(spec: RunSpec, results_dir: Path, tracking: Mapping[str, Any] | None
     t_start = time.perf_counter()
     task = tasks.load_task(spec.task)  # data errors surface here, before any weight is read
     targets = _resolve_targets(spec, task)
-    base = {"run_key": spec.run_key, "slug": spec.slug, "config": _config_record(spec),
+    base = {"run_key": spec.run_key, "slug": spec.slug, "config": spec.defining(),
             "env": results.env_info()}
     try:
         return _train_and_evaluate(spec, task, targets, folder, base, tracking or {}, max_trainable, t_start)
@@ -126,11 +126,6 @@ def _timing(load_s: float, outcome, eval_s: float, t_start: float) -> dict[str, 
             "eval_s": round(eval_s, 3), "total_s": round(time.perf_counter() - t_start, 3),
             "steps": outcome.steps if outcome else 0,
             "train_examples_per_s": round(examples / train_s, 2) if train_s else None}
-
-
-def _config_record(spec: RunSpec) -> dict[str, Any]:
-    """The run-defining config as resolved (canonical projection code, alpha)."""
-    return spec.defining()
 
 
 def _remove_if_empty(path: Path) -> None:
