@@ -21,8 +21,12 @@ def run(overrides, results_dir):
     return cfg, run_from_config(cfg)
 
 
-def stored(result_dir, result):
-    return json.loads((result_dir / f"{result['slug']}-{result['run_key']}" / "result.json").read_text())
+def run_folder(results_dir, result):
+    return results_dir / f"{result['slug']}-{result['run_key']}"
+
+
+def stored(results_dir, result):
+    return json.loads((run_folder(results_dir, result) / "result.json").read_text())
 
 
 @pytest.mark.parametrize("base", [TINY_TOPICS, TINY_MCQ], ids=["classification", "mcq"])
@@ -70,7 +74,7 @@ def test_adapter_round_trip_gives_the_same_predictions(base, method, results_dir
     spec = from_config(cfg)
     task = tasks.load_task(spec.task)
     base_model, tokenizer = models.load_model(spec.model, task.head, task.num_labels)
-    reloaded = PeftModel.from_pretrained(base_model, result["artifacts"]["path"])
+    reloaded = PeftModel.from_pretrained(base_model, run_folder(results_dir, result) / result["artifacts"]["path"])
     metrics = tasks.evaluator(task, tokenizer, task.test, spec.train)(reloaded)
     assert metrics["accuracy"] == result["metrics"]["test"]["accuracy"]
     assert metrics["loss"] == pytest.approx(result["metrics"]["test"]["loss"], abs=1e-5)
@@ -81,7 +85,7 @@ def test_adapter_round_trip_gives_the_same_predictions(base, method, results_dir
 
 def test_a_finished_run_is_not_trained_again(results_dir):
     _, first = run(TINY_TOPICS, results_dir)
-    folder = results_dir / f"{first['slug']}-{first['run_key']}"
+    folder = run_folder(results_dir, first)
     before = (folder / "result.json").stat().st_mtime_ns
     _, second = run(TINY_TOPICS, results_dir)
     assert second == first and (folder / "result.json").stat().st_mtime_ns == before
@@ -123,7 +127,7 @@ def test_cpu_training_is_fp32_not_bf16(results_dir):
     assert not torch.cuda.is_available()
     _, result = run(TINY_MCQ + ["method=lora"], results_dir)
     from safetensors.torch import load_file
-    weights = load_file(f"{result['artifacts']['path']}/adapter_model.safetensors")
+    weights = load_file(run_folder(results_dir, result) / "adapter" / "adapter_model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}
 
 
@@ -141,6 +145,6 @@ def test_real_minilm_lora_learns_and_its_adapter_reloads(results_dir):
     spec = from_config(cfg)
     task = tasks.load_task(spec.task)
     base, tokenizer = models.load_model(spec.model, task.head, task.num_labels)
-    reloaded = PeftModel.from_pretrained(base, lora["artifacts"]["path"])
+    reloaded = PeftModel.from_pretrained(base, run_folder(results_dir, lora) / lora["artifacts"]["path"])
     again = tasks.evaluator(task, tokenizer, task.test, spec.train)(reloaded)
     assert again["accuracy"] == lora["metrics"]["test"]["accuracy"]

@@ -115,7 +115,8 @@ def _save(model, spec: RunSpec, folder: Path) -> dict[str, Any]:
         return {}
     target = folder / ("adapter" if spec.method in methods.ADAPTER_METHODS else "model")
     model.save_pretrained(target)
-    return {"kind": target.name, "path": str(target), "size_bytes": results.folder_size(target)}
+    # the path is relative to the run's folder, so a results store can be moved or copied whole
+    return {"kind": target.name, "path": target.name, "size_bytes": results.folder_size(target)}
 
 
 def _timing(load_s: float, outcome, eval_s: float, t_start: float) -> dict[str, float]:
