@@ -25,6 +25,16 @@ def run_folder(results_dir, result):
     return results_dir / f"{result['slug']}-{result['run_key']}"
 
 
+def reload_and_evaluate(cfg, adapter):
+    """Test metrics of a fresh base model with the saved adapter loaded (or bare, adapter=None)."""
+    spec = from_config(cfg)
+    task = tasks.load_task(spec.task)
+    model, tokenizer = models.load_model(spec.model, task.head, task.num_labels)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    return tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
+
+
 def stored(results_dir, result):
     return json.loads((run_folder(results_dir, result) / "result.json").read_text())
 
@@ -71,16 +81,11 @@ def test_training_lowers_the_loss(results_dir):
 @pytest.mark.parametrize("base,method", [(TINY_TOPICS, "lora"), (TINY_MCQ, "dora")], ids=["cls-lora", "mcq-dora"])
 def test_adapter_round_trip_gives_the_same_predictions(base, method, results_dir):
     cfg, result = run(base + [f"method={method}", "train.lr=5e-3"], results_dir)
-    spec = from_config(cfg)
-    task = tasks.load_task(spec.task)
-    base_model, tokenizer = models.load_model(spec.model, task.head, task.num_labels)
-    reloaded = PeftModel.from_pretrained(base_model, run_folder(results_dir, result) / result["artifacts"]["path"])
-    metrics = tasks.evaluator(task, tokenizer, task.test, spec.train)(reloaded)
+    metrics = reload_and_evaluate(cfg, run_folder(results_dir, result) / result["artifacts"]["path"])
     assert metrics["accuracy"] == result["metrics"]["test"]["accuracy"]
     assert metrics["loss"] == pytest.approx(result["metrics"]["test"]["loss"], abs=1e-5)
     # and the adapter changed the model: the reloaded scores differ from the bare base model's
-    bare, _ = models.load_model(spec.model, task.head, task.num_labels)
-    assert tasks.evaluator(task, tokenizer, task.test, spec.train)(bare)["loss"] != pytest.approx(metrics["loss"], abs=1e-6)
+    assert reload_and_evaluate(cfg, None)["loss"] != pytest.approx(metrics["loss"], abs=1e-6)
 
 
 def test_a_finished_run_is_not_trained_again(results_dir):
@@ -142,9 +147,5 @@ def test_real_minilm_lora_learns_and_its_adapter_reloads(results_dir):
     # 26 classes: the random head scores near 1/26; 60 steps of LoRA pass the majority class (14.5%)
     before, after = none["metrics"]["test"]["accuracy"], lora["metrics"]["test"]["accuracy"]
     assert before < 0.1 and after > 0.2, (before, after)
-    spec = from_config(cfg)
-    task = tasks.load_task(spec.task)
-    base, tokenizer = models.load_model(spec.model, task.head, task.num_labels)
-    reloaded = PeftModel.from_pretrained(base, run_folder(results_dir, lora) / lora["artifacts"]["path"])
-    again = tasks.evaluator(task, tokenizer, task.test, spec.train)(reloaded)
+    again = reload_and_evaluate(cfg, run_folder(results_dir, lora) / lora["artifacts"]["path"])
     assert again["accuracy"] == lora["metrics"]["test"]["accuracy"]
