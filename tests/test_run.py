@@ -50,6 +50,7 @@ def test_each_method_writes_a_valid_result(base, method, results_dir):
     assert test["accuracy_se"] == pytest.approx((test["accuracy"] * (1 - test["accuracy"]) / test["n"]) ** 0.5)
     assert on_disk["objective"] == {"name": "test.accuracy", "value": test["accuracy"], "direction": "maximize"}
     p = on_disk["params"]
+    assert p["predicted"] == p["trainable"]  # counted from the config before loading, equal to peft's
     if method == "none":
         assert p["trainable"] == 0 and on_disk["curve"] == [] and on_disk["artifacts"] == {}
     else:
@@ -109,6 +110,14 @@ def test_budget_over_the_cap_is_recorded_not_trained(results_dir):
     on_disk = stored(results_dir, result)
     assert on_disk["status"] == "skipped_budget" and "exceed the budget of 1,000" in on_disk["reason"]
     assert on_disk["params"]["trainable"] > 1000 and "metrics" not in on_disk
+
+
+def test_over_budget_run_reads_no_weights(results_dir):
+    # Qwen3-1.7B's weights cannot be had here: the skip must come from its shipped config alone
+    _, result = run(["model=qwen3-1.7b", "task=wordnet_mcq", "lora.proj=qkvogud", "lora.r=16", "budget=1m"],
+                    results_dir)
+    assert result["status"] == "skipped_budget"
+    assert result["params"] == {"trainable": 17_432_576, "predicted": 17_432_576}
 
 
 def test_a_failing_run_leaves_a_failed_result_and_traceback(results_dir, monkeypatch):

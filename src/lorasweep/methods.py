@@ -13,7 +13,8 @@ from torch import nn
 from .spec import RunSpec
 
 ADAPTER_METHODS = ("lora", "dora")
-_TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM}
+_TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM,
+               "seq2seq_lm": TaskType.SEQ_2_SEQ_LM}
 
 
 def prepare(model: nn.Module, spec: RunSpec, head: str, targets: list[str]) -> nn.Module:
@@ -27,7 +28,8 @@ def prepare(model: nn.Module, spec: RunSpec, head: str, targets: list[str]) -> n
     config = LoraConfig(
         r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
         target_modules=targets,  # exact names: suffix matching would confuse bert's two *output.dense
-        use_dora=spec.method == "dora", task_type=_TASK_TYPES[head])
+        use_dora=spec.method == "dora", task_type=_TASK_TYPES[head],
+        fan_in_fan_out=spec.model.family == "gpt2")  # GPT-2's Conv1D stores weights transposed
     return get_peft_model(model, config)
 
 

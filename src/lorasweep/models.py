@@ -10,6 +10,7 @@ Heads: "classification" (AutoModelForSequenceClassification), "causal_lm" (AutoM
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -22,7 +23,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig,
                           PreTrainedTokenizerBase)
 
-from lorasweep.assets import ModelUnavailableError, gguf_model_dir, package_model_dir, packaged_specs
+from lorasweep.assets import (CONF_MODEL_DIR, ModelUnavailableError, gguf_model_dir, package_model_dir,
+                              packaged_specs)
 from lorasweep.spec import MODEL_SOURCES, ModelSpec
 from lorasweep.tiny_tokenizer import build_tiny_tokenizer
 
@@ -94,6 +96,8 @@ def model_config(spec: ModelSpec, num_labels: int | None = None) -> PretrainedCo
     """The model's config, no weights read. A gguf_package spec is converted first if needed."""
     if spec.source == "tiny":
         config = tiny_config(spec)
+    elif spec.source == "hub" and spec.config:
+        config = _shipped_config(spec)
     elif spec.source == "hub":
         config = _from_hub(spec, lambda **kw: AutoConfig.from_pretrained(spec.id, **kw))
     else:
@@ -101,6 +105,17 @@ def model_config(spec: ModelSpec, num_labels: int | None = None) -> PretrainedCo
     if num_labels:
         config.num_labels = num_labels
     return config
+
+
+def _shipped_config(spec: ModelSpec) -> PretrainedConfig:
+    """A hub model's architecture from the config.json shipped under conf/model/ (no network)."""
+    path = CONF_MODEL_DIR / spec.config
+    try:
+        fields = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelUnavailableError(f"model {spec.name!r}: model.config={spec.config!r} cannot be read "
+                                    f"({path}): {err}") from err
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
 def build_on_meta(spec: ModelSpec, head: str, num_labels: int | None = None) -> nn.Module:

@@ -13,35 +13,42 @@ from typing import Any, Mapping
 
 import torch
 
-from . import methods, models, projections, results, tasks
-from .spec import RunSpec, from_config
+from . import methods, models, results, tasks
+from .planning import Plan, plan_run
+from .spec import RunSpec
 from .tracking import check_tracking, make_tracker
 from .training import train
 
 
 def run_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a composed config and run it; returns the result dict (also written to disk)."""
-    spec = from_config(cfg)
     tracking = dict(cfg.get("tracking") or {})
     check_tracking(tracking)
-    budget = (cfg.get("budget") or {}).get("max_trainable")
-    return execute(spec, Path(cfg.get("results_dir", "results")), tracking, budget)
+    plan = plan_run(cfg)  # config, data and projection errors surface here, before any weight is read
+    return execute(plan, Path(cfg.get("results_dir", "results")), tracking)
 
 
-def execute(spec: RunSpec, results_dir: Path, tracking: Mapping[str, Any] | None = None,
-            max_trainable: int | None = None) -> dict[str, Any]:
+def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    spec = plan.spec
     folder = results.run_dir(results_dir, spec.slug, spec.run_key)
     previous = results.read_result(folder)
     if previous and previous.get("status") == "done":
         _say(f"{spec.slug}: already done ({folder}), not trained again")
         return previous
     t_start = time.perf_counter()
-    task = tasks.load_task(spec.task)  # data errors surface here, before any weight is read
-    targets = _resolve_targets(spec, task)
     base = {"run_key": spec.run_key, "slug": spec.slug, "config": spec.defining(),
-            "env": results.env_info()}
+            "budget": {"max_trainable": plan.budget, "r_auto": plan.auto_rank}, "env": results.env_info()}
+    if plan.over_budget:
+        reason = f"{plan.predicted:,} trainable parameters exceed the budget of {plan.budget:,}"
+        _say(f"{spec.slug}: skipped, {reason}")
+        return results.write_result(folder, {**base, "status": "skipped_budget", "reason": reason,
+                                             "params": {"trainable": plan.predicted, "predicted": plan.predicted}})
+    # Loading happens outside the failure record: a model that cannot be had (no hub, no cache) is
+    # the environment's problem, said once to the user, not a failed run to keep.
+    torch.manual_seed(spec.train.seed)  # before loading: a new classification head's init follows the seed
+    model, tokenizer = models.load_model(spec.model, plan.task.head, plan.task.num_labels)
     try:
-        return _train_and_evaluate(spec, task, targets, folder, base, tracking or {}, max_trainable, t_start)
+        return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start)
     except Exception as e:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "traceback.txt").write_text(traceback.format_exc())
@@ -50,35 +57,17 @@ def execute(spec: RunSpec, results_dir: Path, tracking: Mapping[str, Any] | None
         raise
 
 
-def _resolve_targets(spec: RunSpec, task: tasks.Task) -> list[str]:
-    """The module names the projection code adapts, from a meta-device skeleton (no weights)."""
-    if spec.method not in methods.ADAPTER_METHODS:
-        return []
-    skeleton = models.build_on_meta(spec.model, task.head, task.num_labels)
-    return projections.resolve_modules(skeleton, spec.model.family, spec.lora.proj, skeleton.config)
-
-
-def _train_and_evaluate(spec, task, targets, folder, base, tracking, max_trainable, t_start):
-    torch.manual_seed(spec.train.seed)
-    t0 = time.perf_counter()
-    model, tokenizer = models.load_model(spec.model, task.head, task.num_labels)
-    model = methods.prepare(model, spec, task.head, targets)
-    load_s = time.perf_counter() - t0
-    trainable, total = methods.count_parameters(model)
-    adapted = methods.adapted_modules(model)
-    if spec.method in methods.ADAPTER_METHODS and sorted(adapted) != sorted(targets):
-        raise RuntimeError(f"peft adapted {len(adapted)} modules, the projection code promised "
-                           f"{len(targets)}: {sorted(set(adapted) ^ set(targets))[:5]}")
-    params = {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
-              "predicted": None, "adapted_modules": adapted, "n_adapted_modules": len(adapted)}
+def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, tracking: Mapping[str, Any],
+                        t_start: float):
+    spec, task = plan.spec, plan.task
+    model = methods.prepare(model, spec, task.head, list(plan.targets))
+    load_s = time.perf_counter() - t_start
+    params = _checked_params(model, plan)
     base = {**base, "params": params}
-    if max_trainable is not None and trainable > max_trainable:
-        reason = f"{trainable:,} trainable parameters exceed the budget of {max_trainable:,}"
-        _say(f"{spec.slug}: skipped, {reason}")
-        return results.write_result(folder, {**base, "status": "skipped_budget", "reason": reason})
-
-    _say(f"{spec.slug}: {trainable:,} trainable of {total:,} parameters ({params['trainable_pct']:.2f}%), "
-         f"{len(adapted)} adapted modules; run key {spec.run_key}")
+    auto = f" (r={spec.lora.r}, the largest within the budget)" if plan.auto_rank else ""
+    _say(f"{spec.slug}: {params['trainable']:,} trainable of {params['total']:,} parameters "
+         f"({params['trainable_pct']:.2f}%){auto}, {params['n_adapted_modules']} adapted modules; "
+         f"run key {spec.run_key}")
     tracker = make_tracker(tracking, folder, spec.slug, base["config"])
     ok = False
     try:
@@ -105,8 +94,22 @@ def _train_and_evaluate(spec, task, targets, folder, base, tracking, max_trainab
     finally:
         tracker.finish(ok)
     _say(f"{spec.slug}: test accuracy {test['accuracy']:.3f} ± {test['accuracy_se']:.3f} (n={test['n']}) | "
-         f"{trainable:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / results.RESULT_FILE}")
+         f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / results.RESULT_FILE}")
     return result
+
+
+def _checked_params(model, plan: Plan) -> dict[str, Any]:
+    """peft's count of the built model, checked against the plan's: a difference is a bug, not a warning."""
+    trainable, total = methods.count_parameters(model)
+    adapted = methods.adapted_modules(model)
+    if trainable != plan.predicted:
+        raise RuntimeError(f"trainable parameters: predicted {plan.predicted:,} before loading, the built "
+                           f"model has {trainable:,}; the budget arithmetic in lorasweep.params is wrong here")
+    if sorted(adapted) != sorted(plan.targets):
+        raise RuntimeError(f"peft adapted {len(adapted)} modules, the projection code promised "
+                           f"{len(plan.targets)}: {sorted(set(adapted) ^ set(plan.targets))[:5]}")
+    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
+            "predicted": plan.predicted, "adapted_modules": adapted, "n_adapted_modules": len(adapted)}
 
 
 def _save(model, spec: RunSpec, folder: Path) -> dict[str, Any]:

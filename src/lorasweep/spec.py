@@ -32,6 +32,7 @@ class ModelSpec:
     source: str               # package | gguf_package | hub | tiny
     id: str = ""              # hub id, or python package name for package sources
     file: str = ""            # file inside the package (the GGUF)
+    config: str = ""          # a shipped config.json (architecture only, under conf/model/): offline counting
     tiny: Mapping[str, Any] = field(default_factory=dict)  # config kwargs of a tiny random model
 
 
@@ -130,6 +131,7 @@ def _model_spec(m: Mapping[str, Any]) -> ModelSpec:
         raise _fail("model.id", m.get("id"), f"a {m['source']} model needs an id")
     return ModelSpec(name=str(m["name"]), family=m["family"], source=m["source"],
                      id=str(m.get("id") or ""), file=str(m.get("file") or ""),
+                     config=str(m.get("config") or ""),
                      tiny=dict(m.get("tiny") or {}))
 
 

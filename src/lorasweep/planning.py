@@ -1,0 +1,76 @@
+"""Before launch: a run's validated spec (rank resolved for lora.r=auto), the modules it adapts and
+its exact trainable-parameter count against the budget, from configs alone: no weights are read.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Mapping
+
+from torch import nn
+
+from . import methods, models, params, projections, tasks
+from .spec import ConfigError, ModelSpec, RunSpec, from_config
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: RunSpec
+    task: tasks.Task
+    targets: tuple[str, ...]      # full names of the modules the projection code adapts
+    predicted: int                # trainable parameters, counted before any weight is read
+    base_total: int               # parameters of the base model with its head
+    budget: int | None            # budget.max_trainable
+    auto_rank: bool               # lora.r was chosen as the largest rank within the budget
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget is not None and self.predicted > self.budget
+
+
+def plan_run(cfg: Mapping[str, Any]) -> Plan:
+    """Validate a composed config and count its run. Raises ConfigError on bad input."""
+    budget = max_trainable(cfg)
+    auto = str((cfg.get("lora") or {}).get("r")) == "auto"
+    if auto and budget is None:
+        raise ConfigError("lora.r='auto' needs a budget to fit: set budget.max_trainable (e.g. budget=1m)")
+    spec = from_config(_with_rank(cfg, 1) if auto else cfg)
+    task = tasks.load_task(spec.task)
+    skeleton = _skeleton(spec.model, task.head, task.num_labels)
+    targets: list[str] = []
+    if spec.method in methods.ADAPTER_METHODS:
+        targets = projections.resolve_modules(skeleton, spec.model.family, spec.lora.proj, skeleton.config)
+        if auto:
+            rank = params.largest_rank_within(skeleton, spec.method, targets, task.head, budget)
+            spec = from_config(_with_rank(cfg, rank))
+    predicted = params.predict_trainable(skeleton, spec.method, targets, spec.lora.r, task.head)
+    return Plan(spec=spec, task=task, targets=tuple(targets), predicted=predicted,
+                base_total=sum(p.numel() for p in skeleton.parameters()), budget=budget,
+                auto_rank=auto and spec.method in methods.ADAPTER_METHODS)
+
+
+def max_trainable(cfg: Mapping[str, Any]) -> int | None:
+    value = (cfg.get("budget") or {}).get("max_trainable")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"budget.max_trainable={value!r} is invalid: a positive number of trainable "
+                          f"parameters (e.g. 1000000), or null for no budget")
+    return value
+
+
+def _with_rank(cfg: Mapping[str, Any], r: int) -> dict[str, Any]:
+    cfg = copy.deepcopy(dict(cfg))
+    cfg["lora"] = {**(cfg.get("lora") or {}), "r": r}
+    return cfg
+
+
+def _skeleton(spec: ModelSpec, head: str, num_labels: int | None) -> nn.Module:
+    return _cached_skeleton(json.dumps(spec.__dict__, sort_keys=True, default=dict), head, num_labels)
+
+
+@lru_cache(maxsize=8)  # a sweep plans many runs of one architecture: build its skeleton once
+def _cached_skeleton(spec_json: str, head: str, num_labels: int | None) -> nn.Module:
+    return models.build_on_meta(ModelSpec(**json.loads(spec_json)), head, num_labels)

@@ -1,0 +1,99 @@
+"""Trainable-parameter counts from configs alone, checked against peft on the same meta-device model."""
+import itertools
+
+import pytest
+import torch
+
+from lorasweep import methods, params, projections
+from lorasweep.models import build_on_meta
+from lorasweep.planning import plan_run
+from lorasweep.spec import ConfigError, ModelSpec, from_config
+
+from conftest import TINY_TOPICS, compose_config
+
+ARCHS = [  # (family, head, projection sets)
+    ("qwen3", "causal_lm", ["qk", "qkvo", "gud", "qkvogud"]),
+    ("llama", "classification", ["v", "qkvogud"]),
+    ("bert", "classification", ["v", "qkvo", "qkvoud"]),
+    ("roberta", "classification", ["v", "qv", "ud"]),
+    ("gpt2", "causal_lm", ["qkv", "o", "qkvoud"]),
+    ("gpt2", "classification", ["qkvo"]),
+    ("t5", "seq2seq_lm", ["qv", "qkvoud"]),
+]
+CASES = [(f, h, m, c, r) for f, h, codes in ARCHS for m in ("lora", "dora")
+         for c, r in itertools.product(codes, (1, 4, 22))]
+
+
+def peft_count(family, head, method, code, r, num_labels=4):
+    skeleton = build_on_meta(ModelSpec(name=f"tiny-{family}", family=family, source="tiny"), head, num_labels)
+    targets = projections.resolve_modules(skeleton, family, code, skeleton.config)
+    predicted = params.predict_trainable(skeleton, method, targets, r, head)
+    spec = from_config(compose_config([f"method={method}", f"lora.r={r}"]))
+    with torch.device("meta"):
+        wrapped = methods.prepare(skeleton, spec, head, targets)
+    return predicted, methods.count_parameters(wrapped)[0]
+
+
+@pytest.mark.parametrize("family,head,method,code,r", CASES)
+def test_prediction_equals_peft(family, head, method, code, r):
+    predicted, actual = peft_count(family, head, method, code, r)
+    assert predicted == actual
+
+
+@pytest.mark.parametrize("method", ["full", "none"])
+@pytest.mark.parametrize("family,head", [("qwen3", "causal_lm"), ("bert", "classification"),
+                                         ("gpt2", "causal_lm"), ("t5", "seq2seq_lm")])
+def test_full_and_none(family, head, method):
+    skeleton = build_on_meta(ModelSpec(name=f"tiny-{family}", family=family, source="tiny"), head, 4)
+    unique = {id(p): p.numel() for p in skeleton.parameters()}  # a tied weight counts once
+    expected = sum(unique.values()) if method == "full" else 0
+    assert params.predict_trainable(skeleton, method, [], 8, head) == expected
+
+
+def hub(name, family):
+    return ModelSpec(name=name, family=family, source="hub", id="unreachable/x", config=f"configs/{name}.json")
+
+
+def test_roberta_base_value_only_under_1m_picks_r22_like_the_tutorial():
+    skeleton = build_on_meta(hub("roberta-base", "roberta"), "classification", 4)
+    targets = projections.resolve_modules(skeleton, "roberta", "v", skeleton.config)
+    r = params.largest_rank_within(skeleton, "lora", targets, "classification", 1_000_000)
+    assert (r, params.predict_trainable(skeleton, "lora", targets, r, "classification")) == (22, 999_172)
+    assert params.predict_trainable(skeleton, "lora", targets, r + 1, "classification") > 1_000_000
+
+
+def test_qwen3_1_7b_dora_all_projections_matches_peft_offline():
+    skeleton = build_on_meta(hub("qwen3-1.7b", "qwen3"), "causal_lm")
+    assert sum(p.numel() for p in skeleton.parameters()) == 1_720_574_976  # Qwen3-1.7B, tied embeddings
+    targets = projections.resolve_modules(skeleton, "qwen3", "qkvogud", skeleton.config)
+    predicted = params.predict_trainable(skeleton, "dora", targets, 16, "causal_lm")
+    spec = from_config(compose_config(["method=dora", "lora.r=16", "model=qwen3-1.7b", "task=wordnet_mcq"]))
+    with torch.device("meta"):
+        actual = methods.count_parameters(methods.prepare(skeleton, spec, "causal_lm", targets))[0]
+    assert predicted == actual == 18_006_016
+
+
+def four_label_task(tmp_path):
+    rows = "\n".join(f'{{"text": "gloss {i}", "label": "c{i % 4}"}}' for i in range(8))
+    (tmp_path / "d.jsonl").write_text(rows + "\n")
+    return [f"task.{k}={tmp_path / 'd.jsonl'}" for k in ("train", "eval", "test")] + ["task.labels=''"]
+
+
+def test_r_auto_through_the_config(tmp_path):
+    plan = plan_run(compose_config(["model=roberta-base", "lora.proj=v", "lora.r=auto", "budget=1m",
+                                    *four_label_task(tmp_path)]))
+    assert (plan.spec.lora.r, plan.spec.lora.alpha, plan.predicted, plan.auto_rank) == (22, 44.0, 999_172, True)
+    same = plan_run(compose_config(["model=roberta-base", "lora.proj=v", "lora.r=22", "budget=1m",
+                                    *four_label_task(tmp_path)]))
+    assert same.spec.run_key == plan.spec.run_key  # auto resolves to the same run as r=22
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["lora.r=auto"], "lora.r='auto' needs a budget"),
+    (["lora.r=auto", "budget.max_trainable=1000"], "budget.max_trainable=1,000 is below the smallest possible"),
+    (["budget.max_trainable=-5"], "budget.max_trainable=-5 is invalid"),
+    (["budget.max_trainable=0"], "budget.max_trainable=0 is invalid"),
+])
+def test_bad_budgets(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_run(compose_config(TINY_TOPICS + overrides))
