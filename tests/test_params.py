@@ -28,7 +28,7 @@ def peft_count(family, head, method, code, r, num_labels=4):
     skeleton = build_on_meta(ModelSpec(name=f"tiny-{family}", family=family, source="tiny"), head, num_labels)
     targets = projections.resolve_modules(skeleton, family, code, skeleton.config)
     predicted = params.predict_trainable(skeleton, method, targets, r, head)
-    spec = from_config(compose_config([f"method={method}", f"lora.r={r}"]))
+    spec = from_config(compose_config([f"model=tiny-{family}", f"method={method}", f"lora.r={r}"]))
     with torch.device("meta"):
         wrapped = methods.prepare(skeleton, spec, head, targets)
     return predicted, methods.count_parameters(wrapped)[0]

@@ -140,7 +140,7 @@ def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:
 
     r = lo.get("r", 8)
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-        raise _fail("lora.r", r, "a positive integer rank, e.g. 8")
+        raise _fail("lora.r", r, "a positive integer rank (e.g. 8), or auto to fit budget.max_trainable")
     alpha = lo.get("alpha")
     alpha = 2.0 * r if alpha is None else alpha  # alpha follows r unless set explicitly
     if not _is_number(alpha) or alpha <= 0:
