@@ -57,6 +57,7 @@ def test_each_method_writes_a_valid_result(base, method, results_dir):
         # curve: the step-0 point, then every eval_steps=2 of 4 steps
         assert [c["step"] for c in on_disk["curve"]] == [0, 2, 4]
         assert on_disk["timing"]["steps"] == 4 and on_disk["artifacts"]["size_bytes"] > 0
+        assert on_disk["metrics"]["train"]["loss"] > 0  # mean training loss over the run
     if method in ("lora", "dora"):
         assert on_disk["config"]["lora"] == {"r": 8, "alpha": 16.0, "dropout": 0.05, "proj": "qkvo"}
         assert p["n_adapted_modules"] == len(p["adapted_modules"]) == 2 * 4  # 2 layers x qkvo

@@ -83,7 +83,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         eval_s = time.perf_counter() - t1
         artifacts = _save(model, spec, folder)
         result = {**base, "status": "done", "reason": "",
-                  "metrics": {"test": test},
+                  "metrics": {"test": test, **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
                   "objective": {"name": "test.accuracy", "value": test["accuracy"], "direction": "maximize"},
                   "curve": outcome.curve if outcome else [],
                   "timing": _timing(load_s, outcome, eval_s, t_start),
