@@ -13,7 +13,7 @@ USER_ERRORS = (ConfigError, DataError, ModelUnavailableError)
 
 def run_or_explain(cfg: Mapping[str, Any]) -> float | None:
     """Run the config and return the objective (for sweepers); exit 2 with a message on bad input."""
-    _quiet_libraries()
+    quiet_libraries()
     from .run import run_from_config
 
     try:
@@ -24,7 +24,7 @@ def run_or_explain(cfg: Mapping[str, Any]) -> float | None:
     return (result.get("objective") or {}).get("value")
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep the console to lorasweep's own progress lines: no per-file progress bars from datasets
     and transformers, no deprecation notices about their internals."""
     import warnings

@@ -17,18 +17,19 @@ from . import methods, models, results, tasks
 from .planning import Plan, plan_run
 from .spec import RunSpec
 from .tracking import check_tracking, make_tracker
-from .training import train
+from .training import Reporter, train
 
 
-def run_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def run_from_config(cfg: Mapping[str, Any], reporter: Reporter | None = None) -> dict[str, Any]:
     """Validate a composed config and run it; returns the result dict (also written to disk)."""
     tracking = dict(cfg.get("tracking") or {})
     check_tracking(tracking)
     plan = plan_run(cfg)  # config, data and projection errors surface here, before any weight is read
-    return execute(plan, Path(cfg.get("results_dir", "results")), tracking)
+    return execute(plan, Path(cfg.get("results_dir", "results")), tracking, reporter)
 
 
-def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = None,
+            reporter: Reporter | None = None) -> dict[str, Any]:
     spec = plan.spec
     folder = results.run_dir(results_dir, spec.slug, spec.run_key)
     previous = results.read_result(folder)
@@ -48,7 +49,7 @@ def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = 
     torch.manual_seed(spec.train.seed)  # before loading: a new classification head's init follows the seed
     model, tokenizer = models.load_model(spec.model, plan.task.head, plan.task.num_labels)
     try:
-        return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start)
+        return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter)
     except Exception as e:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "traceback.txt").write_text(traceback.format_exc())
@@ -58,7 +59,7 @@ def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = 
 
 
 def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, tracking: Mapping[str, Any],
-                        t_start: float):
+                        t_start: float, reporter: Reporter | None):
     spec, task = plan.spec, plan.task
     model = methods.prepare(model, spec, task.head, list(plan.targets))
     load_s = time.perf_counter() - t_start
@@ -76,8 +77,11 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
             train_data, eval_data, collator = tasks.training_data(task, tokenizer, spec.train)
             outcome = train(model, tokenizer, spec.task.kind, train_data, eval_data,
                             tasks.evaluator(task, tokenizer, task.eval, spec.train), spec.train,
-                            folder / "trainer", tracker, collator)
+                            folder / "trainer", tracker, collator, reporter)
             _remove_if_empty(folder / "trainer")  # save_strategy=no: the Trainer's folder stays empty
+            if outcome.pruned_at is not None:
+                ok = True
+                return _pruned(folder, base, outcome, load_s, t_start)
         t1 = time.perf_counter()
         test = tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
         eval_s = time.perf_counter() - t1
@@ -96,6 +100,17 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     _say(f"{spec.slug}: test accuracy {test['accuracy']:.3f} ± {test['accuracy_se']:.3f} (n={test['n']}) | "
          f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / results.RESULT_FILE}")
     return result
+
+
+def _pruned(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
+    """A run the sweeper's pruner stopped: its curve so far, no test evaluation, no adapter."""
+    reason = f"stopped by the sweep's pruner at step {outcome.pruned_at}"
+    _say(f"{base['slug']}: {reason}")
+    last = outcome.curve[-1] if outcome.curve else {}
+    return results.write_result(folder, {
+        **base, "status": "pruned", "reason": reason,
+        "metrics": {"eval": {k: last[k] for k in ("accuracy", "accuracy_se", "n", "loss") if k in last}},
+        "curve": outcome.curve, "timing": _timing(load_s, outcome, 0.0, t_start), "memory": results.peak_memory()})
 
 
 def _checked_params(model, plan: Plan) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from .spec import TrainSpec
 from .tracking import Tracker
 
 Evaluator = Callable[[torch.nn.Module], dict]
+Reporter = Callable[[int, dict], bool]  # (step, eval metrics) -> stop now? (a sweeper's pruner)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TrainOutcome:
     eval_seconds: float = 0.0
     examples: int = 0
     final_train_loss: float | None = None
+    pruned_at: int | None = None  # the step at which the reporter stopped the run
 
 
 class _TaskEvaluation:
@@ -36,6 +38,7 @@ class _TaskEvaluation:
 
     task_evaluate: Evaluator
     outcome: TrainOutcome
+    reporter: Reporter | None = None
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         start = time.perf_counter()
@@ -47,6 +50,9 @@ class _TaskEvaluation:
         logs = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         self.log(logs)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, logs)
+        if self.reporter and self.state.global_step and self.reporter(self.state.global_step, metrics):
+            self.outcome.pruned_at = self.state.global_step
+            self.control.should_training_stop = True
         return logs
 
 
@@ -84,8 +90,11 @@ class ProgressPrinter(TrainerCallback):
 
 
 def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluator, spec: TrainSpec,
-          workdir: Path, tracker: Tracker, collator=None) -> TrainOutcome:
-    """Train `model` in place and return its curve and timing. kind: classification | mcq."""
+          workdir: Path, tracker: Tracker, collator=None, reporter: Reporter | None = None) -> TrainOutcome:
+    """Train `model` in place and return its curve and timing. kind: classification | mcq.
+
+    `reporter` sees every evaluation along training; when it answers True the run stops there.
+    """
     outcome = TrainOutcome()
     common = _arguments(spec, workdir)
     if kind == "classification":
@@ -99,7 +108,7 @@ def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluat
                          packing=False, completion_only_loss=True)
         trainer = _SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                               processing_class=tokenizer)
-    trainer.task_evaluate, trainer.outcome = evaluator, outcome
+    trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
     trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
     trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))
     trainer.evaluate()  # the curve's step-0 point: the model before any update

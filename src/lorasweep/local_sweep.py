@@ -1,0 +1,110 @@
+"""A grid sweep on this machine: plan every run, train the missing ones in worker processes.
+
+Prints "run i/N" lines as runs start and finish and a summary at the end (done, already done,
+over budget, failed, best so far). Interrupted (Ctrl-C, kill), it stops its workers; finished runs
+keep their results and the same command later trains only what is missing.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
+from typing import Sequence
+
+from hydra.core.utils import JobReturn, JobStatus
+
+from . import results
+from .cli import USER_ERRORS
+from .executor import LocalExecutor
+from .planning import plan_run
+from .run import execute
+from .sweep_jobs import SweepTally, job_config, varying_overrides
+
+
+def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]], n_jobs: int = 1,
+              threads: int | None = None) -> list[JobReturn]:
+    shared, labels = varying_overrides(job_overrides)
+    total = len(job_overrides)
+    _say(f"sweep: {total} runs" + (f"; every run: {' '.join(shared)}" if shared else ""))
+    tally = SweepTally(total)
+    returns: list[JobReturn | None] = [None] * total
+    queue = []
+    for i, overrides in enumerate(job_overrides):
+        node, cfg = job_config(config_loader, sweep_config, overrides)
+        tag = f"run {i + 1}/{total} {labels[i]}"
+        try:
+            plan = plan_run(cfg)
+        except USER_ERRORS as e:
+            _finish(returns, tally, i, overrides, node, "invalid", labels[i], error=e, line=f"{tag}: invalid: {e}")
+            continue
+        folder = results.run_dir(cfg.get("results_dir", "results"), plan.spec.slug, plan.spec.run_key)
+        stored = results.read_result(folder)
+        if stored and stored.get("status") == "done":
+            _finish(returns, tally, i, overrides, node, "already done", labels[i], stored,
+                    f"{tag}: already done, {_metric(stored)}")
+        elif plan.over_budget:
+            skipped = execute(plan, Path(cfg.get("results_dir", "results")))  # records it; reads no weight
+            _finish(returns, tally, i, overrides, node, "over budget", labels[i], skipped,
+                    f"{tag}: over budget, {skipped['reason']}")
+        else:
+            queue.append((i, overrides, node, cfg, folder))
+    if queue:
+        _train(queue, returns, tally, labels, total, n_jobs, threads)
+    _say(tally.summary())
+    return returns
+
+
+def _train(queue, returns, tally, labels, total, n_jobs, threads) -> None:
+    running: dict[Future, tuple] = {}
+    try:
+        with LocalExecutor(n_jobs, threads) as executor:
+            while queue or running:
+                while queue and len(running) < executor.n_jobs:  # submit only what starts now
+                    i, overrides, node, cfg, folder = job = queue.pop(0)
+                    log = folder / "log.txt" if executor.n_jobs > 1 else None
+                    running[executor.submit(cfg, log)] = (*job, time.perf_counter())
+                    _say(f"run {i + 1}/{total} started: {labels[i]}" + (f" (log: {log})" if log else ""))
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i, overrides, node, cfg, folder, start = running.pop(future)
+                    _collect(future, returns, tally, i, overrides, node, labels[i], total, folder, start)
+    except KeyboardInterrupt:
+        _say(f"sweep interrupted: {tally.finished} of {total} runs finished and kept; "
+             "run the same command again to train the rest")
+        raise SystemExit(130) from None
+
+
+def _collect(future, returns, tally, i, overrides, node, label, total, folder, start) -> None:
+    tag = f"run {i + 1}/{total} {label}"
+    elapsed = f"{time.perf_counter() - start:.0f}s"
+    try:
+        result = future.result()
+    except Exception as e:  # the run recorded itself as failed; the sweep goes on
+        _finish(returns, tally, i, overrides, node, "failed", label, error=e,
+                line=f"{tag}: FAILED after {elapsed}: {type(e).__name__}: {e} (see {folder / 'traceback.txt'})")
+        return
+    outcome = {"done": "done", "pruned": "pruned", "skipped_budget": "over budget"}[result["status"]]
+    _finish(returns, tally, i, overrides, node, outcome, label, result,
+            f"{tag}: {outcome}, {_metric(result)}, {elapsed}")
+    _say(f"  best so far: {tally.best_line()}")
+
+
+def _finish(returns, tally, i, overrides, node, outcome, label, result=None, line="", error=None) -> None:
+    tally.add(outcome, label, result)
+    _say(line)
+    value = ((result or {}).get("objective") or {}).get("value")
+    returns[i] = JobReturn(overrides=list(overrides), cfg=node, task_name="lorasweep",
+                           status=JobStatus.FAILED if error else JobStatus.COMPLETED,
+                           _return_value=error if error else value)
+
+
+def _metric(result: dict) -> str:
+    test = (result.get("metrics") or {}).get("test")
+    trainable = (result.get("params") or {}).get("trainable")
+    text = f"accuracy {test['accuracy']:.4f} ± {test['accuracy_se']:.4f}" if test else result.get("reason", "")
+    return text + (f", {trainable:,} trainable" if trainable is not None else "")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
