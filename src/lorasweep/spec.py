@@ -141,10 +141,13 @@ def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:
     r = lo.get("r", 8)
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise _fail("lora.r", r, "a positive integer rank (e.g. 8), or auto to fit budget.max_trainable")
+    scale = lo.get("alpha_scale", 2.0)
+    if not _is_number(scale) or scale <= 0:
+        raise _fail("lora.alpha_scale", scale, "a positive number: alpha = alpha_scale x r")
     alpha = lo.get("alpha")
-    alpha = 2.0 * r if alpha is None else alpha  # alpha follows r unless set explicitly
+    alpha = scale * r if alpha is None else alpha  # alpha follows r unless set explicitly
     if not _is_number(alpha) or alpha <= 0:
-        raise _fail("lora.alpha", alpha, "a positive number, or null for 2 x r")
+        raise _fail("lora.alpha", alpha, "a positive number, or null for lora.alpha_scale x r")
     dropout = lo.get("dropout", 0.0)
     if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
         raise _fail("lora.dropout", dropout, "a probability in [0, 1)")
