@@ -57,6 +57,7 @@ def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]
 
 def _train(queue, returns, tally, labels, total, n_jobs, threads) -> None:
     running: dict[Future, tuple] = {}
+    durations: list[float] = []  # of the runs trained here: for the sweep's ETA
     try:
         with LocalExecutor(n_jobs, threads) as executor:
             while queue or running:
@@ -68,7 +69,12 @@ def _train(queue, returns, tally, labels, total, n_jobs, threads) -> None:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     i, overrides, node, cfg, folder, start = running.pop(future)
+                    durations.append(time.perf_counter() - start)
                     _collect(future, returns, tally, i, overrides, node, labels[i], total, folder, start)
+                    left = len(queue) + len(running)
+                    eta = sum(durations) / len(durations) * left / executor.n_jobs
+                    _say(f"  {tally.finished}/{total} finished, best so far: {tally.best_line()}"
+                         + (f"; ETA {eta / 60:.1f} min for {left} more" if left else ""))
     except KeyboardInterrupt:
         _say(f"sweep interrupted: {tally.finished} of {total} runs finished and kept; "
              "run the same command again to train the rest")
@@ -87,7 +93,6 @@ def _collect(future, returns, tally, i, overrides, node, label, total, folder, s
     outcome = {"done": "done", "pruned": "pruned", "skipped_budget": "over budget"}[result["status"]]
     _finish(returns, tally, i, overrides, node, outcome, label, result,
             f"{tag}: {outcome}, {_metric(result)}, {elapsed}")
-    _say(f"  best so far: {tally.best_line()}")
 
 
 def _finish(returns, tally, i, overrides, node, outcome, label, result=None, line="", error=None) -> None:

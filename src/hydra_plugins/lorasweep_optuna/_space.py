@@ -1,0 +1,133 @@
+"""Search space, sampler and directions for the Optuna sweeper, from Hydra's override grammar.
+
+A leading underscore keeps Hydra's plugin scan from importing this module (and optuna) at every
+`python launch.py`: the sweeper imports it only when a sweep starts.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping, Sequence
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsgaii")
+DIRECTIONS = ("maximize", "minimize")
+
+
+def parse_space(arguments: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    """Split overrides into a search space (sweeps: choice, range, interval, a,b,c) and fixed overrides.
+
+    A key given twice (in hydra.sweeper.params and on the command line) takes the later one: the command line.
+    """
+    space: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(list(arguments)):
+        key = override.get_key_element()  # keeps +/~ prefixes and group@package: passed back verbatim
+        space.pop(key, None)
+        fixed.pop(key, None)
+        if override.is_sweep_override():
+            space[key] = _distribution(override)
+        else:
+            fixed[key] = override.get_value_element_as_str()
+    return space, fixed
+
+
+def _distribution(override: Override) -> BaseDistribution:
+    value = override.value()
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        return CategoricalDistribution(_choices(override))
+    if override.is_range_sweep():
+        assert isinstance(value, RangeSweep)
+        if any(isinstance(x, float) for x in (value.start, value.stop, value.step)):
+            # range's stop is exclusive, Optuna's high inclusive
+            return CategoricalDistribution(_choices(override))
+        return IntDistribution(int(value.start), int(value.stop) - int(value.step), step=int(value.step))
+    if override.is_interval_sweep():
+        assert isinstance(value, IntervalSweep)
+        log = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log)
+        return FloatDistribution(float(value.start), float(value.end), log=log)
+    raise ValueError(f"{override.input_line}: this sweep is not supported by the Optuna sweeper; use "
+                     f"choice(...), a,b,c, range(...), interval(a,b) or tag(log, interval(a,b))")
+
+
+def _choices(override: Override) -> list[Any]:
+    choices = list(override.sweep_iterator(transformer=Transformer.encode))
+    for x in choices:
+        if not isinstance(x, (str, int, float, bool, type(None))):
+            raise ValueError(f"{override.input_line}: a choice must be a str, int, float, bool or null, "
+                             f"got {type(x).__name__}")
+    return choices
+
+
+def grid_of(space: Mapping[str, BaseDistribution]) -> dict[str, list[Any]]:
+    """The grid GridSampler walks: categorical choices, or every step of an integer range."""
+    grid: dict[str, list[Any]] = {}
+    for name, d in space.items():
+        if isinstance(d, CategoricalDistribution):
+            grid[name] = list(d.choices)
+        elif isinstance(d, IntDistribution) and not d.log:
+            grid[name] = list(range(d.low, d.high + 1, d.step))
+        else:
+            raise ValueError(f"hydra.sweeper.sampler=grid needs a discrete space, but {name} is {d}: "
+                             f"use choice(...) or range(...) for it")
+    return grid
+
+
+def make_sampler(spec: Any, seed: int | None, space: Mapping[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    """tpe | random | grid | cmaes | nsgaii, or a mapping {name: ..., seed: ..., **sampler arguments}."""
+    name, kwargs = spec, {}
+    if isinstance(spec, Mapping):
+        kwargs = {str(k): v for k, v in spec.items() if k != "name"}
+        name = spec.get("name", "tpe")
+    name = str(name or "tpe").lower()
+    if name not in SAMPLERS:
+        raise ValueError(f"hydra.sweeper.sampler={name!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+    kwargs.setdefault("seed", seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid_of(space), **kwargs)
+    factory = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+               "cmaes": optuna.samplers.CmaEsSampler, "nsgaii": optuna.samplers.NSGAIISampler}[name]
+    try:
+        return factory(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"hydra.sweeper.sampler: {name} does not accept {sorted(kwargs)}: {e}") from None
+
+
+def directions_for(direction: Any, objectives: Sequence[str]) -> list[str]:
+    """One direction per objective; a single direction given for several objectives is an error."""
+    given = [direction] if isinstance(direction, str) else list(direction or ["maximize"])
+    given = [str(d).lower() for d in given]
+    for d in given:
+        if d not in DIRECTIONS:
+            raise ValueError(f"hydra.sweeper.direction={d!r} is invalid: choose {' or '.join(DIRECTIONS)}")
+    if len(given) != len(objectives):
+        raise ValueError(f"hydra.sweeper.direction has {len(given)} entries {given} but objectives has "
+                         f"{len(objectives)} {list(objectives)}: give one direction per objective")
+    return given
+
+
+def default_study_name(arguments: Sequence[str], objectives: Sequence[str]) -> str:
+    """Same overrides, same study: a restarted command continues where it stopped."""
+    if not arguments:
+        return "lorasweep"
+    digest = hashlib.sha1("\n".join(sorted(arguments) + ["--"] + list(objectives)).encode()).hexdigest()
+    return f"lorasweep-{digest[:10]}"
+
+
+def format_value(value: Any) -> str:
+    """A sampled value as an override value (full precision: it defines the run)."""
+    if isinstance(value, float):
+        return repr(value)
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def short(value: Any) -> str:
+    """A sampled value for the progress line."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
