@@ -5,7 +5,20 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from hydra.core.utils import filter_overrides
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+
+class ContextLauncher(Launcher):
+    """A Hydra launcher that keeps the sweep's config and Hydra's context for its launch()."""
+
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
 
 
 def job_config(config_loader, sweep_config: DictConfig, overrides: Sequence[str]) -> tuple[DictConfig, dict]:

@@ -10,20 +10,15 @@ from __future__ import annotations
 import signal
 from typing import Sequence
 
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from hydra.core.utils import JobReturn
+
+from lorasweep.sweep_jobs import ContextLauncher
 
 
-class LocalLauncher(Launcher):
+class LocalLauncher(ContextLauncher):
     def __init__(self, n_jobs: int = 1, threads: int | None = None) -> None:
+        super().__init__()
         self.n_jobs, self.threads = n_jobs, threads
-        self.config: DictConfig | None = None
-        self.hydra_context: HydraContext | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lorasweep.local_sweep import run_sweep

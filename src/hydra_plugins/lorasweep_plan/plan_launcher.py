@@ -6,43 +6,28 @@ read: each run is planned from its config alone.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.utils import JobReturn, JobStatus
+
+from lorasweep.sweep_jobs import ContextLauncher, job_config, varying_overrides
 
 
-class PlanLauncher(Launcher):
-    def __init__(self) -> None:
-        self.config: DictConfig | None = None
-        self.hydra_context: HydraContext | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context = config, hydra_context
-
+class PlanLauncher(ContextLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from lorasweep.plan_table import PlanRow, format_plan, plan_row
+        from lorasweep.plan_table import format_plan, plan_row
 
         assert self.config is not None and self.hydra_context is not None
-        rows: list[PlanRow] = []
-        returns = []
-        shared = set.intersection(*(set(filter_overrides(o)) for o in job_overrides)) if len(job_overrides) > 1 else set()
-        for overrides in job_overrides:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            plain = OmegaConf.to_container(cfg, resolve=False)
-            plain.pop("hydra", None)
-            plain = OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
-            label = " ".join(o for o in filter_overrides(overrides) if o not in shared)
-            row = plan_row(label, plain, Path(plain.get("results_dir", "results")))
+        shared, labels = varying_overrides(job_overrides)
+        rows, returns = [], []
+        for overrides, label in zip(job_overrides, labels):
+            node, cfg = job_config(self.hydra_context.config_loader, self.config, overrides)
+            row = plan_row(label, cfg, Path(cfg.get("results_dir", "results")))
             rows.append(row)
-            returns.append(JobReturn(overrides=list(overrides), cfg=cfg, working_dir=os.getcwd(),
-                                     task_name="plan", status=JobStatus.COMPLETED,
-                                     _return_value=row.trainable))
+            returns.append(JobReturn(overrides=list(overrides), cfg=node, task_name="plan",
+                                     status=JobStatus.COMPLETED, _return_value=row.trainable))
         if shared:
-            print("every run: " + " ".join(o for o in filter_overrides(job_overrides[0]) if o in shared))
+            print("every run: " + " ".join(shared))
         print(format_plan(rows), flush=True)
         return returns
