@@ -77,3 +77,10 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path):
     assert proc.returncode != 0  # a failed run fails the sweep, after the others ran
     assert "run 2/2 model=qwen3-0.6b: FAILED" in proc.stderr and "ModelUnavailableError" in proc.stderr
     assert "sweep: 2 runs: 1 done, 1 failed" in proc.stderr
+
+
+def test_invalid_cells_are_reported_in_one_line_and_the_valid_ones_run(tmp_path):
+    proc = launch(["-m", "lora.proj=qk,qkg"] + TINY_TOPICS, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "run 2/2 lora.proj=qkg: invalid: lora.proj='qkg' is invalid for the bert family" in proc.stderr
+    assert "sweep: 2 runs: 1 done, 1 invalid" in proc.stderr and len(finished(tmp_path / "results")) == 1

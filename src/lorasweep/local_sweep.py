@@ -36,7 +36,7 @@ def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]
         try:
             plan = plan_run(cfg)
         except USER_ERRORS as e:
-            _finish(returns, tally, i, overrides, node, "invalid", labels[i], error=e, line=f"{tag}: invalid: {e}")
+            _finish(returns, tally, i, overrides, node, "invalid", labels[i], line=f"{tag}: invalid: {e}")
             continue
         folder = results.run_dir(cfg.get("results_dir", "results"), plan.spec.slug, plan.spec.run_key)
         stored = results.read_result(folder)
@@ -52,7 +52,10 @@ def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]
     if queue:
         _train(queue, returns, tally, labels, total, n_jobs, threads)
     _say(tally.summary())
-    return returns
+    if tally.counts.get("invalid") and not tally.counts.get("failed"):
+        # a config mistake was said in one line per run above: exit 2 without a traceback
+        raise SystemExit(2)
+    return returns  # Hydra raises a failed run's exception (with the worker's traceback) after this
 
 
 def _train(queue, returns, tally, labels, total, n_jobs, threads) -> None:
