@@ -6,6 +6,7 @@ A leading underscore keeps Hydra's plugin scan from importing this module (and o
 from __future__ import annotations
 
 import hashlib
+import itertools
 from typing import Any, Mapping, Sequence
 
 import optuna
@@ -64,8 +65,19 @@ def _choices(override: Override) -> list[Any]:
     return choices
 
 
+def is_grid(spec: Any) -> bool:
+    name = spec.get("name", "tpe") if isinstance(spec, Mapping) else spec
+    return str(name or "tpe").lower() == "grid"
+
+
+def grid_cells(space: Mapping[str, BaseDistribution]) -> list[dict[str, Any]]:
+    """Every cell of the grid, in a fixed order (the first key varies slowest)."""
+    grid = grid_of(space)
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
 def grid_of(space: Mapping[str, BaseDistribution]) -> dict[str, list[Any]]:
-    """The grid GridSampler walks: categorical choices, or every step of an integer range."""
+    """The grid's values per key: categorical choices, or every step of an integer range."""
     grid: dict[str, list[Any]] = {}
     for name, d in space.items():
         if isinstance(d, CategoricalDistribution):
@@ -89,7 +101,11 @@ def make_sampler(spec: Any, seed: int | None, space: Mapping[str, BaseDistributi
         raise ValueError(f"hydra.sweeper.sampler={name!r} is unknown: choose one of {', '.join(SAMPLERS)}")
     kwargs.setdefault("seed", seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(grid_of(space), **kwargs)
+        # The sweeper walks the grid itself (grid_cells): Optuna's GridSampler picks a random
+        # unvisited cell, which repeats cells while trials are in flight and cannot take back a
+        # trial a dead driver left running. The sampler only serves the enqueued cells.
+        grid_of(space)  # a continuous dimension is an error now, not after the first trial
+        return optuna.samplers.RandomSampler(seed=kwargs["seed"])
     factory = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                "cmaes": optuna.samplers.CmaEsSampler, "nsgaii": optuna.samplers.NSGAIISampler}[name]
     try:

@@ -9,7 +9,6 @@ optuna is imported only when a sweep starts: Hydra imports this module at every 
 """
 from __future__ import annotations
 
-import math
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
@@ -69,8 +68,9 @@ class OptunaSweeper(Sweeper):
                              "or hydra.sweeper.params")
         directions = _space.directions_for(self.direction, self.objectives)
         sampler = _space.make_sampler(self.sampler_spec, self.seed, self.space)
-        if isinstance(sampler, optuna.samplers.GridSampler):  # a grid has so many cells, no more
-            self.n_trials = min(self.n_trials, math.prod(len(v) for v in _space.grid_of(self.space).values()))
+        self.grid = _space.grid_cells(self.space) if _space.is_grid(self.sampler_spec) else None
+        if self.grid is not None:  # a grid has so many cells, no more
+            self.n_trials = min(self.n_trials, len(self.grid))
         self.study = optuna.create_study(storage=self._storage_url(), sampler=sampler, directions=directions,
                                          study_name=self.study_name or _space.default_study_name(
                                              params_conf, self.objectives), load_if_exists=True)
@@ -118,6 +118,10 @@ class OptunaSweeper(Sweeper):
         from lorasweep import results
         from lorasweep.planning import plan_run
 
+        if self.grid is not None:  # the next cell no finished or running trial holds
+            taken = {_cell(t.params) for t in self._counted_trials()}
+            taken |= {_cell(t.params) for job in inflight.values() for t, _ in job.trials}
+            self.study.enqueue_trial(next(c for c in self.grid if _cell(c) not in taken))
         trial = self.study.ask(fixed_distributions=self.space)
         label = f"trial {ordinal}/{self.n_trials} " + " ".join(
             f"{k}={_short(v)}" for k, v in trial.params.items())
@@ -196,13 +200,7 @@ class OptunaSweeper(Sweeper):
               **attrs: Any) -> int:
         for k, v in attrs.items():
             self.study._storage.set_trial_user_attr(trial._trial_id, k, v)
-        try:
-            self.study.tell(trial, values, state=state)
-        except RuntimeError as e:
-            # GridSampler calls study.stop() once the grid is covered, which only works inside
-            # optimize(); the trial's state is stored before that, and n_trials already stops us
-            if "Study.stop" not in str(e):
-                raise
+        self.study.tell(trial, values, state=state)
         _say(f"{label}: {message}")
         return 1
 
@@ -243,7 +241,8 @@ class OptunaSweeper(Sweeper):
                 continue
             self._tell(trial, TrialState.FAIL, label, "abandoned by a stopped sweep, asked again"
                        if complete else "abandoned by a stopped sweep", status=ABANDONED)
-            if complete:
+            # a grid walks to the cell again by itself; other samplers get the params back
+            if complete and self.grid is None:
                 self.study.enqueue_trial(dict(frozen.params))
 
     # -- configs and paths ------------------------------------------------------------------------
@@ -292,6 +291,10 @@ def optuna_trial(study, frozen) -> "optuna.trial.Trial":
     import optuna
 
     return optuna.trial.Trial(study, frozen._trial_id)
+
+
+def _cell(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in params.items()))
 
 
 def _pending(inflight: dict[Future, _Job]) -> int:

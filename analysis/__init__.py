@@ -1,0 +1,1 @@
+"""Analysis of lorasweep result JSONs (no torch): load, tables, report. See `python -m analysis -h`."""

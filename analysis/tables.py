@@ -1,0 +1,200 @@
+"""Pure table functions on the frame from load_results.
+
+A *cell* is one setting with the seed left out. Means use done runs only; other statuses are counted
+(n_failed, n_pruned, ...) and never mixed into a mean. Runs that differ in a setting that is not a
+grouping key are pooled: narrow the input with `--where` to hold such settings fixed.
+
+Standard error of a cell: with k > 1 seeds, std/sqrt(k) (ddof=1) across seeds; with one run, that
+run's own binomial `<metric>_se` (the only uncertainty we have).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+# The settings that define a cell: everything run-defining except the seed.
+CELL_KEYS = ["model", "task", "method", "r", "alpha", "dropout", "proj", "lr"]
+METHOD_ORDER = ["none", "lora", "dora", "full"]
+
+
+def _keys(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    return [k for k in keys if k in df.columns]
+
+
+def done(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "done"] if len(df) else df
+
+
+def cell_stats(df: pd.DataFrame, keys: list[str] | None = None, metric: str = "accuracy") -> pd.DataFrame:
+    """Per cell: mean metric over seeds, its SE, n_seeds, trainable (mean over runs)."""
+    keys = _keys(df, keys or CELL_KEYS)
+    d = done(df)
+    se_col = f"{metric}_se"
+    cols = keys + [metric, se_col, "n_seeds", "trainable"]
+    if d.empty or metric not in d.columns:
+        return pd.DataFrame(columns=cols)
+    d = d.assign(_se=d[se_col] if se_col in d.columns else np.nan)
+    g = d.groupby(keys, dropna=False, sort=True)
+    out = g.agg(mean=(metric, "mean"), std=(metric, "std"), k=(metric, "count"),
+                own_se=("_se", "first"), trainable=("trainable", "mean")).reset_index()
+    across = out["std"] / np.sqrt(out["k"])
+    out[se_col] = np.where(out["k"] > 1, across, out["own_se"])
+    out = out.rename(columns={"mean": metric, "k": "n_seeds"})
+    return out[cols]
+
+
+def rank_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Rows r; one column per (method, proj), e.g. `lora/qk`: mean metric over seeds."""
+    d = df[df["method"].isin(["lora", "dora"])] if len(df) else df
+    c = cell_stats(d, ["method", "proj", "r"], metric)
+    if c.empty:
+        return pd.DataFrame()
+    c["setting"] = c["method"] + "/" + c["proj"].astype(str)
+    t = c.pivot_table(index="r", columns="setting", values=metric, aggfunc="mean")
+    t.columns.name = None
+    return t
+
+
+def projection_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Rows canonical projection code (per method): mean, SE, n_seeds, trainable, pooled over r."""
+    d = df[df["method"].isin(["lora", "dora"])] if len(df) else df
+    return cell_stats(d, ["method", "proj"], metric)
+
+
+def rank_proj_pivot(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """r x proj grid of the mean metric (lora and dora pooled; narrow with --where to separate)."""
+    d = df[df["method"].isin(["lora", "dora"])] if len(df) else df
+    c = cell_stats(d, ["r", "proj"], metric)
+    if c.empty:
+        return pd.DataFrame()
+    t = c.pivot_table(index="r", columns="proj", values=metric, aggfunc="mean")
+    t.columns.name = None
+    return t
+
+
+def method_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """One row per method (none, lora, dora, full, then others): metric, cost and size."""
+    c = cell_stats(df, ["method"], metric)
+    if c.empty:
+        return c
+    extra = done(df).groupby("method").agg(adapter_bytes=("adapter_bytes", "mean"),
+                                           train_s=("train_s", "mean"), peak_rss_mb=("peak_rss_mb", "mean"))
+    c = c.merge(extra.reset_index(), on="method", how="left")
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return c.sort_values("method", key=lambda s: s.map(lambda m: order.get(m, 99))).reset_index(drop=True)
+
+
+def alpha_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    d = df[df["method"].isin(["lora", "dora"])] if len(df) else df
+    return cell_stats(d, ["method", "r", "alpha"], metric)
+
+
+def dropout_lr_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    return cell_stats(df, ["method", "dropout", "lr"], metric)
+
+
+def status_counts(df: pd.DataFrame) -> dict[str, int]:
+    """Runs per status, every known status present (0 when absent)."""
+    counts = {s: 0 for s in ("done", "failed", "pruned", "skipped_budget")}
+    if len(df):
+        counts.update(df["status"].value_counts().to_dict())
+    return counts
+
+
+def budget_view(df: pd.DataFrame, budget: int | None, metric: str = "accuracy") -> pd.DataFrame:
+    """Every cell (any status) with its trainable count and whether it fits the budget.
+
+    Over-budget cells, including skipped_budget results (whose `trainable` is the predicted count),
+    stay in the table with fits=False: the point is to see what the budget excluded.
+    """
+    keys = _keys(df, CELL_KEYS)
+    if df.empty:
+        return pd.DataFrame(columns=keys + ["trainable", "fits", metric, f"{metric}_se", "n_seeds", "statuses"])
+    g = df.groupby(keys, dropna=False, sort=True)
+    cells = g.agg(trainable=("trainable", "max"),
+                  statuses=("status", lambda s: ",".join(f"{k}:{v}" for k, v in sorted(s.value_counts().items()))))
+    cells = cells.reset_index()
+    stats = cell_stats(df, keys, metric).drop(columns="trainable")
+    cells = cells.merge(stats, on=keys, how="left")
+    cells["n_seeds"] = cells["n_seeds"].fillna(0).astype(int)
+    # NaN trainable (failed before counting) compares False: not shown as fitting
+    cells["fits"] = True if budget is None else (cells["trainable"] <= budget).astype(bool)
+    return cells[keys + ["trainable", "fits", metric, f"{metric}_se", "n_seeds", "statuses"]]
+
+
+def best_within_budget(view: pd.DataFrame, metric: str = "accuracy") -> pd.Series | None:
+    """The fitting cell with the best mean metric (ties: fewer trainable); None when none fits."""
+    ok = view[view["fits"] & view[metric].notna()] if len(view) else view
+    if ok.empty:
+        return None
+    return ok.sort_values([metric, "trainable"], ascending=[False, True]).iloc[0]
+
+
+def pareto_front(cells: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """`cells` with a `pareto` column: True when no other cell has metric >= and trainable <=,
+    one of them strictly. Cells without a metric or trainable count are never on the front."""
+    c = cells.copy()
+    c["pareto"] = False
+    ok = c[metric].notna() & c["trainable"].notna()
+    acc = c.loc[ok, metric].to_numpy(float)
+    tr = c.loc[ok, "trainable"].to_numpy(float)
+    order = np.lexsort((-acc, tr))  # by trainable ascending, then metric descending
+    on = np.zeros(len(acc), bool)
+    best_smaller = -math.inf  # best metric among cells with strictly fewer trainable params
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and tr[order[j]] == tr[order[i]]:
+            j += 1
+        top = acc[order[i]]  # the best in this trainable group (sorted first)
+        for idx in order[i:j]:
+            on[idx] = acc[idx] == top and top > best_smaller
+        best_smaller = max(best_smaller, top)
+        i = j
+    c.loc[ok, "pareto"] = on
+    return c
+
+
+def significance(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Each cell against the method=none baseline of its (model, task).
+
+    Welch's t-test (scipy) when both sides have >= 2 seeds; otherwise a two-sided normal test on
+    z = diff / sqrt(se_cell^2 + se_base^2) using the cells' SEs (the binomial SE for one run).
+    """
+    cells = cell_stats(df, CELL_KEYS, metric)
+    if cells.empty:
+        return cells
+    base = {(b["model"], b["task"]): b for _, b in cells[cells["method"] == "none"].iterrows()}
+    d = done(df)
+    rows = []
+    for _, c in cells[cells["method"] != "none"].iterrows():
+        b = base.get((c["model"], c["task"]))
+        if b is None:
+            continue
+        diff = c[metric] - b[metric]
+        test, p = _welch(d, c, b, metric) if c["n_seeds"] > 1 and b["n_seeds"] > 1 else (None, None)
+        if p is None:
+            se = math.hypot(c[f"{metric}_se"], b[f"{metric}_se"])
+            test = "normal"
+            p = math.erfc(abs(diff) / se / math.sqrt(2)) if se > 0 else (1.0 if diff == 0 else 0.0)
+        rows.append({**c.to_dict(), "baseline": b[metric], "diff": diff, "test": test, "p": p})
+    return pd.DataFrame(rows)
+
+
+def _welch(d: pd.DataFrame, c: pd.Series, b: pd.Series, metric: str) -> tuple[str | None, float | None]:
+    try:
+        from scipy import stats  # optional: the normal approximation is used without it
+    except ImportError:
+        return None, None
+    def values(cell: pd.Series) -> np.ndarray:
+        m = np.ones(len(d), bool)
+        for k in _keys(d, CELL_KEYS):
+            v = cell[k]
+            m &= d[k].isna().to_numpy() if pd.isna(v) else (d[k] == v).to_numpy()
+        return d.loc[m, metric].to_numpy(float)
+    x, y = values(c), values(b)
+    if x.std() == 0 and y.std() == 0:
+        return None, None  # t undefined; fall back to the normal test
+    return "welch", float(stats.ttest_ind(x, y, equal_var=False).pvalue)

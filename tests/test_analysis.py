@@ -1,0 +1,204 @@
+"""analysis/: load result JSONs, tables with hand-computed values, the CLI end to end. No torch."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+from analysis import tables as T
+from analysis.load import load_results
+BUDGET = 4500
+
+
+def result(method: str = "lora", r: int | None = 4, proj: str | None = "qv", seed: int = 0,
+           acc: float | None = 0.5, se: float = 0.05, trainable: int = 1000, status: str = "done") -> dict:
+    """A valid schema-1 result dict (the fields analysis reads), keyed by its setting."""
+    key = f"{method}-{r}-{proj}-{seed}"
+    cfg = {"model": {"name": "m", "family": "bert"}, "method": method,
+           "task": {"name": "t", "kind": "classification"}, "train": {"lr": 1e-3, "seed": seed}}
+    if method in ("lora", "dora"):
+        cfg["lora"] = {"r": r, "alpha": 2.0 * r, "dropout": 0.05, "proj": proj}
+    res = {"schema": 1, "run_key": key, "slug": key, "status": status, "reason": "", "config": cfg,
+           "budget": {"max_trainable": None, "r_auto": False},
+           "params": {"trainable": trainable, "total": 100_000, "predicted": trainable}}
+    if status == "skipped_budget":  # as run.py writes it: no metrics, only the predicted count
+        res["params"] = {"trainable": trainable, "predicted": trainable}
+    elif acc is not None:
+        res["metrics"] = {"test": {"accuracy": acc, "accuracy_se": se, "n": 100, "loss": 1.0},
+                          "train": {"loss": 1.0}}
+        res["curve"] = [{"step": 0, "accuracy": 0.1}, {"step": 10, "accuracy": acc}]
+        res["timing"] = {"train_s": 2.0, "total_s": 3.0}
+        res["memory"] = {"peak_rss_mb": 500.0}
+        res["artifacts"] = {"kind": "adapter", "path": "adapter", "size_bytes": 10 * trainable}
+    return res
+
+
+RUNS = [
+    result("none", None, None, 0, 0.30, trainable=0), result("none", None, None, 1, 0.34, trainable=0),
+    result(r=2, seed=0, acc=0.55, trainable=1000), result(r=2, seed=1, acc=0.57, trainable=1000),
+    # `vq` is the same projection set as `qv`: it must land in the qv cell
+    result(r=4, proj="vq", seed=0, acc=0.60, trainable=2000), result(r=4, seed=1, acc=0.62, trainable=2000),
+    result(r=4, seed=2, acc=0.67, trainable=2000),
+    result(r=4, seed=3, acc=0.10, trainable=2000, status="pruned"),  # never mixed into the mean
+    result(r=8, acc=0.64, se=0.048, trainable=4000),  # one seed: its own binomial SE
+    result(r=4, proj="qkvo", acc=0.61, trainable=5000),  # dominated by r=8 qv (0.64 at 4000)
+    result(r=16, acc=None, trainable=8000, status="failed"),
+    result(r=64, trainable=32000, status="skipped_budget"),
+]
+BAD = {"corrupt": "{not json", "truncated": json.dumps(result())[:150], "list": "[1, 2]",
+       "foreign": '{"hello": 1}', "schema2": json.dumps({**result(), "schema": 2})}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """a/ holds every run and the bad files; b/ repeats one run key with another accuracy."""
+    for i, res in enumerate(RUNS):
+        _write(tmp_path / "a" / f"run{i:02d}" / "result.json", json.dumps(res))
+    for name, text in BAD.items():
+        _write(tmp_path / "a" / name / "result.json", text)
+    _write(tmp_path / "b" / "copy" / "result.json", json.dumps(result(r=2, seed=0, acc=0.99, trainable=1000)))
+    return tmp_path
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _load(store: Path):
+    warn = io.StringIO()
+    df, rep = load_results([store / "a", str(store / "b" / "*")], warn=warn)
+    return df, rep, warn.getvalue().splitlines()
+
+
+def _cell(cells, **where):
+    m = cells
+    for k, v in where.items():
+        m = m[m[k] == v]
+    assert len(m) == 1, where
+    return m.iloc[0]
+
+
+def test_load_counts_duplicates_and_one_warning_per_bad_file(store):
+    df, rep, lines = _load(store)
+    assert (rep.files, rep.loaded, rep.duplicates, rep.n_skipped) == (18, 12, 1, 5)
+    assert len(lines) == 5
+    for name in BAD:
+        assert sum(str(store / "a" / name / "result.json") in line for line in lines) == 1
+    assert T.status_counts(df) == {"done": 9, "failed": 1, "pruned": 1, "skipped_budget": 1}
+    # the duplicate in b/ is ignored (a/ is read first); `vq` became canonical `qv`
+    assert df.loc[df.run_key == "lora-2-qv-0", "accuracy"].item() == 0.55
+    assert set(df["proj"].dropna()) == {"qv", "qkvo"}
+    assert df.loc[df.run_key == "lora-64-qv-0", "trainable"].item() == 32000
+
+
+def test_cell_means_and_standard_errors(store):
+    df, _, _ = _load(store)
+    cells = T.cell_stats(df)
+    assert len(cells) == 5  # none, r2, r4, r8, r4 qkvo: failed/skipped cells have no mean
+    none = _cell(cells, method="none")
+    assert none["accuracy"] == pytest.approx(0.32) and none["n_seeds"] == 2
+    assert none["accuracy_se"] == pytest.approx(0.02)  # std(.30,.34)=.028284; /sqrt(2)
+    r4 = _cell(cells, r=4, proj="qv")
+    assert r4["n_seeds"] == 3 and r4["accuracy"] == pytest.approx(0.63)  # pruned 0.10 left out
+    assert r4["accuracy_se"] == pytest.approx(math.sqrt(0.0026 / 2 / 3))  # squares .0009+.0001+.0016
+    r8 = _cell(cells, r=8)
+    assert (r8["n_seeds"], r8["accuracy"], r8["accuracy_se"]) == (1, 0.64, 0.048)
+    assert _cell(cells, r=2)["accuracy_se"] == pytest.approx(0.01)
+
+
+def test_rank_projection_method_tables(store):
+    df, _, _ = _load(store)
+    rank = T.rank_table(df)
+    assert list(rank.columns) == ["lora/qkvo", "lora/qv"] and list(rank.index) == [2, 4, 8]
+    assert rank.loc[4, "lora/qv"] == pytest.approx(0.63) and rank.loc[4, "lora/qkvo"] == 0.61
+    assert math.isnan(rank.loc[2, "lora/qkvo"])
+    proj = T.projection_table(df).set_index("proj")
+    assert proj.loc["qv", "n_seeds"] == 6  # r2 x2, r4 x3, r8 x1, pooled over r
+    assert proj.loc["qv", "accuracy"] == pytest.approx((0.55 + 0.57 + 0.60 + 0.62 + 0.67 + 0.64) / 6)
+    assert T.rank_proj_pivot(df).loc[8, "qv"] == 0.64
+    meth = T.method_table(df)
+    assert list(meth["method"]) == ["none", "lora"]
+    assert meth.iloc[1]["accuracy"] == pytest.approx(4.26 / 7)
+    assert meth.iloc[0]["trainable"] == 0 and meth.iloc[0]["adapter_bytes"] == 0
+    assert list(T.alpha_table(df)["alpha"]) == [4.0, 8.0, 16.0]  # r=4 qv and qkvo pooled
+
+
+def test_budget_view_keeps_over_budget_cells_and_picks_best(store):
+    df, _, _ = _load(store)
+    view = T.budget_view(df, BUDGET)
+    assert len(view) == 7  # every cell, failed and skipped_budget included
+    over = view[~view["fits"]]
+    assert sorted(over["trainable"]) == [5000, 8000, 32000]
+    assert _cell(view, r=64)["statuses"] == "skipped_budget:1"
+    assert _cell(view, r=4, proj="qv")["statuses"] == "done:3,pruned:1"
+    best = T.best_within_budget(view)
+    assert (best["r"], best["proj"], best["accuracy"]) == (8, "qv", 0.64)
+    assert T.best_within_budget(T.budget_view(df, 1500))["r"] == 2
+    assert T.best_within_budget(T.budget_view(df, -1)) is None
+
+
+def test_pareto_front(store):
+    df, _, _ = _load(store)
+    cells = T.pareto_front(T.cell_stats(df))
+    on = {c.method if c.method == "none" else (c.r, c.proj) for c in cells[cells.pareto].itertuples()}
+    assert on == {"none", (2, "qv"), (4, "qv"), (8, "qv")}  # r=4 qkvo: 0.61 at 5000 < 0.64 at 4000
+    import pandas as pd  # ties: equal cells are both on the front, a worse one at equal cost is not
+    tie = pd.DataFrame({"accuracy": [0.5, 0.5, 0.4, 0.6], "trainable": [10, 10, 10, 20]})
+    assert list(T.pareto_front(tie)["pareto"]) == [True, True, False, True]
+
+
+def test_significance_against_none(store):
+    df, _, _ = _load(store)
+    sig = T.significance(df)
+    r8 = _cell(sig, r=8)  # one seed: normal test on the SEs
+    assert r8["test"] == "normal" and r8["diff"] == pytest.approx(0.32)
+    assert r8["p"] == pytest.approx(math.erfc(0.32 / math.hypot(0.048, 0.02) / math.sqrt(2)))
+    r4 = _cell(sig, r=4, proj="qv")
+    stats = pytest.importorskip("scipy.stats")
+    assert r4["test"] == "welch"
+    assert r4["p"] == pytest.approx(stats.ttest_ind([0.60, 0.62, 0.67], [0.30, 0.34], equal_var=False).pvalue)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_end_to_end(store, tmp_path):
+    out = tmp_path / "rep"
+    p = _cli(str(store / "a"), str(store / "b"), "--budget", str(BUDGET), "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert str(out) in p.stdout and p.stderr.count("warning: skipped") == 5
+    for name in ("report.md", "report.html", "runs.csv", "cells.csv", "cells.tex", "rank.csv", "rank.tex",
+                 "budget.csv", "method.tex", "pareto.png", "curves.png", "rank_proj.png"):
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "report.md").read_text()
+    assert "| 4 | 0.61 | 0.63 |" in md  # rank table row r=4: lora/qkvo, lora/qv
+    assert "| none | 0.32 | 0.02 | 2 | 0 |" in md  # method table
+    assert "done: 9, failed: 1, pruned: 1, skipped over budget: 1" in md
+    assert "cells over budget: 3 (budget 4,500 trainable)" in md and "skipped files: 5" in md
+    assert "best within budget: model=m, task=t, method=lora, r=8" in md and "![pareto](pareto.png)" in md
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_cli_where_and_empty_input(store, tmp_path):
+    p = _cli(str(store / "a"), "--where", "method == 'none'", "--out", str(tmp_path / "w"), "--no-plots")
+    assert p.returncode == 0, p.stderr
+    assert "| none | 0.32 |" in (tmp_path / "w" / "report.md").read_text()
+    p = _cli(str(store / "a"), "--group-by", "bogus", "--out", str(tmp_path / "g"))
+    assert p.returncode == 2 and "--group-by ['bogus']" in p.stderr
+    (tmp_path / "empty").mkdir()
+    p = _cli(str(tmp_path / "empty"), "--out", str(tmp_path / "e"))
+    assert p.returncode == 2 and "no readable result.json" in p.stderr and not (tmp_path / "e").exists()
+
+
+def test_analysis_does_not_import_torch():
+    code = "import analysis.__main__, analysis.report, analysis.plots, sys; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
