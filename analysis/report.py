@@ -102,7 +102,7 @@ def summary(df: pd.DataFrame, load: LoadReport, tabs: dict, budget: int | None, 
     if best is not None:
         what = ", ".join(f"{k}={fmt(best[k])}" for k in T.CELL_KEYS if k in best and fmt(best[k]))
         lines.append(f"best within budget: {what}: {metric} {fmt(best[metric])} "
-                     f"± {fmt(best[f'{metric}_se'])}, trainable {fmt(best['trainable'])}")
+                     f"± {fmt(best[f'{metric}_se'])}, trainable {int(best['trainable']):,}")
     return lines
 
 
@@ -135,8 +135,8 @@ def render_html(df: pd.DataFrame, load: LoadReport, tabs: dict, budget: int | No
         body.append(f'<img alt="{name}" src="data:image/png;base64,{data}">')
     for name, (t, index) in tabs.items():
         body.append(f"<h2>{html.escape(TITLES[name])}</h2>")
-        body.append(t.to_html(index=index, na_rep="", float_format=lambda v: f"{v:.4g}") if len(t) else
-                    "<p><i>no data</i></p>")
+        # the markdown's cell format (separators, yes/no), not pandas' scientific notation
+        body.append(t.astype(object).map(fmt).to_html(index=index) if len(t) else "<p><i>no data</i></p>")
     style = "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
     return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>" \
            + "\n".join(body) + "</body></html>\n"

@@ -185,7 +185,10 @@ def test_cli_end_to_end(store, tmp_path):
     assert "done: 9, failed: 1, pruned: 1, skipped over budget: 1" in md
     assert "cells over budget: 3 (budget 4,500 trainable)" in md and "skipped files: 5" in md
     assert "best within budget: model=m, task=t, method=lora, r=8" in md and "![pareto](pareto.png)" in md
-    assert "data:image/png;base64," in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page
+    # the html tables read like the markdown ones: separators and yes/no, not 4.5e+03 and True
+    assert "<td>0.61</td>" in page and "<td>yes</td>" in page and "e+0" not in page and "True" not in page
 
 
 def test_cli_where_and_empty_input(store, tmp_path):
