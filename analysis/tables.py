@@ -46,15 +46,17 @@ def cell_stats(df: pd.DataFrame, keys: list[str] | None = None, metric: str = "a
 
 
 def rank_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """Rows r; one column per (method, proj), e.g. `lora/qk`: mean metric over seeds."""
+    """Rows r; per (method, proj) setting, e.g. `lora/qk`: the mean metric over seeds, then its SE
+    (`lora/qk ±`), the number of seeds (`lora/qk n`) and trainable parameters."""
     d = df[df["method"].isin(["lora", "dora"])] if len(df) else df
     c = cell_stats(d, ["method", "proj", "r"], metric)
     if c.empty:
         return pd.DataFrame()
     c["setting"] = c["method"] + "/" + c["proj"].astype(str)
-    t = c.pivot_table(index="r", columns="setting", values=metric, aggfunc="mean")
-    t.columns.name = None
-    return t
+    suffix = {metric: "", f"{metric}_se": " ±", "n_seeds": " n", "trainable": " trainable"}
+    t = c.pivot_table(index="r", columns="setting", values=list(suffix), aggfunc="first")
+    t.columns = [f"{setting}{suffix[field]}" for field, setting in t.columns]
+    return t[[f"{s}{x}" for s in sorted(c["setting"].unique()) for x in suffix.values() if f"{s}{x}" in t]]
 
 
 def projection_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:

@@ -116,8 +116,14 @@ def test_cell_means_and_standard_errors(store):
 def test_rank_projection_method_tables(store):
     df, _, _ = _load(store)
     rank = T.rank_table(df)
-    assert list(rank.columns) == ["lora/qkvo", "lora/qv"] and list(rank.index) == [2, 4, 8]
+    per = ["", " ±", " n", " trainable"]
+    assert list(rank.columns) == [f"lora/{p}{x}" for p in ("qkvo", "qv") for x in per]
+    assert list(rank.index) == [2, 4, 8]
     assert rank.loc[4, "lora/qv"] == pytest.approx(0.63) and rank.loc[4, "lora/qkvo"] == 0.61
+    # the r=4 qv cell: 3 seeds, SE across them (as in the cells table)
+    assert rank.loc[4, "lora/qv n"] == 3
+    assert rank.loc[4, "lora/qv ±"] == pytest.approx(_cell(T.cell_stats(df), r=4, proj="qv")["accuracy_se"])
+    assert rank.loc[4, "lora/qv trainable"] == _cell(T.cell_stats(df), r=4, proj="qv")["trainable"]
     assert math.isnan(rank.loc[2, "lora/qkvo"])
     proj = T.projection_table(df).set_index("proj")
     assert proj.loc["qv", "n_seeds"] == 6  # r2 x2, r4 x3, r8 x1, pooled over r
