@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 
 from . import classification, mcq
 from .data import DataError, load_classification, load_mcq, resolve_data_path
@@ -23,10 +23,15 @@ class Task:
         return "classification" if self.spec.kind == "classification" else "causal_lm"
 
     @property
+    def label_ids(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels)}
+
+    @property
     def num_labels(self) -> int | None:
         return len(self.labels) if self.spec.kind == "classification" else None
 
 
+@lru_cache(maxsize=16)  # a sweep plans every job before it runs it: read each task's files once
 def load_task(spec: TaskSpec) -> Task:
     load = load_classification if spec.kind == "classification" else load_mcq
     train, eval_, test = (load(path, limit) for path, limit in
@@ -57,8 +62,8 @@ def _labels(spec: TaskSpec, rows: list[dict]) -> list[str]:
 def training_data(task: Task, tokenizer, train: TrainSpec):
     """(train_data, eval_data, collator) in the form the task's trainer takes."""
     if task.spec.kind == "classification":
-        ids = {name: i for i, name in enumerate(task.labels)}
-        enc = partial(classification.encode, tokenizer=tokenizer, label_ids=ids, max_length=train.max_length)
+        enc = partial(classification.encode, tokenizer=tokenizer, label_ids=task.label_ids,
+                      max_length=train.max_length)
         return enc(task.train), enc(task.eval), classification.collator(tokenizer)
     return mcq.sft_dataset(task.train), mcq.sft_dataset(task.eval), None
 
@@ -66,7 +71,6 @@ def training_data(task: Task, tokenizer, train: TrainSpec):
 def evaluator(task: Task, tokenizer, rows: list[dict], train: TrainSpec):
     """A function model -> metrics (accuracy, accuracy_se, n, loss) on `rows`."""
     if task.spec.kind == "classification":
-        ids = {name: i for i, name in enumerate(task.labels)}
-        encoded = classification.encode(rows, tokenizer, ids, train.max_length)
+        encoded = classification.encode(rows, tokenizer, task.label_ids, train.max_length)
         return lambda model: classification.evaluate(model, tokenizer, encoded, train.eval_batch_size)
     return lambda model: mcq.evaluate(model, tokenizer, rows, train.eval_batch_size, train.max_length)

@@ -123,8 +123,7 @@ class OptunaSweeper(Sweeper):
             taken |= {_cell(t.params) for job in inflight.values() for t, _ in job.trials}
             self.study.enqueue_trial(next(c for c in self.grid if _cell(c) not in taken))
         trial = self.study.ask(fixed_distributions=self.space)
-        label = f"trial {ordinal}/{self.n_trials} " + " ".join(
-            f"{k}={_short(v)}" for k, v in trial.params.items())
+        label = f"trial {ordinal}/{self.n_trials} {_params(trial)}"
         try:
             cfg = self._compose(trial.params)
             plan = plan_run(cfg)
@@ -225,8 +224,7 @@ class OptunaSweeper(Sweeper):
 
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial = optuna_trial(self.study, frozen)
-            label = f"trial #{frozen.number} (left running) " + " ".join(
-                f"{k}={_short(v)}" for k, v in frozen.params.items())
+            label = f"trial #{frozen.number} (left running) {_params(frozen)}"
             complete = set(frozen.params) == set(self.space)
             stored = None
             if complete:
