@@ -1,8 +1,10 @@
 """Pure table functions on the frame from load_results.
 
 A *cell* is one setting with the seed left out. Means use done runs only; other statuses are counted
-(n_failed, n_pruned, ...) and never mixed into a mean. Runs that differ in a setting that is not a
-grouping key are pooled: narrow the input with `--where` to hold such settings fixed.
+(n_failed, n_pruned, ...) and never mixed into a mean. Each table has its own keys (the method
+table: method; the projection table: method, proj; ...); a setting that varies within one of those
+rows (a results folder with a rank sweep and a method comparison: r varies among the lora runs) is
+added as a key, so every row is one cell and its n_seeds counts seeds, never pooled settings.
 
 Standard error of a cell: with k > 1 seeds, std/sqrt(k) (ddof=1) across seeds; with one run, that
 run's own binomial `<metric>_se` (the only uncertainty we have).
@@ -27,6 +29,25 @@ def done(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "done"] if len(df) else df
 
 
+def table_keys(df: pd.DataFrame, primary: list[str]) -> list[str]:
+    """`primary`, then every other cell key that takes more than one value within a primary group."""
+    primary = _keys(df, primary)
+    if df.empty:
+        return primary
+    groups = df.groupby(primary, dropna=False) if primary else None
+    extra = [k for k in _keys(df, CELL_KEYS) if k not in primary and
+             ((groups[k].nunique(dropna=False) > 1).any() if groups is not None else df[k].nunique(dropna=False) > 1)]
+    return primary + extra
+
+
+def _label(cells: pd.DataFrame, parts: list[str], extra: list[str]) -> pd.Series:
+    """'lora/qv', plus ' lr=0.001' for each extra key: a column name per setting."""
+    label = cells[parts].astype(str).agg("/".join, axis=1)
+    for k in extra:
+        label = label + f" {k}=" + cells[k].astype(str)
+    return label
+
+
 def cell_stats(df: pd.DataFrame, keys: list[str] | None = None, metric: str = "accuracy") -> pd.DataFrame:
     """Per cell: mean metric over seeds, its SE, n_seeds, trainable (mean over runs)."""
     keys = _keys(df, keys or CELL_KEYS)
@@ -48,11 +69,12 @@ def cell_stats(df: pd.DataFrame, keys: list[str] | None = None, metric: str = "a
 def rank_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """Rows r; per (method, proj) setting, e.g. `lora/qk`: the mean metric over seeds, then its SE
     (`lora/qk ±`), the number of seeds (`lora/qk n`) and trainable parameters."""
-    d = df[df["method"].isin(["lora", "dora"])] if len(df) else df
-    c = cell_stats(d, ["method", "proj", "r"], metric)
+    d = _adapted(df)
+    keys = table_keys(d, ["method", "proj", "r"])
+    c = cell_stats(d, keys, metric)
     if c.empty:
         return pd.DataFrame()
-    c["setting"] = c["method"] + "/" + c["proj"].astype(str)
+    c["setting"] = _label(c, ["method", "proj"], keys[3:])
     suffix = {metric: "", f"{metric}_se": " ±", "n_seeds": " n", "trainable": " trainable"}
     t = c.pivot_table(index="r", columns="setting", values=list(suffix), aggfunc="first")
     t.columns = [f"{setting}{suffix[field]}" for field, setting in t.columns]
@@ -60,41 +82,52 @@ def rank_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
 
 
 def projection_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """Rows canonical projection code (per method): mean, SE, n_seeds, trainable, pooled over r."""
-    d = df[df["method"].isin(["lora", "dora"])] if len(df) else df
-    return cell_stats(d, ["method", "proj"], metric)
+    """Rows canonical projection code (per method, and per r etc. where those vary): mean, SE, n_seeds, trainable."""
+    d = _adapted(df)
+    return cell_stats(d, table_keys(d, ["method", "proj"]), metric)
 
 
 def rank_proj_pivot(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """r x proj grid of the mean metric (lora and dora pooled; narrow with --where to separate)."""
-    d = df[df["method"].isin(["lora", "dora"])] if len(df) else df
-    c = cell_stats(d, ["r", "proj"], metric)
+    """r x proj grid of the mean metric; a column per proj, or per proj and whatever else varies (method, ...)."""
+    d = _adapted(df)
+    keys = table_keys(d, ["r", "proj"])
+    c = cell_stats(d, keys, metric)
     if c.empty:
         return pd.DataFrame()
-    t = c.pivot_table(index="r", columns="proj", values=metric, aggfunc="mean")
+    c["setting"] = _label(c, ["proj"], keys[2:])
+    t = c.pivot_table(index="r", columns="setting", values=metric, aggfunc="first")
     t.columns.name = None
     return t
 
 
 def method_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """One row per method (none, lora, dora, full, then others): metric, cost and size."""
-    c = cell_stats(df, ["method"], metric)
+    """One row per method (none, lora, dora, full, then others; and per setting where one varies
+    within a method): metric, cost and size."""
+    keys = table_keys(df, ["method"])
+    c = cell_stats(df, keys, metric)
     if c.empty:
         return c
-    extra = done(df).groupby("method").agg(adapter_bytes=("adapter_bytes", "mean"),
-                                           train_s=("train_s", "mean"), peak_rss_mb=("peak_rss_mb", "mean"))
-    c = c.merge(extra.reset_index(), on="method", how="left")
+    extra = done(df).groupby(keys, dropna=False).agg(adapter_bytes=("adapter_bytes", "mean"),
+                                                     train_s=("train_s", "mean"), peak_rss_mb=("peak_rss_mb", "mean"))
+    c = c.merge(extra.reset_index(), on=keys, how="left")
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return c.sort_values("method", key=lambda s: s.map(lambda m: order.get(m, 99))).reset_index(drop=True)
+    rank = c["method"].map(lambda m: order.get(m, 99))
+    return c.assign(_order=rank).sort_values(["_order", *keys[1:]], kind="stable").drop(columns="_order") \
+        .reset_index(drop=True)
 
 
 def alpha_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    d = df[df["method"].isin(["lora", "dora"])] if len(df) else df
-    return cell_stats(d, ["method", "r", "alpha"], metric)
+    d = _adapted(df)
+    return cell_stats(d, table_keys(d, ["method", "r", "alpha"]), metric)
 
 
 def dropout_lr_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    return cell_stats(df, ["method", "dropout", "lr"], metric)
+    return cell_stats(df, table_keys(df, ["method", "dropout", "lr"]), metric)
+
+
+def _adapted(df: pd.DataFrame) -> pd.DataFrame:
+    """The lora and dora runs: the ones with a rank and a projection set."""
+    return df[df["method"].isin(["lora", "dora"])] if len(df) else df
 
 
 def status_counts(df: pd.DataFrame) -> dict[str, int]:

@@ -125,15 +125,46 @@ def test_rank_projection_method_tables(store):
     assert rank.loc[4, "lora/qv ±"] == pytest.approx(_cell(T.cell_stats(df), r=4, proj="qv")["accuracy_se"])
     assert rank.loc[4, "lora/qv trainable"] == _cell(T.cell_stats(df), r=4, proj="qv")["trainable"]
     assert math.isnan(rank.loc[2, "lora/qkvo"])
-    proj = T.projection_table(df).set_index("proj")
-    assert proj.loc["qv", "n_seeds"] == 6  # r2 x2, r4 x3, r8 x1, pooled over r
-    assert proj.loc["qv", "accuracy"] == pytest.approx((0.55 + 0.57 + 0.60 + 0.62 + 0.67 + 0.64) / 6)
+    # r varies among the qv runs of this store: the projection table keeps it as a key (one cell a
+    # row, n_seeds counts seeds), instead of pooling r=2, 4 and 8 into one "qv" row
+    proj = T.projection_table(df)
+    assert list(proj.columns[:4]) == ["method", "proj", "r", "alpha"]
+    qv4 = _cell(proj, proj="qv", r=4)
+    assert qv4["n_seeds"] == 3 and qv4["accuracy"] == pytest.approx(0.63)
+    assert len(proj) == 4  # qkvo r4, qv r2, r4, r8
     assert T.rank_proj_pivot(df).loc[8, "qv"] == 0.64
     meth = T.method_table(df)
-    assert list(meth["method"]) == ["none", "lora"]
-    assert meth.iloc[1]["accuracy"] == pytest.approx(4.26 / 7)
+    assert list(meth["method"]) == ["none", "lora", "lora", "lora", "lora"]
+    assert list(meth["r"].iloc[1:]) == [2, 4, 4, 8]
     assert meth.iloc[0]["trainable"] == 0 and meth.iloc[0]["adapter_bytes"] == 0
-    assert list(T.alpha_table(df)["alpha"]) == [4.0, 8.0, 16.0]  # r=4 qv and qkvo pooled
+    assert _cell(meth, r=4, proj="qv")["n_seeds"] == 3
+    assert list(T.alpha_table(df)["alpha"]) == [4.0, 8.0, 8.0, 16.0]  # r=4: qv and qkvo are two cells
+
+
+def test_tables_of_one_sweep_have_one_row_per_setting(store):
+    """A method comparison alone: nothing varies within a method, so one row each; a projection
+    sweep alone: one row per proj; a second lr among the lora runs becomes a column of its own."""
+    runs = [result("none", None, None, s, 0.3, trainable=0) for s in (0, 1)] + \
+        [result("lora", 8, "qv", s, 0.6 + s / 100) for s in (0, 1)] + [result("dora", 8, "qv", 0, 0.7)]
+    df = _frame(store, runs)
+    meth = T.method_table(df)
+    assert list(meth.columns[:2]) == ["method", "accuracy"]
+    assert list(meth["method"]) == ["none", "lora", "dora"] and list(meth["n_seeds"]) == [2, 2, 1]
+    faster = result("lora", 8, "qv", 0, 0.5)
+    faster["config"]["train"]["lr"], faster["run_key"] = 1e-2, "fast"
+    df = _frame(store, runs + [faster, result("lora", 8, "qkvo", 0, 0.65)])
+    assert list(T.projection_table(df).columns[:3]) == ["method", "proj", "lr"]
+    rank = T.rank_table(df)
+    assert {"lora/qv lr=0.001", "lora/qv lr=0.01", "lora/qkvo lr=0.001", "dora/qv lr=0.001"} <= set(rank.columns)
+    assert rank.loc[8, "lora/qv lr=0.01"] == 0.5 and rank.loc[8, "lora/qv lr=0.001 n"] == 2
+
+
+def _frame(root: Path, runs: list[dict]):
+    folder = root / f"set{len(list(root.iterdir()))}"
+    for i, res in enumerate(runs):
+        _write(folder / f"run{i:02d}" / "result.json", json.dumps(res))
+    df, _ = load_results([folder], warn=io.StringIO())
+    return df
 
 
 def test_budget_view_keeps_over_budget_cells_and_picks_best(store):
@@ -187,7 +218,8 @@ def test_cli_end_to_end(store, tmp_path):
         assert (out / name).stat().st_size > 0, name
     md = (out / "report.md").read_text()
     assert "| 4 | 0.61 | 0.63 |" in md  # rank table row r=4: lora/qkvo, lora/qv
-    assert "| none | 0.32 | 0.02 | 2 | 0 |" in md  # method table
+    assert "| none |  |  |  | 0.32 | 0.02 | 2 | 0 |" in md  # method table: r, alpha, proj vary among lora runs
+    assert "| lora | 4 | 8 | qv | 0.63 | 0.02082 | 3 | 2,000 |" in md
     assert "done: 9, failed: 1, pruned: 1, skipped over budget: 1" in md
     assert "cells over budget: 3 (budget 4,500 trainable)" in md and "skipped files: 5" in md
     assert "best within budget: model=m, task=t, method=lora, r=8" in md and "![pareto](pareto.png)" in md
