@@ -75,7 +75,9 @@ def heatmap(pivot: pd.DataFrame, path: Path, metric: str = "accuracy") -> Path |
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * pivot.shape[1], 1.2 + 0.5 * pivot.shape[0]))
     vals = pivot.to_numpy(float)
     im = ax.imshow(np.ma.masked_invalid(vals), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(pivot.shape[1]), [str(c) for c in pivot.columns])
+    labels = [str(c) for c in pivot.columns]  # 'qv', or 'qv method=dora' when more than proj varies
+    long = max(map(len, labels)) > 8
+    ax.set_xticks(range(pivot.shape[1]), labels, rotation=30 if long else 0, ha="right" if long else "center")
     ax.set_yticks(range(pivot.shape[0]), [f"{r:g}" for r in pivot.index])
     ax.set_xlabel("projection")
     ax.set_ylabel("r")
