@@ -27,11 +27,11 @@ def run_or_explain(cfg: Mapping[str, Any]) -> float | None:
 def quiet_libraries() -> None:
     """Keep the console to lorasweep's own progress lines: no per-file progress bars from datasets
     and transformers, no deprecation notices about their internals."""
+    import os
     import warnings
 
-    import datasets
     from transformers.utils import logging as hf_logging
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    datasets.disable_progress_bars()
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported (SFT only)
     hf_logging.disable_progress_bar()

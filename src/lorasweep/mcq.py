@@ -7,10 +7,12 @@ prompt and picks the largest, so no generation or answer parsing is involved.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
-from datasets import Dataset
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 from .data import mcq_answer, mcq_prompt
 from .metrics import binomial_se
@@ -18,6 +20,7 @@ from .metrics import binomial_se
 
 def sft_dataset(rows: Sequence[dict]) -> Dataset:
     """trl's conversational prompt-completion format: the loss covers the answer only."""
+    from datasets import Dataset  # here, not at the top: a classification run never pays for it
     return Dataset.from_list([
         {"prompt": [{"role": "user", "content": mcq_prompt(r["question"], r["options"])}],
          "completion": [{"role": "assistant", "content": mcq_answer(r["options"], r["answer"])}]}

@@ -13,7 +13,6 @@ from typing import Callable
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-from trl import SFTConfig, SFTTrainer
 
 from .spec import TrainSpec
 from .tracking import Tracker
@@ -60,8 +59,11 @@ class _ClassificationTrainer(_TaskEvaluation, Trainer):
     pass
 
 
-class _SFTTrainer(_TaskEvaluation, SFTTrainer):
-    pass
+def _sft_trainer_class():
+    """trl (and datasets, wandb through it) imported only by runs that use it: ~1 s off a classification run."""
+    from trl import SFTTrainer
+
+    return type("_SFTTrainer", (_TaskEvaluation, SFTTrainer), {})
 
 
 class ProgressPrinter(TrainerCallback):
@@ -104,9 +106,11 @@ def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluat
     else:
         # SFTConfig defaults to bf16 and gradient checkpointing: both wrong on a CPU (2x slower,
         # and a reloaded adapter differs), so they are set explicitly.
+        from trl import SFTConfig
+
         args = SFTConfig(**common, max_length=spec.max_length, gradient_checkpointing=False,
                          packing=False, completion_only_loss=True)
-        trainer = _SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
+        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                               processing_class=tokenizer)
     trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
     trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
