@@ -39,5 +39,5 @@ def results_in(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.rglob("result.json"))]
 
 
-def row(*cells, widths=(34, 10, 10, 10, 12, 10)) -> str:
+def row(*cells, widths=(34, 10, 10, 8, 14, 10)) -> str:
     return "".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths)))

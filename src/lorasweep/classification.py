@@ -28,9 +28,12 @@ def evaluate(model, tokenizer, encoded: Sequence[dict], batch_size: int) -> dict
     was_training = model.training
     model.eval()
     collate = collator(tokenizer)
+    # Batches of similar lengths: each batch pads to its longest row, and on WordNet glosses sorting
+    # cuts the padded tokens 2.4x (43 -> 18 a row at batch 64). Sums do not depend on the order.
+    by_length = sorted(encoded, key=lambda e: len(e["input_ids"]))
     correct, loss_sum = 0, 0.0
-    for start in range(0, len(encoded), batch_size):
-        batch = collate(list(encoded[start:start + batch_size])).to(_device(model))
+    for start in range(0, len(by_length), batch_size):
+        batch = collate(by_length[start:start + batch_size]).to(_device(model))
         labels = batch.pop("labels")
         logits = model(**batch).logits.float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
