@@ -19,7 +19,7 @@ from .cli import USER_ERRORS
 from .executor import LocalExecutor
 from .planning import plan_run
 from .run import execute
-from .sweep_jobs import SweepTally, job_config, varying_overrides
+from .sweep_jobs import JobConfigs, SweepTally, varying_overrides
 
 
 def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]], n_jobs: int = 1,
@@ -30,8 +30,9 @@ def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]
     tally = SweepTally(total)
     returns: list[JobReturn | None] = [None] * total
     queue = []
+    configs = JobConfigs(config_loader, sweep_config)
     for i, overrides in enumerate(job_overrides):
-        node, cfg = job_config(config_loader, sweep_config, overrides)
+        node, cfg = configs(overrides)
         tag = f"run {i + 1}/{total} {labels[i]}"
         try:
             plan = plan_run(cfg)

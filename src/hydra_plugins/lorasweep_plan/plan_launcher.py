@@ -11,7 +11,7 @@ from typing import Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from lorasweep.sweep_jobs import ContextLauncher, job_config, varying_overrides
+from lorasweep.sweep_jobs import ContextLauncher, JobConfigs, varying_overrides
 
 
 class PlanLauncher(ContextLauncher):
@@ -21,8 +21,9 @@ class PlanLauncher(ContextLauncher):
         assert self.config is not None and self.hydra_context is not None
         shared, labels = varying_overrides(job_overrides)
         rows, returns = [], []
+        configs = JobConfigs(self.hydra_context.config_loader, self.config)
         for overrides, label in zip(job_overrides, labels):
-            node, cfg = job_config(self.hydra_context.config_loader, self.config, overrides)
+            node, cfg = configs(overrides)
             row = plan_row(label, cfg, Path(cfg.get("results_dir", "results")))
             rows.append(row)
             returns.append(JobReturn(overrides=list(overrides), cfg=node, task_name="plan",
