@@ -86,3 +86,13 @@ def test_invalid_cells_are_reported_in_one_line_and_the_valid_ones_run(tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "run 2/2 lora.proj=qkg: invalid: lora.proj='qkg' is invalid for the bert family" in proc.stderr
     assert "sweep: 2 runs: 1 done, 1 invalid" in proc.stderr and len(finished(tmp_path / "results")) == 1
+
+
+def test_cells_that_are_one_run_train_once_even_in_parallel(tmp_path):
+    # method=none ignores lora.r: its two cells have one run key, and two workers must not both train it
+    proc = launch(["-m", "method=none,lora", "lora.r=2,4", "hydra.launcher.n_jobs=2"] + TINY_TOPICS, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "run 2/4 method=none lora.r=4: the same run as run 1/4 (same run key), trained once" in proc.stderr
+    assert "sweep: 4 runs: 3 done, 1 same run; best: " in proc.stderr
+    assert proc.stderr.count("started: method=none") == 1
+    assert len(finished(tmp_path / "results")) == 3

@@ -30,6 +30,7 @@ def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]
     tally = SweepTally(total)
     returns: list[JobReturn | None] = [None] * total
     queue = []
+    queued: dict[Path, int] = {}  # run folder -> the job that trains it
     configs = JobConfigs(config_loader, sweep_config)
     for i, overrides in enumerate(job_overrides):
         node, cfg = configs(overrides)
@@ -48,7 +49,11 @@ def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]
             skipped = execute(plan, Path(cfg.get("results_dir", "results")))  # records it; reads no weight
             _finish(returns, tally, i, overrides, node, "over budget", labels[i], skipped,
                     f"{tag}: over budget, {skipped['reason']}")
+        elif folder in queued:  # e.g. method=none x lora.r=4,8: settings the run ignores, one run key
+            _finish(returns, tally, i, overrides, node, "same run", labels[i],
+                    line=f"{tag}: the same run as run {queued[folder] + 1}/{total} (same run key), trained once")
         else:
+            queued[folder] = i
             queue.append((i, overrides, node, cfg, folder))
     if queue:
         _train(queue, returns, tally, labels, total, n_jobs, threads)

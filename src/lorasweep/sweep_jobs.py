@@ -118,6 +118,6 @@ class SweepTally:
         return f"{value:.4f}" + (f" ± {se:.4f}" if se is not None else "") + f" ({label})"
 
     def summary(self) -> str:
-        order = ("done", "already done", "over budget", "pruned", "failed", "invalid")
+        order = ("done", "already done", "same run", "over budget", "pruned", "failed", "invalid")
         parts = [f"{self.counts[k]} {k}" for k in order if self.counts.get(k)]
         return f"sweep: {self.total} runs: {', '.join(parts) or 'none finished'}; best: {self.best_line()}"
