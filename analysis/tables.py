@@ -78,6 +78,7 @@ def rank_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     suffix = {metric: "", f"{metric}_se": " ±", "n_seeds": " n", "trainable": " trainable"}
     t = c.pivot_table(index="r", columns="setting", values=list(suffix), aggfunc="first")
     t.columns = [f"{setting}{suffix[field]}" for field, setting in t.columns]
+    t.index = _integer_ranks(t.index)
     return t[[f"{s}{x}" for s in sorted(c["setting"].unique()) for x in suffix.values() if f"{s}{x}" in t]]
 
 
@@ -97,6 +98,7 @@ def rank_proj_pivot(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     c["setting"] = _label(c, ["proj"], keys[2:])
     t = c.pivot_table(index="r", columns="setting", values=metric, aggfunc="first")
     t.columns.name = None
+    t.index = _integer_ranks(t.index)
     return t
 
 
@@ -123,6 +125,11 @@ def alpha_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
 
 def dropout_lr_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     return cell_stats(df, table_keys(df, ["method", "dropout", "lr"]), metric)
+
+
+def _integer_ranks(index: pd.Index) -> pd.Index:
+    """r is read as float when other runs (none, full) have none; rows of ranks print as 4, not 4.0."""
+    return index.astype("int64") if len(index) and (index == index.round()).all() else index
 
 
 def _adapted(df: pd.DataFrame) -> pd.DataFrame:

@@ -118,7 +118,7 @@ def test_rank_projection_method_tables(store):
     rank = T.rank_table(df)
     per = ["", " ±", " n", " trainable"]
     assert list(rank.columns) == [f"lora/{p}{x}" for p in ("qkvo", "qv") for x in per]
-    assert list(rank.index) == [2, 4, 8]
+    assert list(rank.index) == [2, 4, 8] and rank.index.dtype == "int64"  # not 2.0 (none runs have no r)
     assert rank.loc[4, "lora/qv"] == pytest.approx(0.63) and rank.loc[4, "lora/qkvo"] == 0.61
     # the r=4 qv cell: 3 seeds, SE across them (as in the cells table)
     assert rank.loc[4, "lora/qv n"] == 3
