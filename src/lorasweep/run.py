@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from . import methods, models, results, tasks
+from .metrics import headline
 from .planning import Plan, plan_run
 from .spec import RunSpec
 from .tracking import check_tracking, make_tracker
@@ -84,11 +85,15 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
                 return _pruned(folder, base, outcome, load_s, t_start)
         t1 = time.perf_counter()
         test = tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
+        # more test sets (the Qwen3 tutorial reports two MCQ sets, each with its SE)
+        more = {name: tasks.evaluator(task, tokenizer, rows, spec.train)(model) for name, rows in task.tests.items()}
         eval_s = time.perf_counter() - t1
         artifacts = _save(model, spec, folder)
+        metric, direction = task.objective
         result = {**base, "status": "done", "reason": "",
-                  "metrics": {"test": test, **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
-                  "objective": {"name": "test.accuracy", "value": test["accuracy"], "direction": "maximize"},
+                  "metrics": {"test": test, **({"tests": more} if more else {}),
+                              **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
+                  "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
                   "curve": outcome.curve if outcome else [],
                   "timing": _timing(load_s, outcome, eval_s, t_start),
                   "memory": results.peak_memory(), "artifacts": artifacts}
@@ -97,7 +102,9 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         ok = True
     finally:
         tracker.finish(ok)
-    _say(f"{spec.slug}: test accuracy {test['accuracy']:.3f} ± {test['accuracy_se']:.3f} (n={test['n']}) | "
+    for name, m in more.items():
+        _say(f"{spec.slug}: test set {name}: {headline(m)}")
+    _say(f"{spec.slug}: test {headline(test)} | "
          f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / results.RESULT_FILE}")
     return result
 
@@ -109,7 +116,7 @@ def _pruned(folder: Path, base: dict, outcome, load_s: float, t_start: float) ->
     last = outcome.curve[-1] if outcome.curve else {}
     return results.write_result(folder, {
         **base, "status": "pruned", "reason": reason,
-        "metrics": {"eval": {k: last[k] for k in ("accuracy", "accuracy_se", "n", "loss") if k in last}},
+        "metrics": {"eval": {k: v for k, v in last.items() if k not in ("step", "epoch", "train_loss")}},
         "curve": outcome.curve, "timing": _timing(load_s, outcome, 0.0, t_start), "memory": results.peak_memory()})
 
 

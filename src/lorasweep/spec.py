@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 METHODS = ("none", "lora", "dora", "full")
 MODEL_SOURCES = ("package", "gguf_package", "hub", "tiny")
-TASK_KINDS = ("classification", "mcq")
+TASK_KINDS = ("classification", "mcq", "chat", "completion")
+GENERATION_KINDS = ("chat", "completion")  # causal-LM SFT, scored by loss, token accuracy, exact match
 
 
 class ConfigError(ValueError):
@@ -47,14 +48,19 @@ class LoraSpec:
 @dataclass(frozen=True)
 class TaskSpec:
     name: str                 # e.g. wordnet_topics
-    kind: str                 # classification | mcq
-    train: str                # paths to JSONL files
+    kind: str                 # classification | mcq | chat | completion (task.format in conf/task/jsonl.yaml)
+    train: str                # paths to JSONL or CSV files
     eval: str
-    test: str
+    test: str                 # the primary test set: metrics.test and the objective
     labels: str = ""          # classification: JSON list of class names (ids follow its order)
     max_train: int = 0        # 0 = all rows
     max_eval: int = 0
-    max_test: int = 0
+    max_test: int = 0         # applies to every test set
+    # Fields below are newer than the first results: defining() leaves them out at their defaults,
+    # so run keys of earlier runs do not change.
+    tests: tuple[tuple[str, str], ...] = ()  # more test sets (name, path): metrics.tests.<name>
+    instruction: str = ""     # mcq: the line ending each question ("" = the WordNet wording)
+    max_new_tokens: int = 0   # chat/completion exact match: generation length (0 = longest target + 4)
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class RunSpec:
 
     def defining(self) -> dict[str, Any]:
         """The run-defining config: what the run key hashes. LoRA fields only matter for lora/dora."""
-        d = {"model": asdict(self.model), "method": self.method, "task": asdict(self.task),
+        d = {"model": asdict(self.model), "method": self.method, "task": _task_defining(self.task),
              "train": asdict(self.train)}
         if self.method in ("lora", "dora"):
             d["lora"] = asdict(self.lora)
@@ -102,6 +108,19 @@ class RunSpec:
         if self.method in ("lora", "dora"):
             parts += [self.lora.proj, f"r{self.lora.r}"]
         return "-".join(parts)
+
+
+_NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0}
+
+
+def _task_defining(task: TaskSpec) -> dict[str, Any]:
+    d = asdict(task)
+    for name, default in _NEW_TASK_FIELDS.items():
+        if d[name] == default:
+            del d[name]
+    if "tests" in d:
+        d["tests"] = dict(d["tests"])
+    return d
 
 
 def from_config(cfg: Mapping[str, Any]) -> RunSpec:
@@ -157,17 +176,27 @@ def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:
 
 
 def _task_spec(t: Mapping[str, Any]) -> TaskSpec:
-    if t.get("kind") not in TASK_KINDS:
-        raise _fail("task.kind", t.get("kind"), f"choose one of {', '.join(TASK_KINDS)}")
+    kind = t.get("kind", t.get("format"))  # own data (task=jsonl) names it task.format
+    if kind not in TASK_KINDS:
+        key = "task.kind" if "kind" in t else "task.format"
+        raise _fail(key, kind, f"choose one of {', '.join(TASK_KINDS)}")
     for key in ("train", "eval", "test"):
         if not t.get(key):
-            raise _fail(f"task.{key}", t.get(key), "a path to a JSONL file")
-    limits = {k: t.get(k, 0) or 0 for k in ("max_train", "max_eval", "max_test")}
+            raise _fail(f"task.{key}", t.get(key), "a path to a JSONL or CSV file")
+    limits = {k: t.get(k, 0) or 0 for k in ("max_train", "max_eval", "max_test", "max_new_tokens")}
     for k, v in limits.items():
-        if not isinstance(v, int) or v < 0:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise _fail(f"task.{k}", v, "a non-negative integer (0 = all rows)")
-    return TaskSpec(name=str(t["name"]), kind=t["kind"], train=str(t["train"]), eval=str(t["eval"]),
-                    test=str(t["test"]), labels=str(t.get("labels") or ""), **limits)
+    tests = t.get("tests") or {}
+    if not isinstance(tests, Mapping) or not all(isinstance(v, str) and v for v in tests.values()):
+        raise _fail("task.tests", tests, "a mapping of test-set names to JSONL/CSV paths, "
+                                         "e.g. +task.tests.mcq_con=data/con.jsonl")
+    if "test" in tests:
+        raise _fail("task.tests", dict(tests), "the name 'test' is the primary test set (task.test)")
+    return TaskSpec(name=str(t["name"]), kind=kind, train=str(t["train"]), eval=str(t["eval"]),
+                    test=str(t["test"]), labels=str(t.get("labels") or ""),
+                    tests=tuple((str(k), str(v)) for k, v in tests.items()),
+                    instruction=str(t.get("instruction") or ""), **limits)
 
 
 def _train_spec(tr: Mapping[str, Any]) -> TrainSpec:

@@ -15,6 +15,8 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
+from .data import DataError
+from .metrics import headline
 from .spec import TrainSpec
 from .tracking import Tracker
 
@@ -77,10 +79,10 @@ class ProgressPrinter(TrainerCallback):
         logs = logs or {}
         self.tracker.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, state.global_step)
         step, total = state.global_step, state.max_steps
-        if "eval_accuracy" in logs:
-            print(f"  eval  step {step:>5}/{total}  accuracy {logs['eval_accuracy']:.3f} "
-                  f"± {logs['eval_accuracy_se']:.3f} (n={logs['eval_n']})  loss {logs['eval_loss']:.3f}",
-                  file=sys.stderr, flush=True)
+        if "eval_n" in logs:
+            metrics = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_")}
+            loss = f"  loss {logs['eval_loss']:.3f}" if "eval_accuracy" in logs else ""
+            print(f"  eval  step {step:>5}/{total}  {headline(metrics)}{loss}", file=sys.stderr, flush=True)
         elif "loss" in logs and step:
             elapsed = time.perf_counter() - self.start
             rate = step * self.batch_size / elapsed
@@ -108,6 +110,9 @@ def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluat
                          packing=False, completion_only_loss=True)
         trainer = _SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                               processing_class=tokenizer)
+    if len(trainer.train_dataset) == 0:  # trl drops rows whose completion was cut off entirely
+        raise DataError(f"no training example fits train.max_length={spec.max_length} tokens with its "
+                        f"answer: raise train.max_length")
     trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
     trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
     trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))
