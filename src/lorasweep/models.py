@@ -126,10 +126,14 @@ def build_on_meta(spec: ModelSpec, head: str, num_labels: int | None = None) -> 
         return _from_config(auto, config, spec, head)
 
 
-def load_model(spec: ModelSpec, head: str, num_labels: int | None = None
+def load_model(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None
                ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Real weights in float32 on CPU, and a tokenizer with a pad token, padding on the right."""
+    """Real weights in float32 on CPU, and a tokenizer with a pad token, padding on the right.
+
+    `quantization` (a BitsAndBytesConfig, method=qlora) loads the base quantized on the GPU."""
     auto = _auto_class(spec, head)
+    if quantization is not None and spec.source == "tiny":
+        raise ValueError(f"model {spec.name!r}: a tiny random model cannot be loaded quantized")
     if spec.source == "tiny":
         config = model_config(spec, num_labels)
         with torch.random.fork_rng(devices=[]):  # reproducible weights, caller's RNG untouched
@@ -138,6 +142,8 @@ def load_model(spec: ModelSpec, head: str, num_labels: int | None = None
         tokenizer = build_tiny_tokenizer(spec.family)
     else:
         kwargs: dict[str, Any] = {"dtype": torch.float32}
+        if quantization is not None:  # bitsandbytes: compute in bf16, weights placed on the GPU
+            kwargs = {"dtype": torch.bfloat16, "quantization_config": quantization, "device_map": {"": 0}}
         if num_labels:
             kwargs["num_labels"] = num_labels
         if spec.source == "hub":

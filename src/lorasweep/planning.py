@@ -37,6 +37,7 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
     if auto and budget is None:
         raise ConfigError("lora.r='auto' needs a budget to fit: set budget.max_trainable (e.g. budget=1m)")
     spec = from_config(_with_rank(cfg, 1) if auto else cfg)
+    methods.check_available(spec.method)  # qlora without CUDA/bitsandbytes: say so now, not after loading
     task = tasks.load_task(spec.task)
     skeleton = _skeleton(spec.model, task.head, task.num_labels)
     targets: list[str] = []

@@ -48,7 +48,8 @@ def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = 
     # Loading happens outside the failure record: a model that cannot be had (no hub, no cache) is
     # the environment's problem, said once to the user, not a failed run to keep.
     torch.manual_seed(spec.train.seed)  # before loading: a new classification head's init follows the seed
-    model, tokenizer = models.load_model(spec.model, plan.task.head, plan.task.num_labels)
+    model, tokenizer = models.load_model(spec.model, plan.task.head, plan.task.num_labels,
+                                         quantization=methods.quantization_config(spec.method))
     try:
         return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter)
     except Exception as e:
@@ -63,6 +64,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
                         t_start: float, reporter: Reporter | None):
     spec, task = plan.spec, plan.task
     model = methods.prepare(model, spec, task.head, list(plan.targets))
+    initial = methods.save_initial(model, spec, folder)  # pissa: needed to convert the trained adapter
     load_s = time.perf_counter() - t_start
     params = _checked_params(model, plan)
     base = {**base, "params": params}
@@ -88,7 +90,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         # more test sets (the Qwen3 tutorial reports two MCQ sets, each with its SE)
         more = {name: tasks.evaluator(task, tokenizer, rows, spec.train)(model) for name, rows in task.tests.items()}
         eval_s = time.perf_counter() - t1
-        artifacts = _save(model, spec, folder)
+        artifacts = _save(model, spec, folder, initial)
         metric, direction = task.objective
         result = {**base, "status": "done", "reason": "",
                   "metrics": {"test": test, **({"tests": more} if more else {}),
@@ -134,12 +136,16 @@ def _checked_params(model, plan: Plan) -> dict[str, Any]:
             "predicted": plan.predicted, "adapted_modules": adapted, "n_adapted_modules": len(adapted)}
 
 
-def _save(model, spec: RunSpec, folder: Path) -> dict[str, Any]:
-    """The adapter in PEFT format (lora/dora) or the whole model (full); nothing for none."""
+def _save(model, spec: RunSpec, folder: Path, initial: Path | None) -> dict[str, Any]:
+    """The adapter in PEFT format (adapter methods) or the whole model (full); nothing for none."""
     if spec.method == "none":
         return {}
-    target = folder / ("adapter" if spec.method in methods.ADAPTER_METHODS else "model")
-    model.save_pretrained(target)
+    if spec.method in methods.ADAPTER_METHODS:
+        target = folder / "adapter"
+        methods.save_adapter(model, spec, target, initial)
+    else:
+        target = folder / "model"
+        model.save_pretrained(target)
     # the path is relative to the run's folder, so a results store can be moved or copied whole
     return {"kind": target.name, "path": target.name, "size_bytes": results.folder_size(target)}
 

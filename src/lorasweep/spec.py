@@ -10,7 +10,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-METHODS = ("none", "lora", "dora", "full")
+ADAPTER_METHODS = ("lora", "dora", "rslora", "pissa", "qlora", "qlora8")  # methods with lora.* settings
+QUANTIZED_METHODS = ("qlora", "qlora8")  # a 4-bit / 8-bit base: bitsandbytes and CUDA
+METHODS = ("none", "lora", "dora", "full", "rslora", "pissa", "qlora", "qlora8")
 MODEL_SOURCES = ("package", "gguf_package", "hub", "tiny")
 TASK_KINDS = ("classification", "mcq", "chat", "completion")
 GENERATION_KINDS = ("chat", "completion")  # causal-LM SFT, scored by loss, token accuracy, exact match
@@ -89,7 +91,7 @@ class RunSpec:
         """The run-defining config: what the run key hashes. LoRA fields only matter for lora/dora."""
         d = {"model": asdict(self.model), "method": self.method, "task": _task_defining(self.task),
              "train": asdict(self.train)}
-        if self.method in ("lora", "dora"):
+        if self.method in ADAPTER_METHODS:
             d["lora"] = asdict(self.lora)
         if self.method == "none":  # nothing is trained: training settings do not change the run
             d["train"] = {"eval_batch_size": self.train.eval_batch_size,
@@ -105,7 +107,7 @@ class RunSpec:
     def slug(self) -> str:
         """A readable name for folders and logs, e.g. minilm-wordnet_topics-lora-qkvo-r8."""
         parts = [self.model.name, self.task.name, self.method]
-        if self.method in ("lora", "dora"):
+        if self.method in ADAPTER_METHODS:
             parts += [self.lora.proj, f"r{self.lora.r}"]
         return "-".join(parts)
 
@@ -127,7 +129,7 @@ def from_config(cfg: Mapping[str, Any]) -> RunSpec:
     """Validate a composed config (model, method, lora, task, train) into a RunSpec."""
     model = _model_spec(cfg["model"])
     method = _method_name(cfg["method"])
-    lora = _lora_spec(cfg.get("lora") or {}, model.family if method in ("lora", "dora") else None)
+    lora = _lora_spec(cfg.get("lora") or {}, model.family if method in ADAPTER_METHODS else None)
     return RunSpec(model=model, method=method, lora=lora, task=_task_spec(cfg["task"]),
                    train=_train_spec(cfg["train"]))
 
