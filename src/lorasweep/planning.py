@@ -15,6 +15,9 @@ from . import methods, models, params, projections, tasks
 from .spec import ConfigError, ModelSpec, RunSpec, from_config
 
 
+CAUSAL_FAMILIES = ("llama", "qwen3", "gpt2")  # the families with a real causal-LM head
+
+
 @dataclass(frozen=True)
 class Plan:
     spec: RunSpec
@@ -39,6 +42,10 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
     spec = from_config(_with_rank(cfg, 1) if auto else cfg)
     methods.check_available(spec.method)  # qlora without CUDA/bitsandbytes: say so now, not after loading
     task = tasks.load_task(spec.task)
+    if task.head == "causal_lm" and spec.model.family not in CAUSAL_FAMILIES:
+        raise ConfigError(f"task {spec.task.name} ({spec.task.kind}) trains a causal LM; model={spec.model.name} "
+                          f"is a {spec.model.family} model: choose a decoder, e.g. model=smollm2-135m "
+                          f"(families {', '.join(CAUSAL_FAMILIES)})")
     skeleton = _skeleton(spec.model, task.head, task.num_labels)
     targets: list[str] = []
     if spec.method in methods.ADAPTER_METHODS:
