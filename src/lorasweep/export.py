@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import models, results, tasks
+from . import models, results, tasks, tokens
 from .methods import ADAPTER_METHODS
 from .spec import ModelSpec, TaskSpec
 
@@ -33,6 +33,8 @@ class RunArtifact:
     model: ModelSpec
     task: TaskSpec
     adapter: Path
+    tokens: dict        # the run's token injection ({} without): re-done on the base before loading
+    seed: int
 
 
 def read_run(folder: str | Path) -> RunArtifact:
@@ -55,12 +57,16 @@ def read_run(folder: str | Path) -> RunArtifact:
     task = dict(cfg["task"])
     task["tests"] = tuple((task.get("tests") or {}).items())
     return RunArtifact(folder=folder, slug=result.get("slug", folder.name), method=method,
-                       model=ModelSpec(**cfg["model"]), task=TaskSpec(**task), adapter=adapter)
+                       model=ModelSpec(**cfg["model"]), task=TaskSpec(**task), adapter=adapter,
+                       tokens=cfg.get("tokens") or {}, seed=int(cfg["train"].get("seed", 0)))
 
 
 def _base(run: RunArtifact):
     task = tasks.load_task(run.task)  # classification: the number of labels sizes the head
-    return models.load_model(run.model, task.head, task.num_labels)
+    model, tokenizer = models.load_model(run.model, task.head, task.num_labels)
+    if run.tokens:  # the same ids and (deterministic) initial rows as in the run
+        tokens.inject(model, tokenizer, tuple(run.tokens["new"]), run.tokens["init"], run.seed)
+    return model, tokenizer
 
 
 def load_adapted(folder: str | Path):
@@ -96,6 +102,8 @@ def load_adapters(folders: Sequence[str | Path]):
         raise ExportError("load_adapters needs at least one run folder")
     first = runs[0]
     for run in runs[1:]:
+        if run.tokens != first.tokens:
+            raise ExportError(f"{run.folder}: its injected tokens differ from {first.folder}'s; adapters share one base")
         if run.model != first.model or tasks.load_task(run.task).head != tasks.load_task(first.task).head:
             raise ExportError(f"{run.folder}: its base model ({run.model.name}, {run.task.kind}) differs from "
                               f"{first.folder} ({first.model.name}, {first.task.kind}); adapters share one base")

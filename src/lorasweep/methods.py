@@ -57,8 +57,9 @@ def quantization_config(method: str):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def prepare(model: nn.Module, spec: RunSpec, head: str, targets: list[str]) -> nn.Module:
-    """Apply the run's method. `targets` are the full module names resolved from the projection code."""
+def prepare(model: nn.Module, spec: RunSpec, head: str, targets: list[str], token_ids=()) -> nn.Module:
+    """Apply the run's method. `targets` are the full module names resolved from the projection code;
+    `token_ids` the injected tokens, whose embedding rows adapter methods train when tokens.train."""
     if spec.method == "none":
         model.requires_grad_(False)
         return model
@@ -74,6 +75,7 @@ def prepare(model: nn.Module, spec: RunSpec, head: str, targets: list[str]) -> n
         target_modules=targets,  # exact names: suffix matching would confuse bert's two *output.dense
         use_dora=spec.method == "dora", use_rslora=spec.method == "rslora",
         init_lora_weights="pissa" if spec.method == "pissa" else True,
+        trainable_token_indices=list(token_ids) if token_ids and spec.tokens.train else None,
         task_type=_TASK_TYPES[head],
         fan_in_fan_out=spec.model.family == "gpt2")  # GPT-2's Conv1D stores weights transposed
     return get_peft_model(model, config)
@@ -93,9 +95,13 @@ def save_initial(model: nn.Module, spec: RunSpec, folder: Path) -> Path | None:
 
 
 def save_adapter(model: nn.Module, spec: RunSpec, target: Path, initial: Path | None) -> None:
-    """The adapter in PEFT format, loadable on the unmodified base model."""
+    """The adapter in PEFT format, loadable on the unmodified base model.
+
+    Never the whole embedding matrix: peft would save it (113 MB for SmolLM2) once injected tokens
+    grew it, but their rows are re-made deterministically (lorasweep.tokens.inject, which
+    lorasweep.export does before loading) and trained rows are saved as peft's token deltas."""
     if initial is None:
-        model.save_pretrained(target)
+        model.save_pretrained(target, save_embedding_layers=False)
         return
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file
@@ -105,7 +111,7 @@ def save_adapter(model: nn.Module, spec: RunSpec, target: Path, initial: Path | 
     extra = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
              if "lora_" not in k}
     # peft loads the initial adapter from dirname/basename: it has a folder of its own
-    model.save_pretrained(target, path_initial_model_for_weight_conversion=str(initial))
+    model.save_pretrained(target, path_initial_model_for_weight_conversion=str(initial), save_embedding_layers=False)
     shutil.rmtree(initial.parent if initial.name == "default" else initial, ignore_errors=True)
     if extra:
         weights = target / "adapter_model.safetensors"

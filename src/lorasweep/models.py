@@ -118,10 +118,14 @@ def _shipped_config(spec: ModelSpec) -> PretrainedConfig:
     return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
-def build_on_meta(spec: ModelSpec, head: str, num_labels: int | None = None) -> nn.Module:
-    """The architecture with `head` on the meta device: names and shapes, no memory, no weights."""
+def build_on_meta(spec: ModelSpec, head: str, num_labels: int | None = None,
+                  vocab_size: int | None = None) -> nn.Module:
+    """The architecture with `head` on the meta device: names and shapes, no memory, no weights.
+    `vocab_size` grows the embedding as token injection will (the same shapes as a resize)."""
     auto = _auto_class(spec, head)
     config = model_config(spec, num_labels)
+    if vocab_size:
+        config.vocab_size = vocab_size
     with torch.device("meta"):
         return _from_config(auto, config, spec, head)
 
@@ -158,6 +162,15 @@ def load_model(spec: ModelSpec, head: str, num_labels: int | None = None, quanti
             tokenizer = AutoTokenizer.from_pretrained(folder)
     _set_padding(spec, model, tokenizer, head)
     return model, tokenizer
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    """The model's tokenizer alone (no weights): token injection plans its new ids with it."""
+    if spec.source == "tiny":
+        return build_tiny_tokenizer(spec.family)
+    if spec.source == "hub":
+        return _from_hub(spec, lambda **kw: AutoTokenizer.from_pretrained(spec.id, **kw))
+    return AutoTokenizer.from_pretrained(_local_dir(spec))
 
 
 def _auto_class(spec: ModelSpec, head: str):

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from . import methods, models, results, tasks
+from . import methods, models, results, tasks, tokens
 from .metrics import headline
 from .planning import Plan, plan_run
 from .spec import RunSpec
@@ -63,7 +63,10 @@ def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = 
 def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, tracking: Mapping[str, Any],
                         t_start: float, reporter: Reporter | None):
     spec, task = plan.spec, plan.task
-    model = methods.prepare(model, spec, task.head, list(plan.targets))
+    token_ids = tokens.inject(model, tokenizer, spec.tokens.new, spec.tokens.init, spec.train.seed)
+    if token_ids != plan.token_ids:
+        raise RuntimeError(f"injected tokens got ids {token_ids}, the plan counted {plan.token_ids}")
+    model = methods.prepare(model, spec, task.head, list(plan.targets), token_ids)
     initial = methods.save_initial(model, spec, folder)  # pissa: needed to convert the trained adapter
     load_s = time.perf_counter() - t_start
     params = _checked_params(model, plan)
@@ -90,7 +93,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         # more test sets (the Qwen3 tutorial reports two MCQ sets, each with its SE)
         more = {name: tasks.evaluator(task, tokenizer, rows, spec.train)(model) for name, rows in task.tests.items()}
         eval_s = time.perf_counter() - t1
-        artifacts = _save(model, spec, folder, initial)
+        artifacts = _save(model, tokenizer if token_ids else None, spec, folder, initial)
         metric, direction = task.objective
         result = {**base, "status": "done", "reason": "",
                   "metrics": {"test": test, **({"tests": more} if more else {}),
@@ -136,8 +139,9 @@ def _checked_params(model, plan: Plan) -> dict[str, Any]:
             "predicted": plan.predicted, "adapted_modules": adapted, "n_adapted_modules": len(adapted)}
 
 
-def _save(model, spec: RunSpec, folder: Path, initial: Path | None) -> dict[str, Any]:
-    """The adapter in PEFT format (adapter methods) or the whole model (full); nothing for none."""
+def _save(model, tokenizer, spec: RunSpec, folder: Path, initial: Path | None) -> dict[str, Any]:
+    """The adapter in PEFT format (adapter methods) or the whole model (full); nothing for none.
+    With injected tokens the tokenizer is saved beside it: the new ids are part of the model."""
     if spec.method == "none":
         return {}
     if spec.method in methods.ADAPTER_METHODS:
@@ -146,6 +150,8 @@ def _save(model, spec: RunSpec, folder: Path, initial: Path | None) -> dict[str,
     else:
         target = folder / "model"
         model.save_pretrained(target)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(target)
     # the path is relative to the run's folder, so a results store can be moved or copied whole
     return {"kind": target.name, "path": target.name, "size_bytes": results.folder_size(target)}
 

@@ -80,12 +80,22 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class TokenSpec:
+    """New tokens injected into the vocabulary (see lorasweep.tokens)."""
+
+    new: tuple[str, ...] = ()  # resolved list (a tokens.new JSON file is read into it)
+    init: str = "random"       # random | average | zero
+    train: bool = True         # adapter methods: train the new rows (counted in the budget)
+
+
+@dataclass(frozen=True)
 class RunSpec:
     model: ModelSpec
     method: str
     lora: LoraSpec
     task: TaskSpec
     train: TrainSpec
+    tokens: TokenSpec = TokenSpec()
 
     def defining(self) -> dict[str, Any]:
         """The run-defining config: what the run key hashes. LoRA fields only matter for lora/dora."""
@@ -93,6 +103,8 @@ class RunSpec:
              "train": asdict(self.train)}
         if self.method in ADAPTER_METHODS:
             d["lora"] = asdict(self.lora)
+        if self.tokens.new:  # absent when unused: earlier runs keep their keys
+            d["tokens"] = {"new": list(self.tokens.new), "init": self.tokens.init, "train": self.tokens.train}
         if self.method == "none":  # nothing is trained: training settings do not change the run
             d["train"] = {"eval_batch_size": self.train.eval_batch_size,
                           "max_length": self.train.max_length, "seed": self.train.seed}
@@ -109,6 +121,8 @@ class RunSpec:
         parts = [self.model.name, self.task.name, self.method]
         if self.method in ADAPTER_METHODS:
             parts += [self.lora.proj, f"r{self.lora.r}"]
+        if self.tokens.new:
+            parts.append(f"tok{len(self.tokens.new)}")
         return "-".join(parts)
 
 
@@ -131,7 +145,32 @@ def from_config(cfg: Mapping[str, Any]) -> RunSpec:
     method = _method_name(cfg["method"])
     lora = _lora_spec(cfg.get("lora") or {}, model.family if method in ADAPTER_METHODS else None)
     return RunSpec(model=model, method=method, lora=lora, task=_task_spec(cfg["task"]),
-                   train=_train_spec(cfg["train"]))
+                   train=_train_spec(cfg["train"]), tokens=_token_spec(cfg.get("tokens") or {}))
+
+
+def _token_spec(t: Mapping[str, Any]) -> TokenSpec:
+    from .tokens import INITS
+
+    new = t.get("new") or []
+    if isinstance(new, str):  # a JSON file holding the list, as the Qwen3 tutorial's injected_tokens.json
+        from .data import resolve_data_path
+
+        path = resolve_data_path(new)
+        try:
+            new = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise _fail("tokens.new", t.get("new"), f"a list of tokens or a JSON file holding one ({e})") from None
+    if not isinstance(new, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in new):
+        raise _fail("tokens.new", new, "a list of non-empty strings, e.g. ['<widget>', '<signal>']")
+    if len(set(new)) != len(new):
+        raise _fail("tokens.new", new, "each token once")
+    init = t.get("init", "random")
+    if init not in INITS:
+        raise _fail("tokens.init", init, f"choose one of {', '.join(INITS)}")
+    train = t.get("train", True)
+    if not isinstance(train, bool):
+        raise _fail("tokens.train", train, "true or false")
+    return TokenSpec(new=tuple(new), init=init, train=train)
 
 
 def _method_name(method: Any) -> str:

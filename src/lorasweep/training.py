@@ -63,7 +63,17 @@ class _ClassificationTrainer(_TaskEvaluation, Trainer):
 
 
 class _SFTTrainer(_TaskEvaluation, SFTTrainer):
-    pass
+    """trl's SFT, except with trained injected tokens on a tied output layer: trl's fused LM head
+    multiplies by lm_head.weight directly, which would skip peft's trained token rows (and fails on
+    peft's wrapper), so the loss then comes from the model's own forward (labels already masked)."""
+
+    plain_loss = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.plain_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        keep = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
+        return Trainer.compute_loss(self, model, keep, return_outputs, num_items_in_batch)
 
 
 class ProgressPrinter(TrainerCallback):
@@ -110,6 +120,8 @@ def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluat
                          packing=False, completion_only_loss=True)
         trainer = _SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
                               processing_class=tokenizer)
+        head = model.get_output_embeddings()
+        trainer.plain_loss = head is not None and not isinstance(head, torch.nn.Linear)  # peft's token wrapper
     if len(trainer.train_dataset) == 0:  # trl drops rows whose completion was cut off entirely
         raise DataError(f"no training example fits train.max_length={spec.max_length} tokens with its "
                         f"answer: raise train.max_length")
