@@ -169,3 +169,9 @@ def test_exact_match_is_one_when_the_references_are_the_models_own_greedy_output
         rows.append({"prompt": prompt, "completion": tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)})
     metrics = generation.evaluate(model, tok, rows, batch_size=3, max_length=64, max_new_tokens=6)
     assert metrics["exact_match"] == 1.0 and metrics["n"] == 3
+
+
+def test_unset_paths_say_they_are_required():
+    from lorasweep.planning import plan_run
+    with pytest.raises(ConfigError, match=r"task.train='\?\?\?' is invalid: a path to a JSONL or CSV file is required"):
+        plan_run(compose_config(["task=jsonl", "model=tiny-bert"]))

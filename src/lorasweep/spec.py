@@ -222,8 +222,9 @@ def _task_spec(t: Mapping[str, Any]) -> TaskSpec:
         key = "task.kind" if "kind" in t else "task.format"
         raise _fail(key, kind, f"choose one of {', '.join(TASK_KINDS)}")
     for key in ("train", "eval", "test"):
-        if not t.get(key):
-            raise _fail(f"task.{key}", t.get(key), "a path to a JSONL or CSV file")
+        if not t.get(key) or t.get(key) == "???":  # ??? is Hydra's "required" left unset
+            raise _fail(f"task.{key}", t.get(key), f"a path to a JSONL or CSV file is required "
+                                                   f"(task.{key}=path/to/file.jsonl)")
     limits = {k: t.get(k, 0) or 0 for k in ("max_train", "max_eval", "max_test", "max_new_tokens")}
     for k, v in limits.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
