@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -110,8 +111,13 @@ def save_adapter(model: nn.Module, spec: RunSpec, target: Path, initial: Path | 
     # (modules_to_save) would be lost, so it is written back into the converted file.
     extra = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
              if "lora_" not in k}
-    # peft loads the initial adapter from dirname/basename: it has a folder of its own
-    model.save_pretrained(target, path_initial_model_for_weight_conversion=str(initial), save_embedding_layers=False)
+    # peft loads the initial adapter from dirname/basename: it has a folder of its own. Loading it
+    # beside the trained one makes peft warn that PiSSA should not be mixed with other adapters,
+    # which is exactly the conversion it asks for: that warning is silenced here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PiSSA changes the base weights")
+        model.save_pretrained(target, path_initial_model_for_weight_conversion=str(initial),
+                              save_embedding_layers=False)
     shutil.rmtree(initial.parent if initial.name == "default" else initial, ignore_errors=True)
     if extra:
         weights = target / "adapter_model.safetensors"
