@@ -16,6 +16,9 @@ from typing import Iterable, TextIO
 import pandas as pd
 
 SCHEMA = 1
+# Methods whose runs have lora.* settings (r, alpha, proj); the same list as lorasweep.spec, kept
+# here because analysis reads JSON only and imports nothing of the training side.
+ADAPTER_METHODS = ("lora", "dora", "rslora", "pissa", "qlora", "qlora8")
 RESULT_NAME = "result.json"
 CANONICAL_ORDER = "qkvogud"
 # When one run key appears twice (e.g. a results store copied to a second folder), keep the most
@@ -70,7 +73,7 @@ def flatten(res: dict, path: str) -> dict:
     cfg = res.get("config") or {}
     lora = cfg.get("lora") or {}
     method = cfg.get("method")
-    adapted = method in ("lora", "dora")  # r/alpha/proj mean nothing for none/full
+    adapted = method in ADAPTER_METHODS  # r/alpha/proj mean nothing for none/full
     params = res.get("params") or {}
     timing = res.get("timing") or {}
     row = {

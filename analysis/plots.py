@@ -10,12 +10,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .load import ADAPTER_METHODS  # noqa: E402
+
 MAX_CURVES = 20  # beyond this a line plot is unreadable; the first settings in table order are drawn
 
 
 def _label(row: pd.Series, with_model: bool) -> str:
     name = f"{row['model']} " if with_model else ""
-    if row.get("method") in ("lora", "dora"):
+    if row.get("method") in ADAPTER_METHODS:
         return f"{name}{row['method']} {row['proj']} r={row['r']:g}"
     return f"{name}{row.get('method')}"
 

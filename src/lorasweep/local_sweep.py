@@ -17,6 +17,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from . import results
 from .cli import USER_ERRORS
 from .executor import LocalExecutor
+from .metrics import headline
 from .planning import plan_run
 from .run import execute
 from .sweep_jobs import JobConfigs, SweepTally, varying_overrides
@@ -116,7 +117,7 @@ def _finish(returns, tally, i, overrides, node, outcome, label, result=None, lin
 def _metric(result: dict) -> str:
     test = (result.get("metrics") or {}).get("test")
     trainable = (result.get("params") or {}).get("trainable")
-    text = f"accuracy {test['accuracy']:.4f} ± {test['accuracy_se']:.4f}" if test else result.get("reason", "")
+    text = headline(test) if test else result.get("reason", "")
     return text + (f", {trainable:,} trainable" if trainable is not None else "")
 
 

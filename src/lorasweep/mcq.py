@@ -18,24 +18,30 @@ from .data import mcq_answer, mcq_prompt
 from .metrics import binomial_se
 
 
-def sft_dataset(rows: Sequence[dict]) -> Dataset:
+def prompt_messages(row: dict, instruction: str = "") -> list[dict]:
+    """The question as chat messages: the row's system prompt (if any), then the user turn."""
+    system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    return system + [{"role": "user", "content": mcq_prompt(row["question"], row["options"], instruction)}]
+
+
+def sft_dataset(rows: Sequence[dict], instruction: str = "") -> Dataset:
     """trl's conversational prompt-completion format: the loss covers the answer only."""
     from datasets import Dataset  # here, not at the top: a classification run never pays for it
     return Dataset.from_list([
-        {"prompt": [{"role": "user", "content": mcq_prompt(r["question"], r["options"])}],
+        {"prompt": prompt_messages(r, instruction),
          "completion": [{"role": "assistant", "content": mcq_answer(r["options"], r["answer"])}]}
         for r in rows])
 
 
-def prompt_ids(tokenizer, row: dict) -> list[int]:
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": mcq_prompt(row["question"], row["options"])}],
-        tokenize=False, add_generation_prompt=True)
+def prompt_ids(tokenizer, row: dict, instruction: str = "") -> list[int]:
+    text = tokenizer.apply_chat_template(prompt_messages(row, instruction), tokenize=False,
+                                         add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, rows: Sequence[dict], batch_size: int, max_length: int) -> dict[str, float]:
+def evaluate(model, tokenizer, rows: Sequence[dict], batch_size: int, max_length: int,
+             instruction: str = "") -> dict[str, float]:
     """Accuracy (argmax of summed option log-likelihood), its SE, n, and the answer's NLL per token.
 
     `batch_size` counts questions: their prompts run once, and the options continue from the
@@ -48,7 +54,7 @@ def evaluate(model, tokenizer, rows: Sequence[dict], batch_size: int, max_length
         answers = [tokenizer(mcq_answer(row["options"], j), add_special_tokens=False)["input_ids"]
                    for j in range(len(row["options"]))]
         keep = max_length - max(map(len, answers))
-        items.append((prompt_ids(tokenizer, row)[-keep:], answers))  # cut the prompt's start, never an answer
+        items.append((prompt_ids(tokenizer, row, instruction)[-keep:], answers))  # cut the prompt's start, never an answer
     scores = []
     for start in range(0, len(items), batch_size):
         scores += score_options(model, tokenizer.pad_token_id or 0, items[start:start + batch_size])

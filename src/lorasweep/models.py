@@ -118,18 +118,26 @@ def _shipped_config(spec: ModelSpec) -> PretrainedConfig:
     return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
-def build_on_meta(spec: ModelSpec, head: str, num_labels: int | None = None) -> nn.Module:
-    """The architecture with `head` on the meta device: names and shapes, no memory, no weights."""
+def build_on_meta(spec: ModelSpec, head: str, num_labels: int | None = None,
+                  vocab_size: int | None = None) -> nn.Module:
+    """The architecture with `head` on the meta device: names and shapes, no memory, no weights.
+    `vocab_size` grows the embedding as token injection will (the same shapes as a resize)."""
     auto = _auto_class(spec, head)
     config = model_config(spec, num_labels)
+    if vocab_size:
+        config.vocab_size = vocab_size
     with torch.device("meta"):
         return _from_config(auto, config, spec, head)
 
 
-def load_model(spec: ModelSpec, head: str, num_labels: int | None = None
+def load_model(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None
                ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Real weights in float32 on CPU, and a tokenizer with a pad token, padding on the right."""
+    """Real weights in float32 on CPU, and a tokenizer with a pad token, padding on the right.
+
+    `quantization` (a BitsAndBytesConfig, method=qlora) loads the base quantized on the GPU."""
     auto = _auto_class(spec, head)
+    if quantization is not None and spec.source == "tiny":
+        raise ValueError(f"model {spec.name!r}: a tiny random model cannot be loaded quantized")
     if spec.source == "tiny":
         config = model_config(spec, num_labels)
         with torch.random.fork_rng(devices=[]):  # reproducible weights, caller's RNG untouched
@@ -138,6 +146,8 @@ def load_model(spec: ModelSpec, head: str, num_labels: int | None = None
         tokenizer = build_tiny_tokenizer(spec.family)
     else:
         kwargs: dict[str, Any] = {"dtype": torch.float32}
+        if quantization is not None:  # bitsandbytes: compute in bf16, weights placed on the GPU
+            kwargs = {"dtype": torch.bfloat16, "quantization_config": quantization, "device_map": {"": 0}}
         if num_labels:
             kwargs["num_labels"] = num_labels
         if spec.source == "hub":
@@ -152,6 +162,15 @@ def load_model(spec: ModelSpec, head: str, num_labels: int | None = None
             tokenizer = AutoTokenizer.from_pretrained(folder)
     _set_padding(spec, model, tokenizer, head)
     return model, tokenizer
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    """The model's tokenizer alone (no weights): token injection plans its new ids with it."""
+    if spec.source == "tiny":
+        return build_tiny_tokenizer(spec.family)
+    if spec.source == "hub":
+        return _from_hub(spec, lambda **kw: AutoTokenizer.from_pretrained(spec.id, **kw))
+    return AutoTokenizer.from_pretrained(_local_dir(spec))
 
 
 def _auto_class(spec: ModelSpec, head: str):

@@ -26,6 +26,12 @@ def predict_trainable(skeleton: nn.Module, method: str, targets: list[str], r: i
     return fixed + r * per_rank
 
 
+def trainable_token_rows(skeleton: nn.Module, token_ids) -> int:
+    """Injected tokens trained with peft's trainable_token_indices: one input-embedding row each
+    (a tied output layer shares the rows; an untied one is not trained)."""
+    return len(token_ids) * skeleton.get_input_embeddings().weight.shape[1]
+
+
 def largest_rank_within(skeleton: nn.Module, method: str, targets: list[str], head: str, budget: int) -> int:
     """The largest r whose run has at most `budget` trainable parameters (lora.r=auto)."""
     per_rank, fixed = _linear_terms(skeleton, method, targets, head)

@@ -12,7 +12,11 @@ from typing import Any, Mapping
 from torch import nn
 
 from . import methods, models, params, projections, tasks
+from . import tokens as lorasweep_tokens
 from .spec import ConfigError, ModelSpec, RunSpec, from_config
+
+
+CAUSAL_FAMILIES = ("llama", "qwen3", "gpt2")  # the families with a real causal-LM head
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class Plan:
     base_total: int               # parameters of the base model with its head
     budget: int | None            # budget.max_trainable
     auto_rank: bool               # lora.r was chosen as the largest rank within the budget
+    token_ids: tuple[int, ...] = ()  # ids the injected tokens will get (tokens.new not yet in the vocabulary)
 
     @property
     def over_budget(self) -> bool:
@@ -37,18 +42,31 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
     if auto and budget is None:
         raise ConfigError("lora.r='auto' needs a budget to fit: set budget.max_trainable (e.g. budget=1m)")
     spec = from_config(_with_rank(cfg, 1) if auto else cfg)
+    methods.check_available(spec.method)  # qlora without CUDA/bitsandbytes: say so now, not after loading
     task = tasks.load_task(spec.task)
-    skeleton = _skeleton(spec.model, task.head, task.num_labels)
+    if task.head == "causal_lm" and spec.model.family not in CAUSAL_FAMILIES:
+        raise ConfigError(f"task {spec.task.name} ({spec.task.kind}) trains a causal LM; model={spec.model.name} "
+                          f"is a {spec.model.family} model: choose a decoder, e.g. model=smollm2-135m "
+                          f"(families {', '.join(CAUSAL_FAMILIES)})")
+    token_ids, vocab = (), None
+    if spec.tokens.new:  # the tokenizer alone says which tokens are new and where they go
+        token_ids = lorasweep_tokens.planned_ids(models.load_tokenizer(spec.model), spec.tokens.new)
+        config_vocab = _skeleton(spec.model, task.head, task.num_labels).get_input_embeddings().weight.shape[0]
+        vocab = lorasweep_tokens.vocab_size_for(config_vocab, token_ids)
+    skeleton = _skeleton(spec.model, task.head, task.num_labels, vocab)
+    token_cost = (params.trainable_token_rows(skeleton, token_ids)
+                  if spec.method in methods.ADAPTER_METHODS and spec.tokens.train else 0)
     targets: list[str] = []
     if spec.method in methods.ADAPTER_METHODS:
         targets = projections.resolve_modules(skeleton, spec.model.family, spec.lora.proj, skeleton.config)
         if auto:
-            rank = params.largest_rank_within(skeleton, spec.method, targets, task.head, budget)
+            rank = params.largest_rank_within(skeleton, spec.method, targets, task.head, budget - token_cost)
             spec = from_config(_with_rank(cfg, rank))
     predicted = params.predict_trainable(skeleton, spec.method, targets, spec.lora.r, task.head)
+    predicted += token_cost
     return Plan(spec=spec, task=task, targets=tuple(targets), predicted=predicted,
                 base_total=sum(p.numel() for p in skeleton.parameters()), budget=budget,
-                auto_rank=auto and spec.method in methods.ADAPTER_METHODS)
+                auto_rank=auto and spec.method in methods.ADAPTER_METHODS, token_ids=token_ids)
 
 
 def max_trainable(cfg: Mapping[str, Any]) -> int | None:
@@ -67,10 +85,10 @@ def _with_rank(cfg: Mapping[str, Any], r: int) -> dict[str, Any]:
     return cfg
 
 
-def _skeleton(spec: ModelSpec, head: str, num_labels: int | None) -> nn.Module:
-    return _cached_skeleton(json.dumps(spec.__dict__, sort_keys=True, default=dict), head, num_labels)
+def _skeleton(spec: ModelSpec, head: str, num_labels: int | None, vocab_size: int | None = None) -> nn.Module:
+    return _cached_skeleton(json.dumps(spec.__dict__, sort_keys=True, default=dict), head, num_labels, vocab_size)
 
 
 @lru_cache(maxsize=8)  # a sweep plans many runs of one architecture: build its skeleton once
-def _cached_skeleton(spec_json: str, head: str, num_labels: int | None) -> nn.Module:
-    return models.build_on_meta(ModelSpec(**json.loads(spec_json)), head, num_labels)
+def _cached_skeleton(spec_json: str, head: str, num_labels: int | None, vocab_size: int | None) -> nn.Module:
+    return models.build_on_meta(ModelSpec(**json.loads(spec_json)), head, num_labels, vocab_size)

@@ -55,6 +55,8 @@ def reporter_for(trial_cfg: Mapping[str, Any]) -> Reporter:
     def report(step: int, metrics: dict) -> bool:
         nonlocal trial
         value = metrics.get(metric)
+        if value is None and metric == "accuracy":  # chat/completion tasks: their objective's metric
+            value = metrics.get("token_accuracy")
         if value is None:
             return False
         if trial is None:

@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 import torch
 
-from . import methods, models, results, tasks
+from . import methods, models, results, tasks, tokens
+from .metrics import headline
 from .planning import Plan, plan_run
 from .spec import RunSpec
 from .tracking import check_tracking, make_tracker
@@ -47,7 +48,8 @@ def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = 
     # Loading happens outside the failure record: a model that cannot be had (no hub, no cache) is
     # the environment's problem, said once to the user, not a failed run to keep.
     torch.manual_seed(spec.train.seed)  # before loading: a new classification head's init follows the seed
-    model, tokenizer = models.load_model(spec.model, plan.task.head, plan.task.num_labels)
+    model, tokenizer = models.load_model(spec.model, plan.task.head, plan.task.num_labels,
+                                         quantization=methods.quantization_config(spec.method))
     try:
         return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter)
     except Exception as e:
@@ -61,7 +63,11 @@ def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = 
 def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, tracking: Mapping[str, Any],
                         t_start: float, reporter: Reporter | None):
     spec, task = plan.spec, plan.task
-    model = methods.prepare(model, spec, task.head, list(plan.targets))
+    token_ids = tokens.inject(model, tokenizer, spec.tokens.new, spec.tokens.init, spec.train.seed)
+    if token_ids != plan.token_ids:
+        raise RuntimeError(f"injected tokens got ids {token_ids}, the plan counted {plan.token_ids}")
+    model = methods.prepare(model, spec, task.head, list(plan.targets), token_ids)
+    initial = methods.save_initial(model, spec, folder)  # pissa: needed to convert the trained adapter
     load_s = time.perf_counter() - t_start
     params = _checked_params(model, plan)
     base = {**base, "params": params}
@@ -84,11 +90,15 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
                 return _pruned(folder, base, outcome, load_s, t_start)
         t1 = time.perf_counter()
         test = tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
+        # more test sets (the Qwen3 tutorial reports two MCQ sets, each with its SE)
+        more = {name: tasks.evaluator(task, tokenizer, rows, spec.train)(model) for name, rows in task.tests.items()}
         eval_s = time.perf_counter() - t1
-        artifacts = _save(model, spec, folder)
+        artifacts = _save(model, tokenizer if token_ids else None, spec, folder, initial)
+        metric, direction = task.objective
         result = {**base, "status": "done", "reason": "",
-                  "metrics": {"test": test, **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
-                  "objective": {"name": "test.accuracy", "value": test["accuracy"], "direction": "maximize"},
+                  "metrics": {"test": test, **({"tests": more} if more else {}),
+                              **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
+                  "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
                   "curve": outcome.curve if outcome else [],
                   "timing": _timing(load_s, outcome, eval_s, t_start),
                   "memory": results.peak_memory(), "artifacts": artifacts}
@@ -97,7 +107,9 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         ok = True
     finally:
         tracker.finish(ok)
-    _say(f"{spec.slug}: test accuracy {test['accuracy']:.3f} ± {test['accuracy_se']:.3f} (n={test['n']}) | "
+    for name, m in more.items():
+        _say(f"{spec.slug}: test set {name}: {headline(m)}")
+    _say(f"{spec.slug}: test {headline(test)} | "
          f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / results.RESULT_FILE}")
     return result
 
@@ -109,7 +121,7 @@ def _pruned(folder: Path, base: dict, outcome, load_s: float, t_start: float) ->
     last = outcome.curve[-1] if outcome.curve else {}
     return results.write_result(folder, {
         **base, "status": "pruned", "reason": reason,
-        "metrics": {"eval": {k: last[k] for k in ("accuracy", "accuracy_se", "n", "loss") if k in last}},
+        "metrics": {"eval": {k: v for k, v in last.items() if k not in ("step", "epoch", "train_loss")}},
         "curve": outcome.curve, "timing": _timing(load_s, outcome, 0.0, t_start), "memory": results.peak_memory()})
 
 
@@ -127,12 +139,19 @@ def _checked_params(model, plan: Plan) -> dict[str, Any]:
             "predicted": plan.predicted, "adapted_modules": adapted, "n_adapted_modules": len(adapted)}
 
 
-def _save(model, spec: RunSpec, folder: Path) -> dict[str, Any]:
-    """The adapter in PEFT format (lora/dora) or the whole model (full); nothing for none."""
+def _save(model, tokenizer, spec: RunSpec, folder: Path, initial: Path | None) -> dict[str, Any]:
+    """The adapter in PEFT format (adapter methods) or the whole model (full); nothing for none.
+    With injected tokens the tokenizer is saved beside it: the new ids are part of the model."""
     if spec.method == "none":
         return {}
-    target = folder / ("adapter" if spec.method in methods.ADAPTER_METHODS else "model")
-    model.save_pretrained(target)
+    if spec.method in methods.ADAPTER_METHODS:
+        target = folder / "adapter"
+        methods.save_adapter(model, spec, target, initial)
+    else:
+        target = folder / "model"
+        model.save_pretrained(target)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(target)
     # the path is relative to the run's folder, so a results store can be moved or copied whole
     return {"kind": target.name, "path": target.name, "size_bytes": results.folder_size(target)}
 

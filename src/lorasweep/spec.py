@@ -10,9 +10,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-METHODS = ("none", "lora", "dora", "full")
+ADAPTER_METHODS = ("lora", "dora", "rslora", "pissa", "qlora", "qlora8")  # methods with lora.* settings
+QUANTIZED_METHODS = ("qlora", "qlora8")  # a 4-bit / 8-bit base: bitsandbytes and CUDA
+METHODS = ("none", "lora", "dora", "full", "rslora", "pissa", "qlora", "qlora8")
 MODEL_SOURCES = ("package", "gguf_package", "hub", "tiny")
-TASK_KINDS = ("classification", "mcq")
+TASK_KINDS = ("classification", "mcq", "chat", "completion")
+GENERATION_KINDS = ("chat", "completion")  # causal-LM SFT, scored by loss, token accuracy, exact match
 
 
 class ConfigError(ValueError):
@@ -47,14 +50,19 @@ class LoraSpec:
 @dataclass(frozen=True)
 class TaskSpec:
     name: str                 # e.g. wordnet_topics
-    kind: str                 # classification | mcq
-    train: str                # paths to JSONL files
+    kind: str                 # classification | mcq | chat | completion (task.format in conf/task/jsonl.yaml)
+    train: str                # paths to JSONL or CSV files
     eval: str
-    test: str
+    test: str                 # the primary test set: metrics.test and the objective
     labels: str = ""          # classification: JSON list of class names (ids follow its order)
     max_train: int = 0        # 0 = all rows
     max_eval: int = 0
-    max_test: int = 0
+    max_test: int = 0         # applies to every test set
+    # Fields below are newer than the first results: defining() leaves them out at their defaults,
+    # so run keys of earlier runs do not change.
+    tests: tuple[tuple[str, str], ...] = ()  # more test sets (name, path): metrics.tests.<name>
+    instruction: str = ""     # mcq: the line ending each question ("" = the WordNet wording)
+    max_new_tokens: int = 0   # chat/completion exact match: generation length (0 = longest target + 4)
 
 
 @dataclass(frozen=True)
@@ -72,19 +80,31 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class TokenSpec:
+    """New tokens injected into the vocabulary (see lorasweep.tokens)."""
+
+    new: tuple[str, ...] = ()  # resolved list (a tokens.new JSON file is read into it)
+    init: str = "random"       # random | average | zero
+    train: bool = True         # adapter methods: train the new rows (counted in the budget)
+
+
+@dataclass(frozen=True)
 class RunSpec:
     model: ModelSpec
     method: str
     lora: LoraSpec
     task: TaskSpec
     train: TrainSpec
+    tokens: TokenSpec = TokenSpec()
 
     def defining(self) -> dict[str, Any]:
         """The run-defining config: what the run key hashes. LoRA fields only matter for lora/dora."""
-        d = {"model": asdict(self.model), "method": self.method, "task": asdict(self.task),
+        d = {"model": asdict(self.model), "method": self.method, "task": _task_defining(self.task),
              "train": asdict(self.train)}
-        if self.method in ("lora", "dora"):
+        if self.method in ADAPTER_METHODS:
             d["lora"] = asdict(self.lora)
+        if self.tokens.new:  # absent when unused: earlier runs keep their keys
+            d["tokens"] = {"new": list(self.tokens.new), "init": self.tokens.init, "train": self.tokens.train}
         if self.method == "none":  # nothing is trained: training settings do not change the run
             d["train"] = {"eval_batch_size": self.train.eval_batch_size,
                           "max_length": self.train.max_length, "seed": self.train.seed}
@@ -99,18 +119,58 @@ class RunSpec:
     def slug(self) -> str:
         """A readable name for folders and logs, e.g. minilm-wordnet_topics-lora-qkvo-r8."""
         parts = [self.model.name, self.task.name, self.method]
-        if self.method in ("lora", "dora"):
+        if self.method in ADAPTER_METHODS:
             parts += [self.lora.proj, f"r{self.lora.r}"]
+        if self.tokens.new:
+            parts.append(f"tok{len(self.tokens.new)}")
         return "-".join(parts)
+
+
+_NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0}
+
+
+def _task_defining(task: TaskSpec) -> dict[str, Any]:
+    d = asdict(task)
+    for name, default in _NEW_TASK_FIELDS.items():
+        if d[name] == default:
+            del d[name]
+    if "tests" in d:
+        d["tests"] = dict(d["tests"])
+    return d
 
 
 def from_config(cfg: Mapping[str, Any]) -> RunSpec:
     """Validate a composed config (model, method, lora, task, train) into a RunSpec."""
     model = _model_spec(cfg["model"])
     method = _method_name(cfg["method"])
-    lora = _lora_spec(cfg.get("lora") or {}, model.family if method in ("lora", "dora") else None)
+    lora = _lora_spec(cfg.get("lora") or {}, model.family if method in ADAPTER_METHODS else None)
     return RunSpec(model=model, method=method, lora=lora, task=_task_spec(cfg["task"]),
-                   train=_train_spec(cfg["train"]))
+                   train=_train_spec(cfg["train"]), tokens=_token_spec(cfg.get("tokens") or {}))
+
+
+def _token_spec(t: Mapping[str, Any]) -> TokenSpec:
+    from .tokens import INITS
+
+    new = t.get("new") or []
+    if isinstance(new, str):  # a JSON file holding the list, as the Qwen3 tutorial's injected_tokens.json
+        from .data import resolve_data_path
+
+        path = resolve_data_path(new)
+        try:
+            new = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise _fail("tokens.new", t.get("new"), f"a list of tokens or a JSON file holding one ({e})") from None
+    if not isinstance(new, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in new):
+        raise _fail("tokens.new", new, "a list of non-empty strings, e.g. ['<widget>', '<signal>']")
+    if len(set(new)) != len(new):
+        raise _fail("tokens.new", new, "each token once")
+    init = t.get("init", "random")
+    if init not in INITS:
+        raise _fail("tokens.init", init, f"choose one of {', '.join(INITS)}")
+    train = t.get("train", True)
+    if not isinstance(train, bool):
+        raise _fail("tokens.train", train, "true or false")
+    return TokenSpec(new=tuple(new), init=init, train=train)
 
 
 def _method_name(method: Any) -> str:
@@ -157,17 +217,28 @@ def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:
 
 
 def _task_spec(t: Mapping[str, Any]) -> TaskSpec:
-    if t.get("kind") not in TASK_KINDS:
-        raise _fail("task.kind", t.get("kind"), f"choose one of {', '.join(TASK_KINDS)}")
+    kind = t.get("kind", t.get("format"))  # own data (task=jsonl) names it task.format
+    if kind not in TASK_KINDS:
+        key = "task.kind" if "kind" in t else "task.format"
+        raise _fail(key, kind, f"choose one of {', '.join(TASK_KINDS)}")
     for key in ("train", "eval", "test"):
-        if not t.get(key):
-            raise _fail(f"task.{key}", t.get(key), "a path to a JSONL file")
-    limits = {k: t.get(k, 0) or 0 for k in ("max_train", "max_eval", "max_test")}
+        if not t.get(key) or t.get(key) == "???":  # ??? is Hydra's "required" left unset
+            raise _fail(f"task.{key}", t.get(key), f"a path to a JSONL or CSV file is required "
+                                                   f"(task.{key}=path/to/file.jsonl)")
+    limits = {k: t.get(k, 0) or 0 for k in ("max_train", "max_eval", "max_test", "max_new_tokens")}
     for k, v in limits.items():
-        if not isinstance(v, int) or v < 0:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise _fail(f"task.{k}", v, "a non-negative integer (0 = all rows)")
-    return TaskSpec(name=str(t["name"]), kind=t["kind"], train=str(t["train"]), eval=str(t["eval"]),
-                    test=str(t["test"]), labels=str(t.get("labels") or ""), **limits)
+    tests = t.get("tests") or {}
+    if not isinstance(tests, Mapping) or not all(isinstance(v, str) and v for v in tests.values()):
+        raise _fail("task.tests", tests, "a mapping of test-set names to JSONL/CSV paths, "
+                                         "e.g. +task.tests.mcq_con=data/con.jsonl")
+    if "test" in tests:
+        raise _fail("task.tests", dict(tests), "the name 'test' is the primary test set (task.test)")
+    return TaskSpec(name=str(t["name"]), kind=kind, train=str(t["train"]), eval=str(t["eval"]),
+                    test=str(t["test"]), labels=str(t.get("labels") or ""),
+                    tests=tuple((str(k), str(v)) for k, v in tests.items()),
+                    instruction=str(t.get("instruction") or ""), **limits)
 
 
 def _train_spec(tr: Mapping[str, Any]) -> TrainSpec:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
-from . import classification, mcq
-from .data import DataError, load_classification, load_mcq, resolve_data_path
-from .spec import TaskSpec, TrainSpec
+from . import classification, generation, mcq
+from .data import DataError, load_chat, load_classification, load_completion, load_mcq, resolve_data_path
+from .spec import GENERATION_KINDS, TaskSpec, TrainSpec
+
+LOADERS = {"classification": load_classification, "mcq": load_mcq, "chat": load_chat,
+           "completion": load_completion}
 
 
 @dataclass
@@ -17,6 +20,7 @@ class Task:
     eval: list[dict]
     test: list[dict]
     labels: list[str]  # classification only: class names, ids follow this order
+    tests: dict[str, list[dict]] = field(default_factory=dict)  # more test sets, by name
 
     @property
     def head(self) -> str:
@@ -30,18 +34,29 @@ class Task:
     def num_labels(self) -> int | None:
         return len(self.labels) if self.spec.kind == "classification" else None
 
+    @property
+    def objective(self) -> tuple[str, str]:
+        """(metric, direction): accuracy where there is one; generation has token accuracy (exact
+        match is near zero for small models, so it would not rank runs)."""
+        if self.spec.kind in GENERATION_KINDS:
+            return "token_accuracy", "maximize"
+        return "accuracy", "maximize"
+
 
 @lru_cache(maxsize=16)  # a sweep plans every job before it runs it: read each task's files once
 def load_task(spec: TaskSpec) -> Task:
-    load = load_classification if spec.kind == "classification" else load_mcq
-    train, eval_, test = (load(path, limit) for path, limit in
-                          ((spec.train, spec.max_train), (spec.eval, spec.max_eval),
-                           (spec.test, spec.max_test)))
-    for path, rows in ((spec.train, train), (spec.eval, eval_), (spec.test, test)):
-        if not rows:
+    load = LOADERS[spec.kind]
+    files = [("train", spec.train, spec.max_train), ("eval", spec.eval, spec.max_eval),
+             ("test", spec.test, spec.max_test)] + [(name, path, spec.max_test) for name, path in spec.tests]
+    rows = {}
+    for name, path, limit in files:
+        rows[name] = load(path, limit)
+        if not rows[name]:
             raise DataError(f"{path}: no rows (task {spec.name})")
-    labels = _labels(spec, train + eval_ + test) if spec.kind == "classification" else []
-    return Task(spec, train, eval_, test, labels)
+    tests = {name: rows[name] for name, _ in spec.tests}
+    everything = [r for part in rows.values() for r in part]
+    labels = _labels(spec, everything) if spec.kind == "classification" else []
+    return Task(spec, rows["train"], rows["eval"], rows["test"], labels, tests)
 
 
 def _labels(spec: TaskSpec, rows: list[dict]) -> list[str]:
@@ -61,16 +76,26 @@ def _labels(spec: TaskSpec, rows: list[dict]) -> list[str]:
 
 def training_data(task: Task, tokenizer, train: TrainSpec):
     """(train_data, eval_data, collator) in the form the task's trainer takes."""
-    if task.spec.kind == "classification":
+    kind = task.spec.kind
+    if kind == "classification":
         enc = partial(classification.encode, tokenizer=tokenizer, label_ids=task.label_ids,
                       max_length=train.max_length)
         return enc(task.train), enc(task.eval), classification.collator(tokenizer)
-    return mcq.sft_dataset(task.train), mcq.sft_dataset(task.eval), None
+    if kind in GENERATION_KINDS:
+        return generation.sft_dataset(task.train, kind), generation.sft_dataset(task.eval, kind), None
+    instruction = task.spec.instruction
+    return mcq.sft_dataset(task.train, instruction), mcq.sft_dataset(task.eval, instruction), None
 
 
 def evaluator(task: Task, tokenizer, rows: list[dict], train: TrainSpec):
-    """A function model -> metrics (accuracy, accuracy_se, n, loss) on `rows`."""
-    if task.spec.kind == "classification":
+    """A function model -> metrics on `rows`: accuracy, accuracy_se, n, loss (classification, mcq);
+    loss, token_accuracy, exact_match, each with its SE, and n (chat, completion)."""
+    kind = task.spec.kind
+    if kind == "classification":
         encoded = classification.encode(rows, tokenizer, task.label_ids, train.max_length)
         return lambda model: classification.evaluate(model, tokenizer, encoded, train.eval_batch_size)
-    return lambda model: mcq.evaluate(model, tokenizer, rows, train.eval_batch_size, train.max_length)
+    if kind in GENERATION_KINDS:
+        return lambda model: generation.evaluate(model, tokenizer, rows, train.eval_batch_size,
+                                                 train.max_length, task.spec.max_new_tokens)
+    return lambda model: mcq.evaluate(model, tokenizer, rows, train.eval_batch_size, train.max_length,
+                                      task.spec.instruction)

@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from .data import DataError
+from .metrics import headline
 from .spec import TrainSpec
 from .tracking import Tracker
 
@@ -60,10 +62,23 @@ class _ClassificationTrainer(_TaskEvaluation, Trainer):
 
 
 def _sft_trainer_class():
-    """trl (and datasets, wandb through it) imported only by runs that use it: ~1 s off a classification run."""
+    """trl (and datasets, wandb through it) imported only by runs that use it: ~0.5 s off a classification run."""
     from trl import SFTTrainer
 
-    return type("_SFTTrainer", (_TaskEvaluation, SFTTrainer), {})
+    class _SFTTrainer(_TaskEvaluation, SFTTrainer):
+        """trl's SFT, except with trained injected tokens on a tied output layer: trl's fused LM head
+        multiplies by lm_head.weight directly, which would skip peft's trained token rows (and fails on
+        peft's wrapper), so the loss then comes from the model's own forward (labels already masked)."""
+
+        plain_loss = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self.plain_loss:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            keep = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
+            return Trainer.compute_loss(self, model, keep, return_outputs, num_items_in_batch)
+
+    return _SFTTrainer
 
 
 class ProgressPrinter(TrainerCallback):
@@ -79,10 +94,10 @@ class ProgressPrinter(TrainerCallback):
         logs = logs or {}
         self.tracker.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, state.global_step)
         step, total = state.global_step, state.max_steps
-        if "eval_accuracy" in logs:
-            print(f"  eval  step {step:>5}/{total}  accuracy {logs['eval_accuracy']:.3f} "
-                  f"± {logs['eval_accuracy_se']:.3f} (n={logs['eval_n']})  loss {logs['eval_loss']:.3f}",
-                  file=sys.stderr, flush=True)
+        if "eval_n" in logs:
+            metrics = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_")}
+            loss = f"  loss {logs['eval_loss']:.3f}" if "eval_accuracy" in logs else ""
+            print(f"  eval  step {step:>5}/{total}  {headline(metrics)}{loss}", file=sys.stderr, flush=True)
         elif "loss" in logs and step:
             elapsed = time.perf_counter() - self.start
             rate = step * self.batch_size / elapsed
@@ -110,8 +125,13 @@ def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluat
 
         args = SFTConfig(**common, max_length=spec.max_length, gradient_checkpointing=False,
                          packing=False, completion_only_loss=True)
-        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
-                              processing_class=tokenizer)
+        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=train_data,
+                                       eval_dataset=eval_data, processing_class=tokenizer)
+        head = model.get_output_embeddings()
+        trainer.plain_loss = head is not None and not isinstance(head, torch.nn.Linear)  # peft's token wrapper
+    if len(trainer.train_dataset) == 0:  # trl drops rows whose completion was cut off entirely
+        raise DataError(f"no training example fits train.max_length={spec.max_length} tokens with its "
+                        f"answer: raise train.max_length")
     trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
     trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
     trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))

@@ -1,0 +1,83 @@
+"""Export after a sweep: a merged standalone model equals the adapted one; two adapters on one base switch."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from lorasweep import export
+from lorasweep.run import run_from_config
+
+from conftest import ROOT, TINY_MCQ, TINY_TOPICS, compose_config
+
+
+def run(overrides, results_dir):
+    result = run_from_config(compose_config(overrides + [f"results_dir={results_dir}"]))
+    return results_dir / f"{result['slug']}-{result['run_key']}"
+
+
+def batch(tokenizer, texts):
+    return tokenizer(texts, return_tensors="pt", padding=True)
+
+
+TEXTS = ["a domesticated carnivorous mammal", "a building where people live", "the act of running fast"]
+
+
+@pytest.mark.parametrize("base,method,auto", [(TINY_TOPICS, "lora", AutoModelForSequenceClassification),
+                                              (TINY_MCQ, "dora", AutoModelForCausalLM)], ids=["cls-lora", "lm-dora"])
+def test_merged_model_logits_equal_the_adapted_models(base, method, auto, results_dir, tmp_path):
+    folder = run(base + [f"method={method}", "train.lr=5e-2"], results_dir)  # a large lr: the adapter matters
+    out = tmp_path / "merged"
+    proc = subprocess.run([sys.executable, "-m", "lorasweep.export", str(folder), "--merge", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "merged model:" in proc.stderr and (out / "model.safetensors").is_file()
+    merged = auto.from_pretrained(out).eval()  # plain transformers: no peft, no lorasweep
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    adapted, _ = export.load_adapted(folder)
+    adapted.eval()
+    inputs = batch(tokenizer, TEXTS)
+    with torch.no_grad():
+        expected, got = adapted(**inputs).logits, merged(**inputs).logits
+        with adapted.disable_adapter():
+            bare = adapted(**inputs).logits
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert (bare - expected).abs().max() > 1e-3  # and the adapter did change the outputs
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_two_adapters_of_one_sweep_on_one_base_switch(results_dir):
+    a = run(TINY_TOPICS + ["train.lr=5e-2", "lora.r=4"], results_dir)
+    b = run(TINY_TOPICS + ["train.lr=5e-2", "lora.r=8", "train.seed=1"], results_dir)
+    both, tokenizer, names = export.load_adapters([a, b])
+    assert names == [a.name, b.name] and set(both.peft_config) == set(names)
+    inputs = batch(tokenizer, TEXTS)
+    both.eval()
+    outputs = {}
+    with torch.no_grad():
+        for name, folder in zip(names, (a, b)):
+            both.set_adapter(name)
+            alone, _ = export.load_adapted(folder)
+            alone.eval()
+            outputs[name] = both(**inputs).logits
+            # each adapter (and its own copy of the classification head) as its run left it
+            torch.testing.assert_close(outputs[name], alone(**inputs).logits, atol=1e-6, rtol=0)
+    assert (outputs[names[0]] - outputs[names[1]]).abs().max() > 1e-3
+
+
+def test_export_refuses_runs_without_an_adapter(results_dir):
+    full = run(TINY_TOPICS + ["method=full"], results_dir)
+    with pytest.raises(export.ExportError, match=r"method 'full' has no adapter to merge \(its whole model is already saved"):
+        export.merge(full)
+    assert export.main([str(full), "--merge"]) == 2
+    with pytest.raises(export.ExportError, match="no readable result.json"):
+        export.read_run(results_dir)
+
+
+def test_adapters_of_different_bases_are_refused(results_dir):
+    a = run(TINY_TOPICS, results_dir)
+    b = run(TINY_TOPICS + ["model=tiny-roberta"], results_dir)
+    with pytest.raises(export.ExportError, match="adapters share one base"):
+        export.load_adapters([a, b])

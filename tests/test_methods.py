@@ -1,0 +1,64 @@
+"""rslora, pissa and the quantized methods behind the method interface: counts, scaling, saved adapters."""
+import json
+
+import pytest
+from peft import PeftModel
+
+from lorasweep import models, tasks
+from lorasweep.planning import plan_run
+from lorasweep.run import run_from_config
+from lorasweep.spec import ConfigError, from_config
+
+from conftest import TINY_MCQ, TINY_TOPICS, compose_config, launch
+
+
+def run(overrides, results_dir):
+    cfg = compose_config(overrides + [f"results_dir={results_dir}"])
+    return cfg, run_from_config(cfg)
+
+
+@pytest.mark.parametrize("method", ["rslora", "pissa"])
+@pytest.mark.parametrize("base", [TINY_TOPICS, TINY_MCQ], ids=["classification", "mcq"])
+def test_trains_the_same_parameters_as_lora(base, method, results_dir):
+    _, lora = run(base + ["method=lora"], results_dir)
+    _, other = run(base + [f"method={method}"], results_dir)
+    assert other["status"] == "done" and other["params"]["predicted"] == other["params"]["trainable"]
+    assert other["params"]["trainable"] == lora["params"]["trainable"]
+    assert other["params"]["adapted_modules"] == lora["params"]["adapted_modules"]
+    assert other["config"]["method"] == method and other["config"]["lora"]["r"] == 8
+
+
+def test_rslora_scales_by_alpha_over_sqrt_r():
+    from lorasweep import methods
+    spec = from_config(compose_config(TINY_TOPICS + ["method=rslora", "lora.r=16"]))
+    model, _ = models.load_model(spec.model, "classification", 26)
+    adapted = methods.prepare(model, spec, "classification", ["bert.encoder.layer.0.attention.self.query"])
+    scaling = adapted.base_model.model.bert.encoder.layer[0].attention.self.query.scaling["default"]
+    assert scaling == 32 / 16 ** 0.5  # alpha = 2 x r = 32; lora would use 32 / 16 = 2
+
+
+def test_pissa_adapter_applies_to_the_original_base(results_dir):
+    """PiSSA rewrites the base weights; the saved adapter (converted, rank 2r) must reproduce the
+    run's predictions on the untouched base model."""
+    cfg, result = run(TINY_TOPICS + ["method=pissa", "train.lr=5e-2"], results_dir)
+    folder = results_dir / f"{result['slug']}-{result['run_key']}"
+    adapter = folder / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 16  # 2 x r after conversion
+    assert not (folder / "pissa_init").exists()  # the initial adapter was only needed for the conversion
+    spec = from_config(cfg)
+    task = tasks.load_task(spec.task)
+    base, tokenizer = models.load_model(spec.model, task.head, task.num_labels)
+    reloaded = PeftModel.from_pretrained(base, adapter)
+    metrics = tasks.evaluator(task, tokenizer, task.test, spec.train)(reloaded)
+    assert metrics["accuracy"] == result["metrics"]["test"]["accuracy"]
+    assert metrics["loss"] == pytest.approx(result["metrics"]["test"]["loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["qlora", "qlora8"])
+def test_quantized_methods_say_what_is_missing_before_loading(method, tmp_path):
+    with pytest.raises(ConfigError, match=rf"method={method} loads the base model quantized with bitsandbytes "
+                                          r"and needs a CUDA GPU \(this machine has none\)"):
+        plan_run(compose_config(TINY_MCQ + [f"method={method}"]))
+    proc = launch(TINY_MCQ + [f"method={method}", f"results_dir={tmp_path}/results"], cwd=tmp_path)
+    assert proc.returncode == 2 and "use method=lora here" in proc.stderr
+    assert not (tmp_path / "results").exists()
