@@ -1,6 +1,5 @@
 """launch.py as a user types it: a tiny run, and bad input answered with one clear line, fast."""
 import json
-import time
 
 import pytest
 
@@ -29,14 +28,12 @@ def test_launch_runs_and_prints_a_summary(tmp_path):
     (["model=qwen3-0.6b"], ["qwen3-0.6b", "Qwen/Qwen3-0.6B", "minilm", "smollm2-135m"]),
 ])
 def test_bad_input_fails_fast_with_one_clear_message(tmp_path, args, needles):
-    start = time.perf_counter()
     proc = launch(args, cwd=tmp_path)
-    elapsed = time.perf_counter() - start
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle in proc.stderr
-    assert elapsed < 30  # generous for a loaded CI machine; seconds on an idle one
+    assert "trainable of" not in proc.stderr  # stopped before a model was built (no timed assertion: CI load varies)
     assert not (tmp_path / "results").exists()
 
 
