@@ -31,6 +31,7 @@ JOB_FILE = "slurm_job.json"
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED")  # PREEMPTED without requeue; submitit requeues before that
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
+TRACEBACK_LINES = 30  # of a failed job's traceback, shown by the driver
 
 
 class SlurmRunError(RuntimeError):
@@ -73,8 +74,8 @@ class SlurmSettings:
         # submitit.SlurmExecutor takes sbatch's names: time (minutes), mem
         params: dict[str, Any] = {"time": int(self.timeout_min), "signal_delay_s": int(self.signal_delay_s),
                                   "array_parallelism": self.array_parallelism,
-                                  "additional_parameters": dict(self.additional_parameters),
-                                  "use_srun": False}  # one task per job: srun adds a step and nothing else
+                                  "additional_parameters": dict(self.additional_parameters)}
+        # (submitit runs the job through srun: sbatch --signal reaches job steps, not the batch script)
         if self.mem_gb:
             params["mem"] = f"{int(self.mem_gb * 1024)}M"
         for name in ("partition", "cpus_per_task", "gres", "gpus_per_node", "account", "qos", "constraint"):
@@ -159,8 +160,9 @@ class SlurmExecutor:
         if record is None:
             return None
         job = submitit.SlurmJob(folder=record["submitit_folder"], job_id=record["job_id"])
-        if job.paths.result_pickle.exists():  # finished; its result.json may be a moment behind
-            return job
+        if job.paths.result_pickle.exists():  # finished: collect a success (its result.json may be a
+            # moment behind); a failure is submitted again, like a failed local run
+            return job if job._get_outcome_and_result()[0] == "success" else None
         state = job_state(record["job_id"])
         return None if state is None or state.split()[0] in FINAL_STATES else job
 
@@ -205,7 +207,11 @@ class SlurmExecutor:
         if outcome == "success":
             future.set_result(value)
         else:
-            future.set_exception(SlurmRunError(f"job {job.job_id} failed:\n{value.rstrip()}"))
+            lines = value.rstrip().splitlines()
+            shown = lines[-TRACEBACK_LINES:]  # the end of a chained traceback is the part that says why
+            cut = f"  ... ({len(lines) - len(shown)} lines above)\n" if len(lines) > len(shown) else ""
+            future.set_exception(SlurmRunError(f"job {job.job_id} failed:\n{cut}" + "\n".join(shown)
+                                               + f"\n(the job's full log: {job.paths.stderr})"))
 
     def _drop(self, future: Future) -> None:
         with self._lock:
