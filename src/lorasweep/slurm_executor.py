@@ -31,6 +31,7 @@ JOB_FILE = "slurm_job.json"
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED")  # PREEMPTED without requeue; submitit requeues before that
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
+SACCT_EVERY_S = 5
 TRACEBACK_LINES = 30  # of a failed job's traceback, shown by the driver
 
 
@@ -186,12 +187,16 @@ class SlurmExecutor:
                 watched = dict(self._watched)
             if not watched:
                 continue
-            force = time.time() - last_sacct > 5  # a job that died without a result shows only in sacct
-            if force:
+            # a job that died without a result (cancelled, killed, out of memory) shows only in sacct:
+            # one call for all jobs, at most every SACCT_EVERY_S (sacct is slow on a busy cluster)
+            check = time.time() - last_sacct > max(SACCT_EVERY_S, 5 * self.settings.poll_s)
+            if check:
                 last_sacct = time.time()
+                submitit.SlurmJob.watcher.update()
             for future, job in watched.items():
                 try:
-                    if job.paths.result_pickle.exists() or (force and job.done(force_check=True)):
+                    finished = check and job.watcher.is_done(job.job_id, mode="cache")
+                    if finished or job.paths.result_pickle.exists():
                         self._resolve(future, job)
                 except Exception as e:  # never let the watcher die: the driver would wait forever
                     self._drop(future)
