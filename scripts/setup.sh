@@ -31,10 +31,17 @@ if [[ $dev == 1 ]]; then
   if [[ ${#apt_packages[@]} -gt 0 ]]; then
     echo "setup: installing Debian ${apt_packages[*]}" >&2
     sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
-    # The tests start their own daemons under a temporary directory; on a machine with systemd the
-    # packages' own services may start too (and fail without /etc/slurm/slurm.conf): harmless.
+    # The tests start their own daemons under a temporary directory. In a container without systemd
+    # the packages' init scripts would try to start munge and slurm at install: a policy-rc.d that
+    # forbids it (Docker's usual one) is put in place for the install only, if there is none.
+    policy=""
+    if [[ ! -d /run/systemd/system && ! -e /usr/sbin/policy-rc.d ]]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy"
+    fi
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
       --no-install-recommends "${apt_packages[@]}" >/dev/null
+    [[ -z $policy ]] || $sudo rm -f "$policy"
   fi
 else
   .venv/bin/python -m pip install -q -e .
