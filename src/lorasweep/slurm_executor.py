@@ -250,17 +250,34 @@ def max_array_size() -> int:
 
 
 def job_state(job_id: str) -> str | None:
-    """The job's state from sacct (e.g. RUNNING, PENDING, COMPLETED, CANCELLED by 0), None if unknown."""
-    try:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job_id.split("_")[0]],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for line in out.splitlines():
-        jid, _, state = line.partition("|")
-        if jid == job_id or (jid.startswith(job_id.split("_")[0] + "_[") and "_" in job_id):
-            return state  # the exact task, or a still-pending range of the array that holds it
+    """The job's state (e.g. RUNNING, PENDING, COMPLETED, "CANCELLED by 0"); None if SLURM knows it not.
+
+    sacct first (it knows finished jobs); squeue when sacct has nothing (accounting lagging or down):
+    a job that is still queued must never be taken for a lost one and submitted twice."""
+    array, _, index = job_id.partition("_")
+    for command in (["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", array],
+                    ["squeue", "-h", "-r", "-o", "%i|%T", "-j", array]):
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        for line in out.splitlines():
+            jid, _, state = line.strip().partition("|")
+            if jid == job_id or (index and _in_pending_range(jid, array, int(index))):
+                return state
     return None
+
+
+def _in_pending_range(jid: str, array: str, index: int) -> bool:
+    """sacct prints an array's pending tasks as one line, e.g. 123_[2-4%8] or 123_[5,7]."""
+    match = re.fullmatch(rf"{array}_\[([\d,\-]+)(%\d+)?\]", jid)
+    if not match:
+        return False
+    for part in match.group(1).split(","):
+        low, _, high = part.partition("-")
+        if int(low) <= index <= int(high or low):
+            return True
+    return False
 
 
 def _record(folder: Path, job_id: str, submitit_folder: Path) -> None:
