@@ -42,13 +42,14 @@ def sacct_states(job_id):
 def requeued(slurm_cluster, tmp_path_factory):
     """A run that outlasts its time limit, started in the background: it mostly sleeps (its steps are
     slowed), so it runs beside the design-card sweep instead of adding a minute to the tests."""
-    # 120 steps of >= 0.5 s: over a minute of training against a 2-minute limit with USR2 90 s before
-    # it. slurmctld checks time limits every 30 s, so the signal comes 30-60 s after the job starts:
-    # mid-training, and late enough for a job slowed by the other tests to have saved a checkpoint.
+    # 120 steps of >= 0.5 s: over a minute of training against a 2-minute limit with USR2 60 s before
+    # it. slurmctld looks at time limits every 30 s and signals when the warning time is less than one
+    # such period away, so USR2 comes 30-60 s after the job starts (measured): mid-training, after
+    # the first checkpoints even for a job slowed by the other tests; each requeued start gets as long.
     cwd = tmp_path_factory.mktemp("requeue")
     slow = TINY_TOPICS + ["train.max_steps=120", "train.eval_steps=10", "train.step_sleep_s=0.5"]
     cmd = [sys.executable, str(ROOT / "launch.py"), "-m", "lora.r=2", *slow, *SLURM,
-           "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=90", "hydra.launcher.max_num_timeout=10"]
+           "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60", "hydra.launcher.max_num_timeout=10"]
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     yield {"cwd": cwd, "proc": proc}
     if proc.poll() is None:
