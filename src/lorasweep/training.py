@@ -6,6 +6,7 @@ code as the final test evaluation) every `train.eval_steps`, which yields the ru
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Callable
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
 from .spec import TrainSpec
@@ -117,6 +118,23 @@ class _SlowSteps(TrainerCallback):
 CURVE_FILE = "lorasweep_curve.json"
 
 
+def last_complete_checkpoint(workdir: Path) -> str | None:
+    """The newest checkpoint that was saved to the end, or None.
+
+    A job signalled (time limit, preemption) while the Trainer was saving leaves a checkpoint folder
+    without its trainer_state.json, which the Trainer writes last: it is removed, and the one before
+    it (kept until the new one is complete) is resumed from instead."""
+    if not workdir.is_dir():
+        return None
+    found = sorted((p for p in workdir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for folder in found:
+        if (folder / "trainer_state.json").exists():
+            return str(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
 def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluator, spec: TrainSpec,
           workdir: Path, tracker: Tracker, collator=None, reporter: Reporter | None = None,
           save_steps: int = 0, step_sleep_s: float = 0.0) -> TrainOutcome:
@@ -147,7 +165,7 @@ def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluat
         trainer.add_callback(_Checkpoints(outcome, workdir))
     if step_sleep_s > 0:
         trainer.add_callback(_SlowSteps(step_sleep_s))
-    last = get_last_checkpoint(str(workdir)) if save_steps > 0 and workdir.is_dir() else None
+    last = last_complete_checkpoint(workdir) if save_steps > 0 else None
     if last:
         outcome.resumed_from_step = int(Path(last).name.split("-")[-1])
         saved = Path(last) / CURVE_FILE
