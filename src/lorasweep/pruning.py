@@ -61,8 +61,15 @@ def reporter_for(trial_cfg: Mapping[str, Any]) -> Reporter:
             return False
         if trial is None:
             trial = _open_trial(trial_cfg)
-        trial.report(float(value), int(step))
-        return bool(trial.should_prune())
+        try:
+            trial.report(float(value), int(step))
+            return bool(trial.should_prune())
+        except Exception as e:  # optuna's UpdateFinishedTrialError, without importing optuna here
+            if type(e).__name__ != "UpdateFinishedTrialError":
+                raise
+            # the trial was closed under us: a restarted driver declared it abandoned and asked its
+            # params again as a new trial, which re-attached to this very run (a SLURM job). Train on.
+            return False
 
     return report
 

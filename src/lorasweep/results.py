@@ -64,8 +64,15 @@ def env_info() -> dict[str, Any]:
         "transformers": transformers.__version__, "peft": peft.__version__,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "threads": torch.get_num_threads(), "host": socket.gethostname(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_job_id": slurm_job_id(),
+        "slurm_restarts": int(os.environ.get("SLURM_RESTART_COUNT") or 0) if os.environ.get("SLURM_JOB_ID") else None,
     }
+
+
+def slurm_job_id() -> str | None:
+    """The job id as squeue and sacct print it: ARRAYID_INDEX for a task of a job array."""
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
 
 
 def peak_memory() -> dict[str, float | None]:

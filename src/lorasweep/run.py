@@ -5,6 +5,8 @@ that fails after that still leaves a result (status failed, with the reason) and
 """
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 import traceback
@@ -26,11 +28,23 @@ def run_from_config(cfg: Mapping[str, Any], reporter: Reporter | None = None) ->
     tracking = dict(cfg.get("tracking") or {})
     check_tracking(tracking)
     plan = plan_run(cfg)  # config, data and projection errors surface here, before any weight is read
-    return execute(plan, Path(cfg.get("results_dir", "results")), tracking, reporter)
+    return execute(plan, Path(cfg.get("results_dir", "results")), tracking, reporter,
+                   checkpointing(cfg.get("train") or {}))
+
+
+def checkpointing(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Loop options that do not change what a run computes (so they are not in its run key).
+
+    train.save_steps: null checkpoints every eval_steps inside a SLURM job (a requeued run resumes)
+    and never elsewhere; 0 never; N every N steps. train.step_sleep_s slows steps, for tests."""
+    save = train_cfg.get("save_steps")
+    if save is None:
+        save = int(train_cfg.get("eval_steps") or 50) if os.environ.get("SLURM_JOB_ID") else 0
+    return {"save_steps": int(save), "step_sleep_s": float(train_cfg.get("step_sleep_s") or 0.0)}
 
 
 def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = None,
-            reporter: Reporter | None = None) -> dict[str, Any]:
+            reporter: Reporter | None = None, loop: Mapping[str, Any] | None = None) -> dict[str, Any]:
     spec = plan.spec
     folder = results.run_dir(results_dir, spec.slug, spec.run_key)
     previous = results.read_result(folder)
@@ -51,7 +65,8 @@ def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = 
     model, tokenizer = models.load_model(spec.model, plan.task.head, plan.task.num_labels,
                                          quantization=methods.quantization_config(spec.method))
     try:
-        return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter)
+        return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter,
+                                   loop or {})
     except Exception as e:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "traceback.txt").write_text(traceback.format_exc())
@@ -61,7 +76,7 @@ def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = 
 
 
 def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, tracking: Mapping[str, Any],
-                        t_start: float, reporter: Reporter | None):
+                        t_start: float, reporter: Reporter | None, loop: Mapping[str, Any]):
     spec, task = plan.spec, plan.task
     token_ids = tokens.inject(model, tokenizer, spec.tokens.new, spec.tokens.init, spec.train.seed)
     if token_ids != plan.token_ids:
@@ -83,8 +98,11 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
             train_data, eval_data, collator = tasks.training_data(task, tokenizer, spec.train)
             outcome = train(model, tokenizer, spec.task.kind, train_data, eval_data,
                             tasks.evaluator(task, tokenizer, task.eval, spec.train), spec.train,
-                            folder / "trainer", tracker, collator, reporter)
-            _remove_if_empty(folder / "trainer")  # save_strategy=no: the Trainer's folder stays empty
+                            folder / "trainer", tracker, collator, reporter, **loop)
+            # checkpoints only serve a resume: the adapter is saved below, so they go
+            shutil.rmtree(folder / "trainer", ignore_errors=True)
+            if outcome.resumed_from_step is not None:
+                base = {**base, "resumed_from_step": outcome.resumed_from_step}
             if outcome.pruned_at is not None:
                 ok = True
                 return _pruned(folder, base, outcome, load_s, t_start)
@@ -164,11 +182,6 @@ def _timing(load_s: float, outcome, eval_s: float, t_start: float) -> dict[str, 
             "eval_s": round(eval_s, 3), "total_s": round(time.perf_counter() - t_start, 3),
             "steps": outcome.steps if outcome else 0,
             "train_examples_per_s": round(examples / train_s, 2) if train_s else None}
-
-
-def _remove_if_empty(path: Path) -> None:
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
 
 
 def _say(msg: str) -> None:

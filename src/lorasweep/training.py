@@ -5,6 +5,8 @@ code as the final test evaluation) every `train.eval_steps`, which yields the ru
 """
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from typing import Callable
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import DataError
 from .metrics import headline
@@ -32,6 +35,7 @@ class TrainOutcome:
     examples: int = 0
     final_train_loss: float | None = None
     pruned_at: int | None = None  # the step at which the reporter stopped the run
+    resumed_from_step: int | None = None  # the checkpoint this run continued from (after a requeue)
 
 
 class _TaskEvaluation:
@@ -106,14 +110,60 @@ class ProgressPrinter(TrainerCallback):
                   f"ETA {eta:.0f}s", file=sys.stderr, flush=True)
 
 
+class _Checkpoints(TrainerCallback):
+    """Keeps the curve beside each checkpoint, so a resumed run's curve starts where training did."""
+
+    def __init__(self, outcome: TrainOutcome, workdir: Path):
+        self.outcome, self.workdir = outcome, workdir
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = self.workdir / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / CURVE_FILE).write_text(json.dumps(self.outcome.curve))
+
+
+class _SlowSteps(TrainerCallback):
+    """Sleeps after each step: lets a test interrupt a tiny run mid-training (train.step_sleep_s)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+
+
+CURVE_FILE = "lorasweep_curve.json"
+
+
+def last_complete_checkpoint(workdir: Path) -> str | None:
+    """The newest checkpoint that was saved to the end, or None.
+
+    A job signalled (time limit, preemption) while the Trainer was saving leaves a checkpoint folder
+    without its trainer_state.json, which the Trainer writes last: it is removed, and the one before
+    it (kept until the new one is complete) is resumed from instead."""
+    if not workdir.is_dir():
+        return None
+    found = sorted((p for p in workdir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for folder in found:
+        if (folder / "trainer_state.json").exists():
+            return str(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
 def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluator, spec: TrainSpec,
-          workdir: Path, tracker: Tracker, collator=None, reporter: Reporter | None = None) -> TrainOutcome:
+          workdir: Path, tracker: Tracker, collator=None, reporter: Reporter | None = None,
+          save_steps: int = 0, step_sleep_s: float = 0.0) -> TrainOutcome:
     """Train `model` in place and return its curve and timing. kind: classification | mcq.
 
     `reporter` sees every evaluation along training; when it answers True the run stops there.
+    `save_steps` > 0 checkpoints into `workdir` every that many steps (the last one kept), and a
+    checkpoint found there at the start is resumed from: a run requeued after a time limit or a
+    preemption continues instead of starting over.
     """
     outcome = TrainOutcome()
-    common = _arguments(spec, workdir)
+    common = _arguments(spec, workdir, save_steps)
     if kind == "classification":
         trainer = _ClassificationTrainer(model=model, args=TrainingArguments(**common),
                                          train_dataset=train_data, eval_dataset=eval_data,
@@ -135,10 +185,21 @@ def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluat
     trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
     trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
     trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))
-    trainer.evaluate()  # the curve's step-0 point: the model before any update
+    if save_steps > 0:
+        trainer.add_callback(_Checkpoints(outcome, workdir))
+    if step_sleep_s > 0:
+        trainer.add_callback(_SlowSteps(step_sleep_s))
+    last = last_complete_checkpoint(workdir) if save_steps > 0 else None
+    if last:
+        outcome.resumed_from_step = int(Path(last).name.split("-")[-1])
+        saved = Path(last) / CURVE_FILE
+        outcome.curve = json.loads(saved.read_text()) if saved.exists() else []
+        print(f"  resuming from step {outcome.resumed_from_step} ({last})", file=sys.stderr, flush=True)
+    else:
+        trainer.evaluate()  # the curve's step-0 point: the model before any update
     outcome.eval_seconds = 0.0
     before_evals = time.perf_counter()
-    out = trainer.train()
+    out = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - before_evals
     outcome.train_seconds = wall - outcome.eval_seconds
     outcome.steps = out.global_step
@@ -147,7 +208,7 @@ def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluat
     return outcome
 
 
-def _arguments(spec: TrainSpec, workdir: Path) -> dict:
+def _arguments(spec: TrainSpec, workdir: Path, save_steps: int = 0) -> dict:
     cuda = torch.cuda.is_available()
     return dict(
         output_dir=str(workdir), per_device_train_batch_size=spec.batch_size,
@@ -155,7 +216,8 @@ def _arguments(spec: TrainSpec, workdir: Path) -> dict:
         num_train_epochs=spec.epochs, max_steps=spec.max_steps, weight_decay=spec.weight_decay,
         warmup_steps=spec.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all steps
         eval_strategy="steps", eval_steps=spec.eval_steps,
-        logging_steps=max(1, spec.eval_steps // 5), save_strategy="no",
+        logging_steps=max(1, spec.eval_steps // 5),
+        save_strategy="steps" if save_steps > 0 else "no", save_steps=max(1, save_steps), save_total_limit=1,
         seed=spec.seed, data_seed=spec.seed, use_cpu=not cuda,
         bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,  # never bf16 autocast on a CPU
         report_to="none", disable_tqdm=True, dataloader_num_workers=0)

@@ -1,6 +1,7 @@
 """`python launch.py -m hydra/sweeper=optuna hydra.sweeper.n_trials=20 'lora.r=choice(4,8,16)' ...`
 
-An Optuna search on the ask-and-tell API: `n_jobs` runs in flight in local worker processes, a new
+An Optuna search on the ask-and-tell API: `n_jobs` runs in flight in local worker processes (or as
+SLURM jobs with hydra/launcher=slurm: the launcher's settings, this sweeper's loop), a new
 trial asked as soon as any run finishes. The study lives in a storage (by default a sqlite file in
 the results store), so a killed sweep started again with the same command continues it: n_trials
 counts finished trials in total, and a finished run (same run key) is never trained twice.
@@ -88,12 +89,16 @@ class OptunaSweeper(Sweeper):
     # -- the loop ---------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        from lorasweep.executor import LocalExecutor
+        from lorasweep.executor import make_executor
 
         finished = len(self._counted_trials())
         inflight: dict[Future, _Job] = {}
         by_key: dict[str, Future] = {}
-        executor = LocalExecutor(self.n_jobs, self.threads)
+        # hydra/launcher=slurm: the trials' runs go to SLURM (n_jobs in flight), else local workers
+        assert self.config is not None
+        launcher = OmegaConf.select(self.config, "hydra.launcher")
+        launcher = OmegaConf.to_container(launcher, resolve=True) if launcher is not None else None
+        executor = make_executor(launcher, self.n_jobs, self.threads)
         try:
             while True:
                 while len(inflight) < self.n_jobs and finished + _pending(inflight) < self.n_trials:
@@ -153,12 +158,12 @@ class OptunaSweeper(Sweeper):
             cfg["trial"] = {"storage": self._storage_url(), "study_name": self.study.study_name,
                             "trial_id": trial._trial_id, "number": trial.number, "pruner": self.pruner_spec,
                             "metric": "accuracy"}
-        log = folder / "log.txt" if self.n_jobs > 1 else None
-        future = executor.submit(cfg, log)
+        future = executor.submit_many([(cfg, folder)])[0]
         inflight[future] = _Job(key, [(trial, label)])
         by_key[key] = future
         self.stats["trained"] += 1
-        _say(f"{label}: started (job {trial.number}{f', log {log}' if log else ''})")
+        note = getattr(future, "note", "")
+        _say(f"{label}: {executor.verb} (job {trial.number}{f', {note}' if note else ''})")
         return 0
 
     # -- telling the study ------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""lorasweep's SLURM launcher for Hydra: job arrays through submitit, requeue, restartable drivers."""
