@@ -78,11 +78,18 @@ class LocalExecutor:
 
 def _init_worker(threads: int) -> None:
     _die_with_parent()
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    import torch
+    configure_process(threads)
 
-    torch.set_num_threads(threads)
+
+def configure_process(threads: int | None) -> None:
+    """Set up a process that runs runs (a local worker, a SLURM job): its share of the cores
+    (`threads`; None keeps torch's default) and quiet libraries."""
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
     from .cli import quiet_libraries
 
     quiet_libraries()

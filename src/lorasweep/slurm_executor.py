@@ -92,17 +92,10 @@ class SlurmRun(submitit.helpers.Checkpointable):
     inherited: the same call again, and the run then resumes from its Trainer checkpoint."""
 
     def __call__(self, cfg: dict) -> dict:
-        threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or 0)
-        if threads:  # the job's share of the node's cores, not all of them
-            import torch
+        from .executor import configure_process, run_config
 
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ[var] = str(threads)
-            torch.set_num_threads(threads)
-        from .cli import quiet_libraries
-        from .executor import run_config
-
-        quiet_libraries()
+        # the job's share of the node's cores, not all of them
+        configure_process(int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or None)
         return run_config(cfg)
 
 
