@@ -28,21 +28,25 @@ def write_result(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
     """Write `result` (plus its schema version) as the run's result.json; returns what was written."""
     assert result.get("status") in STATUSES, result.get("status")
     record = {"schema": SCHEMA, **result}
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / RESULT_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".result-", suffix=".json", dir=folder)
+    write_json_atomically(folder / RESULT_FILE, record)
+    return record
+
+
+def write_json_atomically(target: Path, data: Any) -> None:
+    """Temp file + rename in the same folder: a reader sees the old file or the new one, never half."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".json", dir=target.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, default=_jsonable)
+            json.dump(data, f, indent=2, default=_jsonable)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a result is meant to be read by others
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be read by others
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return record
 
 
 def read_result(folder: Path) -> dict[str, Any] | None:

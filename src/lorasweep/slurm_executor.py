@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import submitit
 
 from .executor import SubmissionError
+from .results import write_json_atomically
 
 JOB_FILE = "slurm_job.json"
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
@@ -274,12 +275,8 @@ def _in_pending_range(jid: str, array: str, index: int) -> bool:
 
 
 def _record(folder: Path, job_id: str, submitit_folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {"job_id": job_id, "submitit_folder": str(submitit_folder),
-              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = folder / f".{JOB_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, folder / JOB_FILE)
+    write_json_atomically(folder / JOB_FILE, {"job_id": job_id, "submitit_folder": str(submitit_folder),
+                                              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def _read_record(folder: Path) -> dict | None:
