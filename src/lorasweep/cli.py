@@ -34,4 +34,6 @@ def quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported (SFT only)
+    if "datasets" in sys.modules:  # already imported: the variable came too late for it
+        sys.modules["datasets"].disable_progress_bars()
     hf_logging.disable_progress_bar()

@@ -110,7 +110,8 @@ def _csv_records(path: str | Path, resolved: Path):
                 yield where, values
 
 
-def _classification_csv(where: str, row: dict) -> dict:
+def _csv_as_is(where: str, row: dict) -> dict:
+    """Formats whose CSV columns are their fields (classification, completion)."""
     return row
 
 
@@ -153,12 +154,12 @@ def read_jsonl(path: str | Path, fields: FieldTypes, limit: int = 0) -> list[dic
 
 def load_classification(path: str | Path, limit: int = 0) -> list[dict]:
     """Rows {"text": str, "label": str | int}."""
-    return [row for _, row in _numbered_rows(path, CLASSIFICATION_FIELDS, limit, _classification_csv)]
+    return [row for _, row in _numbered_rows(path, CLASSIFICATION_FIELDS, limit, _csv_as_is)]
 
 
 def load_completion(path: str | Path, limit: int = 0) -> list[dict]:
     """Rows {"prompt": str, "completion": str}: the model learns to continue the prompt."""
-    return [row for _, row in _numbered_rows(path, COMPLETION_FIELDS, limit, lambda w, r: r)]
+    return [row for _, row in _numbered_rows(path, COMPLETION_FIELDS, limit, _csv_as_is)]
 
 
 def load_chat(path: str | Path, limit: int = 0) -> list[dict]:

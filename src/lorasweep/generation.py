@@ -10,17 +10,20 @@ three numbers, because at small sizes exact match alone is near zero and says li
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
 
 from .metrics import binomial_se
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 def sft_dataset(rows: Sequence[dict], kind: str) -> Dataset:
     """trl's prompt-completion format: conversational for chat rows, plain text for completion rows."""
+    from datasets import Dataset  # here, as in mcq: planning a sweep imports this module, not datasets
     if kind == "chat":
         return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]}
                                   for r in rows])
