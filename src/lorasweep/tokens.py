@@ -20,9 +20,13 @@ INITS = ("random", "average", "zero")
 
 def planned_ids(tokenizer, new: tuple[str, ...]) -> tuple[int, ...]:
     """Ids the tokens not yet in the vocabulary will get: add_tokens numbers them from len(tokenizer)."""
+    return tuple(range(len(tokenizer), len(tokenizer) + len(_fresh(tokenizer, new))))
+
+
+def _fresh(tokenizer, new: tuple[str, ...]) -> list[str]:
+    """The tokens of `new` not yet in the vocabulary, once each, in order."""
     vocab = tokenizer.get_vocab()
-    fresh = [t for t in dict.fromkeys(new) if t not in vocab]
-    return tuple(range(len(tokenizer), len(tokenizer) + len(fresh)))
+    return [t for t in dict.fromkeys(new) if t not in vocab]
 
 
 def vocab_size_for(config_vocab: int, ids: tuple[int, ...]) -> int:
@@ -35,7 +39,7 @@ def inject(model: nn.Module, tokenizer, new: tuple[str, ...], init: str, seed: i
     ids = planned_ids(tokenizer, new)
     if not ids:
         return ids
-    fresh = [t for t in dict.fromkeys(new) if t not in tokenizer.get_vocab()]
+    fresh = _fresh(tokenizer, new)
     tokenizer.add_tokens(fresh)
     if tuple(tokenizer.convert_tokens_to_ids(fresh)) != ids:
         raise RuntimeError(f"the tokenizer numbered {fresh} differently than planned ({ids})")
