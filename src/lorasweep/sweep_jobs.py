@@ -76,11 +76,6 @@ def plain_config(node: DictConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
 
 
-def job_config(config_loader, sweep_config: DictConfig, overrides: Sequence[str]) -> tuple[DictConfig, dict]:
-    """One job's composed config (see JobConfigs for many)."""
-    return JobConfigs(config_loader, sweep_config)(overrides)
-
-
 def varying_overrides(job_overrides: Sequence[Sequence[str]]) -> tuple[list[str], list[str]]:
     """(the overrides every job shares, one label per job made of what differs)."""
     lists = [filter_overrides(o) for o in job_overrides]

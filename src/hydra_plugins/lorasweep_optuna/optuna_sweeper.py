@@ -19,7 +19,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from lorasweep.sweep_jobs import job_config
+from lorasweep.sweep_jobs import JobConfigs
 
 if TYPE_CHECKING:
     import optuna
@@ -55,6 +55,7 @@ class OptunaSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         # runs go to lorasweep's executor directly (results, not return values): no Hydra launcher
         self.config, self.hydra_context = config, hydra_context
+        self.configs = JobConfigs(hydra_context.config_loader, config)  # trials differ in values: reused
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
@@ -256,7 +257,7 @@ class OptunaSweeper(Sweeper):
         assert self.config is not None and self.hydra_context is not None
         overrides = [f"{k}={v}" for k, v in self.fixed.items()]
         overrides += [f"{k}={_space.format_value(v)}" for k, v in params.items()]
-        return job_config(self.hydra_context.config_loader, self.config, overrides)[1]
+        return self.configs(overrides)[1]
 
     def _storage_url(self) -> str:
         if self.storage:
