@@ -38,6 +38,20 @@ def sacct_states(job_id):
     return [tuple(line.split("|")) for line in out.splitlines() if line]
 
 
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "REQUEUED")
+
+
+def ended_states(job_id, timeout=120):
+    """sacct_states once every allocation has ended: accounting may lag a job's result file, which
+    the driver returns on."""
+    deadline = time.time() + timeout
+    while True:
+        states = sacct_states(job_id)
+        if (states and all(state.split()[0] in ENDED for _, state in states)) or time.time() > deadline:
+            return states
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def requeued(slurm_cluster, tmp_path_factory):
     """A run that outlasts its time limit, started in the background: it mostly sleeps (its steps are
@@ -125,16 +139,56 @@ def test_a_killed_driver_started_again_reattaches_and_trains_nothing_twice(slurm
     assert sorted(tasks) == sorted(rec["job_id"] for rec in submitted.values())  # four tasks ever ran
 
 
-def test_a_failing_run_brings_its_traceback_to_the_driver(slurm_cluster, tmp_path, monkeypatch):
-    # qwen3-0.6b plans (its config ships) but its weights cannot be had offline: it fails in the job.
-    # HF_HUB_OFFLINE (passed on to the job by sbatch) makes that immediate instead of network retries.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    proc = launch(["-m", "model=qwen3-0.6b", "task=wordnet_mcq", "train.max_steps=2", "train.eval_steps=2",
-                   "task.max_train=8", "task.max_eval=4", "task.max_test=4"] + SLURM, cwd=tmp_path)
+@pytest.fixture(scope="module")
+def failing_sweep(slurm_cluster, tmp_path_factory):
+    """Two runs that fail in their jobs, then the same command again.
+
+    qwen3-0.6b plans (its config ships) but its weights cannot be had offline: it fails loading, with
+    no result. tiny-qwen3 loads, but no MCQ example fits 8 tokens with its answer: it fails in
+    training and records status failed. HF_HUB_OFFLINE (passed on to the jobs by sbatch) makes the
+    first immediate instead of network retries."""
+    cwd = tmp_path_factory.mktemp("failing")
+    args = ["-m", "model=qwen3-0.6b,tiny-qwen3", "task=wordnet_mcq", "train.max_steps=2", "train.eval_steps=2",
+            "task.max_train=8", "task.max_eval=4", "task.max_test=4", "train.max_length=8"] + SLURM
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        first = launch(args, cwd=cwd)
+        records = job_records(cwd / "results")
+        second = launch(args, cwd=cwd)
+    return {"store": cwd / "results", "first": first, "first_records": records, "second": second}
+
+
+def test_a_failing_run_brings_its_traceback_to_the_driver(failing_sweep):
+    proc = failing_sweep["first"]
     assert proc.returncode != 0
-    assert re.search(r"run 1/1 model=qwen3-0.6b .*: FAILED after \d+s: SlurmRunError: job \d+ failed:", proc.stderr)
+    assert re.search(r"run 1/2 model=qwen3-0.6b: FAILED after \d+s: SlurmRunError: job \d+_0 failed:", proc.stderr)
     assert "Traceback (most recent call last)" in proc.stderr and "ModelUnavailableError" in proc.stderr
-    assert "sweep: 1 runs: 1 failed" in proc.stderr
+    assert re.search(r"run 2/2 model=tiny-qwen3: FAILED after \d+s: SlurmRunError: job \d+_1 failed:", proc.stderr)
+    assert "DataError: no training example fits train.max_length=8" in proc.stderr
+    assert "sweep: 2 runs: 2 failed" in proc.stderr
+
+
+def test_a_run_whose_job_failed_is_submitted_again(failing_sweep):
+    """README: started again, the driver submits what is missing, "a run whose job failed is
+    submitted again": as a new job, neither re-attached to the failed one nor skipped."""
+    before, store, proc = failing_sweep["first_records"], failing_sweep["store"], failing_sweep["second"]
+    assert len(before) == 2
+    assert [state for _, state in ended_states(next(iter(before.values()))["job_id"])] == ["FAILED", "FAILED"]
+    after = job_records(store)
+    assert after.keys() == before.keys()
+    same = [name for name in before if after[name]["job_id"] == before[name]["job_id"]]
+    assert not same, f"not submitted again, still recorded as the failed job: {same}"
+    assert "re-attached" not in proc.stderr and "already done" not in proc.stderr
+    for name, record in after.items():
+        model = "tiny-qwen3" if name.startswith("tiny-qwen3") else "qwen3-0.6b"
+        assert re.search(rf"run \d/2 submitted: model={model} \(submitted as job {record['job_id']},", proc.stderr)
+    assert "sweep: 2 runs: 2 failed" in proc.stderr and proc.returncode != 0
+    # it ran again in its new job: the training failure's record is the second job's
+    (failed,) = [r for r in results(store).values()]
+    assert failed["status"] == "failed" and failed["config"]["model"]["name"] == "tiny-qwen3"
+    assert failed["env"]["slurm_job_id"] == after[next(n for n in after if n.startswith("tiny-qwen3"))]["job_id"]
+    new_array = next(iter(after.values()))["job_id"].split("_")[0]
+    assert [state for _, state in ended_states(new_array)] == ["FAILED", "FAILED"]
 
 
 @pytest.mark.parametrize("setting, message", [
