@@ -243,3 +243,126 @@ def test_cli_where_and_empty_input(store, tmp_path):
 def test_analysis_does_not_import_torch():
     code = "import analysis.__main__, analysis.report, analysis.plots, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def _dropout_lr(dropout: float, lr: float, seed: int, acc: float, status: str = "done") -> dict:
+    """A lora r=8 qv run of a dropout x lr sweep."""
+    res = result(r=8, seed=seed, acc=acc, trainable=4000, status=status)
+    res["config"]["lora"]["dropout"], res["config"]["train"]["lr"] = dropout, lr
+    res["run_key"] = res["slug"] = f"d{dropout}-lr{lr}-s{seed}"
+    return res
+
+
+DROPOUT_LR = [_dropout_lr(0.0, 1e-4, 0, 0.50), _dropout_lr(0.0, 1e-4, 1, 0.54),
+              _dropout_lr(0.0, 1e-3, 0, 0.60), _dropout_lr(0.0, 1e-3, 1, 0.64),
+              _dropout_lr(0.1, 1e-4, 0, 0.55), _dropout_lr(0.1, 1e-4, 1, 0.57),
+              _dropout_lr(0.1, 1e-3, 0, 0.70), _dropout_lr(0.1, 1e-3, 1, 0.66),
+              _dropout_lr(0.1, 1e-3, 2, None, status="failed"),  # counted, never averaged in
+              result("none", None, None, 0, 0.30, trainable=0)]
+
+
+def test_cli_dropout_lr_table_and_group_by(tmp_path):
+    """README: a dropout x lr table; `--group-by r,proj` sets the cells table's keys."""
+    from analysis.__main__ import main
+    import pandas as pd
+
+    for i, res in enumerate(DROPOUT_LR):
+        _write(tmp_path / "sweep" / f"run{i:02d}" / "result.json", json.dumps(res))
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    table = pd.read_csv(tmp_path / "rep" / "dropout_lr.csv")
+    assert list(table.columns) == ["method", "dropout", "lr", "accuracy", "accuracy_se", "n_seeds", "trainable"]
+    rows = [(m, d, lr, n) for m, d, lr, n in zip(table["method"], table["dropout"], table["lr"], table["n_seeds"])]
+    assert rows[:4] == [("lora", 0.0, 1e-4, 2), ("lora", 0.0, 1e-3, 2), ("lora", 0.1, 1e-4, 2), ("lora", 0.1, 1e-3, 2)]
+    assert rows[4][0] == "none" and math.isnan(rows[4][1]) and rows[4][2:] == (1e-3, 1)
+    # mean over seeds and its SE across seeds (std / sqrt(2)); one run keeps its own binomial SE
+    assert list(table["accuracy"]) == pytest.approx([0.52, 0.62, 0.56, 0.68, 0.30])
+    assert list(table["accuracy_se"]) == pytest.approx([0.02, 0.02, 0.01, 0.02, 0.05])
+    assert "## Dropout and learning rate" in (tmp_path / "rep" / "report.md").read_text()
+    assert "| lora | 0.1 | 0.001 | 0.68 | 0.02 | 2 | 4,000 |" in (tmp_path / "rep" / "report.md").read_text()
+    # the cells table keeps dropout and lr apart by default...
+    cells = pd.read_csv(tmp_path / "rep" / "cells.csv")
+    assert len(cells) == 5 and {"dropout", "lr", "r", "proj", "method"} <= set(cells.columns)
+    # ...and --group-by r,proj pools them: one cell per (r, proj), its mean over all 8 done runs
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "g"), "--no-plots", "--group-by", "r,proj"]) == 0
+    cells = pd.read_csv(tmp_path / "g" / "cells.csv")
+    assert list(cells.columns) == ["r", "proj", "accuracy", "accuracy_se", "n_seeds", "trainable", "pareto"]
+    lora = cells[cells["proj"] == "qv"].iloc[0]
+    accs = [0.50, 0.54, 0.60, 0.64, 0.55, 0.57, 0.70, 0.66]
+    mean = sum(accs) / 8
+    assert len(cells) == 2 and (lora["r"], lora["n_seeds"], lora["trainable"]) == (8, 8, 4000)
+    assert lora["accuracy"] == pytest.approx(mean)
+    assert lora["accuracy_se"] == pytest.approx(math.sqrt(sum((a - mean) ** 2 for a in accs) / 7 / 8))
+    none = cells[cells["proj"].isna()].iloc[0]
+    assert math.isnan(none["r"]) and none["accuracy"] == pytest.approx(0.30) and none["n_seeds"] == 1
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every figure the report saves, by file name, before it is closed."""
+    from matplotlib.figure import Figure
+
+    saved = {}
+    original = Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        saved[Path(path).name] = fig
+        return original(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return saved
+
+
+def test_plots_show_the_tables_values(store, tmp_path, figures):
+    """The Pareto plot's points, front and budget line, the curves and the heatmap's cells are the
+    values of the tables written beside them from the same results."""
+    from analysis.__main__ import main
+    import pandas as pd
+
+    out = tmp_path / "rep"
+    assert main([str(store / "a"), "--budget", str(BUDGET), "--out", str(out)]) == 0
+    assert set(figures) == {"pareto.png", "curves.png", "rank_proj.png"}
+    cells = pd.read_csv(out / "cells.csv")
+    placed = cells[cells["trainable"] > 0].sort_values("trainable")  # log x: method=none cannot be placed
+    assert list(placed["trainable"]) == [1000, 2000, 4000, 5000]
+
+    ax = figures["pareto.png"].axes[0]
+    (points,) = ax.containers  # the cells with their error bars
+    data, _, (bars,) = points.lines
+    shown = sorted(zip(data.get_xdata(), data.get_ydata()))
+    assert shown == [pytest.approx((t, a)) for t, a in zip(placed["trainable"], placed["accuracy"])]
+    spans = sorted((s[0][0], s[0][1], s[1][1]) for s in bars.get_segments())
+    assert spans == [pytest.approx((t, a - se, a + se)) for t, a, se in
+                     zip(placed["trainable"], placed["accuracy"], placed["accuracy_se"])]
+    lines = {line.get_label(): line for line in ax.lines}
+    front = placed[placed["pareto"]]
+    assert list(lines["Pareto front"].get_xdata()) == list(front["trainable"]) == [1000, 2000, 4000]
+    assert list(lines["Pareto front"].get_ydata()) == pytest.approx(list(front["accuracy"]))
+    assert list(lines["Pareto front"].get_ydata()) == pytest.approx([0.56, 0.63, 0.64])
+    assert list(lines[f"budget {BUDGET:,}"].get_xdata()) == [BUDGET, BUDGET]
+    assert ax.get_xscale() == "log"
+
+    # accuracy vs step, per setting, mean over the done seeds (the pruned r=4 run is left out);
+    # in these results each run's last curve point is its test accuracy, so it ends on the cell's mean
+    ax = figures["curves.png"].axes[0]
+    curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+    def cell(**where):
+        return _cell(cells, **where)["accuracy"]
+    assert curves == {"none": ([0, 10], pytest.approx([0.1, cell(method="none")])),
+                      "lora qkvo r=4": ([0, 10], pytest.approx([0.1, cell(proj="qkvo")])),
+                      "lora qv r=2": ([0, 10], pytest.approx([0.1, cell(r=2, proj="qv")])),
+                      "lora qv r=4": ([0, 10], pytest.approx([0.1, cell(r=4, proj="qv")])),
+                      "lora qv r=8": ([0, 10], pytest.approx([0.1, cell(r=8, proj="qv")]))}
+    assert curves["lora qv r=4"][1][1] == pytest.approx(0.63)
+
+    # the heatmap: the r x projection table, cell by cell, and its values written in the cells
+    ax = figures["rank_proj.png"].axes[0]
+    pivot = pd.read_csv(out / "rank_proj.csv", index_col=0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(pivot.columns) == ["qkvo", "qv"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [str(r) for r in pivot.index] == ["2", "4", "8"]
+    grid = ax.images[0].get_array()
+    assert grid.mask.tolist() == pivot.isna().to_numpy().tolist()
+    assert grid.filled(-1).ravel().tolist() == pytest.approx(pivot.fillna(-1).to_numpy().ravel().tolist())
+    texts = sorted((int(t.get_position()[1]), int(t.get_position()[0]), t.get_text()) for t in ax.texts)
+    assert texts == [(i, j, f"{v:.3f}") for i, row in enumerate(pivot.to_numpy()) for j, v in enumerate(row)
+                     if not math.isnan(v)]
+    assert [t for _, _, t in texts] == ["0.560", "0.610", "0.630", "0.640"]

@@ -1,4 +1,5 @@
 """Export after a sweep: a merged standalone model equals the adapted one; two adapters on one base switch."""
+import json
 import subprocess
 import sys
 
@@ -67,17 +68,47 @@ def test_two_adapters_of_one_sweep_on_one_base_switch(results_dir):
     assert (outputs[names[0]] - outputs[names[1]]).abs().max() > 1e-3
 
 
-def test_export_refuses_runs_without_an_adapter(results_dir):
-    full = run(TINY_TOPICS + ["method=full"], results_dir)
-    with pytest.raises(export.ExportError, match=r"method 'full' has no adapter to merge \(its whole model is already saved"):
-        export.merge(full)
-    assert export.main([str(full), "--merge"]) == 2
-    with pytest.raises(export.ExportError, match="no readable result.json"):
-        export.read_run(results_dir)
-
-
 def test_adapters_of_different_bases_are_refused(results_dir):
     a = run(TINY_TOPICS, results_dir)
     b = run(TINY_TOPICS + ["model=tiny-roberta"], results_dir)
     with pytest.raises(export.ExportError, match="adapters share one base"):
         export.load_adapters([a, b])
+
+
+def test_export_refuses_runs_without_an_adapter_and_a_full_runs_model_reloads_as_recorded(results_dir, capsys):
+    """README: `model/` for method=full, loadable with plain transformers; export refuses full and
+    none runs with the reason."""
+    from lorasweep.planning import plan_run
+    from lorasweep.tiny_tokenizer import build_tiny_tokenizer
+
+    overrides = TINY_TOPICS + ["method=full", "train.lr=5e-2"]  # a large lr: training moves the loss
+    full = run(overrides, results_dir)
+    result = json.loads((full / "result.json").read_text())
+    assert result["artifacts"]["path"] == "model" and (full / "model" / "config.json").is_file()
+    model = AutoModelForSequenceClassification.from_pretrained(full / "model").eval()  # no peft, no lorasweep
+    task = plan_run(compose_config(overrides)).task
+    tokenizer = build_tiny_tokenizer("bert")  # tiny-bert's tokenizer is built in memory, not saved
+    inputs = tokenizer([r["text"] for r in task.test], padding=True, truncation=True,
+                       max_length=result["config"]["train"]["max_length"], return_tensors="pt")
+    labels = torch.tensor([task.label_ids[str(r["label"])] for r in task.test])
+    with torch.no_grad():
+        logits = model(**inputs).logits.float()
+    test = result["metrics"]["test"]
+    assert len(labels) == test["n"] == 16
+    assert (logits.argmax(-1) == labels).float().mean().item() == pytest.approx(test["accuracy"], abs=1e-9)
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert loss == pytest.approx(test["loss"], rel=1e-5)
+    # the trained model, not the base: the same seed's untrained model (method=none) scores another loss
+    none = run(TINY_TOPICS + ["method=none"], results_dir)
+    assert abs(json.loads((none / "result.json").read_text())["metrics"]["test"]["loss"] - loss) > 1e-2
+    assert not (none / "model").exists() and not (none / "adapter").exists()
+    # neither run has an adapter to merge: refused with the reason, exit status 2, nothing written
+    capsys.readouterr()
+    assert export.main([str(none), "--merge"]) == 2
+    assert "method 'none' has no adapter to merge (nothing was trained)" in capsys.readouterr().err
+    assert export.main([str(full), "--merge"]) == 2
+    assert f"method 'full' has no adapter to merge (its whole model is already saved in {full / 'model'})" \
+        in capsys.readouterr().err
+    assert not (none / "merged").exists() and not (full / "merged").exists()
+    with pytest.raises(export.ExportError, match="no readable result.json"):
+        export.read_run(results_dir)

@@ -38,27 +38,22 @@ def sacct_states(job_id):
     return [tuple(line.split("|")) for line in out.splitlines() if line]
 
 
-@pytest.fixture(scope="module")
-def requeued(slurm_cluster, tmp_path_factory):
-    """A run that outlasts its time limit, started in the background: it mostly sleeps (its steps are
-    slowed), so it runs beside the design-card sweep instead of adding a minute to the tests."""
-    # 120 steps of >= 0.5 s: over a minute of training against a 2-minute limit with USR2 60 s before
-    # it. slurmctld looks at time limits every 30 s and signals when the warning time is less than one
-    # such period away, so USR2 comes 30-60 s after the job starts (measured): mid-training, after
-    # the first checkpoints even for a job slowed by the other tests; each requeued start gets as long.
-    cwd = tmp_path_factory.mktemp("requeue")
-    slow = TINY_TOPICS + ["train.max_steps=120", "train.eval_steps=10", "train.step_sleep_s=0.5"]
-    cmd = [sys.executable, str(ROOT / "launch.py"), "-m", "lora.r=2", *slow, *SLURM,
-           "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60", "hydra.launcher.max_num_timeout=10"]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield {"cwd": cwd, "proc": proc}
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "REQUEUED")
+
+
+def ended_states(job_id, timeout=120):
+    """sacct_states once every allocation has ended: accounting may lag a job's result file, which
+    the driver returns on."""
+    deadline = time.time() + timeout
+    while True:
+        states = sacct_states(job_id)
+        if (states and all(state.split()[0] in ENDED for _, state in states)) or time.time() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
-def design_card(requeued, tmp_path_factory):
+def design_card(slurm_cluster, tmp_path_factory):
     """The design card's 9-run sweep on SLURM, then the same command again."""
     cwd = tmp_path_factory.mktemp("design_card")
     t0 = time.perf_counter()
@@ -125,16 +120,56 @@ def test_a_killed_driver_started_again_reattaches_and_trains_nothing_twice(slurm
     assert sorted(tasks) == sorted(rec["job_id"] for rec in submitted.values())  # four tasks ever ran
 
 
-def test_a_failing_run_brings_its_traceback_to_the_driver(slurm_cluster, tmp_path, monkeypatch):
-    # qwen3-0.6b plans (its config ships) but its weights cannot be had offline: it fails in the job.
-    # HF_HUB_OFFLINE (passed on to the job by sbatch) makes that immediate instead of network retries.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    proc = launch(["-m", "model=qwen3-0.6b", "task=wordnet_mcq", "train.max_steps=2", "train.eval_steps=2",
-                   "task.max_train=8", "task.max_eval=4", "task.max_test=4"] + SLURM, cwd=tmp_path)
+@pytest.fixture(scope="module")
+def failing_sweep(slurm_cluster, tmp_path_factory):
+    """Two runs that fail in their jobs, then the same command again.
+
+    qwen3-0.6b plans (its config ships) but its weights cannot be had offline: it fails loading, with
+    no result. tiny-qwen3 loads, but no MCQ example fits 8 tokens with its answer: it fails in
+    training and records status failed. HF_HUB_OFFLINE (passed on to the jobs by sbatch) makes the
+    first immediate instead of network retries."""
+    cwd = tmp_path_factory.mktemp("failing")
+    args = ["-m", "model=qwen3-0.6b,tiny-qwen3", "task=wordnet_mcq", "train.max_steps=2", "train.eval_steps=2",
+            "task.max_train=8", "task.max_eval=4", "task.max_test=4", "train.max_length=8"] + SLURM
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        first = launch(args, cwd=cwd)
+        records = job_records(cwd / "results")
+        second = launch(args, cwd=cwd)
+    return {"store": cwd / "results", "first": first, "first_records": records, "second": second}
+
+
+def test_a_failing_run_brings_its_traceback_to_the_driver(failing_sweep):
+    proc = failing_sweep["first"]
     assert proc.returncode != 0
-    assert re.search(r"run 1/1 model=qwen3-0.6b .*: FAILED after \d+s: SlurmRunError: job \d+ failed:", proc.stderr)
+    assert re.search(r"run 1/2 model=qwen3-0.6b: FAILED after \d+s: SlurmRunError: job \d+_0 failed:", proc.stderr)
     assert "Traceback (most recent call last)" in proc.stderr and "ModelUnavailableError" in proc.stderr
-    assert "sweep: 1 runs: 1 failed" in proc.stderr
+    assert re.search(r"run 2/2 model=tiny-qwen3: FAILED after \d+s: SlurmRunError: job \d+_1 failed:", proc.stderr)
+    assert "DataError: no training example fits train.max_length=8" in proc.stderr
+    assert "sweep: 2 runs: 2 failed" in proc.stderr
+
+
+def test_a_run_whose_job_failed_is_submitted_again(failing_sweep):
+    """README: started again, the driver submits what is missing, "a run whose job failed is
+    submitted again": as a new job, neither re-attached to the failed one nor skipped."""
+    before, store, proc = failing_sweep["first_records"], failing_sweep["store"], failing_sweep["second"]
+    assert len(before) == 2
+    assert [state for _, state in ended_states(next(iter(before.values()))["job_id"])] == ["FAILED", "FAILED"]
+    after = job_records(store)
+    assert after.keys() == before.keys()
+    same = [name for name in before if after[name]["job_id"] == before[name]["job_id"]]
+    assert not same, f"not submitted again, still recorded as the failed job: {same}"
+    assert "re-attached" not in proc.stderr and "already done" not in proc.stderr
+    for name, record in after.items():
+        model = "tiny-qwen3" if name.startswith("tiny-qwen3") else "qwen3-0.6b"
+        assert re.search(rf"run \d/2 submitted: model={model} \(submitted as job {record['job_id']},", proc.stderr)
+    assert "sweep: 2 runs: 2 failed" in proc.stderr and proc.returncode != 0
+    # it ran again in its new job: the training failure's record is the second job's
+    (failed,) = [r for r in results(store).values()]
+    assert failed["status"] == "failed" and failed["config"]["model"]["name"] == "tiny-qwen3"
+    assert failed["env"]["slurm_job_id"] == after[next(n for n in after if n.startswith("tiny-qwen3"))]["job_id"]
+    new_array = next(iter(after.values()))["job_id"].split("_")[0]
+    assert [state for _, state in ended_states(new_array)] == ["FAILED", "FAILED"]
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -162,21 +197,41 @@ def test_optuna_sweep_on_slurm_runs_its_trials_as_jobs(slurm_cluster, tmp_path):
         {rec["job_id"] for rec in job_records(tmp_path / "results").values()}
 
 
-# last in the file: the run started with the first test and trained while the others ran
-def test_a_run_past_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(requeued):
-    proc, tmp_path = requeued["proc"], requeued["cwd"]
-    _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-4000:]
-    (result,) = results(tmp_path / "results").values()
-    (record,) = job_records(tmp_path / "results").values()
-    assert result["status"] == "done" and result["timing"]["steps"] == 120
+def test_a_signalled_run_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
+    """README: at a time limit or a preemption SLURM sends USR2 (`signal_delay_s` before the limit);
+    submitit requeues the job and the run resumes from its last checkpoint, not from step 0. Here
+    the USR2 is sent by hand once a complete checkpoint exists, as slurmctld would send it."""
+    # checkpoints every eval_steps inside a SLURM job; slowed steps leave >= 7 s of training after
+    # the first checkpoint, for the signal to arrive
+    slow = TINY_TOPICS + ["train.max_steps=30", "train.eval_steps=5", "train.step_sleep_s=0.3"]
+    cmd = [sys.executable, str(ROOT / "launch.py"), "-m", "lora.r=2", *slow, *SLURM]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = tmp_path / "results"
+    try:
+        deadline = time.time() + 300
+        saved = []
+        while not saved and time.time() < deadline and driver.poll() is None:
+            saved = list(store.glob("*/trainer/checkpoint-*/trainer_state.json"))
+            time.sleep(0.1)
+        assert saved, "no checkpoint was saved: " + ("" if driver.poll() is None else driver.communicate()[1][-3000:])
+        seen = int(saved[0].parent.name.split("-")[-1])
+        (record,) = job_records(store).values()
+        subprocess.run(["scancel", "--signal=USR2", record["job_id"]], check=True, timeout=60)
+        _, stderr = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+    assert driver.returncode == 0, stderr[-4000:]
+    (result,) = results(store).values()
+    assert result["status"] == "done" and result["timing"]["steps"] == 30
     step = result["resumed_from_step"]
-    assert 0 < step < 120 and step % 10 == 0  # checkpoints every eval_steps inside a SLURM job
-    states = [state for _, state in sacct_states(record["job_id"])]
-    assert states[0] == "REQUEUED" and len(states) >= 2
-    log = (tmp_path / "results" / ".submitit" / record["job_id"] / f"{record['job_id']}_0_log.err").read_text()
+    assert seen <= step < 30 and step % 5 == 0
+    assert result["env"]["slurm_job_id"] == record["job_id"] and result["env"]["slurm_restarts"] >= 1
+    assert [state for _, state in ended_states(record["job_id"])] == ["REQUEUED", "COMPLETED"]
+    log = (store / ".submitit" / record["job_id"] / f"{record['job_id']}_0_log.err").read_text()
     assert "Caught signal SIGUSR2" in log and f"resuming from step {step} " in log
     # the curve keeps the evaluations from before the requeue, each step once
     steps = [point["step"] for point in result["curve"]]
-    assert steps[0] == 0 and steps == sorted(set(steps)) and step in steps and steps[-1] == 120
-    assert not (tmp_path / "results" / next(iter(results(tmp_path / "results"))) / "trainer").exists()
+    assert steps == list(range(0, 31, 5))
+    assert not (store / next(iter(results(store))) / "trainer").exists()
