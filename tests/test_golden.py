@@ -6,12 +6,16 @@ classification), on CPU in fp32. Per run the test pins every curve point (step, 
 and each eval metric), metrics.test (every value), metrics.train.loss and params.trainable, to
 rel=1e-6 and abs=1e-6. A refactor that moves code around must leave all of them where they are.
 
-The expected values live in tests/golden/values.json, beside the overrides of the run that made
-them. They change only on purpose, in a commit that says why. To regenerate them:
+Also pinned: the result.json contract and the results-store layout. The classification-lora run's
+whole result.json (tests/golden/result_classification_lora.json, all but the fields that vary by
+machine and time) and its run folder's name and files (tests/golden/store_classification_lora.json).
+
+The runs' values live in tests/golden/values.json, beside the overrides of the run that made them.
+Everything under tests/golden/ changes only on purpose, in a commit that says why. To regenerate:
 
     LORASWEEP_REGOLDEN=1 .venv/bin/python -m pytest -q tests/test_golden.py
 
-rewrites the file from the current code and then fails each regenerated test, saying so: review
+rewrites the files from the current code and then fails each regenerated test, saying so: review
 `git diff tests/golden/` and run the tests again without the variable.
 
 The numbers belong to this environment's torch, transformers, peft and trl: a library upgrade may
@@ -112,12 +116,13 @@ def differences(actual, expected) -> list[str]:
     return sorted(out)
 
 
-def regenerate(path: Path, update) -> None:
-    """Rewrite `path` (JSON) with update(old contents), then fail: a regenerated value is not a pass."""
-    old = json.loads(path.read_text()) if path.exists() else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(update(old), indent=1) + "\n")
-    pytest.fail(f"LORASWEEP_REGOLDEN=1: rewrote {path.relative_to(ROOT)} from the current code; "
+def regenerate(*writes: tuple[Path, object]) -> None:
+    """Write each (path, JSON value), then fail: a regenerated value is not a pass."""
+    for path, value in writes:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value, indent=1) + "\n")
+    names = ", ".join(str(path.relative_to(ROOT)) for path, _ in writes)
+    pytest.fail(f"LORASWEEP_REGOLDEN=1: rewrote {names} from the current code; "
                 f"review `git diff tests/golden/`, then run again without it", pytrace=False)
 
 
@@ -143,14 +148,50 @@ def test_golden_run(name, golden_run):
     assert result["status"] == "done"
     got = {"overrides": RUNS[name], **pinned(result)}
     if REGOLDEN:
-        def update(old):
-            runs = {k: v for k, v in old.get("runs", {}).items() if k in RUNS}
-            return {"about": "Golden values of tests/test_golden.py: change only on purpose, in a commit that "
-                             "says why (LORASWEEP_REGOLDEN=1 rewrites them)",
-                    "runs": dict(sorted({**runs, name: got}.items()))}
-        regenerate(VALUES, update)
+        runs = {k: v for k, v in (golden_values() if VALUES.exists() else {}).get("runs", {}).items() if k in RUNS}
+        regenerate((VALUES, {"about": "Golden values of tests/test_golden.py: change only on purpose, in a commit "
+                                      "that says why (LORASWEEP_REGOLDEN=1 rewrites them)",
+                             "runs": dict(sorted({**runs, name: got}.items()))}))
     want = golden_values()["runs"][name]
     assert got["overrides"] == want["overrides"], \
         f"{name}: the test's run is not the one pinned in {VALUES.name}: regenerate on purpose (see the docstring)"
     diffs = differences(got, want)
     assert not diffs, f"{name}: the run computes other numbers than its golden values:\n" + "\n".join(diffs)
+
+
+# --- the result.json contract and the results-store layout -----------------------------------------
+
+CONTRACT = GOLDEN_DIR / "result_classification_lora.json"  # the whole result.json of classification-lora
+STORE = GOLDEN_DIR / "store_classification_lora.json"      # its run folder's name and every file in it
+# Sections whose values legitimately differ between machines and between runs; their keys are compared:
+#   timing  wall-clock seconds and examples/s
+#   env     library versions, device, torch's thread count, host name, SLURM job id and restarts
+#   memory  the process's peak RSS (and peak GPU memory)
+# Everything else is compared: floats to rel=abs=1e-6, all else exactly. That includes
+# artifacts.size_bytes, which follows peft's version (its model card and adapter_config.json).
+VARYING = ("timing", "env", "memory")
+
+
+def store_layout(store: Path, result: dict) -> dict:
+    """The results store after one run: what it holds, and every file of the run's folder, relative to it."""
+    folder = store / f"{result['slug']}-{result['run_key']}"
+    return {"store": sorted(p.name for p in store.iterdir()),
+            "run_folder": sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())}
+
+
+@cpu_only
+def test_result_json_and_results_store_layout_are_unchanged(golden_run):
+    result, store = golden_run("classification-lora")
+    layout = store_layout(store, result)
+    if REGOLDEN:
+        regenerate((CONTRACT, result), (STORE, layout))
+    want = json.loads(CONTRACT.read_text())
+    assert list(result) == list(want)  # the same sections, in the same order
+    for section in VARYING:
+        assert sorted(result[section]) == sorted(want[section]), f"{section}: other keys"
+    kept = lambda r: {k: v for k, v in r.items() if k not in VARYING}
+    diffs = differences(kept(result), kept(want))
+    assert not diffs, f"result.json differs from {CONTRACT.name}:\n" + "\n".join(diffs)
+    # one folder, named <slug>-<run key>, with the same files (slug and run key are pinned above)
+    assert layout == json.loads(STORE.read_text())
+    assert layout["store"] == [f"{want['slug']}-{want['run_key']}"]
