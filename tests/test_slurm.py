@@ -125,10 +125,10 @@ def test_a_killed_driver_started_again_reattaches_and_trains_nothing_twice(slurm
     assert sorted(tasks) == sorted(rec["job_id"] for rec in submitted.values())  # four tasks ever ran
 
 
-def test_a_failing_run_brings_its_traceback_to_the_driver(slurm_cluster, tmp_path, monkeypatch):
+def test_a_failing_run_brings_its_traceback_to_the_driver(slurm_cluster, tmp_path):
     # qwen3-0.6b plans (its config ships) but its weights cannot be had offline: it fails in the job.
-    # HF_HUB_OFFLINE (passed on to the job by sbatch) makes that immediate instead of network retries.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # HF_HUB_OFFLINE (set by conftest, passed on to the job by sbatch) makes that immediate instead
+    # of network retries.
     proc = launch(["-m", "model=qwen3-0.6b", "task=wordnet_mcq", "train.max_steps=2", "train.eval_steps=2",
                    "task.max_train=8", "task.max_eval=4", "task.max_test=4"] + SLURM, cwd=tmp_path)
     assert proc.returncode != 0
