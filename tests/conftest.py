@@ -7,6 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+# No test may reach a model hub: on a machine with one, a test that names a hub model (qwen3-0.6b,
+# say) would otherwise download it and train it. Set here, once, before anything imports
+# huggingface_hub (it reads them at import; the test modules import it after this file): every test,
+# and every launch() subprocess and SLURM job started from one (they inherit os.environ), is
+# offline, and lorasweep fails fast with its "not in the local HF cache" message instead.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf

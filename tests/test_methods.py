@@ -1,7 +1,9 @@
 """rslora, pissa and the quantized methods behind the method interface: counts, scaling, saved adapters."""
+import importlib.util
 import json
 
 import pytest
+import torch
 from peft import PeftModel
 
 from lorasweep import models, tasks
@@ -54,11 +56,19 @@ def test_pissa_adapter_applies_to_the_original_base(results_dir):
     assert metrics["loss"] == pytest.approx(result["metrics"]["test"]["loss"], abs=1e-4)
 
 
+CUDA = torch.cuda.is_available()
+BITSANDBYTES = importlib.util.find_spec("bitsandbytes") is not None
+
+
+@pytest.mark.skipif(CUDA and BITSANDBYTES, reason="this machine has a CUDA GPU and bitsandbytes: nothing is missing")
 @pytest.mark.parametrize("method", ["qlora", "qlora8"])
 def test_quantized_methods_say_what_is_missing_before_loading(method, tmp_path):
+    # what this machine lacks: no GPU (said first), or a GPU without bitsandbytes
+    missing = r"a CUDA GPU \(this machine has none\)" if not CUDA else r"the bitsandbytes package \(pip install bitsandbytes\);"
     with pytest.raises(ConfigError, match=rf"method={method} loads the base model quantized with bitsandbytes "
-                                          r"and needs a CUDA GPU \(this machine has none\)"):
+                                          rf"and needs {missing}") as info:
         plan_run(compose_config(TINY_MCQ + [f"method={method}"]))
+    assert ("this machine has none" in str(info.value)) == (not CUDA)
     proc = launch(TINY_MCQ + [f"method={method}", f"results_dir={tmp_path}/results"], cwd=tmp_path)
     assert proc.returncode == 2 and "use method=lora here" in proc.stderr
     assert not (tmp_path / "results").exists()

@@ -1,5 +1,6 @@
 """Model loading: tiny random models of every family, meta-device skeletons, hub and package
 errors; and (real_model) the packaged MiniLM and SmolLM2 weights."""
+import os
 import time
 from pathlib import Path
 
@@ -118,8 +119,8 @@ def test_meta_skeleton_matches_real_model(family, head, warm_imports):
     assert [k for k, _ in skeleton.named_modules()] == [k for k, _ in model.named_modules()]
 
 
-def test_hub_model_not_cached_fails_fast_with_alternatives(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never touch the network from a test
+def test_hub_model_not_cached_fails_fast_with_alternatives():
+    # offline: conftest sets HF_HUB_OFFLINE for every test, so no network is touched
     spec = ModelSpec(name="qwen3-0.6b", family="qwen3", source="hub",
                      id="lorasweep-tests/no-such-model")
     t0 = time.perf_counter()
@@ -132,6 +133,14 @@ def test_hub_model_not_cached_fails_fast_with_alternatives(monkeypatch):
     assert info.value.__cause__ is not None  # the transformers error is chained, not lost
     with pytest.raises(ModelUnavailableError, match="qwen3-0.6b"):
         build_on_meta(spec, "causal_lm")
+
+
+def test_the_tests_never_reach_a_hub():
+    import huggingface_hub.constants
+
+    # read by huggingface_hub when imported: conftest set it before any test module imported it
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["TRANSFORMERS_OFFLINE"] == "1"
 
 
 def test_missing_package_names_the_pip_command():

@@ -1,4 +1,5 @@
 """End to end on tiny models and real data slices: every method trains, evaluates and writes its result."""
+import functools
 import json
 
 import pytest
@@ -138,9 +139,51 @@ def test_a_failing_run_leaves_a_failed_result_and_traceback(results_dir, monkeyp
     assert again["status"] == "done"
 
 
-def test_cpu_training_is_fp32_not_bf16(results_dir):
-    assert not torch.cuda.is_available()
-    _, result = run(TINY_MCQ + ["method=lora"], results_dir)
+def _floating_dtypes(output) -> set:
+    """The dtypes of the floating tensors in a module's output (a tensor, tuple, list or ModelOutput)."""
+    if isinstance(output, torch.Tensor):
+        return {output.dtype} if output.is_floating_point() else set()
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return set().union(*(_floating_dtypes(o) for o in output)) if output else set()
+    return set()  # a cache object and the like
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, training runs in bf16 autocast on purpose")
+@pytest.mark.parametrize("base", [TINY_TOPICS, TINY_MCQ], ids=["classification", "mcq"])
+def test_cpu_training_is_fp32_not_bf16(base, results_dir, monkeypatch):
+    """What the training forward passes compute in: no CPU autocast, every module's output fp32.
+
+    The saved adapter alone cannot tell (peft keeps adapter weights in fp32 under bf16 autocast too),
+    so forward hooks on every module of the prepared model (adapters included) record, for each call
+    during a training step (module in train mode, grad enabled: not an evaluation), whether CPU
+    autocast is on and the dtypes the module returned. Both trainers: Trainer and trl's SFTTrainer,
+    whose SFTConfig defaults to bf16."""
+    from lorasweep import methods
+
+    calls = []  # (module name, CPU autocast on, floating output dtypes), training forwards only
+
+    def record(name, module, args, output):
+        if module.training and torch.is_grad_enabled():
+            calls.append((name, torch.is_autocast_enabled("cpu"), _floating_dtypes(output)))
+
+    prepare = methods.prepare
+
+    def prepare_with_hooks(*args, **kwargs):
+        model = prepare(*args, **kwargs)
+        for name, module in model.named_modules():
+            module.register_forward_hook(functools.partial(record, name))
+        return model
+    monkeypatch.setattr(methods, "prepare", prepare_with_hooks)
+    cfg, result = run(base + ["method=lora"], results_dir)
+
+    steps = cfg["train"]["max_steps"]
+    assert [n for n, _, _ in calls].count("") == steps  # the whole model's forward, once per training step
+    assert any("lora_A" in n for n, _, _ in calls)  # the adapters' own forwards were seen too
+    assert {on for _, on, _ in calls} == {False}, "CPU autocast was on during training"
+    bad = sorted({(n, str(d)) for n, _, ds in calls for d in ds if d != torch.float32})
+    assert not bad, f"modules computed in another dtype than float32 during training: {bad[:10]}"
     from safetensors.torch import load_file
     weights = load_file(run_folder(results_dir, result) / "adapter" / "adapter_model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}

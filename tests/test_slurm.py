@@ -126,16 +126,14 @@ def failing_sweep(slurm_cluster, tmp_path_factory):
 
     qwen3-0.6b plans (its config ships) but its weights cannot be had offline: it fails loading, with
     no result. tiny-qwen3 loads, but no MCQ example fits 8 tokens with its answer: it fails in
-    training and records status failed. HF_HUB_OFFLINE (passed on to the jobs by sbatch) makes the
-    first immediate instead of network retries."""
+    training and records status failed. HF_HUB_OFFLINE (set by conftest, passed on to the jobs by
+    sbatch) makes the first immediate instead of network retries."""
     cwd = tmp_path_factory.mktemp("failing")
     args = ["-m", "model=qwen3-0.6b,tiny-qwen3", "task=wordnet_mcq", "train.max_steps=2", "train.eval_steps=2",
             "task.max_train=8", "task.max_eval=4", "task.max_test=4", "train.max_length=8"] + SLURM
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        first = launch(args, cwd=cwd)
-        records = job_records(cwd / "results")
-        second = launch(args, cwd=cwd)
+    first = launch(args, cwd=cwd)
+    records = job_records(cwd / "results")
+    second = launch(args, cwd=cwd)
     return {"store": cwd / "results", "first": first, "first_records": records, "second": second}
 
 
