@@ -2,11 +2,8 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
-from conftest import ROOT, TINY_TOPICS, launch
+from conftest import TINY_TOPICS, Sweep, launch, wait_gone
 
 GRID = ["-m", "lora.r=2,4,8", "lora.proj=qk,v"]
 
@@ -34,27 +31,38 @@ def test_grid_runs_every_cell_and_a_rerun_trains_nothing(tmp_path):
     assert finished(tmp_path / "results") == first  # not one result rewritten
 
 
+TINY_ANY_STEPS = [a for a in TINY_TOPICS if not a.startswith("train.max_steps=")]
+
+
+def tiny(steps: int, sleep_s: float) -> list[str]:
+    """TINY_TOPICS runs of `steps` steps, each step followed by a sleep: a run lasts at least
+    steps x sleep_s, so that a test can see it (and its worker) while it trains."""
+    return [*TINY_ANY_STEPS, f"train.max_steps={steps}", f"train.step_sleep_s={sleep_s}"]
+
+
 def test_interrupted_sweep_keeps_finished_runs_and_resumes(tmp_path):
-    slow = TINY_TOPICS + ["train.max_steps=150", "train.eval_steps=50", "task.max_train=256"]
-    cmd = [sys.executable, str(ROOT / "launch.py"), *GRID, *slow]
-    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    deadline = time.time() + 240
-    while len(finished(tmp_path / "results")) < 2 and time.time() < deadline:
-        time.sleep(0.2)
-    os.kill(driver.pid, signal.SIGTERM)  # the driver only: its worker must stop with it
-    _, err = driver.communicate(timeout=60)
-    assert driver.returncode == 130, err[-2000:]
-    assert "sweep interrupted" in err and "run the same command again" in err
-    before = finished(tmp_path / "results")
-    assert 2 <= len(before) < 6
-    time.sleep(1)  # a worker that outlived its driver would now write another result
-    assert finished(tmp_path / "results") == before
-    proc = launch(GRID + slow, cwd=tmp_path)
+    grid = ["-m", "lora.r=2,4", "lora.proj=qk,v"]
+    slow = tiny(8, 0.5)  # after its first step a run has 3.5 s of sleep left: it cannot end before the kill
+    with Sweep([*grid, *slow], tmp_path) as sweep:
+        _, after = sweep.wait_for_line(r"^run 3/4 started: lora.r=4 lora.proj=qk$")  # runs 1 and 2 are done
+        sweep.wait_for_line(r"train step +1/8 ", since=after)  # run 3 trains (one worker: its output is here)
+        before, workers = finished(tmp_path / "results"), sweep.workers()
+        os.kill(sweep.proc.pid, signal.SIGTERM)  # the driver only: its worker must stop with it
+        assert sweep.wait() == 130, sweep.output[-3000:]
+    wait_gone(workers.values())  # a worker that outlived its driver would go on and write run 3's result
+    assert "sweep interrupted: 2 of 4 runs finished and kept; run the same command again to train the rest" \
+        in sweep.output
+    # workers are kept across runs: runs 1, 2 and 3 trained in one worker process, started once
+    assert len(sweep.seen) == 1, sorted(sweep.seen)
+    assert sorted(name.rsplit("-", 1)[0] for name in before) == \
+        ["tiny-bert-wordnet_topics-lora-qk-r2", "tiny-bert-wordnet_topics-lora-v-r2"]
+    assert finished(tmp_path / "results") == before  # run 3 left no result: it runs again next time
+    proc = launch([*grid, *slow], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"{len(before)} already done" in proc.stderr and f"{6 - len(before)} done" in proc.stderr
-    after = finished(tmp_path / "results")
-    assert len(after) == 6 and all(after[k] == v for k, v in before.items())  # none trained twice
+    assert "sweep: 4 runs: 2 done, 2 already done" in proc.stderr
+    assert "run 3/4 started: lora.r=4 lora.proj=qk" in proc.stderr and "run 1/4 started" not in proc.stderr
+    again = finished(tmp_path / "results")
+    assert len(again) == 4 and all(again[k] == v for k, v in before.items())  # none trained twice
 
 
 def test_parallel_runs_write_logs_and_over_budget_cells_never_start(tmp_path):

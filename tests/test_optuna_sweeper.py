@@ -5,16 +5,13 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, TINY_TOPICS, compose_config, launch
+from conftest import TINY_TOPICS, Sweep, compose_config, launch, wait_gone, wait_until
 from lorasweep.planning import plan_run
 
 SWEEPER = ["-m", "hydra/sweeper=optuna"]
@@ -38,30 +35,29 @@ def _mtimes(results: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in results.glob("*/result.json")}
 
 
-def _kill_after_results(args: list[str], cwd: Path, results: Path, n: int, timeout: float = 150) -> None:
-    """Start the sweep, and once `n` runs are done, kill it and its workers as a Ctrl-C'd terminal would."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while sum(r.get("status") == "done" for r in _results(results).values()) < n:
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            assert time.monotonic() < deadline, "no results in time"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+def _kill_while_trial_trains(args: list[str], cwd: Path, trial: int, total: int) -> None:
+    """Start the sweep and, once trial `trial` trains (its first step is in its log), kill the sweep and
+    its workers as `kill` of its process group does; return once none of them runs."""
+    with Sweep(args, cwd) as sweep:
+        log = cwd / sweep.wait_for_line(rf"^trial {trial}/{total} .*: started \(job \d+, log: (.+)\)$")[0].group(1)
+        wait_until(lambda: log.exists() and "train step " in log.read_text(), f"trial {trial} to train")
+        workers = sweep.workers()
+        os.killpg(sweep.proc.pid, signal.SIGTERM)
+        sweep.wait()
+    wait_gone(workers.values())  # none of them writes a result any more
 
 
 @pytest.fixture(scope="module")
 def restarted(tmp_path_factory):
-    """A 6-cell grid, 2 runs at a time, killed after 2 results and started again with the same command."""
+    """A 6-cell grid, 2 runs at a time, killed while trial 4 trains (2 trials told, trials 3 and 4 in
+    flight) and started again with the same command."""
     tmp = tmp_path_factory.mktemp("restart")
     results = tmp / "results"
+    # 4 steps of 1 s: trial 4, started once 2 trials are told, has 3 s left after its first step
     args = [*SWEEPER, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler=grid",
-            "lora.r=choice(2,4,8)", "lora.proj=q,qv", *TINY_TOPICS, f"results_dir={results}"]
-    _kill_after_results(args, tmp, results, n=2)
+            "lora.r=choice(2,4,8)", "lora.proj=q,qv", *TINY_TOPICS, "train.step_sleep_s=1",
+            f"results_dir={results}"]
+    _kill_while_trial_trains(args, tmp, trial=4, total=6)
     before = _mtimes(results)
     trials_before = len(_only_study(results).trials)
     second = launch(args, cwd=tmp)
@@ -75,9 +71,9 @@ def test_killed_sweep_restarts_and_finishes_exactly_n_trials(restarted):
     study = _only_study(results)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 6
-    # whatever the kill left running was failed as abandoned, not counted, and asked again
+    # whatever the kill left running (trial 4 at least) was failed as abandoned, not counted, and asked again
     others = [t for t in study.trials if t.state != TrialState.COMPLETE]
-    assert all(t.state == TrialState.FAIL and t.user_attrs["status"] == "abandoned" for t in others)
+    assert others and all(t.state == TrialState.FAIL and t.user_attrs["status"] == "abandoned" for t in others)
     # the grid's six cells, each once: six run keys, six results, all done
     assert sorted((t.params["lora.r"], t.params["lora.proj"]) for t in complete) == \
         [(2, "q"), (2, "qv"), (4, "q"), (4, "qv"), (8, "q"), (8, "qv")]
