@@ -1,9 +1,12 @@
 """Grid sweeps as a user runs them (real multiruns in subprocesses): progress, summary, resume."""
 import json
 import os
+import re
 import signal
 
-from conftest import TINY_TOPICS, Sweep, launch, wait_gone
+import pytest
+
+from conftest import TINY_TOPICS, Sweep, launch, wait_gone, wait_until
 
 GRID = ["-m", "lora.r=2,4,8", "lora.proj=qk,v"]
 
@@ -63,6 +66,45 @@ def test_interrupted_sweep_keeps_finished_runs_and_resumes(tmp_path):
     assert "run 3/4 started: lora.r=4 lora.proj=qk" in proc.stderr and "run 1/4 started" not in proc.stderr
     again = finished(tmp_path / "results")
     assert len(again) == 4 and all(again[k] == v for k, v in before.items())  # none trained twice
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "closed terminal"])
+def test_ctrl_c_or_a_closed_terminal_stops_a_parallel_sweep_and_the_rest_runs_later(tmp_path, how):
+    # runs 1 and 2 take 2 steps; runs 3 and 4 take 8 steps of 0.4 s, so they train when the signal comes
+    args = ["-m", "train.max_steps=2,8", "lora.r=2,4", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS,
+            "train.step_sleep_s=0.4"]
+    results = tmp_path / "results"
+    with Sweep(args, tmp_path) as sweep:
+        run1, run2, run3, run4 = (
+            (tmp_path / sweep.wait_for_line(rf"^run {i}/4 started: .* \(log: (.+)/log.txt\)$")[0].group(1)).name
+            for i in range(1, 5))
+        # run 4 starts once runs 1 and 2 are done; after its first step it has 2.8 s of sleep left
+        log4 = results / run4 / "log.txt"
+        wait_until(lambda: log4.exists() and "train step " in log4.read_text(), "run 4 to train")
+        before, workers = finished(results), sweep.workers()
+        if how == "ctrl-c":  # the terminal signals its foreground process group: the driver and its workers
+            os.killpg(sweep.proc.pid, signal.SIGINT)
+        else:  # the terminal's session ends: SIGHUP to the driver
+            os.kill(sweep.proc.pid, signal.SIGHUP)
+        code = sweep.wait()
+    wait_gone(workers.values())
+    assert code == 130, sweep.output[-3000:]
+    kept = len(re.findall(r"^run \d/4 .*: done, ", sweep.output, re.M))  # 2, or 3 if run 3 ended just before
+    assert f"sweep interrupted: {kept} of 4 runs finished and kept; run the same command again to train the " \
+        "rest" in sweep.output
+    # workers are kept across runs: the four runs went to two worker processes, started once
+    assert len(workers) == 2 and len(sweep.seen) == 2, sorted(sweep.seen)
+    # runs 1 and 2 are untouched; run 4 left no result that says done, and no run half a file
+    assert {run1, run2} <= before.keys() <= {run1, run2, run3}
+    stopped = finished(results)
+    assert stopped.items() >= before.items() and stopped.keys() <= {run1, run2, run3}
+    assert not list(results.rglob(".result-*.json"))
+    proc = launch(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"sweep: 4 runs: {4 - len(stopped)} done, {len(stopped)} already done" in proc.stderr
+    assert proc.stderr.count(" started: ") == 4 - len(stopped) and "run 4/4 started" in proc.stderr
+    again = finished(results)
+    assert len(again) == 4 and again.items() >= stopped.items()  # none trained twice
 
 
 def test_parallel_runs_write_logs_and_over_budget_cells_never_start(tmp_path):
