@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+
+import psutil
 
 # No test may reach a model hub: on a machine with one, a test that names a hub model (qwen3-0.6b,
 # say) would otherwise download it and train it. Set here, once, before anything imports
@@ -16,9 +22,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,3 +84,138 @@ def slurm_cluster(tmp_path_factory):
         cluster.stop()
         shutil.rmtree(state / "db", ignore_errors=True)  # MariaDB's files: tens of MB, kept by pytest otherwise
         print(f"\ntest SLURM cluster stopped in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+
+
+# -- sweeps watched while they run: their output as it comes, their worker processes -------------------
+
+WORKER_FLAG = "--multiprocessing-fork"  # on the command line of every process multiprocessing spawns
+
+
+def wait_until(predicate, what: str, timeout: float = 240):
+    """Poll `predicate` until it returns something truthy, which is returned; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:.0f}s for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def alive(process) -> bool:
+    """A process that still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(processes, timeout: float = 60) -> None:
+    """Wait until every one of `processes` (psutil.Process) has exited; fail naming the survivors."""
+    deadline = time.monotonic() + timeout
+    while survivors := [p.pid for p in processes if alive(p)]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"worker processes {survivors} still run {timeout:.0f}s after their sweep ended")
+        time.sleep(0.05)
+
+
+# A command started in the background (`cmd &` in a script) ignores SIGINT, and so would a driver started
+# from it: the driver starts with SIGINT's default action, as a terminal's foreground job has it.
+_AS_A_FOREGROUND_JOB = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
+class Sweep:
+    """`python launch.py ARGS` started as a user starts it from a terminal: in its own session, whose
+    process group is what Ctrl-C signals. Its output (stdout and stderr) is read line by line as it comes,
+    and its worker processes are looked at every 50 ms while it runs (`seen`, `most`)."""
+
+    def __init__(self, args: list[str], cwd: Path):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", _AS_A_FOREGROUND_JOB, str(ROOT / "launch.py"), *args],
+                                     cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.ended = False
+        self.seen: dict = {}  # every worker process seen, by pid (killed at the end if still there)
+        self.most = 0  # the most worker processes seen at once
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while self.proc.poll() is None:
+            self.workers()
+            time.sleep(0.05)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = 240, since: int = 0) -> tuple[re.Match, int]:
+        """Wait for an output line (from line `since` on) to match the regex `pattern`: (its match, the
+        number of the line after it, a `since` for what comes next)."""
+        regex, deadline, seen = re.compile(pattern), time.monotonic() + timeout, since
+        with self._changed:
+            while True:
+                for n, line in enumerate(self.lines[seen:], seen):
+                    if match := regex.search(line):
+                        return match, n + 1
+                seen = max(seen, len(self.lines))
+                if self.ended:
+                    pytest.fail(f"the sweep ended (exit {self.proc.wait()}) without printing {pattern!r}:\n"
+                                + "\n".join(self.lines[-40:]))
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no line {pattern!r} in {timeout:.0f}s:\n" + "\n".join(self.lines[-40:]))
+                self._changed.wait(timeout=1)
+
+    def workers(self) -> dict:
+        """{pid: psutil.Process} of the worker processes the driver has now."""
+        found = {}
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return found
+        for child in children:
+            try:
+                if WORKER_FLAG in child.cmdline() and alive(child):
+                    found[child.pid] = self.seen.setdefault(child.pid, child)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                pass
+        self.most = max(self.most, len(found))
+        return found
+
+    def wait(self, timeout: float = 120) -> int:
+        """The driver's exit status, once it has exited and all its output is read."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the sweep did not exit within {timeout:.0f}s:\n" + "\n".join(self.lines[-40:]))
+        self._reader.join(timeout=30)
+        self._sampler.join(timeout=30)
+        return code
+
+    def __enter__(self) -> "Sweep":
+        return self
+
+    def __exit__(self, *_) -> None:
+        """Whatever happened in the test, leave no process of this sweep behind."""
+        self.workers()
+        if self.proc.poll() is None:  # the driver still runs: its process group is this sweep's
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=60)
+        for worker in self.seen.values():
+            if alive(worker):  # the same process (pid and start time), not a reused pid
+                worker.kill()
+        self._reader.join(timeout=30)

@@ -1,12 +1,12 @@
 """Grid sweeps as a user runs them (real multiruns in subprocesses): progress, summary, resume."""
 import json
 import os
+import re
 import signal
-import subprocess
-import sys
-import time
 
-from conftest import ROOT, TINY_TOPICS, launch
+import pytest
+
+from conftest import TINY_TOPICS, Sweep, launch, wait_gone, wait_until
 
 GRID = ["-m", "lora.r=2,4,8", "lora.proj=qk,v"]
 
@@ -34,27 +34,77 @@ def test_grid_runs_every_cell_and_a_rerun_trains_nothing(tmp_path):
     assert finished(tmp_path / "results") == first  # not one result rewritten
 
 
+TINY_ANY_STEPS = [a for a in TINY_TOPICS if not a.startswith("train.max_steps=")]
+
+
+def tiny(steps: int, sleep_s: float) -> list[str]:
+    """TINY_TOPICS runs of `steps` steps, each step followed by a sleep: a run lasts at least
+    steps x sleep_s, so that a test can see it (and its worker) while it trains."""
+    return [*TINY_ANY_STEPS, f"train.max_steps={steps}", f"train.step_sleep_s={sleep_s}"]
+
+
 def test_interrupted_sweep_keeps_finished_runs_and_resumes(tmp_path):
-    slow = TINY_TOPICS + ["train.max_steps=150", "train.eval_steps=50", "task.max_train=256"]
-    cmd = [sys.executable, str(ROOT / "launch.py"), *GRID, *slow]
-    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    deadline = time.time() + 240
-    while len(finished(tmp_path / "results")) < 2 and time.time() < deadline:
-        time.sleep(0.2)
-    os.kill(driver.pid, signal.SIGTERM)  # the driver only: its worker must stop with it
-    _, err = driver.communicate(timeout=60)
-    assert driver.returncode == 130, err[-2000:]
-    assert "sweep interrupted" in err and "run the same command again" in err
-    before = finished(tmp_path / "results")
-    assert 2 <= len(before) < 6
-    time.sleep(1)  # a worker that outlived its driver would now write another result
-    assert finished(tmp_path / "results") == before
-    proc = launch(GRID + slow, cwd=tmp_path)
+    grid = ["-m", "lora.r=2,4", "lora.proj=qk,v"]
+    slow = tiny(8, 0.5)  # after its first step a run has 3.5 s of sleep left: it cannot end before the kill
+    with Sweep([*grid, *slow], tmp_path) as sweep:
+        _, after = sweep.wait_for_line(r"^run 3/4 started: lora.r=4 lora.proj=qk$")  # runs 1 and 2 are done
+        sweep.wait_for_line(r"train step +1/8 ", since=after)  # run 3 trains (one worker: its output is here)
+        before, workers = finished(tmp_path / "results"), sweep.workers()
+        os.kill(sweep.proc.pid, signal.SIGTERM)  # the driver only: its worker must stop with it
+        assert sweep.wait() == 130, sweep.output[-3000:]
+    wait_gone(workers.values())  # a worker that outlived its driver would go on and write run 3's result
+    assert "sweep interrupted: 2 of 4 runs finished and kept; run the same command again to train the rest" \
+        in sweep.output
+    # workers are kept across runs: runs 1, 2 and 3 trained in one worker process, started once
+    assert len(sweep.seen) == 1, sorted(sweep.seen)
+    assert sorted(name.rsplit("-", 1)[0] for name in before) == \
+        ["tiny-bert-wordnet_topics-lora-qk-r2", "tiny-bert-wordnet_topics-lora-v-r2"]
+    assert finished(tmp_path / "results") == before  # run 3 left no result: it runs again next time
+    proc = launch([*grid, *slow], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"{len(before)} already done" in proc.stderr and f"{6 - len(before)} done" in proc.stderr
-    after = finished(tmp_path / "results")
-    assert len(after) == 6 and all(after[k] == v for k, v in before.items())  # none trained twice
+    assert "sweep: 4 runs: 2 done, 2 already done" in proc.stderr
+    assert "run 3/4 started: lora.r=4 lora.proj=qk" in proc.stderr and "run 1/4 started" not in proc.stderr
+    again = finished(tmp_path / "results")
+    assert len(again) == 4 and all(again[k] == v for k, v in before.items())  # none trained twice
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "closed terminal"])
+def test_ctrl_c_or_a_closed_terminal_stops_a_parallel_sweep_and_the_rest_runs_later(tmp_path, how):
+    # runs 1 and 2 take 2 steps; runs 3 and 4 take 8 steps of 0.4 s, so they train when the signal comes
+    args = ["-m", "train.max_steps=2,8", "lora.r=2,4", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS,
+            "train.step_sleep_s=0.4"]
+    results = tmp_path / "results"
+    with Sweep(args, tmp_path) as sweep:
+        run1, run2, run3, run4 = (
+            (tmp_path / sweep.wait_for_line(rf"^run {i}/4 started: .* \(log: (.+)/log.txt\)$")[0].group(1)).name
+            for i in range(1, 5))
+        # run 4 starts once runs 1 and 2 are done; after its first step it has 2.8 s of sleep left
+        log4 = results / run4 / "log.txt"
+        wait_until(lambda: log4.exists() and "train step " in log4.read_text(), "run 4 to train")
+        before, workers = finished(results), sweep.workers()
+        if how == "ctrl-c":  # the terminal signals its foreground process group: the driver and its workers
+            os.killpg(sweep.proc.pid, signal.SIGINT)
+        else:  # the terminal's session ends: SIGHUP to the driver
+            os.kill(sweep.proc.pid, signal.SIGHUP)
+        code = sweep.wait()
+    wait_gone(workers.values())
+    assert code == 130, sweep.output[-3000:]
+    kept = len(re.findall(r"^run \d/4 .*: done, ", sweep.output, re.M))  # 2, or 3 if run 3 ended just before
+    assert f"sweep interrupted: {kept} of 4 runs finished and kept; run the same command again to train the " \
+        "rest" in sweep.output
+    # workers are kept across runs: the four runs went to two worker processes, started once
+    assert len(workers) == 2 and len(sweep.seen) == 2, sorted(sweep.seen)
+    # runs 1 and 2 are untouched; run 4 left no result that says done, and no run half a file
+    assert {run1, run2} <= before.keys() <= {run1, run2, run3}
+    stopped = finished(results)
+    assert stopped.items() >= before.items() and stopped.keys() <= {run1, run2, run3}
+    assert not list(results.rglob(".result-*.json"))
+    proc = launch(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"sweep: 4 runs: {4 - len(stopped)} done, {len(stopped)} already done" in proc.stderr
+    assert proc.stderr.count(" started: ") == 4 - len(stopped) and "run 4/4 started" in proc.stderr
+    again = finished(results)
+    assert len(again) == 4 and again.items() >= stopped.items()  # none trained twice
 
 
 def test_parallel_runs_write_logs_and_over_budget_cells_never_start(tmp_path):

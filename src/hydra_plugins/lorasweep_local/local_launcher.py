@@ -24,8 +24,9 @@ class LocalLauncher(ContextLauncher):
         from lorasweep.local_sweep import run_sweep
 
         assert self.config is not None and self.hydra_context is not None
-        # SIGTERM (kill, a closed terminal) ends the sweep like Ctrl-C: running runs stop, finished stay
+        # SIGTERM / SIGHUP (kill, a closed terminal) end the sweep like Ctrl-C: running runs stop, finished stay
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGHUP, _interrupt)
         return run_sweep(self.hydra_context.config_loader, self.config, job_overrides,
                          n_jobs=self.n_jobs, threads=self.threads)
 
