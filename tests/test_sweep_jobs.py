@@ -6,7 +6,7 @@ from hydra._internal.utils import create_config_search_path
 from hydra.types import RunMode
 
 from conftest import ROOT
-from lorasweep.sweep_jobs import JobConfigs, plain_config
+from lorasweep.sweep.compose import JobConfigs, plain_config
 
 JOBS = [
     ["lora.r=2", "lora.proj=qk", "train.lr=0.1"],

@@ -6,24 +6,43 @@ code as the final test evaluation) every `train.eval_steps`, which yields the ru
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .data import DataError
-from .metrics import headline
-from .spec import TrainSpec
+from ..config.spec import TrainSpec
+from ..console import say
+from ..errors import DataError
+from ..tasks.metrics import headline
+from ..tasks.task import TrainingData
 from .tracking import Tracker
 
 Evaluator = Callable[[torch.nn.Module], dict]
 Reporter = Callable[[int, dict], bool]  # (step, eval metrics) -> stop now? (a sweeper's pruner)
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """Loop settings that do not change what a run computes (so they are not in its run key)."""
+
+    save_steps: int = 0         # checkpoint every N steps into the run's trainer/ folder (0: never)
+    step_sleep_s: float = 0.0   # sleep after each step: lets a test interrupt a tiny run mid-training
+
+    @classmethod
+    def from_config(cls, train_cfg: Mapping[str, Any]) -> "LoopOptions":
+        """train.save_steps: null checkpoints every eval_steps inside a SLURM job (a requeued run
+        resumes) and never elsewhere; 0 never; N every N steps. train.step_sleep_s slows steps."""
+        save = train_cfg.get("save_steps")
+        if save is None:
+            save = int(train_cfg.get("eval_steps") or 50) if os.environ.get("SLURM_JOB_ID") else 0
+        return cls(save_steps=int(save), step_sleep_s=float(train_cfg.get("step_sleep_s") or 0.0))
 
 
 @dataclass
@@ -101,13 +120,12 @@ class ProgressPrinter(TrainerCallback):
         if "eval_n" in logs:
             metrics = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_")}
             loss = f"  loss {logs['eval_loss']:.3f}" if "eval_accuracy" in logs else ""
-            print(f"  eval  step {step:>5}/{total}  {headline(metrics)}{loss}", file=sys.stderr, flush=True)
+            say(f"  eval  step {step:>5}/{total}  {headline(metrics)}{loss}")
         elif "loss" in logs and step:
             elapsed = time.perf_counter() - self.start
             rate = step * self.batch_size / elapsed
             eta = elapsed / step * (total - step)
-            print(f"  train step {step:>5}/{total}  loss {logs['loss']:.4f}  {rate:.1f} ex/s  "
-                  f"ETA {eta:.0f}s", file=sys.stderr, flush=True)
+            say(f"  train step {step:>5}/{total}  loss {logs['loss']:.4f}  {rate:.1f} ex/s  ETA {eta:.0f}s")
 
 
 class _Checkpoints(TrainerCallback):
@@ -152,22 +170,22 @@ def last_complete_checkpoint(workdir: Path) -> str | None:
     return None
 
 
-def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluator, spec: TrainSpec,
-          workdir: Path, tracker: Tracker, collator=None, reporter: Reporter | None = None,
-          save_steps: int = 0, step_sleep_s: float = 0.0) -> TrainOutcome:
-    """Train `model` in place and return its curve and timing. kind: classification | mcq.
+def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: TrainSpec, *, kind: str,
+          workdir: Path, tracker: Tracker, reporter: Reporter | None = None,
+          loop: LoopOptions = LoopOptions()) -> TrainOutcome:
+    """Train `model` in place and return its curve and timing. kind: the task kind.
 
     `reporter` sees every evaluation along training; when it answers True the run stops there.
-    `save_steps` > 0 checkpoints into `workdir` every that many steps (the last one kept), and a
-    checkpoint found there at the start is resumed from: a run requeued after a time limit or a
+    `loop.save_steps` > 0 checkpoints into `workdir` every that many steps (the last one kept), and
+    a checkpoint found there at the start is resumed from: a run requeued after a time limit or a
     preemption continues instead of starting over.
     """
     outcome = TrainOutcome()
-    common = _arguments(spec, workdir, save_steps)
+    common = _arguments(spec, workdir, loop.save_steps)
     if kind == "classification":
         trainer = _ClassificationTrainer(model=model, args=TrainingArguments(**common),
-                                         train_dataset=train_data, eval_dataset=eval_data,
-                                         data_collator=collator, processing_class=tokenizer)
+                                         train_dataset=data.train, eval_dataset=data.eval,
+                                         data_collator=data.collator, processing_class=tokenizer)
     else:
         # SFTConfig defaults to bf16 and gradient checkpointing: both wrong on a CPU (2x slower,
         # and a reloaded adapter differs), so they are set explicitly.
@@ -175,8 +193,8 @@ def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluat
 
         args = SFTConfig(**common, max_length=spec.max_length, gradient_checkpointing=False,
                          packing=False, completion_only_loss=True)
-        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=train_data,
-                                       eval_dataset=eval_data, processing_class=tokenizer)
+        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=data.train,
+                                       eval_dataset=data.eval, processing_class=tokenizer)
         head = model.get_output_embeddings()
         trainer.plain_loss = head is not None and not isinstance(head, torch.nn.Linear)  # peft's token wrapper
     if len(trainer.train_dataset) == 0:  # trl drops rows whose completion was cut off entirely
@@ -185,16 +203,16 @@ def train(model, tokenizer, kind: str, train_data, eval_data, evaluator: Evaluat
     trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
     trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
     trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))
-    if save_steps > 0:
+    if loop.save_steps > 0:
         trainer.add_callback(_Checkpoints(outcome, workdir))
-    if step_sleep_s > 0:
-        trainer.add_callback(_SlowSteps(step_sleep_s))
-    last = last_complete_checkpoint(workdir) if save_steps > 0 else None
+    if loop.step_sleep_s > 0:
+        trainer.add_callback(_SlowSteps(loop.step_sleep_s))
+    last = last_complete_checkpoint(workdir) if loop.save_steps > 0 else None
     if last:
         outcome.resumed_from_step = int(Path(last).name.split("-")[-1])
         saved = Path(last) / CURVE_FILE
         outcome.curve = json.loads(saved.read_text()) if saved.exists() else []
-        print(f"  resuming from step {outcome.resumed_from_step} ({last})", file=sys.stderr, flush=True)
+        say(f"  resuming from step {outcome.resumed_from_step} ({last})")
     else:
         trainer.evaluate()  # the curve's step-0 point: the model before any update
     outcome.eval_seconds = 0.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .spec import ConfigError
+from ..errors import ConfigError
 
 SEQ_CLS_HEADS = ("classifier", "score")  # peft's modules_to_save for sequence classification
 

@@ -17,7 +17,9 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from ..config.paths import resolve_data_path
+from ..errors import DataError
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 FieldTypes = Mapping[str, type | tuple[type, ...]]
@@ -26,19 +28,6 @@ MCQ_FIELDS: FieldTypes = {"question": str, "options": list, "answer": int}
 CHAT_FIELDS: FieldTypes = {"messages": list}
 COMPLETION_FIELDS: FieldTypes = {"prompt": str, "completion": str}
 CHAT_ROLES = ("system", "user", "assistant")
-
-
-class DataError(ValueError):
-    """A data file that is missing or holds a row the task cannot use."""
-
-
-def resolve_data_path(p: str | Path) -> Path:
-    """An absolute path as is; a relative one against the current directory when the file is
-    there, else against the project root (so `data/wordnet_topics/train.jsonl` works anywhere)."""
-    path = Path(p)
-    if path.is_absolute() or path.exists():
-        return path
-    return PROJECT_ROOT / path
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:

@@ -15,9 +15,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-INITS = ("random", "average", "zero")
-
-
 def planned_ids(tokenizer, new: tuple[str, ...]) -> tuple[int, ...]:
     """Ids the tokens not yet in the vocabulary will get: add_tokens numbers them from len(tokenizer)."""
     return tuple(range(len(tokenizer), len(tokenizer) + len(_fresh(tokenizer, new))))

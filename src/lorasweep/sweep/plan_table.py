@@ -2,14 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
-from . import results
-from .assets import ModelUnavailableError
-from .data import DataError
-from .planning import plan_run
-from .spec import ConfigError
+from .triage import triage
 
 
 @dataclass(frozen=True)
@@ -24,17 +19,17 @@ class PlanRow:
     error: str = ""
 
 
-def plan_row(label: str, cfg: Mapping[str, Any], results_dir: Path) -> PlanRow:
-    """Plan one run; a config error becomes the row's error rather than stopping the whole plan."""
-    try:
-        plan = plan_run(cfg)
-    except (ConfigError, DataError, ModelUnavailableError) as e:
-        return PlanRow(label, error=str(e))
+def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
+    """Plan one run, writing nothing; a config error becomes the row's error rather than stopping
+    the whole plan."""
+    decision = triage(cfg, record=False)
+    plan = decision.plan
+    if plan is None:
+        return PlanRow(label, error=decision.error)
     spec = plan.spec
-    stored = results.read_result(results.run_dir(results_dir, spec.slug, spec.run_key)) or {}
     rank = f"{spec.lora.r} (auto)" if plan.auto_rank else (str(spec.lora.r) if plan.targets else "-")
     return PlanRow(label, plan.predicted, plan.base_total, plan.budget, rank, plan.over_budget,
-                   stored.get("status") == "done")
+                   decision.verdict == "done")
 
 
 def format_plan(rows: list[PlanRow]) -> str:

@@ -1,7 +1,8 @@
-"""The result JSON: the only contract between training and analysis (see DESIGN.md).
+"""The results store and the result JSON: the only contract between training and analysis.
 
-One file per run, `result.json` in the run's folder of the results store, written atomically
-(temp file + rename) so a reader never sees half a result and a crash never leaves one.
+One folder per run in the store (`results_dir`), named <slug>-<run key>; in it `result.json`,
+written atomically (temp file + rename) so a reader never sees half a result and a crash never
+leaves one. docs/ARCHITECTURE.md lists the fields.
 """
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ import resource
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 SCHEMA = 1
 STATUSES = ("done", "failed", "skipped_budget", "pruned")
 RESULT_FILE = "result.json"
+DEFAULT_STORE = "results"
+
+
+def store_dir(cfg: Mapping[str, Any]) -> Path:
+    """The results store a composed config names (`results_dir`, relative to where you launch)."""
+    return Path(cfg.get("results_dir") or DEFAULT_STORE)
 
 
 def run_dir(results_dir: str | Path, slug: str, run_key: str) -> Path:

@@ -5,9 +5,11 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
+from ..config.paths import resolve_data_path
+from ..config.spec import GENERATION_KINDS, TaskSpec, TrainSpec
+from ..errors import DataError
 from . import classification, generation, mcq
-from .data import DataError, load_chat, load_classification, load_completion, load_mcq, resolve_data_path
-from .spec import GENERATION_KINDS, TaskSpec, TrainSpec
+from .formats import load_chat, load_classification, load_completion, load_mcq
 
 LOADERS = {"classification": load_classification, "mcq": load_mcq, "chat": load_chat,
            "completion": load_completion}
@@ -43,6 +45,15 @@ class Task:
         return "accuracy", "maximize"
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a task's trainer takes: encoded rows (or an SFT dataset) and the batch collator."""
+
+    train: object
+    eval: object
+    collator: object = None  # None: the trainer's own (trl's, for SFT)
+
+
 @lru_cache(maxsize=16)  # a sweep plans every job before it runs it: read each task's files once
 def load_task(spec: TaskSpec) -> Task:
     load = LOADERS[spec.kind]
@@ -74,17 +85,17 @@ def _labels(spec: TaskSpec, rows: list[dict]) -> list[str]:
     return labels
 
 
-def training_data(task: Task, tokenizer, train: TrainSpec):
-    """(train_data, eval_data, collator) in the form the task's trainer takes."""
+def training_data(task: Task, tokenizer, train: TrainSpec) -> TrainingData:
+    """The task's rows in the form its trainer takes."""
     kind = task.spec.kind
     if kind == "classification":
         enc = partial(classification.encode, tokenizer=tokenizer, label_ids=task.label_ids,
                       max_length=train.max_length)
-        return enc(task.train), enc(task.eval), classification.collator(tokenizer)
+        return TrainingData(enc(task.train), enc(task.eval), classification.collator(tokenizer))
     if kind in GENERATION_KINDS:
-        return generation.sft_dataset(task.train, kind), generation.sft_dataset(task.eval, kind), None
+        return TrainingData(generation.sft_dataset(task.train, kind), generation.sft_dataset(task.eval, kind))
     instruction = task.spec.instruction
-    return mcq.sft_dataset(task.train, instruction), mcq.sft_dataset(task.eval, instruction), None
+    return TrainingData(mcq.sft_dataset(task.train, instruction), mcq.sft_dataset(task.eval, instruction))
 
 
 def evaluator(task: Task, tokenizer, rows: list[dict], train: TrainSpec):

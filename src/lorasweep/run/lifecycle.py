@@ -1,13 +1,15 @@
-"""One run's lifecycle: spec -> (skip if done) -> data -> modules -> model + method -> train -> evaluate -> result.
+"""One run's lifecycle: plan -> (skip if done) -> model + method -> data -> train -> evaluate -> result.
+
+    run_config(cfg)            what `python launch.py` and every sweep worker call
+      plan_run(cfg)            run/plan.py: validated spec, modules, exact count; no weight read
+      run_planned(plan, ...)   below: load, adapt, train (run/loop.py), evaluate, save, result.json
 
 Everything that can be wrong with a config or a data file fails before a weight is read. A run
 that fails after that still leaves a result (status failed, with the reason) and its traceback.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -15,68 +17,72 @@ from typing import Any, Mapping
 
 import torch
 
-from . import methods, models, results, tasks, tokens
-from .metrics import headline
-from .planning import Plan, plan_run
-from .spec import RunSpec
+from ..config.spec import RunSpec
+from ..console import say
+from ..model import loading, methods, tokens
+from ..tasks import task as tasks
+from ..tasks.metrics import headline
+from . import store
+from .loop import LoopOptions, Reporter, train
+from .plan import Plan, plan_run
 from .tracking import check_tracking, make_tracker
-from .training import Reporter, train
 
 
-def run_from_config(cfg: Mapping[str, Any], reporter: Reporter | None = None) -> dict[str, Any]:
+def run_config(cfg: Mapping[str, Any], reporter: Reporter | None = None) -> dict[str, Any]:
     """Validate a composed config and run it; returns the result dict (also written to disk)."""
     tracking = dict(cfg.get("tracking") or {})
     check_tracking(tracking)
     plan = plan_run(cfg)  # config, data and projection errors surface here, before any weight is read
-    return execute(plan, Path(cfg.get("results_dir", "results")), tracking, reporter,
-                   checkpointing(cfg.get("train") or {}))
+    return run_planned(plan, store.store_dir(cfg), tracking=tracking, reporter=reporter,
+                       loop=LoopOptions.from_config(cfg.get("train") or {}))
 
 
-def checkpointing(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Loop options that do not change what a run computes (so they are not in its run key).
-
-    train.save_steps: null checkpoints every eval_steps inside a SLURM job (a requeued run resumes)
-    and never elsewhere; 0 never; N every N steps. train.step_sleep_s slows steps, for tests."""
-    save = train_cfg.get("save_steps")
-    if save is None:
-        save = int(train_cfg.get("eval_steps") or 50) if os.environ.get("SLURM_JOB_ID") else 0
-    return {"save_steps": int(save), "step_sleep_s": float(train_cfg.get("step_sleep_s") or 0.0)}
-
-
-def execute(plan: Plan, results_dir: Path, tracking: Mapping[str, Any] | None = None,
-            reporter: Reporter | None = None, loop: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | None = None,
+                reporter: Reporter | None = None, loop: LoopOptions = LoopOptions()) -> dict[str, Any]:
+    """The lifecycle of a planned run, in this process; its result lands in `results_dir`."""
     spec = plan.spec
-    folder = results.run_dir(results_dir, spec.slug, spec.run_key)
-    previous = results.read_result(folder)
+    folder = plan.folder(results_dir)
+    previous = store.read_result(folder)
     if previous and previous.get("status") == "done":
-        _say(f"{spec.slug}: already done ({folder}), not trained again")
+        say(f"{spec.slug}: already done ({folder}), not trained again")
         return previous
-    t_start = time.perf_counter()
-    base = {"run_key": spec.run_key, "slug": spec.slug, "config": spec.defining(),
-            "budget": {"max_trainable": plan.budget, "r_auto": plan.auto_rank}, "env": results.env_info()}
     if plan.over_budget:
-        reason = f"{plan.predicted:,} trainable parameters exceed the budget of {plan.budget:,}"
-        _say(f"{spec.slug}: skipped, {reason}")
-        return results.write_result(folder, {**base, "status": "skipped_budget", "reason": reason,
-                                             "params": {"trainable": plan.predicted, "predicted": plan.predicted}})
+        return record_over_budget(plan, results_dir)
+    t_start = time.perf_counter()
+    base = _base_record(plan)
     # Loading happens outside the failure record: a model that cannot be had (no hub, no cache) is
     # the environment's problem, said once to the user, not a failed run to keep.
     torch.manual_seed(spec.train.seed)  # before loading: a new classification head's init follows the seed
-    model, tokenizer = models.load_model(spec.model, plan.task.head, plan.task.num_labels,
-                                         quantization=methods.quantization_config(spec.method))
+    model, tokenizer = loading.load_model(spec.model, plan.task.head, plan.task.num_labels,
+                                          quantization=methods.quantization_config(spec.method))
     try:
-        return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter,
-                                   loop or {})
+        return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter, loop)
     except Exception as e:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "traceback.txt").write_text(traceback.format_exc())
-        results.write_result(folder, {**base, "status": "failed", "reason": f"{type(e).__name__}: {e}",
-                                      "timing": {"total_s": time.perf_counter() - t_start}})
+        store.write_result(folder, {**base, "status": "failed", "reason": f"{type(e).__name__}: {e}",
+                                    "timing": {"total_s": time.perf_counter() - t_start}})
         raise
 
 
+def record_over_budget(plan: Plan, results_dir: Path) -> dict[str, Any]:
+    """A run over its budget is recorded as skipped_budget with its count, never loaded or trained."""
+    reason = f"{plan.predicted:,} trainable parameters exceed the budget of {plan.budget:,}"
+    say(f"{plan.spec.slug}: skipped, {reason}")
+    return store.write_result(plan.folder(results_dir), {
+        **_base_record(plan), "status": "skipped_budget", "reason": reason,
+        "params": {"trainable": plan.predicted, "predicted": plan.predicted}})
+
+
+def _base_record(plan: Plan) -> dict[str, Any]:
+    """What every result of this run holds, whatever its status."""
+    spec = plan.spec
+    return {"run_key": spec.run_key, "slug": spec.slug, "config": spec.defining(),
+            "budget": {"max_trainable": plan.budget, "r_auto": plan.auto_rank}, "env": store.env_info()}
+
+
 def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, tracking: Mapping[str, Any],
-                        t_start: float, reporter: Reporter | None, loop: Mapping[str, Any]):
+                        t_start: float, reporter: Reporter | None, loop: LoopOptions):
     spec, task = plan.spec, plan.task
     token_ids = tokens.inject(model, tokenizer, spec.tokens.new, spec.tokens.init, spec.train.seed)
     if token_ids != plan.token_ids:
@@ -87,7 +93,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     params = _checked_params(model, plan)
     base = {**base, "params": params}
     auto = f" (r={spec.lora.r}, the largest within the budget)" if plan.auto_rank else ""
-    _say(f"{spec.slug}: {params['trainable']:,} trainable of {params['total']:,} parameters "
+    say(f"{spec.slug}: {params['trainable']:,} trainable of {params['total']:,} parameters "
          f"({params['trainable_pct']:.2f}%){auto}, {params['n_adapted_modules']} adapted modules; "
          f"run key {spec.run_key}")
     tracker = make_tracker(tracking, folder, spec.slug, base["config"])
@@ -95,10 +101,10 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     try:
         outcome = None
         if spec.method != "none":
-            train_data, eval_data, collator = tasks.training_data(task, tokenizer, spec.train)
-            outcome = train(model, tokenizer, spec.task.kind, train_data, eval_data,
+            outcome = train(model, tokenizer, tasks.training_data(task, tokenizer, spec.train),
                             tasks.evaluator(task, tokenizer, task.eval, spec.train), spec.train,
-                            folder / "trainer", tracker, collator, reporter, **loop)
+                            kind=spec.task.kind, workdir=folder / "trainer", tracker=tracker,
+                            reporter=reporter, loop=loop)
             # checkpoints only serve a resume: the adapter is saved below, so they go
             shutil.rmtree(folder / "trainer", ignore_errors=True)
             if outcome.resumed_from_step is not None:
@@ -119,28 +125,28 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
                   "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
                   "curve": outcome.curve if outcome else [],
                   "timing": _timing(load_s, outcome, eval_s, t_start),
-                  "memory": results.peak_memory(), "artifacts": artifacts}
-        result = results.write_result(folder, result)
+                  "memory": store.peak_memory(), "artifacts": artifacts}
+        result = store.write_result(folder, result)
         tracker.summary({f"test_{k}": v for k, v in test.items()})
         ok = True
     finally:
         tracker.finish(ok)
     for name, m in more.items():
-        _say(f"{spec.slug}: test set {name}: {headline(m)}")
-    _say(f"{spec.slug}: test {headline(test)} | "
-         f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / results.RESULT_FILE}")
+        say(f"{spec.slug}: test set {name}: {headline(m)}")
+    say(f"{spec.slug}: test {headline(test)} | "
+        f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / store.RESULT_FILE}")
     return result
 
 
 def _pruned(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
     """A run the sweeper's pruner stopped: its curve so far, no test evaluation, no adapter."""
     reason = f"stopped by the sweep's pruner at step {outcome.pruned_at}"
-    _say(f"{base['slug']}: {reason}")
+    say(f"{base['slug']}: {reason}")
     last = outcome.curve[-1] if outcome.curve else {}
-    return results.write_result(folder, {
+    return store.write_result(folder, {
         **base, "status": "pruned", "reason": reason,
         "metrics": {"eval": {k: v for k, v in last.items() if k not in ("step", "epoch", "train_loss")}},
-        "curve": outcome.curve, "timing": _timing(load_s, outcome, 0.0, t_start), "memory": results.peak_memory()})
+        "curve": outcome.curve, "timing": _timing(load_s, outcome, 0.0, t_start), "memory": store.peak_memory()})
 
 
 def _checked_params(model, plan: Plan) -> dict[str, Any]:
@@ -149,7 +155,7 @@ def _checked_params(model, plan: Plan) -> dict[str, Any]:
     adapted = methods.adapted_modules(model)
     if trainable != plan.predicted:
         raise RuntimeError(f"trainable parameters: predicted {plan.predicted:,} before loading, the built "
-                           f"model has {trainable:,}; the budget arithmetic in lorasweep.params is wrong here")
+                           f"model has {trainable:,}; the budget arithmetic in lorasweep.model.params is wrong here")
     if sorted(adapted) != sorted(plan.targets):
         raise RuntimeError(f"peft adapted {len(adapted)} modules, the projection code promised "
                            f"{len(plan.targets)}: {sorted(set(adapted) ^ set(plan.targets))[:5]}")
@@ -171,7 +177,7 @@ def _save(model, tokenizer, spec: RunSpec, folder: Path, initial: Path | None) -
     if tokenizer is not None:
         tokenizer.save_pretrained(target)
     # the path is relative to the run's folder, so a results store can be moved or copied whole
-    return {"kind": target.name, "path": target.name, "size_bytes": results.folder_size(target)}
+    return {"kind": target.name, "path": target.name, "size_bytes": store.folder_size(target)}
 
 
 def _timing(load_s: float, outcome, eval_s: float, t_start: float) -> dict[str, float]:
@@ -183,6 +189,3 @@ def _timing(load_s: float, outcome, eval_s: float, t_start: float) -> dict[str, 
             "steps": outcome.steps if outcome else 0,
             "train_examples_per_s": round(examples / train_s, 2) if train_s else None}
 
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

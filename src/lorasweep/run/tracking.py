@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .spec import ConfigError
+from ..errors import ConfigError
 
 BACKENDS = ("none", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")

@@ -10,16 +10,17 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from ..errors import ConfigError
+from .paths import resolve_data_path
+from .projection_codes import FAMILIES, canonical_code, check_code_for_family
+
 ADAPTER_METHODS = ("lora", "dora", "rslora", "pissa", "qlora", "qlora8")  # methods with lora.* settings
 QUANTIZED_METHODS = ("qlora", "qlora8")  # a 4-bit / 8-bit base: bitsandbytes and CUDA
 METHODS = ("none", "lora", "dora", "full", "rslora", "pissa", "qlora", "qlora8")
 MODEL_SOURCES = ("package", "gguf_package", "hub", "tiny")
 TASK_KINDS = ("classification", "mcq", "chat", "completion")
 GENERATION_KINDS = ("chat", "completion")  # causal-LM SFT, scored by loss, token accuracy, exact match
-
-
-class ConfigError(ValueError):
-    """A config value is invalid. The message names the field, the value and what is valid."""
+TOKEN_INITS = ("random", "average", "zero")  # how injected tokens' embedding rows start (lorasweep.model.tokens)
 
 
 def _fail(field_name: str, value: Any, valid: str) -> ConfigError:
@@ -28,7 +29,7 @@ def _fail(field_name: str, value: Any, valid: str) -> ConfigError:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Where a model comes from. `source` picks the loader (see lorasweep.models)."""
+    """Where a model comes from. `source` picks the loader (see lorasweep.model.loading)."""
 
     name: str                 # registry name, e.g. "minilm" (the conf/model/ file)
     family: str               # projection family: llama, qwen3, bert, roberta, gpt2, t5
@@ -81,7 +82,7 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class TokenSpec:
-    """New tokens injected into the vocabulary (see lorasweep.tokens)."""
+    """New tokens injected into the vocabulary (see lorasweep.model.tokens)."""
 
     new: tuple[str, ...] = ()  # resolved list (a tokens.new JSON file is read into it)
     init: str = "random"       # random | average | zero
@@ -149,12 +150,8 @@ def from_config(cfg: Mapping[str, Any]) -> RunSpec:
 
 
 def _token_spec(t: Mapping[str, Any]) -> TokenSpec:
-    from .tokens import INITS
-
     new = t.get("new") or []
     if isinstance(new, str):  # a JSON file holding the list, as the Qwen3 tutorial's injected_tokens.json
-        from .data import resolve_data_path
-
         path = resolve_data_path(new)
         try:
             new = json.loads(path.read_text(encoding="utf-8"))
@@ -165,8 +162,8 @@ def _token_spec(t: Mapping[str, Any]) -> TokenSpec:
     if len(set(new)) != len(new):
         raise _fail("tokens.new", new, "each token once")
     init = t.get("init", "random")
-    if init not in INITS:
-        raise _fail("tokens.init", init, f"choose one of {', '.join(INITS)}")
+    if init not in TOKEN_INITS:
+        raise _fail("tokens.init", init, f"choose one of {', '.join(TOKEN_INITS)}")
     train = t.get("train", True)
     if not isinstance(train, bool):
         raise _fail("tokens.train", train, "true or false")
@@ -181,8 +178,6 @@ def _method_name(method: Any) -> str:
 
 
 def _model_spec(m: Mapping[str, Any]) -> ModelSpec:
-    from .projections import FAMILIES  # projections imports this module: import late
-
     if m.get("source") not in MODEL_SOURCES:
         raise _fail("model.source", m.get("source"), f"choose one of {', '.join(MODEL_SOURCES)}")
     if m.get("family") not in FAMILIES:
@@ -196,8 +191,6 @@ def _model_spec(m: Mapping[str, Any]) -> ModelSpec:
 
 
 def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:
-    from .projections import canonical_code, check_code_for_family
-
     r = lo.get("r", 8)
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise _fail("lora.r", r, "a positive integer rank (e.g. 8), or auto to fit budget.max_trainable")

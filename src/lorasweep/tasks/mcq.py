@@ -14,7 +14,7 @@ import torch
 if TYPE_CHECKING:
     from datasets import Dataset
 
-from .data import mcq_answer, mcq_prompt
+from .formats import mcq_answer, mcq_prompt
 from .metrics import binomial_se
 
 

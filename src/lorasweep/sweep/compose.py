@@ -1,17 +1,18 @@
-"""What the sweep launchers share: a job's plain config, a short label, and the sweep summary."""
+"""Hydra composition for sweeps: each job's config (composed once, reused), its short label, and the
+base class of lorasweep's launchers. The Hydra side of lorasweep.sweep: plugins hand jobs here."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import filter_overrides
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from ..compat import apply_overrides, overrides_dirname
 
 
 class ContextLauncher(Launcher):
@@ -49,11 +50,11 @@ class JobConfigs:
                 self.base = (by_key, node)
         else:
             node = copy.deepcopy(self.base[1])
-            ConfigLoaderImpl._apply_overrides_to_config(changed, node)
+            apply_overrides(changed, node)
             task = [o for o in parsed if not o.is_hydra_override()]
             node.hydra.overrides.task = [o.input_line for o in task]
             dirname = node.hydra.job.config.override_dirname
-            node.hydra.job.override_dirname = get_overrides_dirname(
+            node.hydra.job.override_dirname = overrides_dirname(
                 overrides=task, exclude_keys=list(dirname.exclude_keys), item_sep=dirname.item_sep,
                 kv_sep=dirname.kv_sep)
         return node, plain_config(node)
@@ -82,37 +83,3 @@ def varying_overrides(job_overrides: Sequence[Sequence[str]]) -> tuple[list[str]
     shared = set.intersection(*map(set, lists)) if len(lists) > 1 else set()
     labels = [" ".join(o for o in lst if o not in shared) or "(defaults)" for lst in lists]
     return [o for o in (lists[0] if lists else []) if o in shared], labels
-
-
-@dataclass
-class SweepTally:
-    """Counts by outcome, and the best run so far (by its objective)."""
-
-    total: int
-    counts: dict[str, int] = field(default_factory=dict)
-    best: tuple[float, str, dict] | None = None  # (objective value, label, result)
-
-    def add(self, outcome: str, label: str = "", result: dict | None = None) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        objective = (result or {}).get("objective") or {}
-        value = objective.get("value")
-        if value is not None:
-            sign = 1 if objective.get("direction", "maximize") == "maximize" else -1
-            if self.best is None or sign * value > sign * self.best[0]:
-                self.best = (value, label, result)
-
-    @property
-    def finished(self) -> int:
-        return sum(self.counts.values())
-
-    def best_line(self) -> str:
-        if self.best is None:
-            return "no finished run yet"
-        value, label, result = self.best
-        se = ((result.get("metrics") or {}).get("test") or {}).get("accuracy_se")
-        return f"{value:.4f}" + (f" ± {se:.4f}" if se is not None else "") + f" ({label})"
-
-    def summary(self) -> str:
-        order = ("done", "already done", "same run", "over budget", "pruned", "failed", "invalid")
-        parts = [f"{self.counts[k]} {k}" for k in order if self.counts.get(k)]
-        return f"sweep: {self.total} runs: {', '.join(parts) or 'none finished'}; best: {self.best_line()}"

@@ -23,12 +23,12 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig,
                           PreTrainedTokenizerBase)
 
-from lorasweep.assets import (CONF_MODEL_DIR, ModelUnavailableError, gguf_model_dir, package_model_dir,
-                              packaged_specs)
-from lorasweep.spec import MODEL_SOURCES, ModelSpec
-from lorasweep.tiny_tokenizer import build_tiny_tokenizer
+from ..config.spec import MODEL_SOURCES, ModelSpec
+from ..errors import ModelUnavailableError
+from .assets import CONF_MODEL_DIR, gguf_model_dir, package_model_dir, packaged_specs
+from .tiny_tokenizer import build_tiny_tokenizer
 
-__all__ = ["ModelUnavailableError", "HEADS", "model_config", "build_on_meta", "load_model",
+__all__ = ["HEADS", "model_config", "build_on_meta", "load_model",
            "tiny_config"]
 
 HEADS = {

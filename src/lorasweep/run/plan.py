@@ -7,13 +7,17 @@ import copy
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping
 
 from torch import nn
 
-from . import methods, models, params, projections, tasks
-from . import tokens as lorasweep_tokens
-from .spec import ConfigError, ModelSpec, RunSpec, from_config
+from ..config.spec import ModelSpec, RunSpec, from_config
+from ..errors import ConfigError
+from ..model import loading, methods, params, projections
+from ..model import tokens as lorasweep_tokens
+from ..tasks.task import Task, load_task
+from .store import run_dir
 
 
 CAUSAL_FAMILIES = ("llama", "qwen3", "gpt2")  # the families with a real causal-LM head
@@ -22,7 +26,7 @@ CAUSAL_FAMILIES = ("llama", "qwen3", "gpt2")  # the families with a real causal-
 @dataclass(frozen=True)
 class Plan:
     spec: RunSpec
-    task: tasks.Task
+    task: Task
     targets: tuple[str, ...]      # full names of the modules the projection code adapts
     predicted: int                # trainable parameters, counted before any weight is read
     base_total: int               # parameters of the base model with its head
@@ -34,6 +38,10 @@ class Plan:
     def over_budget(self) -> bool:
         return self.budget is not None and self.predicted > self.budget
 
+    def folder(self, store: Path) -> Path:
+        """This run's folder in the results store `store`."""
+        return run_dir(store, self.spec.slug, self.spec.run_key)
+
 
 def plan_run(cfg: Mapping[str, Any]) -> Plan:
     """Validate a composed config and count its run. Raises ConfigError on bad input."""
@@ -43,14 +51,14 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
         raise ConfigError("lora.r='auto' needs a budget to fit: set budget.max_trainable (e.g. budget=1m)")
     spec = from_config(_with_rank(cfg, 1) if auto else cfg)
     methods.check_available(spec.method)  # qlora without CUDA/bitsandbytes: say so now, not after loading
-    task = tasks.load_task(spec.task)
+    task = load_task(spec.task)
     if task.head == "causal_lm" and spec.model.family not in CAUSAL_FAMILIES:
         raise ConfigError(f"task {spec.task.name} ({spec.task.kind}) trains a causal LM; model={spec.model.name} "
                           f"is a {spec.model.family} model: choose a decoder, e.g. model=smollm2-135m "
                           f"(families {', '.join(CAUSAL_FAMILIES)})")
     token_ids, vocab = (), None
     if spec.tokens.new:  # the tokenizer alone says which tokens are new and where they go
-        token_ids = lorasweep_tokens.planned_ids(models.load_tokenizer(spec.model), spec.tokens.new)
+        token_ids = lorasweep_tokens.planned_ids(loading.load_tokenizer(spec.model), spec.tokens.new)
         config_vocab = _skeleton(spec.model, task.head, task.num_labels).get_input_embeddings().weight.shape[0]
         vocab = lorasweep_tokens.vocab_size_for(config_vocab, token_ids)
     skeleton = _skeleton(spec.model, task.head, task.num_labels, vocab)
@@ -91,4 +99,4 @@ def _skeleton(spec: ModelSpec, head: str, num_labels: int | None, vocab_size: in
 
 @lru_cache(maxsize=8)  # a sweep plans many runs of one architecture: build its skeleton once
 def _cached_skeleton(spec_json: str, head: str, num_labels: int | None, vocab_size: int | None) -> nn.Module:
-    return models.build_on_meta(ModelSpec(**json.loads(spec_json)), head, num_labels, vocab_size)
+    return loading.build_on_meta(ModelSpec(**json.loads(spec_json)), head, num_labels, vocab_size)
