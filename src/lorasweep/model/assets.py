@@ -32,7 +32,7 @@ READY_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_
 
 
 def _log(msg: str) -> None:
-    print(f"lorasweep.assets: {msg}", file=sys.stderr, flush=True)
+    print(f"lorasweep.model.assets: {msg}", file=sys.stderr, flush=True)
 
 
 def cache_root() -> Path:
