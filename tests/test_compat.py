@@ -1,7 +1,7 @@
 """The private APIs lorasweep.compat wraps, checked against the installed libraries.
 
 When an upgrade of Hydra, Optuna or submitit moves one of them, this file fails first and says
-which, instead of a sweep failing halfway (tests/test_sweep_jobs.py checks the Hydra composition
+which, instead of a sweep failing halfway (tests/test_sweep_compose.py checks the Hydra composition
 end to end; the sweep tests use all of them for real).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""JobConfigs: a job composed from the first job's config plus value changes equals Hydra's own composition."""
+"""lorasweep.sweep.compose.JobConfigs: a job composed from the first job's config plus value changes equals Hydra's own composition."""
 from __future__ import annotations
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
