@@ -16,7 +16,7 @@ from typing import Iterable, TextIO
 import pandas as pd
 
 SCHEMA = 1
-# Methods whose runs have lora.* settings (r, alpha, proj); the same list as lorasweep.spec, kept
+# Methods whose runs have lora.* settings (r, alpha, proj); the same list as lorasweep.config.spec, kept
 # here because analysis reads JSON only and imports nothing of the training side.
 ADAPTER_METHODS = ("lora", "dora", "rslora", "pissa", "qlora", "qlora8")
 RESULT_NAME = "result.json"

@@ -3,7 +3,7 @@
     python bench/gpu.py [--seq 2048] [--tokens 8192,16384,24576] [--steps 10] [--compile]
 
 Runs only where CUDA is present (the `device` tool lends one to some sessions; CI has none). bf16
-weights, AdamW, the adapters built by lorasweep.methods.prepare on the projection code `qkvogud`.
+weights, AdamW, the adapters built by lorasweep.model.methods.prepare on the projection code `qkvogud`.
 For each method and tokens-per-step it times `--steps` optimiser steps after warm-up and prints
 tokens/s, peak GPU memory and model FLOPs utilisation against the card's bf16 matmul rate measured
 in the same invocation (an 8192^3 product). Nothing is asserted.
@@ -29,10 +29,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lorasweep import methods  # noqa: E402
-from lorasweep.models import model_config  # noqa: E402
-from lorasweep.projections import resolve_modules  # noqa: E402
-from lorasweep.spec import LoraSpec, ModelSpec, RunSpec, TaskSpec, TrainSpec  # noqa: E402
+from lorasweep.config.spec import LoraSpec, ModelSpec, RunSpec, TaskSpec, TrainSpec  # noqa: E402
+from lorasweep.model import methods  # noqa: E402
+from lorasweep.model.loading import model_config  # noqa: E402
+from lorasweep.model.projections import resolve_modules  # noqa: E402
 
 DEVICE = "cuda"
 MODEL = ModelSpec(name="qwen3-0.6b", family="qwen3", source="hub", id="Qwen/Qwen3-0.6B",

@@ -23,7 +23,7 @@ def timed(fn):
 def main() -> None:
     t0 = time.perf_counter()
     from conftest import compose_config  # the project's real Hydra config
-    from lorasweep.planning import plan_run
+    from lorasweep.run.plan import plan_run
     imports = time.perf_counter() - t0
     cfg = compose_config(["model=qwen3-1.7b", "task=wordnet_mcq", "method=dora", "lora.proj=qkvogud",
                           "lora.r=16"])

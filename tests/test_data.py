@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-from lorasweep.data import (DataError, load_classification, load_mcq, mcq_answer, mcq_prompt,
-                            read_jsonl, resolve_data_path)
+from lorasweep.config.paths import resolve_data_path
+from lorasweep.errors import DataError
+from lorasweep.tasks.formats import load_classification, load_mcq, mcq_answer, mcq_prompt, read_jsonl
 
 GOOD_MCQ = {"question": "a domestic feline", "options": ["cat", "dog", "cow", "hen"], "answer": 0}
 

@@ -8,13 +8,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from lorasweep import export
-from lorasweep.run import run_from_config
+from lorasweep.run.lifecycle import run_config
 
 from conftest import ROOT, TINY_MCQ, TINY_TOPICS, compose_config
 
 
 def run(overrides, results_dir):
-    result = run_from_config(compose_config(overrides + [f"results_dir={results_dir}"]))
+    result = run_config(compose_config(overrides + [f"results_dir={results_dir}"]))
     return results_dir / f"{result['slug']}-{result['run_key']}"
 
 
@@ -78,8 +78,8 @@ def test_adapters_of_different_bases_are_refused(results_dir):
 def test_export_refuses_runs_without_an_adapter_and_a_full_runs_model_reloads_as_recorded(results_dir, capsys):
     """README: `model/` for method=full, loadable with plain transformers; export refuses full and
     none runs with the reason."""
-    from lorasweep.planning import plan_run
-    from lorasweep.tiny_tokenizer import build_tiny_tokenizer
+    from lorasweep.run.plan import plan_run
+    from lorasweep.model.tiny_tokenizer import build_tiny_tokenizer
 
     overrides = TINY_TOPICS + ["method=full", "train.lr=5e-2"]  # a large lr: training moves the loss
     full = run(overrides, results_dir)

@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorasweep.planning import plan_run
-from lorasweep.run import run_from_config
+from lorasweep.run.lifecycle import run_config
+from lorasweep.run.plan import plan_run
 
 from conftest import ROOT, TINY_MCQ, TINY_TOPICS, compose_config
 
@@ -74,7 +74,7 @@ def golden_run(tmp_path_factory):
     def get(name: str) -> tuple[dict, Path]:
         if name not in done:
             store = tmp_path_factory.mktemp(name) / "results"
-            result = run_from_config(compose_config(RUNS[name] + [f"results_dir={store}"]))
+            result = run_config(compose_config(RUNS[name] + [f"results_dir={store}"]))
             folder = store / f"{result['slug']}-{result['run_key']}"
             done[name] = json.loads((folder / "result.json").read_text()), store
         return done[name]

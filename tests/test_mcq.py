@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from lorasweep import mcq, models
-from lorasweep.data import load_mcq, mcq_answer
-from lorasweep.spec import ModelSpec
+from lorasweep.config.spec import ModelSpec
+from lorasweep.model import loading
+from lorasweep.tasks import mcq
+from lorasweep.tasks.formats import load_mcq, mcq_answer
 
 ROWS = load_mcq("data/wordnet_mcq/validation.jsonl", limit=5)
 
@@ -18,7 +19,7 @@ def naive_logprob(model, prompt, answer):
 
 @pytest.mark.parametrize("family", ["qwen3", "llama", "gpt2"])
 def test_batched_prefix_shared_scores_equal_naive_scores(family):
-    model, tok = models.load_model(ModelSpec(name=f"tiny-{family}", family=family, source="tiny"), "causal_lm")
+    model, tok = loading.load_model(ModelSpec(name=f"tiny-{family}", family=family, source="tiny"), "causal_lm")
     model.eval()
     items = [(mcq.prompt_ids(tok, r), [tok(mcq_answer(r["options"], j), add_special_tokens=False)["input_ids"]
                                       for j in range(len(r["options"]))]) for r in ROWS]
@@ -30,7 +31,7 @@ def test_batched_prefix_shared_scores_equal_naive_scores(family):
 
 
 def test_evaluate_counts_correct_answers_and_reports_se():
-    model, tok = models.load_model(ModelSpec(name="tiny-qwen3", family="qwen3", source="tiny"), "causal_lm")
+    model, tok = loading.load_model(ModelSpec(name="tiny-qwen3", family="qwen3", source="tiny"), "causal_lm")
     metrics = mcq.evaluate(model, tok, ROWS, batch_size=2, max_length=512)
     with torch.no_grad():
         items = [(mcq.prompt_ids(tok, r), [tok(mcq_answer(r["options"], j), add_special_tokens=False)["input_ids"]

@@ -6,17 +6,19 @@ import pytest
 import torch
 from peft import PeftModel
 
-from lorasweep import models, tasks
-from lorasweep.planning import plan_run
-from lorasweep.run import run_from_config
-from lorasweep.spec import ConfigError, from_config
+from lorasweep.config.spec import from_config
+from lorasweep.errors import ConfigError
+from lorasweep.model import loading
+from lorasweep.run.lifecycle import run_config
+from lorasweep.run.plan import plan_run
+from lorasweep.tasks.task import evaluator, load_task
 
 from conftest import TINY_MCQ, TINY_TOPICS, compose_config, launch
 
 
 def run(overrides, results_dir):
     cfg = compose_config(overrides + [f"results_dir={results_dir}"])
-    return cfg, run_from_config(cfg)
+    return cfg, run_config(cfg)
 
 
 @pytest.mark.parametrize("method", ["rslora", "pissa"])
@@ -31,9 +33,9 @@ def test_trains_the_same_parameters_as_lora(base, method, results_dir):
 
 
 def test_rslora_scales_by_alpha_over_sqrt_r():
-    from lorasweep import methods
+    from lorasweep.model import methods
     spec = from_config(compose_config(TINY_TOPICS + ["method=rslora", "lora.r=16"]))
-    model, _ = models.load_model(spec.model, "classification", 26)
+    model, _ = loading.load_model(spec.model, "classification", 26)
     adapted = methods.prepare(model, spec, "classification", ["bert.encoder.layer.0.attention.self.query"])
     scaling = adapted.base_model.model.bert.encoder.layer[0].attention.self.query.scaling["default"]
     assert scaling == 32 / 16 ** 0.5  # alpha = 2 x r = 32; lora would use 32 / 16 = 2
@@ -48,10 +50,10 @@ def test_pissa_adapter_applies_to_the_original_base(results_dir):
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 16  # 2 x r after conversion
     assert not (folder / "pissa_init").exists()  # the initial adapter was only needed for the conversion
     spec = from_config(cfg)
-    task = tasks.load_task(spec.task)
-    base, tokenizer = models.load_model(spec.model, task.head, task.num_labels)
+    task = load_task(spec.task)
+    base, tokenizer = loading.load_model(spec.model, task.head, task.num_labels)
     reloaded = PeftModel.from_pretrained(base, adapter)
-    metrics = tasks.evaluator(task, tokenizer, task.test, spec.train)(reloaded)
+    metrics = evaluator(task, tokenizer, task.test, spec.train)(reloaded)
     assert metrics["accuracy"] == result["metrics"]["test"]["accuracy"]
     assert metrics["loss"] == pytest.approx(result["metrics"]["test"]["loss"], abs=1e-4)
 

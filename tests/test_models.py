@@ -8,10 +8,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-from lorasweep import assets
-from lorasweep.models import ModelUnavailableError, build_on_meta, load_model, model_config
-from lorasweep.spec import ModelSpec
-from lorasweep.tiny_tokenizer import build_tiny_tokenizer
+from lorasweep.config.spec import ModelSpec
+from lorasweep.errors import ModelUnavailableError
+from lorasweep.model import assets
+from lorasweep.model.loading import build_on_meta, load_model, model_config
+from lorasweep.model.tiny_tokenizer import build_tiny_tokenizer
 
 
 def tiny(family: str, **overrides) -> ModelSpec:

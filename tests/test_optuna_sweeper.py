@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import TINY_TOPICS, Sweep, compose_config, launch, wait_gone, wait_until
-from lorasweep.planning import plan_run
+from lorasweep.run.plan import plan_run
 
 SWEEPER = ["-m", "hydra/sweeper=optuna"]
 

@@ -6,10 +6,12 @@ import json
 import pytest
 import torch
 
-from lorasweep import generation, models
-from lorasweep.data import DataError, load_chat, load_classification, load_completion, load_mcq
-from lorasweep.run import run_from_config
-from lorasweep.spec import ConfigError, ModelSpec
+from lorasweep.config.spec import ModelSpec
+from lorasweep.errors import ConfigError, DataError
+from lorasweep.model import loading
+from lorasweep.run.lifecycle import run_config
+from lorasweep.tasks import generation
+from lorasweep.tasks.formats import load_chat, load_classification, load_completion, load_mcq
 
 from conftest import compose_config, launch
 
@@ -95,7 +97,7 @@ def test_completion_missing_field_names_line(tmp_path):
 
 def test_unknown_format_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"task.format='qa' is invalid: choose one of classification, mcq, chat, completion"):
-        run_from_config(compose_config(own(tmp_path, "qa", CLS, "tiny-bert")))
+        run_config(compose_config(own(tmp_path, "qa", CLS, "tiny-bert")))
 
 
 def test_cli_reports_a_bad_row_before_loading(tmp_path):
@@ -113,7 +115,7 @@ def test_classification_from_own_csv(tmp_path):
     files = [f"task.{s}={write_csv(tmp_path / f'{s}.csv', CLS, ['text', 'label'])}" for s in ("train", "eval", "test")]
     cfg = compose_config(["task=jsonl", "task.format=classification", "model=tiny-bert", *SHORT, *files,
                           f"results_dir={tmp_path / 'results'}"])
-    result = run_from_config(cfg)
+    result = run_config(cfg)
     test = result["metrics"]["test"]
     assert result["status"] == "done" and test["n"] == 12 and set(test) == {"accuracy", "accuracy_se", "n", "loss"}
     assert result["params"]["predicted"] == result["params"]["trainable"]
@@ -122,7 +124,7 @@ def test_classification_from_own_csv(tmp_path):
 
 def test_mcq_with_two_test_sets_each_with_its_se(tmp_path):
     con = write_jsonl(tmp_path / "con.jsonl", MCQ[:7])
-    result = run_from_config(compose_config(own(tmp_path, "mcq", MCQ, "tiny-qwen3", [f"+task.tests.mcq_con={con}"])))
+    result = run_config(compose_config(own(tmp_path, "mcq", MCQ, "tiny-qwen3", [f"+task.tests.mcq_con={con}"])))
     test, con_m = result["metrics"]["test"], result["metrics"]["tests"]["mcq_con"]
     assert test["n"] == 10 and con_m["n"] == 7 and set(result["metrics"]["tests"]) == {"mcq_con"}
     for m in (test, con_m):
@@ -134,7 +136,7 @@ def test_mcq_with_two_test_sets_each_with_its_se(tmp_path):
 @pytest.mark.parametrize("fmt,rows,model", [("chat", CHAT, "tiny-qwen3"), ("completion", COMPLETION, "tiny-gpt2"),
                                             ("completion", COMPLETION, "tiny-llama")])
 def test_generation_formats_report_loss_token_accuracy_and_exact_match(tmp_path, fmt, rows, model):
-    result = run_from_config(compose_config(own(tmp_path, fmt, rows, model)))
+    result = run_config(compose_config(own(tmp_path, fmt, rows, model)))
     test = result["metrics"]["test"]
     assert result["status"] == "done" and test["n"] == 10
     assert set(test) == {"loss", "loss_se", "token_accuracy", "token_accuracy_se", "exact_match",
@@ -148,7 +150,7 @@ def test_generation_formats_report_loss_token_accuracy_and_exact_match(tmp_path,
 
 
 def test_completion_tokens_are_the_reference_plus_eos():
-    tok = models.load_model(ModelSpec(name="tiny-gpt2", family="gpt2", source="tiny"), "causal_lm")[1]
+    tok = loading.load_model(ModelSpec(name="tiny-gpt2", family="gpt2", source="tiny"), "causal_lm")[1]
     prompt, completion = generation.encode(tok, COMPLETION[3])
     assert tok.decode(prompt) == "list files in dir3:" and completion[-1] == tok.eos_token_id
     assert tok.decode(completion[:-1]) == " ls dir3"
@@ -159,7 +161,7 @@ def test_completion_tokens_are_the_reference_plus_eos():
 @pytest.mark.parametrize("family", ["qwen3", "gpt2"])
 def test_exact_match_is_one_when_the_references_are_the_models_own_greedy_output(family):
     """Batched, left-padded generation equals generating each prompt alone."""
-    model, tok = models.load_model(ModelSpec(name=f"tiny-{family}", family=family, source="tiny"), "causal_lm")
+    model, tok = loading.load_model(ModelSpec(name=f"tiny-{family}", family=family, source="tiny"), "causal_lm")
     model.eval()
     rows = []
     for i, prompt in enumerate(["ls", "find all python files here", "count lines"]):
@@ -172,6 +174,6 @@ def test_exact_match_is_one_when_the_references_are_the_models_own_greedy_output
 
 
 def test_unset_paths_say_they_are_required():
-    from lorasweep.planning import plan_run
+    from lorasweep.run.plan import plan_run
     with pytest.raises(ConfigError, match=r"task.train='\?\?\?' is invalid: a path to a JSONL or CSV file is required"):
         plan_run(compose_config(["task=jsonl", "model=tiny-bert"]))

@@ -4,10 +4,11 @@ import itertools
 import pytest
 import torch
 
-from lorasweep import methods, params, projections
-from lorasweep.models import build_on_meta
-from lorasweep.planning import plan_run
-from lorasweep.spec import ConfigError, ModelSpec, from_config
+from lorasweep.config.spec import ModelSpec, from_config
+from lorasweep.errors import ConfigError
+from lorasweep.model import methods, params, projections
+from lorasweep.model.loading import build_on_meta
+from lorasweep.run.plan import plan_run
 
 from conftest import TINY_TOPICS, compose_config
 
@@ -108,7 +109,7 @@ def test_rslora_and_pissa_counts_equal_peft_on_real_weights(family, head, code, 
     skeleton = build_on_meta(spec.model, head, 4)
     targets = projections.resolve_modules(skeleton, family, code, skeleton.config)
     predicted = params.predict_trainable(skeleton, method, targets, 4, head)
-    from lorasweep.models import load_model
+    from lorasweep.model.loading import load_model
     model, _ = load_model(spec.model, head, 4)
     assert predicted == methods.count_parameters(methods.prepare(model, spec, head, targets))[0]
     assert predicted == params.predict_trainable(skeleton, "lora", targets, 4, head)

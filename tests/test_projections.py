@@ -3,10 +3,11 @@ import re
 
 import pytest
 
-from lorasweep.models import build_on_meta
-from lorasweep.projections import (canonical_code, check_code_for_family, expected_module_count,
-                                   resolve_modules)
-from lorasweep.spec import ConfigError, ModelSpec
+from lorasweep.config.projection_codes import canonical_code, check_code_for_family
+from lorasweep.config.spec import ModelSpec
+from lorasweep.errors import ConfigError
+from lorasweep.model.loading import build_on_meta
+from lorasweep.model.projections import expected_module_count, resolve_modules
 
 # (family, head, code, module names adapted in layer 0 — every tiny model has 2 layers)
 TABLE = [

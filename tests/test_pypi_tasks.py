@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lorasweep.data import load_classification, load_completion
-from lorasweep.planning import plan_run
-from lorasweep.run import run_from_config
-from lorasweep.spec import ConfigError
+from lorasweep.errors import ConfigError
+from lorasweep.run.lifecycle import run_config
+from lorasweep.run.plan import plan_run
+from lorasweep.tasks.formats import load_classification, load_completion
 
 from conftest import ROOT, compose_config
 
@@ -68,7 +68,7 @@ def test_movie_reviews_runs_and_reports_both_test_sets(results_dir):
     cfg = compose_config(["task=movie_reviews", "model=tiny-bert", "train.max_steps=2", "train.eval_steps=2",
                           "task.max_train=16", "task.max_eval=8", "task.max_test=12", "train.batch_size=8",
                           f"results_dir={results_dir}"])
-    result = run_from_config(cfg)
+    result = run_config(cfg)
     assert result["status"] == "done" and result["metrics"]["test"]["n"] == 12
     assert result["metrics"]["tests"]["rotten_tomatoes"]["n"] == 12
     assert result["params"]["trainable"] == result["params"]["predicted"]
@@ -78,7 +78,7 @@ def test_nl2bash_runs_on_a_causal_lm(results_dir):
     cfg = compose_config(["task=nl2bash", "model=tiny-llama", "train.max_steps=2", "train.eval_steps=2",
                           "task.max_train=8", "task.max_eval=4", "task.max_test=4", "train.batch_size=4",
                           "task.max_new_tokens=8", "train.max_length=512", f"results_dir={results_dir}"])
-    result = run_from_config(cfg)
+    result = run_config(cfg)
     test = result["metrics"]["test"]
     assert result["status"] == "done" and test["n"] == 4 and {"loss", "token_accuracy", "exact_match"} <= set(test)
     assert result["objective"]["name"] == "test.token_accuracy"

@@ -6,10 +6,11 @@ import pytest
 import torch
 from peft import PeftModel
 
-from lorasweep import models, tasks
-from lorasweep.data import DataError
-from lorasweep.run import run_from_config
-from lorasweep.spec import from_config
+from lorasweep.config.spec import from_config
+from lorasweep.errors import DataError
+from lorasweep.model import loading
+from lorasweep.run.lifecycle import run_config
+from lorasweep.tasks.task import evaluator, load_task
 
 from conftest import TINY_MCQ, TINY_TOPICS, compose_config
 
@@ -19,7 +20,7 @@ REQUIRED = {"schema", "run_key", "status", "reason", "config", "params", "metric
 
 def run(overrides, results_dir):
     cfg = compose_config(overrides + [f"results_dir={results_dir}"])
-    return cfg, run_from_config(cfg)
+    return cfg, run_config(cfg)
 
 
 def run_folder(results_dir, result):
@@ -29,11 +30,11 @@ def run_folder(results_dir, result):
 def reload_and_evaluate(cfg, adapter):
     """Test metrics of a fresh base model with the saved adapter loaded (or bare, adapter=None)."""
     spec = from_config(cfg)
-    task = tasks.load_task(spec.task)
-    model, tokenizer = models.load_model(spec.model, task.head, task.num_labels)
+    task = load_task(spec.task)
+    model, tokenizer = loading.load_model(spec.model, task.head, task.num_labels)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
-    return tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
+    return evaluator(task, tokenizer, task.test, spec.train)(model)
 
 
 def stored(results_dir, result):
@@ -123,7 +124,7 @@ def test_over_budget_run_reads_no_weights(results_dir):
 
 
 def test_a_failing_run_leaves_a_failed_result_and_traceback(results_dir, monkeypatch):
-    from lorasweep import run as run_module
+    from lorasweep.run import lifecycle as run_module
 
     def explode(*a, **k):
         raise RuntimeError("disk on fire")
@@ -160,7 +161,7 @@ def test_cpu_training_is_fp32_not_bf16(base, results_dir, monkeypatch):
     during a training step (module in train mode, grad enabled: not an evaluation), whether CPU
     autocast is on and the dtypes the module returned. Both trainers: Trainer and trl's SFTTrainer,
     whose SFTConfig defaults to bf16."""
-    from lorasweep import methods
+    from lorasweep.model import methods
 
     calls = []  # (module name, CPU autocast on, floating output dtypes), training forwards only
 

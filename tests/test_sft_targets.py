@@ -10,8 +10,8 @@ import json
 import pytest
 from transformers import Trainer
 
-from lorasweep.run import run_from_config
-from lorasweep.tiny_tokenizer import build_tiny_tokenizer
+from lorasweep.model.tiny_tokenizer import build_tiny_tokenizer
+from lorasweep.run.lifecycle import run_config
 
 from conftest import compose_config
 
@@ -93,7 +93,7 @@ def test_sft_labels_are_exactly_the_completion(tmp_path, fed, fmt, rows, model, 
                           f"task.eval={path}", f"task.test={path}", "task.max_eval=2", "task.max_test=2",
                           "train.max_steps=2", "train.eval_steps=2", "train.batch_size=4",
                           f"results_dir={tmp_path / 'results'}"])
-    assert run_from_config(cfg)["status"] == "done"
+    assert run_config(cfg)["status"] == "done"
     assert len(fed) == 2
     tok = build_tiny_tokenizer("qwen3")  # the decoder families' tokenizer: one token per character
     seen = []

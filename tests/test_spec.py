@@ -1,7 +1,8 @@
 """Composing configs from the groups, and every bad value refused with field, value and what is valid."""
 import pytest
 
-from lorasweep.spec import ConfigError, from_config
+from lorasweep.config.spec import from_config
+from lorasweep.errors import ConfigError
 
 from conftest import compose_config
 

@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 
-from lorasweep import export, methods, models, tasks, tokens
-from lorasweep.planning import plan_run
-from lorasweep.run import run_from_config
-from lorasweep.spec import ConfigError
+from lorasweep import export
+from lorasweep.errors import ConfigError
+from lorasweep.model import loading, methods, tokens
+from lorasweep.run.lifecycle import run_config
+from lorasweep.run.plan import plan_run
+from lorasweep.tasks.task import evaluator, load_task
 
 from conftest import TINY_MCQ, TINY_TOPICS, compose_config
 
@@ -19,7 +21,7 @@ def built_count(cfg):
     """(planned, peft's count) for a config: the model loaded, tokens injected, the method applied."""
     plan = plan_run(cfg)
     spec = plan.spec
-    model, tok = models.load_model(spec.model, plan.task.head, plan.task.num_labels)
+    model, tok = loading.load_model(spec.model, plan.task.head, plan.task.num_labels)
     ids = tokens.inject(model, tok, spec.tokens.new, spec.tokens.init, spec.train.seed)
     assert ids == plan.token_ids
     prepared = methods.prepare(model, spec, plan.task.head, list(plan.targets), ids)
@@ -48,9 +50,9 @@ def test_token_rows_are_counted_exactly(base, vocab, method, train):
 
 @pytest.mark.parametrize("init", ["zero", "average", "random"])
 def test_init_and_one_token_per_new_word(init):
-    from lorasweep.spec import from_config
+    from lorasweep.config.spec import from_config
     model_spec = from_config(compose_config(TINY_MCQ + ["+model.tiny.vocab_size=105"])).model
-    model, tok = models.load_model(model_spec, "causal_lm")
+    model, tok = loading.load_model(model_spec, "causal_lm")
     before = model.get_input_embeddings().weight[:105].clone()
     ids = tokens.inject(model, tok, ("<widget>", "<signal>", "a"), init, seed=3)  # "a" is already a token
     assert ids == (105, 106) and tok("<widget> a<signal>")["input_ids"] == [105, tok.convert_tokens_to_ids(" "), tok.convert_tokens_to_ids("a"), 106]
@@ -62,7 +64,7 @@ def test_init_and_one_token_per_new_word(init):
     elif init == "average":
         assert torch.allclose(w[105], before.mean(0)) and torch.equal(w[105], w[106])
     else:  # seeded: the same rows every time (a saved adapter reloads onto them)
-        again, tok2 = models.load_model(model_spec, "causal_lm")
+        again, tok2 = loading.load_model(model_spec, "causal_lm")
         tokens.inject(again, tok2, ("<widget>", "<signal>"), "random", seed=3)
         assert torch.equal(again.get_input_embeddings().weight[105:], w[105:])
         assert 0.005 < w[105:].std().item() < 0.05  # initializer_range 0.02
@@ -83,7 +85,7 @@ def test_trained_tokens_save_reload_and_merge(vocab, tmp_path, results_dir):
     token_file.write_text(json.dumps(["<widget>", "<signal>"]))  # the Qwen3 tutorial's file form
     cfg = compose_config(TINY_MCQ + [f"tokens.new={token_file}", "tokens.init=average", "train.lr=5e-2",
                                      f"+model.tiny.vocab_size={vocab}", f"results_dir={results_dir}"])
-    result = run_from_config(cfg)
+    result = run_config(cfg)
     assert result["config"]["tokens"] == {"new": ["<widget>", "<signal>"], "init": "average", "train": True}
     assert result["slug"].endswith("-tok2") and result["params"]["predicted"] == result["params"]["trainable"]
     folder = results_dir / f"{result['slug']}-{result['run_key']}"
@@ -97,9 +99,9 @@ def test_trained_tokens_save_reload_and_merge(vocab, tmp_path, results_dir):
     assert not any("embed_tokens.weight" in k for k in saved)
     adapted, tok = export.load_adapted(folder)
     run = export.read_run(folder)
-    task = tasks.load_task(run.task)
+    task = load_task(run.task)
     spec = plan_run(cfg).spec
-    again = tasks.evaluator(task, tok, task.test, spec.train)(adapted)
+    again = evaluator(task, tok, task.test, spec.train)(adapted)
     assert again["accuracy"] == result["metrics"]["test"]["accuracy"]
     assert again["loss"] == pytest.approx(result["metrics"]["test"]["loss"], abs=1e-5)
     ids = tok.convert_tokens_to_ids(["<widget>", "<signal>"])

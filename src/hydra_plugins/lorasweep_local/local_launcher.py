@@ -1,18 +1,17 @@
 """`python launch.py -m lora.r=4,8,16 lora.proj=qk,qkvo hydra.launcher.n_jobs=2`
 
-Plans every run first (no weights: already done? over budget? a bad config?), then trains the rest
-in worker processes, `n_jobs` at a time, printing "run i/N" as each starts and ends and a summary at
-the end. Results live in the results store keyed by run key, so running the same sweep again, or
-after an interruption, trains only what is missing.
+Hydra's side of a local grid sweep: lorasweep.sweep.grid triages every run first (no weights:
+already done? over budget? a bad config?), then trains the rest in worker processes, `n_jobs` at a
+time (lorasweep.executors.local). Results live in the results store keyed by run key, so running the
+same sweep again, or after an interruption, trains only what is missing.
 """
 from __future__ import annotations
 
-import signal
 from typing import Sequence
 
 from hydra.core.utils import JobReturn
 
-from lorasweep.sweep_jobs import ContextLauncher
+from lorasweep.sweep.compose import ContextLauncher
 
 
 class LocalLauncher(ContextLauncher):
@@ -21,15 +20,9 @@ class LocalLauncher(ContextLauncher):
         self.n_jobs, self.threads = n_jobs, threads
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from lorasweep.local_sweep import run_sweep
+        from lorasweep.executors.local import LocalExecutor
+        from lorasweep.sweep.grid import sweep_grid
 
         assert self.config is not None and self.hydra_context is not None
-        # SIGTERM / SIGHUP (kill, a closed terminal) end the sweep like Ctrl-C: running runs stop, finished stay
-        signal.signal(signal.SIGTERM, _interrupt)
-        signal.signal(signal.SIGHUP, _interrupt)
-        return run_sweep(self.hydra_context.config_loader, self.config, job_overrides,
-                         n_jobs=self.n_jobs, threads=self.threads)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+        return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
+                          open_executor=lambda: LocalExecutor(self.n_jobs, self.threads))

@@ -1,0 +1,72 @@
+"""The private APIs of other libraries that lorasweep relies on, in one place.
+
+Each has no public equivalent (said why below). A minor upgrade of the library may break one:
+tests/test_compat.py checks each against the installed versions and fails naming what changed, so
+an upgrade fails there, loudly, not deep inside a sweep. A leaf module: it imports nothing from
+lorasweep, and each library is imported only by the function that needs it (a training worker
+that reports to a pruner never imports Hydra's internals).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["basic_sweeper", "apply_overrides", "overrides_dirname", "trial_id", "reopen_trial",
+           "job_outcome"]
+
+# Hydra 1.3 -------------------------------------------------------------------------------------
+# Composing a job re-reads every YAML file (~0.1 s). Jobs of a sweep that differ from the first in
+# plain values reuse its composition with the values set by the same code Hydra's composition
+# uses (lorasweep.sweep.compose.JobConfigs); Hydra exposes that code only on its loader's internals.
+# BasicSweeper (the -m grid) is Hydra's own sweeper, exposed only under hydra._internal; the grid
+# sweeper subclasses it (src/hydra_plugins/lorasweep_grid).
+
+
+def basic_sweeper() -> type:
+    """Hydra's BasicSweeper class (the sweeper behind `-m a=1,2`)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    return BasicSweeper
+
+
+def apply_overrides(overrides: list, node: Any) -> None:
+    """Set parsed value overrides on a composed config in place, as Hydra's composition does."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    ConfigLoaderImpl._apply_overrides_to_config(overrides, node)
+
+
+def overrides_dirname(**kwargs: Any) -> str:
+    """hydra.job.override_dirname for a job's task overrides (Hydra's own formatting)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    return get_overrides_dirname(**kwargs)
+
+
+# Optuna 5 --------------------------------------------------------------------------------------
+# A run in a worker process reports its evaluations to its trial for pruning. Optuna has no public
+# way to reopen a running trial in another process: the worker gets the trial's storage id and
+# builds optuna.trial.Trial(study, id), the constructor Optuna itself uses for ask().
+
+
+def trial_id(trial: Any) -> int:
+    """The storage id of a trial (optuna.trial.Trial or FrozenTrial); not its number."""
+    return int(trial._trial_id)
+
+
+def reopen_trial(study: Any, storage_id: int) -> Any:
+    """A live optuna.trial.Trial for a RUNNING trial of `study`, from its storage id."""
+    import optuna
+
+    return optuna.trial.Trial(study, storage_id)
+
+
+# submitit 1.5 ----------------------------------------------------------------------------------
+# job.result() raises, for a failed job, a FailedJobError whose text wraps the job's traceback in
+# submitit's banner and log hints; the driver shows the end of the traceback itself (its last lines
+# say why). The private getter returns ("success", result) or ("error", traceback text).
+
+
+def job_outcome(job: Any) -> tuple[str, Any]:
+    """("success", the run's result) or ("error", its traceback); raises submitit's
+    UncompletedJobError when the job ended without writing either (killed, cancelled)."""
+    return job._get_outcome_and_result()

@@ -1,0 +1,261 @@
+"""The validated run spec: a composed Hydra config turned into small typed objects.
+
+Every check that can fail before weights are loaded happens here, with an error that names the
+field, the value and what would be valid. Downstream code trusts a RunSpec.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+from .paths import resolve_data_path
+from .projection_codes import FAMILIES, canonical_code, check_code_for_family
+
+ADAPTER_METHODS = ("lora", "dora", "rslora", "pissa", "qlora", "qlora8")  # methods with lora.* settings
+QUANTIZED_METHODS = ("qlora", "qlora8")  # a 4-bit / 8-bit base: bitsandbytes and CUDA
+METHODS = ("none", "lora", "dora", "full", "rslora", "pissa", "qlora", "qlora8")
+MODEL_SOURCES = ("package", "gguf_package", "hub", "tiny")
+TASK_KINDS = ("classification", "mcq", "chat", "completion")
+GENERATION_KINDS = ("chat", "completion")  # causal-LM SFT, scored by loss, token accuracy, exact match
+TOKEN_INITS = ("random", "average", "zero")  # how injected tokens' embedding rows start (lorasweep.model.tokens)
+
+
+def _fail(field_name: str, value: Any, valid: str) -> ConfigError:
+    return ConfigError(f"{field_name}={value!r} is invalid: {valid}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from. `source` picks the loader (see lorasweep.model.loading)."""
+
+    name: str                 # registry name, e.g. "minilm" (the conf/model/ file)
+    family: str               # projection family: llama, qwen3, bert, roberta, gpt2, t5
+    source: str               # package | gguf_package | hub | tiny
+    id: str = ""              # hub id, or python package name for package sources
+    file: str = ""            # file inside the package (the GGUF)
+    config: str = ""          # a shipped config.json (architecture only, under conf/model/): offline counting
+    tiny: Mapping[str, Any] = field(default_factory=dict)  # config kwargs of a tiny random model
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 8
+    alpha: float = 16.0       # resolved: 2 x r unless set explicitly
+    dropout: float = 0.05
+    proj: str = "qkvo"        # canonical projection code (order qkvogud)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str                 # e.g. wordnet_topics
+    kind: str                 # classification | mcq | chat | completion (task.format in conf/task/jsonl.yaml)
+    train: str                # paths to JSONL or CSV files
+    eval: str
+    test: str                 # the primary test set: metrics.test and the objective
+    labels: str = ""          # classification: JSON list of class names (ids follow its order)
+    max_train: int = 0        # 0 = all rows
+    max_eval: int = 0
+    max_test: int = 0         # applies to every test set
+    # Fields below are newer than the first results: defining() leaves them out at their defaults,
+    # so run keys of earlier runs do not change.
+    tests: tuple[tuple[str, str], ...] = ()  # more test sets (name, path): metrics.tests.<name>
+    instruction: str = ""     # mcq: the line ending each question ("" = the WordNet wording)
+    max_new_tokens: int = 0   # chat/completion exact match: generation length (0 = longest target + 4)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    lr: float = 5e-4
+    epochs: float = 1.0
+    max_steps: int = -1       # > 0 overrides epochs
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    eval_steps: int = 50      # evaluations along training (the curve)
+    max_length: int = 128
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """New tokens injected into the vocabulary (see lorasweep.model.tokens)."""
+
+    new: tuple[str, ...] = ()  # resolved list (a tokens.new JSON file is read into it)
+    init: str = "random"       # random | average | zero
+    train: bool = True         # adapter methods: train the new rows (counted in the budget)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: ModelSpec
+    method: str
+    lora: LoraSpec
+    task: TaskSpec
+    train: TrainSpec
+    tokens: TokenSpec = TokenSpec()
+
+    def defining(self) -> dict[str, Any]:
+        """The run-defining config: what the run key hashes. LoRA fields only matter for lora/dora."""
+        d = {"model": asdict(self.model), "method": self.method, "task": _task_defining(self.task),
+             "train": asdict(self.train)}
+        if self.method in ADAPTER_METHODS:
+            d["lora"] = asdict(self.lora)
+        if self.tokens.new:  # absent when unused: earlier runs keep their keys
+            d["tokens"] = {"new": list(self.tokens.new), "init": self.tokens.init, "train": self.tokens.train}
+        if self.method == "none":  # nothing is trained: training settings do not change the run
+            d["train"] = {"eval_batch_size": self.train.eval_batch_size,
+                          "max_length": self.train.max_length, "seed": self.train.seed}
+        return d
+
+    @property
+    def run_key(self) -> str:
+        blob = json.dumps(self.defining(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def slug(self) -> str:
+        """A readable name for folders and logs, e.g. minilm-wordnet_topics-lora-qkvo-r8."""
+        parts = [self.model.name, self.task.name, self.method]
+        if self.method in ADAPTER_METHODS:
+            parts += [self.lora.proj, f"r{self.lora.r}"]
+        if self.tokens.new:
+            parts.append(f"tok{len(self.tokens.new)}")
+        return "-".join(parts)
+
+
+_NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0}
+
+
+def _task_defining(task: TaskSpec) -> dict[str, Any]:
+    d = asdict(task)
+    for name, default in _NEW_TASK_FIELDS.items():
+        if d[name] == default:
+            del d[name]
+    if "tests" in d:
+        d["tests"] = dict(d["tests"])
+    return d
+
+
+def from_config(cfg: Mapping[str, Any]) -> RunSpec:
+    """Validate a composed config (model, method, lora, task, train) into a RunSpec."""
+    model = _model_spec(cfg["model"])
+    method = _method_name(cfg["method"])
+    lora = _lora_spec(cfg.get("lora") or {}, model.family if method in ADAPTER_METHODS else None)
+    return RunSpec(model=model, method=method, lora=lora, task=_task_spec(cfg["task"]),
+                   train=_train_spec(cfg["train"]), tokens=_token_spec(cfg.get("tokens") or {}))
+
+
+def _token_spec(t: Mapping[str, Any]) -> TokenSpec:
+    new = t.get("new") or []
+    if isinstance(new, str):  # a JSON file holding the list, as the Qwen3 tutorial's injected_tokens.json
+        path = resolve_data_path(new)
+        try:
+            new = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise _fail("tokens.new", t.get("new"), f"a list of tokens or a JSON file holding one ({e})") from None
+    if not isinstance(new, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in new):
+        raise _fail("tokens.new", new, "a list of non-empty strings, e.g. ['<widget>', '<signal>']")
+    if len(set(new)) != len(new):
+        raise _fail("tokens.new", new, "each token once")
+    init = t.get("init", "random")
+    if init not in TOKEN_INITS:
+        raise _fail("tokens.init", init, f"choose one of {', '.join(TOKEN_INITS)}")
+    train = t.get("train", True)
+    if not isinstance(train, bool):
+        raise _fail("tokens.train", train, "true or false")
+    return TokenSpec(new=tuple(new), init=init, train=train)
+
+
+def _method_name(method: Any) -> str:
+    name = method.get("name") if isinstance(method, Mapping) else method
+    if name not in METHODS:
+        raise _fail("method", name, f"choose one of {', '.join(METHODS)}")
+    return name
+
+
+def _model_spec(m: Mapping[str, Any]) -> ModelSpec:
+    if m.get("source") not in MODEL_SOURCES:
+        raise _fail("model.source", m.get("source"), f"choose one of {', '.join(MODEL_SOURCES)}")
+    if m.get("family") not in FAMILIES:
+        raise _fail("model.family", m.get("family"), f"choose one of {', '.join(sorted(FAMILIES))}")
+    if m["source"] != "tiny" and not m.get("id"):
+        raise _fail("model.id", m.get("id"), f"a {m['source']} model needs an id")
+    return ModelSpec(name=str(m["name"]), family=m["family"], source=m["source"],
+                     id=str(m.get("id") or ""), file=str(m.get("file") or ""),
+                     config=str(m.get("config") or ""),
+                     tiny=dict(m.get("tiny") or {}))
+
+
+def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:
+    r = lo.get("r", 8)
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise _fail("lora.r", r, "a positive integer rank (e.g. 8), or auto to fit budget.max_trainable")
+    scale = lo.get("alpha_scale", 2.0)
+    if not _is_number(scale) or scale <= 0:
+        raise _fail("lora.alpha_scale", scale, "a positive number: alpha = alpha_scale x r")
+    alpha = lo.get("alpha")
+    alpha = scale * r if alpha is None else alpha  # alpha follows r unless set explicitly
+    if not _is_number(alpha) or alpha <= 0:
+        raise _fail("lora.alpha", alpha, "a positive number, or null for lora.alpha_scale x r")
+    dropout = lo.get("dropout", 0.0)
+    if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
+        raise _fail("lora.dropout", dropout, "a probability in [0, 1)")
+    proj = lo.get("proj", "qkvo")
+    proj = check_code_for_family(proj, family) if family else canonical_code(proj)
+    return LoraSpec(r=r, alpha=float(alpha), dropout=float(dropout), proj=proj)
+
+
+def _task_spec(t: Mapping[str, Any]) -> TaskSpec:
+    kind = t.get("kind", t.get("format"))  # own data (task=jsonl) names it task.format
+    if kind not in TASK_KINDS:
+        key = "task.kind" if "kind" in t else "task.format"
+        raise _fail(key, kind, f"choose one of {', '.join(TASK_KINDS)}")
+    for key in ("train", "eval", "test"):
+        if not t.get(key) or t.get(key) == "???":  # ??? is Hydra's "required" left unset
+            raise _fail(f"task.{key}", t.get(key), f"a path to a JSONL or CSV file is required "
+                                                   f"(task.{key}=path/to/file.jsonl)")
+    limits = {k: t.get(k, 0) or 0 for k in ("max_train", "max_eval", "max_test", "max_new_tokens")}
+    for k, v in limits.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise _fail(f"task.{k}", v, "a non-negative integer (0 = all rows)")
+    tests = t.get("tests") or {}
+    if not isinstance(tests, Mapping) or not all(isinstance(v, str) and v for v in tests.values()):
+        raise _fail("task.tests", tests, "a mapping of test-set names to JSONL/CSV paths, "
+                                         "e.g. +task.tests.mcq_con=data/con.jsonl")
+    if "test" in tests:
+        raise _fail("task.tests", dict(tests), "the name 'test' is the primary test set (task.test)")
+    return TaskSpec(name=str(t["name"]), kind=kind, train=str(t["train"]), eval=str(t["eval"]),
+                    test=str(t["test"]), labels=str(t.get("labels") or ""),
+                    tests=tuple((str(k), str(v)) for k, v in tests.items()),
+                    instruction=str(t.get("instruction") or ""), **limits)
+
+
+def _train_spec(tr: Mapping[str, Any]) -> TrainSpec:
+    spec = TrainSpec(**{k: tr[k] for k in TrainSpec.__dataclass_fields__ if k in tr})
+    checks = [
+        ("lr", spec.lr > 0 if _is_number(spec.lr) else False, "a positive number, e.g. 2e-4"),
+        ("epochs", _is_number(spec.epochs) and spec.epochs > 0, "a positive number of epochs"),
+        ("max_steps", isinstance(spec.max_steps, int) and (spec.max_steps > 0 or spec.max_steps == -1),
+         "a positive number of steps, or -1 to train for train.epochs"),
+        ("batch_size", isinstance(spec.batch_size, int) and spec.batch_size > 0, "a positive integer"),
+        ("eval_batch_size", isinstance(spec.eval_batch_size, int) and spec.eval_batch_size > 0,
+         "a positive integer"),
+        ("eval_steps", isinstance(spec.eval_steps, int) and spec.eval_steps > 0, "a positive integer"),
+        ("max_length", isinstance(spec.max_length, int) and spec.max_length >= 8, "an integer >= 8"),
+        ("weight_decay", _is_number(spec.weight_decay) and spec.weight_decay >= 0, "a number >= 0"),
+        ("warmup_ratio", _is_number(spec.warmup_ratio) and 0 <= spec.warmup_ratio < 1,
+         "a fraction in [0, 1)"),
+        ("seed", isinstance(spec.seed, int) and not isinstance(spec.seed, bool), "an integer"),
+    ]
+    for name, ok, valid in checks:
+        if not ok:
+            raise _fail(f"train.{name}", getattr(spec, name), valid)
+    return spec
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

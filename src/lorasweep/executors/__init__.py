@@ -1,0 +1,6 @@
+"""Where runs execute: `submit_many([(cfg, run folder)]) -> Futures` of result dicts, by local worker
+processes kept across runs (local) or SLURM job arrays through submitit (slurm); worker holds what
+runs inside the process (execute), and factory picks an executor from a hydra.launcher config.
+
+May import: run/ and below. Not sweep/ (sweeps use executors, not the reverse).
+"""

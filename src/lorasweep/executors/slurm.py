@@ -1,0 +1,301 @@
+"""Runs executed as SLURM jobs through submitit, with the same submit_many -> Futures interface as
+LocalExecutor (lorasweep.executors.local).
+
+- Runs submitted together go as job arrays, split at the cluster's MaxArraySize.
+- Each run's folder in the results store gets `slurm_job.json` (job id, submitit folder). A driver
+  started again finds a run that is still queued or running there and re-attaches to its job
+  instead of submitting it twice; done runs are found by their result.json before that.
+- A job that reaches its time limit or is preempted gets USR2 `signal_delay_s` before it is killed;
+  submitit then calls `SlurmRun.checkpoint` and requeues the job, and the run resumes from its last
+  Trainer checkpoint in the run folder (lorasweep.run.loop).
+- An sbatch that fails (unknown partition, more CPUs or memory than a node has, bad gres) raises
+  SubmissionError with sbatch's own message, before anything waits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import submitit
+
+from ..compat import job_outcome
+from ..errors import SubmissionError
+from ..run.store import store_dir, write_json_atomically
+from .worker import configure_process, execute
+
+JOB_FILE = "slurm_job.json"
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED")  # PREEMPTED without requeue; submitit requeues before that
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
+SACCT_EVERY_S = 5
+TRACEBACK_LINES = 30  # of a failed job's traceback, shown by the driver
+
+
+class SlurmRunError(RuntimeError):
+    """A run failed inside its SLURM job; the message carries the job id and its traceback."""
+
+
+@dataclass
+class SlurmSettings:
+    """hydra/launcher=slurm settings; the names follow hydra-submitit-launcher's."""
+
+    submitit_folder: str = ".submitit"
+    partition: str | None = None
+    timeout_min: int = 60
+    cpus_per_task: int | None = 1
+    mem_gb: float | None = None
+    gres: str | None = None
+    gpus_per_node: int | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    array_parallelism: int = 256
+    signal_delay_s: int = 120       # USR2 this long before the time limit: time to checkpoint and requeue
+    max_num_timeout: int = 3        # requeues after a time limit (preemptions are not counted)
+    setup: list[str] = field(default_factory=list)               # shell lines before the run
+    additional_parameters: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
+    poll_s: float = 1.0             # how often the driver looks for finished runs
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "SlurmSettings":
+        from omegaconf import OmegaConf
+
+        cfg = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in cfg.items()}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known - {"_target_"})
+        if unknown:
+            raise ValueError(f"hydra.launcher: unknown SLURM setting(s) {unknown}; valid: {sorted(known)}")
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+    def sbatch_parameters(self) -> dict[str, Any]:
+        # submitit.SlurmExecutor takes sbatch's names: time (minutes), mem
+        params: dict[str, Any] = {"time": int(self.timeout_min), "signal_delay_s": int(self.signal_delay_s),
+                                  "array_parallelism": self.array_parallelism,
+                                  "additional_parameters": dict(self.additional_parameters)}
+        # (submitit runs the job through srun: sbatch --signal reaches job steps, not the batch script)
+        if self.mem_gb:
+            params["mem"] = f"{int(self.mem_gb * 1024)}M"
+        for name in ("partition", "cpus_per_task", "gres", "gpus_per_node", "account", "qos", "constraint"):
+            if getattr(self, name) not in (None, ""):
+                params[name] = getattr(self, name)
+        if self.setup:
+            params["setup"] = list(self.setup)
+        return params
+
+
+class SlurmRun(submitit.helpers.Checkpointable):
+    """What a SLURM job runs: one run. On USR2 (time limit or preemption) submitit calls checkpoint(),
+    inherited: the same call again, and the run then resumes from its Trainer checkpoint."""
+
+    def __call__(self, cfg: dict) -> dict:
+        # the job's share of the node's cores, not all of them
+        configure_process(int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or None)
+        return execute(cfg)
+
+
+class SlurmExecutor:
+    """submit_many([(cfg, run folder)]) -> Futures of the runs' result dicts, as SLURM jobs."""
+
+    def __init__(self, settings: SlurmSettings, n_jobs: int | None = None):
+        self.settings = settings
+        self.folder = Path(settings.submitit_folder).resolve() / "%j"
+        # runs in flight: a grid goes to the cluster whole (SLURM throttles arrays by array_parallelism);
+        # an Optuna sweep keeps its n_jobs trials in flight
+        self.n_jobs = n_jobs or 10**9
+        self.verb = "submitted"
+        self._executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=settings.max_num_timeout)
+        self._executor.update_parameters(**settings.sbatch_parameters())
+        self._watched: dict[Future, submitit.slurm.slurm.SlurmJob] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="slurm-watcher", daemon=True)
+        self._thread.start()
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    def submit(self, cfg: Mapping[str, Any], folder: Path) -> Future:
+        return self.submit_many([(cfg, folder)])[0]
+
+    def submit_many(self, items: Sequence[tuple[Mapping[str, Any], Path]]) -> list[Future]:
+        """Submit the runs as job arrays (or re-attach to their jobs still queued or running)."""
+        futures: list[Future | None] = [None] * len(items)
+        fresh: list[int] = []
+        for i, (cfg, folder) in enumerate(items):
+            job = self._live_job(folder)
+            if job is not None:
+                futures[i] = self._future(job, attached=True)
+            else:
+                fresh.append(i)
+        chunk = max_array_size()
+        for start in range(0, len(fresh), chunk):
+            part = fresh[start:start + chunk]
+            jobs = self._submit_array([_absolute(items[i][0]) for i in part])
+            for i, job in zip(part, jobs):
+                _record(items[i][1], job.job_id, self.folder)
+                futures[i] = self._future(job, attached=False)
+        return futures  # type: ignore[return-value]
+
+    def _submit_array(self, cfgs: list[dict]) -> list:
+        try:
+            with self._executor.batch():  # one sbatch --array for the lot
+                return [self._executor.submit(SlurmRun(), cfg) for cfg in cfgs]
+        except submitit.core.utils.FailedJobError as e:  # submitit's wrapper of sbatch's stderr
+            raise SubmissionError(_sbatch_error(e)) from None
+
+    def _live_job(self, folder: Path):
+        """The job this run was submitted as, if it is still queued or running (else None)."""
+        record = _read_record(folder)
+        if record is None:
+            return None
+        job = submitit.SlurmJob(folder=record["submitit_folder"], job_id=record["job_id"])
+        if job.paths.result_pickle.exists():  # finished: collect a success (its result.json may be a
+            # moment behind); a failure is submitted again, like a failed local run
+            return job if job_outcome(job)[0] == "success" else None
+        state = job_state(record["job_id"])
+        return None if state is None or state.split()[0] in FINAL_STATES else job
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    def _future(self, job, attached: bool) -> Future:
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        future.job_id = job.job_id  # type: ignore[attr-defined]
+        future.note = (f"{'re-attached to' if attached else 'submitted as'} job {job.job_id}, "  # type: ignore[attr-defined]
+                       f"log {job.paths.stderr}")
+        with self._lock:
+            self._watched[future] = job
+        return future
+
+    def _watch(self) -> None:
+        """Resolve futures: a result file means done at once; otherwise sacct, in one call for all."""
+        last_sacct = 0.0
+        while not self._stop.wait(self.settings.poll_s):
+            with self._lock:
+                watched = dict(self._watched)
+            if not watched:
+                continue
+            # a job that died without a result (cancelled, killed, out of memory) shows only in sacct:
+            # one call for all jobs, at most every SACCT_EVERY_S (sacct is slow on a busy cluster)
+            check = time.time() - last_sacct > max(SACCT_EVERY_S, 5 * self.settings.poll_s)
+            if check:
+                last_sacct = time.time()
+                submitit.SlurmJob.watcher.update()
+            for future, job in watched.items():
+                try:
+                    finished = check and job.watcher.is_done(job.job_id, mode="cache")
+                    if finished or job.paths.result_pickle.exists():
+                        self._resolve(future, job)
+                except Exception as e:  # never let the watcher die: the driver would wait forever
+                    self._drop(future)
+                    future.set_exception(e)
+
+    def _resolve(self, future: Future, job) -> None:
+        self._drop(future)
+        try:
+            outcome, value = job_outcome(job)  # ("success", result) or ("error", traceback)
+        except submitit.core.utils.UncompletedJobError as e:
+            future.set_exception(SlurmRunError(f"job {job.job_id} ended without a result ({job.state}):\n{e}"))
+            return
+        if outcome == "success":
+            future.set_result(value)
+        else:
+            lines = value.rstrip().splitlines()
+            shown = lines[-TRACEBACK_LINES:]  # the end of a chained traceback is the part that says why
+            cut = f"  ... ({len(lines) - len(shown)} lines above)\n" if len(lines) > len(shown) else ""
+            future.set_exception(SlurmRunError(f"job {job.job_id} failed:\n{cut}" + "\n".join(shown)
+                                               + f"\n(the job's full log: {job.paths.stderr})"))
+
+    def _drop(self, future: Future) -> None:
+        with self._lock:
+            self._watched.pop(future, None)
+
+    def in_flight(self) -> list[str]:
+        with self._lock:
+            return [job.job_id for job in self._watched.values()]
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Stop watching. Jobs are never cancelled here: on a cluster a run outlives its driver, and
+        the same command started again collects it."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "SlurmExecutor":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.shutdown()
+
+
+def max_array_size() -> int:
+    """Jobs per array: the cluster's MaxArraySize (array indices run 0..MaxArraySize-1)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_MAX_ARRAY_SIZE
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+def job_state(job_id: str) -> str | None:
+    """The job's state (e.g. RUNNING, PENDING, COMPLETED, "CANCELLED by 0"); None if SLURM knows it not.
+
+    sacct first (it knows finished jobs); squeue when sacct has nothing (accounting lagging or down):
+    a job that is still queued must never be taken for a lost one and submitted twice."""
+    array, _, index = job_id.partition("_")
+    for command in (["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", array],
+                    ["squeue", "-h", "-r", "-o", "%i|%T", "-j", array]):
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        for line in out.splitlines():
+            jid, _, state = line.strip().partition("|")
+            if jid == job_id or (index and _in_pending_range(jid, array, int(index))):
+                return state
+    return None
+
+
+def _in_pending_range(jid: str, array: str, index: int) -> bool:
+    """sacct prints an array's pending tasks as one line, e.g. 123_[2-4%8] or 123_[5,7]."""
+    match = re.fullmatch(rf"{array}_\[([\d,\-]+)(%\d+)?\]", jid)
+    if not match:
+        return False
+    for part in match.group(1).split(","):
+        low, _, high = part.partition("-")
+        if int(low) <= index <= int(high or low):
+            return True
+    return False
+
+
+def _record(folder: Path, job_id: str, submitit_folder: Path) -> None:
+    write_json_atomically(folder / JOB_FILE, {"job_id": job_id, "submitit_folder": str(submitit_folder),
+                                              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def _read_record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / JOB_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _absolute(cfg: Mapping[str, Any]) -> dict:
+    """The job may start in another directory: the results store as an absolute path."""
+    cfg = dict(cfg)
+    cfg["results_dir"] = str(store_dir(cfg).resolve())
+    return cfg
+
+
+def _sbatch_error(e: Exception) -> str:
+    """sbatch's own error lines, in one line."""
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if "sbatch: error" in ln or "submission failed" in ln.lower()]
+    return "; ".join(dict.fromkeys(ln.replace("sbatch: error: ", "") for ln in lines)) or text.strip()

@@ -1,0 +1,252 @@
+"""Model loading: one entry per ModelSpec source (package, gguf_package, hub, tiny).
+
+- `model_config(spec)`: the config alone, no weights (for parameter counting and budgets);
+- `build_on_meta(spec, head)`: the architecture on the meta device, to resolve module names before
+  any weight is read (milliseconds);
+- `load_model(spec, head)`: real float32 weights on CPU and a tokenizer ready for training.
+
+Heads: "classification" (AutoModelForSequenceClassification), "causal_lm" (AutoModelForCausalLM),
+"seq2seq_lm" (AutoModelForSeq2SeqLM, for t5).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                          AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig,
+                          PreTrainedTokenizerBase)
+
+from ..config.spec import MODEL_SOURCES, ModelSpec
+from ..errors import ModelUnavailableError
+from .assets import CONF_MODEL_DIR, gguf_model_dir, package_model_dir, packaged_specs
+from .tiny_tokenizer import build_tiny_tokenizer
+
+__all__ = ["HEADS", "model_config", "build_on_meta", "load_model",
+           "tiny_config"]
+
+HEADS = {
+    "classification": AutoModelForSequenceClassification,
+    "causal_lm": AutoModelForCausalLM,
+    "seq2seq_lm": AutoModelForSeq2SeqLM,
+}
+
+# Tiny random models: hidden 64, 2 layers, 4 heads. Small enough that building one and a forward
+# pass take well under a second; large enough to exercise every projection of the family.
+# vocab_size 128 covers the ~105-token character-level tiny tokenizer.
+_TINY_DEFAULTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "qwen3": ("Qwen3Config", dict(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  intermediate_size=128, max_position_embeddings=512,
+                                  tie_word_embeddings=True)),
+    "llama": ("LlamaConfig", dict(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  intermediate_size=128, max_position_embeddings=512,
+                                  tie_word_embeddings=True)),  # tied, like SmolLM2
+    "bert": ("BertConfig", dict(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=128,
+                                max_position_embeddings=512)),
+    # RoBERTa positions start at pad_token_id + 1, hence 512 + 2 positions as in roberta-base.
+    "roberta": ("RobertaConfig", dict(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, intermediate_size=128,
+                                      max_position_embeddings=514, type_vocab_size=1)),
+    "gpt2": ("GPT2Config", dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_inner=128,
+                                n_positions=512)),
+    "t5": ("T5Config", dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                            num_decoder_layers=2, num_heads=4)),
+}
+
+HUB_PROBE_TIMEOUT_S = 3.0  # one TCP connect: enough for a reachable hub, short when there is none
+
+
+def tiny_config(spec: ModelSpec) -> PretrainedConfig:
+    """The config of a tiny random model: family defaults, then spec.tiny, then the tokenizer's
+    special-token ids."""
+    if spec.family not in _TINY_DEFAULTS:
+        raise ValueError(f"model {spec.name!r}: no tiny model for family {spec.family!r}; "
+                         f"valid are {sorted(_TINY_DEFAULTS)}")
+    cls_name, defaults = _TINY_DEFAULTS[spec.family]
+    import transformers
+
+    tok = build_tiny_tokenizer(spec.family)
+    special_ids = {"pad_token_id": tok.pad_token_id}
+    if tok.eos_token_id is not None:
+        special_ids["eos_token_id"] = tok.eos_token_id
+    if spec.family in ("qwen3", "llama", "gpt2"):
+        special_ids["bos_token_id"] = tok.bos_token_id
+    elif spec.family == "roberta":
+        special_ids.update(bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    elif spec.family == "t5":
+        special_ids["decoder_start_token_id"] = tok.pad_token_id  # as in T5
+    kwargs = {**defaults, **special_ids, **dict(spec.tiny)}
+    config = getattr(transformers, cls_name)(**kwargs)
+    if config.vocab_size < len(tok):
+        raise ValueError(f"model {spec.name!r}: tiny.vocab_size={config.vocab_size} is smaller "
+                         f"than the tiny tokenizer ({len(tok)} tokens)")
+    return config
+
+
+def model_config(spec: ModelSpec, num_labels: int | None = None) -> PretrainedConfig:
+    """The model's config, no weights read. A gguf_package spec is converted first if needed."""
+    if spec.source == "tiny":
+        config = tiny_config(spec)
+    elif spec.source == "hub" and spec.config:
+        config = _shipped_config(spec)
+    elif spec.source == "hub":
+        config = _from_hub(spec, lambda **kw: AutoConfig.from_pretrained(spec.id, **kw))
+    else:
+        config = AutoConfig.from_pretrained(_local_dir(spec))
+    if num_labels:
+        config.num_labels = num_labels
+    return config
+
+
+def _shipped_config(spec: ModelSpec) -> PretrainedConfig:
+    """A hub model's architecture from the config.json shipped under conf/model/ (no network)."""
+    path = CONF_MODEL_DIR / spec.config
+    try:
+        fields = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelUnavailableError(f"model {spec.name!r}: model.config={spec.config!r} cannot be read "
+                                    f"({path}): {err}") from err
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def build_on_meta(spec: ModelSpec, head: str, num_labels: int | None = None,
+                  vocab_size: int | None = None) -> nn.Module:
+    """The architecture with `head` on the meta device: names and shapes, no memory, no weights.
+    `vocab_size` grows the embedding as token injection will (the same shapes as a resize)."""
+    auto = _auto_class(spec, head)
+    config = model_config(spec, num_labels)
+    if vocab_size:
+        config.vocab_size = vocab_size
+    with torch.device("meta"):
+        return _from_config(auto, config, spec, head)
+
+
+def load_model(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None
+               ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Real weights in float32 on CPU, and a tokenizer with a pad token, padding on the right.
+
+    `quantization` (a BitsAndBytesConfig, method=qlora) loads the base quantized on the GPU."""
+    auto = _auto_class(spec, head)
+    if quantization is not None and spec.source == "tiny":
+        raise ValueError(f"model {spec.name!r}: a tiny random model cannot be loaded quantized")
+    if spec.source == "tiny":
+        config = model_config(spec, num_labels)
+        with torch.random.fork_rng(devices=[]):  # reproducible weights, caller's RNG untouched
+            torch.manual_seed(0)
+            model = _from_config(auto, config, spec, head)
+        tokenizer = build_tiny_tokenizer(spec.family)
+    else:
+        kwargs: dict[str, Any] = {"dtype": torch.float32}
+        if quantization is not None:  # bitsandbytes: compute in bf16, weights placed on the GPU
+            kwargs = {"dtype": torch.bfloat16, "quantization_config": quantization, "device_map": {"": 0}}
+        if num_labels:
+            kwargs["num_labels"] = num_labels
+        if spec.source == "hub":
+            # transformers 5.23 does not pass local_files_only on to its PEFT adapter lookup,
+            # which then retries the hub for ~25 s: hand it over explicitly.
+            model = _from_hub(spec, lambda **kw: auto.from_pretrained(
+                spec.id, **kwargs, **kw, adapter_kwargs=dict(kw)))
+            tokenizer = _from_hub(spec, lambda **kw: AutoTokenizer.from_pretrained(spec.id, **kw))
+        else:
+            folder = _local_dir(spec)
+            model = auto.from_pretrained(folder, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    _set_padding(spec, model, tokenizer, head)
+    return model, tokenizer
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    """The model's tokenizer alone (no weights): token injection plans its new ids with it."""
+    if spec.source == "tiny":
+        return build_tiny_tokenizer(spec.family)
+    if spec.source == "hub":
+        return _from_hub(spec, lambda **kw: AutoTokenizer.from_pretrained(spec.id, **kw))
+    return AutoTokenizer.from_pretrained(_local_dir(spec))
+
+
+def _auto_class(spec: ModelSpec, head: str):
+    if head not in HEADS:
+        raise ValueError(f"head={head!r} is invalid: valid are {sorted(HEADS)}")
+    if spec.source not in MODEL_SOURCES:
+        raise ValueError(f"model {spec.name!r}: source={spec.source!r} is invalid: valid are "
+                         f"{MODEL_SOURCES}")
+    return HEADS[head]
+
+
+def _from_config(auto, config: PretrainedConfig, spec: ModelSpec, head: str) -> nn.Module:
+    try:
+        return auto.from_config(config, dtype=torch.float32)
+    except ValueError as err:  # the auto class has no mapping for this config type
+        raise ValueError(f"model {spec.name!r} (family {spec.family}, {type(config).__name__}) "
+                         f"has no {head!r} head in transformers") from err
+
+
+def _local_dir(spec: ModelSpec) -> Path:
+    if spec.source == "package":
+        return package_model_dir(spec)
+    if spec.source == "gguf_package":
+        return gguf_model_dir(spec)
+    raise ValueError(f"model {spec.name!r}: source {spec.source!r} has no local folder")
+
+
+def _from_hub(spec: ModelSpec, load):
+    """Call `load(**kw)` from the local HF cache; reach for the hub only when it answers at once."""
+    try:
+        return load(local_files_only=True)
+    except OSError as local_err:
+        if not _hub_reachable():
+            raise ModelUnavailableError(_hub_message(spec)) from local_err
+    try:
+        return load()
+    except OSError as err:
+        raise ModelUnavailableError(f"model {spec.name!r} (hub id {spec.id}) could not be "
+                                    f"downloaded from the hub: {err}") from err
+
+
+def _hub_reachable() -> bool:
+    """False when offline mode is set or the hub host does not accept a TCP connection quickly."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return False
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True  # the proxy decides; let huggingface_hub try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443),
+                                      timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_message(spec: ModelSpec) -> str:
+    try:
+        offline = ", ".join(s.name for s in packaged_specs()) or "minilm, smollm2-135m"
+    except Exception:  # conf/ not shipped (installed as a wheel): name the defaults
+        offline = "minilm, smollm2-135m"
+    return (f"model {spec.name!r} (hub id {spec.id}) is not in the local HF cache and the hub "
+            f"cannot be reached from here. Packaged models that work offline: {offline}; or "
+            f"download it where a hub is reachable and set HF_HOME.")
+
+
+def _set_padding(spec: ModelSpec, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                 head: str) -> None:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"model {spec.name!r}: tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token  # llama/gpt2 convention
+    tokenizer.padding_side = "right"  # training; generation code pads left itself
+    if head == "classification" or model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,140 @@
+"""Fine-tuning methods behind one interface: prepare(model) -> the model to train.
+
+none    the base model, evaluated only (every ablation's baseline): nothing is trainable
+full    every weight is trained
+lora    low-rank adapters on the chosen projections (peft); a classification head is trained alongside
+dora    LoRA with a learned magnitude vector per adapted weight (peft's use_dora)
+rslora  LoRA scaled by alpha / sqrt(r) instead of alpha / r (peft's use_rslora): the update's size
+        no longer shrinks as r grows, so large ranks learn at the same lr
+pissa   LoRA initialised from the weight's principal singular vectors (peft's init_lora_weights="pissa");
+        the base weights become the residual, so the saved adapter is converted to a plain LoRA
+        adapter of rank 2r that applies to the original base (save_adapter)
+qlora   LoRA on a 4-bit NF4 base (bitsandbytes, CUDA only); qlora8 on an 8-bit LLM.int8 base
+All adapter methods train exactly the same parameters as lora (dora: plus the magnitudes).
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from torch import nn
+
+from ..config.spec import ADAPTER_METHODS, QUANTIZED_METHODS, RunSpec
+from ..errors import ConfigError
+
+__all__ = ["ADAPTER_METHODS", "prepare", "check_available", "save_initial", "save_adapter",
+           "count_parameters", "adapted_modules"]
+_TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM,
+               "seq2seq_lm": TaskType.SEQ_2_SEQ_LM}
+PISSA_INIT = "pissa_init"  # the adapter as initialised, kept until the trained one is converted
+
+
+def check_available(method: str) -> None:
+    """Fail before any weight is read when the machine cannot run `method`."""
+    if method not in QUANTIZED_METHODS:
+        return
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (this machine has none)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install bitsandbytes)")
+    if missing:
+        raise ConfigError(f"method={method} loads the base model quantized with bitsandbytes and needs "
+                          f"{' and '.join(missing)}; use method=lora here")
+
+
+def quantization_config(method: str):
+    """transformers' BitsAndBytesConfig for a quantized method, None for the others."""
+    if method not in QUANTIZED_METHODS:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if method == "qlora8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def prepare(model: nn.Module, spec: RunSpec, head: str, targets: list[str], token_ids=()) -> nn.Module:
+    """Apply the run's method. `targets` are the full module names resolved from the projection code;
+    `token_ids` the injected tokens, whose embedding rows adapter methods train when tokens.train."""
+    if spec.method == "none":
+        model.requires_grad_(False)
+        return model
+    if spec.method == "full":
+        model.requires_grad_(True)
+        return model
+    if spec.method in QUANTIZED_METHODS:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+        target_modules=targets,  # exact names: suffix matching would confuse bert's two *output.dense
+        use_dora=spec.method == "dora", use_rslora=spec.method == "rslora",
+        init_lora_weights="pissa" if spec.method == "pissa" else True,
+        trainable_token_indices=list(token_ids) if token_ids and spec.tokens.train else None,
+        task_type=_TASK_TYPES[head],
+        fan_in_fan_out=spec.model.family == "gpt2")  # GPT-2's Conv1D stores weights transposed
+    return get_peft_model(model, config)
+
+
+def save_initial(model: nn.Module, spec: RunSpec, folder: Path) -> Path | None:
+    """PiSSA only: save the adapter as initialised (marked as a plain init, as peft requires), so
+    that the trained one can be converted to a LoRA adapter for the original base."""
+    if spec.method != "pissa":
+        return None
+    config = model.peft_config["default"]
+    config.init_lora_weights = True  # else loading it would subtract the principal part a second time
+    target = folder / PISSA_INIT
+    model.save_pretrained(target)
+    config.init_lora_weights = "pissa"
+    return target / "default" if (target / "default").is_dir() else target
+
+
+def save_adapter(model: nn.Module, spec: RunSpec, target: Path, initial: Path | None) -> None:
+    """The adapter in PEFT format, loadable on the unmodified base model.
+
+    Never the whole embedding matrix: peft would save it (113 MB for SmolLM2) once injected tokens
+    grew it, but their rows are re-made deterministically (lorasweep.model.tokens.inject, which
+    lorasweep.run.export does before loading) and trained rows are saved as peft's token deltas."""
+    if initial is None:
+        model.save_pretrained(target, save_embedding_layers=False)
+        return
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    # peft 0.21's conversion keeps only the lora_A/lora_B tensors: a trained classification head
+    # (modules_to_save) would be lost, so it is written back into the converted file.
+    extra = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
+             if "lora_" not in k}
+    # peft loads the initial adapter from dirname/basename: it has a folder of its own. Loading it
+    # beside the trained one makes peft warn that PiSSA should not be mixed with other adapters,
+    # which is exactly the conversion it asks for: that warning is silenced here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PiSSA changes the base weights")
+        model.save_pretrained(target, path_initial_model_for_weight_conversion=str(initial),
+                              save_embedding_layers=False)
+    shutil.rmtree(initial.parent if initial.name == "default" else initial, ignore_errors=True)
+    if extra:
+        weights = target / "adapter_model.safetensors"
+        save_file({**load_file(weights), **extra}, weights, metadata={"format": "pt"})
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total), counting tied weights once; peft's own count for adapted models."""
+    if isinstance(model, PeftModel):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())  # parameters() yields a tied weight once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def adapted_modules(model: nn.Module) -> list[str]:
+    """Names (as in the base model) of the modules that carry a LoRA adapter."""
+    prefix = "base_model.model."
+    return [name.removeprefix(prefix) for name, module in model.named_modules()
+            if hasattr(module, "lora_A") and len(getattr(module, "lora_A")) > 0]

@@ -1,0 +1,191 @@
+"""One run's lifecycle: plan -> (skip if done) -> model + method -> data -> train -> evaluate -> result.
+
+    run_config(cfg)            what `python launch.py` and every sweep worker call
+      plan_run(cfg)            run/plan.py: validated spec, modules, exact count; no weight read
+      run_planned(plan, ...)   below: load, adapt, train (run/loop.py), evaluate, save, result.json
+
+Everything that can be wrong with a config or a data file fails before a weight is read. A run
+that fails after that still leaves a result (status failed, with the reason) and its traceback.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..config.spec import RunSpec
+from ..console import say
+from ..model import loading, methods, tokens
+from ..tasks import task as tasks
+from ..tasks.metrics import headline
+from . import store
+from .loop import LoopOptions, Reporter, train
+from .plan import Plan, plan_run
+from .tracking import check_tracking, make_tracker
+
+
+def run_config(cfg: Mapping[str, Any], reporter: Reporter | None = None) -> dict[str, Any]:
+    """Validate a composed config and run it; returns the result dict (also written to disk)."""
+    tracking = dict(cfg.get("tracking") or {})
+    check_tracking(tracking)
+    plan = plan_run(cfg)  # config, data and projection errors surface here, before any weight is read
+    return run_planned(plan, store.store_dir(cfg), tracking=tracking, reporter=reporter,
+                       loop=LoopOptions.from_config(cfg.get("train") or {}))
+
+
+def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | None = None,
+                reporter: Reporter | None = None, loop: LoopOptions = LoopOptions()) -> dict[str, Any]:
+    """The lifecycle of a planned run, in this process; its result lands in `results_dir`."""
+    spec = plan.spec
+    folder = plan.folder(results_dir)
+    previous = store.read_result(folder)
+    if previous and previous.get("status") == "done":
+        say(f"{spec.slug}: already done ({folder}), not trained again")
+        return previous
+    if plan.over_budget:
+        return record_over_budget(plan, results_dir)
+    t_start = time.perf_counter()
+    base = _base_record(plan)
+    # Loading happens outside the failure record: a model that cannot be had (no hub, no cache) is
+    # the environment's problem, said once to the user, not a failed run to keep.
+    torch.manual_seed(spec.train.seed)  # before loading: a new classification head's init follows the seed
+    model, tokenizer = loading.load_model(spec.model, plan.task.head, plan.task.num_labels,
+                                          quantization=methods.quantization_config(spec.method))
+    try:
+        return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter, loop)
+    except Exception as e:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "traceback.txt").write_text(traceback.format_exc())
+        store.write_result(folder, {**base, "status": "failed", "reason": f"{type(e).__name__}: {e}",
+                                    "timing": {"total_s": time.perf_counter() - t_start}})
+        raise
+
+
+def record_over_budget(plan: Plan, results_dir: Path) -> dict[str, Any]:
+    """A run over its budget is recorded as skipped_budget with its count, never loaded or trained."""
+    reason = f"{plan.predicted:,} trainable parameters exceed the budget of {plan.budget:,}"
+    say(f"{plan.spec.slug}: skipped, {reason}")
+    return store.write_result(plan.folder(results_dir), {
+        **_base_record(plan), "status": "skipped_budget", "reason": reason,
+        "params": {"trainable": plan.predicted, "predicted": plan.predicted}})
+
+
+def _base_record(plan: Plan) -> dict[str, Any]:
+    """What every result of this run holds, whatever its status."""
+    spec = plan.spec
+    return {"run_key": spec.run_key, "slug": spec.slug, "config": spec.defining(),
+            "budget": {"max_trainable": plan.budget, "r_auto": plan.auto_rank}, "env": store.env_info()}
+
+
+def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, tracking: Mapping[str, Any],
+                        t_start: float, reporter: Reporter | None, loop: LoopOptions):
+    spec, task = plan.spec, plan.task
+    token_ids = tokens.inject(model, tokenizer, spec.tokens.new, spec.tokens.init, spec.train.seed)
+    if token_ids != plan.token_ids:
+        raise RuntimeError(f"injected tokens got ids {token_ids}, the plan counted {plan.token_ids}")
+    model = methods.prepare(model, spec, task.head, list(plan.targets), token_ids)
+    initial = methods.save_initial(model, spec, folder)  # pissa: needed to convert the trained adapter
+    load_s = time.perf_counter() - t_start
+    params = _checked_params(model, plan)
+    base = {**base, "params": params}
+    auto = f" (r={spec.lora.r}, the largest within the budget)" if plan.auto_rank else ""
+    say(f"{spec.slug}: {params['trainable']:,} trainable of {params['total']:,} parameters "
+         f"({params['trainable_pct']:.2f}%){auto}, {params['n_adapted_modules']} adapted modules; "
+         f"run key {spec.run_key}")
+    tracker = make_tracker(tracking, folder, spec.slug, base["config"])
+    ok = False
+    try:
+        outcome = None
+        if spec.method != "none":
+            outcome = train(model, tokenizer, tasks.training_data(task, tokenizer, spec.train),
+                            tasks.evaluator(task, tokenizer, task.eval, spec.train), spec.train,
+                            kind=spec.task.kind, workdir=folder / "trainer", tracker=tracker,
+                            reporter=reporter, loop=loop)
+            # checkpoints only serve a resume: the adapter is saved below, so they go
+            shutil.rmtree(folder / "trainer", ignore_errors=True)
+            if outcome.resumed_from_step is not None:
+                base = {**base, "resumed_from_step": outcome.resumed_from_step}
+            if outcome.pruned_at is not None:
+                ok = True
+                return _pruned(folder, base, outcome, load_s, t_start)
+        t1 = time.perf_counter()
+        test = tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
+        # more test sets (the Qwen3 tutorial reports two MCQ sets, each with its SE)
+        more = {name: tasks.evaluator(task, tokenizer, rows, spec.train)(model) for name, rows in task.tests.items()}
+        eval_s = time.perf_counter() - t1
+        artifacts = _save(model, tokenizer if token_ids else None, spec, folder, initial)
+        metric, direction = task.objective
+        result = {**base, "status": "done", "reason": "",
+                  "metrics": {"test": test, **({"tests": more} if more else {}),
+                              **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
+                  "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
+                  "curve": outcome.curve if outcome else [],
+                  "timing": _timing(load_s, outcome, eval_s, t_start),
+                  "memory": store.peak_memory(), "artifacts": artifacts}
+        result = store.write_result(folder, result)
+        tracker.summary({f"test_{k}": v for k, v in test.items()})
+        ok = True
+    finally:
+        tracker.finish(ok)
+    for name, m in more.items():
+        say(f"{spec.slug}: test set {name}: {headline(m)}")
+    say(f"{spec.slug}: test {headline(test)} | "
+        f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / store.RESULT_FILE}")
+    return result
+
+
+def _pruned(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
+    """A run the sweeper's pruner stopped: its curve so far, no test evaluation, no adapter."""
+    reason = f"stopped by the sweep's pruner at step {outcome.pruned_at}"
+    say(f"{base['slug']}: {reason}")
+    last = outcome.curve[-1] if outcome.curve else {}
+    return store.write_result(folder, {
+        **base, "status": "pruned", "reason": reason,
+        "metrics": {"eval": {k: v for k, v in last.items() if k not in ("step", "epoch", "train_loss")}},
+        "curve": outcome.curve, "timing": _timing(load_s, outcome, 0.0, t_start), "memory": store.peak_memory()})
+
+
+def _checked_params(model, plan: Plan) -> dict[str, Any]:
+    """peft's count of the built model, checked against the plan's: a difference is a bug, not a warning."""
+    trainable, total = methods.count_parameters(model)
+    adapted = methods.adapted_modules(model)
+    if trainable != plan.predicted:
+        raise RuntimeError(f"trainable parameters: predicted {plan.predicted:,} before loading, the built "
+                           f"model has {trainable:,}; the budget arithmetic in lorasweep.model.params is wrong here")
+    if sorted(adapted) != sorted(plan.targets):
+        raise RuntimeError(f"peft adapted {len(adapted)} modules, the projection code promised "
+                           f"{len(plan.targets)}: {sorted(set(adapted) ^ set(plan.targets))[:5]}")
+    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
+            "predicted": plan.predicted, "adapted_modules": adapted, "n_adapted_modules": len(adapted)}
+
+
+def _save(model, tokenizer, spec: RunSpec, folder: Path, initial: Path | None) -> dict[str, Any]:
+    """The adapter in PEFT format (adapter methods) or the whole model (full); nothing for none.
+    With injected tokens the tokenizer is saved beside it: the new ids are part of the model."""
+    if spec.method == "none":
+        return {}
+    if spec.method in methods.ADAPTER_METHODS:
+        target = folder / "adapter"
+        methods.save_adapter(model, spec, target, initial)
+    else:
+        target = folder / "model"
+        model.save_pretrained(target)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(target)
+    # the path is relative to the run's folder, so a results store can be moved or copied whole
+    return {"kind": target.name, "path": target.name, "size_bytes": store.folder_size(target)}
+
+
+def _timing(load_s: float, outcome, eval_s: float, t_start: float) -> dict[str, float]:
+    train_s = outcome.train_seconds if outcome else 0.0
+    examples = outcome.examples if outcome else 0
+    return {"load_s": round(load_s, 3), "train_s": round(train_s, 3),
+            "train_eval_s": round(outcome.eval_seconds, 3) if outcome else 0.0,
+            "eval_s": round(eval_s, 3), "total_s": round(time.perf_counter() - t_start, 3),
+            "steps": outcome.steps if outcome else 0,
+            "train_examples_per_s": round(examples / train_s, 2) if train_s else None}
+

@@ -1,0 +1,241 @@
+"""The training loop: transformers' Trainer for classification, trl's SFTTrainer for chat SFT.
+
+Both trainers evaluate with the task's own evaluator (accuracy with its standard error, the same
+code as the final test evaluation) every `train.eval_steps`, which yields the run's curve.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..config.spec import TrainSpec
+from ..console import say
+from ..errors import DataError
+from ..tasks.metrics import headline
+from ..tasks.task import TrainingData
+from .tracking import Tracker
+
+Evaluator = Callable[[torch.nn.Module], dict]
+Reporter = Callable[[int, dict], bool]  # (step, eval metrics) -> stop now? (a sweeper's pruner)
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """Loop settings that do not change what a run computes (so they are not in its run key)."""
+
+    save_steps: int = 0         # checkpoint every N steps into the run's trainer/ folder (0: never)
+    step_sleep_s: float = 0.0   # sleep after each step: lets a test interrupt a tiny run mid-training
+
+    @classmethod
+    def from_config(cls, train_cfg: Mapping[str, Any]) -> "LoopOptions":
+        """train.save_steps: null checkpoints every eval_steps inside a SLURM job (a requeued run
+        resumes) and never elsewhere; 0 never; N every N steps. train.step_sleep_s slows steps."""
+        save = train_cfg.get("save_steps")
+        if save is None:
+            save = int(train_cfg.get("eval_steps") or 50) if os.environ.get("SLURM_JOB_ID") else 0
+        return cls(save_steps=int(save), step_sleep_s=float(train_cfg.get("step_sleep_s") or 0.0))
+
+
+@dataclass
+class TrainOutcome:
+    curve: list[dict] = field(default_factory=list)
+    steps: int = 0
+    train_seconds: float = 0.0    # optimisation only: evaluations along the way are not counted
+    eval_seconds: float = 0.0
+    examples: int = 0
+    final_train_loss: float | None = None
+    pruned_at: int | None = None  # the step at which the reporter stopped the run
+    resumed_from_step: int | None = None  # the checkpoint this run continued from (after a requeue)
+
+
+class _TaskEvaluation:
+    """Mixin for a Trainer: evaluate() runs the task's evaluator and records a curve point."""
+
+    task_evaluate: Evaluator
+    outcome: TrainOutcome
+    reporter: Reporter | None = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        start = time.perf_counter()
+        metrics = self.task_evaluate(self.model)
+        self.outcome.eval_seconds += time.perf_counter() - start
+        losses = [h["loss"] for h in self.state.log_history if "loss" in h]
+        self.outcome.curve.append({"step": self.state.global_step, "epoch": self.state.epoch or 0.0,
+                                   "train_loss": losses[-1] if losses else None, **metrics})
+        logs = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        self.log(logs)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, logs)
+        if self.reporter and self.state.global_step and self.reporter(self.state.global_step, metrics):
+            self.outcome.pruned_at = self.state.global_step
+            self.control.should_training_stop = True
+        return logs
+
+
+class _ClassificationTrainer(_TaskEvaluation, Trainer):
+    pass
+
+
+def _sft_trainer_class():
+    """trl (and datasets, wandb through it) imported only by runs that use it: ~0.5 s off a classification run."""
+    from trl import SFTTrainer
+
+    class _SFTTrainer(_TaskEvaluation, SFTTrainer):
+        """trl's SFT, except with trained injected tokens on a tied output layer: trl's fused LM head
+        multiplies by lm_head.weight directly, which would skip peft's trained token rows (and fails on
+        peft's wrapper), so the loss then comes from the model's own forward (labels already masked)."""
+
+        plain_loss = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self.plain_loss:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            keep = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
+            return Trainer.compute_loss(self, model, keep, return_outputs, num_items_in_batch)
+
+    return _SFTTrainer
+
+
+class ProgressPrinter(TrainerCallback):
+    """One line per log: step, loss, examples/s and ETA; eval lines with accuracy ± SE. Forwards to the tracker."""
+
+    def __init__(self, tracker: Tracker, batch_size: int):
+        self.tracker, self.batch_size, self.start = tracker, batch_size, time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        self.tracker.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, state.global_step)
+        step, total = state.global_step, state.max_steps
+        if "eval_n" in logs:
+            metrics = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_")}
+            loss = f"  loss {logs['eval_loss']:.3f}" if "eval_accuracy" in logs else ""
+            say(f"  eval  step {step:>5}/{total}  {headline(metrics)}{loss}")
+        elif "loss" in logs and step:
+            elapsed = time.perf_counter() - self.start
+            rate = step * self.batch_size / elapsed
+            eta = elapsed / step * (total - step)
+            say(f"  train step {step:>5}/{total}  loss {logs['loss']:.4f}  {rate:.1f} ex/s  ETA {eta:.0f}s")
+
+
+class _Checkpoints(TrainerCallback):
+    """Keeps the curve beside each checkpoint, so a resumed run's curve starts where training did."""
+
+    def __init__(self, outcome: TrainOutcome, workdir: Path):
+        self.outcome, self.workdir = outcome, workdir
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = self.workdir / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / CURVE_FILE).write_text(json.dumps(self.outcome.curve))
+
+
+class _SlowSteps(TrainerCallback):
+    """Sleeps after each step: lets a test interrupt a tiny run mid-training (train.step_sleep_s)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+
+
+CURVE_FILE = "lorasweep_curve.json"
+
+
+def last_complete_checkpoint(workdir: Path) -> str | None:
+    """The newest checkpoint that was saved to the end, or None.
+
+    A job signalled (time limit, preemption) while the Trainer was saving leaves a checkpoint folder
+    without its trainer_state.json, which the Trainer writes last: it is removed, and the one before
+    it (kept until the new one is complete) is resumed from instead."""
+    if not workdir.is_dir():
+        return None
+    found = sorted((p for p in workdir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for folder in found:
+        if (folder / "trainer_state.json").exists():
+            return str(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: TrainSpec, *, kind: str,
+          workdir: Path, tracker: Tracker, reporter: Reporter | None = None,
+          loop: LoopOptions = LoopOptions()) -> TrainOutcome:
+    """Train `model` in place and return its curve and timing. kind: the task kind.
+
+    `reporter` sees every evaluation along training; when it answers True the run stops there.
+    `loop.save_steps` > 0 checkpoints into `workdir` every that many steps (the last one kept), and
+    a checkpoint found there at the start is resumed from: a run requeued after a time limit or a
+    preemption continues instead of starting over.
+    """
+    outcome = TrainOutcome()
+    common = _arguments(spec, workdir, loop.save_steps)
+    if kind == "classification":
+        trainer = _ClassificationTrainer(model=model, args=TrainingArguments(**common),
+                                         train_dataset=data.train, eval_dataset=data.eval,
+                                         data_collator=data.collator, processing_class=tokenizer)
+    else:
+        # SFTConfig defaults to bf16 and gradient checkpointing: both wrong on a CPU (2x slower,
+        # and a reloaded adapter differs), so they are set explicitly.
+        from trl import SFTConfig
+
+        args = SFTConfig(**common, max_length=spec.max_length, gradient_checkpointing=False,
+                         packing=False, completion_only_loss=True)
+        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=data.train,
+                                       eval_dataset=data.eval, processing_class=tokenizer)
+        head = model.get_output_embeddings()
+        trainer.plain_loss = head is not None and not isinstance(head, torch.nn.Linear)  # peft's token wrapper
+    if len(trainer.train_dataset) == 0:  # trl drops rows whose completion was cut off entirely
+        raise DataError(f"no training example fits train.max_length={spec.max_length} tokens with its "
+                        f"answer: raise train.max_length")
+    trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
+    trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
+    trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))
+    if loop.save_steps > 0:
+        trainer.add_callback(_Checkpoints(outcome, workdir))
+    if loop.step_sleep_s > 0:
+        trainer.add_callback(_SlowSteps(loop.step_sleep_s))
+    last = last_complete_checkpoint(workdir) if loop.save_steps > 0 else None
+    if last:
+        outcome.resumed_from_step = int(Path(last).name.split("-")[-1])
+        saved = Path(last) / CURVE_FILE
+        outcome.curve = json.loads(saved.read_text()) if saved.exists() else []
+        say(f"  resuming from step {outcome.resumed_from_step} ({last})")
+    else:
+        trainer.evaluate()  # the curve's step-0 point: the model before any update
+    outcome.eval_seconds = 0.0
+    before_evals = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=last)
+    wall = time.perf_counter() - before_evals
+    outcome.train_seconds = wall - outcome.eval_seconds
+    outcome.steps = out.global_step
+    outcome.examples = out.global_step * spec.batch_size
+    outcome.final_train_loss = out.training_loss
+    return outcome
+
+
+def _arguments(spec: TrainSpec, workdir: Path, save_steps: int = 0) -> dict:
+    cuda = torch.cuda.is_available()
+    return dict(
+        output_dir=str(workdir), per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.eval_batch_size, learning_rate=spec.lr,
+        num_train_epochs=spec.epochs, max_steps=spec.max_steps, weight_decay=spec.weight_decay,
+        warmup_steps=spec.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all steps
+        eval_strategy="steps", eval_steps=spec.eval_steps,
+        logging_steps=max(1, spec.eval_steps // 5),
+        save_strategy="steps" if save_steps > 0 else "no", save_steps=max(1, save_steps), save_total_limit=1,
+        seed=spec.seed, data_seed=spec.seed, use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,  # never bf16 autocast on a CPU
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0)

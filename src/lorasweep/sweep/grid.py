@@ -1,0 +1,184 @@
+"""A grid sweep: triage every run, train the rest through an executor (local workers or SLURM jobs).
+
+Prints "run i/N" lines as runs start and finish and a summary at the end (done, already done,
+over budget, failed, best so far). Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops its workers;
+finished runs keep their results and the same command later trains only what is missing.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig
+
+from ..console import say
+from ..errors import SubmissionError
+from ..tasks.metrics import headline
+from .compose import JobConfigs, varying_overrides
+from .triage import triage
+
+INTERRUPTING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # kill, a closed terminal: handled as Ctrl-C
+
+
+@dataclass
+class SweepJob:
+    """One run of the sweep: where it stands in the grid and what trains it."""
+
+    index: int                     # 0-based position in the grid
+    overrides: Sequence[str]       # its command-line overrides (Hydra's JobReturn wants them back)
+    node: DictConfig               # its composed config, hydra node included
+    cfg: dict[str, Any]            # the plain config a worker runs
+    label: str                     # what differs from the other runs, e.g. "lora.r=4 lora.proj=qk"
+    total: int                     # runs in the sweep
+    folder: Path | None = None     # its folder in the results store
+    started: float = 0.0           # perf_counter when submitted
+
+    @property
+    def tag(self) -> str:
+        return f"run {self.index + 1}/{self.total} {self.label}"
+
+
+@dataclass
+class SweepTally:
+    """Counts by outcome, the best run so far (by its objective), and Hydra's return per job."""
+
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+    best: tuple[float, str, dict] | None = None  # (objective value, label, result)
+    returns: list[JobReturn | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.returns = [None] * self.total
+
+    def record(self, job: SweepJob, outcome: str, line: str, result: dict | None = None,
+               error: BaseException | None = None) -> None:
+        """Count the job's outcome, say its line, and keep its return for Hydra."""
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        objective = (result or {}).get("objective") or {}
+        value = objective.get("value")
+        if value is not None:
+            sign = 1 if objective.get("direction", "maximize") == "maximize" else -1
+            if self.best is None or sign * value > sign * self.best[0]:
+                self.best = (value, job.label, result)
+        say(line)
+        self.returns[job.index] = JobReturn(overrides=list(job.overrides), cfg=job.node, task_name="lorasweep",
+                                            status=JobStatus.FAILED if error else JobStatus.COMPLETED,
+                                            _return_value=error if error else value)
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.values())
+
+    def best_line(self) -> str:
+        if self.best is None:
+            return "no finished run yet"
+        value, label, result = self.best
+        se = ((result.get("metrics") or {}).get("test") or {}).get("accuracy_se")
+        return f"{value:.4f}" + (f" ± {se:.4f}" if se is not None else "") + f" ({label})"
+
+    def summary(self) -> str:
+        order = ("done", "already done", "same run", "over budget", "pruned", "failed", "invalid")
+        parts = [f"{self.counts[k]} {k}" for k in order if self.counts.get(k)]
+        return f"sweep: {self.total} runs: {', '.join(parts) or 'none finished'}; best: {self.best_line()}"
+
+
+def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[Sequence[str]],
+               open_executor: Callable[[], Any]) -> list[JobReturn]:
+    """Run a grid's jobs; `open_executor()` gives where they train (lorasweep.executors)."""
+    for signum in INTERRUPTING_SIGNALS:
+        signal.signal(signum, _interrupt)
+    shared, labels = varying_overrides(job_overrides)
+    total = len(job_overrides)
+    say(f"sweep: {total} runs" + (f"; every run: {' '.join(shared)}" if shared else ""))
+    tally = SweepTally(total)
+    queue: list[SweepJob] = []
+    queued: dict[Path, SweepJob] = {}  # run folder -> the job that trains it
+    configs = JobConfigs(config_loader, sweep_config)
+    for i, overrides in enumerate(job_overrides):
+        node, cfg = configs(overrides)
+        job = SweepJob(i, overrides, node, cfg, labels[i], total)
+        decision = triage(cfg)
+        job.folder = decision.folder
+        if decision.verdict == "invalid":
+            tally.record(job, "invalid", f"{job.tag}: invalid: {decision.error}")
+        elif decision.verdict == "done":
+            tally.record(job, "already done", f"{job.tag}: already done, {_metric(decision.stored)}", decision.stored)
+        elif decision.verdict == "over_budget":
+            tally.record(job, "over budget", f"{job.tag}: over budget, {decision.stored['reason']}", decision.stored)
+        elif decision.folder in queued:  # e.g. method=none x lora.r=4,8: settings the run ignores, one run key
+            first = queued[decision.folder]
+            tally.record(job, "same run", f"{job.tag}: the same run as run {first.index + 1}/{total} "
+                                          f"(same run key), trained once")
+        else:
+            queued[decision.folder] = job
+            queue.append(job)
+    if queue:
+        _train(queue, tally, open_executor)
+    say(tally.summary())
+    if tally.counts.get("invalid") and not tally.counts.get("failed"):
+        # a config mistake was said in one line per run above: exit 2 without a traceback
+        raise SystemExit(2)
+    return tally.returns  # Hydra raises a failed run's exception (with the worker's traceback) after this
+
+
+def _train(queue: list[SweepJob], tally: SweepTally, open_executor: Callable[[], Any]) -> None:
+    running: dict[Future, SweepJob] = {}
+    durations: list[float] = []  # of the runs trained here: for the sweep's ETA
+    executor = None
+    try:
+        with open_executor() as executor:
+            while queue or running:
+                batch = queue[:max(0, executor.n_jobs - len(running))]  # submit only what starts now
+                del queue[:len(batch)]
+                futures = executor.submit_many([(job.cfg, job.folder) for job in batch]) if batch else []
+                for job, future in zip(batch, futures):
+                    job.started = time.perf_counter()
+                    running[future] = job
+                    note = getattr(future, "note", "")
+                    say(f"run {job.index + 1}/{job.total} {executor.verb}: {job.label}" + (f" ({note})" if note else ""))
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job = running.pop(future)
+                    durations.append(time.perf_counter() - job.started)
+                    _collect(future, job, tally)
+                    left = len(queue) + len(running)
+                    eta = sum(durations) / len(durations) * left / max(1, min(executor.n_jobs, left))
+                    say(f"  {tally.finished}/{tally.total} finished, best so far: {tally.best_line()}"
+                        + (f"; ETA {eta / 60:.1f} min for {left} more" if left else ""))
+    except SubmissionError as e:  # before anything waited: the cluster settings are wrong
+        say(f"sweep: the cluster refused the runs: {e}")
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        away = executor.in_flight() if hasattr(executor, "in_flight") else []
+        say(f"sweep interrupted: {tally.finished} of {tally.total} runs finished and kept; "
+            + (f"{len(away)} runs go on as SLURM jobs; run the same command again to collect them "
+               "and submit the rest" if away else "run the same command again to train the rest"))
+        raise SystemExit(130) from None
+
+
+def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
+    elapsed = f"{time.perf_counter() - job.started:.0f}s"
+    try:
+        result = future.result()
+    except Exception as e:  # the run recorded itself as failed; the sweep goes on
+        tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {type(e).__name__}: {e} "
+                                    f"(see {job.folder / 'traceback.txt'})", error=e)
+        return
+    outcome = {"done": "done", "pruned": "pruned", "skipped_budget": "over budget"}[result["status"]]
+    tally.record(job, outcome, f"{job.tag}: {outcome}, {_metric(result)}, {elapsed}", result)
+
+
+def _metric(result: dict) -> str:
+    test = (result.get("metrics") or {}).get("test")
+    trainable = (result.get("params") or {}).get("trainable")
+    text = headline(test) if test else result.get("reason", "")
+    return text + (f", {trainable:,} trainable" if trainable is not None else "")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,296 @@
+"""The Optuna search behind `hydra/sweeper=optuna`: an ask-and-tell loop over lorasweep's executors.
+
+`n_jobs` runs are in flight (local worker processes, or SLURM jobs under hydra/launcher=slurm) and a
+new trial is asked as soon as any finishes. Each trial's run is triaged like a grid's (invalid, done,
+over budget, train). The study lives in a storage (by default a sqlite file in the results store),
+so a killed sweep started again with the same command continues it: n_trials counts finished
+trials in total, and a finished run (same run key) is never trained twice.
+"""
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import optuna
+from optuna.trial import TrialState
+
+from ..compat import reopen_trial, trial_id
+from ..console import say
+from ..executors.factory import executor_for
+from . import optuna_space as space_of
+from .triage import triage
+
+ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
+REUSABLE = ("done", "pruned")  # a stored result of these stands for its run key's trial
+
+
+@dataclass
+class OptunaSettings:
+    """hydra/sweeper=optuna's keys (conf/hydra/sweeper/optuna.yaml), as plain values."""
+
+    sampler: Any = "tpe"
+    seed: int | None = None
+    direction: Any = "maximize"
+    objectives: list[str] = field(default_factory=lambda: ["objective.value"])
+    study_name: str | None = None
+    storage: str | None = None
+    n_trials: int = 20
+    n_jobs: int = 1
+    pruner: Any = "none"
+    params: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "OptunaSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known - {"_target_"})
+        if unknown:
+            raise ValueError(f"hydra.sweeper: unknown Optuna setting(s) {unknown}; valid: {sorted(known)}")
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+    def __post_init__(self) -> None:
+        if int(self.n_trials) < 1 or int(self.n_jobs) < 1:
+            raise ValueError(f"hydra.sweeper.n_trials={self.n_trials}, n_jobs={self.n_jobs}: both must be at least 1")
+        self.n_trials, self.n_jobs = int(self.n_trials), int(self.n_jobs)
+        self.objectives = [str(o) for o in (self.objectives or ["objective.value"])]
+        self.params = dict(self.params or {})
+
+
+@dataclass
+class _Job:
+    """One run in flight, and the trials waiting on it (two trials may ask for the same run key)."""
+
+    run_key: str
+    trials: list[tuple[optuna.trial.Trial, str]]  # (trial, its progress label)
+
+
+class OptunaSweep:
+    """One sweep: `OptunaSweep(settings, compose, launcher, results_dir).run(arguments)`.
+
+    `compose(overrides)` gives a trial's plain config; `launcher` is the hydra.launcher config (it
+    picks local workers or SLURM jobs); `results_dir` holds the default storage."""
+
+    def __init__(self, settings: OptunaSettings, compose: Callable[[list[str]], dict],
+                 launcher: dict | None, results_dir: Path) -> None:
+        self.s, self.compose, self.launcher, self.results_dir = settings, compose, launcher, results_dir
+        self.stats = {"trained": 0, "reused": 0}
+
+    def run(self, arguments: list[str]) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        params_conf = [f"{k}={v}" for k, v in self.s.params.items()] + list(arguments)
+        self.space, self.fixed = space_of.parse_space(params_conf)
+        if not self.space:
+            raise ValueError("the Optuna sweeper found no search space: give one, e.g. 'lora.r=choice(4,8,16)' "
+                             "or hydra.sweeper.params")
+        directions = space_of.directions_for(self.s.direction, self.s.objectives)
+        sampler = space_of.make_sampler(self.s.sampler, self.s.seed, self.space)
+        self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.s.sampler) else None
+        self.n_trials = min(self.s.n_trials, len(self.grid)) if self.grid is not None else self.s.n_trials
+        self.storage = self._storage_url()
+        self.study = optuna.create_study(storage=self.storage, sampler=sampler, directions=directions,
+                                         study_name=self.s.study_name or space_of.default_study_name(
+                                             params_conf, self.s.objectives), load_if_exists=True)
+        if [d.name.lower() for d in self.study.directions] != directions:
+            raise ValueError(f"study {self.study.study_name!r} exists with directions "
+                             f"{[d.name.lower() for d in self.study.directions]}, not {directions}: "
+                             f"set hydra.sweeper.study_name to start a new one")
+        say(f"optuna study {self.study.study_name!r} in {self.storage}: {self.n_trials} trials, "
+            f"{self.s.n_jobs} at a time, sampler {type(sampler).__name__}")
+        self._recover_abandoned()
+        self._loop()
+        self._summary()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        finished = len(self._counted_trials())
+        inflight: dict[Future, _Job] = {}
+        by_key: dict[str, Future] = {}
+        executor = executor_for(self.launcher, self.s.n_jobs, self.s.threads)
+        try:
+            while True:
+                while len(inflight) < self.s.n_jobs and finished + _pending(inflight) < self.n_trials:
+                    finished += self._start(finished + _pending(inflight) + 1, executor, inflight, by_key)
+                if not inflight:
+                    return
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = inflight.pop(future)
+                    by_key.pop(job.run_key, None)
+                    for trial, label in job.trials:
+                        self._tell_outcome(trial, label, future)
+                        finished += 1
+        finally:
+            # a Ctrl-C leaves its trials RUNNING; the next start of this sweep recovers them
+            executor.shutdown(cancel=bool(inflight))
+
+    def _start(self, ordinal: int, executor, inflight: dict[Future, _Job], by_key: dict[str, Future]) -> int:
+        """Ask one trial and start it; returns 1 when it was told at once (over budget, reused, invalid)."""
+        if self.grid is not None:  # the next cell no finished or running trial holds
+            taken = {_cell(t.params) for t in self._counted_trials()}
+            taken |= {_cell(t.params) for job in inflight.values() for t, _ in job.trials}
+            self.study.enqueue_trial(next(c for c in self.grid if _cell(c) not in taken))
+        trial = self.study.ask(fixed_distributions=self.space)
+        label = f"trial {ordinal}/{self.n_trials} {_params(trial)}"
+        try:
+            cfg = self._compose(trial.params)
+            decision = triage(cfg)
+            mistake = decision.mistake
+        except Exception as e:  # a bad cell of the space (e.g. a value Hydra rejects): fail it, go on
+            mistake = e
+        if mistake is not None:
+            error = f"{type(mistake).__name__}: {mistake}"
+            return self._tell(trial, TrialState.FAIL, label, f"invalid: {error}", status="failed", reason=error)
+        plan, folder = decision.plan, decision.folder
+        key = plan.spec.run_key
+        trial.set_user_attr("run_key", key)
+        trial.set_user_attr("result_dir", str(folder))
+        if decision.verdict == "over_budget":  # recorded as skipped_budget; nothing launched
+            return self._tell(trial, TrialState.PRUNED, label, f"over budget ({plan.predicted:,} > {plan.budget:,})",
+                              status="skipped_budget", reason=decision.stored["reason"])
+        if decision.stored and decision.stored.get("status") in REUSABLE:
+            self.stats["reused"] += 1
+            return self._tell_result(trial, label, decision.stored, suffix=" (reused stored result)")
+        if key in by_key:  # the same run is already training for another trial: wait for it
+            inflight[by_key[key]].trials.append((trial, label))
+            say(f"{label}: same run as one in flight ({key}), waiting for it")
+            return 0
+        if len(self.s.objectives) == 1:  # Optuna prunes single-objective studies only
+            cfg["trial"] = {"storage": self.storage, "study_name": self.study.study_name,
+                            "trial_id": trial_id(trial), "number": trial.number, "pruner": self.s.pruner,
+                            "metric": "accuracy"}
+        future = executor.submit_many([(cfg, folder)])[0]
+        inflight[future] = _Job(key, [(trial, label)])
+        by_key[key] = future
+        self.stats["trained"] += 1
+        note = getattr(future, "note", "")
+        say(f"{label}: {executor.verb} (job {trial.number}{f', {note}' if note else ''})")
+        return 0
+
+    # -- telling the study ------------------------------------------------------------------------
+
+    def _tell_outcome(self, trial, label: str, future: Future) -> None:
+        error = future.exception()
+        if error is not None:
+            reason = f"{type(error).__name__}: {error}"
+            self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
+        else:
+            self._tell_result(trial, label, future.result())
+
+    def _tell_result(self, trial, label: str, result: dict, suffix: str = "") -> int:
+        status = result.get("status")
+        if status == "done":
+            values = [_field(result, name) for name in self.s.objectives]
+            missing = [n for n, v in zip(self.s.objectives, values) if not isinstance(v, (int, float))]
+            if missing:
+                return self._tell(trial, TrialState.FAIL, label, f"no objective {missing} in the result",
+                                  status="failed", reason=f"result has no number at {missing}")
+            shown = " ".join(f"{v:.4g}" for v in values)
+            return self._tell(trial, TrialState.COMPLETE, label, f"done {shown}{suffix}", values=values,
+                              status="done")
+        if status == "pruned":
+            step = (result.get("curve") or [{}])[-1].get("step", "?")
+            return self._tell(trial, TrialState.PRUNED, label, f"pruned at step {step}{suffix}", status="pruned")
+        if status == "skipped_budget":
+            return self._tell(trial, TrialState.PRUNED, label, "over budget", status="skipped_budget",
+                              reason=result.get("reason", ""))
+        reason = result.get("reason") or f"status {status!r}"
+        return self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
+
+    def _tell(self, trial, state, label: str, message: str, values: list[float] | None = None,
+              **attrs: Any) -> int:
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        self.study.tell(trial, values, state=state)
+        say(f"{label}: {message}")
+        return 1
+
+    # -- restart ----------------------------------------------------------------------------------
+
+    def _counted_trials(self) -> list:
+        return [t for t in self.study.get_trials(deepcopy=False)
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                or (t.state == TrialState.FAIL and t.user_attrs.get("status") != ABANDONED)]
+
+    def _recover_abandoned(self) -> None:
+        """Trials left RUNNING by a driver that died: tell a result its run left on disk, else fail
+        them (not counted) and enqueue their params so that the sampler's choice is not lost.
+
+        This assumes one driver per study: a second driver sharing it would see our runs as abandoned."""
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial = reopen_trial(self.study, trial_id(frozen))
+            label = f"trial #{frozen.number} (left running) {_params(frozen)}"
+            complete = set(frozen.params) == set(self.space)
+            stored = None
+            if complete:
+                try:
+                    stored = triage(self._compose(frozen.params), record=False).stored
+                except Exception:  # the space changed since: nothing to recover
+                    complete = False
+            if stored and stored.get("status") in REUSABLE:
+                self._tell_result(trial, label, stored, suffix=" (recovered from disk)")
+                continue
+            self._tell(trial, TrialState.FAIL, label, "abandoned by a stopped sweep, asked again"
+                       if complete else "abandoned by a stopped sweep", status=ABANDONED)
+            # a grid walks to the cell again by itself; other samplers get the params back
+            if complete and self.grid is None:
+                self.study.enqueue_trial(dict(frozen.params))
+
+    # -- configs and paths ------------------------------------------------------------------------
+
+    def _compose(self, params: dict[str, Any]) -> dict[str, Any]:
+        overrides = [f"{k}={v}" for k, v in self.fixed.items()]
+        overrides += [f"{k}={space_of.format_value(v)}" for k, v in params.items()]
+        return self.compose(overrides)
+
+    def _storage_url(self) -> str:
+        if self.s.storage:
+            return str(self.s.storage)
+        store = self.results_dir.resolve()
+        store.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{store / 'optuna.db'}"
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    def _summary(self) -> None:
+        counted = self._counted_trials()
+        by = {s: sum(1 for t in counted if t.user_attrs.get("status") == s)
+              for s in ("done", "pruned", "failed", "skipped_budget")}
+        complete = [t for t in counted if t.state == TrialState.COMPLETE]
+        say(f"sweep: {len(counted)}/{self.n_trials} trials finished in study {self.study.study_name!r}: "
+            f"{len(complete)} complete, {by['pruned']} pruned, {by['failed']} failed, "
+            f"{by['skipped_budget']} over budget; this time {self.stats['trained']} trained, "
+            f"{self.stats['reused']} reused" + ("; nothing left to run" if not self.stats["trained"] else ""))
+        if not complete:
+            return
+        if len(self.s.objectives) == 1:
+            best = self.study.best_trial
+            say(f"best {self.s.objectives[0]} = {best.value:.4g} (trial #{best.number}): {_params(best)}")
+        else:
+            say(f"Pareto front ({', '.join(self.s.objectives)}):")
+            for t in sorted(self.study.best_trials, key=lambda t: t.values):
+                say(f"  {' '.join(f'{v:.4g}' for v in t.values)}  trial #{t.number}: {_params(t)}")
+
+
+def _cell(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in params.items()))
+
+
+def _pending(inflight: dict[Future, _Job]) -> int:
+    return sum(len(job.trials) for job in inflight.values())
+
+
+def _field(result: dict, dotted: str) -> Any:
+    """result["metrics"]["test"]["accuracy"] for "metrics.test.accuracy"; None when absent."""
+    node: Any = result
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _params(trial) -> str:
+    return " ".join(f"{k}={space_of.short(v)}" for k, v in trial.params.items())

@@ -1,0 +1,57 @@
+"""The plan of a sweep as a table: one row per run, counted from configs alone, and a total line."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .triage import triage
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    overrides: str
+    trainable: int | None = None
+    base_total: int | None = None
+    budget: int | None = None
+    rank: str = ""                 # "22 (auto)" when lora.r=auto chose it
+    over_budget: bool = False
+    done: bool = False
+    error: str = ""
+
+
+def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
+    """Plan one run, writing nothing; a config error becomes the row's error rather than stopping
+    the whole plan."""
+    decision = triage(cfg, record=False)
+    plan = decision.plan
+    if plan is None:
+        return PlanRow(label, error=decision.error)
+    spec = plan.spec
+    rank = f"{spec.lora.r} (auto)" if plan.auto_rank else (str(spec.lora.r) if plan.targets else "-")
+    return PlanRow(label, plan.predicted, plan.base_total, plan.budget, rank, plan.over_budget,
+                   decision.verdict == "done")
+
+
+def format_plan(rows: list[PlanRow]) -> str:
+    head = ("run", "r", "trainable", "% of model", "% of budget", "over budget", "done")
+    table = [head] + [_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+             for line in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [f"  error: {r.overrides}: {r.error}" for r in rows if r.error]
+    over = sum(r.over_budget for r in rows)
+    done = sum(r.done for r in rows)
+    errors = sum(bool(r.error) for r in rows)
+    to_run = sum(not (r.over_budget or r.done or r.error) for r in rows)
+    lines.append(f"total: {len(rows)} runs, {over} over budget, {done} already done, "
+                 f"{errors} with errors, {to_run} to run")
+    return "\n".join(lines)
+
+
+def _cells(r: PlanRow) -> tuple[str, ...]:
+    if r.error:
+        return (r.overrides or "(defaults)", "", "error", "", "", "", "")
+    budget = f"{100 * r.trainable / r.budget:.1f}%" if r.budget else "-"
+    return (r.overrides or "(defaults)", r.rank, f"{r.trainable:,}", f"{100 * r.trainable / r.base_total:.3f}%",
+            budget, "OVER" if r.over_budget else "no", "yes" if r.done else "no")

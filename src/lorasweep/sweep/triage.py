@@ -1,0 +1,55 @@
+"""The decision every sweep makes for each of its runs before anything trains.
+
+    triage(cfg) -> invalid      a mistake in the config or its data (said in one line)
+                   done         its result is in the store: never trained twice
+                   over_budget  more trainable parameters than the budget: recorded, never launched
+                   train        none of the above
+
+The grid driver, the Optuna loop and the plan view all ask here. One more case is the driver's own:
+two cells of one sweep with the same run key (e.g. method=none x lora.r=4,8) train once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import USER_ERRORS
+from ..run.lifecycle import record_over_budget
+from ..run.plan import Plan, plan_run
+from ..run.store import read_result, store_dir
+
+
+@dataclass(frozen=True)
+class Triage:
+    verdict: str                  # invalid | done | over_budget | train
+    plan: Plan | None = None      # None when invalid
+    folder: Path | None = None    # the run's folder in the results store
+    stored: dict | None = None    # its stored result (any status), or the skipped_budget record just written
+    mistake: Exception | None = None  # invalid: the ConfigError, DataError, ... that says what is wrong
+
+    @property
+    def error(self) -> str:
+        return str(self.mistake or "")
+
+    @property
+    def label(self) -> str:
+        """How progress lines say it."""
+        return {"over_budget": "over budget", "done": "already done"}.get(self.verdict, self.verdict)
+
+
+def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
+    """Plan the run (no weight is read) and decide. `record`: write an over-budget run's
+    skipped_budget result (the plan view writes nothing)."""
+    try:
+        plan = plan_run(cfg)
+    except USER_ERRORS as e:
+        return Triage("invalid", mistake=e)
+    store = store_dir(cfg)
+    folder = plan.folder(store)
+    stored = read_result(folder)
+    if stored and stored.get("status") == "done":
+        return Triage("done", plan, folder, stored)
+    if plan.over_budget:
+        return Triage("over_budget", plan, folder, record_over_budget(plan, store) if record else stored)
+    return Triage("train", plan, folder, stored)

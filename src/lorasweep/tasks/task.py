@@ -1,0 +1,112 @@
+"""A task: its rows (read and checked before any model is loaded), and how to train and score on them."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+
+from ..config.paths import resolve_data_path
+from ..config.spec import GENERATION_KINDS, TaskSpec, TrainSpec
+from ..errors import DataError
+from . import classification, generation, mcq
+from .formats import load_chat, load_classification, load_completion, load_mcq
+
+LOADERS = {"classification": load_classification, "mcq": load_mcq, "chat": load_chat,
+           "completion": load_completion}
+
+
+@dataclass
+class Task:
+    spec: TaskSpec
+    train: list[dict]
+    eval: list[dict]
+    test: list[dict]
+    labels: list[str]  # classification only: class names, ids follow this order
+    tests: dict[str, list[dict]] = field(default_factory=dict)  # more test sets, by name
+
+    @property
+    def head(self) -> str:
+        return "classification" if self.spec.kind == "classification" else "causal_lm"
+
+    @property
+    def label_ids(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels)}
+
+    @property
+    def num_labels(self) -> int | None:
+        return len(self.labels) if self.spec.kind == "classification" else None
+
+    @property
+    def objective(self) -> tuple[str, str]:
+        """(metric, direction): accuracy where there is one; generation has token accuracy (exact
+        match is near zero for small models, so it would not rank runs)."""
+        if self.spec.kind in GENERATION_KINDS:
+            return "token_accuracy", "maximize"
+        return "accuracy", "maximize"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a task's trainer takes: encoded rows (or an SFT dataset) and the batch collator."""
+
+    train: object
+    eval: object
+    collator: object = None  # None: the trainer's own (trl's, for SFT)
+
+
+@lru_cache(maxsize=16)  # a sweep plans every job before it runs it: read each task's files once
+def load_task(spec: TaskSpec) -> Task:
+    load = LOADERS[spec.kind]
+    files = [("train", spec.train, spec.max_train), ("eval", spec.eval, spec.max_eval),
+             ("test", spec.test, spec.max_test)] + [(name, path, spec.max_test) for name, path in spec.tests]
+    rows = {}
+    for name, path, limit in files:
+        rows[name] = load(path, limit)
+        if not rows[name]:
+            raise DataError(f"{path}: no rows (task {spec.name})")
+    tests = {name: rows[name] for name, _ in spec.tests}
+    everything = [r for part in rows.values() for r in part]
+    labels = _labels(spec, everything) if spec.kind == "classification" else []
+    return Task(spec, rows["train"], rows["eval"], rows["test"], labels, tests)
+
+
+def _labels(spec: TaskSpec, rows: list[dict]) -> list[str]:
+    seen = sorted({str(r["label"]) for r in rows})
+    if not spec.labels:
+        return seen
+    path = resolve_data_path(spec.labels)
+    try:
+        labels = [str(x) for x in json.loads(path.read_text())]
+    except (OSError, json.JSONDecodeError, TypeError) as e:
+        raise DataError(f"{spec.labels}: cannot read the label list: {e}") from None
+    unknown = sorted(set(seen) - set(labels))
+    if unknown:
+        raise DataError(f"task {spec.name}: labels {unknown} are not in {spec.labels}")
+    return labels
+
+
+def training_data(task: Task, tokenizer, train: TrainSpec) -> TrainingData:
+    """The task's rows in the form its trainer takes."""
+    kind = task.spec.kind
+    if kind == "classification":
+        enc = partial(classification.encode, tokenizer=tokenizer, label_ids=task.label_ids,
+                      max_length=train.max_length)
+        return TrainingData(enc(task.train), enc(task.eval), classification.collator(tokenizer))
+    if kind in GENERATION_KINDS:
+        return TrainingData(generation.sft_dataset(task.train, kind), generation.sft_dataset(task.eval, kind))
+    instruction = task.spec.instruction
+    return TrainingData(mcq.sft_dataset(task.train, instruction), mcq.sft_dataset(task.eval, instruction))
+
+
+def evaluator(task: Task, tokenizer, rows: list[dict], train: TrainSpec):
+    """A function model -> metrics on `rows`: accuracy, accuracy_se, n, loss (classification, mcq);
+    loss, token_accuracy, exact_match, each with its SE, and n (chat, completion)."""
+    kind = task.spec.kind
+    if kind == "classification":
+        encoded = classification.encode(rows, tokenizer, task.label_ids, train.max_length)
+        return lambda model: classification.evaluate(model, tokenizer, encoded, train.eval_batch_size)
+    if kind in GENERATION_KINDS:
+        return lambda model: generation.evaluate(model, tokenizer, rows, train.eval_batch_size,
+                                                 train.max_length, task.spec.max_new_tokens)
+    return lambda model: mcq.evaluate(model, tokenizer, rows, train.eval_batch_size, train.max_length,
+                                      task.spec.instruction)

@@ -1,0 +1,60 @@
+"""The private APIs lorasweep.compat wraps, checked against the installed libraries.
+
+When an upgrade of Hydra, Optuna or submitit moves one of them, this file fails first and says
+which, instead of a sweep failing halfway (tests/test_sweep_compose.py checks the Hydra composition
+end to end; the sweep tests use all of them for real).
+"""
+from __future__ import annotations
+
+import optuna
+import pytest
+import submitit
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from lorasweep import compat
+
+
+def test_hydra_applies_value_overrides_and_formats_override_dirname():
+    node = OmegaConf.create({"lora": {"r": 4, "proj": "qk"}, "train": {"lr": 0.1}})
+    overrides = OverridesParser.create().parse_overrides(["lora.r=16", "train.lr=3e-4"])
+    compat.apply_overrides(overrides, node)
+    assert node.lora.r == 16 and node.train.lr == 3e-4 and node.lora.proj == "qk"
+    assert compat.overrides_dirname(overrides=overrides, exclude_keys=[], item_sep=",", kv_sep="=") == \
+        "lora.r=16,train.lr=3e-4"
+
+
+def test_hydra_basic_sweeper_has_the_validation_pass_the_grid_sweeper_skips():
+    sweeper = compat.basic_sweeper()
+    assert sweeper.__name__ == "BasicSweeper"
+    assert callable(getattr(sweeper, "validate_batch_is_legal", None)), \
+        "Hydra's BasicSweeper no longer has validate_batch_is_legal: see src/hydra_plugins/lorasweep_grid"
+
+
+def test_optuna_trial_reopened_from_its_storage_id_reports_to_the_same_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=storage, study_name="compat")
+    asked = study.ask()
+    asked.suggest_int("x", 1, 3)
+    storage_id = compat.trial_id(asked)
+    assert isinstance(storage_id, int)
+    # another process opens the study from storage and reports through the same trial
+    other = compat.reopen_trial(optuna.load_study(study_name="compat", storage=storage), storage_id)
+    other.report(0.5, step=2)
+    assert study.trials[0].intermediate_values == {2: 0.5} and study.trials[0].number == asked.number
+    assert compat.trial_id(study.trials[0]) == storage_id  # FrozenTrial too
+
+
+# the job unpickles its function in a fresh process: a builtin, not a function of this test module
+@pytest.mark.parametrize("argument, outcome, check", [
+    ("42", "success", lambda value: value == 42),
+    ("forty-two", "error", lambda value: "invalid literal for int()" in value.splitlines()[-1]),
+])
+def test_submitit_job_outcome_is_success_with_the_result_or_error_with_the_traceback(tmp_path, argument,
+                                                                                     outcome, check):
+    executor = submitit.LocalExecutor(folder=tmp_path / "%j")
+    executor.update_parameters(timeout_min=2)
+    job = executor.submit(int, argument)
+    job.wait()
+    got, value = compat.job_outcome(job)
+    assert got == outcome and check(value), (got, value)
