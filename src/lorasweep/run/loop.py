@@ -22,6 +22,7 @@ from ..console import say
 from ..errors import DataError
 from ..tasks.metrics import headline
 from ..tasks.task import TrainingData
+from .store import write_json_atomically
 from .tracking import Tracker
 
 Evaluator = Callable[[torch.nn.Module], dict]
@@ -137,7 +138,7 @@ class _Checkpoints(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = self.workdir / f"checkpoint-{state.global_step}"
         if folder.is_dir():
-            (folder / CURVE_FILE).write_text(json.dumps(self.outcome.curve))
+            write_json_atomically(folder / CURVE_FILE, self.outcome.curve)
 
 
 class _SlowSteps(TrainerCallback):
