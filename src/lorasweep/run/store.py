@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 SCHEMA = 1
-STATUSES = ("done", "failed", "skipped_budget", "pruned")
+# diverged: the training loss became NaN or infinite; a result (like done), never retrained
+STATUSES = ("done", "failed", "skipped_budget", "pruned", "diverged")
 RESULT_FILE = "result.json"
 DEFAULT_STORE = "results"
 
