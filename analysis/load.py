@@ -22,8 +22,9 @@ ADAPTER_METHODS = ("lora", "dora", "rslora", "pissa", "qlora", "qlora8")
 RESULT_NAME = "result.json"
 CANONICAL_ORDER = "qkvogud"
 # When one run key appears twice (e.g. a results store copied to a second folder), keep the most
-# informative record: a finished run beats a pruned one, which beats the rest.
-_STATUS_RANK = {"done": 0, "pruned": 1, "skipped_budget": 2, "failed": 3}
+# informative record: a finished run (done, then diverged: its loss became NaN or infinite) beats a
+# pruned one, which beats the rest. These are the statuses of lorasweep.run.store.STATUSES.
+_STATUS_RANK = {"done": 0, "diverged": 1, "pruned": 2, "skipped_budget": 3, "failed": 4}
 
 
 @dataclass
@@ -92,6 +93,7 @@ def flatten(res: dict, path: str) -> dict:
         "n_adapted_modules": params.get("n_adapted_modules"),
         "train_loss": _get(res, "metrics", "train", "loss"),
         "objective": _get(res, "objective", "value"),
+        "diverged_step": _get(res, "divergence", "step"),  # the step whose training loss was NaN or infinite
         "adapter_bytes": _get(res, "artifacts", "size_bytes"),
         "load_s": timing.get("load_s"), "train_s": timing.get("train_s"),
         "eval_s": timing.get("eval_s"), "total_s": timing.get("total_s"), "steps": timing.get("steps"),

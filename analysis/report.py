@@ -95,7 +95,7 @@ def summary(df: pd.DataFrame, load: LoadReport, tabs: dict, budget: int | None, 
     over = int((view["trainable"] > budget).sum()) if budget is not None and len(view) else 0
     lines = [f"files read: {load.files}", f"runs: {load.loaded} (duplicate run keys ignored: {load.duplicates})",
              f"done: {s['done']}, failed: {s['failed']}, pruned: {s['pruned']}, "
-             f"skipped over budget: {s['skipped_budget']}",
+             f"skipped over budget: {s['skipped_budget']}, diverged: {s['diverged']}",
              f"cells over budget: {over}" + (f" (budget {budget:,} trainable)" if budget else " (no budget given)"),
              f"skipped files: {load.n_skipped}"]
     best = T.best_within_budget(view, metric)

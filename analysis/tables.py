@@ -1,7 +1,9 @@
 """Pure table functions on the frame from load_results.
 
-A *cell* is one setting with the seed left out. Means use done runs only; other statuses are counted
-(n_failed, n_pruned, ...) and never mixed into a mean. Each table has its own keys (the method
+A *cell* is one setting with the seed left out. Means use done runs only; other statuses (failed,
+pruned, skipped_budget, diverged) are counted, per cell in the budget view's `statuses` and in total
+by status_counts, and never mixed into a mean: a diverged run (its training loss became NaN) is not a
+0% data point. Each table has its own keys (the method
 table: method; the projection table: method, proj; ...); a setting that varies within one of those
 rows (a results folder with a rank sweep and a method comparison: r varies among the lora runs) is
 added as a key, so every row is one cell and its n_seeds counts seeds, never pooled settings.
@@ -139,7 +141,7 @@ def _adapted(df: pd.DataFrame) -> pd.DataFrame:
 
 def status_counts(df: pd.DataFrame) -> dict[str, int]:
     """Runs per status, every known status present (0 when absent)."""
-    counts = {s: 0 for s in ("done", "failed", "pruned", "skipped_budget")}
+    counts = {s: 0 for s in ("done", "failed", "pruned", "skipped_budget", "diverged")}
     if len(df):
         counts.update(df["status"].value_counts().to_dict())
     return counts

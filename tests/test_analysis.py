@@ -91,7 +91,7 @@ def test_load_counts_duplicates_and_one_warning_per_bad_file(store):
     assert len(lines) == 5
     for name in BAD:
         assert sum(str(store / "a" / name / "result.json") in line for line in lines) == 1
-    assert T.status_counts(df) == {"done": 9, "failed": 1, "pruned": 1, "skipped_budget": 1}
+    assert T.status_counts(df) == {"done": 9, "failed": 1, "pruned": 1, "skipped_budget": 1, "diverged": 0}
     # the duplicate in b/ is ignored (a/ is read first); `vq` became canonical `qv`
     assert df.loc[df.run_key == "lora-2-qv-0", "accuracy"].item() == 0.55
     assert set(df["proj"].dropna()) == {"qv", "qkvo"}

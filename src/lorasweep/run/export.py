@@ -8,7 +8,6 @@ switches between them (the tutorials' one-base, many-adapters serving).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -81,8 +80,8 @@ def merge(folder: str | Path, out: str | Path | None = None) -> Path:
     target = Path(out) if out else run.folder / "merged"
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    (target / "lorasweep_export.json").write_text(json.dumps(
-        {"run": run.slug, "method": run.method, "adapter": str(run.adapter.resolve())}, indent=2) + "\n")
+    store.write_json_atomically(target / "lorasweep_export.json", {
+        "run": run.slug, "method": run.method, "adapter": str(run.adapter.resolve())})
     return target
 
 

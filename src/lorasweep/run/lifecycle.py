@@ -6,6 +6,9 @@
 
 Everything that can be wrong with a config or a data file fails before a weight is read. A run
 that fails after that still leaves a result (status failed, with the reason) and its traceback.
+A run whose training loss becomes NaN or infinite is not a failure but a result: status diverged,
+with the step, the last finite loss and its curve so far; it is not tested, saved or trained again
+(the same config diverges again: a run is deterministic in its seed).
 """
 from __future__ import annotations
 
@@ -43,8 +46,8 @@ def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | 
     spec = plan.spec
     folder = plan.folder(results_dir)
     previous = store.read_result(folder)
-    if previous and previous.get("status") == "done":
-        say(f"{spec.slug}: already done ({folder}), not trained again")
+    if previous and previous.get("status") in ("done", "diverged"):
+        say(f"{spec.slug}: already {previous['status']} ({folder}), not trained again")
         return previous
     if plan.over_budget:
         return record_over_budget(plan, results_dir)
@@ -112,6 +115,9 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
             if outcome.pruned_at is not None:
                 ok = True
                 return _pruned(folder, base, outcome, load_s, t_start)
+            if outcome.diverged is not None:
+                ok = True  # a result, not a failure
+                return _diverged(folder, base, outcome, load_s, t_start)
         t1 = time.perf_counter()
         test = tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
         # more test sets (the Qwen3 tutorial reports two MCQ sets, each with its SE)
@@ -146,6 +152,19 @@ def _pruned(folder: Path, base: dict, outcome, load_s: float, t_start: float) ->
     return store.write_result(folder, {
         **base, "status": "pruned", "reason": reason,
         "metrics": {"eval": {k: v for k, v in last.items() if k not in ("step", "epoch", "train_loss")}},
+        "curve": outcome.curve, "timing": _timing(load_s, outcome, 0.0, t_start), "memory": store.peak_memory()})
+
+
+def _diverged(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
+    """A run whose training loss became NaN or infinite: where, the last finite loss, its curve so far;
+    no test evaluation, no adapter (a PiSSA run's initial adapter, kept for converting, goes too)."""
+    d = outcome.diverged
+    shutil.rmtree(folder / methods.PISSA_INIT, ignore_errors=True)
+    say(f"{base['slug']}: diverged: {d.reason}")
+    return store.write_result(folder, {
+        **base, "status": "diverged", "reason": d.reason,
+        "divergence": {"step": d.step, "loss": str(d.loss),  # "nan", "inf", "-inf": JSON has no such number
+                       "last_finite_step": d.last_finite_step, "last_finite_loss": d.last_finite_loss},
         "curve": outcome.curve, "timing": _timing(load_s, outcome, 0.0, t_start), "memory": store.peak_memory()})
 
 

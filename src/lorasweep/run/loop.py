@@ -2,10 +2,15 @@
 
 Both trainers evaluate with the task's own evaluator (accuracy with its standard error, the same
 code as the final test evaluation) every `train.eval_steps`, which yields the run's curve.
+
+A run stops at the first non-finite training loss (TrainOutcome.diverged): nothing after it could
+be worth evaluating, and the Trainer itself would hide it (logging_nan_inf_filter logs the average
+of the finite losses instead).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -22,6 +27,7 @@ from ..console import say
 from ..errors import DataError
 from ..tasks.metrics import headline
 from ..tasks.task import TrainingData
+from .store import write_json_atomically
 from .tracking import Tracker
 
 Evaluator = Callable[[torch.nn.Module], dict]
@@ -45,6 +51,31 @@ class LoopOptions:
         return cls(save_steps=int(save), step_sleep_s=float(train_cfg.get("step_sleep_s") or 0.0))
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """Where the training loss stopped being a number: `step` is the optimizer step (1-based) whose
+    loss was `loss` (nan, inf or -inf); the last finite loss before it, when this process saw one."""
+
+    step: int
+    loss: float
+    last_finite_step: int | None = None
+    last_finite_loss: float | None = None
+
+    @property
+    def reason(self) -> str:
+        before = (f"last finite loss {self.last_finite_loss:.6g} at step {self.last_finite_step}"
+                  if self.last_finite_step is not None else "no finite loss before it")
+        return f"the training loss became {self.loss} at step {self.step} ({before})"
+
+
+class _Diverged(Exception):
+    """Raised out of Trainer.train at the first non-finite loss (caught in train())."""
+
+    def __init__(self, divergence: Divergence):
+        super().__init__(divergence.reason)
+        self.divergence = divergence
+
+
 @dataclass
 class TrainOutcome:
     curve: list[dict] = field(default_factory=list)
@@ -55,6 +86,7 @@ class TrainOutcome:
     final_train_loss: float | None = None
     pruned_at: int | None = None  # the step at which the reporter stopped the run
     resumed_from_step: int | None = None  # the checkpoint this run continued from (after a requeue)
+    diverged: Divergence | None = None    # the training loss became NaN or infinite: training stopped there
 
 
 class _TaskEvaluation:
@@ -63,6 +95,24 @@ class _TaskEvaluation:
     task_evaluate: Evaluator
     outcome: TrainOutcome
     reporter: Reporter | None = None
+    _last_finite: tuple[int, float] | None = None  # (step, loss) of the last finite training loss
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        """The Trainer's step, then the divergence check on its loss: every micro-batch, whatever
+        logging_steps is. A callback cannot do this exactly: on_step_end does not see the loss and
+        on_log sees it every logging_steps only, after the Trainer's logging_nan_inf_filter has
+        replaced a NaN by the mean of the finite losses. The check costs one device sync per step,
+        which the Trainer already pays for its own isnan(loss) test (that filter). Raising here,
+        before the optimizer step, leaves the Trainer's loop at once: no update, log or evaluation
+        follows the bad loss."""
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        value = float(loss)
+        step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
+        if not math.isfinite(value):
+            last = self._last_finite
+            raise _Diverged(Divergence(step, value, *(last or (None, None))))
+        self._last_finite = (step, value)
+        return loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         start = time.perf_counter()
@@ -137,7 +187,7 @@ class _Checkpoints(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = self.workdir / f"checkpoint-{state.global_step}"
         if folder.is_dir():
-            (folder / CURVE_FILE).write_text(json.dumps(self.outcome.curve))
+            write_json_atomically(folder / CURVE_FILE, self.outcome.curve)
 
 
 class _SlowSteps(TrainerCallback):
@@ -176,6 +226,7 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     """Train `model` in place and return its curve and timing. kind: the task kind.
 
     `reporter` sees every evaluation along training; when it answers True the run stops there.
+    A non-finite training loss stops training at once: `outcome.diverged` says where.
     `loop.save_steps` > 0 checkpoints into `workdir` every that many steps (the last one kept), and
     a checkpoint found there at the start is resumed from: a run requeued after a time limit or a
     preemption continues instead of starting over.
@@ -217,12 +268,17 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
         trainer.evaluate()  # the curve's step-0 point: the model before any update
     outcome.eval_seconds = 0.0
     before_evals = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=last)
+    try:
+        out = trainer.train(resume_from_checkpoint=last)
+        steps, outcome.final_train_loss = out.global_step, out.training_loss
+    except _Diverged as e:
+        outcome.diverged = e.divergence
+        steps = trainer.state.global_step  # the optimizer steps completed before the bad one
+        say(f"  {e.divergence.reason}: training stopped")
     wall = time.perf_counter() - before_evals
     outcome.train_seconds = wall - outcome.eval_seconds
-    outcome.steps = out.global_step
-    outcome.examples = out.global_step * spec.batch_size
-    outcome.final_train_loss = out.training_loss
+    outcome.steps = steps
+    outcome.examples = steps * spec.batch_size
     return outcome
 
 

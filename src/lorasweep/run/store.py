@@ -3,10 +3,15 @@
 One folder per run in the store (`results_dir`), named <slug>-<run key>; in it `result.json`,
 written atomically (temp file + rename) so a reader never sees half a result and a crash never
 leaves one. docs/ARCHITECTURE.md lists the fields.
+
+Every JSON file the project writes goes through write_json_atomically, which writes strict JSON:
+a non-finite float (NaN, +-Infinity: a diverged eval loss, say) becomes null, never the `NaN`
+literal that Python's json writes by default and strict parsers (jq, JavaScript, Go) reject.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -16,7 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 SCHEMA = 1
-STATUSES = ("done", "failed", "skipped_budget", "pruned")
+# diverged: the training loss became NaN or infinite; a result (like done), never retrained
+STATUSES = ("done", "failed", "skipped_budget", "pruned", "diverged")
 RESULT_FILE = "result.json"
 DEFAULT_STORE = "results"
 
@@ -32,20 +38,22 @@ def run_dir(results_dir: str | Path, slug: str, run_key: str) -> Path:
 
 
 def write_result(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
-    """Write `result` (plus its schema version) as the run's result.json; returns what was written."""
+    """Write `result` (plus its schema version) as the run's result.json; returns what was written
+    (non-finite numbers as None, as in the file)."""
     assert result.get("status") in STATUSES, result.get("status")
-    record = {"schema": SCHEMA, **result}
+    record = finite({"schema": SCHEMA, **result})
     write_json_atomically(folder / RESULT_FILE, record)
     return record
 
 
 def write_json_atomically(target: Path, data: Any) -> None:
-    """Temp file + rename in the same folder: a reader sees the old file or the new one, never half."""
+    """Temp file + rename in the same folder: a reader sees the old file or the new one, never half.
+    Strict JSON: non-finite floats are written as null (see `finite`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".json", dir=target.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_jsonable)
+            json.dump(finite(data), f, indent=2, default=_jsonable, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -96,6 +104,21 @@ def peak_memory() -> dict[str, float | None]:
 
 def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def finite(x: Any) -> Any:
+    """`x` with every non-finite float (NaN, +-inf) replaced by None, recursively through dicts,
+    lists and tuples; numpy and torch scalars become Python numbers first (so a NaN among them is
+    caught too). Anything else is left for json's `default` to convert or refuse."""
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    if not isinstance(x, (str, bytes, int, float)) and hasattr(x, "item") and getattr(x, "ndim", 0) == 0:
+        x = x.item()  # a numpy / torch scalar (a 0-d array or tensor)
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def _jsonable(x: Any) -> Any:

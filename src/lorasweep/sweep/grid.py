@@ -1,7 +1,8 @@
 """A grid sweep: triage every run, train the rest through an executor (local workers or SLURM jobs).
 
 Prints "run i/N" lines as runs start and finish and a summary at the end (done, already done,
-over budget, failed, best so far). Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops its workers;
+diverged, over budget, failed, best so far). A diverged run (its training loss became NaN or
+infinite) is a result, not a failure: it is counted, never retrained, and the exit status stays 0. Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops its workers;
 finished runs keep their results and the same command later trains only what is missing.
 """
 from __future__ import annotations
@@ -82,8 +83,10 @@ class SweepTally:
         return f"{value:.4f}" + (f" ± {se:.4f}" if se is not None else "") + f" ({label})"
 
     def summary(self) -> str:
-        order = ("done", "already done", "same run", "over budget", "pruned", "failed", "invalid")
-        parts = [f"{self.counts[k]} {k}" for k in order if self.counts.get(k)]
+        order = ("done", "already done", "diverged", "already diverged", "same run", "over budget", "pruned",
+                 "failed", "invalid")
+        parts = [f"{self.counts[k]} {k}" for k in (*order, *sorted(set(self.counts) - set(order)))
+                 if self.counts.get(k)]
         return f"sweep: {self.total} runs: {', '.join(parts) or 'none finished'}; best: {self.best_line()}"
 
 
@@ -108,6 +111,9 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
             tally.record(job, "invalid", f"{job.tag}: invalid: {decision.error}")
         elif decision.verdict == "done":
             tally.record(job, "already done", f"{job.tag}: already done, {_metric(decision.stored)}", decision.stored)
+        elif decision.verdict == "diverged":
+            tally.record(job, "already diverged", f"{job.tag}: already diverged, {decision.stored.get('reason', '')}",
+                         decision.stored)
         elif decision.verdict == "over_budget":
             tally.record(job, "over budget", f"{job.tag}: over budget, {decision.stored['reason']}", decision.stored)
         elif decision.folder in queued:  # e.g. method=none x lora.r=4,8: settings the run ignores, one run key
@@ -169,7 +175,14 @@ def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
         tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {type(e).__name__}: {e} "
                                     f"(see {job.folder / 'traceback.txt'})", error=e)
         return
-    outcome = {"done": "done", "pruned": "pruned", "skipped_budget": "over budget"}[result["status"]]
+    status = result.get("status")
+    if status == "diverged":
+        step = (result.get("divergence") or {}).get("step", "?")
+        tally.record(job, "diverged", f"{job.tag}: diverged at step {step}, {result.get('reason', '')}, {elapsed}",
+                     result)
+        return
+    # a status this driver does not know is said as it is, never a KeyError
+    outcome = {"done": "done", "pruned": "pruned", "skipped_budget": "over budget"}.get(status, str(status))
     tally.record(job, outcome, f"{job.tag}: {outcome}, {_metric(result)}, {elapsed}", result)
 
 

@@ -5,6 +5,10 @@ new trial is asked as soon as any finishes. Each trial's run is triaged like a g
 over budget, train). The study lives in a storage (by default a sqlite file in the results store),
 so a killed sweep started again with the same command continues it: n_trials counts finished
 trials in total, and a finished run (same run key) is never trained twice.
+
+A run that diverged (its training loss became NaN or infinite) is told to the study as FAIL, with
+user attributes status=diverged and its reason: the sampler learns nothing false from it (no 0% value),
+it counts towards n_trials, and its stored result stands for its run key like a done one.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from . import optuna_space as space_of
 from .triage import triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
-REUSABLE = ("done", "pruned")  # a stored result of these stands for its run key's trial
+REUSABLE = ("done", "pruned", "diverged")  # a stored result of these stands for its run key's trial
 
 
 @dataclass
@@ -196,6 +200,10 @@ class OptunaSweep:
         if status == "skipped_budget":
             return self._tell(trial, TrialState.PRUNED, label, "over budget", status="skipped_budget",
                               reason=result.get("reason", ""))
+        if status == "diverged":
+            reason = result.get("reason", "")
+            return self._tell(trial, TrialState.FAIL, label, f"diverged: {reason}{suffix}", status="diverged",
+                              reason=reason)
         reason = result.get("reason") or f"status {status!r}"
         return self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
 
@@ -257,10 +265,11 @@ class OptunaSweep:
     def _summary(self) -> None:
         counted = self._counted_trials()
         by = {s: sum(1 for t in counted if t.user_attrs.get("status") == s)
-              for s in ("done", "pruned", "failed", "skipped_budget")}
+              for s in ("done", "pruned", "failed", "diverged", "skipped_budget")}
         complete = [t for t in counted if t.state == TrialState.COMPLETE]
+        diverged = f"{by['diverged']} diverged, " if by["diverged"] else ""  # said only when there is one
         say(f"sweep: {len(counted)}/{self.n_trials} trials finished in study {self.study.study_name!r}: "
-            f"{len(complete)} complete, {by['pruned']} pruned, {by['failed']} failed, "
+            f"{len(complete)} complete, {by['pruned']} pruned, {by['failed']} failed, {diverged}"
             f"{by['skipped_budget']} over budget; this time {self.stats['trained']} trained, "
             f"{self.stats['reused']} reused" + ("; nothing left to run" if not self.stats["trained"] else ""))
         if not complete:

@@ -2,6 +2,9 @@
 
     triage(cfg) -> invalid      a mistake in the config or its data (said in one line)
                    done         its result is in the store: never trained twice
+                   diverged     its stored result is diverged (the training loss became NaN or
+                                infinite): finished like done, not trained again, since the same
+                                config diverges again (a run is deterministic in its seed)
                    over_budget  more trainable parameters than the budget: recorded, never launched
                    train        none of the above
 
@@ -22,7 +25,7 @@ from ..run.store import read_result, store_dir
 
 @dataclass(frozen=True)
 class Triage:
-    verdict: str                  # invalid | done | over_budget | train
+    verdict: str                  # invalid | done | diverged | over_budget | train
     plan: Plan | None = None      # None when invalid
     folder: Path | None = None    # the run's folder in the results store
     stored: dict | None = None    # its stored result (any status), or the skipped_budget record just written
@@ -35,7 +38,8 @@ class Triage:
     @property
     def label(self) -> str:
         """How progress lines say it."""
-        return {"over_budget": "over budget", "done": "already done"}.get(self.verdict, self.verdict)
+        return {"over_budget": "over budget", "done": "already done",
+                "diverged": "already diverged"}.get(self.verdict, self.verdict)
 
 
 def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
@@ -48,8 +52,8 @@ def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
     store = store_dir(cfg)
     folder = plan.folder(store)
     stored = read_result(folder)
-    if stored and stored.get("status") == "done":
-        return Triage("done", plan, folder, stored)
+    if stored and stored.get("status") in ("done", "diverged"):
+        return Triage(stored["status"], plan, folder, stored)
     if plan.over_budget:
         return Triage("over_budget", plan, folder, record_over_budget(plan, store) if record else stored)
     return Triage("train", plan, folder, stored)
