@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pytest
 
 from conftest import ROOT, TINY_TOPICS, launch
+from lorasweep.run.study_storage import open_storage
 
 SLURM = ["hydra/launcher=slurm_local"]
 # tiny-qwen3 has the MLP projections (g, u, d) that the design card's qvkogdu needs; tiny-bert has no g
@@ -183,16 +185,40 @@ def test_bad_cluster_settings_fail_at_once_with_sbatchs_error(slurm_cluster, tmp
     assert not job_records(tmp_path / "results") and not results(tmp_path / "results")  # nothing submitted
 
 
-def test_optuna_sweep_on_slurm_runs_its_trials_as_jobs(slurm_cluster, tmp_path):
-    proc = launch(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
-                   "hydra.sweeper.sampler=grid", "lora.r=choice(2,4,8)", "hydra.sweeper.pruner=median"]
-                  + TINY_TOPICS + SLURM, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "3/3 trials finished" in proc.stderr and "3 complete" in proc.stderr
-    done = results(tmp_path / "results")
+def test_optuna_sweep_on_slurm_keeps_its_study_in_a_journal_and_continues_it(slurm_cluster, tmp_path):
+    """Under hydra/launcher=slurm the study is a journal file in the results store (not sqlite, which
+    Optuna's FAQ warns against on a network filesystem); the jobs report to it for pruning, and the
+    same command with a larger n_trials continues it."""
+    store = tmp_path / "results"
+    journal = f"journal://{store.resolve()}/optuna.journal"
+
+    def sweep(n_trials):
+        proc = launch(["-m", "hydra/sweeper=optuna", f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=2",
+                       "hydra.sweeper.sampler=grid", "lora.r=choice(2,4,8)", "hydra.sweeper.pruner=median"]
+                      + TINY_TOPICS + SLURM, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert re.search(rf"^optuna study '[^']+' in {re.escape(journal)}: {n_trials} trials", proc.stderr, re.M)
+        return proc
+
+    first = sweep(2)
+    assert "2/2 trials finished" in first.stderr and "2 complete" in first.stderr
+    assert (store / "optuna.journal").is_file() and not (store / "optuna.db").exists()
+    second = sweep(3)  # the same command, one more trial: the study goes on from 2
+    assert "3/3 trials finished" in second.stderr and "this time 1 trained, 0 reused" in second.stderr
+    assert not (store / "optuna.db").exists()
+    (name,) = optuna.get_all_study_names(storage=open_storage(journal))
+    trials = optuna.load_study(study_name=name, storage=open_storage(journal)).trials
+    assert [(t.state, t.params["lora.r"]) for t in trials] == [(optuna.trial.TrialState.COMPLETE, r) for r in (2, 4, 8)]
+    done = results(store)
+    by_key = {r["run_key"]: r for r in done.values()}
+    for t in trials:
+        run = by_key[t.user_attrs["run_key"]]
+        assert t.value == run["objective"]["value"]
+        # each job opened the journal and reported its evaluations to its trial
+        assert t.intermediate_values == {p["step"]: p["accuracy"] for p in run["curve"] if p["step"] > 0} != {}
     assert len(done) == 3 and all(r["env"]["slurm_job_id"] for r in done.values())
     assert {r["env"]["slurm_job_id"] for r in done.values()} == \
-        {rec["job_id"] for rec in job_records(tmp_path / "results").values()}
+        {rec["job_id"] for rec in job_records(store).values()}
 
 
 def test_a_signalled_run_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path):

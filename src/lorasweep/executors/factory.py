@@ -14,10 +14,15 @@ def executor_for(launcher: Mapping[str, Any] | None, n_jobs: int = 1, threads: i
     """SLURM jobs for hydra/launcher=slurm, else local worker processes. `n_jobs`: runs in flight
     at once (for SLURM: that the driver keeps queued)."""
     launcher = dict(launcher or {})
-    if launcher.get("_target_") == SLURM_LAUNCHER:
+    if runs_on_slurm(launcher):
         from .slurm import SlurmExecutor, SlurmSettings
 
         return SlurmExecutor(SlurmSettings.from_config(launcher), n_jobs)
     from .local import LocalExecutor
 
     return LocalExecutor(n_jobs, threads)
+
+
+def runs_on_slurm(launcher: Mapping[str, Any] | None) -> bool:
+    """Whether this hydra.launcher config runs its runs as SLURM jobs (hydra/launcher=slurm, slurm_local)."""
+    return dict(launcher or {}).get("_target_") == SLURM_LAUNCHER

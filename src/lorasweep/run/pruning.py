@@ -2,13 +2,14 @@
 
 The sweeper (in the driver process) asks the study for a trial and hands the run a small dict,
 cfg["trial"] = {storage, study_name, trial_id, pruner, metric}. The worker opens the same study from
-its storage, so the pruner sees every other trial's intermediate values, whatever process ran them.
+its storage (a URL or journal:///path, opened by study_storage.open_storage), so the pruner sees every other trial's intermediate values, whatever process ran them.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
 from ..compat import reopen_trial
+from .study_storage import open_storage
 
 Reporter = Callable[[int, dict], bool]  # same shape as lorasweep.run.loop.Reporter (no torch import here)
 
@@ -80,6 +81,6 @@ def _open_trial(trial_cfg: Mapping[str, Any]):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=trial_cfg["study_name"], storage=trial_cfg["storage"],
+    study = optuna.load_study(study_name=trial_cfg["study_name"], storage=open_storage(trial_cfg["storage"]),
                               pruner=make_pruner(trial_cfg.get("pruner")))
     return reopen_trial(study, int(trial_cfg["trial_id"]))

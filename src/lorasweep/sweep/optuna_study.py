@@ -2,8 +2,8 @@
 
 `n_jobs` runs are in flight (local worker processes, or SLURM jobs under hydra/launcher=slurm) and a
 new trial is asked as soon as any finishes. Each trial's run is triaged like a grid's (invalid, done,
-over budget, train). The study lives in a storage (by default a sqlite file in the results store),
-so a killed sweep started again with the same command continues it: n_trials counts finished
+over budget, train). The study lives in a storage (by default a file in the results store: sqlite
+locally, a journal file under hydra/launcher=slurm; run/study_storage.py), so a killed sweep started again with the same command continues it: n_trials counts finished
 trials in total, and a finished run (same run key) is never trained twice.
 
 A run that diverged (its training loss became NaN or infinite) is told to the study as FAIL, with
@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 
 from ..compat import reopen_trial, trial_id
 from ..console import say
-from ..executors.factory import executor_for
+from ..executors.factory import executor_for, runs_on_slurm
+from ..run.study_storage import check_storage, default_storage, open_storage
 from . import optuna_space as space_of
 from .triage import triage
 
@@ -60,6 +61,8 @@ class OptunaSettings:
         self.n_trials, self.n_jobs = int(self.n_trials), int(self.n_jobs)
         self.objectives = [str(o) for o in (self.objectives or ["objective.value"])]
         self.params = dict(self.params or {})
+        # null or empty: the results store's default; a spelling no process could open fails here, at once
+        self.storage = check_storage(self.storage) if self.storage not in (None, "") else None
 
 
 @dataclass
@@ -92,8 +95,8 @@ class OptunaSweep:
         sampler = space_of.make_sampler(self.s.sampler, self.s.seed, self.space)
         self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.s.sampler) else None
         self.n_trials = min(self.s.n_trials, len(self.grid)) if self.grid is not None else self.s.n_trials
-        self.storage = self._storage_url()
-        self.study = optuna.create_study(storage=self.storage, sampler=sampler, directions=directions,
+        self.storage = self._storage_spec()
+        self.study = optuna.create_study(storage=open_storage(self.storage), sampler=sampler, directions=directions,
                                          study_name=self.s.study_name or space_of.default_study_name(
                                              params_conf, self.s.objectives), load_if_exists=True)
         if [d.name.lower() for d in self.study.directions] != directions:
@@ -253,12 +256,15 @@ class OptunaSweep:
         overrides += [f"{k}={space_of.format_value(v)}" for k, v in params.items()]
         return self.compose(overrides)
 
-    def _storage_url(self) -> str:
-        if self.s.storage:
-            return str(self.s.storage)
-        store = self.results_dir.resolve()
-        store.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{store / 'optuna.db'}"
+    def _storage_spec(self) -> str:
+        """hydra.sweeper.storage, or the results store's default (a journal file for SLURM jobs)."""
+        cluster = runs_on_slurm(self.launcher)
+        spec = self.s.storage or default_storage(self.results_dir, cluster)
+        if cluster and spec.startswith("sqlite:"):
+            say(f"note: sqlite storage with SLURM jobs ({spec}): Optuna's FAQ warns against sqlite on a "
+                f"network filesystem; name a journal file (journal:///abs/path/optuna.journal) or a database "
+                f"server in hydra.sweeper.storage")
+        return spec
 
     # -- the end ----------------------------------------------------------------------------------
 
