@@ -5,6 +5,10 @@ new trial is asked as soon as any finishes. Each trial's run is triaged like a g
 over budget, train). The study lives in a storage (by default a sqlite file in the results store),
 so a killed sweep started again with the same command continues it: n_trials counts finished
 trials in total, and a finished run (same run key) is never trained twice.
+
+The store's faults as in a grid sweep: a results_dir that cannot be written stops it before the
+study opens (exit 2); a trial that fails because the store is full (or read-only) stops asking for
+more (exit 1, no traceback); a stored result.json that cannot be read is said and trained again.
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ from optuna.trial import TrialState
 
 from ..compat import reopen_trial, trial_id
 from ..console import say
+from ..errors import StoreError, UnwritableStoreError
 from ..executors.factory import executor_for
+from ..run.store import check_writable
 from . import optuna_space as space_of
 from .triage import triage
 
@@ -76,6 +82,7 @@ class OptunaSweep:
                  launcher: dict | None, results_dir: Path) -> None:
         self.s, self.compose, self.launcher, self.results_dir = settings, compose, launcher, results_dir
         self.stats = {"trained": 0, "reused": 0}
+        self.stopped: StoreError | None = None  # a store fault every later trial would hit too
 
     def run(self, arguments: list[str]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -84,6 +91,11 @@ class OptunaSweep:
         if not self.space:
             raise ValueError("the Optuna sweeper found no search space: give one, e.g. 'lora.r=choice(4,8,16)' "
                              "or hydra.sweeper.params")
+        try:  # before the study (its default storage lives in the store) and before anything trains
+            check_writable(self.results_dir)
+        except UnwritableStoreError as e:
+            say(f"sweep: {e}; nothing was trained")
+            raise SystemExit(2) from None
         directions = space_of.directions_for(self.s.direction, self.s.objectives)
         sampler = space_of.make_sampler(self.s.sampler, self.s.seed, self.space)
         self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.s.sampler) else None
@@ -101,6 +113,8 @@ class OptunaSweep:
         self._recover_abandoned()
         self._loop()
         self._summary()
+        if self.stopped is not None:
+            raise SystemExit(1)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -111,7 +125,8 @@ class OptunaSweep:
         executor = executor_for(self.launcher, self.s.n_jobs, self.s.threads)
         try:
             while True:
-                while len(inflight) < self.s.n_jobs and finished + _pending(inflight) < self.n_trials:
+                while (self.stopped is None and len(inflight) < self.s.n_jobs
+                       and finished + _pending(inflight) < self.n_trials):
                     finished += self._start(finished + _pending(inflight) + 1, executor, inflight, by_key)
                 if not inflight:
                     return
@@ -153,6 +168,8 @@ class OptunaSweep:
         if decision.stored and decision.stored.get("status") in REUSABLE:
             self.stats["reused"] += 1
             return self._tell_result(trial, label, decision.stored, suffix=" (reused stored result)")
+        if decision.unreadable and key not in by_key:
+            say(f"{label}: {decision.unreadable}, training it again")
         if key in by_key:  # the same run is already training for another trial: wait for it
             inflight[by_key[key]].trials.append((trial, label))
             say(f"{label}: same run as one in flight ({key}), waiting for it")
@@ -173,7 +190,14 @@ class OptunaSweep:
 
     def _tell_outcome(self, trial, label: str, future: Future) -> None:
         error = future.exception()
-        if error is not None:
+        if isinstance(error, StoreError):  # one line with the path and the cause
+            self._tell(trial, TrialState.FAIL, label, f"failed: {error}", status="failed", reason=str(error))
+            if error.whole_store and self.stopped is None:
+                self.stopped = error
+                say(f"sweep: stopped: {error.cause}; no more trials are started (each would fail the same "
+                    f"way); {'free space' if error.no_space else 'fix the results store'} and run the same "
+                    f"command again to continue the study")
+        elif error is not None:
             reason = f"{type(error).__name__}: {error}"
             self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
         else:
