@@ -5,6 +5,8 @@ nothing from lorasweep, so every layer can raise these.
 """
 from __future__ import annotations
 
+import errno
+
 
 class ConfigError(ValueError):
     """A config value is invalid. The message names the field, the value and what is valid."""
@@ -26,5 +28,45 @@ class SubmissionError(RuntimeError):
     """The cluster refused the runs (sbatch's error, e.g. 'Invalid partition name specified')."""
 
 
+class StoreError(RuntimeError):
+    """The results store could not be written: the path and the cause, e.g. 'No space left on device
+    writing results/<run>/adapter/adapter_model.safetensors'. Raised by a run (exit 1), not a mistake
+    in its config; `no_space` says whether every later run would fail the same way."""
+
+    def __init__(self, path: str, cause: str, code: int | None = None):
+        super().__init__(str(path), cause, code)  # args: what pickling (a worker process) sends back
+        self.path, self.cause, self.errno = str(path), cause, code
+
+    def __str__(self) -> str:
+        return f"{self.cause} writing {self.path}"
+
+    @property
+    def no_space(self) -> bool:
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+
+    @property
+    def whole_store(self) -> bool:
+        """The fault is the store's, not this run's: every later run would fail the same way."""
+        return self.no_space or self.errno == errno.EROFS
+
+
+class UnwritableStoreError(ConfigError):
+    """results_dir cannot be written at all (found before anything trains): 'results_dir=/x is not
+    writable: Read-only file system'."""
+
+
+class UnreadableResultError(ValueError):
+    """A result.json in the store that is there but cannot be read as a lorasweep result (truncated,
+    not JSON, a JSON object without our schema/status): the run is trained again and overwrites it."""
+
+    def __init__(self, path: str, why: str):
+        super().__init__(str(path), why)
+        self.path, self.why = str(path), why
+
+    def __str__(self) -> str:
+        return f"{self.path} is unreadable ({self.why})"
+
+
 # Mistakes in a config or its data, found before any weight is read: exit 2 with the message.
+# UnwritableStoreError is a ConfigError: a results_dir that cannot be written is one of them.
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelUnavailableError)

@@ -2,7 +2,8 @@
 
 Prints one row per run of the sweep (trainable parameters, share of the model and of the budget,
 over budget or not, already done or not) and a total line (lorasweep.sweep.plan_table). Nothing is
-trained, nothing is written and no weight is read: each run is planned from its config alone.
+trained, nothing is written and no weight is read: each run is planned from its config alone. A
+results_dir that looks not writable (looked at, not probed: that would write) is said in the total line.
 """
 from __future__ import annotations
 
@@ -15,19 +16,23 @@ from lorasweep.sweep.compose import ContextLauncher, JobConfigs, varying_overrid
 
 class PlanLauncher(ContextLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from lorasweep.run.store import store_dir, writable_problem
         from lorasweep.sweep.plan_table import format_plan, plan_row
 
         assert self.config is not None and self.hydra_context is not None
         shared, labels = varying_overrides(job_overrides)
-        rows, returns = [], []
+        rows, returns, problems = [], [], {}
         configs = JobConfigs(self.hydra_context.config_loader, self.config)
         for overrides, label in zip(job_overrides, labels):
             node, cfg = configs(overrides)
             row = plan_row(label, cfg)
+            store = str(store_dir(cfg))
+            if store not in problems:
+                problems[store] = writable_problem(store)
             rows.append(row)
             returns.append(JobReturn(overrides=list(overrides), cfg=node, task_name="plan",
                                      status=JobStatus.COMPLETED, _return_value=row.trainable))
         if shared:
             print("every run: " + " ".join(shared))
-        print(format_plan(rows), flush=True)
+        print(format_plan(rows, {d: why for d, why in problems.items() if why}), flush=True)
         return returns

@@ -2,6 +2,7 @@
 
 `execute(cfg)` is the one entry point that executors send runs to: it runs the composed config
 through lorasweep.run.lifecycle, with a pruning reporter when the run is a trial of an Optuna sweep.
+Its driver has triaged it already (and said, e.g., that its stored result was unreadable).
 """
 from __future__ import annotations
 
@@ -23,13 +24,13 @@ def execute(cfg: Mapping[str, Any], log_file: str | None = None) -> dict:
 
         reporter = reporter_for(cfg["trial"])
     if log_file is None:
-        return run_config(cfg, reporter)
+        return run_config(cfg, reporter, triaged=True)
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", buffering=1) as log:
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = log
         try:
-            return run_config(cfg, reporter)
+            return run_config(cfg, reporter, triaged=True)
         finally:
             sys.stdout, sys.stderr = saved
 

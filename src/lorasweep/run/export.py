@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config.spec import ADAPTER_METHODS, ModelSpec, TaskSpec
-from ..errors import ExportError
+from ..errors import ExportError, UnreadableResultError
 from ..model import loading, tokens
 from ..tasks import task as tasks
 from . import store
@@ -34,7 +34,10 @@ class RunArtifact:
 def read_run(folder: str | Path) -> RunArtifact:
     """The finished adapter run in `folder`, or an ExportError saying why it is not one."""
     folder = Path(folder)
-    result = store.read_result(folder)
+    try:
+        result = store.read_result(folder)
+    except UnreadableResultError as e:
+        raise ExportError(f"{e}: not a finished run to export") from None
     if result is None:
         raise ExportError(f"{folder}: no readable {store.RESULT_FILE}; pass a run's folder from the results store")
     if result.get("status") != "done":

@@ -4,11 +4,13 @@
       plan_run(cfg)            run/plan.py: validated spec, modules, exact count; no weight read
       run_planned(plan, ...)   below: load, adapt, train (run/loop.py), evaluate, save, result.json
 
-Everything that can be wrong with a config or a data file fails before a weight is read. A run
-that fails after that still leaves a result (status failed, with the reason) and its traceback.
-A run whose training loss becomes NaN or infinite is not a failure but a result: status diverged,
-with the step, the last finite loss and its curve so far; it is not tested, saved or trained again
-(the same config diverges again: a run is deterministic in its seed).
+Everything that can be wrong with a config or a data file, and a results_dir that cannot be written,
+fails before a weight is read. A run that fails after that still leaves a result (status failed,
+with the reason) and its traceback, as far as the store still takes them: a write the store refuses
+(a full disk) is raised as a StoreError naming the path and the cause. A run whose training loss
+becomes NaN or infinite is not a failure but a result: status diverged, with the step, the last
+finite loss and its curve so far; it is not tested, saved or trained again (the same config
+diverges again: a run is deterministic in its seed).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 
 from ..config.spec import RunSpec
 from ..console import say
+from ..errors import StoreError, UnreadableResultError
 from ..model import loading, methods, tokens
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
@@ -31,21 +34,30 @@ from .plan import Plan, plan_run
 from .tracking import check_tracking, make_tracker
 
 
-def run_config(cfg: Mapping[str, Any], reporter: Reporter | None = None) -> dict[str, Any]:
-    """Validate a composed config and run it; returns the result dict (also written to disk)."""
+def run_config(cfg: Mapping[str, Any], reporter: Reporter | None = None, *, triaged: bool = False) -> dict[str, Any]:
+    """Validate a composed config and run it; returns the result dict (also written to disk).
+    `triaged`: a sweep driver has already told the user what the store holds for this run."""
     tracking = dict(cfg.get("tracking") or {})
     check_tracking(tracking)
     plan = plan_run(cfg)  # config, data and projection errors surface here, before any weight is read
-    return run_planned(plan, store.store_dir(cfg), tracking=tracking, reporter=reporter,
-                       loop=LoopOptions.from_config(cfg.get("train") or {}))
+    results_dir = store.store_dir(cfg)
+    store.check_writable(results_dir)  # an unwritable store too (created if missing, once per process)
+    return run_planned(plan, results_dir, tracking=tracking, reporter=reporter,
+                       loop=LoopOptions.from_config(cfg.get("train") or {}), triaged=triaged)
 
 
 def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | None = None,
-                reporter: Reporter | None = None, loop: LoopOptions = LoopOptions()) -> dict[str, Any]:
+                reporter: Reporter | None = None, loop: LoopOptions = LoopOptions(),
+                triaged: bool = False) -> dict[str, Any]:
     """The lifecycle of a planned run, in this process; its result lands in `results_dir`."""
     spec = plan.spec
     folder = plan.folder(results_dir)
-    previous = store.read_result(folder)
+    try:
+        previous = store.read_result(folder)
+    except UnreadableResultError as e:  # trained again, and its result overwrites the file
+        previous = None
+        if not triaged:
+            say(f"{spec.slug}: {e}, training it again")
     if previous and previous.get("status") in ("done", "diverged"):
         say(f"{spec.slug}: already {previous['status']} ({folder}), not trained again")
         return previous
@@ -61,11 +73,31 @@ def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | 
     try:
         return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter, loop)
     except Exception as e:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "traceback.txt").write_text(traceback.format_exc())
-        store.write_result(folder, {**base, "status": "failed", "reason": f"{type(e).__name__}: {e}",
-                                    "timing": {"total_s": time.perf_counter() - t_start}})
+        failure = store.storage_error(e, folder)  # the store refused a write (a full disk): said in one line
+        _record_failure(folder, base, failure or e, t_start)
+        if failure is not None and failure is not e:
+            raise failure from e
         raise
+
+
+def _record_failure(folder: Path, base: dict, error: BaseException, t_start: float) -> None:
+    """traceback.txt and a failed result.json, as far as the store still takes them: on a full disk
+    either may not fit, and failing to record a failure must not hide why the run failed.
+    Called while handling the failure (traceback.format_exc)."""
+    text = traceback.format_exc()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "traceback.txt").write_text(text)
+    except OSError:  # a half-written traceback says less than none
+        try:
+            (folder / "traceback.txt").unlink(missing_ok=True)
+        except OSError:
+            pass
+    try:
+        store.write_result(folder, {**base, "status": "failed", "reason": f"{type(error).__name__}: {error}",
+                                    "timing": {"total_s": time.perf_counter() - t_start}})
+    except (OSError, StoreError):
+        pass
 
 
 def record_over_budget(plan: Plan, results_dir: Path) -> dict[str, Any]:
@@ -187,14 +219,29 @@ def _save(model, tokenizer, spec: RunSpec, folder: Path, initial: Path | None) -
     With injected tokens the tokenizer is saved beside it: the new ids are part of the model."""
     if spec.method == "none":
         return {}
-    if spec.method in methods.ADAPTER_METHODS:
-        target = folder / "adapter"
-        methods.save_adapter(model, spec, target, initial)
-    else:
-        target = folder / "model"
-        model.save_pretrained(target)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(target)
+    adapter = spec.method in methods.ADAPTER_METHODS
+    target = folder / ("adapter" if adapter else "model")
+    # safetensors says only "os error 28": the file it was writing is named here
+    weights = target / ("adapter_model.safetensors" if adapter else "model.safetensors")
+    try:
+        if adapter:
+            methods.save_adapter(model, spec, target, initial)
+        else:
+            model.save_pretrained(target)
+    except Exception as e:
+        failure = store.storage_error(e, weights)
+        if failure is None:
+            raise
+        shutil.rmtree(target, ignore_errors=True)  # half an adapter is none, and its room may fit result.json
+        raise failure from e
+    try:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(target)
+    except Exception as e:
+        failure = store.storage_error(e, target)
+        if failure is None:
+            raise
+        raise failure from e
     # the path is relative to the run's folder, so a results store can be moved or copied whole
     return {"kind": target.name, "path": target.name, "size_bytes": store.folder_size(target)}
 

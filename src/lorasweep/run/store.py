@@ -7,18 +7,27 @@ leaves one. docs/ARCHITECTURE.md lists the fields.
 Every JSON file the project writes goes through write_json_atomically, which writes strict JSON:
 a non-finite float (NaN, +-Infinity: a diverged eval loss, say) becomes null, never the `NaN`
 literal that Python's json writes by default and strict parsers (jq, JavaScript, Go) reject.
+
+When the store fails: a write that fails (a full disk, a read-only mount) becomes a StoreError naming
+the path and the cause; a results_dir that cannot be written at all is refused before anything
+trains (`check_writable`); a result.json that is there but cannot be read is an UnreadableResultError,
+not "no result" (the run is trained again, and the user is told which file).
 """
 from __future__ import annotations
 
+import errno as codes
 import json
 import math
 import os
+import re
 import platform
 import resource
 import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
+
+from ..errors import StoreError, UnreadableResultError, UnwritableStoreError
 
 SCHEMA = 1
 # diverged: the training loss became NaN or infinite; a result (like done), never retrained
@@ -49,8 +58,11 @@ def write_result(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
 def write_json_atomically(target: Path, data: Any) -> None:
     """Temp file + rename in the same folder: a reader sees the old file or the new one, never half.
     Strict JSON: non-finite floats are written as null (see `finite`)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".json", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".json", dir=target.parent)
+    except OSError as e:
+        raise _from_os_error(e, target) from e
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(finite(data), f, indent=2, default=_jsonable, allow_nan=False)
@@ -59,17 +71,143 @@ def write_json_atomically(target: Path, data: Any) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be read by others
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _from_os_error(e, target) from e
         raise
 
 
 def read_result(folder: Path) -> dict[str, Any] | None:
-    """The stored result of a run, or None if there is none (or it is unreadable)."""
+    """The stored result of a run; None if there is none. A result.json that is there but is not a
+    readable lorasweep result (truncated, binary, a JSON object without our schema and status) raises
+    UnreadableResultError, which says the file and why: it must not pass for "no result" silently."""
+    path = folder / RESULT_FILE
     try:
-        return json.loads((folder / RESULT_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        raise UnreadableResultError(path, e.strerror or str(e)) from e
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UnreadableResultError(path, "not UTF-8 text: a binary file") from None
+    except json.JSONDecodeError as e:
+        raise UnreadableResultError(path, f"{e.msg}: line {e.lineno} column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise UnreadableResultError(path, f"a JSON {type(data).__name__}, not a result object")
+    missing = [k for k in ("schema", "status") if k not in data]
+    if missing:
+        raise UnreadableResultError(path, f"a JSON object without {' and '.join(missing)}: not a lorasweep result")
+    if data["status"] not in STATUSES:
+        raise UnreadableResultError(path, f"status {data['status']!r} is not one of {', '.join(STATUSES)}")
+    return data
+
+
+# -- writing into the store: refused before anything trains, or one line naming the path and cause --
+
+_WRITABLE: dict[Path, str | None] = {}  # results_dir (resolved) -> why it is not writable, once per process
+
+
+def check_writable(results_dir: str | Path) -> None:
+    """Refuse a results_dir that cannot be written, before anything trains: create it if missing, then
+    create and remove a temp file in it (permissions alone do not tell: root ignores them, a read-only
+    mount does not). Folders it created go again: a run that stops before writing (a model that
+    cannot be had) leaves no empty store behind. Once per results_dir per process, so a sweep of many
+    runs pays it once."""
+    path = Path(results_dir)
+    key = path.resolve()
+    if key not in _WRITABLE:
+        _WRITABLE[key] = _probe(path)
+    if _WRITABLE[key]:
+        raise UnwritableStoreError(f"results_dir={results_dir} is not writable: {_WRITABLE[key]}")
+
+
+def _probe(path: Path) -> str | None:
+    missing, p = [], path.absolute()
+    while not p.exists() and p != p.parent:  # deepest first: the order to remove them in
+        missing.append(p)
+        p = p.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+def writable_problem(results_dir: str | Path) -> str | None:
+    """Why results_dir looks not writable, without writing anything (the plan view): None when it
+    looks fine. Looks only (the folder or its nearest existing parent); check_writable is the proof."""
+    path = Path(results_dir).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        return os.strerror(codes.ENOTDIR)
+    if os.access(path, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return os.strerror(codes.EROFS if read_only else codes.EACCES)
+
+
+# errnos that mean the store itself refuses the write (not a bug in the run)
+STORE_ERRNOS = {codes.ENOSPC, codes.EDQUOT, codes.EROFS, codes.EACCES, codes.EPERM, codes.EFBIG, codes.EIO}
+_OS_ERROR = re.compile(r"os error (\d+)")  # Rust's io::Error (safetensors): "... (os error 28)"
+
+
+def storage_error(error: BaseException, path: str | Path) -> StoreError | None:
+    """The StoreError behind a failed write into `path` (a file, or the folder being written), or None
+    when the failure is not the store's. Looks through the exception's chain: safetensors reports a
+    full disk as SafetensorError '... (os error 28)', torch.save only as a failed stream write."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, StoreError):
+            return e
+        if isinstance(e, OSError) and e.errno in STORE_ERRNOS:
+            return _from_os_error(e, path)
+        match = _OS_ERROR.search(str(e))
+        if match and int(match.group(1)) in STORE_ERRNOS:
+            number = int(match.group(1))
+            return StoreError(str(path), os.strerror(number), number)
+        e = e.__cause__ or e.__context__
+    if _looks_like_a_failed_write(error) and _no_space_left(Path(path)):
+        return StoreError(str(path), os.strerror(codes.ENOSPC), codes.ENOSPC)
+    return None
+
+
+def _from_os_error(e: OSError, path: str | Path) -> StoreError:
+    return StoreError(e.filename or str(path), e.strerror or str(e), e.errno)
+
+
+def _looks_like_a_failed_write(error: BaseException) -> bool:
+    text = f"{error} {error.__context__ or ''}".lower()
+    return any(w in text for w in ("write", "iostream", "inline_container", "i/o error"))
+
+
+def _no_space_left(path: Path, below: int = 1 << 20) -> bool:
+    """The filesystem holding `path` has (almost) no room left: less than `below` bytes."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < below
 
 
 def env_info() -> dict[str, Any]:

@@ -4,6 +4,11 @@ Prints "run i/N" lines as runs start and finish and a summary at the end (done, 
 diverged, over budget, failed, best so far). A diverged run (its training loss became NaN or
 infinite) is a result, not a failure: it is counted, never retrained, and the exit status stays 0. Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops its workers;
 finished runs keep their results and the same command later trains only what is missing.
+
+The store's faults: a results_dir that cannot be written stops the sweep before anything trains
+(exit 2); a run that fails because the store refused a write stops the sweep when every later run
+would fail the same way (no space left, a read-only store): the runs not started are said, and the
+sweep exits 1 with no traceback; a stored result.json that cannot be read is said and trained again.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from ..console import say
-from ..errors import SubmissionError
+from ..errors import StoreError, SubmissionError, UnwritableStoreError
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .triage import triage
@@ -52,6 +57,8 @@ class SweepTally:
     counts: dict[str, int] = field(default_factory=dict)
     best: tuple[float, str, dict] | None = None  # (objective value, label, result)
     returns: list[JobReturn | None] = field(init=False)
+    stopped: StoreError | None = None  # the store fault that stops the sweep (every later run would hit it)
+    store_failed: bool = False  # a run failed on a store fault: said in its line, no traceback after
 
     def __post_init__(self) -> None:
         self.returns = [None] * self.total
@@ -84,7 +91,7 @@ class SweepTally:
 
     def summary(self) -> str:
         order = ("done", "already done", "diverged", "already diverged", "same run", "over budget", "pruned",
-                 "failed", "invalid")
+                 "failed", "not started", "invalid")
         parts = [f"{self.counts[k]} {k}" for k in (*order, *sorted(set(self.counts) - set(order)))
                  if self.counts.get(k)]
         return f"sweep: {self.total} runs: {', '.join(parts) or 'none finished'}; best: {self.best_line()}"
@@ -105,8 +112,17 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
     for i, overrides in enumerate(job_overrides):
         node, cfg = configs(overrides)
         job = SweepJob(i, overrides, node, cfg, labels[i], total)
-        decision = triage(cfg)
+        try:
+            decision = triage(cfg)
+        except UnwritableStoreError as e:  # before anything trained: the same for every run, said once
+            say(f"sweep: {e}; nothing was trained")
+            raise SystemExit(2) from None
+        except StoreError as e:  # recording an over-budget run: the store refused the write
+            say(f"sweep: {e}; stopped")
+            raise SystemExit(1) from None
         job.folder = decision.folder
+        if decision.unreadable and decision.verdict == "train" and decision.folder not in queued:
+            say(f"{job.tag}: {decision.unreadable}, training it again")
         if decision.verdict == "invalid":
             tally.record(job, "invalid", f"{job.tag}: invalid: {decision.error}")
         elif decision.verdict == "done":
@@ -126,6 +142,8 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
     if queue:
         _train(queue, tally, open_executor)
     say(tally.summary())
+    if tally.store_failed:  # said in one line per run (and why the sweep stopped): no traceback from Hydra
+        raise SystemExit(1)
     if tally.counts.get("invalid") and not tally.counts.get("failed"):
         # a config mistake was said in one line per run above: exit 2 without a traceback
         raise SystemExit(2)
@@ -152,6 +170,8 @@ def _train(queue: list[SweepJob], tally: SweepTally, open_executor: Callable[[],
                     job = running.pop(future)
                     durations.append(time.perf_counter() - job.started)
                     _collect(future, job, tally)
+                    if tally.stopped is not None and queue:
+                        _stop(queue, tally)
                     left = len(queue) + len(running)
                     eta = sum(durations) / len(durations) * left / max(1, min(executor.n_jobs, left))
                     say(f"  {tally.finished}/{tally.total} finished, best so far: {tally.best_line()}"
@@ -171,6 +191,12 @@ def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
     elapsed = f"{time.perf_counter() - job.started:.0f}s"
     try:
         result = future.result()
+    except StoreError as e:  # the store refused a write: one line with the path and the cause
+        tally.store_failed = True
+        if e.whole_store and tally.stopped is None:
+            tally.stopped = e
+        tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {e}", error=e)
+        return
     except Exception as e:  # the run recorded itself as failed; the sweep goes on
         tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {type(e).__name__}: {e} "
                                     f"(see {job.folder / 'traceback.txt'})", error=e)
@@ -184,6 +210,17 @@ def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
     # a status this driver does not know is said as it is, never a KeyError
     outcome = {"done": "done", "pruned": "pruned", "skipped_budget": "over budget"}.get(status, str(status))
     tally.record(job, outcome, f"{job.tag}: {outcome}, {_metric(result)}, {elapsed}", result)
+
+
+def _stop(queue: list[SweepJob], tally: SweepTally) -> None:
+    """No run is started after a store fault that every later run would hit (no space left, a
+    read-only store): they would each load a model and train only to fail on the same write."""
+    e = tally.stopped
+    runs = f"{len(queue)} run{'s' if len(queue) != 1 else ''}"
+    say(f"sweep: stopped: {e.cause}; the {runs} not started would fail the same way; "
+        f"{'free space' if e.no_space else 'fix the results store'} and run the same command again to train them")
+    tally.counts["not started"] = tally.counts.get("not started", 0) + len(queue)
+    queue.clear()
 
 
 def _metric(result: dict) -> str:

@@ -9,6 +9,10 @@ trials in total, and a finished run (same run key) is never trained twice.
 A run that diverged (its training loss became NaN or infinite) is told to the study as FAIL, with
 user attributes status=diverged and its reason: the sampler learns nothing false from it (no 0% value),
 it counts towards n_trials, and its stored result stands for its run key like a done one.
+
+The store's faults as in a grid sweep: a results_dir that cannot be written stops it before the
+study opens (exit 2); a trial that fails because the store is full (or read-only) stops asking for
+more (exit 1, no traceback); a stored result.json that cannot be read is said and trained again.
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ from optuna.trial import TrialState
 
 from ..compat import reopen_trial, trial_id
 from ..console import say
+from ..errors import StoreError, UnwritableStoreError
 from ..executors.factory import executor_for, runs_on_slurm
+from ..run.store import check_writable
 from ..run.study_storage import check_storage, default_storage, open_storage
 from . import optuna_space as space_of
 from .triage import triage
@@ -83,6 +89,7 @@ class OptunaSweep:
                  launcher: dict | None, results_dir: Path) -> None:
         self.s, self.compose, self.launcher, self.results_dir = settings, compose, launcher, results_dir
         self.stats = {"trained": 0, "reused": 0}
+        self.stopped: StoreError | None = None  # a store fault every later trial would hit too
 
     def run(self, arguments: list[str]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -91,6 +98,11 @@ class OptunaSweep:
         if not self.space:
             raise ValueError("the Optuna sweeper found no search space: give one, e.g. 'lora.r=choice(4,8,16)' "
                              "or hydra.sweeper.params")
+        try:  # before the study (its default storage lives in the store) and before anything trains
+            check_writable(self.results_dir)
+        except UnwritableStoreError as e:
+            say(f"sweep: {e}; nothing was trained")
+            raise SystemExit(2) from None
         directions = space_of.directions_for(self.s.direction, self.s.objectives)
         sampler = space_of.make_sampler(self.s.sampler, self.s.seed, self.space)
         self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.s.sampler) else None
@@ -108,6 +120,8 @@ class OptunaSweep:
         self._recover_abandoned()
         self._loop()
         self._summary()
+        if self.stopped is not None:
+            raise SystemExit(1)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -118,7 +132,8 @@ class OptunaSweep:
         executor = executor_for(self.launcher, self.s.n_jobs, self.s.threads)
         try:
             while True:
-                while len(inflight) < self.s.n_jobs and finished + _pending(inflight) < self.n_trials:
+                while (self.stopped is None and len(inflight) < self.s.n_jobs
+                       and finished + _pending(inflight) < self.n_trials):
                     finished += self._start(finished + _pending(inflight) + 1, executor, inflight, by_key)
                 if not inflight:
                     return
@@ -160,6 +175,8 @@ class OptunaSweep:
         if decision.stored and decision.stored.get("status") in REUSABLE:
             self.stats["reused"] += 1
             return self._tell_result(trial, label, decision.stored, suffix=" (reused stored result)")
+        if decision.unreadable and key not in by_key:
+            say(f"{label}: {decision.unreadable}, training it again")
         if key in by_key:  # the same run is already training for another trial: wait for it
             inflight[by_key[key]].trials.append((trial, label))
             say(f"{label}: same run as one in flight ({key}), waiting for it")
@@ -180,7 +197,14 @@ class OptunaSweep:
 
     def _tell_outcome(self, trial, label: str, future: Future) -> None:
         error = future.exception()
-        if error is not None:
+        if isinstance(error, StoreError):  # one line with the path and the cause
+            self._tell(trial, TrialState.FAIL, label, f"failed: {error}", status="failed", reason=str(error))
+            if error.whole_store and self.stopped is None:
+                self.stopped = error
+                say(f"sweep: stopped: {error.cause}; no more trials are started (each would fail the same "
+                    f"way); {'free space' if error.no_space else 'fix the results store'} and run the same "
+                    f"command again to continue the study")
+        elif error is not None:
             reason = f"{type(error).__name__}: {error}"
             self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
         else:

@@ -17,6 +17,7 @@ class PlanRow:
     over_budget: bool = False
     done: bool = False
     error: str = ""
+    unreadable: str = ""           # its stored result.json cannot be read: it trains again
 
 
 def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
@@ -29,10 +30,12 @@ def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
     spec = plan.spec
     rank = f"{spec.lora.r} (auto)" if plan.auto_rank else (str(spec.lora.r) if plan.targets else "-")
     return PlanRow(label, plan.predicted, plan.base_total, plan.budget, rank, plan.over_budget,
-                   decision.verdict == "done")
+                   decision.verdict == "done", unreadable=decision.unreadable)
 
 
-def format_plan(rows: list[PlanRow]) -> str:
+def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None) -> str:
+    """The table and its total line; `store_problems` (results_dir -> why it looks not writable, from
+    lorasweep.run.store.writable_problem: looked at, not written) goes at the end of the total line."""
     head = ("run", "r", "trainable", "% of model", "% of budget", "over budget", "done")
     table = [head] + [_cells(r) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
@@ -40,12 +43,14 @@ def format_plan(rows: list[PlanRow]) -> str:
              for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += [f"  error: {r.overrides}: {r.error}" for r in rows if r.error]
+    lines += [f"  {r.overrides or '(defaults)'}: {r.unreadable}: it trains again" for r in rows if r.unreadable]
     over = sum(r.over_budget for r in rows)
     done = sum(r.done for r in rows)
     errors = sum(bool(r.error) for r in rows)
     to_run = sum(not (r.over_budget or r.done or r.error) for r in rows)
     lines.append(f"total: {len(rows)} runs, {over} over budget, {done} already done, "
-                 f"{errors} with errors, {to_run} to run")
+                 f"{errors} with errors, {to_run} to run"
+                 + "".join(f"; results_dir={d} is not writable: {why}" for d, why in (store_problems or {}).items()))
     return "\n".join(lines)
 
 

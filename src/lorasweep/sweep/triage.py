@@ -10,6 +10,11 @@
 
 The grid driver, the Optuna loop and the plan view all ask here. One more case is the driver's own:
 two cells of one sweep with the same run key (e.g. method=none x lora.r=4,8) train once.
+
+The store, too: a results_dir that cannot be written raises UnwritableStoreError (a sweep stops
+before anything trains; the plan view, which writes nothing, does not probe), and a stored
+result.json that cannot be read is no result: the run trains again, and `unreadable` says which
+file and why, for the driver to tell the user.
 """
 from __future__ import annotations
 
@@ -17,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import USER_ERRORS
+from ..errors import USER_ERRORS, UnreadableResultError
 from ..run.lifecycle import record_over_budget
 from ..run.plan import Plan, plan_run
-from ..run.store import read_result, store_dir
+from ..run.store import check_writable, read_result, store_dir
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Triage:
     folder: Path | None = None    # the run's folder in the results store
     stored: dict | None = None    # its stored result (any status), or the skipped_budget record just written
     mistake: Exception | None = None  # invalid: the ConfigError, DataError, ... that says what is wrong
+    unreadable: str = ""          # "<path> is unreadable (why)": a stored result.json that trains again
 
     @property
     def error(self) -> str:
@@ -43,17 +49,25 @@ class Triage:
 
 
 def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
-    """Plan the run (no weight is read) and decide. `record`: write an over-budget run's
-    skipped_budget result (the plan view writes nothing)."""
+    """Plan the run (no weight is read) and decide. `record`: check that the store can be written
+    (UnwritableStoreError if not; once per results_dir) and write an over-budget run's skipped_budget
+    result (the plan view writes nothing)."""
     try:
         plan = plan_run(cfg)
     except USER_ERRORS as e:
         return Triage("invalid", mistake=e)
     store = store_dir(cfg)
+    if record:
+        check_writable(store)
     folder = plan.folder(store)
-    stored = read_result(folder)
+    unreadable = ""
+    try:
+        stored = read_result(folder)
+    except UnreadableResultError as e:
+        stored, unreadable = None, str(e)
     if stored and stored.get("status") in ("done", "diverged"):
         return Triage(stored["status"], plan, folder, stored)
     if plan.over_budget:
-        return Triage("over_budget", plan, folder, record_over_budget(plan, store) if record else stored)
-    return Triage("train", plan, folder, stored)
+        return Triage("over_budget", plan, folder, record_over_budget(plan, store) if record else stored,
+                      unreadable=unreadable)
+    return Triage("train", plan, folder, stored, unreadable=unreadable)
