@@ -41,12 +41,6 @@ class Triage:
     def error(self) -> str:
         return str(self.mistake or "")
 
-    @property
-    def label(self) -> str:
-        """How progress lines say it."""
-        return {"over_budget": "over budget", "done": "already done",
-                "diverged": "already diverged"}.get(self.verdict, self.verdict)
-
 
 def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
     """Plan the run (no weight is read) and decide. `record`: check that the store can be written
