@@ -58,7 +58,7 @@ def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | 
         previous = None
         if not triaged:
             say(f"{spec.slug}: {e}, training it again")
-    if previous and previous.get("status") in ("done", "diverged"):
+    if previous and previous.get("status") in store.FINISHED:
         say(f"{spec.slug}: already {previous['status']} ({folder}), not trained again")
         return previous
     if plan.over_budget:

@@ -32,6 +32,7 @@ from ..errors import StoreError, UnreadableResultError, UnwritableStoreError
 SCHEMA = 1
 # diverged: the training loss became NaN or infinite; a result (like done), never retrained
 STATUSES = ("done", "failed", "skipped_budget", "pruned", "diverged")
+FINISHED = ("done", "diverged")  # a stored result of these is never trained again
 RESULT_FILE = "result.json"
 DEFAULT_STORE = "results"
 

@@ -28,13 +28,13 @@ from ..compat import reopen_trial, trial_id
 from ..console import say
 from ..errors import StoreError, UnwritableStoreError
 from ..executors.factory import executor_for, runs_on_slurm
-from ..run.store import check_writable
+from ..run.store import FINISHED, check_writable
 from ..run.study_storage import check_storage, default_storage, open_storage
 from . import optuna_space as space_of
 from .triage import triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
-REUSABLE = ("done", "pruned", "diverged")  # a stored result of these stands for its run key's trial
+REUSABLE = (*FINISHED, "pruned")  # a stored result of these stands for its run key's trial
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 from ..errors import USER_ERRORS, UnreadableResultError
 from ..run.lifecycle import record_over_budget
 from ..run.plan import Plan, plan_run
-from ..run.store import check_writable, read_result, store_dir
+from ..run.store import FINISHED, check_writable, read_result, store_dir
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
         stored = read_result(folder)
     except UnreadableResultError as e:
         stored, unreadable = None, str(e)
-    if stored and stored.get("status") in ("done", "diverged"):
+    if stored and stored.get("status") in FINISHED:
         return Triage(stored["status"], plan, folder, stored)
     if plan.over_budget:
         return Triage("over_budget", plan, folder, record_over_budget(plan, store) if record else stored,
