@@ -125,11 +125,23 @@ def check_writable(results_dir: str | Path) -> None:
         raise UnwritableStoreError(f"results_dir={results_dir} is not writable: {_WRITABLE[key]}")
 
 
-def _probe(path: Path) -> str | None:
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and its parents that do not exist yet, deepest first (the order to remove them in)."""
     missing, p = [], path.absolute()
-    while not p.exists() and p != p.parent:  # deepest first: the order to remove them in
+    while not p.exists() and p != p.parent:
         missing.append(p)
         p = p.parent
+    return missing
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest parent that exists."""
+    missing = _missing_folders(path)
+    return missing[-1].parent if missing else path.absolute()
+
+
+def _probe(path: Path) -> str | None:
+    missing = _missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=path)
@@ -149,9 +161,7 @@ def _probe(path: Path) -> str | None:
 def writable_problem(results_dir: str | Path) -> str | None:
     """Why results_dir looks not writable, without writing anything (the plan view): None when it
     looks fine. Looks only (the folder or its nearest existing parent); check_writable is the proof."""
-    path = Path(results_dir).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
+    path = _nearest_existing(Path(results_dir))
     if not path.is_dir():
         return os.strerror(codes.ENOTDIR)
     if os.access(path, os.W_OK | os.X_OK):
@@ -201,11 +211,8 @@ def _looks_like_a_failed_write(error: BaseException) -> bool:
 
 def _no_space_left(path: Path, below: int = 1 << 20) -> bool:
     """The filesystem holding `path` has (almost) no room left: less than `below` bytes."""
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
     try:
-        st = os.statvfs(path)
+        st = os.statvfs(_nearest_existing(path))
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < below
