@@ -181,10 +181,8 @@ def _pruned(folder: Path, base: dict, outcome, load_s: float, t_start: float) ->
     reason = f"stopped by the sweep's pruner at step {outcome.pruned_at}"
     say(f"{base['slug']}: {reason}")
     last = outcome.curve[-1] if outcome.curve else {}
-    return store.write_result(folder, {
-        **base, "status": "pruned", "reason": reason,
-        "metrics": {"eval": {k: v for k, v in last.items() if k not in ("step", "epoch", "train_loss")}},
-        "curve": outcome.curve, "timing": _timing(load_s, outcome, 0.0, t_start), "memory": store.peak_memory()})
+    return _stopped_early(folder, base, outcome, load_s, t_start, status="pruned", reason=reason,
+                          metrics={"eval": {k: v for k, v in last.items() if k not in ("step", "epoch", "train_loss")}})
 
 
 def _diverged(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
@@ -193,11 +191,16 @@ def _diverged(folder: Path, base: dict, outcome, load_s: float, t_start: float) 
     d = outcome.diverged
     shutil.rmtree(folder / methods.PISSA_INIT, ignore_errors=True)
     say(f"{base['slug']}: diverged: {d.reason}")
-    return store.write_result(folder, {
-        **base, "status": "diverged", "reason": d.reason,
-        "divergence": {"step": d.step, "loss": str(d.loss),  # "nan", "inf", "-inf": JSON has no such number
-                       "last_finite_step": d.last_finite_step, "last_finite_loss": d.last_finite_loss},
-        "curve": outcome.curve, "timing": _timing(load_s, outcome, 0.0, t_start), "memory": store.peak_memory()})
+    return _stopped_early(folder, base, outcome, load_s, t_start, status="diverged", reason=d.reason,
+                          divergence={"step": d.step, "loss": str(d.loss),  # "nan", "inf": JSON has no such number
+                                      "last_finite_step": d.last_finite_step, "last_finite_loss": d.last_finite_loss})
+
+
+def _stopped_early(folder: Path, base: dict, outcome, load_s: float, t_start: float, **fields: Any) -> dict[str, Any]:
+    """The result of a run that stopped training before its end (pruned, diverged): its status,
+    reason and `fields`, the curve so far and its timing; no test evaluation, no adapter."""
+    return store.write_result(folder, {**base, **fields, "curve": outcome.curve,
+                                       "timing": _timing(load_s, outcome, 0.0, t_start), "memory": store.peak_memory()})
 
 
 def _checked_params(model, plan: Plan) -> dict[str, Any]:
