@@ -1,7 +1,7 @@
 """The fault tests of issue 13 ("Sweeps that survive"): what a run and a sweep do when something
-fails around them (a diverging loss, a full disk, an unwritable store, an unreadable result), as a
-user sees it: launch.py in a subprocess or run_config on a composed config, with tiny models,
-asserting on the output, the exit status and what is left in the results store.
+fails around them (a diverging loss, a full disk, an unwritable store, an unreadable result, out of
+accelerator memory), as a user sees it: launch.py in a subprocess or run_config on a composed config,
+with tiny models, asserting on the output, the exit status and what is left in the results store.
 
 Each kind of fault has its own section below; add a new kind as a new section.
 """
@@ -22,6 +22,8 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import TINY_TOPICS, compose_config, launch
+from lorasweep.errors import AcceleratorMemoryError
+from lorasweep.run import memory
 from lorasweep.run.lifecycle import run_config
 from lorasweep.run.plan import plan_run
 from lorasweep.run.store import write_json_atomically, write_result
@@ -397,3 +399,182 @@ def test_unreadable_result_is_said_and_trained_again_in_a_single_run(tmp_path):
     assert "trainable of" in proc.stderr
     result = json.loads(broken.read_text())
     assert result["status"] == "done" and result["schema"] == 1
+
+
+# == Out of accelerator memory ======================================================================
+#
+# A CPU has no accelerator to fill, so the test hook LORASWEEP_RAISE_OOM (tests/hooks/sitecustomize.py)
+# raises torch.cuda.OutOfMemoryError inside one run's Trainer.training_step, as CUDA's allocator does.
+# The grid runs in one worker (n_jobs=1): the runs after the failed one train in the same process,
+# which is where other tools let one out-of-memory error poison every later run.
+
+HOOKS = Path(__file__).resolve().parent / "hooks"
+OOM_LRS = ("0.001", "0.002", "0.003", "0.004")  # run 2 runs out of memory at its 2nd step; run 4 is stored done
+OOM_AT = "0.002"
+OOM_MESSAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+               "of which 1.06 GiB is free.")
+OOM_REASON = f"out of accelerator memory on cuda:0 (it tried to allocate 2.00 GiB); {memory.hint('lora')}"
+
+
+def with_hooks(monkeypatch, **env: str) -> None:
+    """The processes launch() starts from now on import tests/hooks/sitecustomize.py, with `env` set."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")])))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def trainings(count_file: Path) -> list[tuple[int, str]]:
+    """(pid, run folder) of every Trainer.train call the hook counted."""
+    if not count_file.exists():
+        return []
+    return [(int(pid), folder) for pid, folder in (ln.split(" ", 1) for ln in count_file.read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def oom_grid(tmp_path_factory):
+    """A 4-run grid in one worker: run 1 done, run 2 out of memory at its 2nd step, run 3 done after it
+    in the same worker, run 4 already done in the store (a finished result that must not be lost)."""
+    tmp = tmp_path_factory.mktemp("oom")
+    store = tmp / "results"
+    runs = {lr: TINY_TOPICS + [f"train.lr={lr}"] for lr in OOM_LRS}
+    folders = {lr: folder_of(run, store) for lr, run in runs.items()}
+    kept = seed_done(runs["0.004"], store)
+    kept_bytes = kept.read_bytes()
+    count = tmp / "trainings.txt"
+    with pytest.MonkeyPatch.context() as mp:
+        with_hooks(mp, LORASWEEP_COUNT_TRAININGS=str(count), LORASWEEP_RAISE_OOM=f"{folders[OOM_AT].name}@2")
+        proc = launch(["-m", f"train.lr={','.join(OOM_LRS)}", *TINY_TOPICS, "hydra.launcher.n_jobs=1",
+                       f"results_dir={store}"], cwd=tmp)
+    return {"proc": proc, "folders": folders, "kept": kept, "kept_bytes": kept_bytes, "count": count}
+
+
+def test_oom_run_is_failed_with_the_settings_that_drive_memory(oom_grid):
+    folder = oom_grid["folders"][OOM_AT]
+    result = strict_json((folder / "result.json").read_text())
+    assert result["status"] == "failed"
+    assert result["reason"] == f"AcceleratorMemoryError: {OOM_REASON}"
+    assert result["config"]["train"]["lr"] == float(OOM_AT)
+    # torch's own error and where it was raised are kept beside it
+    text = (folder / "traceback.txt").read_text()
+    assert f"torch.OutOfMemoryError: {OOM_MESSAGE}" in text and "in training_step" in text
+    assert not (folder / "adapter").exists()
+
+
+def test_oom_sweep_goes_on_in_the_same_worker_and_says_the_failure_in_one_line(oom_grid):
+    proc, folders = oom_grid["proc"], oom_grid["folders"]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    no_traceback(proc.stderr)
+    tb = re.escape(str(folders[OOM_AT] / "traceback.txt"))
+    assert re.search(rf"^run 2/4 train\.lr={OOM_AT}: FAILED after \d+s: {re.escape(OOM_REASON)} \(see {tb}\)$",
+                     proc.stderr, re.M), proc.stderr[-3000:]
+    assert "run 4/4 train.lr=0.004: already done" in proc.stderr
+    assert "sweep: 4 runs: 2 done, 1 already done, 1 failed; best: " in proc.stderr
+    # the runs after the failure trained in the same worker process, and finished
+    counted = trainings(oom_grid["count"])
+    assert [folder for _, folder in counted] == [str(folders[lr].resolve()) for lr in ("0.001", "0.002", "0.003")]
+    assert len({pid for pid, _ in counted}) == 1  # one worker: the same pid before and after the failure
+    for lr in ("0.001", "0.003"):
+        result = strict_json((folders[lr] / "result.json").read_text())
+        assert result["status"] == "done" and 0 <= result["metrics"]["test"]["accuracy"] <= 1
+        assert result["timing"]["steps"] == 4
+    assert oom_grid["kept"].read_bytes() == oom_grid["kept_bytes"]  # the stored result is untouched
+
+
+def test_oom_single_run_says_one_line_and_exits_1(tmp_path, monkeypatch):
+    store = tmp_path / "results"
+    run = TINY_TOPICS + ["train.lr=0.002"]
+    folder = folder_of(run, store)
+    with_hooks(monkeypatch, LORASWEEP_RAISE_OOM=f"{folder.name}@1")
+    proc = launch(run + [f"results_dir={store}"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    no_traceback(proc.stderr)
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [f"error: {OOM_REASON}"]
+    assert strict_json((folder / "result.json").read_text())["status"] == "failed"
+    assert "torch.OutOfMemoryError" in (folder / "traceback.txt").read_text()
+
+
+def test_oom_hint_names_only_settings_that_exist():
+    cfg = compose_config(TINY_TOPICS)
+    methods = Path(__file__).resolve().parents[1] / "conf" / "method"
+    drivers = {"train.batch_size", "train.eval_batch_size", "train.max_length", "lora.r", "lora.proj"}
+    expected = {"lora": (drivers, ["qlora"]), "dora": (drivers, ["qlora"]),
+                "qlora": (drivers, []), "qlora8": (drivers, []),  # already a quantized base
+                "full": (drivers - {"lora.r", "lora.proj"}, ["lora"]),
+                "none": ({"train.eval_batch_size", "train.max_length"}, [])}  # evaluated only
+    for method, (fields, suggested) in expected.items():
+        text = memory.hint(method)
+        named = re.findall(r"\b(train|lora)\.(\w+)", text)
+        assert {f"{group}.{name}" for group, name in named} == fields, method
+        assert all(name in cfg[group] for group, name in named), text  # a real field of the config
+        assert re.findall(r"\bmethod=(\w+)", text) == suggested, method
+        assert all((methods / f"{m}.yaml").is_file() for m in suggested)
+
+
+@pytest.mark.parametrize("error, recognised", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB."), True),
+    (torch.OutOfMemoryError("XPU out of memory. Tried to allocate 1.00 GiB."), True),
+    (RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.00 GB, "
+                  "max allowed: 18.13 GB). Tried to allocate 512.00 MB on private pool."), True),
+    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), True),
+    (RuntimeError("HIP out of memory. Tried to allocate 2.00 GiB."), True),
+    (ValueError("a wrapper"), False),
+    (MemoryError(), False),  # the host's memory: not an accelerator's
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), False),
+    (RuntimeError("out of memory"), False),  # which memory? not said: not guessed
+    (RuntimeError("CUDA error: device-side assert triggered"), False),
+], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v))
+def test_oom_is_recognised_on_any_accelerator_and_only_there(error, recognised):
+    assert (memory.out_of_memory(error) is error) == recognised
+
+
+def test_oom_is_recognised_behind_a_wrapper():
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory.")
+    try:
+        try:
+            raise oom
+        except RuntimeError as e:
+            raise ValueError("evaluation failed") from e
+    except ValueError as wrapped:
+        assert memory.out_of_memory(wrapped) is oom
+
+
+def test_oom_failure_frees_the_model_trainer_and_optimizer(tmp_path, monkeypatch):
+    """In this process: when the error leaves run_config, nothing holds the failed run's model, its
+    Trainer or their optimizer any more (weak references to them are dead), though the caller still
+    holds the error: what lets the next run of a worker have the accelerator's memory."""
+    import gc
+    import weakref
+
+    import transformers
+
+    from lorasweep.model import methods
+
+    refs = {}
+    prepare, step = methods.prepare, transformers.Trainer.training_step
+
+    def prepare_watched(*args, **kwargs):
+        model = prepare(*args, **kwargs)
+        refs["model"] = weakref.ref(model)
+        return model
+
+    def step_then_oom(self, *args, **kwargs):
+        if self.state.global_step == 1:  # the 2nd step: the optimizer has stepped once, its state is there
+            refs["trainer"], refs["optimizer"] = weakref.ref(self), weakref.ref(self.optimizer)
+            refs["moments"] = [weakref.ref(s["exp_avg"]) for s in self.optimizer.state.values()]
+            raise torch.cuda.OutOfMemoryError(OOM_MESSAGE)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(methods, "prepare", prepare_watched)
+    monkeypatch.setattr(transformers.Trainer, "training_step", step_then_oom)
+    cfg = compose_config(TINY_TOPICS + [f"results_dir={tmp_path / 'results'}"])
+    gc.disable()  # no collection by chance: what frees them is the lifecycle's doing
+    try:
+        with pytest.raises(AcceleratorMemoryError) as raised:
+            run_config(cfg)
+        alive = [name for name, ref in refs.items() if name != "moments" and ref() is not None]
+        alive += [f"optimizer state {i}" for i, ref in enumerate(refs["moments"]) if ref() is not None]
+    finally:
+        gc.enable()
+    assert len(refs["moments"]) > 0 and alive == []
+    assert str(raised.value) == OOM_REASON
+    assert raised.value.__context__ is None and raised.value.__cause__ is None  # torch's error not kept

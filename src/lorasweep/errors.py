@@ -50,6 +50,13 @@ class StoreError(RuntimeError):
         return self.no_space or self.errno == errno.EROFS
 
 
+class AcceleratorMemoryError(RuntimeError):
+    """A run ran out of accelerator (GPU) memory: the device, its free and total memory where torch
+    can say, and the settings that drive memory. The run is recorded failed with this as its reason
+    (its traceback.txt holds torch's own error); said in one line (exit 1), not a config mistake: the
+    same config may fit on a larger device."""
+
+
 class UnwritableStoreError(ConfigError):
     """results_dir cannot be written at all (found before anything trains): 'results_dir=/x is not
     writable: Read-only file system'."""

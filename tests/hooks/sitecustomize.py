@@ -4,10 +4,16 @@ environment variable is set, so a process started without them is an ordinary on
 
     LORASWEEP_COUNT_TRAININGS=<file>   every Trainer.train call appends "<pid> <run folder>" to <file>:
                                        how the tests count trainings (no run may be trained twice)
+    LORASWEEP_RAISE_OOM=<name>@<step>  the run whose folder's name contains <name> raises
+                                       torch.cuda.OutOfMemoryError (a message like CUDA's own) at its
+                                       <step>th training step (1-based; "@<step>" may be left out: 1),
+                                       from inside Trainer.training_step: how a CPU machine runs out of
+                                       accelerator memory in a real run
 """
 import os
 
 _COUNT = os.environ.get("LORASWEEP_COUNT_TRAININGS")
+_OOM = os.environ.get("LORASWEEP_RAISE_OOM")
 
 if _COUNT:
     from pathlib import Path
@@ -22,3 +28,24 @@ if _COUNT:
         return _train(self, *args, **kwargs)
 
     transformers.Trainer.train = _counted_train
+
+if _OOM:
+    from pathlib import Path
+
+    import torch
+    import transformers
+
+    _OOM_NAME, _, _OOM_STEP = _OOM.partition("@")
+    _training_step = transformers.Trainer.training_step
+
+    def _step_or_oom(self, *args, **kwargs):
+        # the Trainer's output_dir is <run folder>/trainer (lorasweep.run.lifecycle)
+        if _OOM_NAME in Path(self.args.output_dir).resolve().parent.name:
+            self._oom_steps = getattr(self, "_oom_steps", 0) + 1
+            if self._oom_steps == int(_OOM_STEP or 1):
+                raise torch.cuda.OutOfMemoryError(
+                    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+                    "of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: LORASWEEP_RAISE_OOM)")
+        return _training_step(self, *args, **kwargs)
+
+    transformers.Trainer.training_step = _step_or_oom

@@ -10,7 +10,10 @@ with the reason) and its traceback, as far as the store still takes them: a writ
 (a full disk) is raised as a StoreError naming the path and the cause. A run whose training loss
 becomes NaN or infinite is not a failure but a result: status diverged, with the step, the last
 finite loss and its curve so far; it is not tested, saved or trained again (the same config
-diverges again: a run is deterministic in its seed).
+diverges again: a run is deterministic in its seed). A run that runs out of accelerator memory is
+failed with a reason that names the device and the settings that drive memory (AcceleratorMemoryError),
+and its memory is given back before the error leaves (run/memory.py): the next run in the same worker
+does not inherit it.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from ..errors import StoreError, UnreadableResultError
 from ..model import loading, methods, tokens
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
-from . import store
+from . import memory, store
 from .loop import LoopOptions, Reporter, train
 from .plan import Plan, plan_run
 from .tracking import check_tracking, make_tracker
@@ -73,11 +76,21 @@ def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | 
     try:
         return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter, loop)
     except Exception as e:
-        failure = store.storage_error(e, folder)  # the store refused a write (a full disk): said in one line
+        oom = memory.out_of_memory(e)  # out of accelerator memory: one line, and its memory given back below
+        # the store refused a write (a full disk): one line too
+        failure = memory.failure(oom, model, spec.method) if oom else store.storage_error(e, folder)
         _record_failure(folder, base, failure or e, t_start)
-        if failure is not None and failure is not e:
-            raise failure from e
-        raise
+        if oom is None:
+            if failure is not None and failure is not e:
+                raise failure from e
+            raise
+        del oom
+    # Out of accelerator memory: raised from here, outside the except block, so that nothing holds the
+    # torch error or its traceback, whose frames hold the model, the Trainer and its optimizer. With
+    # the model let go of too, release() gives their memory back: the next run of this worker gets it.
+    del model
+    memory.release()
+    raise failure
 
 
 def _record_failure(folder: Path, base: dict, error: BaseException, t_start: float) -> None:

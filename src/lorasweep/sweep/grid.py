@@ -9,6 +9,8 @@ The store's faults: a results_dir that cannot be written stops the sweep before 
 (exit 2); a run that fails because the store refused a write stops the sweep when every later run
 would fail the same way (no space left, a read-only store): the runs not started are said, and the
 sweep exits 1 with no traceback; a stored result.json that cannot be read is said and trained again.
+A run out of accelerator memory is a failure said in one line (what drives memory); the sweep goes on
+in the same workers (the run gave its memory back) and exits 1 at the end.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from ..console import say
-from ..errors import StoreError, SubmissionError, UnwritableStoreError
+from ..errors import AcceleratorMemoryError, StoreError, SubmissionError, UnwritableStoreError
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .triage import triage
@@ -59,6 +61,7 @@ class SweepTally:
     returns: list[JobReturn | None] = field(init=False)
     stopped: StoreError | None = None  # the store fault that stops the sweep (every later run would hit it)
     store_failed: bool = False  # a run failed on a store fault: said in its line, no traceback after
+    said_failures: int = 0      # failures said whole in their line (out of memory): Hydra's traceback adds nothing
 
     def __post_init__(self) -> None:
         self.returns = [None] * self.total
@@ -144,6 +147,8 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
     say(tally.summary())
     if tally.store_failed:  # said in one line per run (and why the sweep stopped): no traceback from Hydra
         raise SystemExit(1)
+    if tally.said_failures and tally.said_failures == tally.counts.get("failed"):
+        raise SystemExit(1)  # every failure said in its line (out of memory), torch's traceback in traceback.txt
     if tally.counts.get("invalid") and not tally.counts.get("failed"):
         # a config mistake was said in one line per run above: exit 2 without a traceback
         raise SystemExit(2)
@@ -196,6 +201,11 @@ def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
         if e.whole_store and tally.stopped is None:
             tally.stopped = e
         tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {e}", error=e)
+        return
+    except AcceleratorMemoryError as e:  # recorded failed; its line says what to lower; the worker freed it
+        tally.said_failures += 1
+        tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {e} (see {job.folder / 'traceback.txt'})",
+                     error=e)
         return
     except Exception as e:  # the run recorded itself as failed; the sweep goes on
         tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {type(e).__name__}: {e} "
