@@ -1,7 +1,7 @@
 """The command line's end of lorasweep: what launch.py calls for one run, and the user's mistakes
 turned into one clear line (exit 2, no traceback); a write the results store refused (a full disk) is
 one line too, with the path and the cause (exit 1; the traceback is in the run's traceback.txt if
-the store took it).
+the store took it), and so is a run another process is training now (exit 1).
 
 `python launch.py` (one run) comes here; `python launch.py -m ...` (a sweep) goes from Hydra to the
 sweeper and launcher plugins in src/hydra_plugins/, which hand the sweep to lorasweep.sweep.
@@ -12,7 +12,7 @@ import sys
 from typing import Any, Mapping
 
 from .console import quiet_libraries
-from .errors import USER_ERRORS, StoreError
+from .errors import USER_ERRORS, RunClaimedError, StoreError
 
 
 def main(cfg: Mapping[str, Any]) -> float | None:
@@ -28,5 +28,8 @@ def main(cfg: Mapping[str, Any]) -> float | None:
     except StoreError as e:
         hint = "; free space on that disk and run the same command again" if e.no_space else ""
         print(f"error: {e}{hint}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except RunClaimedError as e:  # another terminal or sweep trains it now: its result will land there
+        print(f"error: {e}; not started here: its result will be in that folder when it finishes", file=sys.stderr)
         raise SystemExit(1) from None
     return (result.get("objective") or {}).get("value")
