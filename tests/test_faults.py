@@ -11,7 +11,10 @@ import json
 import math
 import os
 import re
+import signal
+import socket
 import subprocess
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from conftest import TINY_TOPICS, compose_config, launch
+from conftest import TINY_TOPICS, Sweep, compose_config, launch, wait_gone
 from lorasweep.errors import AcceleratorMemoryError
 from lorasweep.run import memory
 from lorasweep.run.lifecycle import run_config
@@ -401,7 +404,9 @@ def test_unreadable_result_is_said_and_trained_again_in_a_single_run(tmp_path):
     assert result["status"] == "done" and result["schema"] == 1
 
 
-# == Out of accelerator memory ======================================================================
+# == Out of accelerator memory ===============================================================
+
+
 #
 # A CPU has no accelerator to fill, so the test hook LORASWEEP_RAISE_OOM (tests/hooks/sitecustomize.py)
 # raises torch.cuda.OutOfMemoryError inside one run's Trainer.training_step, as CUDA's allocator does.
@@ -578,3 +583,115 @@ def test_oom_failure_frees_the_model_trainer_and_optimizer(tmp_path, monkeypatch
     assert len(refs["moments"]) > 0 and alive == []
     assert str(raised.value) == OOM_REASON
     assert raised.value.__context__ is None and raised.value.__cause__ is None  # torch's error not kept
+
+
+# =====================================================================================================
+# Two or three drivers on one results store: claims (lorasweep.run.claims)
+# =====================================================================================================
+# Trainings are counted in every process (tests/hooks/sitecustomize.py): a run trained twice shows twice.
+
+CLAIMED_GRID = [*TINY_TOPICS, "train.max_steps=8", "train.step_sleep_s=0.2", "hydra.launcher.threads=1"]
+SIX_LRS = "train.lr=1e-3,2e-3,3e-3,4e-3,5e-3,6e-3"
+
+
+@pytest.fixture
+def counted(tmp_path, monkeypatch) -> Path:
+    """The file every Trainer.train call of the processes started from here on appends a line to."""
+    count = tmp_path / "trainings.txt"
+    with_hooks(monkeypatch, LORASWEEP_COUNT_TRAININGS=str(count))
+    return count
+
+
+def times_trained(count: Path) -> dict[str, int]:
+    """How often each run folder (by name) was trained."""
+    return dict(Counter(Path(folder).name for _, folder in trainings(count)))
+
+
+def summary_counts(output: str) -> dict[str, int]:
+    """The sweep's summary line as {outcome: count}: 'sweep: 6 runs: 2 done, 4 trained elsewhere; best: ...'."""
+    line = re.search(r"^sweep: \d+ runs: (.*); best:", output, re.M).group(1)
+    return {m.group(2): int(m.group(1)) for m in re.finditer(r"(\d+) ([a-z ]+)", line)}
+
+
+def test_three_drivers_on_one_grid_train_each_run_once(tmp_path, counted):
+    store = tmp_path / "results"
+    args = ["-m", *CLAIMED_GRID, SIX_LRS, f"results_dir={store}"]
+    with Sweep(args, tmp_path) as a, Sweep(args, tmp_path) as b, Sweep(args, tmp_path) as c:
+        codes = [s.wait(timeout=600) for s in (a, b, c)]
+        outputs = [s.output for s in (a, b, c)]
+    assert codes == [0, 0, 0], "\n\n".join(o[-2000:] for o in outputs)
+    results = {p.parent.name: json.loads(p.read_text()) for p in store.glob("*/result.json")}
+    assert len(results) == 6 and {r["status"] for r in results.values()} == {"done"}
+    assert times_trained(counted) == {name: 1 for name in results}  # 6 trainings in all, one a run
+    counts = [summary_counts(o) for o in outputs]
+    # each driver reports all six: those it trained, and the others' results as they landed
+    assert all(c.get("done", 0) + c.get("trained elsewhere", 0) == 6 for c in counts), counts
+    assert sum(c.get("done", 0) for c in counts) == 6, counts
+    assert not list(store.glob("*/claim.json"))  # every claim released
+
+
+def test_a_grid_and_an_optuna_study_on_one_store_train_each_run_once(tmp_path, counted):
+    store = tmp_path / "results"
+    grid = ["-m", *CLAIMED_GRID, "train.lr=1e-3,2e-3,3e-3,4e-3", f"results_dir={store}"]
+    study = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=4",
+             "train.lr=choice(1e-3,2e-3,3e-3,4e-3)", *CLAIMED_GRID, f"results_dir={store}"]
+    with Sweep(grid, tmp_path) as a, Sweep(study, tmp_path) as b:
+        codes = [a.wait(timeout=600), b.wait(timeout=600)]
+        outputs = [a.output, b.output]
+    assert codes == [0, 0], "\n\n".join(o[-2000:] for o in outputs)
+    results = {p.parent.name: json.loads(p.read_text()) for p in store.glob("*/result.json")}
+    assert len(results) == 4 and {r["status"] for r in results.values()} == {"done"}
+    assert times_trained(counted) == {name: 1 for name in results}
+    study_db = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{store / 'optuna.db'}")[0],
+                                 storage=f"sqlite:///{store / 'optuna.db'}")
+    told = [t for t in study_db.trials if t.state == TrialState.COMPLETE]
+    assert len(told) == 4  # the study has all four values, whoever trained them
+    values = {t.params["train.lr"]: t.value for t in told}
+    by_lr = {r["config"]["train"]["lr"]: r["objective"]["value"] for r in results.values()}
+    assert values == pytest.approx(by_lr)
+
+
+def test_a_single_run_that_a_sweep_trains_now_is_refused_in_one_line(tmp_path, counted):
+    store = tmp_path / "results"
+    run = [*TINY_TOPICS, "train.max_steps=40", "train.step_sleep_s=0.25", f"results_dir={store}"]
+    with Sweep(["-m", *run], tmp_path) as sweep:
+        sweep.wait_for_line(r"train step")
+        single = launch(run, cwd=tmp_path)
+        assert sweep.wait(timeout=300) == 0
+    assert single.returncode == 1
+    assert re.search(r"^error: .*-[0-9a-f]{16} is being trained by pid \d+ on \S+, since [\d:]+; not started "
+                     r"here", single.stderr, re.M), single.stderr[-2000:]
+    no_traceback(single.stderr)
+    assert list(times_trained(counted).values()) == [1]
+
+
+def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, counted):
+    store = tmp_path / "results"
+    args = ["-m", *TINY_TOPICS, "train.max_steps=40", "train.step_sleep_s=0.25", f"results_dir={store}"]
+    with Sweep(args, tmp_path) as sweep:
+        sweep.wait_for_line(r"train step")
+        workers = sweep.workers()
+        os.killpg(sweep.proc.pid, signal.SIGKILL)  # driver and worker at once: nobody releases the claim
+        sweep.wait()
+    wait_gone(workers.values())
+    left = list(store.glob("*/claim.json"))
+    assert len(left) == 1 and not (left[0].parent / "result.json").exists()
+    pid = json.loads(left[0].read_text())["pid"]
+    again = launch(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"took over the claim of pid {pid} on {socket.gethostname()}, which is gone" in again.stdout + again.stderr
+    assert json.loads((left[0].parent / "result.json").read_text())["status"] == "done"
+    assert not left[0].exists()
+    assert list(times_trained(counted).values()) == [2]  # the killed training, and the one that finished
+
+
+def test_the_plan_view_shows_a_run_trained_elsewhere(tmp_path, counted):
+    store = tmp_path / "results"
+    run = [*TINY_TOPICS, "train.max_steps=40", "train.step_sleep_s=0.25", f"results_dir={store}"]
+    with Sweep(["-m", *run], tmp_path) as sweep:
+        sweep.wait_for_line(r"train step")
+        plan = launch(["-m", *run, "hydra/launcher=plan"], cwd=tmp_path)
+        assert sweep.wait(timeout=300) == 0
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert re.search(r"being trained by pid \d+ on \S+, since", plan.stdout), plan.stdout
+    assert "1 being trained elsewhere" in plan.stdout and "0 to run" in plan.stdout

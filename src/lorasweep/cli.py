@@ -1,7 +1,8 @@
 """The command line's end of lorasweep: what launch.py calls for one run, and the user's mistakes
 turned into one clear line (exit 2, no traceback); a write the results store refused (a full disk) is
 one line too, with the path and the cause (exit 1; the traceback is in the run's traceback.txt if
-the store took it), and so is a run out of accelerator memory (exit 1, what to lower in its line).
+the store took it), and so are a run out of accelerator memory (exit 1, what to lower in its line)
+and a run another process is training now (exit 1).
 
 `python launch.py` (one run) comes here; `python launch.py -m ...` (a sweep) goes from Hydra to the
 sweeper and launcher plugins in src/hydra_plugins/, which hand the sweep to lorasweep.sweep.
@@ -12,7 +13,7 @@ import sys
 from typing import Any, Mapping
 
 from .console import quiet_libraries
-from .errors import USER_ERRORS, AcceleratorMemoryError, StoreError
+from .errors import USER_ERRORS, AcceleratorMemoryError, RunClaimedError, StoreError
 
 
 def main(cfg: Mapping[str, Any]) -> float | None:
@@ -31,5 +32,8 @@ def main(cfg: Mapping[str, Any]) -> float | None:
         raise SystemExit(1) from None
     except AcceleratorMemoryError as e:  # recorded failed, torch's traceback in the run's traceback.txt
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except RunClaimedError as e:  # another terminal or sweep trains it now: its result will land there
+        print(f"error: {e}; not started here: its result will be in that folder when it finishes", file=sys.stderr)
         raise SystemExit(1) from None
     return (result.get("objective") or {}).get("value")

@@ -74,6 +74,18 @@ class UnreadableResultError(ValueError):
         return f"{self.path} is unreadable ({self.why})"
 
 
+class RunClaimedError(RuntimeError):
+    """The run is being trained by another process now (lorasweep.run.claims): it is not started
+    here; a sweep driver waits for its result instead."""
+
+    def __init__(self, folder, holder: str):
+        super().__init__(str(folder), holder)
+        self.folder, self.holder = str(folder), holder
+
+    def __str__(self) -> str:
+        return f"{self.folder} is being trained by {self.holder}"
+
+
 # Mistakes in a config or its data, found before any weight is read: exit 2 with the message.
 # UnwritableStoreError is a ConfigError: a results_dir that cannot be written is one of them.
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelUnavailableError)

@@ -28,6 +28,7 @@ import submitit
 
 from ..compat import job_outcome
 from ..errors import SubmissionError
+from ..run.claims import drop_job_claim
 from ..run.store import store_dir, write_json_atomically
 from .worker import configure_process, execute
 
@@ -131,7 +132,7 @@ class SlurmExecutor:
         for i, (cfg, folder) in enumerate(items):
             job = self._live_job(folder)
             if job is not None:
-                futures[i] = self._future(job, attached=True)
+                futures[i] = self._future(job, folder, attached=True)
             else:
                 fresh.append(i)
         chunk = max_array_size()
@@ -140,7 +141,7 @@ class SlurmExecutor:
             jobs = self._submit_array([_absolute(items[i][0]) for i in part])
             for i, job in zip(part, jobs):
                 _record(items[i][1], job.job_id, self.folder)
-                futures[i] = self._future(job, attached=False)
+                futures[i] = self._future(job, items[i][1], attached=False)
         return futures  # type: ignore[return-value]
 
     def _submit_array(self, cfgs: list[dict]) -> list:
@@ -164,10 +165,11 @@ class SlurmExecutor:
 
     # -- waiting ----------------------------------------------------------------------------------
 
-    def _future(self, job, attached: bool) -> Future:
+    def _future(self, job, folder: Path, attached: bool) -> Future:
         future: Future = Future()
         future.set_running_or_notify_cancel()
         future.job_id = job.job_id  # type: ignore[attr-defined]
+        future.run_folder = folder  # type: ignore[attr-defined]
         future.note = (f"{'re-attached to' if attached else 'submitted as'} job {job.job_id}, "  # type: ignore[attr-defined]
                        f"log {job.paths.stderr}")
         with self._lock:
@@ -201,7 +203,8 @@ class SlurmExecutor:
         self._drop(future)
         try:
             outcome, value = job_outcome(job)  # ("success", result) or ("error", traceback)
-        except submitit.core.utils.UncompletedJobError as e:
+        except submitit.core.utils.UncompletedJobError as e:  # killed: its claim is left behind
+            drop_job_claim(future.run_folder, job.job_id)  # type: ignore[attr-defined]
             future.set_exception(SlurmRunError(f"job {job.job_id} ended without a result ({job.state}):\n{e}"))
             return
         if outcome == "success":

@@ -12,10 +12,21 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..console import quiet_libraries
+from ..errors import RunClaimedError
 
 
 def execute(cfg: Mapping[str, Any], log_file: str | None = None) -> dict:
-    """One run of a sweep, in this process; its console output goes to `log_file` when given."""
+    """One run of a sweep, in this process; its console output goes to `log_file` when given.
+    A run another process is training now (lorasweep.run.claims) is not started: the return is
+    {"claimed_by": who}, for its driver to wait for that run's result (a plain value, not an
+    exception: it comes back alike from a local worker and from a SLURM job)."""
+    try:
+        return _execute(cfg, log_file)
+    except RunClaimedError as e:
+        return {"claimed_by": e.holder}
+
+
+def _execute(cfg: Mapping[str, Any], log_file: str | None) -> dict:
     from ..run.lifecycle import run_config
 
     reporter = None

@@ -32,6 +32,7 @@ from ..model import loading, methods, tokens
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
+from .claims import Claim
 from .loop import LoopOptions, Reporter, train
 from .plan import Plan, plan_run
 from .tracking import check_tracking, make_tracker
@@ -52,20 +53,37 @@ def run_config(cfg: Mapping[str, Any], reporter: Reporter | None = None, *, tria
 def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | None = None,
                 reporter: Reporter | None = None, loop: LoopOptions = LoopOptions(),
                 triaged: bool = False) -> dict[str, Any]:
-    """The lifecycle of a planned run, in this process; its result lands in `results_dir`."""
-    spec = plan.spec
+    """The lifecycle of a planned run, in this process; its result lands in `results_dir`.
+    RunClaimedError: another process is training this run now (lorasweep.run.claims)."""
     folder = plan.folder(results_dir)
-    try:
-        previous = store.read_result(folder)
-    except UnreadableResultError as e:  # trained again, and its result overwrites the file
-        previous = None
-        if not triaged:
-            say(f"{spec.slug}: {e}, training it again")
-    if previous and previous.get("status") in store.FINISHED:
-        say(f"{spec.slug}: already {previous['status']} ({folder}), not trained again")
+    previous = _finished(plan, folder, quiet=triaged)
+    if previous:
         return previous
     if plan.over_budget:
         return record_over_budget(plan, results_dir)
+    with Claim(folder):
+        # it may have finished elsewhere between the look above (or the driver's) and our claim
+        return _finished(plan, folder, quiet=True) or _load_and_train(plan, folder, tracking, reporter, loop)
+
+
+def _finished(plan: Plan, folder: Path, quiet: bool) -> dict[str, Any] | None:
+    """The run's stored result if it is finished (never trained again), else None. `quiet`: an
+    unreadable result.json has been told to the user already (it is trained again, and overwritten)."""
+    try:
+        previous = store.read_result(folder)
+    except UnreadableResultError as e:
+        if not quiet:
+            say(f"{plan.spec.slug}: {e}, training it again")
+        return None
+    if previous and previous.get("status") in store.FINISHED:
+        say(f"{plan.spec.slug}: already {previous['status']} ({folder}), not trained again")
+        return previous
+    return None
+
+
+def _load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None, reporter: Reporter | None,
+                    loop: LoopOptions) -> dict[str, Any]:
+    spec = plan.spec
     t_start = time.perf_counter()
     base = _base_record(plan)
     # Loading happens outside the failure record: a model that cannot be had (no hub, no cache) is

@@ -27,6 +27,8 @@ from omegaconf import DictConfig
 from ..console import say
 from ..errors import AcceleratorMemoryError, StoreError, SubmissionError, UnwritableStoreError
 from ..tasks.metrics import headline
+from ..run.claims import WAIT_POLL_S
+from ..run.store import FINISHED
 from .compose import JobConfigs, varying_overrides
 from .triage import triage
 
@@ -45,6 +47,7 @@ class SweepJob:
     total: int                     # runs in the sweep
     folder: Path | None = None     # its folder in the results store
     started: float = 0.0           # perf_counter when submitted
+    before: dict | None = None     # its stored result at triage (a failed one from an earlier sweep, say)
 
     @property
     def tag(self) -> str:
@@ -93,8 +96,8 @@ class SweepTally:
         return f"{value:.4f}" + (f" ± {se:.4f}" if se is not None else "") + f" ({label})"
 
     def summary(self) -> str:
-        order = ("done", "already done", "diverged", "already diverged", "same run", "over budget", "pruned",
-                 "failed", "not started", "invalid")
+        order = ("done", "trained elsewhere", "already done", "diverged", "already diverged", "same run",
+                 "over budget", "pruned", "failed", "not started", "invalid")
         parts = [f"{self.counts[k]} {k}" for k in (*order, *sorted(set(self.counts) - set(order)))
                  if self.counts.get(k)]
         return f"sweep: {self.total} runs: {', '.join(parts) or 'none finished'}; best: {self.best_line()}"
@@ -111,6 +114,7 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
     tally = SweepTally(total)
     queue: list[SweepJob] = []
     queued: dict[Path, SweepJob] = {}  # run folder -> the job that trains it
+    elsewhere: list[SweepJob] = []  # runs another process trains now
     configs = JobConfigs(config_loader, sweep_config)
     for i, overrides in enumerate(job_overrides):
         node, cfg = configs(overrides)
@@ -123,7 +127,7 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
         except StoreError as e:  # recording an over-budget run: the store refused the write
             say(f"sweep: {e}; stopped")
             raise SystemExit(1) from None
-        job.folder = decision.folder
+        job.folder, job.before = decision.folder, decision.stored
         if decision.unreadable and decision.verdict == "train" and decision.folder not in queued:
             say(f"{job.tag}: {decision.unreadable}, training it again")
         if decision.verdict == "invalid":
@@ -135,6 +139,9 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
                          decision.stored)
         elif decision.verdict == "over_budget":
             tally.record(job, "over budget", f"{job.tag}: over budget, {decision.stored['reason']}", decision.stored)
+        elif decision.verdict == "claimed":  # another driver trains it now: its result is ours when it lands
+            say(f"{job.tag}: being trained by {decision.holder}; waiting for its result")
+            elsewhere.append(job)
         elif decision.folder in queued:  # e.g. method=none x lora.r=4,8: settings the run ignores, one run key
             first = queued[decision.folder]
             tally.record(job, "same run", f"{job.tag}: the same run as run {first.index + 1}/{total} "
@@ -142,8 +149,8 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
         else:
             queued[decision.folder] = job
             queue.append(job)
-    if queue:
-        _train(queue, tally, open_executor)
+    if queue or elsewhere:
+        _train(queue, elsewhere, tally, open_executor)
     say(tally.summary())
     if tally.store_failed:  # said in one line per run (and why the sweep stopped): no traceback from Hydra
         raise SystemExit(1)
@@ -155,13 +162,14 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
     return tally.returns  # Hydra raises a failed run's exception (with the worker's traceback) after this
 
 
-def _train(queue: list[SweepJob], tally: SweepTally, open_executor: Callable[[], Any]) -> None:
+def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally,
+           open_executor: Callable[[], Any]) -> None:
     running: dict[Future, SweepJob] = {}
     durations: list[float] = []  # of the runs trained here: for the sweep's ETA
     executor = None
     try:
         with open_executor() as executor:
-            while queue or running:
+            while queue or running or elsewhere:
                 batch = queue[:max(0, executor.n_jobs - len(running))]  # submit only what starts now
                 del queue[:len(batch)]
                 futures = executor.submit_many([(job.cfg, job.folder) for job in batch]) if batch else []
@@ -170,17 +178,19 @@ def _train(queue: list[SweepJob], tally: SweepTally, open_executor: Callable[[],
                     running[future] = job
                     note = getattr(future, "note", "")
                     say(f"run {job.index + 1}/{job.total} {executor.verb}: {job.label}" + (f" ({note})" if note else ""))
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                finished = _next_finished(running, poll=bool(elsewhere))
                 for future in finished:
                     job = running.pop(future)
+                    if not _collect(future, job, tally, elsewhere):
+                        continue  # claimed elsewhere after our triage: waited for, like the others
                     durations.append(time.perf_counter() - job.started)
-                    _collect(future, job, tally)
                     if tally.stopped is not None and queue:
                         _stop(queue, tally)
-                    left = len(queue) + len(running)
+                    left = len(queue) + len(running) + len(elsewhere)
                     eta = sum(durations) / len(durations) * left / max(1, min(executor.n_jobs, left))
                     say(f"  {tally.finished}/{tally.total} finished, best so far: {tally.best_line()}"
                         + (f"; ETA {eta / 60:.1f} min for {left} more" if left else ""))
+                queue.extend(_landed(elsewhere, tally))
     except SubmissionError as e:  # before anything waited: the cluster settings are wrong
         say(f"sweep: the cluster refused the runs: {e}")
         raise SystemExit(2) from None
@@ -192,7 +202,44 @@ def _train(queue: list[SweepJob], tally: SweepTally, open_executor: Callable[[],
         raise SystemExit(130) from None
 
 
-def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
+def _next_finished(running: dict[Future, SweepJob], poll: bool) -> set[Future]:
+    """The runs that finished, waiting for at least one; `poll`: back within WAIT_POLL_S anyway, to
+    look at the runs trained elsewhere."""
+    if not running:
+        time.sleep(WAIT_POLL_S)
+        return set()
+    finished, _ = wait(running, timeout=WAIT_POLL_S if poll else None, return_when=FIRST_COMPLETED)
+    return finished
+
+
+def _landed(elsewhere: list[SweepJob], tally: SweepTally) -> list[SweepJob]:
+    """Report the runs trained elsewhere whose result has landed; returns those to train here after
+    all (their claim went without a result: interrupted, or its owner died)."""
+    here = []
+    for job in list(elsewhere):
+        decision = triage(job.cfg, record=False)
+        if decision.verdict == "claimed":
+            continue
+        elsewhere.remove(job)
+        stored = decision.stored
+        if decision.verdict in FINISHED:
+            if decision.verdict == "diverged":
+                tally.record(job, "diverged", f"{job.tag}: diverged elsewhere, {stored.get('reason', '')}", stored)
+            else:
+                tally.record(job, "trained elsewhere", f"{job.tag}: trained elsewhere, {_metric(stored)}", stored)
+        elif stored and stored != job.before and stored.get("status") == "failed":
+            reason = stored.get("reason", "")
+            tally.record(job, "failed", f"{job.tag}: FAILED elsewhere: {reason} (see {job.folder})",
+                         error=RuntimeError(reason))
+        else:
+            say(f"{job.tag}: its trainer stopped without a result; training it here")
+            here.append(job)
+    return here
+
+
+def _collect(future: Future, job: SweepJob, tally: SweepTally, elsewhere: list[SweepJob]) -> bool:
+    """Count and say the run's outcome; False: it was not trained here (another process had claimed
+    it after our triage), and it joins `elsewhere`."""
     elapsed = f"{time.perf_counter() - job.started:.0f}s"
     try:
         result = future.result()
@@ -201,25 +248,30 @@ def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
         if e.whole_store and tally.stopped is None:
             tally.stopped = e
         tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {e}", error=e)
-        return
+        return True
     except AcceleratorMemoryError as e:  # recorded failed; its line says what to lower; the worker freed it
         tally.said_failures += 1
         tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {e} (see {job.folder / 'traceback.txt'})",
                      error=e)
-        return
+        return True
     except Exception as e:  # the run recorded itself as failed; the sweep goes on
         tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {type(e).__name__}: {e} "
                                     f"(see {job.folder / 'traceback.txt'})", error=e)
-        return
+        return True
+    if "claimed_by" in result:  # another driver claimed it after our triage: wait for its result
+        say(f"{job.tag}: being trained by {result['claimed_by']}; waiting for its result")
+        elsewhere.append(job)
+        return False
     status = result.get("status")
     if status == "diverged":
         step = (result.get("divergence") or {}).get("step", "?")
         tally.record(job, "diverged", f"{job.tag}: diverged at step {step}, {result.get('reason', '')}, {elapsed}",
                      result)
-        return
+        return True
     # a status this driver does not know is said as it is, never a KeyError
     outcome = {"done": "done", "pruned": "pruned", "skipped_budget": "over budget"}.get(status, str(status))
     tally.record(job, outcome, f"{job.tag}: {outcome}, {_metric(result)}, {elapsed}", result)
+    return True
 
 
 def _stop(queue: list[SweepJob], tally: SweepTally) -> None:

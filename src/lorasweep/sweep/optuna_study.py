@@ -2,7 +2,7 @@
 
 `n_jobs` runs are in flight (local worker processes, or SLURM jobs under hydra/launcher=slurm) and a
 new trial is asked as soon as any finishes. Each trial's run is triaged like a grid's (invalid, done,
-over budget, train). The study lives in a storage (by default a file in the results store: sqlite
+over budget, train; a run another process trains now is waited for and its result told). The study lives in a storage (by default a file in the results store: sqlite
 locally, a journal file under hydra/launcher=slurm; run/study_storage.py), so a killed sweep started again with the same command continues it: n_trials counts finished
 trials in total, and a finished run (same run key) is never trained twice.
 
@@ -16,6 +16,7 @@ more (exit 1, no traceback); a stored result.json that cannot be read is said an
 """
 from __future__ import annotations
 
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..compat import reopen_trial, trial_id
 from ..console import say
 from ..errors import StoreError, UnwritableStoreError
 from ..executors.factory import executor_for, runs_on_slurm
+from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
 from ..run.study_storage import check_storage, default_storage, open_storage
 from . import optuna_space as space_of
@@ -77,6 +79,20 @@ class _Job:
 
     run_key: str
     trials: list[tuple[optuna.trial.Trial, str]]  # (trial, its progress label)
+    cfg: dict
+    folder: Path
+    before: dict | None  # its stored result when it was triaged (a failed one from an earlier sweep, say)
+
+
+@dataclass
+class _Elsewhere:
+    """A trial whose run another process is training (lorasweep.run.claims): told when it lands."""
+
+    trial: optuna.trial.Trial
+    label: str
+    cfg: dict
+    folder: Path
+    before: dict | None
 
 
 class OptunaSweep:
@@ -129,30 +145,47 @@ class OptunaSweep:
         finished = len(self._counted_trials())
         inflight: dict[Future, _Job] = {}
         by_key: dict[str, Future] = {}
+        self.elsewhere: list[_Elsewhere] = []  # trials whose run another process trains now
         executor = executor_for(self.launcher, self.s.n_jobs, self.s.threads)
         try:
             while True:
                 while (self.stopped is None and len(inflight) < self.s.n_jobs
-                       and finished + _pending(inflight) < self.n_trials):
-                    finished += self._start(finished + _pending(inflight) + 1, executor, inflight, by_key)
-                if not inflight:
+                       and finished + self._pending(inflight) < self.n_trials):
+                    finished += self._start(finished + self._pending(inflight) + 1, executor, inflight, by_key)
+                if not inflight and not self.elsewhere:
                     return
-                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                if inflight:
+                    done, _ = wait(list(inflight), timeout=WAIT_POLL_S if self.elsewhere else None,
+                                   return_when=FIRST_COMPLETED)
+                else:
+                    done = set()
+                    time.sleep(WAIT_POLL_S)
                 for future in done:
                     job = inflight.pop(future)
                     by_key.pop(job.run_key, None)
+                    claimed_by = _claimed_by(future)
                     for trial, label in job.trials:
+                        if claimed_by:  # claimed by another process after our triage: wait for its result
+                            say(f"{label}: being trained by {claimed_by}; waiting for its result")
+                            self.elsewhere.append(_Elsewhere(trial, label, job.cfg, job.folder, job.before))
+                            continue
                         self._tell_outcome(trial, label, future)
                         finished += 1
+                finished += self._landed(executor, inflight, by_key)
         finally:
             # a Ctrl-C leaves its trials RUNNING; the next start of this sweep recovers them
             executor.shutdown(cancel=bool(inflight))
 
+    def _pending(self, inflight: dict[Future, _Job]) -> int:
+        """Trials asked and not yet told: those of the runs in flight and those waited for elsewhere."""
+        return sum(len(job.trials) for job in inflight.values()) + len(self.elsewhere)
+
     def _start(self, ordinal: int, executor, inflight: dict[Future, _Job], by_key: dict[str, Future]) -> int:
         """Ask one trial and start it; returns 1 when it was told at once (over budget, reused, invalid)."""
-        if self.grid is not None:  # the next cell no finished or running trial holds
+        if self.grid is not None:  # the next cell no finished, running or waited-for trial holds
             taken = {_cell(t.params) for t in self._counted_trials()}
             taken |= {_cell(t.params) for job in inflight.values() for t, _ in job.trials}
+            taken |= {_cell(w.trial.params) for w in self.elsewhere}
             self.study.enqueue_trial(next(c for c in self.grid if _cell(c) not in taken))
         trial = self.study.ask(fixed_distributions=self.space)
         label = f"trial {ordinal}/{self.n_trials} {_params(trial)}"
@@ -181,17 +214,48 @@ class OptunaSweep:
             inflight[by_key[key]].trials.append((trial, label))
             say(f"{label}: same run as one in flight ({key}), waiting for it")
             return 0
+        if decision.verdict == "claimed":  # another process trains it now: its result is this trial's
+            say(f"{label}: being trained by {decision.holder}; waiting for its result")
+            self.elsewhere.append(_Elsewhere(trial, label, cfg, folder, decision.stored))
+            return 0
+        self._submit(trial, label, cfg, folder, decision.stored, executor, inflight, by_key)
+        return 0
+
+    def _submit(self, trial, label: str, cfg: dict, folder: Path, before: dict | None, executor,
+                inflight: dict[Future, _Job], by_key: dict[str, Future]) -> None:
+        key = trial.user_attrs["run_key"]
         if len(self.s.objectives) == 1:  # Optuna prunes single-objective studies only
             cfg["trial"] = {"storage": self.storage, "study_name": self.study.study_name,
                             "trial_id": trial_id(trial), "number": trial.number, "pruner": self.s.pruner,
                             "metric": "accuracy"}
         future = executor.submit_many([(cfg, folder)])[0]
-        inflight[future] = _Job(key, [(trial, label)])
+        inflight[future] = _Job(key, [(trial, label)], cfg, folder, before)
         by_key[key] = future
         self.stats["trained"] += 1
         note = getattr(future, "note", "")
         say(f"{label}: {executor.verb} (job {trial.number}{f', {note}' if note else ''})")
-        return 0
+
+    def _landed(self, executor, inflight: dict[Future, _Job], by_key: dict[str, Future]) -> int:
+        """Tell the trials whose run, trained elsewhere, has its result now; a run whose claim went
+        without a result (interrupted, its owner dead) is started here. Returns the trials told."""
+        told = 0
+        for waiting in list(self.elsewhere):
+            decision = triage(waiting.cfg, record=False)
+            if decision.verdict == "claimed":
+                continue
+            self.elsewhere.remove(waiting)
+            stored = decision.stored
+            trial, label = waiting.trial, waiting.label
+            if decision.verdict in FINISHED:
+                told += self._tell_result(trial, label, stored, suffix=" (trained elsewhere)")
+            elif stored and stored != waiting.before and stored.get("status") == "failed":
+                reason = stored.get("reason", "")
+                told += self._tell(trial, TrialState.FAIL, label, f"failed elsewhere: {reason}", status="failed",
+                                   reason=reason)
+            else:
+                say(f"{label}: its trainer stopped without a result; training it here")
+                self._submit(trial, label, waiting.cfg, waiting.folder, waiting.before, executor, inflight, by_key)
+        return told
 
     # -- telling the study ------------------------------------------------------------------------
 
@@ -317,8 +381,12 @@ def _cell(params: dict[str, Any]) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in params.items()))
 
 
-def _pending(inflight: dict[Future, _Job]) -> int:
-    return sum(len(job.trials) for job in inflight.values())
+def _claimed_by(future: Future) -> str:
+    """Who trains the run, when the worker found it claimed by another process (lorasweep.executors.worker)."""
+    if future.exception() is not None:
+        return ""
+    result = future.result()
+    return result.get("claimed_by", "") if isinstance(result, dict) else ""
 
 
 def _field(result: dict, dotted: str) -> Any:

@@ -18,6 +18,7 @@ class PlanRow:
     done: bool = False
     error: str = ""
     unreadable: str = ""           # its stored result.json cannot be read: it trains again
+    running: str = ""              # another process trains it now: who (lorasweep.run.claims)
 
 
 def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
@@ -30,7 +31,7 @@ def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
     spec = plan.spec
     rank = f"{spec.lora.r} (auto)" if plan.auto_rank else (str(spec.lora.r) if plan.targets else "-")
     return PlanRow(label, plan.predicted, plan.base_total, plan.budget, rank, plan.over_budget,
-                   decision.verdict == "done", unreadable=decision.unreadable)
+                   decision.verdict == "done", unreadable=decision.unreadable, running=decision.holder)
 
 
 def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None) -> str:
@@ -44,12 +45,15 @@ def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = Non
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += [f"  error: {r.overrides}: {r.error}" for r in rows if r.error]
     lines += [f"  {r.overrides or '(defaults)'}: {r.unreadable}: it trains again" for r in rows if r.unreadable]
+    lines += [f"  {r.overrides or '(defaults)'}: being trained by {r.running}" for r in rows if r.running]
     over = sum(r.over_budget for r in rows)
     done = sum(r.done for r in rows)
     errors = sum(bool(r.error) for r in rows)
-    to_run = sum(not (r.over_budget or r.done or r.error) for r in rows)
+    running = sum(bool(r.running) for r in rows)
+    to_run = sum(not (r.over_budget or r.done or r.error or r.running) for r in rows)
     lines.append(f"total: {len(rows)} runs, {over} over budget, {done} already done, "
-                 f"{errors} with errors, {to_run} to run"
+                 + (f"{running} being trained elsewhere, " if running else "")
+                 + f"{errors} with errors, {to_run} to run"
                  + "".join(f"; results_dir={d} is not writable: {why}" for d, why in (store_problems or {}).items()))
     return "\n".join(lines)
 
@@ -59,4 +63,4 @@ def _cells(r: PlanRow) -> tuple[str, ...]:
         return (r.overrides or "(defaults)", "", "error", "", "", "", "")
     budget = f"{100 * r.trainable / r.budget:.1f}%" if r.budget else "-"
     return (r.overrides or "(defaults)", r.rank, f"{r.trainable:,}", f"{100 * r.trainable / r.base_total:.3f}%",
-            budget, "OVER" if r.over_budget else "no", "yes" if r.done else "no")
+            budget, "OVER" if r.over_budget else "no", "yes" if r.done else ("running" if r.running else "no"))

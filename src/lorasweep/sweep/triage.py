@@ -6,6 +6,8 @@
                                 infinite): finished like done, not trained again, since the same
                                 config diverges again (a run is deterministic in its seed)
                    over_budget  more trainable parameters than the budget: recorded, never launched
+                   claimed      another process is training it now (lorasweep.run.claims): the
+                                driver waits for its result instead of training it twice
                    train        none of the above
 
 The grid driver, the Optuna loop and the plan view all ask here. One more case is the driver's own:
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import USER_ERRORS, UnreadableResultError
+from ..run.claims import live_holder
 from ..run.lifecycle import record_over_budget
 from ..run.plan import Plan, plan_run
 from ..run.store import FINISHED, check_writable, read_result, store_dir
@@ -30,12 +33,13 @@ from ..run.store import FINISHED, check_writable, read_result, store_dir
 
 @dataclass(frozen=True)
 class Triage:
-    verdict: str                  # invalid | done | diverged | over_budget | train
+    verdict: str                  # invalid | done | diverged | over_budget | claimed | train
     plan: Plan | None = None      # None when invalid
     folder: Path | None = None    # the run's folder in the results store
     stored: dict | None = None    # its stored result (any status), or the skipped_budget record just written
     mistake: Exception | None = None  # invalid: the ConfigError, DataError, ... that says what is wrong
     unreadable: str = ""          # "<path> is unreadable (why)": a stored result.json that trains again
+    holder: str = ""              # claimed: who trains it, e.g. "pid 4242 on node3, since 10:02:11"
 
     @property
     def error(self) -> str:
@@ -64,4 +68,7 @@ def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
     if plan.over_budget:
         return Triage("over_budget", plan, folder, record_over_budget(plan, store) if record else stored,
                       unreadable=unreadable)
+    claim = live_holder(folder)
+    if claim is not None:
+        return Triage("claimed", plan, folder, stored, holder=claim.describe())
     return Triage("train", plan, folder, stored, unreadable=unreadable)

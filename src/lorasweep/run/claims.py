@@ -1,0 +1,215 @@
+"""Claims on the results store: each run is trained by one process at a time, whoever started it.
+
+Two drivers on one store (two terminals, a grid beside an Optuna study, SLURM jobs of two sweeps)
+would otherwise train the same run twice, both writing into its folder. So the process that trains
+a run first claims it: it writes `claim.json` into the run's folder with a hard link from a complete
+temp file, which fails if the claim is there. A link is atomic on a local disk and on NFS alike,
+where flock is not to be trusted, and nobody ever sees half a claim. The claim holds who owns it:
+host, pid, the pid's start time, the SLURM job if any, and since when. While the run trains, a
+thread touches the file every HEARTBEAT_S: its mtime is the heartbeat. The claim is deleted when
+the run ends, however it ends, unless the process is killed outright.
+
+A claim whose owner is dead is taken over, and that is said:
+  - on this host: its pid is gone, or belongs to a later process (another start time);
+  - elsewhere: its heartbeat is older than STALE_AFTER_S;
+  - the same SLURM job: requeued after a preemption, it takes its own claim back.
+Taking over goes through a second exclusive file (claim.takeover), so that two processes finding
+the same dead claim do not both take it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..console import say
+from ..errors import RunClaimedError
+from . import store
+
+CLAIM_FILE = "claim.json"
+TAKEOVER_FILE = "claim.takeover"
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 600.0  # a claim from another host untouched this long: its owner is gone
+WAIT_POLL_S = 2.0  # how often a driver waiting for a run trained elsewhere looks at it: two small reads
+TAKEOVER_STALE_S = 60.0  # a takeover takes milliseconds; one this old was left by a process that died in it
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a claim, as its file says, and how fresh its heartbeat is."""
+
+    owner: dict[str, Any]
+    heartbeat_age_s: float
+
+    @property
+    def where(self) -> str:
+        o = self.owner
+        job = f"SLURM job {o['slurm_job']}, " if o.get("slurm_job") else ""
+        return f"{job}pid {o.get('pid')} on {o.get('host')}"
+
+    def describe(self) -> str:
+        since = time.strftime("%H:%M:%S", time.localtime(self.owner.get("since", 0)))
+        return f"{self.where}, since {since}"
+
+    @property
+    def alive(self) -> bool:
+        o = self.owner
+        if o.get("slurm_job") and o["slurm_job"] == _slurm_job():
+            return False  # our own job, requeued: the claim was ours before the preemption
+        if o.get("host") == socket.gethostname():
+            try:
+                return abs(psutil.Process(int(o["pid"])).create_time() - o.get("pid_started", 0)) < 1.0
+            except (psutil.NoSuchProcess, KeyError, TypeError, ValueError):
+                return False
+        return self.heartbeat_age_s < STALE_AFTER_S
+
+
+def holder(folder: Path) -> Holder | None:
+    """The claim on the run in `folder`, if there is one (alive or not), else None."""
+    path = Path(folder) / CLAIM_FILE
+    try:
+        age = time.time() - path.stat().st_mtime
+        owner = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # not ours to read, or not a claim: nobody we could wait for
+        return Holder({"token": None, "host": "?", "pid": "?"}, float("inf"))
+    return Holder(owner if isinstance(owner, dict) else {}, max(0.0, age))
+
+
+def live_holder(folder: Path) -> Holder | None:
+    """The claim on the run in `folder` if its owner is alive (training it now), else None."""
+    found = holder(folder)
+    return found if found is not None and found.alive else None
+
+
+class Claim:
+    """`with Claim(folder):` trains the run as its only trainer, or raises RunClaimedError (a live
+    owner has it). The heartbeat runs while the block runs; the claim goes when it ends."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / CLAIM_FILE
+        self.owner = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+                      "pid_started": psutil.Process().create_time(), "slurm_job": _slurm_job(),
+                      "since": time.time(), "heartbeat_every_s": HEARTBEAT_S}
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def __enter__(self) -> "Claim":
+        self.acquire()
+        self._beat = threading.Thread(target=self._heartbeat, name="claim-heartbeat", daemon=True)
+        self._beat.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        self.release()
+
+    def acquire(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while not self._link():
+            found = holder(self.folder)
+            if found is None:  # released between our link and our look: try again
+                continue
+            if found.alive:
+                raise RunClaimedError(self.folder, found.describe())
+            if self._take_over(found):
+                say(f"{self.folder.name}: took over the claim of {found.where}, which is gone")
+                return
+
+    def release(self) -> None:
+        """Delete the claim if it is still ours (a claim taken over from us is not ours to delete)."""
+        found = holder(self.folder)
+        if found is not None and found.owner.get("token") == self.owner["token"]:
+            self.path.unlink(missing_ok=True)
+        try:  # a run that left nothing (its model could not be loaded, say) leaves no empty folder
+            self.folder.rmdir()
+        except OSError:
+            pass
+
+    @property
+    def held(self) -> bool:
+        found = holder(self.folder)
+        return found is not None and found.owner.get("token") == self.owner["token"]
+
+    def _link(self) -> bool:
+        """Publish our claim if there is none: a complete temp file, hard-linked to claim.json."""
+        for attempt in range(3):
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".claim-", dir=self.folder)
+                break
+            except FileNotFoundError:  # a claim released just now removed its empty folder: make it again
+                if attempt == 2:
+                    raise
+            except OSError as e:
+                raise store.storage_error(e, self.path) or e
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.owner, f, indent=2)
+            os.chmod(tmp, 0o644)
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:  # a full disk, a read-only store: said as the store's fault, with the path
+            raise store.storage_error(e, self.path) or e
+        finally:
+            os.unlink(tmp)
+
+    def _take_over(self, dead: Holder) -> bool:
+        """Replace `dead`'s claim by ours, as the only process doing so; False: look again."""
+        lock = self.folder / TAKEOVER_FILE
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            try:
+                if time.time() - lock.stat().st_mtime > TAKEOVER_STALE_S:
+                    lock.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+            time.sleep(0.1)  # another process takes it over now: look again after it
+            return False
+        try:
+            now = holder(self.folder)
+            if now is None or now.owner.get("token") != dead.owner.get("token"):
+                return False  # it changed under us (released, or taken by another): look again
+            self.path.unlink(missing_ok=True)
+            return self._link()
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                if self.held:
+                    os.utime(self.path)
+            except OSError:  # a store hiccup: the next beat tries again; a claim goes stale only after minutes
+                pass
+
+
+def drop_job_claim(folder: Path, job_id: str) -> None:
+    """Delete the claim SLURM job `job_id` left on the run in `folder`: a job killed outright (out of
+    memory, time limit, scancel) cannot release it, and its driver, seeing the job end without a
+    result, spares everyone else the STALE_AFTER_S wait."""
+    found = holder(folder)
+    if found is not None and found.owner.get("slurm_job") == str(job_id):
+        (Path(folder) / CLAIM_FILE).unlink(missing_ok=True)
+
+
+def _slurm_job() -> str | None:
+    """This process's SLURM job (array jobs: <array job>_<task>), stable across requeues; None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")

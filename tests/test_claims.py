@@ -1,0 +1,167 @@
+"""Claims on the results store (lorasweep.run.claims), on real files and real processes: one owner at
+a time, a dead owner's claim taken over by exactly one process, nothing left behind."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lorasweep.errors import RunClaimedError, StoreError
+from lorasweep.run import claims
+from lorasweep.run.claims import CLAIM_FILE, Claim, holder, live_holder
+
+
+def write_claim(folder: Path, age_s: float = 0.0, **owner) -> None:
+    """A claim as another process would have left it, its heartbeat `age_s` old."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CLAIM_FILE
+    path.write_text(json.dumps({"token": "theirs", "since": time.time() - age_s, **owner}))
+    os.utime(path, (time.time() - age_s, time.time() - age_s))
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_claim_holds_its_owner_and_goes_when_the_run_ends(tmp_path):
+    folder = tmp_path / "run"
+    with Claim(folder) as claim:
+        owner = json.loads((folder / CLAIM_FILE).read_text())
+        assert owner["host"] == socket.gethostname() and owner["pid"] == os.getpid()
+        assert owner["token"] == claim.owner["token"]
+        assert live_holder(folder) is not None
+        with pytest.raises(RunClaimedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+            Claim(folder).acquire()  # a second claim, even from the same process, is refused
+    assert holder(folder) is None
+    assert not folder.exists()  # nothing was written under the claim: no empty folder left
+
+
+def test_a_claim_is_released_when_the_run_raises(tmp_path):
+    folder = tmp_path / "run"
+    (folder / "result.json").parent.mkdir(parents=True)
+    (folder / "result.json").write_text("{}")
+    with pytest.raises(ZeroDivisionError):
+        with Claim(folder):
+            1 / 0
+    assert holder(folder) is None
+    assert (folder / "result.json").exists()  # what the run wrote stays
+
+
+def test_the_heartbeat_refreshes_the_claim_while_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(claims, "HEARTBEAT_S", 0.05)
+    folder = tmp_path / "run"
+    with Claim(folder):
+        path = folder / CLAIM_FILE
+        os.utime(path, (time.time() - 1000, time.time() - 1000))
+        deadline = time.monotonic() + 10
+        while holder(folder).heartbeat_age_s > 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert holder(folder).heartbeat_age_s < 5
+
+
+def test_a_claim_whose_pid_is_gone_is_taken_over_and_said(tmp_path, capsys):
+    folder = tmp_path / "run"
+    pid = dead_pid()
+    write_claim(folder, host=socket.gethostname(), pid=pid, pid_started=time.time() - 5)
+    assert holder(folder) is not None and live_holder(folder) is None
+    with Claim(folder) as claim:
+        assert holder(folder).owner["token"] == claim.owner["token"]
+    assert f"took over the claim of pid {pid} on {socket.gethostname()}, which is gone" in capsys.readouterr().err
+
+
+def test_a_claim_whose_pid_is_a_later_process_is_taken_over(tmp_path):
+    """pid reuse: this process's pid, with another start time, is not the owner that claimed it."""
+    folder = tmp_path / "run"
+    write_claim(folder, host=socket.gethostname(), pid=os.getpid(), pid_started=1.0)
+    assert live_holder(folder) is None
+
+
+def test_a_claim_from_another_host_lives_while_its_heartbeat_is_fresh(tmp_path):
+    folder = tmp_path / "run"
+    write_claim(folder, age_s=claims.STALE_AFTER_S - 60, host="node-elsewhere", pid=1, slurm_job="777_3")
+    found = live_holder(folder)
+    assert found is not None and found.where == "SLURM job 777_3, pid 1 on node-elsewhere"
+    with pytest.raises(RunClaimedError, match="SLURM job 777_3, pid 1 on node-elsewhere"):
+        Claim(folder).acquire()
+    write_claim(folder, age_s=claims.STALE_AFTER_S + 60, host="node-elsewhere", pid=1)
+    assert live_holder(folder) is None
+    with Claim(folder):
+        assert holder(folder).owner["host"] == socket.gethostname()
+
+
+def test_a_requeued_slurm_job_takes_its_own_claim_back(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    write_claim(folder, host="node-before-preemption", pid=1, slurm_job="812")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "813")
+    assert live_holder(folder) is not None  # another job's
+    monkeypatch.setenv("SLURM_JOB_ID", "812")
+    assert live_holder(folder) is None  # ours, from before the requeue
+
+
+def test_a_driver_drops_the_claim_of_its_killed_slurm_job_only(tmp_path):
+    folder = tmp_path / "run"
+    write_claim(folder, host="node1", pid=1, slurm_job="900_1")
+    claims.drop_job_claim(folder, "900_2")
+    assert holder(folder) is not None
+    claims.drop_job_claim(folder, "900_1")
+    assert holder(folder) is None
+
+
+def test_a_claim_that_is_not_json_is_taken_over(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / CLAIM_FILE).write_text("{half")
+    with Claim(folder):
+        assert holder(folder).owner["pid"] == os.getpid()
+
+
+def _contend(folder: str, start, results) -> None:
+    start.wait()
+    try:
+        with Claim(Path(folder)):
+            time.sleep(0.5)  # held while the others try
+            results.put("won")
+    except RunClaimedError:
+        results.put("refused")
+
+
+@pytest.mark.parametrize("dead_claim", [False, True], ids=["free", "dead owner's claim"])
+def test_of_processes_claiming_one_run_at_once_exactly_one_wins(tmp_path, dead_claim):
+    folder = tmp_path / "run"
+    if dead_claim:  # all of them find the same dead claim: one takes it over, the rest are refused
+        write_claim(folder, host=socket.gethostname(), pid=dead_pid(), pid_started=time.time())
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_contend, args=(str(folder), start, results)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let every one of them import and wait at the start line
+    start.set()
+    outcomes = sorted(results.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert outcomes == ["refused"] * 5 + ["won"]
+    assert holder(folder) is None
+    assert not (folder / claims.TAKEOVER_FILE).exists()
+
+
+def test_a_claim_on_a_full_disk_is_a_store_error_naming_the_file(tmp_path):
+    from test_faults import fill, tmpfs
+
+    with tmpfs(tmp_path / "full") as store:
+        (store / "run").mkdir()
+        fill(store, leave=0)
+        with pytest.raises(StoreError, match=r"No space left on device writing .*/run/claim\.json"):
+            Claim(store / "run").acquire()
+        assert sorted(p.name for p in (store / "run").iterdir()) == []  # no temp file left behind
