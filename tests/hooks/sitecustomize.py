@@ -3,7 +3,9 @@
 environment variable is set, so a process started without them is an ordinary one.
 
     LORASWEEP_COUNT_TRAININGS=<file>   every Trainer.train call appends "<pid> <run folder>" to <file>:
-                                       how the tests count trainings (no run may be trained twice)
+                                       how the tests count trainings (no run may be trained twice);
+                                       and to <file>.finished when it returns (a training that ran to
+                                       its end, not one killed or interrupted)
     LORASWEEP_RAISE_OOM=<name>@<step>  the run whose folder's name contains <name> raises
                                        torch.cuda.OutOfMemoryError (a message like CUDA's own) at its
                                        <step>th training step (1-based; "@<step>" may be left out: 1),
@@ -23,9 +25,13 @@ if _COUNT:
     _train = transformers.Trainer.train
 
     def _counted_train(self, *args, **kwargs):
+        line = f"{os.getpid()} {Path(self.args.output_dir).resolve().parent}\n"
         with open(_COUNT, "a") as f:  # one short line per write, appended: whole lines even from many processes
-            f.write(f"{os.getpid()} {Path(self.args.output_dir).resolve().parent}\n")
-        return _train(self, *args, **kwargs)
+            f.write(line)
+        out = _train(self, *args, **kwargs)
+        with open(_COUNT + ".finished", "a") as f:
+            f.write(line)
+        return out
 
     transformers.Trainer.train = _counted_train
 
