@@ -2,8 +2,14 @@
 
 Prints "run i/N" lines as runs start and finish and a summary at the end (done, already done,
 diverged, over budget, failed, best so far). A diverged run (its training loss became NaN or
-infinite) is a result, not a failure: it is counted, never retrained, and the exit status stays 0. Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops its workers;
-finished runs keep their results and the same command later trains only what is missing.
+infinite) is a result, not a failure: it is counted, never retrained, and the exit status stays 0.
+Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops its workers (the executor: SIGTERM, so that each
+run ends cleanly and writes no result; a second Ctrl-C kills them) and exits 130; finished runs
+keep their results and the same command later trains only what is missing.
+
+A run whose worker process dies under it (the out-of-memory killer's SIGKILL) is a failed run like
+another, with the signal as its cause; the other runs go on. A sweep with failed runs exits 1 at
+the end; a later command trains them again.
 
 The store's faults: a results_dir that cannot be written stops the sweep before anything trains
 (exit 2); a run that fails because the store refused a write stops the sweep when every later run
@@ -23,7 +29,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from ..console import say
-from ..errors import StoreError, SubmissionError, UnwritableStoreError
+from ..errors import StoreError, SubmissionError, UnwritableStoreError, WorkerDiedError
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .triage import triage
@@ -59,6 +65,7 @@ class SweepTally:
     returns: list[JobReturn | None] = field(init=False)
     stopped: StoreError | None = None  # the store fault that stops the sweep (every later run would hit it)
     store_failed: bool = False  # a run failed on a store fault: said in its line, no traceback after
+    raised: int = 0  # failed runs whose own exception (with its traceback) Hydra shows after the sweep
 
     def __post_init__(self) -> None:
         self.returns = [None] * self.total
@@ -144,6 +151,8 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
     say(tally.summary())
     if tally.store_failed:  # said in one line per run (and why the sweep stopped): no traceback from Hydra
         raise SystemExit(1)
+    if tally.counts.get("failed") and not tally.raised:  # each said in full in its line (a killed worker)
+        raise SystemExit(1)
     if tally.counts.get("invalid") and not tally.counts.get("failed"):
         # a config mistake was said in one line per run above: exit 2 without a traceback
         raise SystemExit(2)
@@ -187,6 +196,13 @@ def _train(queue: list[SweepJob], tally: SweepTally, open_executor: Callable[[],
         raise SystemExit(130) from None
 
 
+def _failure(error: BaseException, job: SweepJob) -> str:
+    """What a failed run's line says after 'FAILED after Ns: '."""
+    if isinstance(error, (StoreError, WorkerDiedError)):  # the path and the cause; the signal and the peak RSS
+        return str(error)
+    return f"{type(error).__name__}: {error} (see {job.folder / 'traceback.txt'})"
+
+
 def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
     elapsed = f"{time.perf_counter() - job.started:.0f}s"
     try:
@@ -197,9 +213,9 @@ def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
             tally.stopped = e
         tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {e}", error=e)
         return
-    except Exception as e:  # the run recorded itself as failed; the sweep goes on
-        tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {type(e).__name__}: {e} "
-                                    f"(see {job.folder / 'traceback.txt'})", error=e)
+    except Exception as e:  # the run recorded itself as failed (its driver did, for a killed worker); the sweep goes on
+        tally.raised += not isinstance(e, WorkerDiedError)
+        tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {_failure(e, job)}", error=e)
         return
     status = result.get("status")
     if status == "diverged":
