@@ -8,8 +8,10 @@ run ends cleanly and writes no result; a second Ctrl-C kills them) and exits 130
 keep their results and the same command later trains only what is missing.
 
 A run whose worker process dies under it (the out-of-memory killer's SIGKILL) is a failed run like
-another, with the signal as its cause; the other runs go on. A sweep with failed runs exits 1 at
-the end; a later command trains them again.
+another, with the signal as its cause; the other runs go on. With hydra.launcher.retries=N a failed
+run is run again, up to N more times, within the sweep (each time said in its line); a diverged or
+over-budget run is a result and never retried, and a store fault is not either. A sweep with failed
+runs exits 1 at the end; a later command trains them again.
 
 The store's faults: a results_dir that cannot be written stops the sweep before anything trains
 (exit 2); a run that fails because the store refused a write stops the sweep when every later run
@@ -29,7 +31,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from ..console import say
-from ..errors import StoreError, SubmissionError, UnwritableStoreError, WorkerDiedError
+from ..errors import ConfigError, StoreError, SubmissionError, UnwritableStoreError, WorkerDiedError
+from ..executors.factory import check_retries
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .triage import triage
@@ -49,6 +52,7 @@ class SweepJob:
     total: int                     # runs in the sweep
     folder: Path | None = None     # its folder in the results store
     started: float = 0.0           # perf_counter when submitted
+    attempt: int = 1               # 2 and more: retried (hydra.launcher.retries)
 
     @property
     def tag(self) -> str:
@@ -105,8 +109,14 @@ class SweepTally:
 
 
 def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[Sequence[str]],
-               open_executor: Callable[[], Any]) -> list[JobReturn]:
-    """Run a grid's jobs; `open_executor()` gives where they train (lorasweep.executors)."""
+               open_executor: Callable[[], Any], retries: Any = 0) -> list[JobReturn]:
+    """Run a grid's jobs; `open_executor()` gives where they train (lorasweep.executors); a failed
+    run is run again up to `retries` more times (hydra.launcher.retries)."""
+    try:
+        retries = check_retries(retries)
+    except ConfigError as e:
+        say(f"sweep: {e}; nothing was trained")
+        raise SystemExit(2) from None
     for signum in INTERRUPTING_SIGNALS:
         signal.signal(signum, _interrupt)
     shared, labels = varying_overrides(job_overrides)
@@ -147,7 +157,7 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
             queued[decision.folder] = job
             queue.append(job)
     if queue:
-        _train(queue, tally, open_executor)
+        _train(queue, tally, open_executor, retries)
     say(tally.summary())
     if tally.store_failed:  # said in one line per run (and why the sweep stopped): no traceback from Hydra
         raise SystemExit(1)
@@ -159,7 +169,7 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
     return tally.returns  # Hydra raises a failed run's exception (with the worker's traceback) after this
 
 
-def _train(queue: list[SweepJob], tally: SweepTally, open_executor: Callable[[], Any]) -> None:
+def _train(queue: list[SweepJob], tally: SweepTally, open_executor: Callable[[], Any], retries: int) -> None:
     running: dict[Future, SweepJob] = {}
     durations: list[float] = []  # of the runs trained here: for the sweep's ETA
     executor = None
@@ -178,6 +188,9 @@ def _train(queue: list[SweepJob], tally: SweepTally, open_executor: Callable[[],
                 for future in finished:
                     job = running.pop(future)
                     durations.append(time.perf_counter() - job.started)
+                    if tally.stopped is None and _retrying(future, job, retries):
+                        queue.insert(0, job)
+                        continue
                     _collect(future, job, tally)
                     if tally.stopped is not None and queue:
                         _stop(queue, tally)
@@ -194,6 +207,18 @@ def _train(queue: list[SweepJob], tally: SweepTally, open_executor: Callable[[],
             + (f"{len(away)} runs go on as SLURM jobs; run the same command again to collect them "
                "and submit the rest" if away else "run the same command again to train the rest"))
         raise SystemExit(130) from None
+
+
+def _retrying(future: Future, job: SweepJob, retries: int) -> bool:
+    """Whether a failed run is run again (hydra.launcher.retries), said in its line. Results
+    (diverged, over budget) never are, nor a run the store refused: the next would fail the same way."""
+    error = future.exception()
+    if error is None or isinstance(error, StoreError) or job.attempt > retries:
+        return False
+    job.attempt += 1
+    say(f"{job.tag}: FAILED after {time.perf_counter() - job.started:.0f}s: {_failure(error, job)}; "
+        f"retrying (attempt {job.attempt} of {retries + 1})")
+    return True
 
 
 def _failure(error: BaseException, job: SweepJob) -> str:
