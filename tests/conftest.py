@@ -86,6 +86,41 @@ def slurm_cluster(tmp_path_factory):
         print(f"\ntest SLURM cluster stopped in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
 
 
+# -- hooks in every process a test starts (tests/hooks/sitecustomize.py): counted trainings, faults ------
+
+HOOKS = ROOT / "tests" / "hooks"
+
+
+def with_hooks(monkeypatch, **env: str) -> None:
+    """The processes started from now on import tests/hooks/sitecustomize.py, with `env` set."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")])))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def counted_trainings(count_file: Path) -> list[tuple[int, str]]:
+    """(pid, run folder name) of every Trainer.train call counted in `count_file`, in order."""
+    lines = count_file.read_text().splitlines() if count_file.exists() else []
+    return [(int(pid), Path(folder).name) for pid, folder in (line.split(" ", 1) for line in lines)]
+
+
+def per_run(counted: list[tuple[int, str]]) -> dict[str, int]:
+    """{run folder name: how many times it was trained}."""
+    out: dict[str, int] = {}
+    for _, name in counted:
+        out[name] = out.get(name, 0) + 1
+    return out
+
+
+@pytest.fixture
+def trainings(monkeypatch, tmp_path):
+    """Every process started from here counts its trainings; returns a function giving the
+    [(pid, run folder name)] counted so far, in order."""
+    count = tmp_path / "trainings.txt"
+    with_hooks(monkeypatch, LORASWEEP_COUNT_TRAININGS=str(count))
+    return lambda: counted_trainings(count)
+
+
 # -- sweeps watched while they run: their output as it comes, their worker processes -------------------
 
 WORKER_FLAG = "--multiprocessing-fork"  # on the command line of every process multiprocessing spawns

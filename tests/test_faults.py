@@ -1,7 +1,8 @@
 """The fault tests of issue 13 ("Sweeps that survive"): what a run and a sweep do when something
 fails around them (a diverging loss, a full disk, an unwritable store, an unreadable result, out of
-accelerator memory), as a user sees it: launch.py in a subprocess or run_config on a composed config,
-with tiny models, asserting on the output, the exit status and what is left in the results store.
+accelerator memory, two drivers on one store, a worker killed under its run, a run that fails once,
+an interrupted sweep), as a user sees it: launch.py in a subprocess or run_config on a composed
+config, with tiny models, asserting on the output, the exit status and what is left in the results store.
 
 Each kind of fault has its own section below; add a new kind as a new section.
 """
@@ -14,7 +15,6 @@ import re
 import signal
 import socket
 import subprocess
-from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +24,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from conftest import TINY_TOPICS, Sweep, compose_config, launch, wait_gone
+from conftest import (TINY_TOPICS, Sweep, compose_config, counted_trainings, launch, per_run, wait_gone, wait_until,
+                      with_hooks)
 from lorasweep.errors import AcceleratorMemoryError
 from lorasweep.run import memory
 from lorasweep.run.lifecycle import run_config
@@ -404,35 +405,19 @@ def test_unreadable_result_is_said_and_trained_again_in_a_single_run(tmp_path):
     assert result["status"] == "done" and result["schema"] == 1
 
 
-# == Out of accelerator memory ===============================================================
-
-
-#
+# =====================================================================================================
+# Out of accelerator memory
+# =====================================================================================================
 # A CPU has no accelerator to fill, so the test hook LORASWEEP_RAISE_OOM (tests/hooks/sitecustomize.py)
 # raises torch.cuda.OutOfMemoryError inside one run's Trainer.training_step, as CUDA's allocator does.
 # The grid runs in one worker (n_jobs=1): the runs after the failed one train in the same process,
 # which is where other tools let one out-of-memory error poison every later run.
 
-HOOKS = Path(__file__).resolve().parent / "hooks"
 OOM_LRS = ("0.001", "0.002", "0.003", "0.004")  # run 2 runs out of memory at its 2nd step; run 4 is stored done
 OOM_AT = "0.002"
 OOM_MESSAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
                "of which 1.06 GiB is free.")
 OOM_REASON = f"out of accelerator memory on cuda:0 (it tried to allocate 2.00 GiB); {memory.hint('lora')}"
-
-
-def with_hooks(monkeypatch, **env: str) -> None:
-    """The processes launch() starts from now on import tests/hooks/sitecustomize.py, with `env` set."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")])))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-
-
-def trainings(count_file: Path) -> list[tuple[int, str]]:
-    """(pid, run folder) of every Trainer.train call the hook counted."""
-    if not count_file.exists():
-        return []
-    return [(int(pid), folder) for pid, folder in (ln.split(" ", 1) for ln in count_file.read_text().splitlines())]
 
 
 @pytest.fixture(scope="module")
@@ -475,8 +460,8 @@ def test_oom_sweep_goes_on_in_the_same_worker_and_says_the_failure_in_one_line(o
     assert "run 4/4 train.lr=0.004: already done" in proc.stderr
     assert "sweep: 4 runs: 2 done, 1 already done, 1 failed; best: " in proc.stderr
     # the runs after the failure trained in the same worker process, and finished
-    counted = trainings(oom_grid["count"])
-    assert [folder for _, folder in counted] == [str(folders[lr].resolve()) for lr in ("0.001", "0.002", "0.003")]
+    counted = counted_trainings(oom_grid["count"])
+    assert [name for _, name in counted] == [folders[lr].name for lr in ("0.001", "0.002", "0.003")]
     assert len({pid for pid, _ in counted}) == 1  # one worker: the same pid before and after the failure
     for lr in ("0.001", "0.003"):
         result = strict_json((folders[lr] / "result.json").read_text())
@@ -588,23 +573,10 @@ def test_oom_failure_frees_the_model_trainer_and_optimizer(tmp_path, monkeypatch
 # =====================================================================================================
 # Two or three drivers on one results store: claims (lorasweep.run.claims)
 # =====================================================================================================
-# Trainings are counted in every process (tests/hooks/sitecustomize.py): a run trained twice shows twice.
+# Trainings are counted in every process (conftest.trainings): a run trained twice shows twice.
 
 CLAIMED_GRID = [*TINY_TOPICS, "train.max_steps=8", "train.step_sleep_s=0.2", "hydra.launcher.threads=1"]
 SIX_LRS = "train.lr=1e-3,2e-3,3e-3,4e-3,5e-3,6e-3"
-
-
-@pytest.fixture
-def counted(tmp_path, monkeypatch) -> Path:
-    """The file every Trainer.train call of the processes started from here on appends a line to."""
-    count = tmp_path / "trainings.txt"
-    with_hooks(monkeypatch, LORASWEEP_COUNT_TRAININGS=str(count))
-    return count
-
-
-def times_trained(count: Path) -> dict[str, int]:
-    """How often each run folder (by name) was trained."""
-    return dict(Counter(Path(folder).name for _, folder in trainings(count)))
 
 
 def summary_counts(output: str) -> dict[str, int]:
@@ -613,7 +585,7 @@ def summary_counts(output: str) -> dict[str, int]:
     return {m.group(2): int(m.group(1)) for m in re.finditer(r"(\d+) ([a-z ]+)", line)}
 
 
-def test_three_drivers_on_one_grid_train_each_run_once(tmp_path, counted):
+def test_three_drivers_on_one_grid_train_each_run_once(tmp_path, trainings):
     store = tmp_path / "results"
     args = ["-m", *CLAIMED_GRID, SIX_LRS, f"results_dir={store}"]
     with Sweep(args, tmp_path) as a, Sweep(args, tmp_path) as b, Sweep(args, tmp_path) as c:
@@ -622,7 +594,7 @@ def test_three_drivers_on_one_grid_train_each_run_once(tmp_path, counted):
     assert codes == [0, 0, 0], "\n\n".join(o[-2000:] for o in outputs)
     results = {p.parent.name: json.loads(p.read_text()) for p in store.glob("*/result.json")}
     assert len(results) == 6 and {r["status"] for r in results.values()} == {"done"}
-    assert times_trained(counted) == {name: 1 for name in results}  # 6 trainings in all, one a run
+    assert per_run(trainings()) == {name: 1 for name in results}  # 6 trainings in all, one a run
     counts = [summary_counts(o) for o in outputs]
     # each driver reports all six: those it trained, and the others' results as they landed
     assert all(c.get("done", 0) + c.get("trained elsewhere", 0) == 6 for c in counts), counts
@@ -630,7 +602,7 @@ def test_three_drivers_on_one_grid_train_each_run_once(tmp_path, counted):
     assert not list(store.glob("*/claim.json"))  # every claim released
 
 
-def test_a_grid_and_an_optuna_study_on_one_store_train_each_run_once(tmp_path, counted):
+def test_a_grid_and_an_optuna_study_on_one_store_train_each_run_once(tmp_path, trainings):
     store = tmp_path / "results"
     grid = ["-m", *CLAIMED_GRID, "train.lr=1e-3,2e-3,3e-3,4e-3", f"results_dir={store}"]
     study = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=4",
@@ -641,7 +613,7 @@ def test_a_grid_and_an_optuna_study_on_one_store_train_each_run_once(tmp_path, c
     assert codes == [0, 0], "\n\n".join(o[-2000:] for o in outputs)
     results = {p.parent.name: json.loads(p.read_text()) for p in store.glob("*/result.json")}
     assert len(results) == 4 and {r["status"] for r in results.values()} == {"done"}
-    assert times_trained(counted) == {name: 1 for name in results}
+    assert per_run(trainings()) == {name: 1 for name in results}
     study_db = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{store / 'optuna.db'}")[0],
                                  storage=f"sqlite:///{store / 'optuna.db'}")
     told = [t for t in study_db.trials if t.state == TrialState.COMPLETE]
@@ -651,7 +623,7 @@ def test_a_grid_and_an_optuna_study_on_one_store_train_each_run_once(tmp_path, c
     assert values == pytest.approx(by_lr)
 
 
-def test_a_single_run_that_a_sweep_trains_now_is_refused_in_one_line(tmp_path, counted):
+def test_a_single_run_that_a_sweep_trains_now_is_refused_in_one_line(tmp_path, trainings):
     store = tmp_path / "results"
     run = [*TINY_TOPICS, "train.max_steps=40", "train.step_sleep_s=0.25", f"results_dir={store}"]
     with Sweep(["-m", *run], tmp_path) as sweep:
@@ -662,10 +634,10 @@ def test_a_single_run_that_a_sweep_trains_now_is_refused_in_one_line(tmp_path, c
     assert re.search(r"^error: .*-[0-9a-f]{16} is being trained by pid \d+ on \S+, since [\d:]+; not started "
                      r"here", single.stderr, re.M), single.stderr[-2000:]
     no_traceback(single.stderr)
-    assert list(times_trained(counted).values()) == [1]
+    assert list(per_run(trainings()).values()) == [1]
 
 
-def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, counted):
+def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, trainings):
     store = tmp_path / "results"
     args = ["-m", *TINY_TOPICS, "train.max_steps=40", "train.step_sleep_s=0.25", f"results_dir={store}"]
     with Sweep(args, tmp_path) as sweep:
@@ -682,10 +654,10 @@ def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, counted
     assert f"took over the claim of pid {pid} on {socket.gethostname()}, which is gone" in again.stdout + again.stderr
     assert json.loads((left[0].parent / "result.json").read_text())["status"] == "done"
     assert not left[0].exists()
-    assert list(times_trained(counted).values()) == [2]  # the killed training, and the one that finished
+    assert list(per_run(trainings()).values()) == [2]  # the killed training, and the one that finished
 
 
-def test_the_plan_view_shows_a_run_trained_elsewhere(tmp_path, counted):
+def test_the_plan_view_shows_a_run_trained_elsewhere(tmp_path, trainings):
     store = tmp_path / "results"
     run = [*TINY_TOPICS, "train.max_steps=40", "train.step_sleep_s=0.25", f"results_dir={store}"]
     with Sweep(["-m", *run], tmp_path) as sweep:
@@ -695,3 +667,149 @@ def test_the_plan_view_shows_a_run_trained_elsewhere(tmp_path, counted):
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert re.search(r"being trained by pid \d+ on \S+, since", plan.stdout), plan.stdout
     assert "1 being trained elsewhere" in plan.stdout and "0 to run" in plan.stdout
+
+
+# =====================================================================================================
+# Worker deaths, retries and interrupts
+# =====================================================================================================
+# A local sweep's workers are lorasweep's own processes (executors/local.py). The tests start real
+# sweeps (conftest.Sweep: its own session, its workers watched) with their trainings counted
+# (conftest.trainings: "<pid> <run folder>" per Trainer.train call), which is also how a test knows
+# that a run trains, and in which worker.
+
+
+def statuses(store: Path) -> dict[str, str]:
+    """{run folder name: status} of the results in the store."""
+    return {p.parent.name: json.loads(p.read_text())["status"] for p in store.glob("*/result.json")}
+
+
+KILLED = re.compile(r"^run (\d)/4 .*: FAILED after \d+s: (worker killed by signal 9 \(SIGKILL\): likely out of memory; "
+                    r"its peak RSS was \d+(\.\d)? [MG]iB)$", re.M)
+
+
+def test_a_killed_worker_fails_its_run_only_and_is_replaced(tmp_path, trainings):
+    # 6 steps of 0.5 s: a run trains for 3 s at least, so the kill lands while it trains
+    args = ["-m", "lora.r=2,4", "lora.proj=qk,v", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS, "train.max_steps=6",
+            "train.step_sleep_s=0.5"]
+    store = tmp_path / "results"
+    with Sweep(args, tmp_path) as sweep:
+        pid, victim = wait_until(lambda: trainings()[:1], "a run to train")[0]
+        assert pid in sweep.workers()  # one of this sweep's workers, training `victim`
+        os.kill(pid, signal.SIGKILL)  # what the kernel's out-of-memory killer does
+        sweep.wait_for_line(KILLED.pattern)
+        # a new worker takes the next run beside the one still training
+        wait_until(lambda: len(set(sweep.workers()) - {pid}) == 2, "two workers again")
+        code = sweep.wait()
+    out = sweep.output
+    assert code == 1, out[-3000:]  # the failure fails the sweep, at its end
+    assert "BrokenProcessPool" not in out and "Traceback" not in out, out[-3000:]
+    assert "sweep: 4 runs: 3 done, 1 failed; best: " in out
+    assert len(KILLED.findall(out)) == 1
+    # the killed run is recorded failed with the cause; the run in flight beside it and the rest are done
+    result = json.loads((store / victim / "result.json").read_text())
+    assert result["status"] == "failed" and result["reason"] == KILLED.search(out).group(2)
+    assert result["memory"]["peak_rss_mb"] > 50 and not (store / victim / "traceback.txt").exists()
+    assert statuses(store) == {**{name: "done" for name in statuses(store)}, victim: "failed"}
+    assert len(statuses(store)) == 4
+    assert per_run(trainings()) == {name: 1 for name in statuses(store)}  # none trained twice
+    assert len(sweep.seen) == 3 and sweep.most == 2  # two workers, and one that replaced the killed one
+
+    # a later command trains the failed run again, and only it
+    again = launch(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep: 4 runs: 1 done, 3 already done; best: " in again.stderr
+    assert set(statuses(store).values()) == {"done"}
+    assert per_run(trainings()) == {**{name: 1 for name in statuses(store)}, victim: 2}
+
+
+def test_retries_run_a_failed_run_again_but_never_a_diverged_one(tmp_path, trainings, monkeypatch):
+    # the first training fails (tests/hooks: LORASWEEP_FAIL_ONCE); run 1 is the normal lr, run 2 diverges
+    monkeypatch.setenv("LORASWEEP_FAIL_ONCE", str(tmp_path / "failed-once"))
+    proc = launch(["-m", "train.lr=3e-2,1e4", "hydra.launcher.retries=2", *TINY_ANY_STEPS, "train.max_steps=8"],
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^run 1/2 train\.lr=0\.03: FAILED after \d+s: RuntimeError: LORASWEEP_FAIL_ONCE: the first "
+                     r"training fails .*; retrying \(attempt 2 of 3\)$", proc.stderr, re.M), proc.stderr[-3000:]
+    assert proc.stderr.count("retrying") == 1  # the diverged run is a result: never retried
+    assert re.search(r"^run 2/2 train\.lr=10000\.0: diverged at step 3", proc.stderr, re.M)
+    assert "sweep: 2 runs: 1 done, 1 diverged; best: " in proc.stderr
+    results = statuses(tmp_path / "results")
+    assert sorted(results.values()) == ["diverged", "done"]
+    assert per_run(trainings()) == {name: 2 if status == "done" else 1 for name, status in results.items()}
+
+
+def test_retries_in_an_optuna_sweep(tmp_path, trainings, monkeypatch):
+    monkeypatch.setenv("LORASWEEP_FAIL_ONCE", str(tmp_path / "failed-once"))
+    results = tmp_path / "results"
+    proc = launch(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "hydra.launcher.retries=1",
+                   "lora.r=choice(2)", *TINY_TOPICS, f"results_dir={results}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^trial 1/1 lora\.r=2: failed: RuntimeError: LORASWEEP_FAIL_ONCE: .*; retrying \(attempt 2 of 2\)$",
+                     proc.stderr, re.M), proc.stderr[-3000:]
+    assert "1 complete, 0 pruned, 0 failed" in proc.stderr
+    [trial] = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{results / 'optuna.db'}")[0],
+                                storage=f"sqlite:///{results / 'optuna.db'}").trials
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["status"] == "done"
+    assert list(per_run(trainings()).values()) == [2] and list(statuses(results).values()) == ["done"]
+
+
+@pytest.mark.parametrize("sweeper, value", [([], "-1"), ([], "1.5"), (["hydra/sweeper=optuna"], "two")])
+def test_retries_must_be_a_whole_number_of_at_least_0(tmp_path, sweeper, value):
+    space = "lora.r=choice(2,4)" if sweeper else "lora.r=2,4"
+    proc = launch(["-m", *sweeper, space, f"hydra.launcher.retries={value}", *TINY_TOPICS], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    shown = {"-1": "-1", "1.5": "1.5", "two": "'two'"}[value]
+    assert f"sweep: hydra.launcher.retries={shown} is invalid: it is how many more times a failed run is run again " \
+        "within the same sweep, a whole number 0 or more (default 0); nothing was trained" in proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c twice", "sigterm"])
+def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half_done(tmp_path, trainings,
+                                                                                      monkeypatch, how):
+    if how == "ctrl-c twice":  # an interrupted run takes 60 s to end (tests/hooks): only SIGKILL ends it sooner
+        monkeypatch.setenv("LORASWEEP_SLOW_STOP", "60")
+    # runs 1 and 2 take 2 steps; runs 3 and 4 take 8 steps of 0.5 s, and are interrupted while they train
+    args = ["-m", "train.max_steps=2,8", "lora.r=2,4", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS,
+            "train.step_sleep_s=0.5"]
+    store = tmp_path / "results"
+    with Sweep(args, tmp_path) as sweep:
+        wait_until(lambda: len(trainings()) == 4, "runs 3 and 4 to train")
+        workers = sweep.workers()
+        if how == "ctrl-c twice":  # the terminal signals its foreground process group: the workers ignore it
+            os.killpg(sweep.proc.pid, signal.SIGINT)
+            busy = int(sweep.wait_for_line(r"^sweep interrupted: stopping ([12]) runs? in flight "
+                                           r"\(Ctrl-C again to kill (them|it) now\)$")[0].group(1))
+            # the workers with a run end it (slowly, here) and are not killed yet; an idle one is gone
+            wait_until(lambda: len(sweep.workers()) == busy, f"{busy} workers ending their runs")
+            os.killpg(sweep.proc.pid, signal.SIGINT)
+            sweep.wait_for_line(rf"^interrupted again: killing {busy} workers? now$")
+        else:  # `kill` of the driver only: it stops its workers
+            os.kill(sweep.proc.pid, signal.SIGTERM)
+        code = sweep.wait(timeout=20)  # well before the 30 s a worker is given, or the hook's 60 s
+    wait_gone(workers.values(), timeout=10)
+    out = sweep.output
+    assert code == 130, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]  # no KeyboardInterrupt in a worker: they ignore Ctrl-C
+    stopped = int(re.search(r"^sweep interrupted: stopping (\d) runs? in flight", out, re.M).group(1))
+    kept = len(re.findall(r"^run \d/4 .*: done, ", out, re.M))
+    assert stopped + kept == 4 and stopped >= 1
+    assert f"sweep interrupted: {kept} of 4 runs finished and kept; run the same command again to train the rest" in out
+    assert len(sweep.seen) == 2  # no worker was started to replace a stopped one
+    # an interrupted run wrote no result (not even failed) and no half of one
+    results = statuses(store)
+    assert set(results.values()) == {"done"} and len(results) == kept
+    assert not list(store.rglob(".result-*.json"))
+    interrupted = set(per_run(trainings())) - set(results)
+    assert len(interrupted) == stopped
+    if how == "sigterm":  # each ended its run by an exception where it was: its `finally` blocks ran
+        for name in interrupted:
+            assert "stopped by the sweep (SIGTERM) before the run finished: no result written" \
+                in (store / name / "log.txt").read_text()
+
+    monkeypatch.delenv("LORASWEEP_SLOW_STOP", raising=False)
+    proc = launch(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"sweep: 4 runs: {stopped} done, {kept} already done" in proc.stderr
+    assert set(statuses(store).values()) == {"done"} and len(statuses(store)) == 4
+    assert per_run(trainings()) == {name: 2 if name in interrupted else 1 for name in statuses(store)}

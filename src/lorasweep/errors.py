@@ -57,6 +57,12 @@ class AcceleratorMemoryError(RuntimeError):
     same config may fit on a larger device."""
 
 
+class WorkerDiedError(RuntimeError):
+    """A run's worker process died under it: 'worker killed by signal 9 (SIGKILL): likely out of
+    memory; its peak RSS was 1.2 GiB' (the kernel's out-of-memory killer sends SIGKILL). Raised in the
+    sweep's driver, which records the run failed with this reason; the other runs go on."""
+
+
 class UnwritableStoreError(ConfigError):
     """results_dir cannot be written at all (found before anything trains): 'results_dir=/x is not
     writable: Read-only file system'."""

@@ -6,34 +6,60 @@ environment variable is set, so a process started without them is an ordinary on
                                        how the tests count trainings (no run may be trained twice);
                                        and to <file>.finished when it returns (a training that ran to
                                        its end, not one killed or interrupted)
+    LORASWEEP_FAIL_ONCE=<file>         the first Trainer.train call of all the processes that share
+                                       <file> creates it and raises RuntimeError; every later call
+                                       trains: a run that fails the first time only (retries)
+    LORASWEEP_SLOW_STOP=<seconds>      a Trainer.train ended by an interrupt (a worker turns SIGTERM
+                                       into one) sleeps this long before it ends: a run whose cleanup
+                                       takes time, which only SIGKILL stops sooner (a second Ctrl-C)
     LORASWEEP_RAISE_OOM=<name>@<step>  the run whose folder's name contains <name> raises
                                        torch.cuda.OutOfMemoryError (a message like CUDA's own) at its
                                        <step>th training step (1-based; "@<step>" may be left out: 1),
                                        from inside Trainer.training_step: how a CPU machine runs out of
                                        accelerator memory in a real run
+
+A call is counted before it fails or trains.
 """
 import os
 
 _COUNT = os.environ.get("LORASWEEP_COUNT_TRAININGS")
+_FAIL_ONCE = os.environ.get("LORASWEEP_FAIL_ONCE")
+_SLOW_STOP = float(os.environ.get("LORASWEEP_SLOW_STOP") or 0)
 _OOM = os.environ.get("LORASWEEP_RAISE_OOM")
 
-if _COUNT:
+if _COUNT or _FAIL_ONCE or _SLOW_STOP:
     from pathlib import Path
 
     import transformers
 
     _train = transformers.Trainer.train
 
-    def _counted_train(self, *args, **kwargs):
+    def _hooked_train(self, *args, **kwargs):
         line = f"{os.getpid()} {Path(self.args.output_dir).resolve().parent}\n"
-        with open(_COUNT, "a") as f:  # one short line per write, appended: whole lines even from many processes
-            f.write(line)
-        out = _train(self, *args, **kwargs)
-        with open(_COUNT + ".finished", "a") as f:
-            f.write(line)
+        if _COUNT:
+            with open(_COUNT, "a") as f:  # one short line per write, appended: whole lines even from many processes
+                f.write(line)
+        if _FAIL_ONCE:
+            try:
+                os.close(os.open(_FAIL_ONCE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # exactly one process wins
+            except FileExistsError:
+                pass
+            else:
+                raise RuntimeError(f"LORASWEEP_FAIL_ONCE: the first training fails ({_FAIL_ONCE})")
+        try:
+            out = _train(self, *args, **kwargs)
+        except KeyboardInterrupt:
+            if _SLOW_STOP:
+                import time
+
+                time.sleep(_SLOW_STOP)
+            raise
+        if _COUNT:
+            with open(_COUNT + ".finished", "a") as f:
+                f.write(line)
         return out
 
-    transformers.Trainer.train = _counted_train
+    transformers.Trainer.train = _hooked_train
 
 if _OOM:
     from pathlib import Path

@@ -2,8 +2,9 @@
 
 Hydra's side of a local grid sweep: lorasweep.sweep.grid triages every run first (no weights:
 already done? over budget? a bad config?), then trains the rest in worker processes, `n_jobs` at a
-time (lorasweep.executors.local). Results live in the results store keyed by run key, so running the
-same sweep again, or after an interruption, trains only what is missing.
+time (lorasweep.executors.local), and a failed run again up to `retries` times. Results live in the
+results store keyed by run key, so running the same sweep again, or after an interruption, trains
+only what is missing.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from lorasweep.sweep.compose import ContextLauncher
 
 
 class LocalLauncher(ContextLauncher):
-    def __init__(self, n_jobs: int = 1, threads: int | None = None) -> None:
+    def __init__(self, n_jobs: int = 1, threads: int | None = None, retries: int = 0) -> None:
         super().__init__()
-        self.n_jobs, self.threads = n_jobs, threads
+        self.n_jobs, self.threads, self.retries = n_jobs, threads, retries  # retries: checked by the sweep
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lorasweep.executors.local import LocalExecutor
@@ -25,4 +26,4 @@ class LocalLauncher(ContextLauncher):
 
         assert self.config is not None and self.hydra_context is not None
         return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
-                          open_executor=lambda: LocalExecutor(self.n_jobs, self.threads))
+                          open_executor=lambda: LocalExecutor(self.n_jobs, self.threads), retries=self.retries)

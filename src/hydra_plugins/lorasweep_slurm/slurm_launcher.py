@@ -28,4 +28,4 @@ class SlurmLauncher(ContextLauncher):
 
         assert self.config is not None and self.hydra_context is not None
         return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
-                          open_executor=lambda: SlurmExecutor(self.settings))
+                          open_executor=lambda: SlurmExecutor(self.settings), retries=self.settings.retries)

@@ -1,4 +1,5 @@
-"""The executor a sweep's `hydra.launcher` config asks for: SLURM jobs or local worker processes.
+"""The executor a sweep's `hydra.launcher` config asks for: SLURM jobs or local worker processes;
+and the launcher setting every driver reads the same way (`retries`).
 
 The grid's launcher plugins build theirs directly; the Optuna sweeper, which runs its own loop
 under whatever launcher is configured, asks here.
@@ -6,6 +7,8 @@ under whatever launcher is configured, asks here.
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+from ..errors import ConfigError
 
 SLURM_LAUNCHER = "hydra_plugins.lorasweep_slurm.slurm_launcher.SlurmLauncher"
 
@@ -26,3 +29,13 @@ def executor_for(launcher: Mapping[str, Any] | None, n_jobs: int = 1, threads: i
 def runs_on_slurm(launcher: Mapping[str, Any] | None) -> bool:
     """Whether this hydra.launcher config runs its runs as SLURM jobs (hydra/launcher=slurm, slurm_local)."""
     return dict(launcher or {}).get("_target_") == SLURM_LAUNCHER
+
+
+def check_retries(value: Any) -> int:
+    """hydra.launcher.retries: how many more times a failed run is run within the same sweep."""
+    if isinstance(value, float) and value.is_integer():  # retries=2.0
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"hydra.launcher.retries={value!r} is invalid: it is how many more times a failed run is "
+                          f"run again within the same sweep, a whole number 0 or more (default 0)")
+    return value

@@ -1,23 +1,80 @@
 """Runs executed in worker processes on this machine, N at a time.
 
-Workers are started once and kept across runs (torch, transformers and a model's first load are paid
-once per worker, not once per run), each with its share of the cores so that parallel runs do not
-oversubscribe them. A run's console output goes to its log file when several run at once.
+Workers are lorasweep's own processes (spawned, not forked), started as runs need them and kept
+across runs (torch, transformers and a model's first load are paid once per worker, not once per
+run), each with its share of the cores so that parallel runs do not oversubscribe them. A run's
+console output goes to its log file when several run at once. One thread of the driver watches
+them: it hands out queued runs, collects results and reads each busy worker's peak RSS.
+
+A worker that dies under its run (the kernel's out-of-memory killer sends SIGKILL) fails that run
+only: the run is recorded failed with the signal and the worker's peak RSS
+(run/lifecycle.record_worker_death), its future raises WorkerDiedError, and a new worker takes the
+next run; the other runs in flight go on untouched.
+
+Stopping (shutdown(cancel=True): an interrupted sweep): the workers get SIGTERM, which each turns
+into an exception where its run is (executors/worker.serve): `finally` blocks run, no result is
+written, the run trains again next time. A second Ctrl-C, or a worker not gone within GRACE_S,
+kills them (SIGKILL). Workers ignore Ctrl-C and a closed terminal themselves: the driver decides.
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import multiprocessing.util
 import os
-from concurrent.futures import Future, ProcessPoolExecutor
+import pickle
+import signal
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .worker import configure_process, die_with_parent, execute
+from ..console import say
+from ..errors import WorkerDiedError
+from .worker import STOPPED_EXIT, Stopped, serve
+
+GRACE_S = 30      # a worker told to stop (SIGTERM) has this long to end its run cleanly, then it is killed
+SAMPLE_S = 0.25   # how often a busy worker's peak RSS is read: a death reports the last reading
 
 
 def threads_per_run(n_jobs: int, threads: int | None = None) -> int:
     """Explicit `threads`, else the cores split evenly between the runs in flight (at least 1)."""
     return threads if threads and threads > 0 else max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+
+
+@dataclass
+class _Task:
+    id: int
+    cfg: dict
+    log_file: str | None
+    future: Future
+
+
+class _Worker:
+    """One worker process, the pipe to it, and the run it has (if any)."""
+
+    def __init__(self, context, threads: int) -> None:
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(target=serve, args=(theirs, threads), name="lorasweep-worker")
+        self.process.start()
+        theirs.close()
+        self.task: _Task | None = None
+        self.peak_rss: int | None = None  # bytes, of its current run
+
+    def give(self, task: _Task) -> None:
+        self.task, self.peak_rss = task, None
+        try:
+            self.conn.send((task.id, task.cfg, task.log_file))
+        except OSError:  # it died already: its sentinel says so next, and the run fails with the cause
+            pass
+        except Exception as e:  # a config that cannot be pickled: that run fails, the worker stays
+            self.task = None
+            task.future.set_exception(e)
 
 
 class LocalExecutor:
@@ -29,11 +86,32 @@ class LocalExecutor:
         self.n_jobs = max(1, n_jobs)
         self.threads = threads_per_run(self.n_jobs, threads)
         # spawn, not fork: a forked child inherits torch's thread pools and locks mid-state
-        self._pool = ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_worker, initargs=(self.threads,))
+        self._context = multiprocessing.get_context("spawn")
+        self._queue: deque[_Task] = deque()
+        self._workers: list[_Worker] = []  # the watcher's, until shutdown has stopped it
+        self._futures: list[Future] = []  # submitted and not yet seen done
+        self._lock = threading.Lock()
+        self._closing = False
+        self._shut = False
+        self._stopped_watching = threading.Event()  # the watcher has left its loop
+        self._all_gone = threading.Event()  # shutdown has ended every worker: the watcher thread may end
+        # workers left by a driver that never called shutdown are killed before multiprocessing
+        # joins its children at exit (it would wait forever on a worker waiting for its next run)
+        multiprocessing.util.Finalize(self, _kill_workers, args=(self._workers,), exitpriority=10)
+        self._ids = itertools.count()
+        self._wake_r, self._wake_w = self._context.Pipe(duplex=False)
+        self._watcher = threading.Thread(target=self._watch, name="lorasweep-workers", daemon=True)
+        self._watcher.start()
 
     def submit(self, cfg: Mapping[str, Any], log_file: Path | None = None) -> Future:
-        return self._pool.submit(execute, dict(cfg), str(log_file) if log_file else None)
+        future: Future = Future()
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("LocalExecutor: submit after shutdown")
+            self._queue.append(_Task(next(self._ids), dict(cfg), str(log_file) if log_file else None, future))
+            self._futures = [f for f in self._futures if not f.done()] + [future]
+        self._wake_w.send_bytes(b"")
+        return future
 
     def submit_many(self, items: Sequence[tuple[Mapping[str, Any], Path]]) -> list[Future]:
         """(cfg, run folder) pairs; with several runs at once each one's output goes to its log.txt."""
@@ -45,13 +123,178 @@ class LocalExecutor:
             futures.append(future)
         return futures
 
+    # -- the watcher thread ------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        # A hangup is held in this thread, and so in the workers it starts, until they ignore it
+        # (Python lets SIGINT through at startup itself: a Ctrl-C in a worker's first second still
+        # reaches it, at the moment the driver stops anyway). The driver's main thread gets both.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            while not self._closing:
+                self._dispatch()
+                ready = wait_ready([self._wake_r, *(w.conn for w in self._workers),
+                                    *(w.process.sentinel for w in self._workers)], timeout=SAMPLE_S)
+                while self._wake_r.poll():
+                    self._wake_r.recv_bytes()
+                for worker in list(self._workers):
+                    if worker.conn in ready or worker.process.sentinel in ready:
+                        self._hear(worker)
+                for worker in self._workers:
+                    if worker.task is not None:
+                        worker.peak_rss = _peak_rss(worker.process.pid) or worker.peak_rss
+        except BaseException as e:  # never leave a future unresolved: the driver would wait on it forever
+            say(f"lorasweep: the thread watching the workers failed: {type(e).__name__}: {e}")
+            with self._lock:
+                self._closing = True  # no more submits: nothing would run them
+                for future in self._futures:
+                    if not future.done():
+                        future.set_exception(e)
+        finally:
+            self._stopped_watching.set()
+            # Linux sends a worker its PR_SET_PDEATHSIG (executors/worker.die_with_parent) when the
+            # *thread* that started it ends: this one, so it outlives the workers
+            self._all_gone.wait()
+
+    def _dispatch(self) -> None:
+        """Queued runs to idle workers, starting workers (up to n_jobs) as needed."""
+        with self._lock:
+            while self._queue and not self._closing:
+                worker = next((w for w in self._workers if w.task is None), None)
+                if worker is None:
+                    if len(self._workers) >= self.n_jobs:
+                        return
+                    worker = _Worker(self._context, self.threads)
+                    self._workers.append(worker)
+                task = self._queue.popleft()
+                if task.future.set_running_or_notify_cancel():  # else cancelled while queued
+                    worker.give(task)
+
+    def _hear(self, worker: _Worker) -> None:
+        """Its answers (a result, a failure), or its death."""
+        ended = False
+        while worker.conn.poll():
+            try:
+                data = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                ended = True
+                break
+            self._settle(worker, data)
+        if not ended and worker.process.exitcode is None:
+            return
+        worker.process.join(5)
+        if worker.process.exitcode is None:  # its pipe closed but it lingers
+            worker.process.kill()
+            worker.process.join()
+        worker.conn.close()
+        self._workers.remove(worker)
+        if worker.task is not None:
+            self._lost(worker.task, worker.process.exitcode, worker.peak_rss)
+
+    def _settle(self, worker: _Worker, data: bytes) -> None:
+        task, worker.task = worker.task, None
+        try:
+            kind, task_id, *payload = pickle.loads(data)
+        except Exception as e:  # an exception class the driver cannot rebuild, say
+            kind, task_id, payload = "error", task.id if task else None, [e, ""]
+        if task is None or task.id != task_id:
+            return
+        if kind == "result":
+            task.future.set_result(payload[0])
+        else:
+            error, text = payload
+            if text:  # the worker's traceback, as Python shows a chained exception
+                error.__cause__ = _RemoteTraceback(text)
+            task.future.set_exception(error)
+
+    def _lost(self, task: _Task, exitcode: int, peak_rss: int | None) -> None:
+        """The run of a worker that died: recorded failed with the cause, unless it finished first."""
+        if exitcode == STOPPED_EXIT:  # a SIGTERM from elsewhere: stopped cleanly, no result written
+            task.future.set_exception(WorkerDiedError(
+                "worker stopped by SIGTERM before the run finished; it left no result"))
+            return
+        reason = death_reason(exitcode, peak_rss)
+        try:
+            from ..run.lifecycle import record_worker_death
+
+            record = record_worker_death(task.cfg, reason, round(peak_rss / 2**20, 1) if peak_rss else None)
+        except Exception as e:  # recording it failed too (a full disk): the cause is still said
+            reason += f" (its failure could not be recorded: {type(e).__name__}: {e})"
+            record = None
+        if record is not None and record.get("status") != "failed":
+            task.future.set_result(record)  # it wrote its result just before it died: that stands
+        else:
+            task.future.set_exception(WorkerDiedError(reason))
+
+    # -- the end ------------------------------------------------------------------------------------
+
     def shutdown(self, cancel: bool = False) -> None:
         """Wait for the runs in flight, or (cancel) drop queued runs and stop the running ones now:
-        an interrupted run leaves no result and runs again next time."""
-        if cancel:  # the pool's workers are this process's only multiprocessing children
-            for process in multiprocessing.active_children():
-                process.terminate()
-        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        SIGTERM, then SIGKILL at a second Ctrl-C or after GRACE_S. An interrupted run leaves no
+        result and runs again next time."""
+        if self._shut:
+            return
+        self._shut = True
+        if not cancel:
+            with self._lock:
+                pending = list(self._futures)
+            wait_futures(pending)
+        with self._lock:
+            self._closing = True
+            queued = list(self._queue)
+            self._queue.clear()
+        self._wake_w.send_bytes(b"")
+        try:
+            self._stopped_watching.wait()
+            for task in queued:
+                task.future.cancel()
+            busy = [w for w in self._workers if w.task is not None]
+            if cancel:
+                self._stop(busy)
+            else:
+                self._release()
+            for worker in busy:
+                if not worker.task.future.done():
+                    worker.task.future.set_exception(Stopped())
+        finally:
+            _kill_workers(self._workers)  # whatever happened above, none is left behind
+            self._all_gone.set()
+        self._watcher.join()
+        for conn in (self._wake_r, self._wake_w, *(w.conn for w in self._workers)):
+            conn.close()
+        self._workers.clear()
+
+    def _stop(self, busy: list[_Worker]) -> None:
+        if busy:
+            say(f"sweep interrupted: stopping {len(busy)} run{'s' if len(busy) != 1 else ''} in flight "
+                f"(Ctrl-C again to kill {'them' if len(busy) != 1 else 'it'} now)")
+        for worker in self._workers:
+            worker.process.terminate()
+        deadline = time.monotonic() + GRACE_S
+        try:
+            for worker in self._workers:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
+            late = [w for w in self._workers if w.process.exitcode is None]
+            if late:
+                say(f"{len(late)} worker{'s' if len(late) != 1 else ''} still running {GRACE_S}s after SIGTERM: killed")
+        except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM, SIGHUP to the driver): now
+            late = [w for w in self._workers if w.process.exitcode is None]
+            if late:
+                say(f"interrupted again: killing {len(late)} worker{'s' if len(late) != 1 else ''} now")
+        finally:
+            _kill_workers(self._workers)
+
+    def _release(self) -> None:
+        """Idle workers are told to end, and given GRACE_S to do it."""
+        for worker in self._workers:
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + GRACE_S
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        _kill_workers(self._workers)
 
     def __enter__(self) -> "LocalExecutor":
         return self
@@ -60,6 +303,55 @@ class LocalExecutor:
         self.shutdown(cancel=exc_type is not None)
 
 
-def _init_worker(threads: int) -> None:
-    die_with_parent()
-    configure_process(threads)
+def death_reason(exitcode: int | None, peak_rss: int | None) -> str:
+    """'worker killed by signal 9 (SIGKILL): likely out of memory; its peak RSS was 1.2 GiB'."""
+    rss = f"its peak RSS was {_size(peak_rss)}" if peak_rss else "its peak RSS was not measured"
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown"
+        # SIGKILL is what the kernel's out-of-memory killer sends; it is also `kill -9`
+        oom = ": likely out of memory" if -exitcode == signal.SIGKILL else ""
+        return f"worker killed by signal {-exitcode} ({name}){oom}; {rss}"
+    return f"worker exited with status {exitcode} before its run finished; {rss}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _peak_rss(pid: int) -> int | None:
+    """The process's peak resident set size in bytes (Linux: VmHWM), else its RSS now (psutil)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss
+    except Exception:  # gone already, or no psutil
+        return None
+
+
+def _kill_workers(workers: list[_Worker]) -> None:
+    for worker in workers:
+        if worker.process.exitcode is None:
+            worker.process.kill()
+    for worker in workers:
+        worker.process.join()
+
+
+class _RemoteTraceback(Exception):
+    """The worker's traceback of a failed run, chained under the exception the driver raises."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'

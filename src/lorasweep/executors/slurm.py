@@ -64,6 +64,7 @@ class SlurmSettings:
     setup: list[str] = field(default_factory=list)               # shell lines before the run
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
     poll_s: float = 1.0             # how often the driver looks for finished runs
+    retries: Any = 0                # a failed run submitted again up to this many times (the sweep's; checked there)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SlurmSettings":

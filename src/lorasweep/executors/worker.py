@@ -3,16 +3,30 @@
 `execute(cfg)` is the one entry point that executors send runs to: it runs the composed config
 through lorasweep.run.lifecycle, with a pruning reporter when the run is a trial of an Optuna sweep.
 Its driver has triaged it already (and said, e.g., that its stored result was unreadable).
+
+`serve(conn, threads)` is a local worker's whole life (lorasweep.executors.local): it runs what its
+driver sends, one run at a time, until told to end. The driver decides about signals: a worker
+ignores Ctrl-C and a closed terminal (both reach the whole process group), and turns SIGTERM (the
+driver stopping an interrupted sweep, or the driver's own death: die_with_parent) into `Stopped`,
+raised where the run is, so that its `finally` blocks run and it writes no result.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..console import quiet_libraries
+from ..console import quiet_libraries, say
 from ..errors import RunClaimedError
+
+STOPPED_EXIT = 128 + signal.SIGTERM  # a worker's exit status after a clean stop (what a shell shows for SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM in a local worker: the sweep is stopping. Not an Exception, so the run records no
+    failure (it left no result and trains again next time); its `finally` blocks still run."""
 
 
 def execute(cfg: Mapping[str, Any], log_file: str | None = None) -> dict:
@@ -20,13 +34,19 @@ def execute(cfg: Mapping[str, Any], log_file: str | None = None) -> dict:
     A run another process is training now (lorasweep.run.claims) is not started: the return is
     {"claimed_by": who}, for its driver to wait for that run's result (a plain value, not an
     exception: it comes back alike from a local worker and from a SLURM job)."""
-    try:
-        return _execute(cfg, log_file)
-    except RunClaimedError as e:
-        return {"claimed_by": e.holder}
+    if log_file is None:
+        return _run(cfg)
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", buffering=1) as log:
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = log
+        try:
+            return _run(cfg)
+        finally:
+            sys.stdout, sys.stderr = saved
 
 
-def _execute(cfg: Mapping[str, Any], log_file: str | None) -> dict:
+def _run(cfg: Mapping[str, Any]) -> dict:
     from ..run.lifecycle import run_config
 
     reporter = None
@@ -34,16 +54,65 @@ def _execute(cfg: Mapping[str, Any], log_file: str | None) -> dict:
         from ..run.pruning import reporter_for
 
         reporter = reporter_for(cfg["trial"])
-    if log_file is None:
+    try:
         return run_config(cfg, reporter, triaged=True)
-    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a", buffering=1) as log:
-        saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = log
-        try:
-            return run_config(cfg, reporter, triaged=True)
-        finally:
-            sys.stdout, sys.stderr = saved
+    except RunClaimedError as e:
+        return {"claimed_by": e.holder}
+    except Stopped:
+        say("stopped by the sweep (SIGTERM) before the run finished: no result written; it trains again next time")
+        raise
+
+
+def serve(conn, threads: int | None) -> None:
+    """A local worker: receive (task id, cfg, log file), run it, send back ("result", task id, result)
+    or ("error", task id, exception, its traceback); None from the driver ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver decides
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # so does a closed terminal
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        die_with_parent()
+        configure_process(threads)
+        while (task := conn.recv()) is not None:
+            task_id, cfg, log_file = task
+            _reset_peak_rss()
+            try:
+                reply = ("result", task_id, execute(cfg, log_file))
+            except Exception as e:  # the run recorded itself failed; the driver says why
+                reply = ("error", task_id, *_portable(e))
+            conn.send(reply)
+    except Stopped:
+        raise SystemExit(STOPPED_EXIT) from None
+    except EOFError:  # the driver is gone
+        pass
+
+
+def _stop(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the cleanup short
+    raise Stopped
+
+
+def _portable(error: Exception) -> tuple[Exception, str]:
+    """The exception as the driver can unpickle it (else a RuntimeError saying what it was), and its
+    traceback, which pickling drops."""
+    import pickle
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error, text
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}"), text
+
+
+def _reset_peak_rss() -> None:
+    """Linux keeps a process's peak RSS (VmHWM, what the driver reads when a worker dies); a kept
+    worker resets it before each run, so that it is this run's peak, not an earlier run's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or an old kernel: the worker's peak since it started
+        pass
 
 
 def configure_process(threads: int | None) -> None:
@@ -63,7 +132,6 @@ def die_with_parent() -> None:
     unseen while a restarted driver starts the same run again."""
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the driver's shutdown(cancel=True) still stops them

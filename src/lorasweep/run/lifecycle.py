@@ -13,7 +13,8 @@ finite loss and its curve so far; it is not tested, saved or trained again (the 
 diverges again: a run is deterministic in its seed). A run that runs out of accelerator memory is
 failed with a reason that names the device and the settings that drive memory (AcceleratorMemoryError),
 and its memory is given back before the error leaves (run/memory.py): the next run in the same worker
-does not inherit it.
+does not inherit it. A run whose worker process is killed under it cannot record itself: its driver
+does (record_worker_death, status failed with the signal).
 """
 from __future__ import annotations
 
@@ -138,6 +139,23 @@ def record_over_budget(plan: Plan, results_dir: Path) -> dict[str, Any]:
     return store.write_result(plan.folder(results_dir), {
         **_base_record(plan), "status": "skipped_budget", "reason": reason,
         "params": {"trainable": plan.predicted, "predicted": plan.predicted}})
+
+
+def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float | None = None) -> dict[str, Any]:
+    """A run whose worker process died under it (the out-of-memory killer's SIGKILL, say) is recorded
+    by its driver: planned again from its config (nothing loaded), status failed with `reason`. A
+    result the run wrote before its worker died stands, and is returned instead."""
+    plan = plan_run(cfg)
+    folder = plan.folder(store.store_dir(cfg))
+    try:
+        stored = store.read_result(folder)
+    except UnreadableResultError:
+        stored = None
+    if stored and stored.get("status") != "failed":
+        return stored
+    (folder / "traceback.txt").unlink(missing_ok=True)  # an earlier failure's: this one has none
+    return store.write_result(folder, {**_base_record(plan), "status": "failed", "reason": reason,
+                                       "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})
 
 
 def _base_record(plan: Plan) -> dict[str, Any]:

@@ -2,15 +2,27 @@
 
 Prints "run i/N" lines as runs start and finish and a summary at the end (done, already done,
 diverged, over budget, failed, best so far). A diverged run (its training loss became NaN or
-infinite) is a result, not a failure: it is counted, never retrained, and the exit status stays 0. Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops its workers;
-finished runs keep their results and the same command later trains only what is missing.
+infinite) is a result, not a failure: it is counted, never retrained, and the exit status stays 0.
+Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops its workers (the executor: SIGTERM, so that each
+run ends cleanly and writes no result; a second Ctrl-C kills them) and exits 130; finished runs
+keep their results and the same command later trains only what is missing.
+
+A run whose worker process dies under it (the out-of-memory killer's SIGKILL) is a failed run like
+another, with the signal as its cause; the other runs go on. With hydra.launcher.retries=N a failed
+run is run again, up to N more times, within the sweep (each time said in its line); a diverged or
+over-budget run is a result and never retried, and a store fault is not either. A sweep with failed
+runs exits 1 at the end; a later command trains them again.
 
 The store's faults: a results_dir that cannot be written stops the sweep before anything trains
 (exit 2); a run that fails because the store refused a write stops the sweep when every later run
 would fail the same way (no space left, a read-only store): the runs not started are said, and the
 sweep exits 1 with no traceback; a stored result.json that cannot be read is said and trained again.
 A run out of accelerator memory is a failure said in one line (what drives memory); the sweep goes on
-in the same workers (the run gave its memory back) and exits 1 at the end.
+in the same workers (the run gave its memory back).
+
+Several drivers may share one store: a run another process trains now (its claim is live,
+lorasweep.run.claims) is waited for, not trained twice; its result is reported when it lands
+("trained elsewhere"), and if its claim goes without one (interrupted, its owner dead) it trains here.
 """
 from __future__ import annotations
 
@@ -25,14 +37,19 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from ..console import say
-from ..errors import AcceleratorMemoryError, StoreError, SubmissionError, UnwritableStoreError
-from ..tasks.metrics import headline
+from ..errors import (AcceleratorMemoryError, ConfigError, StoreError, SubmissionError, UnwritableStoreError,
+                      WorkerDiedError)
+from ..executors.factory import check_retries
 from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED
+from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .triage import triage
 
 INTERRUPTING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # kill, a closed terminal: handled as Ctrl-C
+# failures whose line says all there is (no traceback from Hydra after the sweep): the store's path and
+# cause, a killed worker's signal and peak RSS, what drives accelerator memory
+SAID_IN_FULL = (StoreError, WorkerDiedError, AcceleratorMemoryError)
 
 
 @dataclass
@@ -47,6 +64,7 @@ class SweepJob:
     total: int                     # runs in the sweep
     folder: Path | None = None     # its folder in the results store
     started: float = 0.0           # perf_counter when submitted
+    attempt: int = 1               # 2 and more: retried (hydra.launcher.retries)
     before: dict | None = None     # its stored result at triage (a failed one from an earlier sweep, say)
 
     @property
@@ -64,7 +82,7 @@ class SweepTally:
     returns: list[JobReturn | None] = field(init=False)
     stopped: StoreError | None = None  # the store fault that stops the sweep (every later run would hit it)
     store_failed: bool = False  # a run failed on a store fault: said in its line, no traceback after
-    said_failures: int = 0      # failures said whole in their line (out of memory): Hydra's traceback adds nothing
+    raised: int = 0  # failed runs whose own exception (with its traceback) Hydra shows after the sweep
 
     def __post_init__(self) -> None:
         self.returns = [None] * self.total
@@ -104,8 +122,14 @@ class SweepTally:
 
 
 def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[Sequence[str]],
-               open_executor: Callable[[], Any]) -> list[JobReturn]:
-    """Run a grid's jobs; `open_executor()` gives where they train (lorasweep.executors)."""
+               open_executor: Callable[[], Any], retries: Any = 0) -> list[JobReturn]:
+    """Run a grid's jobs; `open_executor()` gives where they train (lorasweep.executors); a failed
+    run is run again up to `retries` more times (hydra.launcher.retries)."""
+    try:
+        retries = check_retries(retries)
+    except ConfigError as e:
+        say(f"sweep: {e}; nothing was trained")
+        raise SystemExit(2) from None
     for signum in INTERRUPTING_SIGNALS:
         signal.signal(signum, _interrupt)
     shared, labels = varying_overrides(job_overrides)
@@ -150,20 +174,20 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
             queued[decision.folder] = job
             queue.append(job)
     if queue or elsewhere:
-        _train(queue, elsewhere, tally, open_executor)
+        _train(queue, elsewhere, tally, open_executor, retries)
     say(tally.summary())
     if tally.store_failed:  # said in one line per run (and why the sweep stopped): no traceback from Hydra
         raise SystemExit(1)
-    if tally.said_failures and tally.said_failures == tally.counts.get("failed"):
-        raise SystemExit(1)  # every failure said in its line (out of memory), torch's traceback in traceback.txt
+    if tally.counts.get("failed") and not tally.raised:  # each said in full in its line (SAID_IN_FULL)
+        raise SystemExit(1)
     if tally.counts.get("invalid") and not tally.counts.get("failed"):
         # a config mistake was said in one line per run above: exit 2 without a traceback
         raise SystemExit(2)
     return tally.returns  # Hydra raises a failed run's exception (with the worker's traceback) after this
 
 
-def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally,
-           open_executor: Callable[[], Any]) -> None:
+def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, open_executor: Callable[[], Any],
+           retries: int) -> None:
     running: dict[Future, SweepJob] = {}
     durations: list[float] = []  # of the runs trained here: for the sweep's ETA
     executor = None
@@ -178,12 +202,15 @@ def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally,
                     running[future] = job
                     note = getattr(future, "note", "")
                     say(f"run {job.index + 1}/{job.total} {executor.verb}: {job.label}" + (f" ({note})" if note else ""))
-                finished = _next_finished(running, poll=bool(elsewhere))
-                for future in finished:
+                for future in _next_finished(running, poll=bool(elsewhere)):
                     job = running.pop(future)
-                    if not _collect(future, job, tally, elsewhere):
-                        continue  # claimed elsewhere after our triage: waited for, like the others
+                    if _claimed_elsewhere(future, job, elsewhere):
+                        continue  # another process claimed it after our triage: waited for, like the others
                     durations.append(time.perf_counter() - job.started)
+                    if tally.stopped is None and _retrying(future, job, retries):
+                        queue.insert(0, job)
+                        continue
+                    _collect(future, job, tally)
                     if tally.stopped is not None and queue:
                         _stop(queue, tally)
                     left = len(queue) + len(running) + len(elsewhere)
@@ -212,6 +239,16 @@ def _next_finished(running: dict[Future, SweepJob], poll: bool) -> set[Future]:
     return finished
 
 
+def _claimed_elsewhere(future: Future, job: SweepJob, elsewhere: list[SweepJob]) -> bool:
+    """Its worker found the run claimed by another process (lorasweep.executors.worker): wait for it."""
+    result = None if future.exception() else future.result()
+    if not (isinstance(result, dict) and "claimed_by" in result):
+        return False
+    say(f"{job.tag}: being trained by {result['claimed_by']}; waiting for its result")
+    elsewhere.append(job)
+    return True
+
+
 def _landed(elsewhere: list[SweepJob], tally: SweepTally) -> list[SweepJob]:
     """Report the runs trained elsewhere whose result has landed; returns those to train here after
     all (their claim went without a result: interrupted, or its owner died)."""
@@ -237,9 +274,27 @@ def _landed(elsewhere: list[SweepJob], tally: SweepTally) -> list[SweepJob]:
     return here
 
 
-def _collect(future: Future, job: SweepJob, tally: SweepTally, elsewhere: list[SweepJob]) -> bool:
-    """Count and say the run's outcome; False: it was not trained here (another process had claimed
-    it after our triage), and it joins `elsewhere`."""
+def _retrying(future: Future, job: SweepJob, retries: int) -> bool:
+    """Whether a failed run is run again (hydra.launcher.retries), said in its line. Results
+    (diverged, over budget) never are, nor a run the store refused: the next would fail the same way."""
+    error = future.exception()
+    if error is None or isinstance(error, StoreError) or job.attempt > retries:
+        return False
+    job.attempt += 1
+    say(f"{job.tag}: FAILED after {time.perf_counter() - job.started:.0f}s: {_failure(error, job)}; "
+        f"retrying (attempt {job.attempt} of {retries + 1})")
+    return True
+
+
+def _failure(error: BaseException, job: SweepJob) -> str:
+    """What a failed run's line says after 'FAILED after Ns: '."""
+    if isinstance(error, (StoreError, WorkerDiedError)):  # the path and the cause; the signal and the peak RSS
+        return str(error)
+    said = str(error) if isinstance(error, AcceleratorMemoryError) else f"{type(error).__name__}: {error}"
+    return f"{said} (see {job.folder / 'traceback.txt'})"
+
+
+def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
     elapsed = f"{time.perf_counter() - job.started:.0f}s"
     try:
         result = future.result()
@@ -248,30 +303,20 @@ def _collect(future: Future, job: SweepJob, tally: SweepTally, elsewhere: list[S
         if e.whole_store and tally.stopped is None:
             tally.stopped = e
         tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {e}", error=e)
-        return True
-    except AcceleratorMemoryError as e:  # recorded failed; its line says what to lower; the worker freed it
-        tally.said_failures += 1
-        tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {e} (see {job.folder / 'traceback.txt'})",
-                     error=e)
-        return True
-    except Exception as e:  # the run recorded itself as failed; the sweep goes on
-        tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {type(e).__name__}: {e} "
-                                    f"(see {job.folder / 'traceback.txt'})", error=e)
-        return True
-    if "claimed_by" in result:  # another driver claimed it after our triage: wait for its result
-        say(f"{job.tag}: being trained by {result['claimed_by']}; waiting for its result")
-        elsewhere.append(job)
-        return False
+        return
+    except Exception as e:  # the run recorded itself as failed (its driver did, for a killed worker); the sweep goes on
+        tally.raised += not isinstance(e, SAID_IN_FULL)
+        tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {_failure(e, job)}", error=e)
+        return
     status = result.get("status")
     if status == "diverged":
         step = (result.get("divergence") or {}).get("step", "?")
         tally.record(job, "diverged", f"{job.tag}: diverged at step {step}, {result.get('reason', '')}, {elapsed}",
                      result)
-        return True
+        return
     # a status this driver does not know is said as it is, never a KeyError
     outcome = {"done": "done", "pruned": "pruned", "skipped_budget": "over budget"}.get(status, str(status))
     tally.record(job, outcome, f"{job.tag}: {outcome}, {_metric(result)}, {elapsed}", result)
-    return True
 
 
 def _stop(queue: list[SweepJob], tally: SweepTally) -> None:

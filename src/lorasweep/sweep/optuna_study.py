@@ -10,6 +10,9 @@ A run that diverged (its training loss became NaN or infinite) is told to the st
 user attributes status=diverged and its reason: the sampler learns nothing false from it (no 0% value),
 it counts towards n_trials, and its stored result stands for its run key like a done one.
 
+A trial whose run fails (an exception, a killed worker) is run again up to hydra.launcher.retries
+times before the study is told it failed, as in a grid sweep; a diverged one never is.
+
 The store's faults as in a grid sweep: a results_dir that cannot be written stops it before the
 study opens (exit 2); a trial that fails because the store is full (or read-only) stops asking for
 more (exit 1, no traceback); a stored result.json that cannot be read is said and trained again.
@@ -27,8 +30,8 @@ from optuna.trial import TrialState
 
 from ..compat import reopen_trial, trial_id
 from ..console import say
-from ..errors import StoreError, UnwritableStoreError
-from ..executors.factory import executor_for, runs_on_slurm
+from ..errors import AcceleratorMemoryError, ConfigError, StoreError, UnwritableStoreError, WorkerDiedError
+from ..executors.factory import check_retries, executor_for, runs_on_slurm
 from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
 from ..run.study_storage import check_storage, default_storage, open_storage
@@ -82,6 +85,7 @@ class _Job:
     cfg: dict
     folder: Path
     before: dict | None  # its stored result when it was triaged (a failed one from an earlier sweep, say)
+    attempt: int = 1     # 2 and more: retried (hydra.launcher.retries)
 
 
 @dataclass
@@ -105,6 +109,7 @@ class OptunaSweep:
                  launcher: dict | None, results_dir: Path) -> None:
         self.s, self.compose, self.launcher, self.results_dir = settings, compose, launcher, results_dir
         self.stats = {"trained": 0, "reused": 0}
+        self.retries = 0  # hydra.launcher.retries, checked when the sweep starts
         self.stopped: StoreError | None = None  # a store fault every later trial would hit too
 
     def run(self, arguments: list[str]) -> None:
@@ -115,8 +120,9 @@ class OptunaSweep:
             raise ValueError("the Optuna sweeper found no search space: give one, e.g. 'lora.r=choice(4,8,16)' "
                              "or hydra.sweeper.params")
         try:  # before the study (its default storage lives in the store) and before anything trains
+            self.retries = check_retries((self.launcher or {}).get("retries", 0))
             check_writable(self.results_dir)
-        except UnwritableStoreError as e:
+        except (UnwritableStoreError, ConfigError) as e:
             say(f"sweep: {e}; nothing was trained")
             raise SystemExit(2) from None
         directions = space_of.directions_for(self.s.direction, self.s.objectives)
@@ -162,6 +168,8 @@ class OptunaSweep:
                     time.sleep(WAIT_POLL_S)
                 for future in done:
                     job = inflight.pop(future)
+                    if self._retry(job, future, executor, inflight, by_key):
+                        continue
                     by_key.pop(job.run_key, None)
                     claimed_by = _claimed_by(future)
                     for trial, label in job.trials:
@@ -257,6 +265,20 @@ class OptunaSweep:
                 self._submit(trial, label, waiting.cfg, waiting.folder, waiting.before, executor, inflight, by_key)
         return told
 
+    def _retry(self, job: _Job, future: Future, executor, inflight: dict[Future, _Job],
+               by_key: dict[str, Future]) -> bool:
+        """A failed run submitted again (hydra.launcher.retries), its trials still waiting on it; never
+        a result (diverged, pruned), nor a run the store refused."""
+        error = future.exception()
+        if error is None or isinstance(error, StoreError) or self.stopped is not None or job.attempt > self.retries:
+            return False
+        job.attempt += 1
+        say(f"{job.trials[0][1]}: failed: {_reason(error)}; retrying (attempt {job.attempt} of {self.retries + 1})")
+        again = executor.submit_many([(job.cfg, job.folder)])[0]
+        inflight[again] = job
+        by_key[job.run_key] = again
+        return True
+
     # -- telling the study ------------------------------------------------------------------------
 
     def _tell_outcome(self, trial, label: str, future: Future) -> None:
@@ -269,7 +291,7 @@ class OptunaSweep:
                     f"way); {'free space' if error.no_space else 'fix the results store'} and run the same "
                     f"command again to continue the study")
         elif error is not None:
-            reason = f"{type(error).__name__}: {error}"
+            reason = _reason(error)
             self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
         else:
             self._tell_result(trial, label, future.result())
@@ -375,6 +397,11 @@ class OptunaSweep:
             say(f"Pareto front ({', '.join(self.s.objectives)}):")
             for t in sorted(self.study.best_trials, key=lambda t: t.values):
                 say(f"  {' '.join(f'{v:.4g}' for v in t.values)}  trial #{t.number}: {_params(t)}")
+
+
+def _reason(error: BaseException) -> str:
+    """A failed run's cause: the exception, or what killed its worker (said in full by itself)."""
+    return str(error) if isinstance(error, (WorkerDiedError, AcceleratorMemoryError)) else f"{type(error).__name__}: {error}"
 
 
 def _cell(params: dict[str, Any]) -> tuple:
