@@ -770,8 +770,9 @@ def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half
                                                                                       monkeypatch, how):
     if how == "ctrl-c twice":  # an interrupted run takes 60 s to end (tests/hooks): only SIGKILL ends it sooner
         monkeypatch.setenv("LORASWEEP_SLOW_STOP", "60")
-    # runs 1 and 2 take 2 steps; runs 3 and 4 take 8 steps of 0.5 s, and are interrupted while they train
-    args = ["-m", "train.max_steps=2,8", "lora.r=2,4", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS,
+    # runs 1 and 2 take 2 steps; runs 3 and 4 take 30 steps of 0.5 s, and are interrupted while they train
+    # (in Trainer.train, even on a loaded machine, where the slow stop of the hook applies)
+    args = ["-m", "train.max_steps=2,30", "lora.r=2,4", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS,
             "train.step_sleep_s=0.5"]
     store = tmp_path / "results"
     with Sweep(args, tmp_path) as sweep:

@@ -191,6 +191,9 @@ def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, 
     executor = None
     try:
         with open_executor() as executor:
+            for job in [job for job in elsewhere if executor.follows(job.folder)]:  # our own job, still running
+                elsewhere.remove(job)
+                queue.append(job)  # submit_many re-attaches to it
             while queue or running or elsewhere:
                 batch = queue[:max(0, executor.n_jobs - len(running))]  # submit only what starts now
                 del queue[:len(batch)]

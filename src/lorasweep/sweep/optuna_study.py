@@ -231,7 +231,7 @@ class OptunaSweep:
             inflight[by_key[key]].trials.append((trial, label))
             say(f"{label}: same run as one in flight ({key}), waiting for it")
             return 0
-        if decision.verdict == "claimed":  # another process trains it now: its result is this trial's
+        if decision.verdict == "claimed" and not executor.follows(folder):  # another process trains it now
             say(f"{label}: being trained by {decision.holder}; waiting for its result")
             self.elsewhere.append(_Elsewhere(trial, label, cfg, folder, decision.stored))
             return 0
