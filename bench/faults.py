@@ -251,6 +251,17 @@ def unreadable(b: Bench) -> Row:
                  expect(out.returncode == 0 and "is unreadable" in out.stdout, "exit 0 and the file named"))
 
 
+def retried(b: Bench) -> Row:
+    """hydra.launcher.retries=1, and the first training of the sweep fails (the test hook raises): that
+    run is run again within the sweep and done; a diverging run beside it is a result, never retried."""
+    t0 = time.perf_counter()
+    out = b.run(["-m", "train.lr=5e-4,1e4", "hydra.launcher.retries=1"], LORASWEEP_FAIL_ONCE=str(b.dir / "failed-once"))
+    statuses = sorted(r["status"] for r in b.results().values())
+    return b.row("a run fails once, retries=1", 2, t0,
+                 expect(out.returncode == 0 and statuses == ["diverged", "done"] and "retrying (attempt 2 of 2)"
+                        in out.stdout, "exit 0, the failed run retried and done, the diverged one not retried"))
+
+
 def killed_sweep(b: Bench) -> Row:
     """The whole sweep (driver and worker) killed with SIGKILL mid-run, its claim left behind; the same
     command again takes the claim over, says so, and trains the run."""
@@ -266,7 +277,7 @@ def killed_sweep(b: Bench) -> Row:
 
 
 SCENARIOS = {"kill": killed_worker, "drivers": two_drivers, "diverge": diverging, "oom": out_of_memory,
-             "disk": full_disk, "sigterm": interrupted, "unreadable": unreadable, "killed-sweep": killed_sweep}
+             "disk": full_disk, "sigterm": interrupted, "unreadable": unreadable, "retries": retried, "killed-sweep": killed_sweep}
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ def dead_pid() -> int:
 
 
 def test_a_claim_holds_its_owner_and_goes_when_the_run_ends(tmp_path):
-    folder = tmp_path / "run"
+    folder = tmp_path / "results" / "run"
     with Claim(folder) as claim:
         owner = json.loads((folder / CLAIM_FILE).read_text())
         assert owner["host"] == socket.gethostname() and owner["pid"] == os.getpid()
@@ -43,7 +43,7 @@ def test_a_claim_holds_its_owner_and_goes_when_the_run_ends(tmp_path):
         with pytest.raises(RunClaimedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
             Claim(folder).acquire()  # a second claim, even from the same process, is refused
     assert holder(folder) is None
-    assert not folder.exists()  # nothing was written under the claim: no empty folder left
+    assert not (tmp_path / "results").exists()  # nothing was written under the claim: no empty folders left
 
 
 def test_a_claim_is_released_when_the_run_raises(tmp_path):

@@ -28,6 +28,7 @@ from conftest import (TINY_TOPICS, Sweep, compose_config, counted_trainings, lau
                       with_hooks)
 from lorasweep.errors import AcceleratorMemoryError
 from lorasweep.run import memory
+from lorasweep.run.claims import live_holder
 from lorasweep.run.lifecycle import run_config
 from lorasweep.run.plan import plan_run
 from lorasweep.run.store import write_json_atomically, write_result
@@ -769,8 +770,9 @@ def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half
                                                                                       monkeypatch, how):
     if how == "ctrl-c twice":  # an interrupted run takes 60 s to end (tests/hooks): only SIGKILL ends it sooner
         monkeypatch.setenv("LORASWEEP_SLOW_STOP", "60")
-    # runs 1 and 2 take 2 steps; runs 3 and 4 take 8 steps of 0.5 s, and are interrupted while they train
-    args = ["-m", "train.max_steps=2,8", "lora.r=2,4", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS,
+    # runs 1 and 2 take 2 steps; runs 3 and 4 take 30 steps of 0.5 s, and are interrupted while they train
+    # (in Trainer.train, even on a loaded machine, where the slow stop of the hook applies)
+    args = ["-m", "train.max_steps=2,30", "lora.r=2,4", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS,
             "train.step_sleep_s=0.5"]
     store = tmp_path / "results"
     with Sweep(args, tmp_path) as sweep:
@@ -802,10 +804,13 @@ def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half
     assert not list(store.rglob(".result-*.json"))
     interrupted = set(per_run(trainings())) - set(results)
     assert len(interrupted) == stopped
+    # no run is left claimed by a live process: nothing keeps the next command waiting
+    assert [live_holder(store / name) for name in interrupted] == [None] * stopped
     if how == "sigterm":  # each ended its run by an exception where it was: its `finally` blocks ran
         for name in interrupted:
             assert "stopped by the sweep (SIGTERM) before the run finished: no result written" \
                 in (store / name / "log.txt").read_text()
+            assert not (store / name / "claim.json").exists()  # released there
 
     monkeypatch.delenv("LORASWEEP_SLOW_STOP", raising=False)
     proc = launch(args, cwd=tmp_path)
@@ -813,3 +818,33 @@ def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half
     assert f"sweep: 4 runs: {stopped} done, {kept} already done" in proc.stderr
     assert set(statuses(store).values()) == {"done"} and len(statuses(store)) == 4
     assert per_run(trainings()) == {name: 2 if name in interrupted else 1 for name in statuses(store)}
+
+
+def test_an_interrupted_optuna_sweep_stops_its_workers_and_is_continued(tmp_path, trainings):
+    """A closed terminal (SIGHUP) during an Optuna sweep with 2 trials in flight: the driver stops its
+    workers as a grid's does, says what the study kept, exits 130; the same command finishes the study."""
+    args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.n_jobs=2", "lora.r=choice(2,4)", "train.max_steps=choice(2,8)", *TINY_ANY_STEPS,
+            "train.step_sleep_s=0.5"]
+    store = tmp_path / "results"
+    with Sweep(args, tmp_path) as sweep:
+        wait_until(lambda: len(trainings()) >= 3, "a third trial to train")
+        workers = sweep.workers()
+        os.kill(sweep.proc.pid, signal.SIGHUP)
+        code = sweep.wait(timeout=60)
+    wait_gone(workers.values(), timeout=10)
+    out = sweep.output
+    assert code == 130, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    told = int(re.search(r"^sweep interrupted: (\d) of 4 trials told and kept in the study; the trials in flight "
+                         r"were stopped and are asked again when the same command runs again$", out, re.M).group(1))
+    results = statuses(store)
+    assert set(results.values()) <= {"done"} and len(results) == told
+    assert not list(store.glob("*/claim.json"))  # the stopped runs released their claims
+    before = per_run(trainings())
+
+    again = launch(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(statuses(store).values()) == {"done"} and len(statuses(store)) == 4
+    # the told trials' runs are not trained again; every other run once more
+    assert per_run(trainings()) == {name: before.get(name, 0) + (name not in results) for name in statuses(store)}

@@ -113,6 +113,10 @@ class LocalExecutor:
         self._wake_w.send_bytes(b"")
         return future
 
+    def follows(self, folder: Path) -> bool:
+        """Runs claimed elsewhere are never this executor's: its workers' runs end with their driver."""
+        return False
+
     def submit_many(self, items: Sequence[tuple[Mapping[str, Any], Path]]) -> list[Future]:
         """(cfg, run folder) pairs; with several runs at once each one's output goes to its log.txt."""
         futures = []

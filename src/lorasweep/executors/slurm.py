@@ -221,6 +221,12 @@ class SlurmExecutor:
         with self._lock:
             self._watched.pop(future, None)
 
+    def follows(self, folder: Path) -> bool:
+        """Whether the run in `folder` is a job of ours still queued or running (a driver started again
+        after it was killed): submit_many re-attaches to it, where a driver would otherwise wait for
+        its claim. Another sweep's job is not followed: its result is waited for."""
+        return self._live_job(folder) is not None
+
     def in_flight(self) -> list[str]:
         with self._lock:
             return [job.job_id for job in self._watched.values()]

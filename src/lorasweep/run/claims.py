@@ -104,6 +104,7 @@ class Claim:
                       "since": time.time(), "heartbeat_every_s": HEARTBEAT_S}
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._created: list[Path] = []
 
     def __enter__(self) -> "Claim":
         self.acquire()
@@ -118,7 +119,7 @@ class Claim:
         self.release()
 
     def acquire(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._created = store.missing_folders(self.folder)  # ours to remove again if the run writes nothing
         while not self._link():
             found = holder(self.folder)
             if found is None:  # released between our link and our look: try again
@@ -134,10 +135,11 @@ class Claim:
         found = holder(self.folder)
         if found is not None and found.owner.get("token") == self.owner["token"]:
             self.path.unlink(missing_ok=True)
-        try:  # a run that left nothing (its model could not be loaded, say) leaves no empty folder
-            self.folder.rmdir()
-        except OSError:
-            pass
+        for folder in self._created:  # a run that left nothing (its model could not be had) leaves no empty folders
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the run, or another, wrote into it
+                break
 
     @property
     def held(self) -> bool:

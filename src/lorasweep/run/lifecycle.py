@@ -28,7 +28,7 @@ import torch
 
 from ..config.spec import RunSpec
 from ..console import say
-from ..errors import StoreError, UnreadableResultError
+from ..errors import RunClaimedError, StoreError, UnreadableResultError
 from ..model import loading, methods, tokens
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
@@ -57,29 +57,34 @@ def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | 
     """The lifecycle of a planned run, in this process; its result lands in `results_dir`.
     RunClaimedError: another process is training this run now (lorasweep.run.claims)."""
     folder = plan.folder(results_dir)
-    previous = _finished(plan, folder, quiet=triaged)
+    previous = _finished(plan, folder, triaged, say_unreadable=not triaged)
     if previous:
         return previous
     if plan.over_budget:
         return record_over_budget(plan, results_dir)
     with Claim(folder):
         # it may have finished elsewhere between the look above (or the driver's) and our claim
-        return _finished(plan, folder, quiet=True) or _load_and_train(plan, folder, tracking, reporter, loop)
+        return (_finished(plan, folder, triaged, say_unreadable=False)
+                or _load_and_train(plan, folder, tracking, reporter, loop))
 
 
-def _finished(plan: Plan, folder: Path, quiet: bool) -> dict[str, Any] | None:
-    """The run's stored result if it is finished (never trained again), else None. `quiet`: an
-    unreadable result.json has been told to the user already (it is trained again, and overwritten)."""
+def _finished(plan: Plan, folder: Path, triaged: bool, say_unreadable: bool) -> dict[str, Any] | None:
+    """The run's stored result if it is finished (never trained again), else None; an unreadable
+    result.json is none (it is trained again, and overwritten). In a sweep's worker (`triaged`: its
+    driver saw no finished result) a finished one was written by another process since: that raises
+    RunClaimedError, and the driver reports the run as trained elsewhere, not trained by its worker."""
     try:
         previous = store.read_result(folder)
     except UnreadableResultError as e:
-        if not quiet:
+        if say_unreadable:
             say(f"{plan.spec.slug}: {e}, training it again")
         return None
-    if previous and previous.get("status") in store.FINISHED:
-        say(f"{plan.spec.slug}: already {previous['status']} ({folder}), not trained again")
-        return previous
-    return None
+    if not (previous and previous.get("status") in store.FINISHED):
+        return None
+    if triaged:
+        raise RunClaimedError(folder, "another process, which has just finished it")
+    say(f"{plan.spec.slug}: already {previous['status']} ({folder}), not trained again")
+    return previous
 
 
 def _load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None, reporter: Reporter | None,

@@ -125,7 +125,7 @@ def check_writable(results_dir: str | Path) -> None:
         raise UnwritableStoreError(f"results_dir={results_dir} is not writable: {_WRITABLE[key]}")
 
 
-def _missing_folders(path: Path) -> list[Path]:
+def missing_folders(path: Path) -> list[Path]:
     """`path` and its parents that do not exist yet, deepest first (the order to remove them in)."""
     missing, p = [], path.absolute()
     while not p.exists() and p != p.parent:
@@ -136,12 +136,12 @@ def _missing_folders(path: Path) -> list[Path]:
 
 def _nearest_existing(path: Path) -> Path:
     """`path`, or its nearest parent that exists."""
-    missing = _missing_folders(path)
+    missing = missing_folders(path)
     return missing[-1].parent if missing else path.absolute()
 
 
 def _probe(path: Path) -> str | None:
-    missing = _missing_folders(path)
+    missing = missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=path)

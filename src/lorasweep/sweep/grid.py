@@ -26,7 +26,6 @@ lorasweep.run.claims) is waited for, not trained twice; its result is reported w
 """
 from __future__ import annotations
 
-import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -44,9 +43,9 @@ from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
+from .interrupts import interrupt_on_signals
 from .triage import triage
 
-INTERRUPTING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # kill, a closed terminal: handled as Ctrl-C
 # failures whose line says all there is (no traceback from Hydra after the sweep): the store's path and
 # cause, a killed worker's signal and peak RSS, what drives accelerator memory
 SAID_IN_FULL = (StoreError, WorkerDiedError, AcceleratorMemoryError)
@@ -130,8 +129,7 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
     except ConfigError as e:
         say(f"sweep: {e}; nothing was trained")
         raise SystemExit(2) from None
-    for signum in INTERRUPTING_SIGNALS:
-        signal.signal(signum, _interrupt)
+    interrupt_on_signals()  # kill, a closed terminal: handled as Ctrl-C
     shared, labels = varying_overrides(job_overrides)
     total = len(job_overrides)
     say(f"sweep: {total} runs" + (f"; every run: {' '.join(shared)}" if shared else ""))
@@ -193,6 +191,9 @@ def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, 
     executor = None
     try:
         with open_executor() as executor:
+            for job in [job for job in elsewhere if executor.follows(job.folder)]:  # our own job, still running
+                elsewhere.remove(job)
+                queue.append(job)  # submit_many re-attaches to it
             while queue or running or elsewhere:
                 batch = queue[:max(0, executor.n_jobs - len(running))]  # submit only what starts now
                 del queue[:len(batch)]
@@ -335,7 +336,3 @@ def _metric(result: dict) -> str:
     trainable = (result.get("params") or {}).get("trainable")
     text = headline(test) if test else result.get("reason", "")
     return text + (f", {trainable:,} trainable" if trainable is not None else "")
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt

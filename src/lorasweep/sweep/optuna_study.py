@@ -36,6 +36,7 @@ from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
 from ..run.study_storage import check_storage, default_storage, open_storage
 from . import optuna_space as space_of
+from .interrupts import interrupt_on_signals
 from .triage import triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
@@ -140,7 +141,15 @@ class OptunaSweep:
         say(f"optuna study {self.study.study_name!r} in {self.storage}: {self.n_trials} trials, "
             f"{self.s.n_jobs} at a time, sampler {type(sampler).__name__}")
         self._recover_abandoned()
-        self._loop()
+        interrupt_on_signals()  # kill, a closed terminal: handled as Ctrl-C
+        try:
+            self._loop()
+        except KeyboardInterrupt:  # the loop stopped the runs in flight (local workers) on its way out
+            away = ("the trials in flight go on as SLURM jobs and are collected"
+                    if runs_on_slurm(self.launcher) else "the trials in flight were stopped and are asked again")
+            say(f"sweep interrupted: {len(self._counted_trials())} of {self.n_trials} trials told and kept in the "
+                f"study; {away} when the same command runs again")
+            raise SystemExit(130) from None
         self._summary()
         if self.stopped is not None:
             raise SystemExit(1)
@@ -222,7 +231,7 @@ class OptunaSweep:
             inflight[by_key[key]].trials.append((trial, label))
             say(f"{label}: same run as one in flight ({key}), waiting for it")
             return 0
-        if decision.verdict == "claimed":  # another process trains it now: its result is this trial's
+        if decision.verdict == "claimed" and not executor.follows(folder):  # another process trains it now
             say(f"{label}: being trained by {decision.holder}; waiting for its result")
             self.elsewhere.append(_Elsewhere(trial, label, cfg, folder, decision.stored))
             return 0
