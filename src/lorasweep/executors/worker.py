@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..console import quiet_libraries
+from ..console import PlainText, quiet_libraries
 from ..errors import RunClaimedError
 
 
@@ -39,7 +39,7 @@ def _execute(cfg: Mapping[str, Any], log_file: str | None) -> dict:
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", buffering=1) as log:
         saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = log
+        sys.stdout = sys.stderr = PlainText(log)  # no terminal colour codes in a log file
         try:
             return run_config(cfg, reporter, triaged=True)
         finally:
