@@ -19,7 +19,7 @@ import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -34,7 +34,7 @@ from .assets import CONF_MODEL_DIR, gguf_model_dir, package_model_dir, packaged_
 from .tiny_tokenizer import build_tiny_tokenizer
 
 __all__ = ["HEADS", "LoadNotes", "model_config", "build_on_meta", "load_model", "load_with_notes",
-           "tiny_config"]
+           "label_maps", "tiny_config"]
 
 HEADS = {
     "classification": AutoModelForSequenceClassification,
@@ -144,22 +144,28 @@ class LoadNotes:
     unused: tuple[str, ...] = ()   # the checkpoint's weights that the model has no place for
 
 
-def load_model(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None
-               ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+def load_model(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None,
+               labels: Sequence[str] | None = None) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """Real weights in float32 on CPU, and a tokenizer with a pad token, padding on the right.
 
-    `quantization` (a BitsAndBytesConfig, method=qlora) loads the base quantized on the GPU."""
-    model, tokenizer, _ = load_with_notes(spec, head, num_labels, quantization)
+    `quantization` (a BitsAndBytesConfig, method=qlora) loads the base quantized on the GPU.
+    `labels`: a classification task's label names, in id order: they go into the config's
+    id2label/label2id, so that every model saved from it answers names (a pipeline says
+    `noun.animal`, not `LABEL_2`)."""
+    model, tokenizer, _ = load_with_notes(spec, head, num_labels, quantization, labels)
     return model, tokenizer
 
 
-def load_with_notes(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None
-                    ) -> tuple[nn.Module, PreTrainedTokenizerBase, LoadNotes]:
+def load_with_notes(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None,
+                    labels: Sequence[str] | None = None) -> tuple[nn.Module, PreTrainedTokenizerBase, LoadNotes]:
     """load_model, and which weights the checkpoint did not have (LoadNotes): transformers' own
     report of them is not printed; the caller says what matters in its words (a new head, trained)."""
     auto = _auto_class(spec, head)
     if quantization is not None and spec.source == "tiny":
         raise ValueError(f"model {spec.name!r}: a tiny random model cannot be loaded quantized")
+    if labels and num_labels not in (None, len(labels)):
+        raise ValueError(f"num_labels={num_labels} but {len(labels)} label names")
+    num_labels = len(labels) if labels else num_labels
     notes = LoadNotes()
     if spec.source == "tiny":
         config = model_config(spec, num_labels)
@@ -185,8 +191,15 @@ def load_with_notes(spec: ModelSpec, head: str, num_labels: int | None = None, q
                 model, info = auto.from_pretrained(folder, **kwargs)
                 tokenizer = AutoTokenizer.from_pretrained(folder)
         notes = _notes(model, info)
+    if labels and head == "classification":
+        model.config.id2label, model.config.label2id = label_maps(labels)
     _set_padding(spec, model, tokenizer, head)
     return model, tokenizer, notes
+
+
+def label_maps(labels: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """(id2label, label2id) as transformers' configs hold them."""
+    return dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
 
 
 class _LoadReportFilter(logging.Filter):

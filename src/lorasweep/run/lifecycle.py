@@ -91,7 +91,8 @@ def _load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None
     # the environment's problem, said once to the user, not a failed run to keep.
     torch.manual_seed(spec.train.seed)  # before loading: a new classification head's init follows the seed
     model, tokenizer, notes = loading.load_with_notes(spec.model, plan.task.head, plan.task.num_labels,
-                                                      quantization=methods.quantization_config(spec.method))
+                                                      quantization=methods.quantization_config(spec.method),
+                                                      labels=plan.task.labels)
     try:
         return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter, loop,
                                    notes)
