@@ -116,8 +116,8 @@ def test_export_refuses_runs_without_an_adapter_and_a_full_runs_model_reloads_as
 
 def test_label_names_travel_with_every_saved_classifier(results_dir, tmp_path):
     """A pipeline on the merged export answers the task's label names (noun.animal, not LABEL_2); the
-    adapter keeps them in labels.json (peft's adapter_config.json has no place for them), in the form a
-    classifier's config takes; a full run's model/config.json has them too."""
+    adapter keeps them in labels.json (peft's adapter_config.json has no place for them), as a
+    config.json has them; a full run's model/config.json has them too."""
     from transformers import AutoConfig, pipeline
 
     from lorasweep.run.plan import plan_run
@@ -136,7 +136,9 @@ def test_label_names_travel_with_every_saved_classifier(results_dir, tmp_path):
     saved = json.loads((folder / "adapter" / "labels.json").read_text())
     assert saved == {"id2label": {str(i): name for i, name in enumerate(labels)},
                      "label2id": {name: i for i, name in enumerate(labels)}}
-    config = AutoConfig.for_model("bert", **saved)  # what AutoPeftModelForSequenceClassification passes on
+    # the README's recipe for an adapter: ids made ints, both maps handed to the classifier's config
+    config = AutoConfig.from_pretrained(out, id2label={int(i): n for i, n in saved["id2label"].items()},
+                                        label2id=saved["label2id"])
     assert config.num_labels == 26 and config.id2label[2] == "noun.animal"
     adapted, _ = export.load_adapted(folder)
     assert adapted.config.id2label[2] == "noun.animal"

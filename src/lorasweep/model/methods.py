@@ -132,11 +132,11 @@ LABELS_FILE = "labels.json"
 
 
 def save_labels(model: nn.Module, target: Path) -> None:
-    """A classification adapter's label names beside it, as `labels.json` = {"id2label", "label2id"}:
-    peft's adapter_config.json has no place for them, and a config.json there would make transformers
-    take the folder for a whole model. They are the keyword arguments a classifier's config takes:
-    `AutoPeftModelForSequenceClassification.from_pretrained(adapter, **json.load(open(adapter/"labels.json")))`
-    answers names. Nothing for other heads."""
+    """A classification adapter's label names beside it, as `labels.json` = {"id2label", "label2id"}
+    as a config.json has them (ids as strings): peft's adapter_config.json has no place for them, and
+    a config.json there would make transformers take the folder for a whole model. Given to
+    `AutoPeftModelForSequenceClassification.from_pretrained(adapter, id2label=<ids made ints>,
+    label2id=...)`, the model answers names (README). Nothing for other heads."""
     if getattr(model, "peft_config", {}).get("default") is None or \
             model.peft_config["default"].task_type != TaskType.SEQ_CLS:
         return
