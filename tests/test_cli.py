@@ -17,6 +17,35 @@ def test_launch_runs_and_prints_a_summary(tmp_path):
     assert f"test accuracy {acc:.3f} ± {se:.3f}" in summary
     assert f"{result['params']['trainable']:,} trainable params" in summary
     assert "train step" in proc.stderr and "eval  step" in proc.stderr  # progress was shown
+    # the evaluation before any update says so (the Trainer's step count is 0/0 before training begins)
+    first_eval = next(line for line in proc.stderr.splitlines() if line.startswith("  eval  "))
+    assert first_eval.startswith("  eval  before training  accuracy ") and "0/0" not in proc.stderr
+
+
+@pytest.mark.real_model
+def test_a_packaged_model_says_its_new_head_once_in_plain_words(tmp_path):
+    """MiniLM ships without a classification head: transformers' load report (a table, with terminal
+    colour codes even in a log file) is replaced by one line that says what a researcher needs."""
+    proc = launch(["model=minilm", "task=wordnet_topics", "train.max_steps=2", "train.eval_steps=2",
+                   "task.max_train=16", "task.max_eval=8", "task.max_test=8", "train.batch_size=8"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LOAD REPORT" not in proc.stderr and "MISSING" not in proc.stderr and "\x1b" not in proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if "head" in line]
+    # 384 x 26 weights + 26 biases; the seed is train.seed's
+    assert line == ("minilm-wordnet_topics-lora-qkvo-r8: the classification head (26 labels, 10,010 parameters) "
+                    "is new: it starts at random (seed 0) and is trained with the adapters")
+
+
+def test_a_log_file_gets_no_terminal_colour_codes():
+    """What a run prints into its log.txt (runs sharing a terminal) goes through PlainText."""
+    import io
+
+    from lorasweep.console import PlainText
+
+    log = io.StringIO()
+    plain = PlainText(log)
+    print("\x1b[1mBertForSequenceClassification\x1b[0m \x1b[31mMISSING\x1b[0m ± 0.1", file=plain)
+    assert log.getvalue() == "BertForSequenceClassification MISSING ± 0.1\n" and not plain.isatty()
 
 
 @pytest.mark.parametrize("args,needles", [

@@ -112,3 +112,35 @@ def test_export_refuses_runs_without_an_adapter_and_a_full_runs_model_reloads_as
     assert not (none / "merged").exists() and not (full / "merged").exists()
     with pytest.raises(export.ExportError, match="no readable result.json"):
         export.read_run(results_dir)
+
+
+def test_label_names_travel_with_every_saved_classifier(results_dir, tmp_path):
+    """A pipeline on the merged export answers the task's label names (noun.animal, not LABEL_2); the
+    adapter keeps them in labels.json (peft's adapter_config.json has no place for them), as a
+    config.json has them; a full run's model/config.json has them too."""
+    from transformers import AutoConfig, pipeline
+
+    from lorasweep.run.plan import plan_run
+
+    labels = plan_run(compose_config(TINY_TOPICS)).task.labels
+    assert len(labels) == 26 and labels[2] == "noun.animal"
+    folder = run(TINY_TOPICS + ["train.lr=5e-2"], results_dir)
+    out = export.merge(folder, tmp_path / "merged")
+    classify = pipeline("text-classification", model=str(out))
+    answers = classify(TEXTS)
+    merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        best = merged(**batch(AutoTokenizer.from_pretrained(out), TEXTS)).logits.argmax(-1).tolist()
+    assert [a["label"] for a in answers] == [labels[i] for i in best]
+    assert merged.config.id2label == dict(enumerate(labels)) and merged.config.label2id["noun.animal"] == 2
+    saved = json.loads((folder / "adapter" / "labels.json").read_text())
+    assert saved == {"id2label": {str(i): name for i, name in enumerate(labels)},
+                     "label2id": {name: i for i, name in enumerate(labels)}}
+    # the README's recipe for an adapter: ids made ints, both maps handed to the classifier's config
+    config = AutoConfig.from_pretrained(out, id2label={int(i): n for i, n in saved["id2label"].items()},
+                                        label2id=saved["label2id"])
+    assert config.num_labels == 26 and config.id2label[2] == "noun.animal"
+    adapted, _ = export.load_adapted(folder)
+    assert adapted.config.id2label[2] == "noun.animal"
+    full = run(TINY_TOPICS + ["method=full"], results_dir)
+    assert AutoConfig.from_pretrained(full / "model").id2label[2] == "noun.animal"

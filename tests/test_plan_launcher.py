@@ -30,3 +30,31 @@ def test_plan_marks_done_runs_and_config_errors(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "total: 2 runs, 0 over budget, 1 already done, 1 with errors, 0 to run" in proc.stdout
     assert "'g' (MLP gate)" in proc.stdout
+
+
+def test_share_of_the_model_is_peft_s_trainable_percentage(tmp_path):
+    """The `% of all (peft)` column divides by every parameter, the adapter's included, as peft's
+    print_trainable_parameters does: RoBERTa-base value-only r=22 prints 0.795% (peft: 0.7952%), not
+    0.802% of the base alone; on tiny models, the same digits as peft's count of the built model."""
+    import torch
+
+    from lorasweep.model import methods
+    from lorasweep.model.loading import build_on_meta
+    from lorasweep.run.plan import plan_run
+    from lorasweep.sweep.plan_table import _cells, plan_row
+
+    from conftest import compose_config
+    from test_params import four_label_task
+
+    column = 3  # run, r, trainable, % of all (peft)
+    roberta = compose_config(["model=roberta-base", "lora.proj=v", "lora.r=22", *four_label_task(tmp_path)])
+    row = plan_row("roberta", roberta)
+    assert (row.trainable, _cells(row)[column]) == (999_172, "0.795%")
+    for overrides in (["method=lora", "lora.proj=qkvo"], ["method=dora", "lora.proj=v"], ["method=full"]):
+        cfg = compose_config(TINY_TOPICS + overrides)
+        plan = plan_run(cfg)
+        skeleton = build_on_meta(plan.spec.model, plan.task.head, plan.task.num_labels)  # a fresh one: peft changes it
+        with torch.device("meta"):
+            built = methods.prepare(skeleton, plan.spec, plan.task.head, list(plan.targets))
+        trainable, total = methods.count_parameters(built)
+        assert _cells(plan_row("x", cfg))[column] == f"{100 * trainable / total:.3f}%", overrides

@@ -138,3 +138,47 @@ def test_a_sweep_keeps_its_study_in_the_journal_it_is_given(tmp_path):
         assert t.value == run["objective"]["value"]
         # the worker process opened the journal and reported its evaluation at step 2 to the trial
         assert t.intermediate_values == {p["step"]: p["accuracy"] for p in run["curve"] if p["step"] > 0} != {}
+
+
+def _dashboard_get(app, path: str):
+    """GET `path` from optuna-dashboard's WSGI app, in this process (no server, no port): its JSON."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status and status[0].startswith("200"), (path, status, body[:500])
+    return json.loads(body)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_optuna_dashboard_opens_the_study_our_sweeper_wrote(kind, tmp_path):
+    """optuna-dashboard (the dev extra) lists the study of a real hydra/sweeper=optuna sweep and its
+    trials, opened as its command line takes each storage: `optuna-dashboard sqlite:///abs/optuna.db`
+    (the local default) and `optuna-dashboard /abs/optuna.journal` (a journal file, SLURM's default)."""
+    from optuna_dashboard import wsgi
+
+    results = tmp_path / "results"
+    journal = results / "optuna.journal"
+    where = [f"hydra.sweeper.storage={journal_spec(journal)}"] if kind == "journal" else []  # sqlite: the default
+    tiny_2 = [a for a in TINY_TOPICS if not a.startswith("train.max_steps=")] + ["train.max_steps=2"]
+    out = launch(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler=grid",
+                  "lora.r=choice(2,4)", *where, *tiny_2, f"results_dir={results}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    spec = journal_spec(journal) if kind == "journal" else f"sqlite:///{results.resolve() / 'optuna.db'}"
+    assert (journal.is_file(), (results / "optuna.db").is_file()) == ((True, False) if kind == "journal" else (False, True))
+    [name] = optuna.get_all_study_names(storage=open_storage(spec))
+
+    app = wsgi(str(journal) if kind == "journal" else spec)  # what `optuna-dashboard STORAGE` is given
+    [study] = _dashboard_get(app, "/api/studies")["study_summaries"]
+    assert study["study_name"] == name and study["directions"] == ["maximize"]
+    trials = _dashboard_get(app, f"/api/studies/{study['study_id']}")["trials"]
+    assert [t["state"] for t in trials] == ["Complete", "Complete"]
+    runs = {json.loads(p.read_text())["config"]["lora"]["r"]: json.loads(p.read_text())
+            for p in results.glob("*/result.json")}
+    for trial in trials:
+        [param] = trial["params"]
+        assert param["name"] == "lora.r"
+        assert trial["values"] == [runs[int(param["param_external_value"])]["objective"]["value"]]
+    assert sorted(int(t["params"][0]["param_external_value"]) for t in trials) == [2, 4]

@@ -4,9 +4,14 @@ A leaf module: it imports nothing from lorasweep.
 """
 from __future__ import annotations
 
+import io
 import os
+import re
 import sys
 import warnings
+
+# A terminal's control sequences (colours, bold, cursor moves): ESC [ parameters final-letter.
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def say(line: str) -> None:
@@ -24,3 +29,31 @@ def quiet_libraries() -> None:
     if "datasets" in sys.modules:  # already imported: the variable came too late for it
         sys.modules["datasets"].disable_progress_bars()
     hf_logging.disable_progress_bar()
+
+
+class PlainText(io.TextIOBase):
+    """A text stream onto `stream` without terminal control sequences: what goes to a log file
+    (a run's log.txt) reads as text, whatever colours a library prints for a terminal."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(_ESCAPES.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False  # libraries that colour only a terminal do not colour this
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return self.stream.encoding

@@ -21,6 +21,7 @@ environment variable is set, so a process started without them is an ordinary on
 A call is counted before it fails or trains.
 """
 import os
+from pathlib import Path
 
 _COUNT = os.environ.get("LORASWEEP_COUNT_TRAININGS")
 _FAIL_ONCE = os.environ.get("LORASWEEP_FAIL_ONCE")
@@ -28,8 +29,6 @@ _SLOW_STOP = float(os.environ.get("LORASWEEP_SLOW_STOP") or 0)
 _OOM = os.environ.get("LORASWEEP_RAISE_OOM")
 
 if _COUNT or _FAIL_ONCE or _SLOW_STOP:
-    from pathlib import Path
-
     import transformers
 
     _train = transformers.Trainer.train
@@ -62,8 +61,6 @@ if _COUNT or _FAIL_ONCE or _SLOW_STOP:
     transformers.Trainer.train = _hooked_train
 
 if _OOM:
-    from pathlib import Path
-
     import torch
     import transformers
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..console import quiet_libraries, say
+from ..console import PlainText, quiet_libraries, say
 from ..errors import RunClaimedError
 
 STOPPED_EXIT = 128 + signal.SIGTERM  # a worker's exit status after a clean stop (what a shell shows for SIGTERM)
@@ -39,7 +39,7 @@ def execute(cfg: Mapping[str, Any], log_file: str | None = None) -> dict:
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", buffering=1) as log:
         saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = log
+        sys.stdout = sys.stderr = PlainText(log)  # no terminal colour codes in a log file
         try:
             return _run(cfg)
         finally:

@@ -3,7 +3,9 @@
 - `model_config(spec)`: the config alone, no weights (for parameter counting and budgets);
 - `build_on_meta(spec, head)`: the architecture on the meta device, to resolve module names before
   any weight is read (milliseconds);
-- `load_model(spec, head)`: real float32 weights on CPU and a tokenizer ready for training.
+- `load_model(spec, head)`: real float32 weights on CPU and a tokenizer ready for training;
+  `load_with_notes` also says which weights the checkpoint did not have (a new head), in
+  `LoadNotes`, instead of transformers' load report (a table with terminal colour codes).
 
 Heads: "classification" (AutoModelForSequenceClassification), "causal_lm" (AutoModelForCausalLM),
 "seq2seq_lm" (AutoModelForSeq2SeqLM, for t5).
@@ -11,10 +13,13 @@ Heads: "classification" (AutoModelForSequenceClassification), "causal_lm" (AutoM
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -28,8 +33,8 @@ from ..errors import ModelUnavailableError
 from .assets import CONF_MODEL_DIR, gguf_model_dir, package_model_dir, packaged_specs
 from .tiny_tokenizer import build_tiny_tokenizer
 
-__all__ = ["HEADS", "model_config", "build_on_meta", "load_model",
-           "tiny_config"]
+__all__ = ["HEADS", "LoadNotes", "model_config", "build_on_meta", "load_model", "load_with_notes",
+           "label_maps", "tiny_config"]
 
 HEADS = {
     "classification": AutoModelForSequenceClassification,
@@ -130,14 +135,38 @@ def build_on_meta(spec: ModelSpec, head: str, num_labels: int | None = None,
         return _from_config(auto, config, spec, head)
 
 
-def load_model(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None
-               ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+@dataclass(frozen=True)
+class LoadNotes:
+    """What loading a checkpoint into the model left over, by weight name (empty for tiny models,
+    which are built from their config: all their weights start at random)."""
+
+    new: dict[str, int] = field(default_factory=dict)  # weights the checkpoint lacks (start at random): parameters
+    unused: tuple[str, ...] = ()   # the checkpoint's weights that the model has no place for
+
+
+def load_model(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None,
+               labels: Sequence[str] | None = None) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """Real weights in float32 on CPU, and a tokenizer with a pad token, padding on the right.
 
-    `quantization` (a BitsAndBytesConfig, method=qlora) loads the base quantized on the GPU."""
+    `quantization` (a BitsAndBytesConfig, method=qlora) loads the base quantized on the GPU.
+    `labels`: a classification task's label names, in id order: they go into the config's
+    id2label/label2id, so that every model saved from it answers names (a pipeline says
+    `noun.animal`, not `LABEL_2`)."""
+    model, tokenizer, _ = load_with_notes(spec, head, num_labels, quantization, labels)
+    return model, tokenizer
+
+
+def load_with_notes(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None,
+                    labels: Sequence[str] | None = None) -> tuple[nn.Module, PreTrainedTokenizerBase, LoadNotes]:
+    """load_model, and which weights the checkpoint did not have (LoadNotes): transformers' own
+    report of them is not printed; the caller says what matters in its words (a new head, trained)."""
     auto = _auto_class(spec, head)
     if quantization is not None and spec.source == "tiny":
         raise ValueError(f"model {spec.name!r}: a tiny random model cannot be loaded quantized")
+    if labels and num_labels not in (None, len(labels)):
+        raise ValueError(f"num_labels={num_labels} but {len(labels)} label names")
+    num_labels = len(labels) if labels else num_labels
+    notes = LoadNotes()
     if spec.source == "tiny":
         config = model_config(spec, num_labels)
         with torch.random.fork_rng(devices=[]):  # reproducible weights, caller's RNG untouched
@@ -145,23 +174,57 @@ def load_model(spec: ModelSpec, head: str, num_labels: int | None = None, quanti
             model = _from_config(auto, config, spec, head)
         tokenizer = build_tiny_tokenizer(spec.family)
     else:
-        kwargs: dict[str, Any] = {"dtype": torch.float32}
+        kwargs: dict[str, Any] = {"dtype": torch.float32, "output_loading_info": True}
         if quantization is not None:  # bitsandbytes: compute in bf16, weights placed on the GPU
-            kwargs = {"dtype": torch.bfloat16, "quantization_config": quantization, "device_map": {"": 0}}
+            kwargs.update(dtype=torch.bfloat16, quantization_config=quantization, device_map={"": 0})
         if num_labels:
             kwargs["num_labels"] = num_labels
-        if spec.source == "hub":
-            # transformers 5.23 does not pass local_files_only on to its PEFT adapter lookup,
-            # which then retries the hub for ~25 s: hand it over explicitly.
-            model = _from_hub(spec, lambda **kw: auto.from_pretrained(
-                spec.id, **kwargs, **kw, adapter_kwargs=dict(kw)))
-            tokenizer = _from_hub(spec, lambda **kw: AutoTokenizer.from_pretrained(spec.id, **kw))
-        else:
-            folder = _local_dir(spec)
-            model = auto.from_pretrained(folder, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+        with _no_load_report():
+            if spec.source == "hub":
+                # transformers 5.23 does not pass local_files_only on to its PEFT adapter lookup,
+                # which then retries the hub for ~25 s: hand it over explicitly.
+                model, info = _from_hub(spec, lambda **kw: auto.from_pretrained(
+                    spec.id, **kwargs, **kw, adapter_kwargs=dict(kw)))
+                tokenizer = _from_hub(spec, lambda **kw: AutoTokenizer.from_pretrained(spec.id, **kw))
+            else:
+                folder = _local_dir(spec)
+                model, info = auto.from_pretrained(folder, **kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(folder)
+        notes = _notes(model, info)
+    if labels and head == "classification":
+        model.config.id2label, model.config.label2id = label_maps(labels)
     _set_padding(spec, model, tokenizer, head)
-    return model, tokenizer
+    return model, tokenizer, notes
+
+
+def label_maps(labels: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """(id2label, label2id) as transformers' configs hold them."""
+    return dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
+
+
+class _LoadReportFilter(logging.Filter):
+    """Drops transformers' load report (a table of missing and unexpected weights, with terminal
+    colour codes even in a log file); LoadNotes carries what it says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+@contextmanager
+def _no_load_report():
+    logger = logging.getLogger("transformers.modeling_utils")  # where from_pretrained logs the report
+    quiet = _LoadReportFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _notes(model: nn.Module, info: dict) -> LoadNotes:
+    weights = dict(model.named_parameters())
+    new = {k: weights[k].numel() if k in weights else 0 for k in sorted(info.get("missing_keys") or ())}
+    return LoadNotes(new=new, unused=tuple(sorted(info.get("unexpected_keys") or ())))
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:

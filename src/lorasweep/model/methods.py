@@ -15,6 +15,7 @@ All adapter methods train exactly the same parameters as lora (dora: plus the ma
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -104,6 +105,7 @@ def save_adapter(model: nn.Module, spec: RunSpec, target: Path, initial: Path | 
     lorasweep.run.export does before loading) and trained rows are saved as peft's token deltas."""
     if initial is None:
         model.save_pretrained(target, save_embedding_layers=False)
+        save_labels(model, target)
         return
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file
@@ -123,6 +125,24 @@ def save_adapter(model: nn.Module, spec: RunSpec, target: Path, initial: Path | 
     if extra:
         weights = target / "adapter_model.safetensors"
         save_file({**load_file(weights), **extra}, weights, metadata={"format": "pt"})
+    save_labels(model, target)
+
+
+LABELS_FILE = "labels.json"
+
+
+def save_labels(model: nn.Module, target: Path) -> None:
+    """A classification adapter's label names beside it, as `labels.json` = {"id2label", "label2id"}
+    as a config.json has them (ids as strings): peft's adapter_config.json has no place for them, and
+    a config.json there would make transformers take the folder for a whole model. Given to
+    `AutoPeftModelForSequenceClassification.from_pretrained(adapter, id2label=<ids made ints>,
+    label2id=...)`, the model answers names (README). Nothing for other heads."""
+    if getattr(model, "peft_config", {}).get("default") is None or \
+            model.peft_config["default"].task_type != TaskType.SEQ_CLS:
+        return
+    config = model.config
+    labels = {"id2label": {str(i): name for i, name in config.id2label.items()}, "label2id": dict(config.label2id)}
+    (target / LABELS_FILE).write_text(json.dumps(labels, indent=1, ensure_ascii=False) + "\n")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -60,7 +60,7 @@ def read_run(folder: str | Path) -> RunArtifact:
 
 def _base(run: RunArtifact):
     task = tasks.load_task(run.task)  # classification: the number of labels sizes the head
-    model, tokenizer = loading.load_model(run.model, task.head, task.num_labels)
+    model, tokenizer = loading.load_model(run.model, task.head, task.num_labels, labels=task.labels)
     if run.tokens:  # the same ids and (deterministic) initial rows as in the run
         tokens.inject(model, tokenizer, tuple(run.tokens["new"]), run.tokens["init"], run.seed)
     return model, tokenizer

@@ -30,6 +30,7 @@ from ..config.spec import RunSpec
 from ..console import say
 from ..errors import RunClaimedError, StoreError, UnreadableResultError
 from ..model import loading, methods, tokens
+from ..model import params as params_of
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
@@ -95,10 +96,12 @@ def _load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None
     # Loading happens outside the failure record: a model that cannot be had (no hub, no cache) is
     # the environment's problem, said once to the user, not a failed run to keep.
     torch.manual_seed(spec.train.seed)  # before loading: a new classification head's init follows the seed
-    model, tokenizer = loading.load_model(spec.model, plan.task.head, plan.task.num_labels,
-                                          quantization=methods.quantization_config(spec.method))
+    model, tokenizer, notes = loading.load_with_notes(spec.model, plan.task.head, plan.task.num_labels,
+                                                      quantization=methods.quantization_config(spec.method),
+                                                      labels=plan.task.labels)
     try:
-        return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter, loop)
+        return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter, loop,
+                                   notes)
     except Exception as e:
         oom = memory.out_of_memory(e)  # out of accelerator memory: one line, and its memory given back below
         # the store refused a write (a full disk): one line too
@@ -171,7 +174,8 @@ def _base_record(plan: Plan) -> dict[str, Any]:
 
 
 def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, tracking: Mapping[str, Any],
-                        t_start: float, reporter: Reporter | None, loop: LoopOptions):
+                        t_start: float, reporter: Reporter | None, loop: LoopOptions,
+                        notes: loading.LoadNotes = loading.LoadNotes()):
     spec, task = plan.spec, plan.task
     token_ids = tokens.inject(model, tokenizer, spec.tokens.new, spec.tokens.init, spec.train.seed)
     if token_ids != plan.token_ids:
@@ -185,6 +189,8 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     say(f"{spec.slug}: {params['trainable']:,} trainable of {params['total']:,} parameters "
          f"({params['trainable_pct']:.2f}%){auto}, {params['n_adapted_modules']} adapted modules; "
          f"run key {spec.run_key}")
+    for line in _new_weights(plan, notes):
+        say(f"{spec.slug}: {line}")
     tracker = make_tracker(tracking, folder, spec.slug, base["config"])
     ok = False
     try:
@@ -255,6 +261,31 @@ def _stopped_early(folder: Path, base: dict, outcome, load_s: float, t_start: fl
     reason and `fields`, the curve so far and its timing; no test evaluation, no adapter."""
     return store.write_result(folder, {**base, **fields, "curve": outcome.curve,
                                        "timing": _timing(load_s, outcome, 0.0, t_start), "memory": store.peak_memory()})
+
+
+def _new_weights(plan: Plan, notes: loading.LoadNotes) -> list[str]:
+    """What the checkpoint did not have, said once in place of transformers' load report: a
+    classification head is new by design (a line on whether it trains), anything else is unusual."""
+    heads = [n for n in notes.new if n.split(".")[0] in params_of.SEQ_CLS_HEADS]
+    others = [n for n in notes.new if n not in heads]
+    lines = []
+    if heads:
+        method = plan.spec.method
+        fate = ("not trained (method=none evaluates the base model under this random head)" if method == "none"
+                else "trained with the rest of the model" if method == "full" else "trained with the adapters")
+        size = sum(notes.new[n] for n in heads)
+        lines.append(f"the classification head ({plan.task.num_labels} labels, {size:,} parameters) is new: "
+                     f"it starts at random (seed {plan.spec.train.seed}) and is {fate}")
+    if others:
+        lines.append(f"{len(others)} weights are not in the checkpoint and start at random: {_few(others)}")
+    if notes.unused:
+        lines.append(f"{len(notes.unused)} weights of the checkpoint are not used by this model: {_few(notes.unused)}")
+    return lines
+
+
+def _few(names, shown: int = 4) -> str:
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _checked_params(model, plan: Plan) -> dict[str, Any]:

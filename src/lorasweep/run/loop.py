@@ -155,13 +155,17 @@ def _sft_trainer_class():
 
 
 class ProgressPrinter(TrainerCallback):
-    """One line per log: step, loss, examples/s and ETA; eval lines with accuracy ± SE. Forwards to the tracker."""
+    """One line per log: step, loss, examples/s and ETA; eval lines with accuracy ± SE. Forwards to the tracker.
+    The evaluation before any update (the curve's step-0 point) says `before training`, not `step 0/0`:
+    the Trainer knows its number of steps only once training begins."""
 
     def __init__(self, tracker: Tracker, batch_size: int):
         self.tracker, self.batch_size, self.start = tracker, batch_size, time.perf_counter()
+        self.training = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
+        self.training = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -170,7 +174,8 @@ class ProgressPrinter(TrainerCallback):
         if "eval_n" in logs:
             metrics = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_")}
             loss = f"  loss {logs['eval_loss']:.3f}" if "eval_accuracy" in logs else ""
-            say(f"  eval  step {step:>5}/{total}  {headline(metrics)}{loss}")
+            where = f"step {step:>5}/{total}" if self.training else "before training"
+            say(f"  eval  {where}  {headline(metrics)}{loss}")
         elif "loss" in logs and step:
             elapsed = time.perf_counter() - self.start
             rate = step * self.batch_size / elapsed

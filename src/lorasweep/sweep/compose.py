@@ -3,6 +3,7 @@ base class of lorasweep's launchers. The Hydra side of lorasweep.sweep: plugins 
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -13,6 +14,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from ..compat import apply_overrides, overrides_dirname
+
+GROUP_LENGTH = 120  # the most characters of a sweep's name (a tracker's group)
 
 
 class ContextLauncher(Launcher):
@@ -39,6 +42,7 @@ class JobConfigs:
         self.loader, self.sweep_config = config_loader, sweep_config
         self.parser = OverridesParser.create()
         self.base: tuple[dict[str, Override], DictConfig] | None = None
+        self.group = sweep_name(sweep_config)
 
     def __call__(self, overrides: Sequence[str]) -> tuple[DictConfig, dict]:
         parsed = self.parser.parse_overrides(list(overrides))
@@ -57,7 +61,7 @@ class JobConfigs:
             node.hydra.job.override_dirname = overrides_dirname(
                 overrides=task, exclude_keys=list(dirname.exclude_keys), item_sep=dirname.item_sep,
                 kv_sep=dirname.kv_sep)
-        return node, plain_config(node)
+        return node, with_group(plain_config(node), self.group)
 
     def _value_changes(self, by_key: dict[str, Override]) -> list[Override] | None:
         """The overrides that differ from the first job's, when all of them are plain value changes."""
@@ -75,6 +79,26 @@ def plain_config(node: DictConfig) -> dict:
     plain = OmegaConf.to_container(node, resolve=False)
     plain.pop("hydra", None)  # its interpolations need Hydra's runtime, and no run reads it
     return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+
+
+def sweep_name(sweep_config: DictConfig) -> str:
+    """The sweep's name, which groups its runs in a tracker: its command line's overrides, as typed
+    (`lora.r=4,8,16 lora.proj=qk,qkvo`), less where results and tracking go; the same command, started
+    again, continues the same group."""
+    typed = OmegaConf.select(sweep_config, "hydra.overrides.task", default=None) or []
+    kept = [o for o in typed if not o.lstrip("+~").startswith(("results_dir=", "tracking.", "tracking="))]
+    name = " ".join(kept) or "(defaults)"
+    if len(name) > GROUP_LENGTH:  # W&B takes 128 characters: a long command is cut, a hash of it all kept
+        name = f"{name[:GROUP_LENGTH - 10]} {hashlib.sha1(name.encode()).hexdigest()[:9]}"
+    return name
+
+
+def with_group(cfg: dict, group: str) -> dict:
+    """`cfg` with tracking.group set to the sweep's `group` when it tracks and the user set none."""
+    tracking = cfg.get("tracking")
+    if isinstance(tracking, dict) and tracking.get("backend", "none") != "none" and not tracking.get("group"):
+        tracking["group"] = group
+    return cfg
 
 
 def varying_overrides(job_overrides: Sequence[Sequence[str]]) -> tuple[list[str], list[str]]:

@@ -11,7 +11,7 @@ from .triage import triage
 class PlanRow:
     overrides: str
     trainable: int | None = None
-    base_total: int | None = None
+    model_total: int | None = None  # all parameters as peft counts them: the base's, plus what an adapter adds
     budget: int | None = None
     rank: str = ""                 # "22 (auto)" when lora.r=auto chose it
     over_budget: bool = False
@@ -30,14 +30,17 @@ def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
         return PlanRow(label, error=decision.error)
     spec = plan.spec
     rank = f"{spec.lora.r} (auto)" if plan.auto_rank else (str(spec.lora.r) if plan.targets else "-")
-    return PlanRow(label, plan.predicted, plan.base_total, plan.budget, rank, plan.over_budget,
+    # peft's print_trainable_parameters divides by all parameters, the adapters' included: an adapter
+    # method adds every parameter it trains (A, B, DoRA magnitudes, the head's trained copy, token rows)
+    total = plan.base_total + (plan.predicted if plan.targets else 0)
+    return PlanRow(label, plan.predicted, total, plan.budget, rank, plan.over_budget,
                    decision.verdict == "done", unreadable=decision.unreadable, running=decision.holder)
 
 
 def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None) -> str:
     """The table and its total line; `store_problems` (results_dir -> why it looks not writable, from
     lorasweep.run.store.writable_problem: looked at, not written) goes at the end of the total line."""
-    head = ("run", "r", "trainable", "% of model", "% of budget", "over budget", "done")
+    head = ("run", "r", "trainable", "% of all (peft)", "% of budget", "over budget", "done")
     table = [head] + [_cells(r) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
@@ -62,5 +65,5 @@ def _cells(r: PlanRow) -> tuple[str, ...]:
     if r.error:
         return (r.overrides or "(defaults)", "", "error", "", "", "", "")
     budget = f"{100 * r.trainable / r.budget:.1f}%" if r.budget else "-"
-    return (r.overrides or "(defaults)", r.rank, f"{r.trainable:,}", f"{100 * r.trainable / r.base_total:.3f}%",
+    return (r.overrides or "(defaults)", r.rank, f"{r.trainable:,}", f"{100 * r.trainable / r.model_total:.3f}%",
             budget, "OVER" if r.over_budget else "no", "yes" if r.done else ("running" if r.running else "no"))

@@ -29,6 +29,7 @@ from ..run.claims import live_holder
 from ..run.lifecycle import record_over_budget
 from ..run.plan import Plan, plan_run
 from ..run.store import FINISHED, check_writable, read_result, store_dir
+from ..run.tracking import check_tracking
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
     (UnwritableStoreError if not; once per results_dir) and write an over-budget run's skipped_budget
     result (the plan view writes nothing)."""
     try:
+        check_tracking(cfg.get("tracking") or {})  # a tracker that cannot work fails every run: say it now
         plan = plan_run(cfg)
     except USER_ERRORS as e:
         return Triage("invalid", mistake=e)
