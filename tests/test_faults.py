@@ -710,6 +710,7 @@ def test_a_killed_worker_fails_its_run_only_and_is_replaced(tmp_path, trainings)
     result = json.loads((store / victim / "result.json").read_text())
     assert result["status"] == "failed" and result["reason"] == KILLED.search(out).group(2)
     assert result["memory"]["peak_rss_mb"] > 50 and not (store / victim / "traceback.txt").exists()
+    assert not (store / victim / "claim.json").exists()  # the dead worker's claim went with its record
     assert statuses(store) == {**{name: "done" for name in statuses(store)}, victim: "failed"}
     assert len(statuses(store)) == 4
     assert per_run(trainings()) == {name: 1 for name in statuses(store)}  # none trained twice
