@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lorasweep.errors import RunClaimedError, StoreError
@@ -115,6 +116,16 @@ def test_a_driver_drops_the_claim_of_its_killed_slurm_job_only(tmp_path):
     claims.drop_job_claim(folder, "900_2")
     assert holder(folder) is not None
     claims.drop_job_claim(folder, "900_1")
+    assert holder(folder) is None
+
+
+def test_a_dead_owners_claim_is_dropped_a_live_ones_kept(tmp_path):
+    folder = tmp_path / "run"
+    write_claim(folder, host=socket.gethostname(), pid=os.getpid(), pid_started=psutil.Process().create_time())
+    claims.drop_dead_claim(folder)
+    assert live_holder(folder) is not None  # alive: kept
+    write_claim(folder, host=socket.gethostname(), pid=dead_pid(), pid_started=time.time())
+    claims.drop_dead_claim(folder)
     assert holder(folder) is None
 
 

@@ -118,10 +118,13 @@ def diverging_grid(tmp_path_factory):
     """A grid of the diverging cell and a normal one, launched twice."""
     tmp = tmp_path_factory.mktemp("grid")
     args = ["-m", "train.lr=1e4,3e-2", *TINY_ANY_STEPS, "train.max_steps=8"]
-    first = launch(args, cwd=tmp)
-    mtimes = {p: p.stat().st_mtime_ns for p in (tmp / "results").glob("*/result.json")}
-    second = launch(args, cwd=tmp)
-    return {"root": tmp, "first": first, "second": second, "mtimes": mtimes}
+    with pytest.MonkeyPatch.context() as mp:
+        with_hooks(mp, LORASWEEP_COUNT_TRAININGS=str(tmp / "trainings.txt"))
+        first = launch(args, cwd=tmp)
+        mtimes = {p: p.stat().st_mtime_ns for p in (tmp / "results").glob("*/result.json")}
+        second = launch(args, cwd=tmp)
+    return {"root": tmp, "first": first, "second": second, "mtimes": mtimes,
+            "trained": per_run(counted_trainings(tmp / "trainings.txt"))}
 
 
 def test_b_grid_counts_a_diverged_run_and_does_not_retrain_it(diverging_grid):
@@ -139,6 +142,7 @@ def test_b_grid_counts_a_diverged_run_and_does_not_retrain_it(diverging_grid):
     assert "started" not in second.stderr
     store = diverging_grid["root"] / "results"
     assert {p: p.stat().st_mtime_ns for p in store.glob("*/result.json")} == diverging_grid["mtimes"]
+    assert diverging_grid["trained"] == {p.parent.name: 1 for p in diverging_grid["mtimes"]}  # by the first only
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +290,7 @@ def test_full_disk_single_run_says_path_and_cause_in_one_line(tmp_path):
         assert not (folder / "adapter").exists()  # half an adapter was removed, not left for a loader to trip on
 
 
-def test_full_disk_stops_a_grid_sweep_at_the_first_run_it_fails(tmp_path):
+def test_full_disk_stops_a_grid_sweep_at_the_first_run_it_fails(tmp_path, trainings):
     with tmpfs(tmp_path / "full") as store:
         kept = seed_done(TINY_TOPICS + ["lora.r=4"], store)
         kept_bytes = kept.read_bytes()
@@ -304,6 +308,7 @@ def test_full_disk_stops_a_grid_sweep_at_the_first_run_it_fails(tmp_path):
         assert "sweep: 3 runs: 1 already done, 1 failed, 1 not started" in proc.stderr
         assert kept.read_bytes() == kept_bytes
         assert not folder_of(TINY_TOPICS + ["lora.r=16"], store).exists()
+        assert per_run(trainings()) == {failed.name: 1}  # the done run not again, the one after it not at all
         if (failed / "result.json").exists():
             assert json.loads((failed / "result.json").read_text())["status"] == "failed"
 
@@ -376,7 +381,7 @@ def test_plan_view_names_each_unreadable_result(tmp_path):
     assert proc.stdout.strip().splitlines()[-1].endswith("0 already done, 0 with errors, 4 to run")
 
 
-def test_unreadable_result_is_said_and_trained_again_in_a_sweep(tmp_path):
+def test_unreadable_result_is_said_and_trained_again_in_a_sweep(tmp_path, trainings):
     store = tmp_path / "results"
     seed_done(TINY_TOPICS + ["lora.r=4"], store)
     broken = folder_of(TINY_TOPICS + ["lora.r=8"], store) / "result.json"
@@ -390,6 +395,7 @@ def test_unreadable_result_is_said_and_trained_again_in_a_sweep(tmp_path):
     assert "sweep: 2 runs: 1 done, 1 already done" in proc.stderr
     result = json.loads(broken.read_text())  # overwritten by the run trained again
     assert result["status"] == "done" and result["schema"] == 1 and result["config"]["lora"]["r"] == 8
+    assert per_run(trainings()) == {broken.parent.name: 1}
 
 
 def test_unreadable_result_is_said_and_trained_again_in_a_single_run(tmp_path):
@@ -710,6 +716,7 @@ def test_a_killed_worker_fails_its_run_only_and_is_replaced(tmp_path, trainings)
     result = json.loads((store / victim / "result.json").read_text())
     assert result["status"] == "failed" and result["reason"] == KILLED.search(out).group(2)
     assert result["memory"]["peak_rss_mb"] > 50 and not (store / victim / "traceback.txt").exists()
+    assert not (store / victim / "claim.json").exists()  # the dead worker's claim went with its record
     assert statuses(store) == {**{name: "done" for name in statuses(store)}, victim: "failed"}
     assert len(statuses(store)) == 4
     assert per_run(trainings()) == {name: 1 for name in statuses(store)}  # none trained twice

@@ -15,7 +15,7 @@ PACKAGE = SRC / "lorasweep"
 
 # Lowest first. Each entry is a set of peers: top-level modules or subpackages of lorasweep.
 LAYERS: list[set[str]] = [
-    {"errors", "console", "compat"},
+    {"errors", "console", "compat", "locks"},
     {"config"},
     {"model", "tasks"},
     {"run"},

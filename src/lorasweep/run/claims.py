@@ -202,6 +202,14 @@ class Claim:
                 pass
 
 
+def drop_dead_claim(folder: Path) -> None:
+    """Delete the claim on the run in `folder` if its owner is dead (a worker killed under its run,
+    whose driver records the run failed): the next trainer need not take it over."""
+    found = holder(folder)
+    if found is not None and not found.alive:
+        (Path(folder) / CLAIM_FILE).unlink(missing_ok=True)
+
+
 def drop_job_claim(folder: Path, job_id: str) -> None:
     """Delete the claim SLURM job `job_id` left on the run in `folder`: a job killed outright (out of
     memory, time limit, scancel) cannot release it, and its driver, seeing the job end without a

@@ -34,7 +34,7 @@ from ..model import params as params_of
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
-from .claims import Claim
+from .claims import Claim, drop_dead_claim, live_holder
 from .loop import LoopOptions, Reporter, train
 from .plan import Plan, plan_run
 from .tracking import check_tracking, make_tracker
@@ -149,10 +149,11 @@ def record_over_budget(plan: Plan, results_dir: Path) -> dict[str, Any]:
         "params": {"trainable": plan.predicted, "predicted": plan.predicted}})
 
 
-def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float | None = None) -> dict[str, Any]:
+def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float | None = None) -> dict[str, Any] | None:
     """A run whose worker process died under it (the out-of-memory killer's SIGKILL, say) is recorded
     by its driver: planned again from its config (nothing loaded), status failed with `reason`. A
-    result the run wrote before its worker died stands, and is returned instead."""
+    result the run wrote before its worker died stands, and is returned instead; a run another
+    process has taken over since (its claim is live) is left to it: None."""
     plan = plan_run(cfg)
     folder = plan.folder(store.store_dir(cfg))
     try:
@@ -161,6 +162,9 @@ def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float 
         stored = None
     if stored and stored.get("status") != "failed":
         return stored
+    if live_holder(folder) is not None:
+        return None
+    drop_dead_claim(folder)  # the dead worker's: nobody need take it over and say so
     (folder / "traceback.txt").unlink(missing_ok=True)  # an earlier failure's: this one has none
     return store.write_result(folder, {**_base_record(plan), "status": "failed", "reason": reason,
                                        "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})

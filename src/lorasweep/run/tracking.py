@@ -18,7 +18,6 @@ lorasweep.sweep.compose.sweep_name) unless the user gave one; a single run has n
 """
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -28,11 +27,11 @@ import re
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from ..locks import exclusive
 
 BACKENDS = ("none", "wandb", "tensorboard", "mlflow")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -114,7 +113,7 @@ class MlflowTracker(Tracker):
         from mlflow.tracking import MlflowClient
 
         self._client = MlflowClient(tracking_uri=uri)
-        with _locked(lock):  # two workers of one sweep must not both create its experiment
+        with exclusive(lock):  # two workers of one sweep must not both create its experiment
             found = self._client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self._client.create_experiment(experiment)
         self.run_id = self._client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
@@ -221,17 +220,3 @@ def mlflow_uri(cfg: Mapping[str, Any], results_dir: Path) -> tuple[str, Path | N
     store = Path(uri.removeprefix("file://").removeprefix("file:")).resolve()
     store.mkdir(parents=True, exist_ok=True)
     return str(store), store / ".lorasweep.lock"
-
-
-@contextmanager
-def _locked(path: Path | None):
-    """An exclusive lock on `path` (flock) while the block runs; nothing when `path` is None."""
-    if path is None:
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
