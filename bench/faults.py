@@ -297,7 +297,8 @@ def main() -> None:
     print(f"\nfault scenarios on the embedded default, {args.steps} steps a run, {os.cpu_count()} cores")
     head = ("scenario", "planned", "finished", "failed w/ cause", "trained twice", "lost", "wall s", "check")
     widths = (38, 8, 9, 16, 14, 5, 8, 0)
-    print("".join(f"{h:<{w}}" if i in (0, 7) else f"{h:>{w}}" for i, (h, w) in enumerate(zip(head, widths))))
+    print("".join(f"{h:<{w}}" if i == 0 else f"  {h}" if i == 7 else f"{h:>{w}}"
+                  for i, (h, w) in enumerate(zip(head, widths))))
     for r in rows:
         cells = (r.scenario, r.planned, r.finished, r.failed, r.trained_twice, r.lost, f"{r.wall_s:.0f}", "  " + r.check)
         print("".join(f"{c:<{w}}" if i in (0, 7) else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths))))
