@@ -46,6 +46,15 @@ def execute(cfg: Mapping[str, Any], log_file: str | None = None) -> dict:
             sys.stdout, sys.stderr = saved
 
 
+def claimed_by(future) -> str:
+    """Who trains the run, when a worker (or SLURM job) found it claimed by another process and
+    returned {"claimed_by": who} from `execute`; "" for any other outcome."""
+    if future.exception() is not None:
+        return ""
+    result = future.result()
+    return result.get("claimed_by", "") if isinstance(result, dict) else ""
+
+
 def _run(cfg: Mapping[str, Any]) -> dict:
     from ..run.lifecycle import run_config
 

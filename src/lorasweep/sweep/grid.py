@@ -39,12 +39,12 @@ from ..console import say
 from ..errors import (AcceleratorMemoryError, ConfigError, StoreError, SubmissionError, UnwritableStoreError,
                       WorkerDiedError)
 from ..executors.factory import check_retries
+from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
-from ..run.store import FINISHED
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .interrupts import interrupt_on_signals
-from .triage import triage
+from .triage import after_wait, triage
 
 # failures whose line says all there is (no traceback from Hydra after the sweep): the store's path and
 # cause, a killed worker's signal and peak RSS, what drives accelerator memory
@@ -242,10 +242,10 @@ def _next_finished(running: dict[Future, SweepJob], poll: bool) -> set[Future]:
 
 def _claimed_elsewhere(future: Future, job: SweepJob, elsewhere: list[SweepJob]) -> bool:
     """Its worker found the run claimed by another process (lorasweep.executors.worker): wait for it."""
-    result = None if future.exception() else future.result()
-    if not (isinstance(result, dict) and "claimed_by" in result):
+    holder = claimed_by(future)
+    if not holder:
         return False
-    say(f"{job.tag}: being trained by {result['claimed_by']}; waiting for its result")
+    say(f"{job.tag}: being trained by {holder}; waiting for its result")
     elsewhere.append(job)
     return True
 
@@ -255,17 +255,15 @@ def _landed(elsewhere: list[SweepJob], tally: SweepTally) -> list[SweepJob]:
     all (their claim went without a result: interrupted, or its owner died)."""
     here = []
     for job in list(elsewhere):
-        decision = triage(job.cfg, record=False)
-        if decision.verdict == "claimed":
+        outcome, stored = after_wait(job.cfg, job.before)
+        if outcome == "claimed":
             continue
         elsewhere.remove(job)
-        stored = decision.stored
-        if decision.verdict in FINISHED:
-            if decision.verdict == "diverged":
-                tally.record(job, "diverged", f"{job.tag}: diverged elsewhere, {stored.get('reason', '')}", stored)
-            else:
-                tally.record(job, "trained elsewhere", f"{job.tag}: trained elsewhere, {_metric(stored)}", stored)
-        elif stored and stored != job.before and stored.get("status") == "failed":
+        if outcome == "diverged":
+            tally.record(job, "diverged", f"{job.tag}: diverged elsewhere, {stored.get('reason', '')}", stored)
+        elif outcome == "done":
+            tally.record(job, "trained elsewhere", f"{job.tag}: trained elsewhere, {_metric(stored)}", stored)
+        elif outcome == "failed":
             reason = stored.get("reason", "")
             tally.record(job, "failed", f"{job.tag}: FAILED elsewhere: {reason} (see {job.folder})",
                          error=RuntimeError(reason))

@@ -32,12 +32,13 @@ from ..compat import reopen_trial, trial_id
 from ..console import say
 from ..errors import AcceleratorMemoryError, ConfigError, StoreError, UnwritableStoreError, WorkerDiedError
 from ..executors.factory import check_retries, executor_for, runs_on_slurm
+from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
 from ..run.study_storage import check_storage, default_storage, open_storage
 from . import optuna_space as space_of
 from .interrupts import interrupt_on_signals
-from .triage import triage
+from .triage import after_wait, triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
 REUSABLE = (*FINISHED, "pruned")  # a stored result of these stands for its run key's trial
@@ -180,10 +181,10 @@ class OptunaSweep:
                     if self._retry(job, future, executor, inflight, by_key):
                         continue
                     by_key.pop(job.run_key, None)
-                    claimed_by = _claimed_by(future)
+                    holder = claimed_by(future)
                     for trial, label in job.trials:
-                        if claimed_by:  # claimed by another process after our triage: wait for its result
-                            say(f"{label}: being trained by {claimed_by}; waiting for its result")
+                        if holder:  # claimed by another process after our triage: wait for its result
+                            say(f"{label}: being trained by {holder}; waiting for its result")
                             self.elsewhere.append(_Elsewhere(trial, label, job.cfg, job.folder, job.before))
                             continue
                         self._tell_outcome(trial, label, future)
@@ -257,15 +258,14 @@ class OptunaSweep:
         without a result (interrupted, its owner dead) is started here. Returns the trials told."""
         told = 0
         for waiting in list(self.elsewhere):
-            decision = triage(waiting.cfg, record=False)
-            if decision.verdict == "claimed":
+            outcome, stored = after_wait(waiting.cfg, waiting.before)
+            if outcome == "claimed":
                 continue
             self.elsewhere.remove(waiting)
-            stored = decision.stored
             trial, label = waiting.trial, waiting.label
-            if decision.verdict in FINISHED:
+            if outcome in FINISHED:
                 told += self._tell_result(trial, label, stored, suffix=" (trained elsewhere)")
-            elif stored and stored != waiting.before and stored.get("status") == "failed":
+            elif outcome == "failed":
                 reason = stored.get("reason", "")
                 told += self._tell(trial, TrialState.FAIL, label, f"failed elsewhere: {reason}", status="failed",
                                    reason=reason)
@@ -415,14 +415,6 @@ def _reason(error: BaseException) -> str:
 
 def _cell(params: dict[str, Any]) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in params.items()))
-
-
-def _claimed_by(future: Future) -> str:
-    """Who trains the run, when the worker found it claimed by another process (lorasweep.executors.worker)."""
-    if future.exception() is not None:
-        return ""
-    result = future.result()
-    return result.get("claimed_by", "") if isinstance(result, dict) else ""
 
 
 def _field(result: dict, dotted: str) -> Any:

@@ -47,6 +47,23 @@ class Triage:
         return str(self.mistake or "")
 
 
+def after_wait(cfg: Mapping[str, Any], before: dict | None) -> tuple[str, dict | None]:
+    """A run another process was training, looked at again (writing nothing): ("claimed", None)
+    while it still trains; ("done" | "diverged", its result) once finished; ("failed", its result)
+    when that process recorded it failed (`before`, the result seen at triage, tells a failure from
+    an earlier sweep's); else ("train", None): its claim went without a result (interrupted, its
+    owner dead), and the driver trains it itself."""
+    decision = triage(cfg, record=False)
+    stored = decision.stored
+    if decision.verdict == "claimed":
+        return "claimed", None
+    if decision.verdict in FINISHED:
+        return decision.verdict, stored
+    if stored and stored != before and stored.get("status") == "failed":
+        return "failed", stored
+    return "train", None
+
+
 def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
     """Plan the run (no weight is read) and decide. `record`: check that the store can be written
     (UnwritableStoreError if not; once per results_dir) and write an over-budget run's skipped_budget
