@@ -92,6 +92,17 @@ class RunClaimedError(RuntimeError):
         return f"{self.folder} is being trained by {self.holder}"
 
 
+# Failures whose message says all there is (no traceback helps after it): the store's path and cause,
+# a killed worker's signal and peak RSS, what drives accelerator memory.
+SAID_IN_FULL: tuple[type[Exception], ...] = (StoreError, WorkerDiedError, AcceleratorMemoryError)
+
+
+def cause(error: BaseException) -> str:
+    """A failed run's cause in one line: the message of a failure said in full, else the exception's
+    type and message."""
+    return str(error) if isinstance(error, SAID_IN_FULL) else f"{type(error).__name__}: {error}"
+
+
 # Mistakes in a config or its data, found before any weight is read: exit 2 with the message.
 # UnwritableStoreError is a ConfigError: a results_dir that cannot be written is one of them.
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelUnavailableError)

@@ -36,8 +36,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from ..console import say
-from ..errors import (AcceleratorMemoryError, ConfigError, StoreError, SubmissionError, UnwritableStoreError,
-                      WorkerDiedError)
+from ..errors import (SAID_IN_FULL, ConfigError, StoreError, SubmissionError, UnwritableStoreError,
+                      WorkerDiedError, cause)
 from ..executors.factory import check_retries
 from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
@@ -46,9 +46,6 @@ from .compose import JobConfigs, varying_overrides
 from .interrupts import interrupt_on_signals
 from .triage import after_wait, triage
 
-# failures whose line says all there is (no traceback from Hydra after the sweep): the store's path and
-# cause, a killed worker's signal and peak RSS, what drives accelerator memory
-SAID_IN_FULL = (StoreError, WorkerDiedError, AcceleratorMemoryError)
 
 
 @dataclass
@@ -288,9 +285,8 @@ def _retrying(future: Future, job: SweepJob, retries: int) -> bool:
 def _failure(error: BaseException, job: SweepJob) -> str:
     """What a failed run's line says after 'FAILED after Ns: '."""
     if isinstance(error, (StoreError, WorkerDiedError)):  # the path and the cause; the signal and the peak RSS
-        return str(error)
-    said = str(error) if isinstance(error, AcceleratorMemoryError) else f"{type(error).__name__}: {error}"
-    return f"{said} (see {job.folder / 'traceback.txt'})"
+        return str(error)  # and no traceback.txt to point to
+    return f"{cause(error)} (see {job.folder / 'traceback.txt'})"
 
 
 def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from ..compat import reopen_trial, trial_id
 from ..console import say
-from ..errors import AcceleratorMemoryError, ConfigError, StoreError, UnwritableStoreError, WorkerDiedError
+from ..errors import ConfigError, StoreError, UnwritableStoreError, cause
 from ..executors.factory import check_retries, executor_for, runs_on_slurm
 from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
@@ -282,7 +282,7 @@ class OptunaSweep:
         if error is None or isinstance(error, StoreError) or self.stopped is not None or job.attempt > self.retries:
             return False
         job.attempt += 1
-        say(f"{job.trials[0][1]}: failed: {_reason(error)}; retrying (attempt {job.attempt} of {self.retries + 1})")
+        say(f"{job.trials[0][1]}: failed: {cause(error)}; retrying (attempt {job.attempt} of {self.retries + 1})")
         again = executor.submit_many([(job.cfg, job.folder)])[0]
         inflight[again] = job
         by_key[job.run_key] = again
@@ -300,7 +300,7 @@ class OptunaSweep:
                     f"way); {'free space' if error.no_space else 'fix the results store'} and run the same "
                     f"command again to continue the study")
         elif error is not None:
-            reason = _reason(error)
+            reason = cause(error)
             self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
         else:
             self._tell_result(trial, label, future.result())
@@ -406,11 +406,6 @@ class OptunaSweep:
             say(f"Pareto front ({', '.join(self.s.objectives)}):")
             for t in sorted(self.study.best_trials, key=lambda t: t.values):
                 say(f"  {' '.join(f'{v:.4g}' for v in t.values)}  trial #{t.number}: {_params(t)}")
-
-
-def _reason(error: BaseException) -> str:
-    """A failed run's cause: the exception, or what killed its worker (said in full by itself)."""
-    return str(error) if isinstance(error, (WorkerDiedError, AcceleratorMemoryError)) else f"{type(error).__name__}: {error}"
 
 
 def _cell(params: dict[str, Any]) -> tuple:
