@@ -269,13 +269,14 @@ class LocalExecutor:
         self._workers.clear()
 
     def _stop(self, busy: list[_Worker]) -> None:
-        if busy:
-            say(f"sweep interrupted: stopping {len(busy)} run{'s' if len(busy) != 1 else ''} in flight "
-                f"(Ctrl-C again to kill {'them' if len(busy) != 1 else 'it'} now)")
-        for worker in self._workers:
-            worker.process.terminate()
-        deadline = time.monotonic() + GRACE_S
+        # the second Ctrl-C may come as soon as the first line is out: the try holds from before it
         try:
+            if busy:
+                say(f"sweep interrupted: stopping {len(busy)} run{'s' if len(busy) != 1 else ''} in flight "
+                    f"(Ctrl-C again to kill {'them' if len(busy) != 1 else 'it'} now)")
+            for worker in self._workers:
+                worker.process.terminate()
+            deadline = time.monotonic() + GRACE_S
             for worker in self._workers:
                 worker.process.join(max(0.0, deadline - time.monotonic()))
             late = [w for w in self._workers if w.process.exitcode is None]
