@@ -84,7 +84,9 @@ def test_a_diverging_run_stops_at_the_first_nan_loss(diverging):
     assert result["curve"][-1]["loss"] is None  # the eval loss at step 2 was NaN: null in the file
     assert "metrics" not in result and "objective" not in result and "artifacts" not in result
     assert result["timing"]["steps"] == DIVERGES_AT - 1
-    assert sorted(p.name for p in folder.iterdir()) == ["result.json"]
+    # its progress file stays, superseded by the result: the step before the bad one
+    assert sorted(p.name for p in folder.iterdir()) == ["progress.json", "result.json"]
+    assert json.loads((folder / "progress.json").read_text())["step"] == DIVERGES_AT - 1
     # the file is strict JSON and holds what run_config returned
     assert strict_json((folder / "result.json").read_text()) == result
 
