@@ -68,10 +68,13 @@ def test_writes_are_throttled_but_every_evaluation_and_the_end_are_written(tmp_p
     assert not path.exists()  # nothing is written before training begins
     callback.on_train_begin(None, state(0), None)
     assert step() == 0 and json.loads(path.read_text())["eval"] == {"metric": "accuracy", "value": 0.1, "step": 0}
-    for s in range(1, 5):  # 4 steps in 4 s: within the throttle, not written
+    clock[0] += 1.0
+    callback.on_step_end(None, state(1), None)  # the first step: written at once, for a first rate
+    assert step() == 1
+    for s in range(2, 5):  # 3 more steps in 3 s: within the throttle, not written
         clock[0] += 1.0
         callback.on_step_end(None, state(s), None)
-    assert step() == 0
+    assert step() == 1
     clock[0] += 16.0  # step 10 at 20 s: written, with the rate of the 10 steps since training began
     callback.on_log(None, state(10), None, logs={"loss": 1.25})
     callback.on_step_end(None, state(10), None)

@@ -2,8 +2,8 @@
 
 A sweep on SLURM, or one whose terminal was closed, can be seen only through its files; the plan
 view (hydra/launcher=plan) reads this one. The training loop's ProgressFile callback writes it
-(atomically, run/store.write_json_atomically) when training begins, at most every WRITE_EVERY_S
-after a step, at each evaluation and when training ends:
+(atomically, run/store.write_json_atomically) when training begins, after its first step (the first
+rate), then at most every WRITE_EVERY_S after a step, at each evaluation and when training ends:
 
     step, total_steps          optimizer steps done and planned
     train_loss                 the last logged training loss: {value, step}
@@ -79,7 +79,8 @@ class ProgressFile(TrainerCallback):
             self._write(state)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self._written >= self.every_s:
+        first = self._begin is not None and state.global_step == self._begin[1] + 1  # the first rate, at once
+        if first or time.monotonic() - self._written >= self.every_s:
             self._write(state)
 
     def on_train_end(self, args, state, control, **kwargs):
