@@ -84,7 +84,9 @@ def test_a_diverging_run_stops_at_the_first_nan_loss(diverging):
     assert result["curve"][-1]["loss"] is None  # the eval loss at step 2 was NaN: null in the file
     assert "metrics" not in result and "objective" not in result and "artifacts" not in result
     assert result["timing"]["steps"] == DIVERGES_AT - 1
-    assert sorted(p.name for p in folder.iterdir()) == ["result.json"]
+    # its progress file stays, superseded by the result: the step before the bad one
+    assert sorted(p.name for p in folder.iterdir()) == ["progress.json", "result.json"]
+    assert json.loads((folder / "progress.json").read_text())["step"] == DIVERGES_AT - 1
     # the file is strict JSON and holds what run_config returned
     assert strict_json((folder / "result.json").read_text()) == result
 
@@ -378,7 +380,7 @@ def test_plan_view_names_each_unreadable_result(tmp_path):
     for kind, overrides in runs.items():
         path = folder_of(overrides, store) / "result.json"
         assert f"{path} is unreadable ({GARBAGE[kind][1]}): it trains again" in proc.stdout, proc.stdout
-    assert proc.stdout.strip().splitlines()[-1].endswith("0 already done, 0 with errors, 4 to run")
+    assert proc.stdout.strip().splitlines()[-1] == "total: 4 runs: 4 with an unreadable result; 4 to run"
 
 
 def test_unreadable_result_is_said_and_trained_again_in_a_sweep(tmp_path, trainings):
@@ -672,8 +674,10 @@ def test_the_plan_view_shows_a_run_trained_elsewhere(tmp_path, trainings):
         plan = launch(["-m", *run, "hydra/launcher=plan"], cwd=tmp_path)
         assert sweep.wait(timeout=300) == 0
     assert plan.returncode == 0, plan.stderr[-2000:]
-    assert re.search(r"being trained by pid \d+ on \S+, since", plan.stdout), plan.stdout
-    assert "1 being trained elsewhere" in plan.stdout and "0 to run" in plan.stdout
+    assert re.search(r"being trained by pid \d+ on \S+, since [\d:]+: step \d+/40, ", plan.stdout), plan.stdout
+    # the worker has printed a step, so its progress file has one too (written at the first step), and a rate
+    assert re.search(r"  running \(pid \d+ on \S+\) step \d+/40, ETA \S+$", plan.stdout, re.M), plan.stdout
+    assert plan.stdout.strip().splitlines()[-1] == "total: 1 run: 1 running; 0 to run"
 
 
 # =====================================================================================================

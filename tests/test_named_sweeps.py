@@ -20,7 +20,7 @@ def test_every_named_sweep_is_tested_and_starts_with_its_command():
 def test_named_sweep_plans_its_runs_on_the_embedded_default(tmp_path, name, runs):
     proc = launch(["-m", f"+sweep={name}", "hydra/launcher=plan"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"total: {runs} runs, 0 over budget, 0 already done, 0 with errors, {runs} to run" in proc.stdout
+    assert f"total: {runs} runs: {runs} not started; {runs} to run" in proc.stdout
 
 
 def test_seeds_and_alpha_sweeps_run_for_real(tmp_path):

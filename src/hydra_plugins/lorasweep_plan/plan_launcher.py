@@ -1,9 +1,12 @@
 """`python launch.py -m lora.r=4,8,16 lora.proj=qk,qkvo hydra/launcher=plan`
 
 Prints one row per run of the sweep (trainable parameters, share of the model and of the budget,
-over budget or not, already done or not) and a total line (lorasweep.sweep.plan_table). Nothing is
-trained, nothing is written and no weight is read: each run is planned from its config alone. A
-results_dir that looks not writable (looked at, not probed: that would write) is said in the total line.
+over budget or not, and where it stands: done 0.623, running ... ETA, queued on SLURM, failed,
+interrupted, not started; lorasweep.sweep.status) and a total line counting each state
+(lorasweep.sweep.plan_table). Nothing is trained, nothing is written and no weight is read: each run
+is planned from its config alone, its folder's small files looked at, and SLURM's queue asked once
+for all runs submitted there. A results_dir that looks not writable (looked at, not probed: that
+would write) is said in the total line.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from lorasweep.sweep.compose import ContextLauncher, JobConfigs, varying_overrid
 class PlanLauncher(ContextLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lorasweep.run.store import store_dir, writable_problem
-        from lorasweep.sweep.plan_table import format_plan, plan_row
+        from lorasweep.sweep.plan_table import format_plan, plan_row, settle_rows
 
         assert self.config is not None and self.hydra_context is not None
         shared, labels = varying_overrides(job_overrides)
@@ -34,5 +37,5 @@ class PlanLauncher(ContextLauncher):
                                      status=JobStatus.COMPLETED, _return_value=row.trainable))
         if shared:
             print("every run: " + " ".join(shared))
-        print(format_plan(rows, {d: why for d, why in problems.items() if why}), flush=True)
+        print(format_plan(settle_rows(rows), {d: why for d, why in problems.items() if why}), flush=True)
         return returns

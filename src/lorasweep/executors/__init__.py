@@ -1,6 +1,7 @@
 """Where runs execute: `submit_many([(cfg, run folder)]) -> Futures` of result dicts, by local worker
-processes kept across runs (local) or SLURM job arrays through submitit (slurm); worker holds what
-runs inside the process (execute), and factory picks an executor from a hydra.launcher config.
+processes kept across runs (local) or SLURM job arrays through submitit (slurm; slurm_jobs: the job
+record in a run's folder and what SLURM says of its job, without submitit); worker holds what runs
+inside the process (execute), and factory picks an executor from a hydra.launcher config.
 
 May import: run/ and below. Not sweep/ (sweeps use executors, not the reverse).
 """

@@ -2,7 +2,7 @@
 LocalExecutor (lorasweep.executors.local).
 
 - Runs submitted together go as job arrays, split at the cluster's MaxArraySize.
-- Each run's folder in the results store gets `slurm_job.json` (job id, submitit folder). A driver
+- Each run's folder in the results store gets `slurm_job.json` (job id, submitit folder; slurm_jobs.py). A driver
   started again finds a run that is still queued or running there and re-attaches to its job
   instead of submitting it twice; done runs are found by their result.json before that.
 - A job that reaches its time limit or is preempted gets USR2 `signal_delay_s` before it is killed;
@@ -13,7 +13,6 @@ LocalExecutor (lorasweep.executors.local).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -29,10 +28,10 @@ import submitit
 from ..compat import job_outcome
 from ..errors import SubmissionError
 from ..run.claims import drop_job_claim
-from ..run.store import store_dir, write_json_atomically
+from ..run.store import store_dir
+from .slurm_jobs import job_state, read_record, record
 from .worker import configure_process, execute
 
-JOB_FILE = "slurm_job.json"
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED")  # PREEMPTED without requeue; submitit requeues before that
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
@@ -141,7 +140,7 @@ class SlurmExecutor:
             part = fresh[start:start + chunk]
             jobs = self._submit_array([_absolute(items[i][0]) for i in part])
             for i, job in zip(part, jobs):
-                _record(items[i][1], job.job_id, self.folder)
+                record(items[i][1], job.job_id, self.folder)
                 futures[i] = self._future(job, items[i][1], attached=False)
         return futures  # type: ignore[return-value]
 
@@ -154,14 +153,14 @@ class SlurmExecutor:
 
     def _live_job(self, folder: Path):
         """The job this run was submitted as, if it is still queued or running (else None)."""
-        record = _read_record(folder)
-        if record is None:
+        found = read_record(folder)
+        if found is None:
             return None
-        job = submitit.SlurmJob(folder=record["submitit_folder"], job_id=record["job_id"])
+        job = submitit.SlurmJob(folder=found["submitit_folder"], job_id=found["job_id"])
         if job.paths.result_pickle.exists():  # finished: collect a success (its result.json may be a
             # moment behind); a failure is submitted again, like a failed local run
             return job if job_outcome(job)[0] == "success" else None
-        state = job_state(record["job_id"])
+        state = job_state(found["job_id"])
         return None if state is None or state.split()[0] in FINAL_STATES else job
 
     # -- waiting ----------------------------------------------------------------------------------
@@ -252,49 +251,6 @@ def max_array_size() -> int:
         return DEFAULT_MAX_ARRAY_SIZE
     match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
     return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
-
-
-def job_state(job_id: str) -> str | None:
-    """The job's state (e.g. RUNNING, PENDING, COMPLETED, "CANCELLED by 0"); None if SLURM knows it not.
-
-    sacct first (it knows finished jobs); squeue when sacct has nothing (accounting lagging or down):
-    a job that is still queued must never be taken for a lost one and submitted twice."""
-    array, _, index = job_id.partition("_")
-    for command in (["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", array],
-                    ["squeue", "-h", "-r", "-o", "%i|%T", "-j", array]):
-        try:
-            out = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        for line in out.splitlines():
-            jid, _, state = line.strip().partition("|")
-            if jid == job_id or (index and _in_pending_range(jid, array, int(index))):
-                return state
-    return None
-
-
-def _in_pending_range(jid: str, array: str, index: int) -> bool:
-    """sacct prints an array's pending tasks as one line, e.g. 123_[2-4%8] or 123_[5,7]."""
-    match = re.fullmatch(rf"{array}_\[([\d,\-]+)(%\d+)?\]", jid)
-    if not match:
-        return False
-    for part in match.group(1).split(","):
-        low, _, high = part.partition("-")
-        if int(low) <= index <= int(high or low):
-            return True
-    return False
-
-
-def _record(folder: Path, job_id: str, submitit_folder: Path) -> None:
-    write_json_atomically(folder / JOB_FILE, {"job_id": job_id, "submitit_folder": str(submitit_folder),
-                                              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-
-
-def _read_record(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / JOB_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _absolute(cfg: Mapping[str, Any]) -> dict:

@@ -37,6 +37,7 @@ from . import memory, store
 from .claims import Claim, drop_dead_claim, live_holder
 from .loop import LoopOptions, Reporter, train
 from .plan import Plan, plan_run
+from .progress import PROGRESS_FILE
 from .tracking import check_tracking, make_tracker
 
 
@@ -203,7 +204,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
             outcome = train(model, tokenizer, tasks.training_data(task, tokenizer, spec.train),
                             tasks.evaluator(task, tokenizer, task.eval, spec.train), spec.train,
                             kind=spec.task.kind, workdir=folder / "trainer", tracker=tracker,
-                            reporter=reporter, loop=loop)
+                            reporter=reporter, loop=loop, progress=folder / PROGRESS_FILE)
             # checkpoints only serve a resume: the adapter is saved below, so they go
             shutil.rmtree(folder / "trainer", ignore_errors=True)
             if outcome.resumed_from_step is not None:

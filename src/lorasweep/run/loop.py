@@ -27,6 +27,7 @@ from ..console import say
 from ..errors import DataError
 from ..tasks.metrics import headline
 from ..tasks.task import TrainingData
+from .progress import ProgressFile, eta_seconds
 from .store import write_json_atomically
 from .tracking import Tracker
 
@@ -161,10 +162,12 @@ class ProgressPrinter(TrainerCallback):
 
     def __init__(self, tracker: Tracker, batch_size: int):
         self.tracker, self.batch_size, self.start = tracker, batch_size, time.perf_counter()
+        self.first_step = 0  # a resumed run's rate counts the steps of this process only
         self.training = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
+        self.first_step = state.global_step
         self.training = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -178,8 +181,9 @@ class ProgressPrinter(TrainerCallback):
             say(f"  eval  {where}  {headline(metrics)}{loss}")
         elif "loss" in logs and step:
             elapsed = time.perf_counter() - self.start
-            rate = step * self.batch_size / elapsed
-            eta = elapsed / step * (total - step)
+            done = max(1, step - self.first_step)
+            rate = done * self.batch_size / elapsed
+            eta = eta_seconds(elapsed, done, total - step) or 0.0
             say(f"  train step {step:>5}/{total}  loss {logs['loss']:.4f}  {rate:.1f} ex/s  ETA {eta:.0f}s")
 
 
@@ -227,14 +231,15 @@ def last_complete_checkpoint(workdir: Path) -> str | None:
 
 def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: TrainSpec, *, kind: str,
           workdir: Path, tracker: Tracker, reporter: Reporter | None = None,
-          loop: LoopOptions = LoopOptions()) -> TrainOutcome:
+          loop: LoopOptions = LoopOptions(), progress: Path | None = None) -> TrainOutcome:
     """Train `model` in place and return its curve and timing. kind: the task kind.
 
     `reporter` sees every evaluation along training; when it answers True the run stops there.
     A non-finite training loss stops training at once: `outcome.diverged` says where.
     `loop.save_steps` > 0 checkpoints into `workdir` every that many steps (the last one kept), and
     a checkpoint found there at the start is resumed from: a run requeued after a time limit or a
-    preemption continues instead of starting over.
+    preemption continues instead of starting over. `progress`: the run's progress.json, kept up
+    to date while it trains (run/progress.py).
     """
     outcome = TrainOutcome()
     common = _arguments(spec, workdir, loop.save_steps)
@@ -259,6 +264,8 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
     trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
     trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))
+    if progress is not None:
+        trainer.add_callback(ProgressFile(progress))
     if loop.save_steps > 0:
         trainer.add_callback(_Checkpoints(outcome, workdir))
     if loop.step_sleep_s > 0:

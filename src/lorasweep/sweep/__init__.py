@@ -1,7 +1,7 @@
 """A sweep: Hydra composition of its jobs (compose), the decision for each run before anything trains
-(triage: invalid, done, over budget, train), the grid driver (grid), the plan view (plan_table), and
-the Optuna search (optuna_study, optuna_space). The Hydra plugins in src/hydra_plugins/ are thin
-adapters over this package.
+(triage: invalid, done, over budget, train), the grid driver (grid), the plan view (plan_table) and
+where each run stands in it (status), and the Optuna search (optuna_study, optuna_space). The Hydra
+plugins in src/hydra_plugins/ are thin adapters over this package.
 
 May import: executors/, run/ and below.
 """

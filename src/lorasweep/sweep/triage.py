@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import USER_ERRORS, UnreadableResultError
-from ..run.claims import live_holder
+from ..run.claims import Holder, live_holder
 from ..run.lifecycle import record_over_budget
 from ..run.plan import Plan, plan_run
 from ..run.store import FINISHED, check_writable, read_result, store_dir
@@ -41,6 +41,7 @@ class Triage:
     mistake: Exception | None = None  # invalid: the ConfigError, DataError, ... that says what is wrong
     unreadable: str = ""          # "<path> is unreadable (why)": a stored result.json that trains again
     holder: str = ""              # claimed: who trains it, e.g. "pid 4242 on node3, since 10:02:11"
+    claim: Holder | None = None   # claimed: its claim (owner, heartbeat), for a closer look (sweep/status.py)
 
     @property
     def error(self) -> str:
@@ -89,5 +90,5 @@ def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
                       unreadable=unreadable)
     claim = live_holder(folder)
     if claim is not None:
-        return Triage("claimed", plan, folder, stored, holder=claim.describe())
+        return Triage("claimed", plan, folder, stored, holder=claim.describe(), claim=claim)
     return Triage("train", plan, folder, stored, unreadable=unreadable)
