@@ -1,9 +1,10 @@
-"""Benchmark: the faults of a long sweep on the embedded default, and what each one leaves behind.
+"""Benchmark: the faults of a long sweep on MiniLM (model=minilm, the embedded default before
+smollm2-4l), and what each one leaves behind.
 
     python bench/faults.py [--steps 60] [--only kill,drivers,...]
 
 Each scenario runs real sweeps (`launch.py -m`: real processes, real signals, a real full disk
-where this process may mount a tmpfs) on the embedded default (MiniLM on wordnet_topics), with
+where this process may mount a tmpfs) on MiniLM (model=minilm, wordnet_topics), with
 `--steps` training steps a run, and counts from the results store and from the hooks in
 tests/hooks/sitecustomize.py (each Trainer.train that starts, and each that runs to its end):
 
@@ -62,7 +63,7 @@ class Bench:
         self.store = self.dir / "results"
         self.count = self.dir / "trainings.txt"
         # the eval set is cut to 200 rows (its curve point only); the test set stays whole
-        self.common = [f"train.max_steps={steps}", f"train.eval_steps={steps}", "task.max_eval=200",
+        self.common = ["model=minilm", f"train.max_steps={steps}", f"train.eval_steps={steps}", "task.max_eval=200",
                        f"results_dir={self.store}"]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "LORASWEEP_COUNT_TRAININGS": str(self.count),
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")]))}
@@ -294,7 +295,7 @@ def main() -> None:
         for name in names:
             print(f"-- {name}: {SCENARIOS[name].__doc__.split(chr(10))[0]}", flush=True)
             rows.append(SCENARIOS[name](Bench(Path(tmp), name, args.steps)))
-    print(f"\nfault scenarios on the embedded default, {args.steps} steps a run, {os.cpu_count()} cores")
+    print(f"\nfault scenarios on MiniLM (model=minilm), {args.steps} steps a run, {os.cpu_count()} cores")
     head = ("scenario", "planned", "finished", "failed w/ cause", "trained twice", "lost", "wall s", "check")
     widths = (38, 8, 9, 16, 14, 5, 8, 0)
     print("".join(f"{h:<{w}}" if i == 0 else f"  {h}" if i == 7 else f"{h:>{w}}"

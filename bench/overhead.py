@@ -1,4 +1,5 @@
-"""Benchmark 1: one run of the embedded default through `python launch.py` against a bare script.
+"""Benchmark 1: one run of MiniLM (model=minilm, the embedded default before smollm2-4l) through
+`python launch.py` against a bare script.
 
     python bench/overhead.py [--repeat 1]
 
@@ -27,7 +28,7 @@ def main() -> None:
         tmp = Path(tmp)
         for i in range(args.repeat):
             store = tmp / f"results{i}"
-            m = measure([PYTHON, "launch.py", f"results_dir={store}"], tmp / f"lorasweep{i}.log")
+            m = measure([PYTHON, "launch.py", "model=minilm", f"results_dir={store}"], tmp / f"lorasweep{i}.log")
             (result,) = results_in(store)
             t = result["timing"]
             runs["lorasweep (launch.py)"].append({"wall": m.wall_s, "rss": m.peak_rss_mb, "train": t["train_s"],
@@ -38,7 +39,7 @@ def main() -> None:
             bare = json.loads(out.read_text())
             runs["bare script"].append({"wall": m.wall_s, "rss": m.peak_rss_mb, "train": bare["train_s"],
                                         "ex_s": bare["train_examples_per_s"], "acc": bare["test_accuracy"]})
-    print(f"one run of the embedded default (MiniLM, LoRA r=8 qkvo, wordnet_topics, 500 steps), "
+    print(f"one run of MiniLM (model=minilm, LoRA r=8 qkvo, wordnet_topics, 500 steps), "
           f"{args.repeat} time(s) each, medians")
     print(row("", "wall s", "train s", "ex/s", "peak RSS MB", "test acc"))
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}

@@ -2,8 +2,8 @@
 
     python bench/sweep.py [--max-train 1600] [--epochs 1] [--n-jobs 2]
 
-Grid: lora.r=4,8,16 x lora.proj=qk,qkvo,qkvoud on the embedded default (MiniLM is a BERT: it has no
-MLP gate, so the card's `qvkogdu` becomes `qkvoud`, every projection it has). The bare scripts are
+Grid: lora.r=4,8,16 x lora.proj=qk,qkvo,qkvoud on MiniLM (model=minilm, the embedded default before
+smollm2-4l; a BERT: it has no MLP gate, so the card's `qvkogdu` becomes `qkvoud`, every projection it has). The bare scripts are
 written as the tutorials write them: each a fresh process that imports, loads and tokenizes again,
 pads every example to max_length, and evaluates in training-sized batches. lorasweep pays once for
 what runs share (a worker process kept across runs), pads each batch to its longest row, evaluates
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1)
     ap.add_argument("--n-jobs", type=int, default=2, help="lorasweep runs in flight at once")
     args = ap.parse_args()
-    common = [f"task.max_train={args.max_train}", f"train.epochs={args.epochs}"]
+    common = ["model=minilm", f"task.max_train={args.max_train}", f"train.epochs={args.epochs}"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sweep = measure([PYTHON, "launch.py", "-m", "lora.r=" + ",".join(map(str, RANKS)),
@@ -52,7 +52,7 @@ def main() -> None:
                 bare_walls.append(m.wall_s)
                 bare_accs.append(json.loads(out.read_text())["test_accuracy"])
         bare_total = time.perf_counter() - start
-    print(f"9-run grid r={RANKS} x proj={tuple(PROJ)} on the embedded default, "
+    print(f"9-run grid r={RANKS} x proj={tuple(PROJ)} on MiniLM (model=minilm), "
           f"{args.max_train or 4000} training rows x {args.epochs} epoch(s) per run")
     print(row("", "total s", "per run s", "runs", "mean test acc"))
     print(row(f"lorasweep (-m, n_jobs={args.n_jobs})", f"{sweep.wall_s:.0f}", f"{sweep.wall_s / 9:.1f}",

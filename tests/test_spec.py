@@ -14,7 +14,7 @@ def spec_of(*overrides):
 def test_default_composes_to_the_embedded_default():
     spec = spec_of()
     assert (spec.model.name, spec.model.source, spec.task.name, spec.method) == \
-        ("minilm", "package", "wordnet_topics", "lora")
+        ("smollm2-4l", "gguf_package", "wordnet_topics", "lora")
     assert (spec.lora.r, spec.lora.alpha, spec.lora.proj) == (8, 16.0, "qkvo")
 
 

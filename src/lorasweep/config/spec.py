@@ -38,6 +38,8 @@ class ModelSpec:
     file: str = ""            # file inside the package (the GGUF)
     config: str = ""          # a shipped config.json (architecture only, under conf/model/): offline counting
     tiny: Mapping[str, Any] = field(default_factory=dict)  # config kwargs of a tiny random model
+    layers: int = 0           # keep the checkpoint's first N transformer layers (0 = all): a smaller,
+                              #   faster model of the same pretrained weights (the top layers dropped)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class RunSpec:
 
     def defining(self) -> dict[str, Any]:
         """The run-defining config: what the run key hashes. LoRA fields only matter for lora/dora."""
-        d = {"model": asdict(self.model), "method": self.method, "task": _task_defining(self.task),
+        d = {"model": _model_defining(self.model), "method": self.method, "task": _task_defining(self.task),
              "train": asdict(self.train)}
         if self.method in ADAPTER_METHODS:
             d["lora"] = asdict(self.lora)
@@ -128,6 +130,15 @@ class RunSpec:
 
 
 _NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0}
+_NEW_MODEL_FIELDS = {"layers": 0}
+
+
+def _model_defining(model: ModelSpec) -> dict[str, Any]:
+    d = asdict(model)
+    for name, default in _NEW_MODEL_FIELDS.items():
+        if d[name] == default:
+            del d[name]
+    return d
 
 
 def _task_defining(task: TaskSpec) -> dict[str, Any]:
@@ -184,10 +195,13 @@ def _model_spec(m: Mapping[str, Any]) -> ModelSpec:
         raise _fail("model.family", m.get("family"), f"choose one of {', '.join(sorted(FAMILIES))}")
     if m["source"] != "tiny" and not m.get("id"):
         raise _fail("model.id", m.get("id"), f"a {m['source']} model needs an id")
+    layers = m.get("layers") or 0
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+        raise _fail("model.layers", layers, "a whole number: keep the first N transformer layers, or 0 for all")
     return ModelSpec(name=str(m["name"]), family=m["family"], source=m["source"],
                      id=str(m.get("id") or ""), file=str(m.get("file") or ""),
                      config=str(m.get("config") or ""),
-                     tiny=dict(m.get("tiny") or {}))
+                     tiny=dict(m.get("tiny") or {}), layers=layers)
 
 
 def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:

@@ -155,6 +155,7 @@ def packaged_specs(conf_dir: Path = CONF_MODEL_DIR) -> list[ModelSpec]:
     specs = []
     for path in sorted(conf_dir.glob("*.yaml")):
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        raw = raw.get("model", raw)  # a `# @package _global_` model file (one with a recipe) nests it
         if raw.get("source") in ("package", "gguf_package"):
             specs.append(ModelSpec(**raw))
     return specs

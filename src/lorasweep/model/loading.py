@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           PreTrainedTokenizerBase)
 
 from ..config.spec import MODEL_SOURCES, ModelSpec
-from ..errors import ModelUnavailableError
+from ..errors import ConfigError, ModelUnavailableError
 from .assets import CONF_MODEL_DIR, gguf_model_dir, package_model_dir, packaged_specs
 from .tiny_tokenizer import build_tiny_tokenizer
 
@@ -107,9 +108,21 @@ def model_config(spec: ModelSpec, num_labels: int | None = None) -> PretrainedCo
         config = _from_hub(spec, lambda **kw: AutoConfig.from_pretrained(spec.id, **kw))
     else:
         config = AutoConfig.from_pretrained(_local_dir(spec))
+    if spec.layers:
+        _keep_layers(spec, config)
     if num_labels:
         config.num_labels = num_labels
     return config
+
+
+def _keep_layers(spec: ModelSpec, config: PretrainedConfig) -> None:
+    """model.layers=N: the first N of the checkpoint's layers (num_hidden_layers is every family's
+    name for it, through the config's attribute_map)."""
+    available = config.num_hidden_layers
+    if spec.layers > available:
+        raise ConfigError(f"model {spec.name!r}: model.layers={spec.layers} is invalid: the checkpoint has "
+                         f"{available} layers; keep 1 to {available}, or 0 for all")
+    config.num_hidden_layers = spec.layers
 
 
 def _shipped_config(spec: ModelSpec) -> PretrainedConfig:
@@ -142,6 +155,7 @@ class LoadNotes:
 
     new: dict[str, int] = field(default_factory=dict)  # weights the checkpoint lacks (start at random): parameters
     unused: tuple[str, ...] = ()   # the checkpoint's weights that the model has no place for
+    layers_left_out: int = 0       # model.layers=N: how many of the checkpoint's top layers were not loaded
 
 
 def load_model(spec: ModelSpec, head: str, num_labels: int | None = None, quantization=None,
@@ -177,7 +191,9 @@ def load_with_notes(spec: ModelSpec, head: str, num_labels: int | None = None, q
         kwargs: dict[str, Any] = {"dtype": torch.float32, "output_loading_info": True}
         if quantization is not None:  # bitsandbytes: compute in bf16, weights placed on the GPU
             kwargs.update(dtype=torch.bfloat16, quantization_config=quantization, device_map={"": 0})
-        if num_labels:
+        if spec.layers:  # the config decides what is built (num_labels too); the top layers' weights stay unread
+            kwargs["config"] = model_config(spec, num_labels)
+        elif num_labels:
             kwargs["num_labels"] = num_labels
         with _no_load_report():
             if spec.source == "hub":
@@ -190,7 +206,7 @@ def load_with_notes(spec: ModelSpec, head: str, num_labels: int | None = None, q
                 folder = _local_dir(spec)
                 model, info = auto.from_pretrained(folder, **kwargs)
                 tokenizer = AutoTokenizer.from_pretrained(folder)
-        notes = _notes(model, info)
+        notes = _notes(spec, model, info)
     if labels and head == "classification":
         model.config.id2label, model.config.label2id = label_maps(labels)
     _set_padding(spec, model, tokenizer, head)
@@ -221,10 +237,20 @@ def _no_load_report():
         logger.removeFilter(quiet)
 
 
-def _notes(model: nn.Module, info: dict) -> LoadNotes:
+_LAYER_INDEX = re.compile(r"\.(?:layers|layer|h|block)\.(\d+)\.")  # llama/qwen3, bert, gpt2, t5
+
+
+def _notes(spec: ModelSpec, model: nn.Module, info: dict) -> LoadNotes:
     weights = dict(model.named_parameters())
     new = {k: weights[k].numel() if k in weights else 0 for k in sorted(info.get("missing_keys") or ())}
-    return LoadNotes(new=new, unused=tuple(sorted(info.get("unexpected_keys") or ())))
+    unused, left_out = [], set()
+    for name in sorted(info.get("unexpected_keys") or ()):
+        index = _LAYER_INDEX.search(name) if spec.layers else None
+        if index and int(index.group(1)) >= spec.layers:
+            left_out.add(int(index.group(1)))  # left out on purpose (model.layers), not a mismatch
+        else:
+            unused.append(name)
+    return LoadNotes(new=new, unused=tuple(unused), layers_left_out=len(left_out))
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:

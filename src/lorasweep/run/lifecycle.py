@@ -283,6 +283,10 @@ def _new_weights(plan: Plan, notes: loading.LoadNotes) -> list[str]:
                      f"it starts at random (seed {plan.spec.train.seed}) and is {fate}")
     if others:
         lines.append(f"{len(others)} weights are not in the checkpoint and start at random: {_few(others)}")
+    if notes.layers_left_out:
+        kept = plan.spec.model.layers
+        lines.append(f"the model keeps the first {kept} of the checkpoint's {kept + notes.layers_left_out} layers "
+                     f"(model.layers={kept}): the top {notes.layers_left_out} are not loaded")
     if notes.unused:
         lines.append(f"{len(notes.unused)} weights of the checkpoint are not used by this model: {_few(notes.unused)}")
     return lines
