@@ -17,7 +17,7 @@ from lorasweep.sweep.compose import JobConfigs
 
 class OptunaSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
-        from lorasweep.sweep.optuna_study import OptunaSettings
+        from lorasweep.sweep.optuna_settings import OptunaSettings
 
         self.settings = OptunaSettings.from_config(  # an unknown key or a bad n_trials fails here, by name
             {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in settings.items()})

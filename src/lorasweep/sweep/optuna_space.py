@@ -147,3 +147,8 @@ def format_value(value: Any) -> str:
 def short(value: Any) -> str:
     """A sampled value for the progress line."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def params_text(trial) -> str:
+    """A trial's params for a progress line: lora.r=8 train.lr=0.0003."""
+    return " ".join(f"{k}={short(v)}" for k, v in trial.params.items())

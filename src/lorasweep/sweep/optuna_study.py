@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -35,47 +35,15 @@ from ..executors.factory import check_retries, executor_for, runs_on_slurm
 from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
-from ..run.study_storage import check_storage, default_storage, open_storage
+from ..run.study_storage import default_storage, open_storage
 from . import optuna_space as space_of
 from .interrupts import interrupt_on_signals
+from .optuna_results import say_summary
+from .optuna_settings import OptunaSettings
 from .triage import after_wait, triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
 REUSABLE = (*FINISHED, "pruned")  # a stored result of these stands for its run key's trial
-
-
-@dataclass
-class OptunaSettings:
-    """hydra/sweeper=optuna's keys (conf/hydra/sweeper/optuna.yaml), as plain values."""
-
-    sampler: Any = "tpe"
-    seed: int | None = None
-    direction: Any = "maximize"
-    objectives: list[str] = field(default_factory=lambda: ["objective.value"])
-    study_name: str | None = None
-    storage: str | None = None
-    n_trials: int = 20
-    n_jobs: int = 1
-    pruner: Any = "none"
-    params: dict[str, Any] = field(default_factory=dict)
-    threads: int | None = None
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "OptunaSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known - {"_target_"})
-        if unknown:
-            raise ValueError(f"hydra.sweeper: unknown Optuna setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**{k: v for k, v in cfg.items() if k in known})
-
-    def __post_init__(self) -> None:
-        if int(self.n_trials) < 1 or int(self.n_jobs) < 1:
-            raise ValueError(f"hydra.sweeper.n_trials={self.n_trials}, n_jobs={self.n_jobs}: both must be at least 1")
-        self.n_trials, self.n_jobs = int(self.n_trials), int(self.n_jobs)
-        self.objectives = [str(o) for o in (self.objectives or ["objective.value"])]
-        self.params = dict(self.params or {})
-        # null or empty: the results store's default; a spelling no process could open fails here, at once
-        self.storage = check_storage(self.storage) if self.storage not in (None, "") else None
 
 
 @dataclass
@@ -206,7 +174,7 @@ class OptunaSweep:
             taken |= {_cell(w.trial.params) for w in self.elsewhere}
             self.study.enqueue_trial(next(c for c in self.grid if _cell(c) not in taken))
         trial = self.study.ask(fixed_distributions=self.space)
-        label = f"trial {ordinal}/{self.n_trials} {_params(trial)}"
+        label = f"trial {ordinal}/{self.n_trials} {space_of.params_text(trial)}"
         try:
             cfg = self._compose(trial.params)
             decision = triage(cfg)
@@ -351,7 +319,7 @@ class OptunaSweep:
         This assumes one driver per study: a second driver sharing it would see our runs as abandoned."""
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial = reopen_trial(self.study, trial_id(frozen))
-            label = f"trial #{frozen.number} (left running) {_params(frozen)}"
+            label = f"trial #{frozen.number} (left running) {space_of.params_text(frozen)}"
             complete = set(frozen.params) == set(self.space)
             stored = None
             if complete:
@@ -388,24 +356,7 @@ class OptunaSweep:
     # -- the end ----------------------------------------------------------------------------------
 
     def _summary(self) -> None:
-        counted = self._counted_trials()
-        by = {s: sum(1 for t in counted if t.user_attrs.get("status") == s)
-              for s in ("done", "pruned", "failed", "diverged", "skipped_budget")}
-        complete = [t for t in counted if t.state == TrialState.COMPLETE]
-        diverged = f"{by['diverged']} diverged, " if by["diverged"] else ""  # said only when there is one
-        say(f"sweep: {len(counted)}/{self.n_trials} trials finished in study {self.study.study_name!r}: "
-            f"{len(complete)} complete, {by['pruned']} pruned, {by['failed']} failed, {diverged}"
-            f"{by['skipped_budget']} over budget; this time {self.stats['trained']} trained, "
-            f"{self.stats['reused']} reused" + ("; nothing left to run" if not self.stats["trained"] else ""))
-        if not complete:
-            return
-        if len(self.s.objectives) == 1:
-            best = self.study.best_trial
-            say(f"best {self.s.objectives[0]} = {best.value:.4g} (trial #{best.number}): {_params(best)}")
-        else:
-            say(f"Pareto front ({', '.join(self.s.objectives)}):")
-            for t in sorted(self.study.best_trials, key=lambda t: t.values):
-                say(f"  {' '.join(f'{v:.4g}' for v in t.values)}  trial #{t.number}: {_params(t)}")
+        say_summary(self.study, self._counted_trials(), self.n_trials, self.s.objectives, self.stats)
 
 
 def _cell(params: dict[str, Any]) -> tuple:
@@ -420,7 +371,3 @@ def _field(result: dict, dotted: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def _params(trial) -> str:
-    return " ".join(f"{k}={space_of.short(v)}" for k, v in trial.params.items())
