@@ -38,7 +38,7 @@ from ..run.store import FINISHED, check_writable
 from ..run.study_storage import default_storage, open_storage
 from . import optuna_space as space_of
 from .interrupts import interrupt_on_signals
-from .optuna_results import say_summary
+from .optuna_results import say_summary, write_optimization_results
 from .optuna_settings import OptunaSettings
 from .triage import after_wait, triage
 
@@ -73,11 +73,13 @@ class OptunaSweep:
     """One sweep: `OptunaSweep(settings, compose, launcher, results_dir).run(arguments)`.
 
     `compose(overrides)` gives a trial's plain config; `launcher` is the hydra.launcher config (it
-    picks local workers or SLURM jobs); `results_dir` holds the default storage."""
+    picks local workers or SLURM jobs); `results_dir` holds the default storage; `sweep_dir` receives
+    optimization_results.yaml."""
 
     def __init__(self, settings: OptunaSettings, compose: Callable[[list[str]], dict],
-                 launcher: dict | None, results_dir: Path) -> None:
+                 launcher: dict | None, results_dir: Path, sweep_dir: Path | None = None) -> None:
         self.s, self.compose, self.launcher, self.results_dir = settings, compose, launcher, results_dir
+        self.sweep_dir = sweep_dir
         self.stats = {"trained": 0, "reused": 0}
         self.retries = 0  # hydra.launcher.retries, checked when the sweep starts
         self.stopped: StoreError | None = None  # a store fault every later trial would hit too
@@ -118,8 +120,10 @@ class OptunaSweep:
                     if runs_on_slurm(self.launcher) else "the trials in flight were stopped and are asked again")
             say(f"sweep interrupted: {len(self._counted_trials())} of {self.n_trials} trials told and kept in the "
                 f"study; {away} when the same command runs again")
+            write_optimization_results(self.study, self.sweep_dir)
             raise SystemExit(130) from None
         self._summary()
+        write_optimization_results(self.study, self.sweep_dir)
         if self.stopped is not None:
             raise SystemExit(1)
 
