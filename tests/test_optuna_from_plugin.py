@@ -1,6 +1,8 @@
 """Coming from hydra-optuna-sweeper: what its users rely on, in lorasweep's Optuna sweeper.
 
-optimization_results.yaml in the sweep folder. Real multiruns of tiny models as a user launches them.
+optimization_results.yaml in the sweep folder and the sampler as a config group (hydra/sweeper/
+sampler=tpe). Real multiruns of tiny models as a user launches them, and the pieces in-process where a
+launch would add nothing.
 """
 from __future__ import annotations
 
@@ -9,8 +11,12 @@ from pathlib import Path
 
 import optuna
 import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
 
-from conftest import TINY_TOPICS, launch
+from conftest import ROOT, TINY_TOPICS, launch
+from lorasweep.sweep.optuna_space import is_grid, make_sampler
 
 SWEEPER = ["-m", "hydra/sweeper=optuna"]
 TINY_2 = [a for a in TINY_TOPICS if not a.startswith("train.max_steps=")] + ["train.max_steps=2"]
@@ -58,3 +64,66 @@ def test_optimization_results_hold_the_best_trial_also_of_a_continued_study(tmp_
         "name": "optuna", "best_params": {"lora.r": 2}, "best_value": best.value}
     assert _optimization_results(tmp_path / "first")["best_params"] == {"lora.r": 4}  # each command its own folder
     assert not list((tmp_path / "second").glob(".optimization_results-*"))  # no temp file left by the atomic write
+
+
+# -- the sampler as a config group ----------------------------------------------------------------------
+
+def _sweeper(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/sweeper=optuna", *overrides], return_hydra_config=True)
+    return OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+
+
+SPACE = {"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+         "lora.r": optuna.distributions.CategoricalDistribution([2, 4, 8])}
+
+
+def test_the_sampler_groups_keys_reach_optuna():
+    tpe = _sweeper(["hydra/sweeper/sampler=tpe", "hydra.sweeper.sampler.n_startup_trials=3"])
+    sampler = make_sampler(tpe["sampler"], tpe["seed"], SPACE)
+    assert type(sampler) is optuna.samplers.TPESampler and sampler._n_startup_trials == 3
+    nsga = _sweeper(["hydra/sweeper/sampler=nsgaii", "hydra.sweeper.sampler.population_size=4"])
+    assert make_sampler(nsga["sampler"], None, SPACE)._population_size == 4
+    grid = _sweeper(["hydra/sweeper/sampler=grid"])
+    assert is_grid(grid["sampler"]) and not is_grid(tpe["sampler"])
+    for name, cls in (("random", "RandomSampler"), ("cmaes", "CmaEsSampler")):
+        group = _sweeper([f"hydra/sweeper/sampler={name}"])
+        assert type(make_sampler(group["sampler"], None, SPACE)).__name__ == cls
+    # the plain spelling is unchanged: a name
+    assert _sweeper(["hydra.sweeper.sampler=random"])["sampler"] == "random"
+
+
+def _asked(sampler: optuna.samplers.BaseSampler, n: int) -> list[dict]:
+    """The params `sampler` asks for n trials, each told pruned (as over-budget trials are)."""
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    asked = []
+    for _ in range(n):
+        trial = study.ask(fixed_distributions=SPACE)
+        asked.append(trial.params)
+        study.tell(trial, state=TrialState.PRUNED)
+    return asked
+
+
+def test_both_spellings_of_the_sampler_and_its_seed_ask_the_same_params(tmp_path):
+    space = ["train.lr=tag(log, interval(1e-4, 1e-2))", "lora.r=choice(2,4,8)"]
+    asked = {}
+    for name, spelling in (("plugin", ["hydra/sweeper/sampler=tpe", "hydra.sweeper.sampler.seed=123"]),
+                           ("lorasweep", ["hydra.sweeper.sampler=tpe", "hydra.sweeper.seed=123"])):
+        # a budget of 1 parameter: each trial is asked, found over budget and told pruned; nothing trains
+        out = launch([*SWEEPER, "hydra.sweeper.n_trials=3", f"hydra.sweeper.study_name={name}", *spelling, *space,
+                      "budget.max_trainable=1", *TINY_2, f"results_dir={tmp_path / 'results'}"], cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "sampler TPESampler" in out.stderr
+        study = optuna.load_study(study_name=name, storage=_storage(tmp_path / "results"))
+        asked[name] = [t.params for t in study.trials]
+    assert asked["plugin"] == asked["lorasweep"] == _asked(optuna.samplers.TPESampler(seed=123), 3)
+    assert asked["plugin"] != _asked(optuna.samplers.TPESampler(seed=124), 3)  # the seed is what made them equal
+
+
+def test_the_sampler_groups_own_seed_wins_over_the_sweepers():
+    both = _sweeper(["hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=5", "hydra.sweeper.seed=6"])
+    assert _asked(make_sampler(both["sampler"], both["seed"], SPACE), 2) == \
+        _asked(optuna.samplers.RandomSampler(seed=5), 2) != _asked(optuna.samplers.RandomSampler(seed=6), 2)
+    unset = _sweeper(["hydra/sweeper/sampler=random", "hydra.sweeper.seed=6"])
+    assert _asked(make_sampler(unset["sampler"], unset["seed"], SPACE), 2) == \
+        _asked(optuna.samplers.RandomSampler(seed=6), 2)
