@@ -1,21 +1,26 @@
 """Coming from hydra-optuna-sweeper: what its users rely on, in lorasweep's Optuna sweeper.
 
-optimization_results.yaml in the sweep folder and the sampler as a config group (hydra/sweeper/
-sampler=tpe). Real multiruns of tiny models as a user launches them, and the pieces in-process where a
-launch would add nothing.
+optimization_results.yaml in the sweep folder, hydra.sweeper.max_failure_rate, and the sampler as a
+config group (hydra/sweeper/sampler=tpe). Real multiruns of tiny models as a user launches them, and
+the pieces in-process where a launch would add nothing.
 """
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from conftest import ROOT, TINY_TOPICS, launch
+from conftest import ROOT, TINY_TOPICS, launch, per_run
+from lorasweep.errors import ConfigError
+from lorasweep.sweep.failure_rate import check_max_failure_rate
 from lorasweep.sweep.optuna_space import is_grid, make_sampler
 
 SWEEPER = ["-m", "hydra/sweeper=optuna"]
@@ -64,6 +69,80 @@ def test_optimization_results_hold_the_best_trial_also_of_a_continued_study(tmp_
         "name": "optuna", "best_params": {"lora.r": 2}, "best_value": best.value}
     assert _optimization_results(tmp_path / "first")["best_params"] == {"lora.r": 4}  # each command its own folder
     assert not list((tmp_path / "second").glob(".optimization_results-*"))  # no temp file left by the atomic write
+
+
+# -- max_failure_rate ---------------------------------------------------------------------------------
+
+def test_max_failure_rate_stops_asking_once_more_trials_failed(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    study = optuna.create_study(storage=_storage(results), study_name="rate", direction="maximize")
+    for lr in (3e-2, 1e4, 1e4):  # done; diverged (1 of 2: not above 0.5); the same run again (2 of 3: above)
+        study.enqueue_trial({"train.lr": lr})
+    out = launch([*SWEEPER, "hydra.sweeper.n_trials=5", "hydra.sweeper.study_name=rate",
+                  "hydra.sweeper.max_failure_rate=0.5", "train.lr=choice(3e-2,1e4)", *TINY_TOPICS,
+                  f"results_dir={results}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "sweep: stopped: 2 of 3 trials failed, 2 of them diverged (67%), more than " \
+           "hydra.sweeper.max_failure_rate=0.5 allows; no new trials are started, those in flight finish" \
+           in out.stderr.splitlines()
+    trials = optuna.load_study(study_name="rate", storage=_storage(results)).trials
+    assert [(t.params["train.lr"], t.state, t.user_attrs["status"]) for t in trials] == [
+        (3e-2, TrialState.COMPLETE, "done"), (1e4, TrialState.FAIL, "diverged"), (1e4, TrialState.FAIL, "diverged")]
+    assert "Traceback" not in out.stderr
+    # stopped early, it still says what it found
+    assert _optimization_results(tmp_path / "sweep") == {
+        "name": "optuna", "best_params": {"train.lr": 3e-2}, "best_value": _result(trials[0])["objective"]["value"]}
+
+
+def test_max_failure_rate_0_stops_at_the_first_failure_and_lets_the_trial_in_flight_finish(tmp_path, trainings,
+                                                                                           monkeypatch):
+    # hydra-optuna-sweeper's default. The first training of the two in flight fails (tests/hooks: LORASWEEP_FAIL_ONCE)
+    monkeypatch.setenv("LORASWEEP_FAIL_ONCE", str(tmp_path / "failed-once"))
+    results = tmp_path / "results"
+    # 4 steps of 1 s: the run that does not fail trains on after the other failed at its start
+    out = launch([*SWEEPER, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler=grid",
+                  "hydra.sweeper.max_failure_rate=0", "lora.r=choice(2,4,8)", *TINY_TOPICS, "train.step_sleep_s=1",
+                  f"results_dir={results}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert out.returncode == 1, out.stderr[-3000:]
+    lines = out.stderr.splitlines()
+    stop = lines.index("sweep: stopped: 1 of 1 trials failed (100%), more than hydra.sweeper.max_failure_rate=0 "
+                       "allows; no new trials are started, those in flight finish")
+    assert [n for n, line in enumerate(lines) if re.match(r"^trial [12]/3 lora\.r=\d: done ", line)][0] > stop
+    trials = _only_study(results).trials
+    # the grid's third cell was never asked; the trial in flight when the other failed finished and was told
+    assert sorted(t.params["lora.r"] for t in trials) == [2, 4]
+    assert sorted((t.state, t.user_attrs["status"]) for t in trials) == [
+        (TrialState.COMPLETE, "done"), (TrialState.FAIL, "failed")]
+    assert sorted(per_run(trainings()).values()) == [1, 1]  # each cell trained once, the third never
+    done = next(t for t in trials if t.state == TrialState.COMPLETE)
+    assert _optimization_results(tmp_path / "sweep") == {
+        "name": "optuna", "best_params": {"lora.r": done.params["lora.r"]}, "best_value": done.value}
+
+
+# -- invalid settings: one line before anything trains ------------------------------------------------
+
+@pytest.mark.parametrize("setting, said", [
+    ("hydra.sweeper.max_failure_rate=1.5",
+     "sweep: hydra.sweeper.max_failure_rate=1.5 is invalid: it is the fraction of failed trials above which the "
+     "study stops asking for more, a number from 0 (stop at the first failure) to 1 (never stop; default 1)"),
+])
+def test_an_invalid_setting_is_refused_before_anything_trains(tmp_path, setting, said):
+    out = launch([*SWEEPER, "lora.r=choice(2,4)", setting, *TINY_2], cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"{said}; nothing was trained" in out.stderr.splitlines()
+    assert "Traceback" not in out.stderr and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.01, "half", True, None, math.nan])
+def test_max_failure_rate_must_be_a_number_from_0_to_1(value):
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.max_failure_rate=.* is invalid: it is the fraction"):
+        check_max_failure_rate(value)
+
+
+@pytest.mark.parametrize("value", [0, 0.25, 1, 1.0])
+def test_max_failure_rate_from_0_to_1_is_valid(value):
+    assert check_max_failure_rate(value) == float(value)
 
 
 # -- the sampler as a config group ----------------------------------------------------------------------

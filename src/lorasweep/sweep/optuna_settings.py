@@ -1,5 +1,7 @@
 """hydra/sweeper=optuna's keys (conf/hydra/sweeper/optuna.yaml) as plain values: an unknown key, a
-bad n_trials or n_jobs, a storage no process could open fail here, when Hydra makes the sweeper.
+bad n_trials or n_jobs, a storage no process could open fail here, when Hydra makes the sweeper. A
+key checked when the sweep starts (max_failure_rate: one line, exit 2) is checked by the sweep,
+beside hydra.launcher.retries.
 """
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from ..run.study_storage import check_storage
+from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE
 
 
 @dataclass
@@ -24,6 +27,7 @@ class OptunaSettings:
     pruner: Any = "none"
     params: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None
+    max_failure_rate: Any = DEFAULT_FAILURE_RATE  # checked when the sweep starts (failure_rate.py)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "OptunaSettings":

@@ -37,6 +37,7 @@ from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
 from ..run.study_storage import default_storage, open_storage
 from . import optuna_space as space_of
+from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE, FailureRate, check_max_failure_rate
 from .interrupts import interrupt_on_signals
 from .optuna_results import say_summary, write_optimization_results
 from .optuna_settings import OptunaSettings
@@ -82,7 +83,8 @@ class OptunaSweep:
         self.sweep_dir = sweep_dir
         self.stats = {"trained": 0, "reused": 0}
         self.retries = 0  # hydra.launcher.retries, checked when the sweep starts
-        self.stopped: StoreError | None = None  # a store fault every later trial would hit too
+        self.failures = FailureRate(DEFAULT_FAILURE_RATE)  # hydra.sweeper.max_failure_rate, idem
+        self.halted: str | None = None  # why no more trials are asked (said once): exit 1
 
     def run(self, arguments: list[str]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -93,6 +95,7 @@ class OptunaSweep:
                              "or hydra.sweeper.params")
         try:  # before the study (its default storage lives in the store) and before anything trains
             self.retries = check_retries((self.launcher or {}).get("retries", 0))
+            self.failures = FailureRate(check_max_failure_rate(self.s.max_failure_rate))
             check_writable(self.results_dir)
         except (UnwritableStoreError, ConfigError) as e:
             say(f"sweep: {e}; nothing was trained")
@@ -124,7 +127,7 @@ class OptunaSweep:
             raise SystemExit(130) from None
         self._summary()
         write_optimization_results(self.study, self.sweep_dir)
-        if self.stopped is not None:
+        if self.halted is not None:
             raise SystemExit(1)
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ class OptunaSweep:
         executor = executor_for(self.launcher, self.s.n_jobs, self.s.threads)
         try:
             while True:
-                while (self.stopped is None and len(inflight) < self.s.n_jobs
+                while (self.halted is None and len(inflight) < self.s.n_jobs
                        and finished + self._pending(inflight) < self.n_trials):
                     finished += self._start(finished + self._pending(inflight) + 1, executor, inflight, by_key)
                 if not inflight and not self.elsewhere:
@@ -251,7 +254,7 @@ class OptunaSweep:
         """A failed run submitted again (hydra.launcher.retries), its trials still waiting on it; never
         a result (diverged, pruned), nor a run the store refused."""
         error = future.exception()
-        if error is None or isinstance(error, StoreError) or self.stopped is not None or job.attempt > self.retries:
+        if error is None or isinstance(error, StoreError) or self.halted is not None or job.attempt > self.retries:
             return False
         job.attempt += 1
         say(f"{job.trials[0][1]}: failed: {cause(error)}; retrying (attempt {job.attempt} of {self.retries + 1})")
@@ -266,11 +269,10 @@ class OptunaSweep:
         error = future.exception()
         if isinstance(error, StoreError):  # one line with the path and the cause
             self._tell(trial, TrialState.FAIL, label, f"failed: {error}", status="failed", reason=str(error))
-            if error.whole_store and self.stopped is None:
-                self.stopped = error
-                say(f"sweep: stopped: {error.cause}; no more trials are started (each would fail the same "
-                    f"way); {'free space' if error.no_space else 'fix the results store'} and run the same "
-                    f"command again to continue the study")
+            if error.whole_store:
+                self._halt(f"sweep: stopped: {error.cause}; no more trials are started (each would fail the same "
+                           f"way); {'free space' if error.no_space else 'fix the results store'} and run the same "
+                           f"command again to continue the study")
         elif error is not None:
             reason = cause(error)
             self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
@@ -307,7 +309,17 @@ class OptunaSweep:
             trial.set_user_attr(k, v)
         self.study.tell(trial, values, state=state)
         say(f"{label}: {message}")
+        if attrs.get("status") != ABANDONED:
+            self.failures.count(state, attrs.get("status"))
+            if self.failures.exceeded:
+                self._halt(self.failures.stop_line())
         return 1
+
+    def _halt(self, line: str) -> None:
+        """Ask no more trials (those in flight finish), say why once; the sweep then exits 1."""
+        if self.halted is None:
+            self.halted = line
+            say(line)
 
     # -- restart ----------------------------------------------------------------------------------
 
