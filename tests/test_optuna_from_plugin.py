@@ -1,8 +1,8 @@
 """Coming from hydra-optuna-sweeper: what its users rely on, in lorasweep's Optuna sweeper.
 
-optimization_results.yaml in the sweep folder, hydra.sweeper.max_failure_rate, and the sampler as a
-config group (hydra/sweeper/sampler=tpe). Real multiruns of tiny models as a user launches them, and
-the pieces in-process where a launch would add nothing.
+optimization_results.yaml in the sweep folder, hydra.sweeper.max_failure_rate, hydra.sweeper.
+custom_search_space, and the sampler as a config group (hydra/sweeper/sampler=tpe). Real multiruns of
+tiny models as a user launches them, and the pieces in-process where a launch would add nothing.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, TINY_TOPICS, launch, per_run
 from lorasweep.errors import ConfigError
+from lorasweep.sweep.custom_space import CustomSearchSpaceError, extend_trial, load_custom_search_space
 from lorasweep.sweep.failure_rate import check_max_failure_rate
 from lorasweep.sweep.optuna_space import is_grid, make_sampler
 
@@ -120,12 +121,99 @@ def test_max_failure_rate_0_stops_at_the_first_failure_and_lets_the_trial_in_fli
         "name": "optuna", "best_params": {"lora.r": done.params["lora.r"]}, "best_value": done.value}
 
 
+# -- custom_search_space ------------------------------------------------------------------------------
+
+SEARCH = '''
+def alpha_from_r(cfg, trial):
+    """alpha = (alpha_scale + 1) x r: a derived parameter, from the trial's r and the sweep's config."""
+    r = trial.params["lora.r"]
+    scale = cfg.lora.alpha_scale + 1
+    trial.suggest_int("lora.alpha", scale * r, scale * r)
+    trial.set_user_attr("rule", f"alpha = {scale} r")
+
+
+def broken(cfg, trial):
+    return trial.params["no.such.param"]
+'''
+
+
+def test_custom_search_space_derives_a_parameter_that_the_run_gets(tmp_path, monkeypatch):
+    (tmp_path / "mysearch.py").write_text(SEARCH)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # importable by the driver, as the README says
+    results = tmp_path / "results"
+    out = launch([*SWEEPER, "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler=grid", "lora.r=choice(2,4)",
+                  "hydra.sweeper.custom_search_space=mysearch.alpha_from_r", *TINY_2, f"results_dir={results}"],
+                 cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = _only_study(results).trials
+    assert [t.params for t in trials] == [{"lora.r": 2, "lora.alpha": 6}, {"lora.r": 4, "lora.alpha": 12}]
+    for t in trials:
+        run = _result(t)
+        assert run["status"] == "done" and run["config"]["lora"]["r"] == t.params["lora.r"]
+        assert run["config"]["lora"]["alpha"] == 3 * t.params["lora.r"]  # not the default 2 x r
+        assert t.user_attrs["rule"] == "alpha = 3 r"
+        assert t.user_attrs["model"] == "tiny-bert"  # the fixed overrides, shown to the function as the plugin does
+    assert "trial 1/2 lora.r=2 lora.alpha=6: done" in out.stderr
+
+
+def test_custom_search_space_that_raises_stops_the_study_before_anything_trains(tmp_path, monkeypatch):
+    (tmp_path / "mysearch.py").write_text(SEARCH)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    results = tmp_path / "results"
+    out = launch([*SWEEPER, "hydra.sweeper.n_trials=3", "lora.r=choice(2,4)",
+                  "hydra.sweeper.custom_search_space=mysearch.broken", *TINY_2, f"results_dir={results}"], cwd=tmp_path)
+    assert out.returncode == 1, out.stderr[-3000:]
+    error = "hydra.sweeper.custom_search_space=mysearch.broken raised KeyError: 'no.such.param' (mysearch.py:11)"
+    assert f"sweep: stopped: {error}; no new trials are started; fix it and run the same command again to " \
+           "continue the study" in out.stderr.splitlines()
+    [trial] = _only_study(results).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == error
+    assert not list(results.glob("*/result.json")) and not re.search(r": started \(job", out.stderr)
+    assert "this time 0 trained" in out.stderr
+
+
+def test_custom_search_space_may_not_suggest_a_fixed_parameter():
+    def suggests_r(cfg, trial):
+        trial.suggest_int("lora.r", 2, 8)
+
+    study = optuna.create_study()
+    trial = study.ask()
+    with pytest.raises(CustomSearchSpaceError, match=r"^hydra.sweeper.custom_search_space=x.suggests_r suggested "
+                       r"lora.r, which an override fixes \(lora.r=4\): a parameter is searched or fixed, not both$"):
+        extend_trial(suggests_r, "x.suggests_r", None, trial, {"lora.r": "4", "model": "tiny-bert"})
+    assert trial.user_attrs == {"lora.r": "4", "model": "tiny-bert"}
+
+
+@pytest.mark.parametrize("path, why", [
+    ("alpha_from_r", "is invalid: give the dotted path of a function"),
+    ("nosuchmodule.configure", "is invalid: there is no module 'nosuchmodule'; give the dotted path"),
+    ("json.nosuch", "is invalid: json has no 'nosuch'; give the dotted path"),
+    ("json.decoder.JSONDecoder.nosuch", "is invalid: json.decoder has no 'JSONDecoder.nosuch'"),
+    ("json.__doc__", "is invalid: it is a str, not a function"),
+])
+def test_a_custom_search_space_that_is_no_function_is_named_with_what_is_missing(path, why):
+    with pytest.raises(ConfigError) as e:
+        load_custom_search_space(path)
+    assert str(e.value).startswith(f"hydra.sweeper.custom_search_space={path!r} {why}")
+
+
+def test_a_custom_search_space_may_be_any_callable_by_its_dotted_path():
+    import json
+
+    assert load_custom_search_space("json.decoder.JSONDecoder.decode") is json.decoder.JSONDecoder.decode
+    assert load_custom_search_space(None) is None and load_custom_search_space("") is None
+
+
 # -- invalid settings: one line before anything trains ------------------------------------------------
 
 @pytest.mark.parametrize("setting, said", [
     ("hydra.sweeper.max_failure_rate=1.5",
      "sweep: hydra.sweeper.max_failure_rate=1.5 is invalid: it is the fraction of failed trials above which the "
      "study stops asking for more, a number from 0 (stop at the first failure) to 1 (never stop; default 1)"),
+    ("hydra.sweeper.custom_search_space=nosuchmodule.configure",
+     "sweep: hydra.sweeper.custom_search_space='nosuchmodule.configure' is invalid: there is no module "
+     "'nosuchmodule'; give the dotted path of a function (cfg, trial) -> None, e.g. mysearch.alpha_from_r, "
+     "importable by the driver (on PYTHONPATH, or in the project folder)"),
 ])
 def test_an_invalid_setting_is_refused_before_anything_trains(tmp_path, setting, said):
     out = launch([*SWEEPER, "lora.r=choice(2,4)", setting, *TINY_2], cwd=tmp_path)

@@ -39,4 +39,4 @@ class OptunaSweeper(Sweeper):
         launcher = OmegaConf.to_container(launcher, resolve=True) if launcher is not None else None
         sweep_dir = OmegaConf.select(self.config, "hydra.sweep.dir")  # optimization_results.yaml goes there
         OptunaSweep(self.settings, lambda overrides: configs(overrides)[1], launcher, store_dir(self.config),
-                    sweep_dir=Path(sweep_dir) if sweep_dir else None).run(arguments)
+                    sweep_config=self.config, sweep_dir=Path(sweep_dir) if sweep_dir else None).run(arguments)

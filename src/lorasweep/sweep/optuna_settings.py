@@ -1,7 +1,7 @@
 """hydra/sweeper=optuna's keys (conf/hydra/sweeper/optuna.yaml) as plain values: an unknown key, a
-bad n_trials or n_jobs, a storage no process could open fail here, when Hydra makes the sweeper. A
-key checked when the sweep starts (max_failure_rate: one line, exit 2) is checked by the sweep,
-beside hydra.launcher.retries.
+bad n_trials or n_jobs, a storage no process could open fail here, when Hydra makes the sweeper. The
+keys checked when the sweep starts (max_failure_rate, custom_search_space: one line, exit 2) are
+checked by the sweep, beside hydra.launcher.retries.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class OptunaSettings:
     params: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None
     max_failure_rate: Any = DEFAULT_FAILURE_RATE  # checked when the sweep starts (failure_rate.py)
+    custom_search_space: str | None = None         # a dotted path, loaded when the sweep starts
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "OptunaSettings":

@@ -37,6 +37,7 @@ from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
 from ..run.study_storage import default_storage, open_storage
 from . import optuna_space as space_of
+from .custom_space import CustomSearchSpaceError, extend_trial, load_custom_search_space
 from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE, FailureRate, check_max_failure_rate
 from .interrupts import interrupt_on_signals
 from .optuna_results import say_summary, write_optimization_results
@@ -74,16 +75,18 @@ class OptunaSweep:
     """One sweep: `OptunaSweep(settings, compose, launcher, results_dir).run(arguments)`.
 
     `compose(overrides)` gives a trial's plain config; `launcher` is the hydra.launcher config (it
-    picks local workers or SLURM jobs); `results_dir` holds the default storage; `sweep_dir` receives
-    optimization_results.yaml."""
+    picks local workers or SLURM jobs); `results_dir` holds the default storage; `sweep_config` is
+    the `cfg` that hydra.sweeper.custom_search_space gets; `sweep_dir` receives optimization_results.yaml."""
 
     def __init__(self, settings: OptunaSettings, compose: Callable[[list[str]], dict],
-                 launcher: dict | None, results_dir: Path, sweep_dir: Path | None = None) -> None:
+                 launcher: dict | None, results_dir: Path, sweep_config: Any = None,
+                 sweep_dir: Path | None = None) -> None:
         self.s, self.compose, self.launcher, self.results_dir = settings, compose, launcher, results_dir
-        self.sweep_dir = sweep_dir
+        self.sweep_config, self.sweep_dir = sweep_config, sweep_dir
         self.stats = {"trained": 0, "reused": 0}
         self.retries = 0  # hydra.launcher.retries, checked when the sweep starts
         self.failures = FailureRate(DEFAULT_FAILURE_RATE)  # hydra.sweeper.max_failure_rate, idem
+        self.extender = None  # hydra.sweeper.custom_search_space, idem
         self.halted: str | None = None  # why no more trials are asked (said once): exit 1
 
     def run(self, arguments: list[str]) -> None:
@@ -96,6 +99,7 @@ class OptunaSweep:
         try:  # before the study (its default storage lives in the store) and before anything trains
             self.retries = check_retries((self.launcher or {}).get("retries", 0))
             self.failures = FailureRate(check_max_failure_rate(self.s.max_failure_rate))
+            self.extender = load_custom_search_space(self.s.custom_search_space)
             check_writable(self.results_dir)
         except (UnwritableStoreError, ConfigError) as e:
             say(f"sweep: {e}; nothing was trained")
@@ -176,12 +180,18 @@ class OptunaSweep:
     def _start(self, ordinal: int, executor, inflight: dict[Future, _Job], by_key: dict[str, Future]) -> int:
         """Ask one trial and start it; returns 1 when it was told at once (over budget, reused, invalid)."""
         if self.grid is not None:  # the next cell no finished, running or waited-for trial holds
-            taken = {_cell(t.params) for t in self._counted_trials()}
-            taken |= {_cell(t.params) for job in inflight.values() for t, _ in job.trials}
-            taken |= {_cell(w.trial.params) for w in self.elsewhere}
-            self.study.enqueue_trial(next(c for c in self.grid if _cell(c) not in taken))
+            taken = {self._cell(t.params) for t in self._counted_trials()}
+            taken |= {self._cell(t.params) for job in inflight.values() for t, _ in job.trials}
+            taken |= {self._cell(w.trial.params) for w in self.elsewhere}
+            self.study.enqueue_trial(next(c for c in self.grid if self._cell(c) not in taken))
         trial = self.study.ask(fixed_distributions=self.space)
+        refused = self._extend(trial)
         label = f"trial {ordinal}/{self.n_trials} {space_of.params_text(trial)}"
+        if refused is not None:  # the user's function: every later trial would meet it too
+            told = self._tell(trial, TrialState.FAIL, label, f"failed: {refused}", status="failed", reason=refused)
+            self._halt(f"sweep: stopped: {refused}; no new trials are started; fix it and run the same command "
+                       f"again to continue the study")
+            return told
         try:
             cfg = self._compose(trial.params)
             decision = triage(cfg)
@@ -213,6 +223,17 @@ class OptunaSweep:
             return 0
         self._submit(trial, label, cfg, folder, decision.stored, executor, inflight, by_key)
         return 0
+
+    def _extend(self, trial) -> str | None:
+        """hydra.sweeper.custom_search_space's params for `trial` (overrides like the others); the
+        function's mistake, if it made one."""
+        if self.extender is None:
+            return None
+        try:
+            extend_trial(self.extender, self.s.custom_search_space, self.sweep_config, trial, self.fixed)
+        except CustomSearchSpaceError as e:
+            return str(e)
+        return None
 
     def _submit(self, trial, label: str, cfg: dict, folder: Path, before: dict | None, executor,
                 inflight: dict[Future, _Job], by_key: dict[str, Future]) -> None:
@@ -336,7 +357,7 @@ class OptunaSweep:
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial = reopen_trial(self.study, trial_id(frozen))
             label = f"trial #{frozen.number} (left running) {space_of.params_text(frozen)}"
-            complete = set(frozen.params) == set(self.space)
+            complete = set(self.space) <= set(frozen.params)  # custom_search_space may have added more
             stored = None
             if complete:
                 try:
@@ -353,6 +374,10 @@ class OptunaSweep:
                 self.study.enqueue_trial(dict(frozen.params))
 
     # -- configs and paths ------------------------------------------------------------------------
+
+    def _cell(self, params: dict[str, Any]) -> tuple:
+        """A grid cell: the space's params only (custom_search_space may add others)."""
+        return tuple(sorted((k, str(params.get(k))) for k in self.space))
 
     def _compose(self, params: dict[str, Any]) -> dict[str, Any]:
         overrides = [f"{k}={v}" for k, v in self.fixed.items()]
@@ -373,10 +398,6 @@ class OptunaSweep:
 
     def _summary(self) -> None:
         say_summary(self.study, self._counted_trials(), self.n_trials, self.s.objectives, self.stats)
-
-
-def _cell(params: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, str(v)) for k, v in params.items()))
 
 
 def _field(result: dict, dotted: str) -> Any:
