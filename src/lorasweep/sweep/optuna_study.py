@@ -16,6 +16,10 @@ times before the study is told it failed, as in a grid sweep; a diverged one nev
 The store's faults as in a grid sweep: a results_dir that cannot be written stops it before the
 study opens (exit 2); a trial that fails because the store is full (or read-only) stops asking for
 more (exit 1, no traceback); a stored result.json that cannot be read is said and trained again.
+
+What hydra-optuna-sweeper's users rely on: hydra.sweeper.max_failure_rate stops asking once too many
+trials failed (failure_rate.py; exit 1), hydra.sweeper.custom_search_space adds params to each trial
+(custom_space.py), and every end of the sweep writes optimization_results.yaml (optuna_results.py).
 """
 from __future__ import annotations
 
