@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from conftest import TINY_TOPICS, Sweep, compose_config, launch, wait_gone, wait_until
@@ -220,7 +221,8 @@ def test_several_objectives_give_a_pareto_front(tmp_path):
     results = tmp_path / "results"
     out = launch([*SWEEPER, "hydra.sweeper.n_trials=5", "hydra.sweeper.sampler=grid", "lora.r=choice(2,4,8)",
                   "hydra.sweeper.objectives=[metrics.test.accuracy,params.trainable]",
-                  "hydra.sweeper.direction=[maximize,minimize]", *TINY_2, f"results_dir={results}"], cwd=tmp_path)
+                  "hydra.sweeper.direction=[maximize,minimize]", *TINY_2, f"results_dir={results}",
+                  f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     study = _only_study(results)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
@@ -239,6 +241,11 @@ def test_several_objectives_give_a_pareto_front(tmp_path):
     dominated = {a for a, (acc_a, n_a) in points.items() for b, (acc_b, n_b) in points.items()
                  if acc_b >= acc_a and n_b <= n_a and (acc_b, n_b) != (acc_a, n_a)}
     assert front == set(points) - dominated and front
+    # and it is in the sweep folder, as hydra-optuna-sweeper writes it: the front's params and values
+    written = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert written == {"name": "optuna",
+                       "solutions": [{"params": t.params, "values": t.values} for t in study.best_trials]}
+    assert {s["params"]["lora.r"] for s in written["solutions"]} == {study.trials[n].params["lora.r"] for n in front}
 
 
 def test_hyperband_pruner_prunes_from_the_workers(tmp_path):

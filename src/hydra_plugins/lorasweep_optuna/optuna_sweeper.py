@@ -6,6 +6,7 @@ at every `python launch.py` to find its plugins, and optuna takes a second to im
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
@@ -17,7 +18,7 @@ from lorasweep.sweep.compose import JobConfigs
 
 class OptunaSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
-        from lorasweep.sweep.optuna_study import OptunaSettings
+        from lorasweep.sweep.optuna_settings import OptunaSettings
 
         self.settings = OptunaSettings.from_config(  # an unknown key or a bad n_trials fails here, by name
             {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in settings.items()})
@@ -36,5 +37,6 @@ class OptunaSweeper(Sweeper):
         configs = JobConfigs(self.hydra_context.config_loader, self.config)  # trials differ in values: reused
         launcher = OmegaConf.select(self.config, "hydra.launcher")  # slurm: trials run as SLURM jobs
         launcher = OmegaConf.to_container(launcher, resolve=True) if launcher is not None else None
-        OptunaSweep(self.settings, lambda overrides: configs(overrides)[1], launcher,
-                    store_dir(self.config)).run(arguments)
+        sweep_dir = OmegaConf.select(self.config, "hydra.sweep.dir")  # optimization_results.yaml goes there
+        OptunaSweep(self.settings, lambda overrides: configs(overrides)[1], launcher, store_dir(self.config),
+                    sweep_config=self.config, sweep_dir=Path(sweep_dir) if sweep_dir else None).run(arguments)

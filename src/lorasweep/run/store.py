@@ -59,15 +59,21 @@ def write_result(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
 def write_json_atomically(target: Path, data: Any) -> None:
     """Temp file + rename in the same folder: a reader sees the old file or the new one, never half.
     Strict JSON: non-finite floats are written as null (see `finite`)."""
+    text = json.dumps(finite(data), indent=2, default=_jsonable, allow_nan=False) + "\n"
+    write_text_atomically(target, text)
+
+
+def write_text_atomically(target: Path, text: str) -> None:
+    """`text` into `target` by temp file + rename in the same folder (fsynced first): a reader sees
+    the old file or the new one, never half. A failed write raises StoreError (path and cause)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".json", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=target.suffix, dir=target.parent)
     except OSError as e:
         raise _from_os_error(e, target) from e
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(finite(data), f, indent=2, default=_jsonable, allow_nan=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be read by others

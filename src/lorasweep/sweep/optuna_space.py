@@ -15,6 +15,10 @@ from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsgaii")
+# hydra/sweeper/sampler=NAME's _target_ (conf/hydra/sweeper/sampler/, as hydra-optuna-sweeper names them)
+TARGETS = {"optuna.samplers.TPESampler": "tpe", "optuna.samplers.RandomSampler": "random",
+           "optuna.samplers.GridSampler": "grid", "optuna.samplers.CmaEsSampler": "cmaes",
+           "optuna.samplers.NSGAIISampler": "nsgaii"}
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -66,8 +70,7 @@ def _choices(override: Override) -> list[Any]:
 
 
 def is_grid(spec: Any) -> bool:
-    name = spec.get("name", "tpe") if isinstance(spec, Mapping) else spec
-    return str(name or "tpe").lower() == "grid"
+    return sampler_spec(spec, None)[0] == "grid"
 
 
 def grid_cells(space: Mapping[str, BaseDistribution]) -> list[dict[str, Any]]:
@@ -90,16 +93,38 @@ def grid_of(space: Mapping[str, BaseDistribution]) -> dict[str, list[Any]]:
     return grid
 
 
-def make_sampler(spec: Any, seed: int | None, space: Mapping[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
-    """tpe | random | grid | cmaes | nsgaii, or a mapping {name: ..., seed: ..., **sampler arguments}."""
+def sampler_spec(spec: Any, seed: int | None) -> tuple[str, dict[str, Any]]:
+    """(name, the sampler's arguments) from any spelling of hydra.sweeper.sampler:
+
+        hydra.sweeper.sampler=tpe hydra.sweeper.seed=123                 a name (and the sweeper's seed)
+        'hydra.sweeper.sampler={name: tpe, n_startup_trials: 5}'         a mapping with a name
+        hydra/sweeper/sampler=tpe hydra.sweeper.sampler.seed=123         the config group (conf/hydra/
+                                                                         sweeper/sampler/, hydra-optuna-
+                                                                         sweeper's keys, a _target_)
+    The sampler's own seed, when set, wins over hydra.sweeper.seed."""
     name, kwargs = spec, {}
     if isinstance(spec, Mapping):
-        kwargs = {str(k): v for k, v in spec.items() if k != "name"}
-        name = spec.get("name", "tpe")
+        kwargs = {str(k): v for k, v in spec.items() if k not in ("name", "_target_", "_partial_")}
+        name = spec.get("name")
+        target = spec.get("_target_")
+        if target is not None:
+            if target not in TARGETS:
+                raise ValueError(f"hydra.sweeper.sampler._target_={target!r} is not a sampler lorasweep makes: "
+                                 f"use one of {', '.join(TARGETS)}")
+            if name is not None and str(name).lower() != TARGETS[target]:
+                raise ValueError(f"hydra.sweeper.sampler has name {name!r} and _target_ {target!r}: give one")
+            name = TARGETS[target]
     name = str(name or "tpe").lower()
     if name not in SAMPLERS:
         raise ValueError(f"hydra.sweeper.sampler={name!r} is unknown: choose one of {', '.join(SAMPLERS)}")
-    kwargs.setdefault("seed", seed)
+    if kwargs.get("seed") is None:
+        kwargs["seed"] = seed
+    return name, kwargs
+
+
+def make_sampler(spec: Any, seed: int | None, space: Mapping[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    """The sampler of hydra.sweeper.sampler (any spelling: sampler_spec) for this search space."""
+    name, kwargs = sampler_spec(spec, seed)
     if name == "grid":
         # The sweeper walks the grid itself (grid_cells): Optuna's GridSampler picks a random
         # unvisited cell, which repeats cells while trials are in flight and cannot take back a
@@ -147,3 +172,8 @@ def format_value(value: Any) -> str:
 def short(value: Any) -> str:
     """A sampled value for the progress line."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def params_text(trial) -> str:
+    """A trial's params for a progress line: lora.r=8 train.lr=0.0003."""
+    return " ".join(f"{k}={short(v)}" for k, v in trial.params.items())

@@ -16,14 +16,18 @@ times before the study is told it failed, as in a grid sweep; a diverged one nev
 The store's faults as in a grid sweep: a results_dir that cannot be written stops it before the
 study opens (exit 2); a trial that fails because the store is full (or read-only) stops asking for
 more (exit 1, no traceback); a stored result.json that cannot be read is said and trained again.
+
+What hydra-optuna-sweeper's users rely on: hydra.sweeper.max_failure_rate stops asking once too many
+trials failed (failure_rate.py; exit 1), hydra.sweeper.custom_search_space adds params to each trial
+(custom_space.py), and every end of the sweep writes optimization_results.yaml (optuna_results.py).
 """
 from __future__ import annotations
 
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -35,47 +39,17 @@ from ..executors.factory import check_retries, executor_for, runs_on_slurm
 from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
-from ..run.study_storage import check_storage, default_storage, open_storage
+from ..run.study_storage import default_storage, open_storage
 from . import optuna_space as space_of
+from .custom_space import CustomSearchSpaceError, extend_trial, load_custom_search_space
+from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE, FailureRate, check_max_failure_rate
 from .interrupts import interrupt_on_signals
+from .optuna_results import say_summary, write_optimization_results
+from .optuna_settings import OptunaSettings
 from .triage import after_wait, triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
 REUSABLE = (*FINISHED, "pruned")  # a stored result of these stands for its run key's trial
-
-
-@dataclass
-class OptunaSettings:
-    """hydra/sweeper=optuna's keys (conf/hydra/sweeper/optuna.yaml), as plain values."""
-
-    sampler: Any = "tpe"
-    seed: int | None = None
-    direction: Any = "maximize"
-    objectives: list[str] = field(default_factory=lambda: ["objective.value"])
-    study_name: str | None = None
-    storage: str | None = None
-    n_trials: int = 20
-    n_jobs: int = 1
-    pruner: Any = "none"
-    params: dict[str, Any] = field(default_factory=dict)
-    threads: int | None = None
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "OptunaSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known - {"_target_"})
-        if unknown:
-            raise ValueError(f"hydra.sweeper: unknown Optuna setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**{k: v for k, v in cfg.items() if k in known})
-
-    def __post_init__(self) -> None:
-        if int(self.n_trials) < 1 or int(self.n_jobs) < 1:
-            raise ValueError(f"hydra.sweeper.n_trials={self.n_trials}, n_jobs={self.n_jobs}: both must be at least 1")
-        self.n_trials, self.n_jobs = int(self.n_trials), int(self.n_jobs)
-        self.objectives = [str(o) for o in (self.objectives or ["objective.value"])]
-        self.params = dict(self.params or {})
-        # null or empty: the results store's default; a spelling no process could open fails here, at once
-        self.storage = check_storage(self.storage) if self.storage not in (None, "") else None
 
 
 @dataclass
@@ -105,14 +79,19 @@ class OptunaSweep:
     """One sweep: `OptunaSweep(settings, compose, launcher, results_dir).run(arguments)`.
 
     `compose(overrides)` gives a trial's plain config; `launcher` is the hydra.launcher config (it
-    picks local workers or SLURM jobs); `results_dir` holds the default storage."""
+    picks local workers or SLURM jobs); `results_dir` holds the default storage; `sweep_config` is
+    the `cfg` that hydra.sweeper.custom_search_space gets; `sweep_dir` receives optimization_results.yaml."""
 
     def __init__(self, settings: OptunaSettings, compose: Callable[[list[str]], dict],
-                 launcher: dict | None, results_dir: Path) -> None:
+                 launcher: dict | None, results_dir: Path, sweep_config: Any = None,
+                 sweep_dir: Path | None = None) -> None:
         self.s, self.compose, self.launcher, self.results_dir = settings, compose, launcher, results_dir
+        self.sweep_config, self.sweep_dir = sweep_config, sweep_dir
         self.stats = {"trained": 0, "reused": 0}
         self.retries = 0  # hydra.launcher.retries, checked when the sweep starts
-        self.stopped: StoreError | None = None  # a store fault every later trial would hit too
+        self.failures = FailureRate(DEFAULT_FAILURE_RATE)  # hydra.sweeper.max_failure_rate, idem
+        self.extender = None  # hydra.sweeper.custom_search_space, idem
+        self.halted: str | None = None  # why no more trials are asked (said once): exit 1
 
     def run(self, arguments: list[str]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -123,6 +102,8 @@ class OptunaSweep:
                              "or hydra.sweeper.params")
         try:  # before the study (its default storage lives in the store) and before anything trains
             self.retries = check_retries((self.launcher or {}).get("retries", 0))
+            self.failures = FailureRate(check_max_failure_rate(self.s.max_failure_rate))
+            self.extender = load_custom_search_space(self.s.custom_search_space)
             check_writable(self.results_dir)
         except (UnwritableStoreError, ConfigError) as e:
             say(f"sweep: {e}; nothing was trained")
@@ -150,9 +131,11 @@ class OptunaSweep:
                     if runs_on_slurm(self.launcher) else "the trials in flight were stopped and are asked again")
             say(f"sweep interrupted: {len(self._counted_trials())} of {self.n_trials} trials told and kept in the "
                 f"study; {away} when the same command runs again")
+            write_optimization_results(self.study, self.sweep_dir)
             raise SystemExit(130) from None
         self._summary()
-        if self.stopped is not None:
+        write_optimization_results(self.study, self.sweep_dir)
+        if self.halted is not None:
             raise SystemExit(1)
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -165,7 +148,7 @@ class OptunaSweep:
         executor = executor_for(self.launcher, self.s.n_jobs, self.s.threads)
         try:
             while True:
-                while (self.stopped is None and len(inflight) < self.s.n_jobs
+                while (self.halted is None and len(inflight) < self.s.n_jobs
                        and finished + self._pending(inflight) < self.n_trials):
                     finished += self._start(finished + self._pending(inflight) + 1, executor, inflight, by_key)
                 if not inflight and not self.elsewhere:
@@ -201,12 +184,18 @@ class OptunaSweep:
     def _start(self, ordinal: int, executor, inflight: dict[Future, _Job], by_key: dict[str, Future]) -> int:
         """Ask one trial and start it; returns 1 when it was told at once (over budget, reused, invalid)."""
         if self.grid is not None:  # the next cell no finished, running or waited-for trial holds
-            taken = {_cell(t.params) for t in self._counted_trials()}
-            taken |= {_cell(t.params) for job in inflight.values() for t, _ in job.trials}
-            taken |= {_cell(w.trial.params) for w in self.elsewhere}
-            self.study.enqueue_trial(next(c for c in self.grid if _cell(c) not in taken))
+            taken = {self._cell(t.params) for t in self._counted_trials()}
+            taken |= {self._cell(t.params) for job in inflight.values() for t, _ in job.trials}
+            taken |= {self._cell(w.trial.params) for w in self.elsewhere}
+            self.study.enqueue_trial(next(c for c in self.grid if self._cell(c) not in taken))
         trial = self.study.ask(fixed_distributions=self.space)
-        label = f"trial {ordinal}/{self.n_trials} {_params(trial)}"
+        refused = self._extend(trial)
+        label = f"trial {ordinal}/{self.n_trials} {space_of.params_text(trial)}"
+        if refused is not None:  # the user's function: every later trial would meet it too
+            told = self._tell(trial, TrialState.FAIL, label, f"failed: {refused}", status="failed", reason=refused)
+            self._halt(f"sweep: stopped: {refused}; no new trials are started; fix it and run the same command "
+                       f"again to continue the study")
+            return told
         try:
             cfg = self._compose(trial.params)
             decision = triage(cfg)
@@ -238,6 +227,17 @@ class OptunaSweep:
             return 0
         self._submit(trial, label, cfg, folder, decision.stored, executor, inflight, by_key)
         return 0
+
+    def _extend(self, trial) -> str | None:
+        """hydra.sweeper.custom_search_space's params for `trial` (overrides like the others); the
+        function's mistake, if it made one."""
+        if self.extender is None:
+            return None
+        try:
+            extend_trial(self.extender, self.s.custom_search_space, self.sweep_config, trial, self.fixed)
+        except CustomSearchSpaceError as e:
+            return str(e)
+        return None
 
     def _submit(self, trial, label: str, cfg: dict, folder: Path, before: dict | None, executor,
                 inflight: dict[Future, _Job], by_key: dict[str, Future]) -> None:
@@ -279,7 +279,7 @@ class OptunaSweep:
         """A failed run submitted again (hydra.launcher.retries), its trials still waiting on it; never
         a result (diverged, pruned), nor a run the store refused."""
         error = future.exception()
-        if error is None or isinstance(error, StoreError) or self.stopped is not None or job.attempt > self.retries:
+        if error is None or isinstance(error, StoreError) or self.halted is not None or job.attempt > self.retries:
             return False
         job.attempt += 1
         say(f"{job.trials[0][1]}: failed: {cause(error)}; retrying (attempt {job.attempt} of {self.retries + 1})")
@@ -294,11 +294,10 @@ class OptunaSweep:
         error = future.exception()
         if isinstance(error, StoreError):  # one line with the path and the cause
             self._tell(trial, TrialState.FAIL, label, f"failed: {error}", status="failed", reason=str(error))
-            if error.whole_store and self.stopped is None:
-                self.stopped = error
-                say(f"sweep: stopped: {error.cause}; no more trials are started (each would fail the same "
-                    f"way); {'free space' if error.no_space else 'fix the results store'} and run the same "
-                    f"command again to continue the study")
+            if error.whole_store:
+                self._halt(f"sweep: stopped: {error.cause}; no more trials are started (each would fail the same "
+                           f"way); {'free space' if error.no_space else 'fix the results store'} and run the same "
+                           f"command again to continue the study")
         elif error is not None:
             reason = cause(error)
             self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
@@ -335,7 +334,17 @@ class OptunaSweep:
             trial.set_user_attr(k, v)
         self.study.tell(trial, values, state=state)
         say(f"{label}: {message}")
+        if attrs.get("status") != ABANDONED:
+            self.failures.count(state, attrs.get("status"))
+            if self.failures.exceeded:
+                self._halt(self.failures.stop_line())
         return 1
+
+    def _halt(self, line: str) -> None:
+        """Ask no more trials (those in flight finish), say why once; the sweep then exits 1."""
+        if self.halted is None:
+            self.halted = line
+            say(line)
 
     # -- restart ----------------------------------------------------------------------------------
 
@@ -351,8 +360,8 @@ class OptunaSweep:
         This assumes one driver per study: a second driver sharing it would see our runs as abandoned."""
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial = reopen_trial(self.study, trial_id(frozen))
-            label = f"trial #{frozen.number} (left running) {_params(frozen)}"
-            complete = set(frozen.params) == set(self.space)
+            label = f"trial #{frozen.number} (left running) {space_of.params_text(frozen)}"
+            complete = set(self.space) <= set(frozen.params)  # custom_search_space may have added more
             stored = None
             if complete:
                 try:
@@ -369,6 +378,10 @@ class OptunaSweep:
                 self.study.enqueue_trial(dict(frozen.params))
 
     # -- configs and paths ------------------------------------------------------------------------
+
+    def _cell(self, params: dict[str, Any]) -> tuple:
+        """A grid cell: the space's params only (custom_search_space may add others)."""
+        return tuple(sorted((k, str(params.get(k))) for k in self.space))
 
     def _compose(self, params: dict[str, Any]) -> dict[str, Any]:
         overrides = [f"{k}={v}" for k, v in self.fixed.items()]
@@ -388,28 +401,7 @@ class OptunaSweep:
     # -- the end ----------------------------------------------------------------------------------
 
     def _summary(self) -> None:
-        counted = self._counted_trials()
-        by = {s: sum(1 for t in counted if t.user_attrs.get("status") == s)
-              for s in ("done", "pruned", "failed", "diverged", "skipped_budget")}
-        complete = [t for t in counted if t.state == TrialState.COMPLETE]
-        diverged = f"{by['diverged']} diverged, " if by["diverged"] else ""  # said only when there is one
-        say(f"sweep: {len(counted)}/{self.n_trials} trials finished in study {self.study.study_name!r}: "
-            f"{len(complete)} complete, {by['pruned']} pruned, {by['failed']} failed, {diverged}"
-            f"{by['skipped_budget']} over budget; this time {self.stats['trained']} trained, "
-            f"{self.stats['reused']} reused" + ("; nothing left to run" if not self.stats["trained"] else ""))
-        if not complete:
-            return
-        if len(self.s.objectives) == 1:
-            best = self.study.best_trial
-            say(f"best {self.s.objectives[0]} = {best.value:.4g} (trial #{best.number}): {_params(best)}")
-        else:
-            say(f"Pareto front ({', '.join(self.s.objectives)}):")
-            for t in sorted(self.study.best_trials, key=lambda t: t.values):
-                say(f"  {' '.join(f'{v:.4g}' for v in t.values)}  trial #{t.number}: {_params(t)}")
-
-
-def _cell(params: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, str(v)) for k, v in params.items()))
+        say_summary(self.study, self._counted_trials(), self.n_trials, self.s.objectives, self.stats)
 
 
 def _field(result: dict, dotted: str) -> Any:
@@ -420,7 +412,3 @@ def _field(result: dict, dotted: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def _params(trial) -> str:
-    return " ".join(f"{k}={space_of.short(v)}" for k, v in trial.params.items())
