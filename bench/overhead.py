@@ -16,7 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _proc import PYTHON, ROOT, measure, results_in, row
+from _proc import PYTHON, measure, results_in, row
 
 
 def main() -> None:

