@@ -2,12 +2,14 @@
 (a test hook) says N GPUs exist. Torch on a CPU ignores the CUDA_VISIBLE_DEVICES a worker gets, so
 the real sweeps below train on the CPU and their results say which GPU each run was given."""
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import TINY_TOPICS, launch
 from lorasweep.errors import ConfigError
 from lorasweep.executors.gpus import gpu_slots, place_workers, visible_gpus
+from lorasweep.executors.local import LocalExecutor
 
 TINY = [a for a in TINY_TOPICS if not a.startswith("train.max_steps=")] + ["train.max_steps=2"]
 
@@ -71,6 +73,17 @@ def test_multi_gpu_runs_are_refused_not_silently_wasted():
     with pytest.raises(ConfigError, match=r"^hydra.launcher.gpus_per_run=2 is not supported yet: a run trains on "
                                           r"one GPU \(multi-GPU runs are not supported yet\)"):
         place_workers(None, 1, 2, gpus=["0", "1"])
+
+
+def test_a_new_worker_takes_the_slot_no_live_worker_holds():
+    executor = LocalExecutor.__new__(LocalExecutor)  # its slot bookkeeping only: no watcher, no processes
+    executor.gpus = ["0", "1", "0", "1"]  # runs_per_gpu=2 on 2 GPUs
+    executor._workers = [SimpleNamespace(gpus=g) for g in ("0", "1", "0")]
+    assert executor._free_gpus() == "1"
+    executor._workers.pop(0)  # the worker on GPU 0 died
+    assert executor._free_gpus() == "0"
+    executor.gpus = None  # no GPU here: workers are not pinned
+    assert executor._free_gpus() is None
 
 
 def stored(tmp_path):
