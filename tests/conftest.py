@@ -21,6 +21,10 @@ import psutil
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Tests place local workers as on a machine without GPUs (no CUDA_VISIBLE_DEVICES pinning, n_jobs
+# as given), even on one with GPUs; tests/test_gpu_placement.py pretends to have some
+# (lorasweep.executors.gpus: the LORASWEEP_FAKE_GPUS test hook).
+os.environ.setdefault("LORASWEEP_FAKE_GPUS", "0")
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402

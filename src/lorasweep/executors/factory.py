@@ -1,5 +1,5 @@
 """The executor a sweep's `hydra.launcher` config asks for: SLURM jobs or local worker processes;
-and the launcher setting every driver reads the same way (`retries`).
+and the launcher settings every driver reads the same way (`retries`; local workers' GPUs).
 
 The grid's launcher plugins build theirs directly; the Optuna sweeper, which runs its own loop
 under whatever launcher is configured, asks here.
@@ -13,9 +13,11 @@ from ..errors import ConfigError
 SLURM_LAUNCHER = "hydra_plugins.lorasweep_slurm.slurm_launcher.SlurmLauncher"
 
 
-def executor_for(launcher: Mapping[str, Any] | None, n_jobs: int = 1, threads: int | None = None):
+def executor_for(launcher: Mapping[str, Any] | None, n_jobs: int = 1, threads: int | None = None,
+                 gpus: list[str] | None = None):
     """SLURM jobs for hydra/launcher=slurm, else local worker processes. `n_jobs`: runs in flight
-    at once (for SLURM: that the driver keeps queued)."""
+    at once (for SLURM: that the driver keeps queued); `gpus`: each local worker's
+    CUDA_VISIBLE_DEVICES (local_placement)."""
     launcher = dict(launcher or {})
     if runs_on_slurm(launcher):
         from .slurm import SlurmExecutor, SlurmSettings
@@ -23,7 +25,21 @@ def executor_for(launcher: Mapping[str, Any] | None, n_jobs: int = 1, threads: i
         return SlurmExecutor(SlurmSettings.from_config(launcher), n_jobs)
     from .local import LocalExecutor
 
-    return LocalExecutor(n_jobs, threads)
+    return LocalExecutor(n_jobs, threads, gpus)
+
+
+def local_placement(launcher: Mapping[str, Any] | None, n_jobs: Any,
+                    n_jobs_field: str = "hydra.launcher.n_jobs") -> tuple[int, list[str] | None]:
+    """(workers, each one's CUDA_VISIBLE_DEVICES or None) for local workers under this hydra.launcher
+    config (runs_per_gpu, gpus_per_run: executors/gpus); (n_jobs, None) for SLURM jobs. Raises
+    ConfigError for an invalid value: call it before anything trains."""
+    launcher = dict(launcher or {})
+    if runs_on_slurm(launcher):
+        return n_jobs, None
+    from .gpus import place_workers
+
+    return place_workers(n_jobs, launcher.get("runs_per_gpu", 1), launcher.get("gpus_per_run", 1),
+                         n_jobs_field=n_jobs_field)
 
 
 def runs_on_slurm(launcher: Mapping[str, Any] | None) -> bool:

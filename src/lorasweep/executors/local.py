@@ -2,7 +2,8 @@
 
 Workers are lorasweep's own processes (spawned, not forked), started as runs need them and kept
 across runs (torch, transformers and a model's first load are paid once per worker, not once per
-run), each with its share of the cores so that parallel runs do not oversubscribe them. A run's
+run), each with its share of the cores so that parallel runs do not oversubscribe them, and on a
+GPU machine each pinned to its own GPU (executors/gpus: CUDA_VISIBLE_DEVICES per worker). A run's
 console output goes to its log file when several run at once. One thread of the driver watches
 them: it hands out queued runs, collects results and reads each busy worker's peak RSS.
 
@@ -58,9 +59,10 @@ class _Task:
 class _Worker:
     """One worker process, the pipe to it, and the run it has (if any)."""
 
-    def __init__(self, context, threads: int) -> None:
+    def __init__(self, context, threads: int, gpus: str | None = None) -> None:
         self.conn, theirs = context.Pipe()
-        self.process = context.Process(target=serve, args=(theirs, threads), name="lorasweep-worker")
+        self.gpus = gpus  # its CUDA_VISIBLE_DEVICES; None: not pinned (no GPU here)
+        self.process = context.Process(target=serve, args=(theirs, threads, gpus), name="lorasweep-worker")
         self.process.start()
         theirs.close()
         self.task: _Task | None = None
@@ -78,13 +80,17 @@ class _Worker:
 
 
 class LocalExecutor:
-    """submit(cfg) -> Future of the run's result dict; `n_jobs` runs in flight at once."""
+    """submit(cfg) -> Future of the run's result dict; `n_jobs` runs in flight at once. `gpus`: each
+    worker slot's CUDA_VISIBLE_DEVICES (executors/gpus.place_workers), or None to pin none."""
 
     verb = "started"
 
-    def __init__(self, n_jobs: int = 1, threads: int | None = None):
+    def __init__(self, n_jobs: int = 1, threads: int | None = None, gpus: Sequence[str] | None = None):
         self.n_jobs = max(1, n_jobs)
         self.threads = threads_per_run(self.n_jobs, threads)
+        self.gpus = list(gpus) if gpus else None
+        if self.gpus is not None and len(self.gpus) < self.n_jobs:
+            raise ValueError(f"LocalExecutor: {self.n_jobs} workers but GPUs for {len(self.gpus)}")
         # spawn, not fork: a forked child inherits torch's thread pools and locks mid-state
         self._context = multiprocessing.get_context("spawn")
         self._queue: deque[_Task] = deque()
@@ -168,11 +174,20 @@ class LocalExecutor:
                 if worker is None:
                     if len(self._workers) >= self.n_jobs:
                         return
-                    worker = _Worker(self._context, self.threads)
+                    worker = _Worker(self._context, self.threads, self._free_gpus())
                     self._workers.append(worker)
                 task = self._queue.popleft()
                 if task.future.set_running_or_notify_cancel():  # else cancelled while queued
                     worker.give(task)
+
+    def _free_gpus(self) -> str | None:
+        """The GPUs of a slot no live worker holds (a dead worker's replacement takes its slot)."""
+        if self.gpus is None:
+            return None
+        free = list(self.gpus)
+        for worker in self._workers:
+            free.remove(worker.gpus)
+        return free[0]
 
     def _hear(self, worker: _Worker) -> None:
         """Its answers (a result, a failure), or its death."""

@@ -4,7 +4,7 @@
 through lorasweep.run.lifecycle, with a pruning reporter when the run is a trial of an Optuna sweep.
 Its driver has triaged it already (and said, e.g., that its stored result was unreadable).
 
-`serve(conn, threads)` is a local worker's whole life (lorasweep.executors.local): it runs what its
+`serve(conn, threads, gpus)` is a local worker's whole life (lorasweep.executors.local): it runs what its
 driver sends, one run at a time, until told to end. The driver decides about signals: a worker
 ignores Ctrl-C and a closed terminal (both reach the whole process group), and turns SIGTERM (the
 driver stopping an interrupted sweep, or the driver's own death: die_with_parent) into `Stopped`,
@@ -72,9 +72,12 @@ def _run(cfg: Mapping[str, Any]) -> dict:
         raise
 
 
-def serve(conn, threads: int | None) -> None:
+def serve(conn, threads: int | None, gpus: str | None = None) -> None:
     """A local worker: receive (task id, cfg, log file), run it, send back ("result", task id, result)
-    or ("error", task id, exception, its traceback); None from the driver ends it."""
+    or ("error", task id, exception, its traceback); None from the driver ends it. `gpus`: its
+    CUDA_VISIBLE_DEVICES (executors/gpus), set before anything here can initialise CUDA."""
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver decides
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # so does a closed terminal
     signal.signal(signal.SIGTERM, _stop)

@@ -235,6 +235,8 @@ def env_info() -> dict[str, Any]:
         "transformers": transformers.__version__, "peft": peft.__version__,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "threads": torch.get_num_threads(), "host": socket.gethostname(),
+        # the GPUs this run's process was given (executors/gpus pins each local worker); None: not set
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "slurm_job_id": slurm_job_id(),
         "slurm_restarts": int(os.environ.get("SLURM_RESTART_COUNT") or 0) if os.environ.get("SLURM_JOB_ID") else None,
     }

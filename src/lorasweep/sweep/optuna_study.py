@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from ..compat import reopen_trial, trial_id
 from ..console import say
 from ..errors import ConfigError, StoreError, UnwritableStoreError, cause
-from ..executors.factory import check_retries, executor_for, runs_on_slurm
+from ..executors.factory import check_retries, executor_for, local_placement, runs_on_slurm
 from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
@@ -89,6 +89,7 @@ class OptunaSweep:
         self.sweep_config, self.sweep_dir = sweep_config, sweep_dir
         self.stats = {"trained": 0, "reused": 0}
         self.retries = 0  # hydra.launcher.retries, checked when the sweep starts
+        self.gpus: list[str] | None = None  # each local worker's CUDA_VISIBLE_DEVICES, idem
         self.failures = FailureRate(DEFAULT_FAILURE_RATE)  # hydra.sweeper.max_failure_rate, idem
         self.extender = None  # hydra.sweeper.custom_search_space, idem
         self.halted: str | None = None  # why no more trials are asked (said once): exit 1
@@ -102,6 +103,7 @@ class OptunaSweep:
                              "or hydra.sweeper.params")
         try:  # before the study (its default storage lives in the store) and before anything trains
             self.retries = check_retries((self.launcher or {}).get("retries", 0))
+            self.s.n_jobs, self.gpus = local_placement(self.launcher, self.s.n_jobs, "hydra.sweeper.n_jobs")
             self.failures = FailureRate(check_max_failure_rate(self.s.max_failure_rate))
             self.extender = load_custom_search_space(self.s.custom_search_space)
             check_writable(self.results_dir)
@@ -145,7 +147,7 @@ class OptunaSweep:
         inflight: dict[Future, _Job] = {}
         by_key: dict[str, Future] = {}
         self.elsewhere: list[_Elsewhere] = []  # trials whose run another process trains now
-        executor = executor_for(self.launcher, self.s.n_jobs, self.s.threads)
+        executor = executor_for(self.launcher, self.s.n_jobs, self.s.threads, self.gpus)
         try:
             while True:
                 while (self.halted is None and len(inflight) < self.s.n_jobs

@@ -1,0 +1,104 @@
+"""Which GPUs this machine's local workers may use, and which worker gets which (issue 15).
+
+Each local worker is pinned to its own GPU by the CUDA_VISIBLE_DEVICES its process starts with
+(executors/worker.serve sets it before torch initialises CUDA), so that its run's cuda:0 is that
+GPU. `hydra.launcher.runs_per_gpu=K` lets K workers share one GPU (small runs);
+`hydra.launcher.n_jobs` (null: one worker per GPU slot, or 1 on a machine without GPUs) may not
+exceed the slots, or runs would share a GPU nobody asked them to share.
+
+The GPUs come from one place, `visible_gpus()`: a CUDA_VISIBLE_DEVICES the user set picks among
+them (its ids are passed on as written: "2,3" gives workers 2 and 3, never others; "" or "-1"
+means no GPU); how many exist comes from `nvidia-smi -L` (the driver imports no torch for this).
+
+Test hook: LORASWEEP_FAKE_GPUS=N (read only by tests; never set it otherwise) says N GPUs exist
+instead of asking nvidia-smi, so that placement can be tested on a machine without any. Torch on
+a CPU ignores the CUDA_VISIBLE_DEVICES it is given, so those runs train on the CPU as before.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Any, Mapping, Sequence
+
+from ..errors import ConfigError
+
+FAKE_GPUS = "LORASWEEP_FAKE_GPUS"  # test hook: how many GPUs this machine pretends to have
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The GPU ids this process may hand to its workers, as CUDA_VISIBLE_DEVICES values; [] for none."""
+    env = os.environ if environ is None else environ
+    count = _gpu_count(env)
+    if count == 0:
+        return []
+    listed = env.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    ids = []
+    for part in listed.split(","):
+        part = part.strip()
+        if not part or part.startswith("-"):  # CUDA stops at the first invalid id: "" and "-1" hide all
+            break
+        ids.append(part)
+    return ids
+
+
+def _gpu_count(env: Mapping[str, str]) -> int:
+    if env.get(FAKE_GPUS) is not None:
+        return int(env[FAKE_GPUS])
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):  # a broken driver: as if there were no GPU
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())  # MIG lines are indented
+
+
+def gpu_slots(gpus: Sequence[str], gpus_per_run: int = 1, runs_per_gpu: int = 1) -> list[str]:
+    """Each worker slot's CUDA_VISIBLE_DEVICES: the GPUs in groups of `gpus_per_run`, each group
+    `runs_per_gpu` times, round-robin, so that fewer workers than slots still spread over the GPUs."""
+    groups = [",".join(gpus[i:i + gpus_per_run]) for i in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)]
+    return [group for _ in range(runs_per_gpu) for group in groups]
+
+
+def place_workers(n_jobs: Any, runs_per_gpu: Any = 1, gpus_per_run: Any = 1, gpus: Sequence[str] | None = None,
+                  n_jobs_field: str = "hydra.launcher.n_jobs") -> tuple[int, list[str] | None]:
+    """(how many workers, each one's CUDA_VISIBLE_DEVICES, or None on a machine without GPUs: no
+    pinning, as before). Every value is checked first: a ConfigError names the field, the value
+    and what is valid."""
+    runs_per_gpu = _whole("hydra.launcher.runs_per_gpu", runs_per_gpu, "how many runs share one GPU")
+    gpus_per_run = _whole("hydra.launcher.gpus_per_run", gpus_per_run, "how many GPUs each run gets")
+    if n_jobs is not None:
+        n_jobs = _whole(n_jobs_field, n_jobs, "how many runs are in flight at once; null: one per GPU slot, "
+                        "or 1 without a GPU", default="null")
+    if gpus_per_run > 1:  # a run would train on its first GPU only (or in slow DataParallel): say so
+        raise ConfigError(f"hydra.launcher.gpus_per_run={gpus_per_run} is not supported yet: a run trains on one "
+                          f"GPU (multi-GPU runs are not supported yet), so the others would sit idle; use 1 "
+                          f"(default)")
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    if not gpus:
+        return n_jobs or 1, None
+    slots = gpu_slots(gpus, gpus_per_run, runs_per_gpu)
+    if n_jobs is None:
+        n_jobs = len(slots)
+    if n_jobs > len(slots):
+        raise ConfigError(
+            f"{n_jobs_field}={n_jobs} is more than this machine's {len(slots)} GPU slot"
+            f"{'s' if len(slots) != 1 else ''} ({len(gpus)} GPU{'s' if len(gpus) != 1 else ''} "
+            f"{','.join(gpus)} x hydra.launcher.runs_per_gpu={runs_per_gpu}): runs would share a GPU unasked; "
+            f"set {n_jobs_field} to {len(slots)} or less, or hydra.launcher.runs_per_gpu="
+            f"{-(-n_jobs // len(gpus))} to share each GPU between that many runs")
+    return n_jobs, slots[:n_jobs]
+
+
+def _whole(field: str, value: Any, meaning: str, default: str = "1") -> int:
+    """A whole number of at least 1 (2.0 is 2), else a ConfigError in hydra.launcher.retries' style."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{field}={value!r} is invalid: it is {meaning}, a whole number 1 or more "
+                          f"(default {default})")
+    return value
