@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from lorasweep.model import loading, methods
-from lorasweep.run import loop
+from lorasweep.run import lm_head
 from lorasweep.run.lifecycle import run_config
-from lorasweep.run.lm_head import kept_rows_loss
 from lorasweep.run.loop import _arguments, sft_trainer
 from lorasweep.run.plan import plan_run
 from lorasweep.tasks import task as tasks
@@ -91,8 +90,8 @@ def test_kept_rows_loss_and_gradients_equal_the_full_logits_ones(model_name, tas
 
 
 def test_a_short_runs_loss_curve_is_unchanged(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(loop, "kept_rows_loss", lambda *a, **k: calls.append(1) or kept_rows_loss(*a, **k))
+    calls, kept_rows_loss = [], lm_head.kept_rows_loss
+    monkeypatch.setattr(lm_head, "kept_rows_loss", lambda *a, **k: calls.append(1) or kept_rows_loss(*a, **k))
 
     def curve(folder, full):
         monkeypatch.setenv("LORASWEEP_FULL_LOGITS", "1" if full else "0")

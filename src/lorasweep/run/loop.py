@@ -27,7 +27,6 @@ from ..console import say
 from ..errors import DataError
 from ..tasks.metrics import headline
 from ..tasks.task import TrainingData
-from .lm_head import kept_rows_loss
 from .progress import ProgressFile, eta_seconds
 from .store import write_json_atomically
 from .tracking import Tracker
@@ -140,6 +139,8 @@ def _sft_trainer_class():
     """trl (and datasets, wandb through it) imported only by runs that use it: ~0.5 s off a classification run."""
     from trl import SFTTrainer
 
+    from . import lm_head
+
     class _SFTTrainer(_TaskEvaluation, SFTTrainer):
         """trl's SFT, with the training loss from the LM head's rows that carry loss only (run/lm_head.py).
 
@@ -161,12 +162,12 @@ def _sft_trainer_class():
 
         def _plain_nll(self) -> bool:
             """trl's default loss (the only one lorasweep configures): no other loss to reproduce."""
-            return (self.args.loss_type == "nll" and self.label_smoother is None
+            return (self.args.loss_type == "nll" and self.label_smoother is None and lm_head.plain_head(self.model)
                     and self.compute_loss_func is None and not self.aux_loss_enabled)
 
         def _kept_rows_loss(self, model, inputs, num_items_in_batch):
             """trl's training loss and the metrics it logs (entropy, mean_token_accuracy, num_tokens)."""
-            out = kept_rows_loss(model, inputs, num_items_in_batch)
+            out = lm_head.kept_rows_loss(model, inputs, num_items_in_batch)
             total = lambda t: self.accelerator.gather_for_metrics(t).sum()
             n, metrics = total(out.n), self._metrics["train"]
             metrics["entropy"].append((total(out.entropy_sum) / n).item() if n > 0 else 0.0)
