@@ -4,13 +4,14 @@ On real batches of the MCQ task and a completion task, as the run's own SFT trai
 for each decoder family (llama, qwen3, gpt2): the kept-rows loss, and the gradient of every adapter
 weight, equal (to 1e-6 relative, fp32 on CPU) both full-logits ways, trl's fused head over every
 position and the model's own forward with labels (transformers' loss on the full logits). The
-metrics trl logs (entropy, mean_token_accuracy) are the same too. And a short run's loss curve is
+metrics trl logs (entropy, mean_token_accuracy) are the same too. Loss and gradients agree as well
+with trained injected tokens on a tied head (peft's wrapper as the head module). And a short run's loss curve is
 the one LORASWEEP_FULL_LOGITS=1 (every position, as before) gives.
 """
 import pytest
 import torch
 
-from lorasweep.model import loading, methods
+from lorasweep.model import loading, methods, tokens
 from lorasweep.run import lm_head
 from lorasweep.run.lifecycle import run_config
 from lorasweep.run.loop import _arguments, sft_trainer
@@ -33,7 +34,8 @@ def trainer_and_batch(overrides, tmp_path):
     spec, task = plan.spec, plan.task
     torch.manual_seed(0)
     model, tok, _ = loading.load_with_notes(spec.model, task.head, task.num_labels)
-    model = methods.prepare(model, spec, task.head, list(plan.targets), [])
+    ids = tokens.inject(model, tok, spec.tokens.new, spec.tokens.init, spec.train.seed)
+    model = methods.prepare(model, spec, task.head, list(plan.targets), ids)
     trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train), spec.train,
                           _arguments(spec.train, tmp_path))
     batch = next(iter(trainer.get_train_dataloader()))
@@ -83,10 +85,25 @@ def test_kept_rows_loss_and_gradients_equal_the_full_logits_ones(model_name, tas
             assert new_grads.keys() == grads.keys()
             for name in grads:
                 assert_close(new_grads[name], grads[name], f"grad of {name} vs {way}")
-            if way == "trl":
+            if way == "trl" and not trainer.plain_loss:  # trl's metrics (not logged on the model's own forward)
                 assert new_metrics.keys() == metrics.keys() >= {"entropy", "mean_token_accuracy"}
                 for key in metrics:
                     assert new_metrics[key] == pytest.approx(metrics[key], rel=REL, abs=1e-7), key
+
+
+def test_trained_injected_tokens_on_a_tied_head_too(tmp_path):
+    """peft's wrapper on the tied output layer (trained new-token rows): the head module on the kept
+    rows, against the model's own forward on the full logits (what such a run trained with before)."""
+    overrides = TASKS["mcq"] + ["model=tiny-qwen3", 'tokens.new=["<widget>","<signal>"]', "tokens.train=true"]
+    trainer, model, batch = trainer_and_batch(overrides, tmp_path)
+    assert trainer.plain_loss  # the head is peft's wrapper, not a Linear
+    new_loss, new_grads, _ = loss_and_grads(trainer, model, batch, None, "kept")
+    assert any("trainable_tokens_delta" in name for name in new_grads)
+    for way in ("trl", "model"):  # with the wrapper, LORASWEEP_FULL_LOGITS=1 is the model's own forward
+        loss, grads, _ = loss_and_grads(trainer, model, batch, None, way)
+        assert_close(new_loss, loss, f"loss vs {way}")
+        for name in grads:
+            assert_close(new_grads[name], grads[name], f"grad of {name} vs {way}")
 
 
 def test_a_short_runs_loss_curve_is_unchanged(tmp_path, monkeypatch):
