@@ -139,20 +139,64 @@ def _sft_trainer_class():
     """trl (and datasets, wandb through it) imported only by runs that use it: ~0.5 s off a classification run."""
     from trl import SFTTrainer
 
+    from . import lm_head
+
     class _SFTTrainer(_TaskEvaluation, SFTTrainer):
-        """trl's SFT, except with trained injected tokens on a tied output layer: trl's fused LM head
-        multiplies by lm_head.weight directly, which would skip peft's trained token rows (and fails on
-        peft's wrapper), so the loss then comes from the model's own forward (labels already masked)."""
+        """trl's SFT, with the training loss from the LM head's rows that carry loss only (run/lm_head.py).
+
+        Elsewhere (evaluation, `full_logits`, a loss other than trl's plain nll) trl's own loss, except
+        with trained injected tokens on a tied output layer: trl's fused LM head multiplies by
+        lm_head.weight directly, which would skip peft's trained token rows (and fails on peft's
+        wrapper), so the loss then comes from the model's own forward (labels already masked)."""
 
         plain_loss = False
+        full_logits = False  # LORASWEEP_FULL_LOGITS=1: every position through the head, as trl does (a bench's "before")
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training and not return_outputs and not self.full_logits and self._plain_nll():
+                return self._kept_rows_loss(model, inputs, num_items_in_batch)
             if not self.plain_loss:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             keep = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
             return Trainer.compute_loss(self, model, keep, return_outputs, num_items_in_batch)
 
+        def _plain_nll(self) -> bool:
+            """trl's default loss (the only one lorasweep configures): no other loss to reproduce."""
+            return (self.args.loss_type == "nll" and self.label_smoother is None and lm_head.plain_head(self.model)
+                    and self.compute_loss_func is None and not self.aux_loss_enabled)
+
+        def _kept_rows_loss(self, model, inputs, num_items_in_batch):
+            """trl's training loss and the metrics it logs (entropy, mean_token_accuracy, num_tokens)."""
+            out = lm_head.kept_rows_loss(model, inputs, num_items_in_batch)
+            total = lambda t: self.accelerator.gather_for_metrics(t).sum()
+            n, metrics = total(out.n), self._metrics["train"]
+            metrics["entropy"].append((total(out.entropy_sum) / n).item() if n > 0 else 0.0)
+            metrics["mean_token_accuracy"].append((total(out.correct) / n).item() if n > 0 else 0.0)
+            self._total_train_tokens += total(inputs["attention_mask"].sum()).item() // self._tp_size
+            metrics["num_tokens"] = [self._total_train_tokens]
+            # like trl and Trainer: num_items_in_batch counts every rank's tokens, and DDP averages gradients
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                return out.loss * (self.accelerator.num_processes // self.get_tp_size())
+            return out.loss
+
     return _SFTTrainer
+
+
+def sft_trainer(model, tokenizer, data: TrainingData, spec: TrainSpec, common: dict):
+    """The SFT trainer of a causal-LM run; `common`: the Trainer arguments (_arguments)."""
+    # SFTConfig defaults to bf16 and gradient checkpointing: both wrong on a CPU (2x slower,
+    # and a reloaded adapter differs), so they are set explicitly.
+    from trl import SFTConfig
+
+    args = SFTConfig(**common, max_length=spec.max_length, gradient_checkpointing=False,
+                     packing=False, completion_only_loss=True)
+    trainer = _sft_trainer_class()(model=model, args=args, train_dataset=data.train,
+                                   eval_dataset=data.eval, processing_class=tokenizer)
+    head = model.get_output_embeddings()
+    trainer.plain_loss = head is not None and not isinstance(head, torch.nn.Linear)  # peft's token wrapper
+    # not in the run key: both ways compute one loss (up to float rounding); bench/lm_head.py times them
+    trainer.full_logits = os.environ.get("LORASWEEP_FULL_LOGITS") == "1"
+    return trainer
 
 
 class ProgressPrinter(TrainerCallback):
@@ -248,16 +292,7 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
                                          train_dataset=data.train, eval_dataset=data.eval,
                                          data_collator=data.collator, processing_class=tokenizer)
     else:
-        # SFTConfig defaults to bf16 and gradient checkpointing: both wrong on a CPU (2x slower,
-        # and a reloaded adapter differs), so they are set explicitly.
-        from trl import SFTConfig
-
-        args = SFTConfig(**common, max_length=spec.max_length, gradient_checkpointing=False,
-                         packing=False, completion_only_loss=True)
-        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=data.train,
-                                       eval_dataset=data.eval, processing_class=tokenizer)
-        head = model.get_output_embeddings()
-        trainer.plain_loss = head is not None and not isinstance(head, torch.nn.Linear)  # peft's token wrapper
+        trainer = sft_trainer(model, tokenizer, data, spec, common)
     if len(trainer.train_dataset) == 0:  # trl drops rows whose completion was cut off entirely
         raise DataError(f"no training example fits train.max_length={spec.max_length} tokens with its "
                         f"answer: raise train.max_length")
