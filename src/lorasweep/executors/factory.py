@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..errors import ConfigError
+from .settings import whole_number
 
 SLURM_LAUNCHER = "hydra_plugins.lorasweep_slurm.slurm_launcher.SlurmLauncher"
 
@@ -49,9 +49,5 @@ def runs_on_slurm(launcher: Mapping[str, Any] | None) -> bool:
 
 def check_retries(value: Any) -> int:
     """hydra.launcher.retries: how many more times a failed run is run within the same sweep."""
-    if isinstance(value, float) and value.is_integer():  # retries=2.0
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"hydra.launcher.retries={value!r} is invalid: it is how many more times a failed run is "
-                          f"run again within the same sweep, a whole number 0 or more (default 0)")
-    return value
+    return whole_number("hydra.launcher.retries", value,
+                        "how many more times a failed run is run again within the same sweep", minimum=0, default="0")

@@ -22,6 +22,7 @@ import subprocess
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
+from .settings import whole_number
 
 FAKE_GPUS = "LORASWEEP_FAKE_GPUS"  # test hook: how many GPUs this machine pretends to have
 
@@ -69,10 +70,10 @@ def place_workers(n_jobs: Any, runs_per_gpu: Any = 1, gpus_per_run: Any = 1, gpu
     """(how many workers, each one's CUDA_VISIBLE_DEVICES, or None on a machine without GPUs: no
     pinning, as before). Every value is checked first: a ConfigError names the field, the value
     and what is valid."""
-    runs_per_gpu = _whole("hydra.launcher.runs_per_gpu", runs_per_gpu, "how many runs share one GPU")
-    gpus_per_run = _whole("hydra.launcher.gpus_per_run", gpus_per_run, "how many GPUs each run gets")
+    runs_per_gpu = whole_number("hydra.launcher.runs_per_gpu", runs_per_gpu, "how many runs share one GPU")
+    gpus_per_run = whole_number("hydra.launcher.gpus_per_run", gpus_per_run, "how many GPUs each run gets")
     if n_jobs is not None:
-        n_jobs = _whole(n_jobs_field, n_jobs, "how many runs are in flight at once; null: one per GPU slot, "
+        n_jobs = whole_number(n_jobs_field, n_jobs, "how many runs are in flight at once; null: one per GPU slot, "
                         "or 1 without a GPU", default="null")
     if gpus_per_run > 1:  # a run would train on its first GPU only (or in slow DataParallel): say so
         raise ConfigError(f"hydra.launcher.gpus_per_run={gpus_per_run} is not supported yet: a run trains on one "
@@ -92,13 +93,3 @@ def place_workers(n_jobs: Any, runs_per_gpu: Any = 1, gpus_per_run: Any = 1, gpu
             f"set {n_jobs_field} to {len(slots)} or less, or hydra.launcher.runs_per_gpu="
             f"{-(-n_jobs // len(gpus))} to share each GPU between that many runs")
     return n_jobs, slots[:n_jobs]
-
-
-def _whole(field: str, value: Any, meaning: str, default: str = "1") -> int:
-    """A whole number of at least 1 (2.0 is 2), else a ConfigError in hydra.launcher.retries' style."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{field}={value!r} is invalid: it is {meaning}, a whole number 1 or more "
-                          f"(default {default})")
-    return value
