@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,24 +22,38 @@ def collator(tokenizer) -> DataCollatorWithPadding:
     return DataCollatorWithPadding(tokenizer)
 
 
-@torch.no_grad()
 def evaluate(model, tokenizer, encoded: Sequence[dict], batch_size: int) -> dict[str, float]:
     """Accuracy, its binomial standard error, n, and mean cross-entropy loss."""
+    return evaluate_many(lambda batch: [model(**batch).logits], model, tokenizer, encoded, batch_size)[0]
+
+
+@torch.no_grad()
+def evaluate_many(forward: Callable[[dict], list[torch.Tensor]], model, tokenizer, encoded: Sequence[dict],
+                  batch_size: int) -> list[dict[str, float]]:
+    """`evaluate` for several classifiers at once (a pack's runs, lorasweep.run.pack): `forward(batch)`
+    gives each one's logits for the batch; `model` is put in eval mode meanwhile."""
     was_training = model.training
     model.eval()
     collate = collator(tokenizer)
     # Batches of similar lengths: each batch pads to its longest row, and on WordNet glosses sorting
     # cuts the padded tokens 2.4x (43 -> 18 a row at batch 64). Sums do not depend on the order.
     by_length = sorted(encoded, key=lambda e: len(e["input_ids"]))
-    correct, loss_sum = 0, 0.0
+    correct, loss_sum = None, None
     for start in range(0, len(by_length), batch_size):
         batch = collate(by_length[start:start + batch_size]).to(_device(model))
         labels = batch.pop("labels")
-        logits = model(**batch).logits.float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(-1) == labels).sum().item()
+        outputs = [logits.float() for logits in forward(batch)]
+        correct = correct or [0] * len(outputs)
+        loss_sum = loss_sum or [0.0] * len(outputs)
+        for i, logits in enumerate(outputs):
+            loss_sum[i] += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct[i] += (logits.argmax(-1) == labels).sum().item()
     model.train(was_training)
     n = len(encoded)
+    return [_metrics(c, s, n) for c, s in zip(correct or [0], loss_sum or [0.0])]
+
+
+def _metrics(correct: int, loss_sum: float, n: int) -> dict[str, float]:
     acc = correct / n if n else math.nan
     return {"accuracy": acc, "accuracy_se": binomial_se(acc, n), "n": n,
             "loss": loss_sum / n if n else math.nan}

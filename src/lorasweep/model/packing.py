@@ -1,0 +1,155 @@
+"""Several runs' adapters on one frozen base, each applied to its own rows of the batch (a pack).
+
+The layout of mLoRA/ASPEN, on peft's own layers and adapter format: the pack's model is one peft
+model holding one adapter per run ("default" for the first, "run1", "run2", ... for the others), each
+with its own rank, alpha, projections, dropout, DoRA magnitudes and classification head (peft's
+modules_to_save copy). A batch is the runs' batches stacked on the batch axis, run i on a block of
+rows. Each adapted layer runs its base GEMM once over every row, then adds each run's low-rank term
+(or applies its DoRA, through peft's own variant code) to that run's rows only; a run that does not
+adapt a layer leaves its rows as the base computed them. Each run's head scores its own rows.
+
+No layer of the models packed here mixes rows (attention stays within a sequence, norms within a
+token), so a run's outputs, its loss and its gradients are those it has alone, up to the float
+rounding of the larger GEMMs (tests/test_pack.py measures it). peft refuses mixed-adapter batches
+in training and with DoRA (its `adapter_names`): this forward is peft's `lora.Linear.forward` for
+one adapter, applied per block of rows.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from peft.tuners.lora import Linear as LoraLinear
+from peft.utils.other import ModulesToSaveWrapper
+from torch import nn
+
+FIRST = "default"  # peft's name for the adapter a model is built with: the pack's first run
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows [start, stop) of a packed batch belong to `adapter`'s run."""
+
+    adapter: str
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+def adapter_name(i: int) -> str:
+    """The adapter of the pack's i-th run."""
+    return FIRST if i == 0 else f"run{i}"
+
+
+class PackedModel:
+    """A peft model holding several runs' adapters, whose forward applies each to its own rows:
+    call the model inside `with pack.blocks(...)`."""
+
+    def __init__(self, model: PeftModel, adapters: Sequence[str]):
+        self.model, self.adapters = model, list(adapters)
+        self._blocks: list[Block] | None = None
+        for module in model.modules():
+            if isinstance(module, LoraLinear):
+                module.forward = partial(_lora_forward, module, self)
+            elif isinstance(module, ModulesToSaveWrapper):
+                module.forward = partial(_head_forward, module, self)
+            elif isinstance(module, LoraLayer):  # an embedding, a convolution: not packed (yet)
+                raise NotImplementedError(f"a pack cannot hold LoRA on {type(module).__name__} layers")
+        for name, p in model.named_parameters():  # peft trains the active adapter only: here, every one
+            if self.owner(name) is not None:
+                p.requires_grad_(True)
+
+    @contextlib.contextmanager
+    def blocks(self, blocks: Sequence[Block]) -> Iterator[None]:
+        """Forward passes inside this apply each block's adapter to its rows."""
+        saved, self._blocks = self._blocks, list(blocks)
+        try:
+            yield
+        finally:
+            self._blocks = saved
+
+    def current(self) -> list[Block]:
+        if self._blocks is None:
+            raise RuntimeError("a packed model runs inside `with pack.blocks(...)`: which rows are whose")
+        return self._blocks
+
+    def owner(self, parameter: str) -> str | None:
+        """The adapter a parameter of the model belongs to (None: the frozen base)."""
+        parts = parameter.split(".")
+        for marker in ("lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save"):
+            if marker in parts:
+                i = parts.index(marker) + 1
+                return parts[i] if i < len(parts) and parts[i] in self.adapters else None
+        return None
+
+    def named_parameters_of(self, adapter: str) -> list[tuple[str, nn.Parameter]]:
+        """The trainable parameters of one run, named as the model names them."""
+        return [(n, p) for n, p in self.model.named_parameters() if self.owner(n) == adapter]
+
+    def save_adapter(self, adapter: str, target: Path) -> None:
+        """One run's adapter in PEFT format, as its run alone saves it (save_pretrained)."""
+        staging = target.with_name(target.name + ".pack-tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        self.model.save_pretrained(staging, selected_adapters=[adapter], save_embedding_layers=False)
+        saved = staging if adapter == FIRST else staging / adapter  # peft files other adapters under their name
+        shutil.rmtree(target, ignore_errors=True)
+        saved.rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def pack_models(first: PeftModel, others: Iterator[PeftModel]) -> PackedModel:
+    """The pack of `first` (built as its run alone, it becomes the pack's model) and each of `others`
+    (each built as its run alone, then dropped): every adapter starts from its own run's initial
+    weights, so the seed-dependent initialisation (LoRA A, a new classification head) is the run's own."""
+    names = [FIRST]
+    for i, other in enumerate(others, start=1):
+        name = adapter_name(i)
+        first.add_adapter(name, other.peft_config[FIRST])
+        state = get_peft_model_state_dict(other)
+        set_peft_model_state_dict(first, state, adapter_name=name)
+        _check_loaded(first, name, state)
+        names.append(name)
+        del other
+    return PackedModel(first, names)
+
+
+def _check_loaded(model: PeftModel, name: str, state: dict[str, torch.Tensor]) -> None:
+    """Every tensor of the run's initial adapter landed in its copy: a mismatch would train a different run."""
+    loaded = get_peft_model_state_dict(model, adapter_name=name)
+    if loaded.keys() != state.keys() or any(not torch.equal(loaded[k], state[k]) for k in state):
+        raise RuntimeError(f"the pack's adapter {name} differs from its run's initial adapter: "
+                           f"{sorted(set(loaded) ^ set(state))[:4] or 'values differ'}")
+
+
+def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """peft's lora.Linear.forward with one adapter a block of rows: one base GEMM over all rows."""
+    result = layer.base_layer(x, *args, **kwargs)
+    dtype = result.dtype
+    parts = []
+    for block in pack.current():
+        part = result[block.rows]
+        name = block.adapter
+        if name in layer.lora_A and not layer.disable_adapters:
+            rows = layer._cast_input_dtype(x[block.rows], layer.lora_A[name].weight.dtype)
+            if name in layer.lora_variant:  # DoRA: peft's own code, on this run's rows
+                part = layer.lora_variant[name].forward(layer, active_adapter=name, x=rows, result=part)
+            else:
+                part = part + layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](rows))) * layer.scaling[name]
+        parts.append(part)
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)
+
+
+def _head_forward(wrapper: ModulesToSaveWrapper, pack: PackedModel, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """Each run's own copy of a trained module (its classification head) on its rows."""
+    parts = [wrapper.modules_to_save[b.adapter](x[b.rows], *args, **kwargs) for b in pack.current()]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -1,0 +1,198 @@
+"""A pack's lifecycle: several compatible runs trained at once in this process, over one frozen base.
+
+    run_pack(cfgs)   what a sweep worker calls for a pack (lorasweep.sweep.packing groups them)
+
+Each run is what it would be alone (run/lifecycle.py), except that the load and the training are
+shared: it is planned, checked against its budget and the store, claimed, built alone (its own
+seeded initialisation, its exact parameter count), then its adapter joins the pack's model
+(model/packing.py) and all train together (run/pack_loop.py). Each writes its own result.json, with
+`pack: {id, size, runs}` added, and its own PEFT adapter; a run that diverges or is pruned leaves the
+pack with that result while the others go on. A pack that fails records every unfinished run as
+failed (with the shared traceback) before the error leaves; an interrupted pack writes no result.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..console import say
+from ..errors import RunClaimedError
+from ..model import loading, methods
+from ..model.packing import Block, PackedModel, adapter_name, pack_models
+from ..tasks import classification
+from ..tasks import task as tasks
+from ..tasks.metrics import headline
+from . import store
+from .claims import Claim
+from .lifecycle import (_base_record, _checked_params, _diverged, _finished, _load_and_train, _new_weights,
+                        _pruned, _record_failure, _timing, record_over_budget)
+from .loop import LoopOptions, _arguments, _ClassificationTrainer
+from .pack_loop import Member, train_pack
+from .plan import Plan, plan_run
+from .progress import PROGRESS_FILE, ProgressFile
+
+
+def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = None) -> list[dict[str, Any]]:
+    """Train the runs of `cfgs` as one pack; returns each one's result (as run_config returns it), or
+    {"claimed_by": who} for a run another process trains now. `reporters`: each run's pruning reporter."""
+    plans = [plan_run(cfg) for cfg in cfgs]
+    dirs = [store.store_dir(cfg) for cfg in cfgs]
+    for d in dict.fromkeys(dirs):
+        store.check_writable(d)
+    reporters = list(reporters or [None] * len(cfgs))
+    out: list[dict[str, Any] | None] = [None] * len(cfgs)
+    with contextlib.ExitStack() as claims:
+        todo = []
+        for i, (plan, results_dir) in enumerate(zip(plans, dirs)):
+            folder = plan.folder(results_dir)
+            try:
+                _finished(plan, folder, triaged=True, say_unreadable=False)  # finished since triage: raises
+                if plan.over_budget:
+                    out[i] = record_over_budget(plan, results_dir)
+                    continue
+                claims.enter_context(Claim(folder))
+                _finished(plan, folder, triaged=True, say_unreadable=False)  # and since our look
+            except RunClaimedError as e:
+                out[i] = {"claimed_by": e.holder}
+                continue
+            todo.append(i)
+        if len(todo) == 1:  # the rest is elsewhere or done: this one trains as it would alone (claimed above)
+            i = todo[0]
+            out[i] = _load_and_train(plans[i], plans[i].folder(dirs[i]), {}, reporters[i],
+                                     LoopOptions.from_config(cfgs[i].get("train") or {}))
+        elif todo:
+            results = _train_pack([plans[i] for i in todo], [plans[i].folder(dirs[i]) for i in todo],
+                                  [reporters[i] for i in todo])
+            for i, result in zip(todo, results):
+                out[i] = result
+    return out  # type: ignore[return-value]
+
+
+def pack_id(run_keys: Sequence[str]) -> str:
+    """A pack's name: the same runs make the same pack."""
+    return "pack-" + hashlib.sha1(" ".join(sorted(run_keys)).encode()).hexdigest()[:8]
+
+
+def _train_pack(plans: list[Plan], folders: list[Path], reporters: list) -> list[dict[str, Any]]:
+    t_start = time.perf_counter()
+    keys = [p.spec.run_key for p in plans]
+    info = {"id": pack_id(keys), "size": len(plans), "runs": keys}
+    bases = [{**_base_record(p), "pack": info} for p in plans]
+    say(f"{info['id']}: {len(plans)} runs trained together over one {plans[0].spec.model.name}: "
+        + ", ".join(p.spec.slug for p in plans))
+    first, tokenizer = _build_alone(plans[0])
+    params = [_checked_params(first, plans[0])]
+
+    def others():
+        for plan in plans[1:]:
+            model, _ = _build_alone(plan)
+            params.append(_checked_params(model, plan))
+            yield model
+
+    pack = pack_models(first, others())
+    load_s = time.perf_counter() - t_start
+    done: list[dict[str, Any] | None] = [None] * len(plans)
+    try:
+        members = [_member(pack, plan, i, folder, reporter, tokenizer)
+                   for i, (plan, folder, reporter) in enumerate(zip(plans, folders, reporters))]
+        for m, plan, p in zip(members, plans, params):
+            say(f"{plan.spec.slug}: {p['trainable']:,} trainable of {p['total']:,} parameters "
+                f"({p['trainable_pct']:.2f}%), {p['n_adapted_modules']} adapted modules; run key {plan.spec.run_key}")
+        task = plans[0].task
+        train_pack(pack, members, _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train))
+        for folder in folders:
+            shutil.rmtree(folder / "trainer", ignore_errors=True)
+        finishing = []
+        for i, (m, base, p, folder) in enumerate(zip(members, bases, params, folders)):
+            base = {**base, "params": p}
+            if m.outcome.pruned_at is not None:
+                done[i] = _pruned(folder, base, m.outcome, load_s, t_start)
+            elif m.outcome.diverged is not None:
+                done[i] = _diverged(folder, base, m.outcome, load_s, t_start)
+            else:
+                finishing.append(i)
+        _finish(pack, plans, members, bases, params, folders, finishing, done, tokenizer, load_s, t_start)
+    except Exception as e:
+        for i, (folder, base) in enumerate(zip(folders, bases)):
+            if done[i] is None:
+                _record_failure(folder, base, e, t_start)
+        raise
+    return done  # type: ignore[return-value]
+
+
+def _build_alone(plan: Plan):
+    """The run's model as its run alone builds it: seeded, loaded, its method applied."""
+    spec = plan.spec
+    torch.manual_seed(spec.train.seed)  # a new classification head's init follows the seed, as alone
+    model, tokenizer, notes = loading.load_with_notes(spec.model, plan.task.head, plan.task.num_labels,
+                                                      labels=plan.task.labels)
+    for line in _new_weights(plan, notes):
+        say(f"{spec.slug}: {line}")
+    return methods.prepare(model, spec, plan.task.head, list(plan.targets)), tokenizer
+
+
+def _member(pack: PackedModel, plan: Plan, i: int, folder: Path, reporter, tokenizer) -> Member:
+    """The run's place in the loop, with the Trainer its run alone would build (never trained)."""
+    spec = plan.spec
+    data = tasks.training_data(plan.task, tokenizer, spec.train)
+    trainer = _ClassificationTrainer(model=pack.model, args=_training_args(spec.train, folder / "trainer"),
+                                     train_dataset=data.train, eval_dataset=data.eval,
+                                     data_collator=data.collator, processing_class=tokenizer)
+    return Member(adapter_name(i), spec.slug, spec.train, trainer, ProgressFile(folder / PROGRESS_FILE), reporter)
+
+
+def _training_args(train, workdir: Path):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**_arguments(train, workdir))
+
+
+def _evaluator(pack: PackedModel, task, tokenizer, rows, train):
+    """adapters -> each one's metrics on `rows`: one forward of the pack a batch, each run on its copy."""
+    encoded = classification.encode(rows, tokenizer, task.label_ids, train.max_length)
+
+    def evaluate(adapters):
+        def forward(batch):
+            n = len(batch["input_ids"])
+            stacked = {k: v.repeat(len(adapters), *([1] * (v.dim() - 1))) for k, v in batch.items()}
+            with pack.blocks([Block(a, j * n, (j + 1) * n) for j, a in enumerate(adapters)]):
+                return list(pack.model(**stacked).logits.split(n))
+        return classification.evaluate_many(forward, pack.model, tokenizer, encoded, train.eval_batch_size)
+
+    return evaluate
+
+
+def _finish(pack, plans, members, bases, params, folders, finishing, done, tokenizer, load_s, t_start) -> None:
+    """Test every run that trained to its end, save its adapter, write its result."""
+    if not finishing:
+        return
+    task = plans[0].task
+    t1 = time.perf_counter()
+    adapters = [members[i].adapter for i in finishing]
+    tests = _evaluator(pack, task, tokenizer, task.test, plans[0].spec.train)(adapters)
+    more = {name: _evaluator(pack, task, tokenizer, rows, plans[0].spec.train)(adapters)
+            for name, rows in task.tests.items()}
+    eval_s = time.perf_counter() - t1
+    metric, direction = task.objective
+    for j, i in enumerate(finishing):
+        m, folder, plan = members[i], folders[i], plans[i]
+        target = folder / "adapter"
+        pack.save_adapter(m.adapter, target)
+        methods.save_labels(pack.model, target)
+        test, extra = tests[j], {name: results[j] for name, results in more.items()}
+        result = {**bases[i], "params": params[i], "status": "done", "reason": "",
+                  "metrics": {"test": test, **({"tests": extra} if extra else {}),
+                              "train": {"loss": m.outcome.final_train_loss}},
+                  "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
+                  "curve": m.outcome.curve, "timing": _timing(load_s, m.outcome, eval_s, t_start),
+                  "memory": store.peak_memory(),
+                  "artifacts": {"kind": "adapter", "path": "adapter", "size_bytes": store.folder_size(target)}}
+        done[i] = store.write_result(folder, result)
+        say(f"{plan.spec.slug}: test {headline(test)} | {params[i]['trainable']:,} trainable params | "
+            f"{result['timing']['total_s']:.0f}s (in {bases[i]['pack']['id']}) | {folder / store.RESULT_FILE}")

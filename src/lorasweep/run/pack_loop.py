@@ -1,0 +1,223 @@
+"""The training loop of a pack: its runs step together over one frozen base, each as it would alone.
+
+Each run keeps what the Trainer of its run alone would give it (run/loop.py builds that Trainer here
+too, and never trains it): its data order (the Trainer's seeded sampler and collator), its optimizer
+(the Trainer's class and settings: AdamW, its lr and weight decay, no decay on biases and norms) and
+schedule (warmup, linear decay over its steps), gradient clipping at max_grad_norm over its own
+parameters, its logged loss (the mean over each logging window) and its curve (the task's evaluator
+every eval_steps, and before the first step).
+
+A step stacks the runs' batches (model/packing: each run on its own rows), runs one forward and one
+backward of the sum of the runs' losses (each its own mean: the gradient of a run's parameters is
+that of its loss alone), then clips and steps each run's optimizer. A run whose loss is NaN or
+infinite leaves the pack at that step, unstepped (its result: diverged, as alone); the others go on.
+
+Dropout: each run's dropout masks are drawn from the one random stream of the pack, over its rows
+padded to the pack's longest batch, so they are not the masks its run alone draws; with dropout 0
+(LoRA's and the base model's) a run trains exactly as alone (tests/test_pack.py).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, get_scheduler, set_seed
+
+from ..config.spec import TrainSpec
+from ..console import say
+from ..model.packing import Block, PackedModel
+from .loop import Divergence, Reporter, TrainOutcome
+from .progress import ProgressFile
+
+PackEvaluator = Callable[[Sequence[str]], list[dict]]  # adapters -> each one's metrics, in that order
+
+
+@dataclass
+class Member:
+    """One run of a pack as the loop trains it."""
+
+    adapter: str
+    label: str                 # how the console names it (its slug)
+    spec: TrainSpec
+    trainer: Trainer           # its run alone's Trainer: data order and optimizer settings, never trained
+    progress: ProgressFile | None = None
+    reporter: Reporter | None = None
+    outcome: TrainOutcome = field(default_factory=TrainOutcome)
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object = None
+    params: list = field(default_factory=list)
+    window: tuple[float, int] = (0.0, 0)  # summed loss and steps since the last log (the Trainer's tr_loss)
+    total_loss: float = 0.0
+    last_finite: tuple[int, float] | None = None
+    logs: list[dict] = field(default_factory=list)  # the losses logged so far (the curve's train_loss)
+    active: bool = True
+
+
+def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator) -> None:
+    """Train every member's adapter in `pack` in place; each member's `outcome` holds its curve and
+    timing, `diverged` or `pruned_at` where it stopped early."""
+    args = members[0].trainer.args
+    loaders = [m.trainer.get_train_dataloader() for m in members]
+    per_epoch = {len(loader) for loader in loaders}
+    if len(per_epoch) != 1:
+        raise ValueError(f"a pack's runs must have as many batches an epoch, not {sorted(per_epoch)}")
+    steps_per_epoch = per_epoch.pop()
+    max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    epochs = math.ceil(max_steps / steps_per_epoch)
+    for m in members:
+        _optimizer(pack, m, max_steps)
+    state = SimpleNamespace(global_step=0, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
+                            pad_id=members[0].trainer.processing_class.pad_token_id or 0)
+    _evaluate(pack, members, evaluate, state, training=False)  # the curve's step-0 point
+    for m in members:
+        m.outcome.eval_seconds = 0.0
+        if m.progress:
+            m.progress.on_train_begin(None, state, None)
+    set_seed(args.seed)  # as Trainer.train does
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        iterators = [_epoch(loader, epoch) for loader in loaders]
+        for _ in range(steps_per_epoch):
+            batches = [next(it) for it in iterators]  # every run's data moves on, as alone, even one that left
+            live = [(m, b) for m, b in zip(members, batches) if m.active]
+            if not live or state.global_step >= max_steps:
+                break
+            _step(pack, live, state.global_step + 1, args.max_grad_norm, state.pad_id)
+            state.global_step += 1
+            _log_and_evaluate(pack, members, evaluate, state, args, start)
+    wall = time.perf_counter() - start
+    for m in members:
+        steps = m.outcome.steps = m.outcome.steps or state.global_step
+        m.outcome.examples = steps * m.spec.batch_size
+        m.outcome.train_seconds = wall - m.outcome.eval_seconds
+        if m.outcome.diverged is None:
+            m.outcome.final_train_loss = m.total_loss / max(1, steps)
+        if m.progress:
+            m.progress.on_train_end(None, state, None)
+
+
+def _epoch(loader, epoch: int):
+    """The loader's batches for this epoch, seeded as the Trainer seeds them (set_epoch)."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    inner = getattr(getattr(loader, "batch_sampler", None), "batch_sampler", None)
+    if hasattr(inner, "set_epoch"):
+        inner.set_epoch(epoch)
+    return iter(loader)
+
+
+def _optimizer(pack: PackedModel, m: Member, max_steps: int) -> None:
+    """The optimizer and schedule the run's Trainer would create, over the run's own parameters."""
+    args = m.trainer.args
+    named = pack.named_parameters_of(m.adapter)
+    decay = set(m.trainer.get_decay_parameter_names(pack.model))
+    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
+              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, pack.model)
+    m.params = [p for _, p in named]
+    m.optimizer = cls(groups, **kwargs)
+    m.scheduler = get_scheduler(args.lr_scheduler_type, m.optimizer,
+                                num_warmup_steps=args.get_warmup_steps(max_steps), num_training_steps=max_steps)
+
+
+def stack(batches: Sequence[dict], pad_id: int) -> tuple[dict, list[int]]:
+    """The runs' batches as one: stacked on the batch axis, each padded on the right to the longest
+    (padding is masked out: a row's outputs do not change); returns it and each batch's row count."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    fill = {"input_ids": pad_id, "labels": -100}  # attention_mask, token_type_ids: 0
+    stacked = {}
+    for key in batches[0]:
+        parts = [b[key] for b in batches]
+        if parts[0].dim() == 2:
+            parts = [F.pad(p, (0, width - p.shape[1]), value=fill.get(key, 0)) for p in parts]
+        stacked[key] = torch.cat(parts)
+    return stacked, [len(b["input_ids"]) for b in batches]
+
+
+def _step(pack: PackedModel, live: list[tuple[Member, dict]], step: int, max_grad_norm: float, pad_id: int) -> None:
+    """One optimizer step of every live run: one forward and backward, then each run's own update."""
+    model = pack.model
+    device = next(model.parameters()).device
+    batch, sizes = stack([b for _, b in live], pad_id)
+    labels = batch.pop("labels").to(device)
+    blocks, start = [], 0
+    for (m, _), n in zip(live, sizes):
+        blocks.append(Block(m.adapter, start, start + n))
+        start += n
+    model.train()
+    with pack.blocks(blocks):
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+    # each run's own mean loss, as the model computes it alone (cross-entropy over its rows)
+    losses = [F.cross_entropy(logits[b.rows].view(-1, logits.shape[-1]).float(), labels[b.rows].view(-1))
+              for b in blocks]
+    torch.stack(losses).sum().backward()
+    for (m, _), loss in zip(live, losses):
+        value = float(loss.detach())
+        if not math.isfinite(value):  # it leaves the pack before its update, as alone
+            m.outcome.diverged = Divergence(step, value, *(m.last_finite or (None, None)))
+            m.outcome.steps, m.active = step - 1, False
+            say(f"  {m.label}: {m.outcome.diverged.reason}: it leaves the pack; the others go on")
+            m.optimizer.zero_grad(set_to_none=True)
+            continue
+        m.last_finite = (step, value)
+        m.window = (m.window[0] + value, m.window[1] + 1)
+        m.total_loss += value
+        if max_grad_norm and max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(m.params, max_grad_norm)
+        m.optimizer.step()
+        m.scheduler.step()
+        m.optimizer.zero_grad(set_to_none=True)
+
+
+def _log_and_evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, args, start: float) -> None:
+    """What the Trainer does after a step: log the loss every logging_steps, evaluate every eval_steps."""
+    step, live = state.global_step, [m for m in members if m.active]
+    if step % args.logging_steps == 0 or step == state.max_steps:
+        for m in live:
+            total, n = m.window
+            if n:
+                m.logs.append({"loss": total / n, "step": step})
+                m.window = (0.0, 0)
+                if m.progress:
+                    m.progress.on_log(None, state, None, logs={"loss": total / n})
+        elapsed = time.perf_counter() - start
+        losses = [m.logs[-1]["loss"] for m in live if m.logs]
+        rate = step * sum(m.spec.batch_size for m in live) / elapsed
+        eta = (state.max_steps - step) * elapsed / step
+        if losses:
+            say(f"  pack step {step:>5}/{state.max_steps}  {len(live)} runs, loss {min(losses):.4f}-{max(losses):.4f}  "
+                f"{rate:.1f} ex/s  ETA {eta:.0f}s")
+    if step % args.eval_steps == 0:
+        _evaluate(pack, live, evaluate, state, training=True)
+    for m in live:
+        if m.progress:
+            m.progress.on_step_end(None, state, None)
+
+
+def _evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, training: bool) -> None:
+    """Every member's evaluation at this step, in one pass of the pack; each a point of its curve."""
+    t0 = time.perf_counter()
+    results = evaluate([m.adapter for m in members])
+    seconds = time.perf_counter() - t0
+    step = state.global_step
+    for m, metrics in zip(members, results):
+        m.outcome.eval_seconds += seconds
+        m.outcome.curve.append({"step": step, "epoch": step / state.steps_per_epoch,
+                                "train_loss": m.logs[-1]["loss"] if m.logs else None, **metrics})
+        where = f"step {step:>5}/{state.max_steps}" if training else "before training"
+        say(f"  eval  {where}  {m.label}: {_headline(metrics)}")
+        if m.progress:
+            m.progress.on_evaluate(None, state, None, metrics={f"eval_{k}": v for k, v in metrics.items()})
+        if m.reporter and step and m.reporter(step, metrics):
+            m.outcome.pruned_at, m.outcome.steps, m.active = step, step, False
+
+
+def _headline(metrics: dict) -> str:
+    from ..tasks.metrics import headline
+
+    return headline(metrics)
