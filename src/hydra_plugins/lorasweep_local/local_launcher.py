@@ -9,7 +9,7 @@ only what is missing.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn
 
@@ -20,10 +20,11 @@ from lorasweep.sweep.compose import ContextLauncher
 
 class LocalLauncher(ContextLauncher):
     def __init__(self, n_jobs: int | None = None, threads: int | None = None, retries: int = 0,
-                 runs_per_gpu: int = 1, gpus_per_run: int = 1) -> None:
+                 runs_per_gpu: int = 1, gpus_per_run: int = 1, pack: Any = False) -> None:
         super().__init__()
         self.n_jobs, self.threads, self.retries = n_jobs, threads, retries  # retries: checked by the sweep
         self.runs_per_gpu, self.gpus_per_run = runs_per_gpu, gpus_per_run
+        self.pack = pack  # checked by the sweep (lorasweep.sweep.packing)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lorasweep.executors.gpus import place_workers
@@ -37,4 +38,5 @@ class LocalLauncher(ContextLauncher):
             say(f"sweep: {e}; nothing was trained")
             raise SystemExit(2) from None
         return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
-                          open_executor=lambda: LocalExecutor(n_jobs, self.threads, gpus), retries=self.retries)
+                          open_executor=lambda: LocalExecutor(n_jobs, self.threads, gpus), retries=self.retries,
+                          pack=self.pack)

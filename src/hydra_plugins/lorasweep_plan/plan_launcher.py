@@ -5,12 +5,13 @@ over budget or not, and where it stands: done 0.623, running ... ETA, queued on 
 interrupted, not started; lorasweep.sweep.status) and a total line counting each state
 (lorasweep.sweep.plan_table). Nothing is trained, nothing is written and no weight is read: each run
 is planned from its config alone, its folder's small files looked at, and SLURM's queue asked once
-for all runs submitted there. A results_dir that looks not writable (looked at, not probed: that
+for all runs submitted there. With hydra.launcher.pack (and n_jobs) it shows the packs that the
+local launcher would train the runs still to run in (lorasweep.sweep.packing). A results_dir that looks not writable (looked at, not probed: that
 would write) is said in the total line.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 
@@ -18,13 +19,24 @@ from lorasweep.sweep.compose import ContextLauncher, JobConfigs, varying_overrid
 
 
 class PlanLauncher(ContextLauncher):
+    def __init__(self, pack: Any = False, n_jobs: int | None = None) -> None:
+        super().__init__()
+        self.pack, self.n_jobs = pack, n_jobs  # the packs the local launcher would make (sweep/packing)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lorasweep.run.store import store_dir, writable_problem
-        from lorasweep.sweep.plan_table import format_plan, plan_row, settle_rows
+        from lorasweep.errors import ConfigError
+        from lorasweep.sweep.packing import pack_size
+        from lorasweep.sweep.plan_table import format_plan, plan_row, settle_rows, with_packs
 
         assert self.config is not None and self.hydra_context is not None
         shared, labels = varying_overrides(job_overrides)
-        rows, returns, problems = [], [], {}
+        try:
+            pack = pack_size(self.pack)
+        except ConfigError as e:
+            print(f"plan: {e}")
+            raise SystemExit(2) from None
+        rows, cfgs, returns, problems = [], [], [], {}
         configs = JobConfigs(self.hydra_context.config_loader, self.config)
         for overrides, label in zip(job_overrides, labels):
             node, cfg = configs(overrides)
@@ -33,9 +45,13 @@ class PlanLauncher(ContextLauncher):
             if store not in problems:
                 problems[store] = writable_problem(store)
             rows.append(row)
+            cfgs.append(cfg)
             returns.append(JobReturn(overrides=list(overrides), cfg=node, task_name="plan",
                                      status=JobStatus.COMPLETED, _return_value=row.trainable))
         if shared:
             print("every run: " + " ".join(shared))
-        print(format_plan(settle_rows(rows), {d: why for d, why in problems.items() if why}), flush=True)
+        rows = settle_rows(rows)
+        if pack is not None:
+            rows = with_packs(rows, cfgs, pack, self.n_jobs or 1)
+        print(format_plan(rows, {d: why for d, why in problems.items() if why}), flush=True)
         return returns

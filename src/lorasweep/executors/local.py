@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 
 from ..console import say
 from ..errors import WorkerDiedError
-from .worker import STOPPED_EXIT, Stopped, serve
+from .worker import PACK, STOPPED_EXIT, Stopped, members, serve
 
 GRACE_S = 30      # a worker told to stop (SIGTERM) has this long to end its run cleanly, then it is killed
 SAMPLE_S = 0.25   # how often a busy worker's peak RSS is read: a death reports the last reading
@@ -233,17 +233,24 @@ class LocalExecutor:
                 "worker stopped by SIGTERM before the run finished; it left no result"))
             return
         reason = death_reason(exitcode, peak_rss)
+        records = [self._record_death(cfg, reason, peak_rss) for cfg in members(task.cfg)]
+        if PACK in task.cfg:  # each run of the pack: its result if it wrote one first, else the death
+            task.future.set_result({PACK: [r if isinstance(r, dict) else {"died": r} for r in records]})
+        elif isinstance(records[0], dict):
+            task.future.set_result(records[0])  # it wrote its result just before it died: that stands
+        else:
+            task.future.set_exception(WorkerDiedError(records[0]))
+
+    @staticmethod
+    def _record_death(cfg: dict, reason: str, peak_rss: int | None) -> dict | str:
+        """The run's result if it finished before its worker died, else the reason it failed (recorded)."""
         try:
             from ..run.lifecycle import record_worker_death
 
-            record = record_worker_death(task.cfg, reason, round(peak_rss / 2**20, 1) if peak_rss else None)
+            record = record_worker_death(cfg, reason, round(peak_rss / 2**20, 1) if peak_rss else None)
         except Exception as e:  # recording it failed too (a full disk): the cause is still said
-            reason += f" (its failure could not be recorded: {type(e).__name__}: {e})"
-            record = None
-        if record is not None and record.get("status") != "failed":
-            task.future.set_result(record)  # it wrote its result just before it died: that stands
-        else:
-            task.future.set_exception(WorkerDiedError(reason))
+            return reason + f" (its failure could not be recorded: {type(e).__name__}: {e})"
+        return record if record is not None and record.get("status") != "failed" else reason
 
     # -- the end ------------------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 from ..console import PlainText, quiet_libraries, say
 from ..errors import RunClaimedError
 
-STOPPED_EXIT = 128 + signal.SIGTERM  # a worker's exit status after a clean stop (what a shell shows for SIGTERM)
+STOPPED_EXIT = 128 + signal.SIGTERM
+PACK = "pack"  # the key of a task that trains several runs as one pack  # a worker's exit status after a clean stop (what a shell shows for SIGTERM)
 
 
 class Stopped(KeyboardInterrupt):
@@ -58,18 +59,46 @@ def claimed_by(future) -> str:
 def _run(cfg: Mapping[str, Any]) -> dict:
     from ..run.lifecycle import run_config
 
-    reporter = None
-    if "trial" in cfg:  # a trial of an Optuna sweep: report evaluations to its pruner (lorasweep.run.pruning)
-        from ..run.pruning import reporter_for
-
-        reporter = reporter_for(cfg["trial"])
+    if PACK in cfg:
+        return _run_pack(cfg[PACK])
     try:
-        return run_config(cfg, reporter, triaged=True)
+        return run_config(cfg, _reporter(cfg), triaged=True)
     except RunClaimedError as e:
         return {"claimed_by": e.holder}
     except Stopped:
         say("stopped by the sweep (SIGTERM) before the run finished: no result written; it trains again next time")
         raise
+
+
+def pack_task(cfgs: list[dict]) -> dict:
+    """What an executor is sent to train `cfgs` as one pack (lorasweep.run.pack); its result is
+    {"pack": [each run's result, or {"claimed_by": who}]}."""
+    return {PACK: cfgs}
+
+
+def members(cfg: Mapping[str, Any]) -> list[dict]:
+    """The run configs of a task: a pack's, or the one run's."""
+    return list(cfg[PACK]) if PACK in cfg else [dict(cfg)]
+
+
+def _run_pack(cfgs: list[dict]) -> dict:
+    from ..run.pack import run_pack
+
+    try:
+        return {PACK: run_pack(cfgs, [_reporter(cfg) for cfg in cfgs])}
+    except Stopped:
+        say("stopped by the sweep (SIGTERM) before the pack finished: its unfinished runs wrote no result; "
+            "they train again next time")
+        raise
+
+
+def _reporter(cfg: Mapping[str, Any]):
+    """A trial of an Optuna sweep reports its evaluations to its pruner (lorasweep.run.pruning)."""
+    if "trial" not in cfg:
+        return None
+    from ..run.pruning import reporter_for
+
+    return reporter_for(cfg["trial"])
 
 
 def serve(conn, threads: int | None, gpus: str | None = None) -> None:

@@ -115,6 +115,9 @@ def pack_models(first: PeftModel, others: Iterator[PeftModel]) -> PackedModel:
     for i, other in enumerate(others, start=1):
         name = adapter_name(i)
         first.add_adapter(name, other.peft_config[FIRST])
+        config = first.peft_config[name]  # peft adds the task's heads to modules_to_save again: once is what alone saves
+        if config.modules_to_save:
+            config.modules_to_save = list(dict.fromkeys(config.modules_to_save))
         state = get_peft_model_state_dict(other)
         set_peft_model_state_dict(first, state, adapter_name=name)
         _check_loaded(first, name, state)

@@ -68,7 +68,7 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
                                      LoopOptions.from_config(cfgs[i].get("train") or {}))
         elif todo:
             results = _train_pack([plans[i] for i in todo], [plans[i].folder(dirs[i]) for i in todo],
-                                  [reporters[i] for i in todo])
+                                  [reporters[i] for i in todo], LoopOptions.from_config(cfgs[todo[0]].get("train") or {}))
             for i, result in zip(todo, results):
                 out[i] = result
     return out  # type: ignore[return-value]
@@ -79,7 +79,9 @@ def pack_id(run_keys: Sequence[str]) -> str:
     return "pack-" + hashlib.sha1(" ".join(sorted(run_keys)).encode()).hexdigest()[:8]
 
 
-def _train_pack(plans: list[Plan], folders: list[Path], reporters: list) -> list[dict[str, Any]]:
+def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: LoopOptions) -> list[dict[str, Any]]:
+    """Build, train, test and save the pack of `plans` (claimed, none finished); each run's result.
+    Packs do not checkpoint (loop.save_steps): a pack interrupted in a SLURM job starts over."""
     t_start = time.perf_counter()
     keys = [p.spec.run_key for p in plans]
     info = {"id": pack_id(keys), "size": len(plans), "runs": keys}
@@ -105,7 +107,7 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list) -> list
             say(f"{plan.spec.slug}: {p['trainable']:,} trainable of {p['total']:,} parameters "
                 f"({p['trainable_pct']:.2f}%), {p['n_adapted_modules']} adapted modules; run key {plan.spec.run_key}")
         task = plans[0].task
-        train_pack(pack, members, _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train))
+        train_pack(pack, members, _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train), loop.step_sleep_s)
         for folder in folders:
             shutil.rmtree(folder / "trainer", ignore_errors=True)
         finishing = []

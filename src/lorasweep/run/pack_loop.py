@@ -58,9 +58,10 @@ class Member:
     active: bool = True
 
 
-def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator) -> None:
+def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator, step_sleep_s: float = 0.0) -> None:
     """Train every member's adapter in `pack` in place; each member's `outcome` holds its curve and
-    timing, `diverged` or `pruned_at` where it stopped early."""
+    timing, `diverged` or `pruned_at` where it stopped early. `step_sleep_s`: a pause after each step
+    (train.step_sleep_s: lets a test interrupt a tiny pack while it trains)."""
     args = members[0].trainer.args
     loaders = [m.trainer.get_train_dataloader() for m in members]
     per_epoch = {len(loader) for loader in loaders}
@@ -90,6 +91,8 @@ def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator
             _step(pack, live, state.global_step + 1, args.max_grad_norm, state.pad_id)
             state.global_step += 1
             _log_and_evaluate(pack, members, evaluate, state, args, start)
+            if step_sleep_s > 0:
+                time.sleep(step_sleep_s)
     wall = time.perf_counter() - start
     for m in members:
         steps = m.outcome.steps = m.outcome.steps or state.global_step

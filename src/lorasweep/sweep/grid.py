@@ -39,11 +39,12 @@ from ..console import say
 from ..errors import (SAID_IN_FULL, ConfigError, StoreError, SubmissionError, UnwritableStoreError,
                       WorkerDiedError, cause)
 from ..executors.factory import check_retries
-from ..executors.worker import claimed_by
+from ..executors.worker import PACK, claimed_by, pack_task
 from ..run.claims import WAIT_POLL_S
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .interrupts import interrupt_on_signals
+from .packing import make_packs, pack_size
 from .triage import after_wait, triage
 
 
@@ -118,11 +119,13 @@ class SweepTally:
 
 
 def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[Sequence[str]],
-               open_executor: Callable[[], Any], retries: Any = 0) -> list[JobReturn]:
+               open_executor: Callable[[], Any], retries: Any = 0, pack: Any = None) -> list[JobReturn]:
     """Run a grid's jobs; `open_executor()` gives where they train (lorasweep.executors); a failed
-    run is run again up to `retries` more times (hydra.launcher.retries)."""
+    run is run again up to `retries` more times (hydra.launcher.retries); `pack` (hydra.launcher.pack):
+    compatible runs train together over one base (sweep/packing)."""
     try:
         retries = check_retries(retries)
+        pack = pack_size(pack)
     except ConfigError as e:
         say(f"sweep: {e}; nothing was trained")
         raise SystemExit(2) from None
@@ -169,7 +172,7 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
             queued[decision.folder] = job
             queue.append(job)
     if queue or elsewhere:
-        _train(queue, elsewhere, tally, open_executor, retries)
+        _train(queue, elsewhere, tally, open_executor, retries, pack)
     say(tally.summary())
     if tally.store_failed:  # said in one line per run (and why the sweep stopped): no traceback from Hydra
         raise SystemExit(1)
@@ -182,40 +185,45 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
 
 
 def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, open_executor: Callable[[], Any],
-           retries: int) -> None:
-    running: dict[Future, SweepJob] = {}
-    durations: list[float] = []  # of the runs trained here: for the sweep's ETA
+           retries: int, pack: int | None = None) -> None:
+    """Train the queued runs, each alone or in packs (`pack`: packing.pack_size's value), a task of the
+    executor each; wait for the runs trained elsewhere."""
+    running: dict[Future, list[SweepJob]] = {}  # a task in flight -> its runs (several: a pack)
+    durations: list[float] = []  # of the tasks trained here: for the sweep's ETA
     executor = None
     try:
         with open_executor() as executor:
             for job in [job for job in elsewhere if executor.follows(job.folder)]:  # our own job, still running
                 elsewhere.remove(job)
                 queue.append(job)  # submit_many re-attaches to it
-            while queue or running or elsewhere:
-                batch = queue[:max(0, executor.n_jobs - len(running))]  # submit only what starts now
-                del queue[:len(batch)]
-                futures = executor.submit_many([(job.cfg, job.folder) for job in batch]) if batch else []
-                for job, future in zip(batch, futures):
-                    job.started = time.perf_counter()
-                    running[future] = job
-                    note = getattr(future, "note", "")
-                    say(f"run {job.index + 1}/{job.total} {executor.verb}: {job.label}" + (f" ({note})" if note else ""))
-                for future in _next_finished(running, poll=bool(elsewhere)):
-                    job = running.pop(future)
-                    if _claimed_elsewhere(future, job, elsewhere):
-                        continue  # another process claimed it after our triage: waited for, like the others
-                    durations.append(time.perf_counter() - job.started)
-                    if tally.stopped is None and _retrying(future, job, retries):
-                        queue.insert(0, job)
-                        continue
-                    _collect(future, job, tally)
-                    if tally.stopped is not None and queue:
-                        _stop(queue, tally)
-                    left = len(queue) + len(running) + len(elsewhere)
-                    eta = sum(durations) / len(durations) * left / max(1, min(executor.n_jobs, left))
+            units = make_packs(queue, lambda job: job.cfg, pack, executor.n_jobs)
+            while units or running or elsewhere:
+                batch = units[:max(0, executor.n_jobs - len(running))]  # submit only what starts now
+                del units[:len(batch)]
+                futures = executor.submit_many([_task(unit) for unit in batch]) if batch else []
+                for unit, future in zip(batch, futures):
+                    for job in unit:
+                        job.started = time.perf_counter()
+                    running[future] = unit
+                    _say_started(unit, future, executor.verb)
+                for task in _next_finished(running, poll=bool(elsewhere)):
+                    unit = running.pop(task)
+                    durations.append(time.perf_counter() - unit[0].started)
+                    for job, future in zip(unit, _per_run(task, len(unit))):
+                        if _claimed_elsewhere(future, job, elsewhere):
+                            continue  # another process claimed it after our triage: waited for, like the others
+                        if tally.stopped is None and _retrying(future, job, retries):
+                            units.insert(0, [job])
+                            continue
+                        _collect(future, job, tally)
+                    if tally.stopped is not None and units:
+                        _stop(units, tally)
+                    left = sum(map(len, units)) + sum(map(len, running.values())) + len(elsewhere)
+                    tasks_left = len(units) + len(running) + len(elsewhere)
+                    eta = sum(durations) / len(durations) * tasks_left / max(1, min(executor.n_jobs, tasks_left))
                     say(f"  {tally.finished}/{tally.total} finished, best so far: {tally.best_line()}"
                         + (f"; ETA {eta / 60:.1f} min for {left} more" if left else ""))
-                queue.extend(_landed(elsewhere, tally))
+                units.extend([job] for job in _landed(elsewhere, tally))
     except SubmissionError as e:  # before anything waited: the cluster settings are wrong
         say(f"sweep: the cluster refused the runs: {e}")
         raise SystemExit(2) from None
@@ -227,7 +235,42 @@ def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, 
         raise SystemExit(130) from None
 
 
-def _next_finished(running: dict[Future, SweepJob], poll: bool) -> set[Future]:
+def _task(unit: list[SweepJob]) -> tuple[dict, Path]:
+    """What the executor is sent for a run alone, or for a pack (its log goes to its first run's folder)."""
+    if len(unit) == 1:
+        return unit[0].cfg, unit[0].folder
+    return pack_task([job.cfg for job in unit]), unit[0].folder
+
+
+def _say_started(unit: list[SweepJob], future: Future, verb: str) -> None:
+    note = getattr(future, "note", "")
+    note = f" ({note})" if note else ""
+    if len(unit) == 1:
+        job = unit[0]
+        say(f"run {job.index + 1}/{job.total} {verb}: {job.label}{note}")
+        return
+    say(f"pack of {len(unit)} runs {verb}{note}: " + "; ".join(f"run {j.index + 1}/{j.total} {j.label}" for j in unit))
+
+
+def _per_run(task: Future, n: int) -> list[Future]:
+    """A finished task's outcome per run: the task itself for a run alone; for a pack, each run's own
+    result (or the failure of the whole pack, for each of its runs)."""
+    if n == 1:
+        return [task]
+    futures = [Future() for _ in range(n)]
+    error = task.exception()
+    outcomes = task.result()[PACK] if error is None else [None] * n
+    for future, outcome in zip(futures, outcomes):
+        if error is not None:
+            future.set_exception(error)
+        elif "died" in outcome:  # its worker died before it finished (lorasweep.executors.local)
+            future.set_exception(WorkerDiedError(outcome["died"]))
+        else:
+            future.set_result(outcome)
+    return futures
+
+
+def _next_finished(running: dict[Future, list[SweepJob]], poll: bool) -> set[Future]:
     """The runs that finished, waiting for at least one; `poll`: back within WAIT_POLL_S anyway, to
     look at the runs trained elsewhere."""
     if not running:
@@ -314,15 +357,16 @@ def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
     tally.record(job, outcome, f"{job.tag}: {outcome}, {_metric(result)}, {elapsed}", result)
 
 
-def _stop(queue: list[SweepJob], tally: SweepTally) -> None:
+def _stop(units: list[list[SweepJob]], tally: SweepTally) -> None:
     """No run is started after a store fault that every later run would hit (no space left, a
     read-only store): they would each load a model and train only to fail on the same write."""
     e = tally.stopped
-    runs = f"{len(queue)} run{'s' if len(queue) != 1 else ''}"
+    n = sum(map(len, units))
+    runs = f"{n} run{'s' if n != 1 else ''}"
     say(f"sweep: stopped: {e.cause}; the {runs} not started would fail the same way; "
         f"{'free space' if e.no_space else 'fix the results store'} and run the same command again to train them")
-    tally.counts["not started"] = tally.counts.get("not started", 0) + len(queue)
-    queue.clear()
+    tally.counts["not started"] = tally.counts.get("not started", 0) + n
+    units.clear()
 
 
 def _metric(result: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from .packing import make_packs, why_alone
 from .status import STATES, TO_RUN, RunStatus, run_status, settle
 from .triage import triage
 
@@ -20,6 +21,7 @@ class PlanRow:
     error: str = ""
     unreadable: str = ""           # its stored result.json cannot be read: it trains again
     status: RunStatus = field(default_factory=lambda: RunStatus("not started", "not started"))  # where it stands
+    pack: str = ""                 # with hydra.launcher.pack: the pack it would train in, or why alone
 
 
 def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
@@ -44,13 +46,28 @@ def settle_rows(rows: list[PlanRow]) -> list[PlanRow]:
     return [r if s is r.status else replace(r, status=s) for r, s in zip(rows, statuses)]
 
 
+def with_packs(rows: list[PlanRow], cfgs: list[Mapping[str, Any]], size: int, workers: int) -> list[PlanRow]:
+    """The rows with the pack each run still to run would train in ("pack 1 of 2 (5 runs)"), or why
+    it trains alone, as sweep/packing groups them for a grid started now."""
+    waiting = [i for i, r in enumerate(rows) if r.status.state in TO_RUN and not r.error and not r.over_budget]
+    units = make_packs(waiting, lambda i: cfgs[i], size, workers)
+    packs = [u for u in units if len(u) > 1]
+    label = {i: f"pack {n} of {len(packs)} ({len(unit)} runs)" for n, unit in enumerate(packs, 1) for i in unit}
+    for unit in units:
+        if len(unit) == 1:
+            label[unit[0]] = f"alone: {why_alone(cfgs[unit[0]]) or 'no other run to pack it with'}"
+    return [replace(r, pack=label.get(i, "")) for i, r in enumerate(rows)]
+
+
 def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None) -> str:
     """The table and its total line; `store_problems` (results_dir -> why it looks not writable, from
     lorasweep.run.store.writable_problem: looked at, not written) goes at the end of the total line."""
     head = ("run", "r", "trainable", "% of all (peft)", "% of budget", "over budget", "status")
-    table = [head] + [_cells(r) for r in rows]
+    packs = any(r.pack for r in rows)
+    head += ("pack",) * packs
+    table = [head] + [_cells(r) + (r.pack,) * packs for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
-    left = (0, len(head) - 1)  # the run and its status read left to right; numbers line up on the right
+    left = (0, 6, 7)  # the run, its status and pack read left to right; numbers line up on the right
     lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))

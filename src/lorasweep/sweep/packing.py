@@ -1,0 +1,86 @@
+"""Which runs of a sweep train together in one pack (lorasweep.run.pack), and the packs themselves.
+
+`hydra.launcher.pack=true` packs every group of compatible runs (split so that each of the n_jobs
+workers gets one), `pack=K` makes packs of at most K runs, `pack=false` (the default) trains each run
+alone. A pack shares one frozen base and one stream of batches, so its runs must agree on all that
+shapes them: model, task and its data, batch size, evaluation batch size, steps or epochs,
+max_length, eval_steps. They may differ in all that makes them different runs: method among the
+adapter methods whose base stays frozen (lora, rslora, dora), rank, alpha, projections, dropout, lr,
+weight decay, warmup and seed. Anything else trains alone, and the plan says why.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+from ..config.spec import from_config
+from ..errors import ConfigError
+
+PACKABLE_METHODS = ("lora", "rslora", "dora")  # the base stays frozen and shared; pissa rewrites it, full trains it
+SHARED_TRAIN = ("epochs", "max_steps", "batch_size", "eval_batch_size", "eval_steps", "max_length")
+PACKABLE_KINDS = ("classification",)  # causal-LM SFT packs: not yet
+
+T = TypeVar("T")
+
+
+def pack_size(value: Any) -> int | None:
+    """hydra.launcher.pack: None (no packs), 0 (as many runs a pack as fit the workers) or K >= 2.
+    ConfigError naming the value otherwise."""
+    if value is True:  # before the test for 1: True == 1 in Python
+        return 0
+    if value is None or value is False or value == 1:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and value >= 2:
+        return value
+    raise ConfigError(f"hydra.launcher.pack={value!r} is invalid: it is how many compatible runs train together "
+                      f"over one base, true (every compatible run, split between the workers), false (each run "
+                      f"alone, the default) or a whole number 2 or more")
+
+
+def why_alone(cfg: Mapping[str, Any]) -> str | None:
+    """Why a run cannot join a pack, or None if it can."""
+    if str((cfg.get("lora") or {}).get("r")) == "auto":
+        return "lora.r=auto picks its rank at planning"
+    spec = from_config(cfg)
+    if spec.method not in PACKABLE_METHODS:
+        return f"method={spec.method} (packs hold {', '.join(PACKABLE_METHODS)})"
+    if spec.task.kind not in PACKABLE_KINDS:
+        return f"a {spec.task.kind} task (packs train {', '.join(PACKABLE_KINDS)} for now)"
+    if spec.tokens.new:
+        return "it injects new tokens"
+    return None
+
+
+def pack_key(cfg: Mapping[str, Any]) -> str:
+    """What the runs of one pack share: equal keys, one pack (if the size allows)."""
+    d = from_config(cfg).defining()
+    shared = {k: d["train"][k] for k in SHARED_TRAIN}
+    return json.dumps({"model": d["model"], "task": d["task"], "train": shared,
+                       "results_dir": str(cfg.get("results_dir"))}, sort_keys=True, default=str)
+
+
+def make_packs(items: Sequence[T], cfg_of: Callable[[T], Mapping[str, Any]], size: int | None,
+               workers: int = 1) -> list[list[T]]:
+    """`items` as packs (lists of 2 or more, in sweep order) and runs alone (lists of one). `size`:
+    pack_size's value; 0 spreads each compatible group over `workers` packs. Packs of a group are
+    balanced (9 runs at most 4 a pack: 3+3+3, not 4+4+1)."""
+    if size is None:
+        return [[item] for item in items]
+    groups: dict[str, list[T]] = {}
+    units: list[list[T]] = []
+    for item in items:
+        cfg = cfg_of(item)
+        if why_alone(cfg) is None:
+            groups.setdefault(pack_key(cfg), []).append(item)
+        else:
+            units.append([item])
+    for group in groups.values():
+        cap = size or math.ceil(len(group) / max(1, workers))
+        n = math.ceil(len(group) / max(1, cap))
+        for i in range(n):
+            units.append(group[i * len(group) // n:(i + 1) * len(group) // n])
+    position = {id(item): i for i, item in enumerate(items)}
+    return sorted(units, key=lambda unit: position[id(unit[0])])

@@ -1,0 +1,137 @@
+"""Packed sweeps as a user runs them: `python launch.py -m ... hydra.launcher.pack=true|K`.
+
+Real tiny runs in real worker processes; tests/test_pack.py shows that a packed run's result is the
+one it has alone, these show what the sweep does with packs: which runs it packs, what it says,
+what each result records, and that reruns, interruptions and killed workers lose nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import TINY_TOPICS, Sweep, launch, wait_gone, wait_until
+
+from lorasweep.run.claims import live_holder
+
+GRID = ["-m", "lora.r=2,4", "lora.proj=qk,qkvo", *TINY_TOPICS]
+# 30 steps of 0.3 s: a pack still trains when the test interrupts it, even on a loaded machine
+SLOW = ["-m", "lora.r=2,4", "lora.proj=qk,qkvo", *[a for a in TINY_TOPICS if not a.startswith("train.max_steps=")],
+        "train.max_steps=30", "hydra.launcher.pack=true", "train.step_sleep_s=0.3"]
+
+
+def results(store: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(store.glob("*/result.json"))}
+
+
+def test_a_packed_grid_trains_its_runs_together_and_a_rerun_trains_nothing(tmp_path):
+    proc = launch([*GRID, "hydra.launcher.pack=true"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("pack of 4 runs started: run 1/4 lora.r=2 lora.proj=qk; run 2/4 lora.r=2 lora.proj=qkvo; "
+            "run 3/4 lora.r=4 lora.proj=qk; run 4/4 lora.r=4 lora.proj=qkvo") in proc.stderr
+    assert "sweep: 4 runs: 4 done; best: " in proc.stderr
+    found = results(tmp_path / "results")
+    assert len(found) == 4 and {r["status"] for r in found.values()} == {"done"}
+    packs = {r["pack"]["id"] for r in found.values()}
+    assert len(packs) == 1 and all(r["pack"]["size"] == 4 for r in found.values())
+    assert sorted(next(iter(found.values()))["pack"]["runs"]) == sorted(r["run_key"] for r in found.values())
+    for name, r in found.items():  # each run its own PEFT adapter, of its own rank and modules
+        config = json.loads((tmp_path / "results" / name / "adapter" / "adapter_config.json").read_text())
+        assert config["r"] == r["config"]["lora"]["r"]
+        assert sorted(config["target_modules"]) == sorted(r["params"]["adapted_modules"])
+        assert (tmp_path / "results" / name / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+        assert [c["step"] for c in r["curve"]] == [0, 2, 4]
+        assert not (tmp_path / "results" / name / "claim.json").exists()
+
+    again = launch([*GRID, "hydra.launcher.pack=true"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep: 4 runs: 4 already done; best: " in again.stderr and "pack of" not in again.stderr
+
+
+def test_pack_k_makes_packs_of_at_most_k_that_train_side_by_side(tmp_path):
+    proc = launch([*GRID, "hydra.launcher.pack=2", "hydra.launcher.n_jobs=2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    started = re.findall(r"^pack of 2 runs started \(log: (\S+)\): ", proc.stderr, re.M)
+    assert len(started) == 2
+    found = results(tmp_path / "results")
+    assert sorted(r["pack"]["size"] for r in found.values()) == [2, 2, 2, 2]
+    assert len({r["pack"]["id"] for r in found.values()}) == 2
+    for log in started:  # each pack's output goes to its first run's log
+        assert "2 runs trained together over one tiny-bert" in Path(log).read_text()
+
+
+def test_runs_that_cannot_be_packed_train_alone_and_the_plan_says_why(tmp_path):
+    args = ["-m", "method=lora,dora,full", *TINY_TOPICS, "hydra.launcher.pack=true"]
+    plan = launch([*args, "hydra/launcher=plan"], cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    rows = {line.split()[0]: line for line in plan.stdout.splitlines() if line.startswith("method=")}
+    assert rows["method=lora"].endswith("pack 1 of 1 (2 runs)") and rows["method=dora"].endswith("pack 1 of 1 (2 runs)")
+    assert rows["method=full"].endswith("alone: method=full (packs hold lora, rslora, dora)")
+
+    proc = launch(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pack of 2 runs started: run 1/3 method=lora; run 2/3 method=dora" in proc.stderr
+    assert "run 3/3 started: method=full" in proc.stderr
+    found = {r["config"]["method"]: r for r in results(tmp_path / "results").values()}
+    assert found["lora"]["pack"]["size"] == found["dora"]["pack"]["size"] == 2
+    assert "pack" not in found["full"]
+
+    replan = launch([*args, "hydra/launcher=plan"], cwd=tmp_path)  # nothing left to pack: no pack column
+    assert replan.returncode == 0 and "pack" not in replan.stdout.splitlines()[1]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "many"])
+def test_pack_must_be_true_false_or_a_whole_number_of_at_least_2(tmp_path, value):
+    proc = launch([*GRID, f"hydra.launcher.pack={value}"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"hydra.launcher.pack={value if value == 'many' else value}" in proc.stderr.replace("'", "")
+    assert "true (every compatible run, split between the workers), false (each run alone, the default) " \
+           "or a whole number 2 or more; nothing was trained" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_interrupted_pack_leaves_no_result_and_trains_again_next_time(tmp_path):
+    store = tmp_path / "results"
+    with Sweep(SLOW, tmp_path) as sweep:
+        sweep.wait_for_line(r"^  pack step\s+2/30 ")
+        workers = sweep.workers()
+        os.killpg(sweep.proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        code = sweep.wait(timeout=60)
+    wait_gone(workers.values(), timeout=10)
+    out = sweep.output
+    assert code == 130, out[-3000:]
+    assert "sweep interrupted: 0 of 4 runs finished and kept; run the same command again to train the rest" in out
+    folders = [p for p in store.iterdir() if p.is_dir()]
+    assert len(folders) == 4 and not results(store)  # started, none half done
+    assert [live_holder(f) for f in folders] == [None] * 4
+
+    again = launch(SLOW[:-1], cwd=tmp_path)  # the same runs (the pause is not in the run key), trained now
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep: 4 runs: 4 done" in again.stderr
+    assert {r["status"] for r in results(store).values()} == {"done"} and len(results(store)) == 4
+
+
+KILLED = r"worker killed by signal 9 \(SIGKILL\): likely out of memory; its peak RSS was \d+(\.\d)? [MG]iB"
+
+
+def test_a_killed_pack_worker_fails_each_of_its_runs_with_the_cause(tmp_path):
+    store = tmp_path / "results"
+    with Sweep(SLOW, tmp_path) as sweep:
+        sweep.wait_for_line(r"^  pack step\s+2/30 ")
+        pid = next(iter(wait_until(sweep.workers, "the pack's worker")))
+        os.kill(pid, signal.SIGKILL)  # what the kernel's out-of-memory killer does
+        code = sweep.wait(timeout=60)
+    out = sweep.output
+    assert code == 1, out[-3000:]
+    assert len(re.findall(rf"^run \d/4 .*: FAILED after \d+s: {KILLED}$", out, re.M)) == 4
+    assert "sweep: 4 runs: 4 failed" in out and "Traceback" not in out
+    found = results(store)
+    assert len(found) == 4 and {r["status"] for r in found.values()} == {"failed"}
+    assert all(re.fullmatch(KILLED, r["reason"]) for r in found.values())
+
+    again = launch(SLOW[:-1], cwd=tmp_path)  # a later command trains them again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep: 4 runs: 4 done" in again.stderr
