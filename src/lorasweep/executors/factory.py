@@ -31,10 +31,14 @@ def executor_for(launcher: Mapping[str, Any] | None, n_jobs: int = 1, threads: i
 def local_placement(launcher: Mapping[str, Any] | None, n_jobs: Any,
                     n_jobs_field: str = "hydra.launcher.n_jobs") -> tuple[int, list[str] | None]:
     """(workers, each one's CUDA_VISIBLE_DEVICES or None) for local workers under this hydra.launcher
-    config (runs_per_gpu, gpus_per_run: executors/gpus); (n_jobs, None) for SLURM jobs. Raises
-    ConfigError for an invalid value: call it before anything trains."""
+    config (runs_per_gpu, gpus_per_run: executors/gpus); (n_jobs, None) for SLURM jobs, whose GPU
+    ask is checked the same way (executors/slurm_gpus). Raises ConfigError for an invalid value:
+    call it before anything trains."""
     launcher = dict(launcher or {})
     if runs_on_slurm(launcher):
+        from .slurm import SlurmSettings
+
+        SlurmSettings.from_config(launcher)
         return n_jobs, None
     from .gpus import place_workers
 

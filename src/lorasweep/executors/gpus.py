@@ -65,20 +65,26 @@ def gpu_slots(gpus: Sequence[str], gpus_per_run: int = 1, runs_per_gpu: int = 1)
     return [group for _ in range(runs_per_gpu) for group in groups]
 
 
+def check_gpus_per_run(value: Any) -> int:
+    """hydra.launcher.gpus_per_run, the same rule for local workers and SLURM jobs: 1 for now."""
+    gpus_per_run = whole_number("hydra.launcher.gpus_per_run", value, "how many GPUs each run gets")
+    if gpus_per_run > 1:  # a run would train on its first GPU only (or in slow DataParallel): say so
+        raise ConfigError(f"hydra.launcher.gpus_per_run={gpus_per_run} is not supported yet: a run trains on one "
+                          f"GPU (multi-GPU runs are not supported yet), so the others would sit idle; use 1 "
+                          f"(default)")
+    return gpus_per_run
+
+
 def place_workers(n_jobs: Any, runs_per_gpu: Any = 1, gpus_per_run: Any = 1, gpus: Sequence[str] | None = None,
                   n_jobs_field: str = "hydra.launcher.n_jobs") -> tuple[int, list[str] | None]:
     """(how many workers, each one's CUDA_VISIBLE_DEVICES, or None on a machine without GPUs: no
     pinning, as before). Every value is checked first: a ConfigError names the field, the value
     and what is valid."""
     runs_per_gpu = whole_number("hydra.launcher.runs_per_gpu", runs_per_gpu, "how many runs share one GPU")
-    gpus_per_run = whole_number("hydra.launcher.gpus_per_run", gpus_per_run, "how many GPUs each run gets")
+    gpus_per_run = check_gpus_per_run(gpus_per_run)
     if n_jobs is not None:
         n_jobs = whole_number(n_jobs_field, n_jobs, "how many runs are in flight at once; null: one per GPU slot, "
                         "or 1 without a GPU", default="null")
-    if gpus_per_run > 1:  # a run would train on its first GPU only (or in slow DataParallel): say so
-        raise ConfigError(f"hydra.launcher.gpus_per_run={gpus_per_run} is not supported yet: a run trains on one "
-                          f"GPU (multi-GPU runs are not supported yet), so the others would sit idle; use 1 "
-                          f"(default)")
     gpus = visible_gpus() if gpus is None else list(gpus)
     if not gpus:
         return n_jobs or 1, None

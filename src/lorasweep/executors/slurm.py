@@ -10,6 +10,8 @@ LocalExecutor (lorasweep.executors.local).
   Trainer checkpoint in the run folder (lorasweep.run.loop).
 - An sbatch that fails (unknown partition, more CPUs or memory than a node has, bad gres) raises
   SubmissionError with sbatch's own message, before anything waits.
+- A job asks for exactly the GPUs its one run uses (gpus_per_run); SlurmSettings.from_config refuses
+  any other GPU ask before anything is submitted (slurm_gpus.py).
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ from typing import Any, Mapping, Sequence
 import submitit
 
 from ..compat import job_outcome
-from ..errors import SubmissionError
+from ..errors import ConfigError, SubmissionError
 from ..run.claims import drop_job_claim
 from ..run.store import store_dir
+from .slurm_gpus import check_job_gpus
 from .slurm_jobs import job_state, read_record, record
 from .worker import configure_process, execute
 
@@ -54,6 +57,8 @@ class SlurmSettings:
     mem_gb: float | None = None
     gres: str | None = None
     gpus_per_node: int | None = None
+    gpus_per_run: Any = 1           # GPUs the job's run uses: its GPU ask must be this many (slurm_gpus)
+    runs_per_gpu: Any = 1           # one run per job: only 1 (the key is local.yaml's, refused above 1 here)
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
@@ -67,14 +72,17 @@ class SlurmSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SlurmSettings":
+        """The settings, checked: ConfigError for an unknown key or a GPU ask its run would not use."""
         from omegaconf import OmegaConf
 
         cfg = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in cfg.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known - {"_target_"})
         if unknown:
-            raise ValueError(f"hydra.launcher: unknown SLURM setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**{k: v for k, v in cfg.items() if k in known})
+            raise ConfigError(f"hydra.launcher: unknown SLURM setting(s) {unknown}; valid: {sorted(known)}")
+        settings = cls(**{k: v for k, v in cfg.items() if k in known})
+        check_job_gpus(settings.gres, settings.gpus_per_node, settings.gpus_per_run, settings.runs_per_gpu)
+        return settings
 
     def sbatch_parameters(self) -> dict[str, Any]:
         # submitit.SlurmExecutor takes sbatch's names: time (minutes), mem

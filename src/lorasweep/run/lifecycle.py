@@ -47,10 +47,10 @@ def run_config(cfg: Mapping[str, Any], reporter: Reporter | None = None, *, tria
     tracking = dict(cfg.get("tracking") or {})
     check_tracking(tracking)
     plan = plan_run(cfg)  # config, data and projection errors surface here, before any weight is read
+    loop = LoopOptions.from_config(cfg.get("train") or {})  # train.compile without a compiler too
     results_dir = store.store_dir(cfg)
     store.check_writable(results_dir)  # an unwritable store too (created if missing, once per process)
-    return run_planned(plan, results_dir, tracking=tracking, reporter=reporter,
-                       loop=LoopOptions.from_config(cfg.get("train") or {}), triaged=triaged)
+    return run_planned(plan, results_dir, tracking=tracking, reporter=reporter, loop=loop, triaged=triaged)
 
 
 def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | None = None,

@@ -53,10 +53,12 @@ def plain_head(model: torch.nn.Module) -> bool:
 SCALING_KEYS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
-def kept_rows_loss(model: torch.nn.Module, inputs: dict, num_items_in_batch=None) -> KeptLoss:
-    """The SFT loss of `inputs` (with `labels`, -100 where untrained), the head on kept rows only."""
+def kept_rows_loss(model: torch.nn.Module, inputs: dict, num_items_in_batch=None,
+                   body: torch.nn.Module | None = None) -> KeptLoss:
+    """The SFT loss of `inputs` (with `labels`, -100 where untrained), the head on kept rows only.
+    `body`: the decoder to call instead of backbone(model) (a torch.compile'd one, train.compile)."""
     feed = {k: v for k, v in inputs.items() if k in BACKBONE_INPUTS}
-    hidden = backbone(model)(**feed, use_cache=False).last_hidden_state
+    hidden = (body if body is not None else backbone(model))(**feed, use_cache=False).last_hidden_state
     labels = inputs["labels"][:, 1:].to(hidden.device)  # position t predicts token t + 1
     mask = labels != IGNORE
     rows, targets = hidden[:, :-1][mask], labels[mask]

@@ -27,6 +27,7 @@ from ..console import say
 from ..errors import DataError
 from ..tasks.metrics import headline
 from ..tasks.task import TrainingData
+from .compile_check import check_compile
 from .progress import ProgressFile, eta_seconds
 from .store import write_json_atomically
 from .tracking import Tracker
@@ -41,15 +42,18 @@ class LoopOptions:
 
     save_steps: int = 0         # checkpoint every N steps into the run's trainer/ folder (0: never)
     step_sleep_s: float = 0.0   # sleep after each step: lets a test interrupt a tiny run mid-training
+    compile: bool = False       # train.compile: torch.compile what trains (run/compile_check.py); same run
 
     @classmethod
     def from_config(cls, train_cfg: Mapping[str, Any]) -> "LoopOptions":
         """train.save_steps: null checkpoints every eval_steps inside a SLURM job (a requeued run
-        resumes) and never elsewhere; 0 never; N every N steps. train.step_sleep_s slows steps."""
+        resumes) and never elsewhere; 0 never; N every N steps. train.step_sleep_s slows steps.
+        train.compile: checked here, before any weight is read (ConfigError)."""
         save = train_cfg.get("save_steps")
         if save is None:
             save = int(train_cfg.get("eval_steps") or 50) if os.environ.get("SLURM_JOB_ID") else 0
-        return cls(save_steps=int(save), step_sleep_s=float(train_cfg.get("step_sleep_s") or 0.0))
+        return cls(save_steps=int(save), step_sleep_s=float(train_cfg.get("step_sleep_s") or 0.0),
+                   compile=check_compile(train_cfg.get("compile", False)))
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,16 @@ def _sft_trainer_class():
             keep = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
             return Trainer.compute_loss(self, model, keep, return_outputs, num_items_in_batch)
 
+        def _compiled_body(self, model):
+            """train.compile: the decoder this loss calls, compiled once. The Trainer's torch_compile
+            compiles the model's forward, which this loss goes around (lm_head.backbone); evaluation
+            and generation stay eager (the evaluator's shapes vary: no recompiles)."""
+            if not self.args.torch_compile:
+                return None
+            if getattr(self, "_body", None) is None:
+                self._body = torch.compile(lm_head.backbone(model))  # shares the weights: nothing to save twice
+            return self._body
+
         def _plain_nll(self) -> bool:
             """trl's default loss (the only one lorasweep configures): no other loss to reproduce."""
             return (self.args.loss_type == "nll" and self.label_smoother is None and lm_head.plain_head(self.model)
@@ -167,7 +181,7 @@ def _sft_trainer_class():
 
         def _kept_rows_loss(self, model, inputs, num_items_in_batch):
             """trl's training loss and the metrics it logs (entropy, mean_token_accuracy, num_tokens)."""
-            out = lm_head.kept_rows_loss(model, inputs, num_items_in_batch)
+            out = lm_head.kept_rows_loss(model, inputs, num_items_in_batch, body=self._compiled_body(model))
             total = lambda t: self.accelerator.gather_for_metrics(t).sum()
             n, metrics = total(out.n), self._metrics["train"]
             metrics["entropy"].append((total(out.entropy_sum) / n).item() if n > 0 else 0.0)
@@ -286,7 +300,7 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     to date while it trains (run/progress.py).
     """
     outcome = TrainOutcome()
-    common = _arguments(spec, workdir, loop.save_steps)
+    common = {**_arguments(spec, workdir, loop.save_steps), "torch_compile": loop.compile}
     if kind == "classification":
         trainer = _ClassificationTrainer(model=model, args=TrainingArguments(**common),
                                          train_dataset=data.train, eval_dataset=data.eval,

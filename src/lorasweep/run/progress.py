@@ -9,6 +9,8 @@ rate), then at most every WRITE_EVERY_S after a step, at each evaluation and whe
     train_loss                 the last logged training loss: {value, step}
     eval                       the last evaluation: {metric, value, step}
     host, pid, slurm_job, gpu  who trains it: the CUDA device's name, else "cpu"
+    cuda_visible_devices       the GPUs its process was given (executors/gpus, or SLURM); None: not set
+    peak_gpu_mb                the most GPU memory it has held so far (MiB; None without a GPU)
     started_at, updated_at     ISO 8601, local time with its offset
     steps_per_s, eta_s         the step rate since training began (evaluations included: it is the
                                wall clock a person waits on) and the seconds left at that rate
@@ -32,7 +34,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..errors import StoreError
-from .store import slurm_job_id, write_json_atomically
+from .store import peak_memory, slurm_job_id, write_json_atomically
 
 PROGRESS_FILE = "progress.json"
 # A write is a temp file, an fsync and a rename: every 5 s is nothing beside a training step, and
@@ -54,7 +56,8 @@ class ProgressFile(TrainerCallback):
 
     def __init__(self, path: Path, every_s: float = WRITE_EVERY_S):
         self.path, self.every_s = Path(path), every_s
-        self.who = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job_id(), "gpu": _device()}
+        self.who = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job_id(), "gpu": _device(),
+                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         self.loss: dict[str, Any] | None = None
         self.eval: dict[str, Any] | None = None  # the evaluation before training (step 0) counts too
         self.started_at = ""
@@ -96,7 +99,8 @@ class ProgressFile(TrainerCallback):
         record = {"step": step, "total_steps": total, "train_loss": self.loss, "eval": self.eval, **self.who,
                   "started_at": self.started_at, "updated_at": _now(),
                   "steps_per_s": round((step - first_step) / elapsed, 4) if elapsed > 0 else None,
-                  "eta_s": 0.0 if step >= total else (round(eta, 1) if eta is not None else None)}
+                  "eta_s": 0.0 if step >= total else (round(eta, 1) if eta is not None else None),
+                  "peak_gpu_mb": peak_memory()["peak_gpu_mb"]}  # the plan view's peak GPU memory while it runs
         try:
             write_json_atomically(self.path, record)
         except StoreError:  # a look that cannot be written (a full disk) costs the run nothing; the next try may fit

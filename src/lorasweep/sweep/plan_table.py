@@ -1,10 +1,13 @@
 """The plan of a sweep as a table: one row per run, counted from configs alone, where each run stands
-(sweep/status.py: done 0.623, running ... ETA, queued, failed, interrupted, ...), and a total line."""
+(sweep/status.py: done 0.623, running ... ETA, queued, failed, interrupted, ...), and a total line.
+The GPU(s) each run used or uses and its peak GPU memory (sweep/gpu_usage.py) are columns only when
+some run has one: a CPU-only sweep's table is as before."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from .gpu_usage import GpuUsage, gpu_usage
 from .packing import make_packs, why_alone
 from .status import STATES, TO_RUN, RunStatus, run_status, settle
 from .triage import triage
@@ -21,6 +24,7 @@ class PlanRow:
     error: str = ""
     unreadable: str = ""           # its stored result.json cannot be read: it trains again
     status: RunStatus = field(default_factory=lambda: RunStatus("not started", "not started"))  # where it stands
+    gpu: GpuUsage = field(default_factory=GpuUsage)  # the GPU(s) it used or uses, its peak GPU memory
     pack: str = ""                 # with hydra.launcher.pack: the pack it would train in, or why alone
 
 
@@ -28,16 +32,16 @@ def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
     """Plan one run, writing nothing; a config error becomes the row's error rather than stopping
     the whole plan."""
     decision = triage(cfg, record=False)
-    plan = decision.plan
+    plan, status = decision.plan, run_status(decision)
     if plan is None:
-        return PlanRow(label, error=decision.error, status=run_status(decision))
+        return PlanRow(label, error=decision.error, status=status)
     spec = plan.spec
     rank = f"{spec.lora.r} (auto)" if plan.auto_rank else (str(spec.lora.r) if plan.targets else "-")
     # peft's print_trainable_parameters divides by all parameters, the adapters' included: an adapter
     # method adds every parameter it trains (A, B, DoRA magnitudes, the head's trained copy, token rows)
     total = plan.base_total + (plan.predicted if plan.targets else 0)
     return PlanRow(label, plan.predicted, total, plan.budget, rank, plan.over_budget,
-                   unreadable=decision.unreadable, status=run_status(decision))
+                   unreadable=decision.unreadable, status=status, gpu=gpu_usage(decision, status))
 
 
 def settle_rows(rows: list[PlanRow]) -> list[PlanRow]:
@@ -62,12 +66,14 @@ def with_packs(rows: list[PlanRow], cfgs: list[Mapping[str, Any]], size: int, wo
 def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None) -> str:
     """The table and its total line; `store_problems` (results_dir -> why it looks not writable, from
     lorasweep.run.store.writable_problem: looked at, not written) goes at the end of the total line."""
-    head = ("run", "r", "trainable", "% of all (peft)", "% of budget", "over budget", "status")
-    packs = any(r.pack for r in rows)
-    head += ("pack",) * packs
-    table = [head] + [_cells(r) + (r.pack,) * packs for r in rows]
+    gpus, packs = any(r.gpu.any for r in rows), any(r.pack for r in rows)
+    head = ("run", "r", "trainable", "% of all (peft)", "% of budget", "over budget") \
+        + (("gpu", "peak gpu mem") if gpus else ()) + ("status",) + (("pack",) if packs else ())
+    table = [head] + [_cells(r)[:-1] + (_gpu_cells(r.gpu) if gpus else ()) + _cells(r)[-1:]
+                      + ((r.pack,) if packs else ()) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
-    left = (0, 6, 7)  # the run, its status and pack read left to right; numbers line up on the right
+    # the run, its status and its pack read left to right; numbers line up on the right
+    left = {0, head.index("status"), len(head) - 1}
     lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -88,6 +94,10 @@ def total_line(rows: list[PlanRow]) -> str:
     to_run = sum(counts[state] for state in TO_RUN)
     runs = f"{len(rows)} run" + ("" if len(rows) == 1 else "s")
     return f"total: {runs}" + (f": {', '.join(parts)}" if parts else "") + f"; {to_run} to run"
+
+
+def _gpu_cells(usage: GpuUsage) -> tuple[str, str]:
+    return usage.gpus, f"{usage.peak_mb:,.0f} MiB" if usage.peak_mb is not None else ""
 
 
 def _cells(r: PlanRow) -> tuple[str, ...]:
