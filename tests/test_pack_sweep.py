@@ -60,7 +60,7 @@ def test_pack_k_makes_packs_of_at_most_k_that_train_side_by_side(tmp_path):
     assert sorted(r["pack"]["size"] for r in found.values()) == [2, 2, 2, 2]
     assert len({r["pack"]["id"] for r in found.values()}) == 2
     for log in started:  # each pack's output goes to its first run's log
-        assert "2 runs trained together over one tiny-bert" in Path(log).read_text()
+        assert "2 runs trained together over one tiny-bert" in (tmp_path / log).read_text()
 
 
 def test_runs_that_cannot_be_packed_train_alone_and_the_plan_says_why(tmp_path):
@@ -135,3 +135,32 @@ def test_a_killed_pack_worker_fails_each_of_its_runs_with_the_cause(tmp_path):
     again = launch(SLOW[:-1], cwd=tmp_path)  # a later command trains them again
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sweep: 4 runs: 4 done" in again.stderr
+
+
+OPTUNA = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler=grid",
+          "lora.r=choice(2,4)", "lora.proj=q,qv", *TINY_TOPICS]
+
+
+def test_an_optuna_sweep_trains_its_trials_in_packs_of_k(tmp_path):
+    import optuna
+
+    store = tmp_path / "results"
+    proc = launch([*OPTUNA, "hydra.launcher.pack=2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(re.findall(r"^trial \d/4 .*: started \(in a pack of 2, job \d\)$", proc.stderr, re.M)) == 4
+    found = results(store)
+    assert len(found) == 4 and {r["status"] for r in found.values()} == {"done"}
+    assert sorted(r["pack"]["size"] for r in found.values()) == [2, 2, 2, 2]
+    assert len({r["pack"]["id"] for r in found.values()}) == 2
+    study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{store / 'optuna.db'}")[0],
+                              storage=f"sqlite:///{store / 'optuna.db'}")
+    told = {t.user_attrs["run_key"]: t for t in study.trials}
+    assert {t.state.name for t in told.values()} == {"COMPLETE"}
+    assert {key: t.value for key, t in told.items()} == {r["run_key"]: r["objective"]["value"] for r in found.values()}
+
+
+def test_pack_true_is_refused_under_optuna(tmp_path):
+    proc = launch([*OPTUNA, "hydra.launcher.pack=true"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "hydra.launcher.pack=true needs a grid, whose runs are known in advance" in proc.stderr
+    assert "nothing was trained" in proc.stderr and not list(tmp_path.glob("results/*/result.json"))

@@ -91,21 +91,26 @@ def test_the_same_sweep_again_submits_nothing(design_card):
     assert "submitted" not in second.stderr
 
 
+def _kill_the_driver_once_submitted(args: list[str], cwd, runs: int) -> dict:
+    """Start `python launch.py ARGS`, SIGKILL the driver (no goodbye at all, like a lost login node)
+    once each of its `runs` runs has a job record; returns the records."""
+    driver = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while len(job_records(cwd / "results")) < runs and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(job_records(cwd / "results")) == runs, "the driver did not submit the sweep"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.communicate(timeout=30)
+    return job_records(cwd / "results")
+
+
 def test_a_killed_driver_started_again_reattaches_and_trains_nothing_twice(slurm_cluster, tmp_path):
     # four runs of a few seconds, two at a time: the driver is killed while they are queued or running
     grid = ["-m", "lora.r=2,4", "lora.proj=qk,v"]
     slow = TINY_TOPICS + ["train.max_steps=10", "train.step_sleep_s=0.3", "hydra.launcher.array_parallelism=2"]
-    cmd = [sys.executable, str(ROOT / "launch.py"), *grid, *slow, *SLURM]
-    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
     store = tmp_path / "results"
-    deadline = time.time() + 300
-    while len(job_records(store)) < 4 and time.time() < deadline:
-        time.sleep(0.2)
-    assert len(job_records(store)) == 4, "the driver did not submit the sweep"
-    os.kill(driver.pid, signal.SIGKILL)  # no goodbye at all, like a lost login node
-    driver.communicate(timeout=30)
-    submitted = job_records(store)
+    submitted = _kill_the_driver_once_submitted(grid + slow + SLURM, tmp_path, runs=4)
     before = {name: r for name, r in results(store).items() if r["status"] == "done"}
     assert len(before) < 4, "every run finished before the driver was killed: nothing left to re-attach"
     proc = launch(grid + slow + SLURM, cwd=tmp_path, timeout=600)
@@ -259,3 +264,25 @@ def test_a_signalled_run_is_requeued_and_resumes_from_its_checkpoint(slurm_clust
     steps = [point["step"] for point in result["curve"]]
     assert steps == list(range(0, 31, 5))
     assert not (store / next(iter(results(store))) / "trainer").exists()
+
+
+def test_a_pack_trains_in_one_slurm_job_and_a_restarted_driver_collects_it(slurm_cluster, tmp_path):
+    """pack=true: the grid's four runs go as one job; each run's folder names that job. The driver is
+    killed while the pack trains; started again, it re-attaches to the job and submits nothing."""
+    grid = ["-m", "lora.r=2,4", "lora.proj=qk,v", "hydra.launcher.pack=true"]
+    slow = [o for o in TINY_TOPICS if not o.startswith("train.max_steps=")] + ["train.max_steps=20",
+                                                                               "train.step_sleep_s=0.3"]
+    store = tmp_path / "results"
+    submitted = _kill_the_driver_once_submitted(grid + slow + SLURM, tmp_path, runs=4)
+    assert len({rec["job_id"] for rec in submitted.values()}) == 1  # one job for the 4 runs
+    assert len([r for r in results(store).values() if r["status"] == "done"]) < 4, "the pack ended too soon"
+
+    proc = launch(grid + slow + SLURM, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "submitted as job" not in proc.stderr and job_records(store) == submitted  # nothing submitted again
+    after = results(store)
+    assert len(after) == 4 and {r["status"] for r in after.values()} == {"done"}
+    job = next(iter(submitted.values()))["job_id"]
+    assert {r["env"]["slurm_job_id"] for r in after.values()} == {job}  # all trained in that one job
+    assert {r["pack"]["size"] for r in after.values()} == {4} and len({r["pack"]["id"] for r in after.values()}) == 1
+    assert "sweep: 4 runs: " in proc.stderr and "failed" not in proc.stderr.split("sweep: 4 runs: ")[-1]

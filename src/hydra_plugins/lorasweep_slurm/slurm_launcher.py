@@ -33,4 +33,5 @@ class SlurmLauncher(ContextLauncher):
             say(f"sweep: {e}; nothing was submitted")
             raise SystemExit(2) from None
         return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
-                          open_executor=lambda: SlurmExecutor(settings), retries=settings.retries)
+                          open_executor=lambda: SlurmExecutor(settings), retries=settings.retries,
+                          pack=settings.pack)

@@ -88,6 +88,7 @@ class LocalExecutor:
     def __init__(self, n_jobs: int = 1, threads: int | None = None, gpus: Sequence[str] | None = None):
         self.n_jobs = max(1, n_jobs)
         self.threads = threads_per_run(self.n_jobs, threads)
+        self.pack_spread = self.n_jobs  # pack=true: each group of compatible runs split into a pack per worker
         self.gpus = list(gpus) if gpus else None
         if self.gpus is not None and len(self.gpus) < self.n_jobs:
             raise ValueError(f"LocalExecutor: {self.n_jobs} workers but GPUs for {len(self.gpus)}")

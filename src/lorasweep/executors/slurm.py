@@ -33,7 +33,7 @@ from ..run.claims import drop_job_claim
 from ..run.store import store_dir
 from .slurm_gpus import check_job_gpus
 from .slurm_jobs import job_state, read_record, record
-from .worker import configure_process, execute
+from .worker import PACK, configure_process, execute, task_folders
 
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED")  # PREEMPTED without requeue; submitit requeues before that
@@ -69,6 +69,7 @@ class SlurmSettings:
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
     poll_s: float = 1.0             # how often the driver looks for finished runs
     retries: Any = 0                # a failed run submitted again up to this many times (the sweep's; checked there)
+    pack: Any = False               # compatible runs trained together, a pack per job (the sweep's; sweep/packing)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SlurmSettings":
@@ -101,7 +102,8 @@ class SlurmSettings:
 
 
 class SlurmRun(submitit.helpers.Checkpointable):
-    """What a SLURM job runs: one run. On USR2 (time limit or preemption) submitit calls checkpoint(),
+    """What a SLURM job runs: one run, or one pack (a pack does not checkpoint: requeued, it trains
+    again from its start). On USR2 (time limit or preemption) submitit calls checkpoint(),
     inherited: the same call again, and the run then resumes from its Trainer checkpoint."""
 
     def __call__(self, cfg: dict) -> dict:
@@ -119,6 +121,7 @@ class SlurmExecutor:
         # runs in flight: a grid goes to the cluster whole (SLURM throttles arrays by array_parallelism);
         # an Optuna sweep keeps its n_jobs trials in flight
         self.n_jobs = n_jobs or 10**9
+        self.pack_spread = 1  # pack=true: each group of compatible runs is one pack, one job (sweep/packing)
         self.verb = "submitted"
         self._executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=settings.max_num_timeout)
         self._executor.update_parameters(**settings.sbatch_parameters())
@@ -148,8 +151,9 @@ class SlurmExecutor:
             part = fresh[start:start + chunk]
             jobs = self._submit_array([_absolute(items[i][0]) for i in part])
             for i, job in zip(part, jobs):
-                record(items[i][1], job.job_id, self.folder)
-                futures[i] = self._future(job, items[i][1], attached=False)
+                for folder in task_folders(*items[i]):  # each run of a pack names its job: a restarted driver follows it
+                    record(folder, job.job_id, self.folder)
+                futures[i] = self._future(job, items[i][1], attached=False, folders=task_folders(*items[i]))
         return futures  # type: ignore[return-value]
 
     def _submit_array(self, cfgs: list[dict]) -> list:
@@ -173,11 +177,11 @@ class SlurmExecutor:
 
     # -- waiting ----------------------------------------------------------------------------------
 
-    def _future(self, job, folder: Path, attached: bool) -> Future:
+    def _future(self, job, folder: Path, attached: bool, folders: list[Path] | None = None) -> Future:
         future: Future = Future()
         future.set_running_or_notify_cancel()
         future.job_id = job.job_id  # type: ignore[attr-defined]
-        future.run_folder = folder  # type: ignore[attr-defined]
+        future.run_folders = folders or [folder]  # type: ignore[attr-defined]
         future.note = (f"{'re-attached to' if attached else 'submitted as'} job {job.job_id}, "  # type: ignore[attr-defined]
                        f"log {job.paths.stderr}")
         with self._lock:
@@ -212,7 +216,8 @@ class SlurmExecutor:
         try:
             outcome, value = job_outcome(job)  # ("success", result) or ("error", traceback)
         except submitit.core.utils.UncompletedJobError as e:  # killed: its claim is left behind
-            drop_job_claim(future.run_folder, job.job_id)  # type: ignore[attr-defined]
+            for folder in future.run_folders:  # type: ignore[attr-defined]
+                drop_job_claim(folder, job.job_id)
             future.set_exception(SlurmRunError(f"job {job.job_id} ended without a result ({job.state}):\n{e}"))
             return
         if outcome == "success":
@@ -262,7 +267,9 @@ def max_array_size() -> int:
 
 
 def _absolute(cfg: Mapping[str, Any]) -> dict:
-    """The job may start in another directory: the results store as an absolute path."""
+    """The job may start in another directory: the results store as an absolute path (each run's, in a pack)."""
+    if PACK in cfg:
+        return {**cfg, PACK: [_absolute(run) for run in cfg[PACK]]}
     cfg = dict(cfg)
     cfg["results_dir"] = str(store_dir(cfg).resolve())
     return cfg

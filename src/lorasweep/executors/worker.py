@@ -22,7 +22,7 @@ from ..console import PlainText, quiet_libraries, say
 from ..errors import RunClaimedError
 
 STOPPED_EXIT = 128 + signal.SIGTERM
-PACK = "pack"  # the key of a task that trains several runs as one pack  # a worker's exit status after a clean stop (what a shell shows for SIGTERM)
+PACK, FOLDERS = "pack", "folders"  # the keys of a task that trains several runs as one pack  # a worker's exit status after a clean stop (what a shell shows for SIGTERM)
 
 
 class Stopped(KeyboardInterrupt):
@@ -70,10 +70,15 @@ def _run(cfg: Mapping[str, Any]) -> dict:
         raise
 
 
-def pack_task(cfgs: list[dict]) -> dict:
-    """What an executor is sent to train `cfgs` as one pack (lorasweep.run.pack); its result is
-    {"pack": [each run's result, or {"claimed_by": who}]}."""
-    return {PACK: cfgs}
+def pack_task(cfgs: list[dict], folders: list[Path]) -> dict:
+    """What an executor is sent to train `cfgs` (whose run folders are `folders`) as one pack
+    (lorasweep.run.pack); its result is {"pack": [each run's result, or {"claimed_by": who, "run_key"}]}."""
+    return {PACK: cfgs, FOLDERS: [str(f) for f in folders]}
+
+
+def task_folders(cfg: Mapping[str, Any], folder: Path) -> list[Path]:
+    """The run folders of a task sent with `folder`: a pack's, or the one run's."""
+    return [Path(f) for f in cfg[FOLDERS]] if PACK in cfg else [Path(folder)]
 
 
 def members(cfg: Mapping[str, Any]) -> list[dict]:

@@ -59,7 +59,7 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
                 claims.enter_context(Claim(folder))
                 _finished(plan, folder, triaged=True, say_unreadable=False)  # and since our look
             except RunClaimedError as e:
-                out[i] = {"claimed_by": e.holder}
+                out[i] = {"claimed_by": e.holder, "run_key": plan.spec.run_key}
                 continue
             todo.append(i)
         if len(todo) == 1:  # the rest is elsewhere or done: this one trains as it would alone (claimed above)

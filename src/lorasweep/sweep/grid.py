@@ -39,12 +39,12 @@ from ..console import say
 from ..errors import (SAID_IN_FULL, ConfigError, StoreError, SubmissionError, UnwritableStoreError,
                       WorkerDiedError, cause)
 from ..executors.factory import check_retries
-from ..executors.worker import PACK, claimed_by, pack_task
+from ..executors.worker import claimed_by, pack_task
 from ..run.claims import WAIT_POLL_S
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .interrupts import interrupt_on_signals
-from .packing import make_packs, pack_size
+from .packing import make_packs, pack_size, per_run
 from .triage import after_wait, triage
 
 
@@ -196,7 +196,7 @@ def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, 
             for job in [job for job in elsewhere if executor.follows(job.folder)]:  # our own job, still running
                 elsewhere.remove(job)
                 queue.append(job)  # submit_many re-attaches to it
-            units = make_packs(queue, lambda job: job.cfg, pack, executor.n_jobs)
+            units = make_packs(queue, lambda job: job.cfg, pack, executor.pack_spread)
             while units or running or elsewhere:
                 batch = units[:max(0, executor.n_jobs - len(running))]  # submit only what starts now
                 del units[:len(batch)]
@@ -209,7 +209,7 @@ def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, 
                 for task in _next_finished(running, poll=bool(elsewhere)):
                     unit = running.pop(task)
                     durations.append(time.perf_counter() - unit[0].started)
-                    for job, future in zip(unit, _per_run(task, len(unit))):
+                    for job, future in zip(unit, per_run(task, [job.folder.name.rsplit('-', 1)[-1] for job in unit])):
                         if _claimed_elsewhere(future, job, elsewhere):
                             continue  # another process claimed it after our triage: waited for, like the others
                         if tally.stopped is None and _retrying(future, job, retries):
@@ -239,7 +239,7 @@ def _task(unit: list[SweepJob]) -> tuple[dict, Path]:
     """What the executor is sent for a run alone, or for a pack (its log goes to its first run's folder)."""
     if len(unit) == 1:
         return unit[0].cfg, unit[0].folder
-    return pack_task([job.cfg for job in unit]), unit[0].folder
+    return pack_task([job.cfg for job in unit], [job.folder for job in unit]), unit[0].folder
 
 
 def _say_started(unit: list[SweepJob], future: Future, verb: str) -> None:
@@ -250,24 +250,6 @@ def _say_started(unit: list[SweepJob], future: Future, verb: str) -> None:
         say(f"run {job.index + 1}/{job.total} {verb}: {job.label}{note}")
         return
     say(f"pack of {len(unit)} runs {verb}{note}: " + "; ".join(f"run {j.index + 1}/{j.total} {j.label}" for j in unit))
-
-
-def _per_run(task: Future, n: int) -> list[Future]:
-    """A finished task's outcome per run: the task itself for a run alone; for a pack, each run's own
-    result (or the failure of the whole pack, for each of its runs)."""
-    if n == 1:
-        return [task]
-    futures = [Future() for _ in range(n)]
-    error = task.exception()
-    outcomes = task.result()[PACK] if error is None else [None] * n
-    for future, outcome in zip(futures, outcomes):
-        if error is not None:
-            future.set_exception(error)
-        elif "died" in outcome:  # its worker died before it finished (lorasweep.executors.local)
-            future.set_exception(WorkerDiedError(outcome["died"]))
-        else:
-            future.set_result(outcome)
-    return futures
 
 
 def _next_finished(running: dict[Future, list[SweepJob]], poll: bool) -> set[Future]:

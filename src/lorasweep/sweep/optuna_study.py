@@ -36,7 +36,7 @@ from ..compat import reopen_trial, trial_id
 from ..console import say
 from ..errors import ConfigError, StoreError, UnwritableStoreError, cause
 from ..executors.factory import check_retries, executor_for, local_placement, runs_on_slurm
-from ..executors.worker import claimed_by
+from ..executors.worker import claimed_by, pack_task
 from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
 from ..run.study_storage import default_storage, open_storage
@@ -46,6 +46,7 @@ from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE, FailureRate, check_ma
 from .interrupts import interrupt_on_signals
 from .optuna_results import say_summary, write_optimization_results
 from .optuna_settings import OptunaSettings
+from .packing import make_packs, optuna_pack_size, per_run
 from .triage import after_wait, triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
@@ -93,6 +94,8 @@ class OptunaSweep:
         self.failures = FailureRate(DEFAULT_FAILURE_RATE)  # hydra.sweeper.max_failure_rate, idem
         self.extender = None  # hydra.sweeper.custom_search_space, idem
         self.halted: str | None = None  # why no more trials are asked (said once): exit 1
+        self.pack: int | None = None  # hydra.launcher.pack: trials a worker trains at once (sweep/packing)
+        self.ready: list[_Job] = []  # with packs: trials asked and triaged, to be sent as packs
 
     def run(self, arguments: list[str]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -104,6 +107,7 @@ class OptunaSweep:
         try:  # before the study (its default storage lives in the store) and before anything trains
             self.retries = check_retries((self.launcher or {}).get("retries", 0))
             self.s.n_jobs, self.gpus = local_placement(self.launcher, self.s.n_jobs, "hydra.sweeper.n_jobs")
+            self.pack = optuna_pack_size((self.launcher or {}).get("pack"))
             self.failures = FailureRate(check_max_failure_rate(self.s.max_failure_rate))
             self.extender = load_custom_search_space(self.s.custom_search_space)
             check_writable(self.results_dir)
@@ -144,8 +148,8 @@ class OptunaSweep:
 
     def _loop(self) -> None:
         finished = len(self._counted_trials())
-        inflight: dict[Future, _Job] = {}
-        by_key: dict[str, Future] = {}
+        inflight: dict[Future, list[_Job]] = {}  # a task in flight -> its runs (several: a pack)
+        by_key: dict[str, _Job] = {}  # run key -> its run in flight
         self.elsewhere: list[_Elsewhere] = []  # trials whose run another process trains now
         executor = executor_for(self.launcher, self.s.n_jobs, self.s.threads, self.gpus)
         try:
@@ -153,6 +157,9 @@ class OptunaSweep:
                 while (self.halted is None and len(inflight) < self.s.n_jobs
                        and finished + self._pending(inflight) < self.n_trials):
                     finished += self._start(finished + self._pending(inflight) + 1, executor, inflight, by_key)
+                    if len(self.ready) >= (self.pack or 1):
+                        self._send(executor, inflight)
+                self._send(executor, inflight)  # a last, smaller pack
                 if not inflight and not self.elsewhere:
                     return
                 if inflight:
@@ -161,33 +168,43 @@ class OptunaSweep:
                 else:
                     done = set()
                     time.sleep(WAIT_POLL_S)
-                for future in done:
-                    job = inflight.pop(future)
-                    if self._retry(job, future, executor, inflight, by_key):
-                        continue
-                    by_key.pop(job.run_key, None)
-                    holder = claimed_by(future)
-                    for trial, label in job.trials:
-                        if holder:  # claimed by another process after our triage: wait for its result
-                            say(f"{label}: being trained by {holder}; waiting for its result")
-                            self.elsewhere.append(_Elsewhere(trial, label, job.cfg, job.folder, job.before))
-                            continue
-                        self._tell_outcome(trial, label, future)
-                        finished += 1
+                for task in done:
+                    jobs = inflight.pop(task)
+                    for job, future in zip(jobs, per_run(task, [job.run_key for job in jobs])):
+                        finished += self._finished(job, future, executor, inflight, by_key)
                 finished += self._landed(executor, inflight, by_key)
         finally:
             # a Ctrl-C leaves its trials RUNNING; the next start of this sweep recovers them
             executor.shutdown(cancel=bool(inflight))
 
-    def _pending(self, inflight: dict[Future, _Job]) -> int:
-        """Trials asked and not yet told: those of the runs in flight and those waited for elsewhere."""
-        return sum(len(job.trials) for job in inflight.values()) + len(self.elsewhere)
+    def _finished(self, job: _Job, future: Future, executor, inflight: dict[Future, list[_Job]],
+                  by_key: dict[str, _Job]) -> int:
+        """A run that finished (its own future, also in a pack): retried, waited for elsewhere, or
+        told for each of its trials; returns the trials told."""
+        if self._retry(job, future, executor, inflight, by_key):
+            return 0
+        by_key.pop(job.run_key, None)
+        holder = claimed_by(future)
+        for trial, label in job.trials:
+            if holder:  # claimed by another process after our triage: wait for its result
+                say(f"{label}: being trained by {holder}; waiting for its result")
+                self.elsewhere.append(_Elsewhere(trial, label, job.cfg, job.folder, job.before))
+                continue
+            self._tell_outcome(trial, label, future)
+        return 0 if holder else len(job.trials)
 
-    def _start(self, ordinal: int, executor, inflight: dict[Future, _Job], by_key: dict[str, Future]) -> int:
+    def _pending(self, inflight: dict[Future, list[_Job]]) -> int:
+        """Trials asked and not yet told: those of the runs in flight or ready to be sent, and those
+        waited for elsewhere."""
+        return (sum(len(job.trials) for jobs in inflight.values() for job in jobs)
+                + sum(len(job.trials) for job in self.ready) + len(self.elsewhere))
+
+    def _start(self, ordinal: int, executor, inflight: dict[Future, list[_Job]], by_key: dict[str, _Job]) -> int:
         """Ask one trial and start it; returns 1 when it was told at once (over budget, reused, invalid)."""
         if self.grid is not None:  # the next cell no finished, running or waited-for trial holds
             taken = {self._cell(t.params) for t in self._counted_trials()}
-            taken |= {self._cell(t.params) for job in inflight.values() for t, _ in job.trials}
+            taken |= {self._cell(t.params) for jobs in (*inflight.values(), self.ready) for job in jobs
+                      for t, _ in job.trials}
             taken |= {self._cell(w.trial.params) for w in self.elsewhere}
             self.study.enqueue_trial(next(c for c in self.grid if self._cell(c) not in taken))
         trial = self.study.ask(fixed_distributions=self.space)
@@ -219,8 +236,8 @@ class OptunaSweep:
             return self._tell_result(trial, label, decision.stored, suffix=" (reused stored result)")
         if decision.unreadable and key not in by_key:
             say(f"{label}: {decision.unreadable}, training it again")
-        if key in by_key:  # the same run is already training for another trial: wait for it
-            inflight[by_key[key]].trials.append((trial, label))
+        if key in by_key:  # the same run is already training (or ready to) for another trial: wait for it
+            by_key[key].trials.append((trial, label))
             say(f"{label}: same run as one in flight ({key}), waiting for it")
             return 0
         if decision.verdict == "claimed" and not executor.follows(folder):  # another process trains it now
@@ -242,20 +259,35 @@ class OptunaSweep:
         return None
 
     def _submit(self, trial, label: str, cfg: dict, folder: Path, before: dict | None, executor,
-                inflight: dict[Future, _Job], by_key: dict[str, Future]) -> None:
+                inflight: dict[Future, list[_Job]], by_key: dict[str, _Job]) -> None:
+        """Train the trial's run: sent now, or with packs made ready to go in the next pack (_send)."""
         key = trial.user_attrs["run_key"]
         if len(self.s.objectives) == 1:  # Optuna prunes single-objective studies only
             cfg["trial"] = {"storage": self.storage, "study_name": self.study.study_name,
                             "trial_id": trial_id(trial), "number": trial.number, "pruner": self.s.pruner,
                             "metric": "accuracy"}
-        future = executor.submit_many([(cfg, folder)])[0]
-        inflight[future] = _Job(key, [(trial, label)], cfg, folder, before)
-        by_key[key] = future
+        job = by_key[key] = _Job(key, [(trial, label)], cfg, folder, before)
         self.stats["trained"] += 1
-        note = getattr(future, "note", "")
-        say(f"{label}: {executor.verb} (job {trial.number}{f', {note}' if note else ''})")
+        self.ready.append(job)
+        if self.pack is None:
+            self._send(executor, inflight)
 
-    def _landed(self, executor, inflight: dict[Future, _Job], by_key: dict[str, Future]) -> int:
+    def _send(self, executor, inflight: dict[Future, list[_Job]]) -> None:
+        """The ready runs to the executor: each alone, or with packs in packs of compatible runs."""
+        units = make_packs(self.ready, lambda job: job.cfg, self.pack)
+        self.ready = []
+        for unit in units:
+            task = ((unit[0].cfg, unit[0].folder) if len(unit) == 1 else
+                    (pack_task([job.cfg for job in unit], [job.folder for job in unit]), unit[0].folder))
+            future = executor.submit_many([task])[0]
+            inflight[future] = unit
+            note = getattr(future, "note", "")
+            for job in unit:
+                trial, label = job.trials[0]
+                packed = f"in a pack of {len(unit)}, " if len(unit) > 1 else ""
+                say(f"{label}: {executor.verb} ({packed}job {trial.number}{f', {note}' if note else ''})")
+
+    def _landed(self, executor, inflight: dict[Future, list[_Job]], by_key: dict[str, _Job]) -> int:
         """Tell the trials whose run, trained elsewhere, has its result now; a run whose claim went
         without a result (interrupted, its owner dead) is started here. Returns the trials told."""
         told = 0
@@ -274,10 +306,11 @@ class OptunaSweep:
             else:
                 say(f"{label}: its trainer stopped without a result; training it here")
                 self._submit(trial, label, waiting.cfg, waiting.folder, waiting.before, executor, inflight, by_key)
+        self._send(executor, inflight)
         return told
 
-    def _retry(self, job: _Job, future: Future, executor, inflight: dict[Future, _Job],
-               by_key: dict[str, Future]) -> bool:
+    def _retry(self, job: _Job, future: Future, executor, inflight: dict[Future, list[_Job]],
+               by_key: dict[str, _Job]) -> bool:
         """A failed run submitted again (hydra.launcher.retries), its trials still waiting on it; never
         a result (diverged, pruned), nor a run the store refused."""
         error = future.exception()
@@ -285,9 +318,8 @@ class OptunaSweep:
             return False
         job.attempt += 1
         say(f"{job.trials[0][1]}: failed: {cause(error)}; retrying (attempt {job.attempt} of {self.retries + 1})")
-        again = executor.submit_many([(job.cfg, job.folder)])[0]
-        inflight[again] = job
-        by_key[job.run_key] = again
+        again = executor.submit_many([(job.cfg, job.folder)])[0]  # alone
+        inflight[again] = [job]
         return True
 
     # -- telling the study ------------------------------------------------------------------------

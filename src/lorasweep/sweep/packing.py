@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import Future
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ..config.spec import from_config
-from ..errors import ConfigError
+from ..errors import ConfigError, WorkerDiedError
+from ..executors.worker import PACK
 
 PACKABLE_METHODS = ("lora", "rslora", "dora")  # the base stays frozen and shared; pissa rewrites it, full trains it
 SHARED_TRAIN = ("epochs", "max_steps", "batch_size", "eval_batch_size", "eval_steps", "max_length")
@@ -38,6 +40,17 @@ def pack_size(value: Any) -> int | None:
     raise ConfigError(f"hydra.launcher.pack={value!r} is invalid: it is how many compatible runs train together "
                       f"over one base, true (every compatible run, split between the workers), false (each run "
                       f"alone, the default) or a whole number 2 or more")
+
+
+def optuna_pack_size(value: Any) -> int | None:
+    """hydra.launcher.pack under the Optuna sweeper: None or K, the trials a worker trains at once.
+    pack=true has no meaning there: trials are asked as workers free up, not known in advance."""
+    size = pack_size(value)
+    if size == 0:
+        raise ConfigError("hydra.launcher.pack=true needs a grid, whose runs are known in advance: an Optuna "
+                          "sweep asks its trials as workers free up; give pack=K, the trials a worker trains "
+                          "at once (a larger K asks more trials before any is told)")
+    return size
 
 
 def why_alone(cfg: Mapping[str, Any]) -> str | None:
@@ -84,3 +97,30 @@ def make_packs(items: Sequence[T], cfg_of: Callable[[T], Mapping[str, Any]], siz
             units.append(group[i * len(group) // n:(i + 1) * len(group) // n])
     position = {id(item): i for i, item in enumerate(items)}
     return sorted(units, key=lambda unit: position[id(unit[0])])
+
+
+def per_run(task: Future, run_keys: Sequence[str]) -> list[Future]:
+    """A finished task's outcome for each of its runs (by run key): the task itself for a run alone;
+    for a pack, each run's own result, or the failure of the whole pack for each of its runs. A run
+    sent alone whose task is a pack (a restarted driver re-attached to the SLURM job of the pack it
+    was in) takes its own result; a run the pack's result does not name is said claimed by its job."""
+    error = task.exception()
+    packed = error is None and isinstance(task.result(), dict) and PACK in task.result()
+    if not packed and len(run_keys) == 1:
+        return [task]
+    futures = [Future() for _ in run_keys]
+    outcomes: list[dict | None] = [None] * len(run_keys)
+    if packed:  # by run key; a dead worker's entries say only "died", in the order the runs were sent
+        results = task.result()[PACK]
+        by_key = {outcome["run_key"]: outcome for outcome in results if "run_key" in outcome}
+        in_order = len(results) == len(run_keys)
+        outcomes = [by_key.get(key) or (results[i] if in_order else {"claimed_by": "its pack's job"})
+                    for i, key in enumerate(run_keys)]
+    for future, outcome in zip(futures, outcomes):
+        if error is not None:
+            future.set_exception(error)
+        elif "died" in outcome:  # its worker died before it finished (lorasweep.executors.local)
+            future.set_exception(WorkerDiedError(outcome["died"]))
+        else:
+            future.set_result(outcome)
+    return futures
