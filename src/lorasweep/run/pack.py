@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from transformers import TrainingArguments
 
 from ..console import say
 from ..errors import RunClaimedError
@@ -143,16 +144,11 @@ def _member(pack: PackedModel, plan: Plan, i: int, folder: Path, reporter, token
     """The run's place in the loop, with the Trainer its run alone would build (never trained)."""
     spec = plan.spec
     data = tasks.training_data(plan.task, tokenizer, spec.train)
-    trainer = _ClassificationTrainer(model=pack.model, args=_training_args(spec.train, folder / "trainer"),
+    args = TrainingArguments(**_arguments(spec.train, folder / "trainer"))
+    trainer = _ClassificationTrainer(model=pack.model, args=args,
                                      train_dataset=data.train, eval_dataset=data.eval,
                                      data_collator=data.collator, processing_class=tokenizer)
     return Member(adapter_name(i), spec.slug, spec.train, trainer, ProgressFile(folder / PROGRESS_FILE), reporter)
-
-
-def _training_args(train, workdir: Path):
-    from transformers import TrainingArguments
-
-    return TrainingArguments(**_arguments(train, workdir))
 
 
 def _evaluator(pack: PackedModel, task, tokenizer, rows, train):

@@ -31,6 +31,7 @@ from transformers import Trainer, get_scheduler, set_seed
 from ..config.spec import TrainSpec
 from ..console import say
 from ..model.packing import Block, PackedModel
+from ..tasks.metrics import headline
 from .loop import Divergence, Reporter, TrainOutcome
 from .progress import ProgressFile
 
@@ -95,7 +96,9 @@ def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator
                 time.sleep(step_sleep_s)
     wall = time.perf_counter() - start
     for m in members:
-        steps = m.outcome.steps = m.outcome.steps or state.global_step
+        if m.active:  # one that left (diverged, pruned) keeps the steps it had then, 0 included
+            m.outcome.steps = state.global_step
+        steps = m.outcome.steps
         m.outcome.examples = steps * m.spec.batch_size
         m.outcome.train_seconds = wall - m.outcome.eval_seconds
         if m.outcome.diverged is None:
@@ -213,14 +216,9 @@ def _evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, train
         m.outcome.curve.append({"step": step, "epoch": step / state.steps_per_epoch,
                                 "train_loss": m.logs[-1]["loss"] if m.logs else None, **metrics})
         where = f"step {step:>5}/{state.max_steps}" if training else "before training"
-        say(f"  eval  {where}  {m.label}: {_headline(metrics)}")
+        say(f"  eval  {where}  {m.label}: {headline(metrics)}")
         if m.progress:
             m.progress.on_evaluate(None, state, None, metrics={f"eval_{k}": v for k, v in metrics.items()})
         if m.reporter and step and m.reporter(step, metrics):
             m.outcome.pruned_at, m.outcome.steps, m.active = step, step, False
 
-
-def _headline(metrics: dict) -> str:
-    from ..tasks.metrics import headline
-
-    return headline(metrics)
