@@ -66,6 +66,10 @@ def test_each_method_writes_a_valid_result(base, method, results_dir):
         assert 0 < p["trainable"] < p["total"]
     if method == "full":
         assert p["trainable"] == p["total"]
+    # the base's weights in float32 as held: everything but what the adapter added (full: all of it)
+    base = p["total"] - (0 if method in ("full", "none") else p["trainable"])
+    assert on_disk["memory"]["base_weights_mb"] == pytest.approx(base * 4 / 2**20, abs=0.05)
+    assert "saved_vs_lora_mb" not in on_disk["memory"]  # a quantized base only (method=qlora, qlora8)
 
 
 def test_dora_trains_magnitudes_on_top_of_lora(results_dir):

@@ -228,7 +228,8 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
                   "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
                   "curve": outcome.curve if outcome else [],
                   "timing": _timing(load_s, outcome, eval_s, t_start),
-                  "memory": store.peak_memory(), "artifacts": artifacts}
+                  "memory": {**store.peak_memory(), **store.weights_memory(model, spec.method, plan.base_total)},
+                  "artifacts": artifacts}
         result = store.write_result(folder, result)
         tracker.summary({f"test_{k}": v for k, v in test.items()})
         ok = True

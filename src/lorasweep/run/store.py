@@ -256,6 +256,23 @@ def peak_memory() -> dict[str, float | None]:
     return {"peak_rss_mb": round(rss_mb, 1), "peak_gpu_mb": gpu_mb}
 
 
+def weights_memory(model, method: str, base_total: int) -> dict[str, float]:
+    """What the base model's weights take as this run holds them (`base_weights_mb`: a quantized base
+    packed, its other weights as prepared), and for a quantized method what method=lora holds for the
+    same base (`lora_base_weights_mb`: `base_total` parameters in float32, as lorasweep loads them)
+    and the difference, the memory quantization saved (`saved_vs_lora_mb`)."""
+    from ..config.spec import QUANTIZED_METHODS
+
+    adapter = ("lora_", "modules_to_save.")  # what peft added; the base keeps its original head
+    held = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+               if not any(a in name for a in adapter)) / 2**20
+    out = {"base_weights_mb": round(held, 1)}
+    if method in QUANTIZED_METHODS:
+        lora = base_total * 4 / 2**20
+        out.update(lora_base_weights_mb=round(lora, 1), saved_vs_lora_mb=round(lora - held, 1))
+    return out
+
+
 def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
