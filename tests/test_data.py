@@ -117,3 +117,6 @@ def test_mcq_text():
         "Which word has this definition?\na gloss\n\nA. w1\nB. w2\nC. w3\nD. w4\n"
         "Answer with the letter and the word.")
     assert mcq_answer(options, 1) == "B. w2"
+    # task.answer=option: the word alone is the reply, and the question asks for it
+    assert mcq_prompt("a gloss", options, answer="option").endswith("D. w4\nAnswer with the word.")
+    assert mcq_answer(options, 1, "option") == "w2"

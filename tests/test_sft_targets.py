@@ -65,6 +65,12 @@ def mcq_target(prompt):
     return row, f"{'ABC'[i]}. {row['options'][i]}<|im_end|>\n"
 
 
+def mcq_option_target(prompt):
+    """task.answer=option: the same prompt; trained: the option's text alone and the end of the turn."""
+    row, lettered = mcq_target(prompt)
+    return row, lettered[len("B. "):]
+
+
 @pytest.fixture
 def fed(monkeypatch):
     """Every batch the Trainer trains on, as it reaches training_step (collated, before the forward)."""
@@ -84,12 +90,14 @@ def fed(monkeypatch):
     ("chat", CHAT, "tiny-qwen3", chat_target),
     ("completion", COMPLETION, "tiny-llama", completion_target),
     ("mcq", MCQ, "tiny-qwen3", mcq_target),
-], ids=["chat", "completion", "mcq"])
+    ("mcq task.answer=option", MCQ, "tiny-qwen3", mcq_option_target),
+], ids=["chat", "completion", "mcq", "mcq-option"])
 def test_sft_labels_are_exactly_the_completion(tmp_path, fed, fmt, rows, model, target):
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # one epoch in two batches of four: every row is trained on once
-    cfg = compose_config(["task=jsonl", f"task.format={fmt}", f"model={model}", f"task.train={path}",
+    fmt, *more = fmt.split()
+    cfg = compose_config(["task=jsonl", f"task.format={fmt}", *more, f"model={model}", f"task.train={path}",
                           f"task.eval={path}", f"task.test={path}", "task.max_eval=2", "task.max_test=2",
                           "train.max_steps=2", "train.eval_steps=2", "train.batch_size=4",
                           f"results_dir={tmp_path / 'results'}"])

@@ -46,6 +46,10 @@ def test_run_key_is_stable_and_ignores_what_does_not_define_the_run():
     assert spec_of("method=full", "lora.r=4").run_key == spec_of("method=full", "lora.r=16").run_key
     key_results = from_config({**compose_config([]), "results_dir": "/elsewhere"}).run_key
     assert key_results == a.run_key
+    # an MCQ's answer format defines its runs; the default (letter) is left out, as it was before the field
+    letter, option = spec_of("task=wordnet_mcq", "task.answer=letter"), spec_of("task=wordnet_mcq")
+    assert option.task.answer == "option" and letter.run_key != option.run_key
+    assert "answer" not in letter.defining()["task"] and option.defining()["task"]["answer"] == "option"
 
 
 @pytest.mark.parametrize("override,field,valid", [
@@ -60,10 +64,11 @@ def test_run_key_is_stable_and_ignores_what_does_not_define_the_run():
     ("method.name=adalora", "method='adalora'", "none, lora, dora, full, rslora, pissa, qlora, qlora8"),
     ("lora.proj=qkx", "lora.proj='qkx'", "q k v o g u d"),
     ("lora.proj=''", "lora.proj=''", "empty"),
+    ("task=wordnet_mcq task.answer=word", "task.answer='word'", "letter (the reply is 'B. text') or option"),
 ])
 def test_bad_values_name_field_value_and_valid(override, field, valid):
     with pytest.raises(ConfigError) as e:
-        spec_of(override)
+        spec_of(*override.split())
     assert field in str(e.value) and valid in str(e.value)
 
 

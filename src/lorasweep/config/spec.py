@@ -19,6 +19,9 @@ QUANTIZED_METHODS = ("qlora", "qlora8")  # a 4-bit / 8-bit base: bitsandbytes an
 METHODS = ("none", "lora", "dora", "full", "rslora", "pissa", "qlora", "qlora8")
 MODEL_SOURCES = ("package", "gguf_package", "hub", "tiny")
 TASK_KINDS = ("classification", "mcq", "chat", "completion")
+# mcq answers: "letter" = "B. text" (the letter decides), "option" = the option's text (a small model
+# learns to pick the text within minutes; the letter's binding to it takes far longer: bench/RESULTS.md)
+MCQ_ANSWERS = ("letter", "option")
 GENERATION_KINDS = ("chat", "completion")  # causal-LM SFT, scored by loss, token accuracy, exact match
 TOKEN_INITS = ("random", "average", "zero")  # how injected tokens' embedding rows start (lorasweep.model.tokens)
 
@@ -65,6 +68,7 @@ class TaskSpec:
     # so run keys of earlier runs do not change.
     tests: tuple[tuple[str, str], ...] = ()  # more test sets (name, path): metrics.tests.<name>
     instruction: str = ""     # mcq: the line ending each question ("" = the WordNet wording)
+    answer: str = "letter"    # mcq: what the model answers and is scored on (MCQ_ANSWERS)
     max_new_tokens: int = 0   # chat/completion exact match: generation length (0 = longest target + 4)
 
 
@@ -129,7 +133,7 @@ class RunSpec:
         return "-".join(parts)
 
 
-_NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0}
+_NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0, "answer": "letter"}
 _NEW_MODEL_FIELDS = {"layers": 0}
 
 
@@ -242,10 +246,13 @@ def _task_spec(t: Mapping[str, Any]) -> TaskSpec:
                                          "e.g. +task.tests.mcq_con=data/con.jsonl")
     if "test" in tests:
         raise _fail("task.tests", dict(tests), "the name 'test' is the primary test set (task.test)")
+    answer = t.get("answer") or "letter"
+    if answer not in MCQ_ANSWERS:
+        raise _fail("task.answer", answer, "letter (the reply is 'B. text') or option (the option's text alone)")
     return TaskSpec(name=str(t["name"]), kind=kind, train=str(t["train"]), eval=str(t["eval"]),
                     test=str(t["test"]), labels=str(t.get("labels") or ""),
                     tests=tuple((str(k), str(v)) for k, v in tests.items()),
-                    instruction=str(t.get("instruction") or ""), **limits)
+                    instruction=str(t.get("instruction") or ""), answer=answer, **limits)
 
 
 def _train_spec(tr: Mapping[str, Any]) -> TrainSpec:

@@ -198,7 +198,7 @@ def load_mcq(path: str | Path, limit: int = 0) -> list[dict]:
     return [row for _, row in rows]
 
 
-def mcq_prompt(question: str, options: list[str], instruction: str = "") -> str:
+def mcq_prompt(question: str, options: list[str], instruction: str = "", answer: str = "letter") -> str:
     """The user message of a multiple-choice example:
 
     Which word has this definition?
@@ -207,17 +207,17 @@ def mcq_prompt(question: str, options: list[str], instruction: str = "") -> str:
     A. <option 0>
     B. <option 1>
     ...
-    Answer with the letter and the word.
+    Answer with the letter and the word.     (answer="option": "Answer with the word.")
 
     With an `instruction` (your own data), the question stands alone and the instruction ends it."""
     lines = [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
     if instruction:
         return question + "\n\n" + "\n".join(lines) + "\n" + instruction
     return ("Which word has this definition?\n" + question + "\n\n" + "\n".join(lines)
-            + "\nAnswer with the letter and the word.")
+            + ("\nAnswer with the letter and the word." if answer == "letter" else "\nAnswer with the word."))
 
 
-def mcq_answer(options: list[str], i: int) -> str:
-    """The assistant reply for option i, e.g. "B. w2": the SFT target, and the string the
-    evaluator scores by log-likelihood for each option."""
-    return f"{LETTERS[i]}. {options[i]}"
+def mcq_answer(options: list[str], i: int, answer: str = "letter") -> str:
+    """The assistant reply for option i, e.g. "B. w2" (answer="option": "w2"): the SFT target, and
+    the string the evaluator scores by log-likelihood for each option."""
+    return f"{LETTERS[i]}. {options[i]}" if answer == "letter" else options[i]

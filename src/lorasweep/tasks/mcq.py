@@ -1,6 +1,7 @@
 """Multiple choice on a causal LM: chat-format SFT examples, and scoring by option log-likelihood.
 
-Each question is shown as one user turn listing the options; the assistant's answer is "B. word".
+Each question is shown as one user turn listing the options; the assistant's answer is "B. word"
+(task.answer=letter) or "word" (task.answer=option).
 Evaluation asks the model for the log-likelihood of every option's answer string after the same
 prompt and picks the largest, so no generation or answer parsing is involved.
 """
@@ -18,30 +19,30 @@ from .formats import mcq_answer, mcq_prompt
 from .metrics import binomial_se
 
 
-def prompt_messages(row: dict, instruction: str = "") -> list[dict]:
+def prompt_messages(row: dict, instruction: str = "", answer: str = "letter") -> list[dict]:
     """The question as chat messages: the row's system prompt (if any), then the user turn."""
     system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-    return system + [{"role": "user", "content": mcq_prompt(row["question"], row["options"], instruction)}]
+    return system + [{"role": "user", "content": mcq_prompt(row["question"], row["options"], instruction, answer)}]
 
 
-def sft_dataset(rows: Sequence[dict], instruction: str = "") -> Dataset:
+def sft_dataset(rows: Sequence[dict], instruction: str = "", answer: str = "letter") -> Dataset:
     """trl's conversational prompt-completion format: the loss covers the answer only."""
     from datasets import Dataset  # here, not at the top: a classification run never pays for it
     return Dataset.from_list([
-        {"prompt": prompt_messages(r, instruction),
-         "completion": [{"role": "assistant", "content": mcq_answer(r["options"], r["answer"])}]}
+        {"prompt": prompt_messages(r, instruction, answer),
+         "completion": [{"role": "assistant", "content": mcq_answer(r["options"], r["answer"], answer)}]}
         for r in rows])
 
 
-def prompt_ids(tokenizer, row: dict, instruction: str = "") -> list[int]:
-    text = tokenizer.apply_chat_template(prompt_messages(row, instruction), tokenize=False,
+def prompt_ids(tokenizer, row: dict, instruction: str = "", answer: str = "letter") -> list[int]:
+    text = tokenizer.apply_chat_template(prompt_messages(row, instruction, answer), tokenize=False,
                                          add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, rows: Sequence[dict], batch_size: int, max_length: int,
-             instruction: str = "") -> dict[str, float]:
+             instruction: str = "", answer: str = "letter") -> dict[str, float]:
     """Accuracy (argmax of summed option log-likelihood), its SE, n, and the answer's NLL per token.
 
     `batch_size` counts questions: their prompts run once, and the options continue from the
@@ -51,10 +52,10 @@ def evaluate(model, tokenizer, rows: Sequence[dict], batch_size: int, max_length
     model.eval()
     items = []
     for row in rows:
-        answers = [tokenizer(mcq_answer(row["options"], j), add_special_tokens=False)["input_ids"]
+        answers = [tokenizer(mcq_answer(row["options"], j, answer), add_special_tokens=False)["input_ids"]
                    for j in range(len(row["options"]))]
         keep = max_length - max(map(len, answers))
-        items.append((prompt_ids(tokenizer, row, instruction)[-keep:], answers))  # cut the prompt's start, never an answer
+        items.append((prompt_ids(tokenizer, row, instruction, answer)[-keep:], answers))  # cut the prompt's start, never an answer
     scores = []
     for start in range(0, len(items), batch_size):
         scores += score_options(model, tokenizer.pad_token_id or 0, items[start:start + batch_size])

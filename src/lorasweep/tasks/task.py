@@ -94,8 +94,8 @@ def training_data(task: Task, tokenizer, train: TrainSpec) -> TrainingData:
         return TrainingData(enc(task.train), enc(task.eval), classification.collator(tokenizer))
     if kind in GENERATION_KINDS:
         return TrainingData(generation.sft_dataset(task.train, kind), generation.sft_dataset(task.eval, kind))
-    instruction = task.spec.instruction
-    return TrainingData(mcq.sft_dataset(task.train, instruction), mcq.sft_dataset(task.eval, instruction))
+    how = task.spec.instruction, task.spec.answer
+    return TrainingData(mcq.sft_dataset(task.train, *how), mcq.sft_dataset(task.eval, *how))
 
 
 def evaluator(task: Task, tokenizer, rows: list[dict], train: TrainSpec):
@@ -109,4 +109,4 @@ def evaluator(task: Task, tokenizer, rows: list[dict], train: TrainSpec):
         return lambda model: generation.evaluate(model, tokenizer, rows, train.eval_batch_size,
                                                  train.max_length, task.spec.max_new_tokens)
     return lambda model: mcq.evaluate(model, tokenizer, rows, train.eval_batch_size, train.max_length,
-                                      task.spec.instruction)
+                                      task.spec.instruction, task.spec.answer)
