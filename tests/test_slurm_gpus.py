@@ -49,7 +49,7 @@ def test_a_job_asks_for_the_gpus_its_run_uses(tmp_path, settings, params):
     ({"gres": "gpu:a100:4"}, "hydra.launcher.gres=gpu:a100:4 asks each SLURM job for 4 GPUs, but a job trains one "
      "run, which uses hydra.launcher.gpus_per_run=1: the other 3 would sit idle; set hydra.launcher.gres=gpu:a100:1, "
      "or hydra.launcher.gpus_per_run=4 to train each run on all 4"),
-    ({"gres": "gpu:2,shard:1"}, "set hydra.launcher.gres=gpu:1,shard:1 "),
+    ({"gres": "gpu:2,shard:1"}, "set hydra.launcher.gres=gpu:1,shard:1, or hydra.launcher.gpus_per_run=2 "),
     ({"gres": None, "gpus_per_node": 1, "gpus_per_run": 2}, "hydra.launcher.gpus_per_node=1 asks each SLURM job for "
      "1 GPU, but a job trains one run, which uses hydra.launcher.gpus_per_run=2: its 2 data-parallel ranks need a "
      "GPU each; set hydra.launcher.gpus_per_node=2, or hydra.launcher.gpus_per_run=1 to train each run on 1"),

@@ -63,11 +63,13 @@ def train_in_ranks(cfg: Mapping[str, Any], plan: Plan, folder: Path, ranks: int)
         say(f"{plan.spec.slug}: training data-parallel on {ranks} ranks "
             f"(GPUs {os.environ.get('CUDA_VISIBLE_DEVICES') or 'none: CPU'}), "
             f"{plan.spec.train.batch_size // ranks} of each batch of {plan.spec.train.batch_size} a rank")
-        procs = _start(scratch, ranks)
+        procs, relays = _start(scratch, ranks)
         try:
             failed = _watch(procs)
         finally:
             _end(procs)  # Stopped (SIGTERM) too: no rank trains on after its worker
+            for relay in relays:  # rank 0's last lines, into this run's log before execute() closes it
+                relay.join(timeout=GRACE_S)
         if failed is None:
             return store.read_result(folder)
         raise _record_failure(plan, folder, scratch, procs, failed, t_start)
@@ -75,12 +77,12 @@ def train_in_ranks(cfg: Mapping[str, Any], plan: Plan, folder: Path, ranks: int)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _start(scratch: Path, ranks: int) -> list[subprocess.Popen]:
+def _start(scratch: Path, ranks: int) -> tuple[list[subprocess.Popen], list[threading.Thread]]:
     threads = max(1, _threads() // ranks)  # the worker's share of the cores, split between its ranks
     env = {**os.environ, "WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    procs = []
+    procs, relays = [], []
     for rank in range(ranks):
         rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank),
                     ERROR_FILE: str(scratch / f"rank-{rank}.error.json")}
@@ -90,8 +92,9 @@ def _start(scratch: Path, ranks: int) -> list[subprocess.Popen]:
                                 env=rank_env, stdout=out, stderr=subprocess.STDOUT, text=True)
         procs.append(proc)
         if proc.stdout is not None:
-            threading.Thread(target=_relay, args=(proc.stdout,), daemon=True).start()
-    return procs
+            relays.append(threading.Thread(target=_relay, args=(proc.stdout,), daemon=True))
+            relays[-1].start()
+    return procs, relays
 
 
 def _relay(pipe) -> None:

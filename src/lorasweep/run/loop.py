@@ -178,9 +178,11 @@ def _sft_trainer_class():
             return self._body
 
         def _plain_nll(self) -> bool:
-            """trl's default loss (the only one lorasweep configures): no other loss to reproduce."""
+            """trl's default loss (the only one lorasweep configures): no other loss to reproduce. Not
+            data-parallel: the kept rows' loss calls the decoder around the model's forward, and DDP
+            must see every training forward to reduce the gradients; trl's loss goes through it."""
             return (self.args.loss_type == "nll" and self.label_smoother is None and lm_head.plain_head(self.model)
-                    and self.compute_loss_func is None and not self.aux_loss_enabled)
+                    and self.compute_loss_func is None and not self.aux_loss_enabled and self.args.world_size == 1)
 
         def _kept_rows_loss(self, model, inputs, num_items_in_batch):
             """trl's training loss and the metrics it logs (entropy, mean_token_accuracy, num_tokens)."""
