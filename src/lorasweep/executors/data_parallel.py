@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..console import say
+from ..errors import UnreadableResultError
 from ..run import store
 from ..run.lifecycle import _base_record
 from ..run.plan import Plan
@@ -153,7 +154,10 @@ def _record_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subproc
         rank, text = first_seen, ""
         reason = death_reason(procs[first_seen].returncode, None).replace("worker", "process", 1)
     where = f"data-parallel rank {rank} of {len(procs)}"
-    stored = store.read_result(folder) if rank == 0 else None
+    try:
+        stored = store.read_result(folder) if rank == 0 else None
+    except UnreadableResultError:  # cut short by the kill: recorded again below
+        stored = None
     if not (stored and stored.get("status") == "failed"):
         try:
             if text:
