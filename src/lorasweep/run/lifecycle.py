@@ -113,7 +113,7 @@ def _load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None
                                                       labels=plan.task.labels)
     try:
         return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter, loop,
-                                   notes, workdir or folder / "trainer")
+                                   notes, workdir)
     except Exception as e:
         oom = memory.out_of_memory(e)  # out of accelerator memory: one line, and its memory given back below
         # the store refused a write (a full disk): one line too
