@@ -69,10 +69,16 @@ def test_invalid_values_are_refused_naming_the_field(field, value):
         assert ", a whole number 1 or more (default " in str(e.value)
 
 
-def test_multi_gpu_runs_are_refused_not_silently_wasted():
-    with pytest.raises(ConfigError, match=r"^hydra.launcher.gpus_per_run=2 is not supported yet: a run trains on "
-                                          r"one GPU \(multi-GPU runs are not supported yet\)"):
-        place_workers(None, 1, 2, gpus=["0", "1"])
+def test_a_run_with_several_gpus_gets_a_slot_of_that_many():
+    assert place_workers(None, 1, 2, gpus=["0", "1", "2", "3", "4"]) == (2, ["0,1", "2,3"])  # GPU 4 left over
+
+
+@pytest.mark.parametrize("gpus, have", [([], "no GPU"), (["3"], "only 1 GPU (3)")])
+def test_more_gpus_per_run_than_the_machine_has_is_refused(gpus, have):
+    with pytest.raises(ConfigError) as e:
+        place_workers(None, 1, 2, gpus=gpus)
+    assert str(e.value) == (f"hydra.launcher.gpus_per_run=2 needs 2 GPUs for each run, and this machine has {have} "
+                            f"(nvidia-smi, CUDA_VISIBLE_DEVICES); use 1")
 
 
 def test_a_new_worker_takes_the_slot_no_live_worker_holds():
@@ -112,7 +118,8 @@ def test_each_worker_runs_on_its_own_gpu(tmp_path, monkeypatch, fake, user, laun
 
 @pytest.mark.parametrize("args, message", [
     (["lora.r=2,4", "hydra.launcher.n_jobs=3"], "sweep: hydra.launcher.n_jobs=3 is more than this machine's 2 GPU slots "),
-    (["lora.r=2,4", "hydra.launcher.gpus_per_run=2"], "sweep: hydra.launcher.gpus_per_run=2 is not supported yet: "),
+    (["lora.r=2,4", "hydra.launcher.gpus_per_run=3"], "sweep: hydra.launcher.gpus_per_run=3 needs 3 GPUs for each run, "
+     "and this machine has only 2 GPUs (0,1) "),
     (["hydra/sweeper=optuna", "lora.r=choice(2,4)", "hydra.sweeper.n_jobs=3"],  # the Optuna sweeper's workers too
      "sweep: hydra.sweeper.n_jobs=3 is more than this machine's 2 GPU slots "),
 ])

@@ -28,6 +28,8 @@ def test_gres_gpu_count(gres, count):
     ({"gres": "shard:2"}, {"gres": "shard:2"}),                              # not gpu-countable: as it is
     ({"gres": "gpu:a100:2(S:0-1)"}, {"gres": "gpu:a100:2(S:0-1)"}),
     ({"gres": None}, {}),                                                    # a CPU job
+    ({"gres": None, "gpus_per_node": 2, "gpus_per_run": 2}, {"gpus_per_node": 2}),  # one run, data-parallel on 2
+    ({"gres": "gpu:a100:4", "gpus_per_run": 4}, {"gres": "gpu:a100:4"}),
 ])
 def test_a_job_asks_for_the_gpus_its_run_uses(tmp_path, settings, params):
     got = SlurmSettings.from_config({"partition": "gpu", **settings}).sbatch_parameters()
@@ -42,15 +44,17 @@ def test_a_job_asks_for_the_gpus_its_run_uses(tmp_path, settings, params):
 
 @pytest.mark.parametrize("settings, message", [
     ({"gpus_per_node": 4}, "hydra.launcher.gpus_per_node=4 asks each SLURM job for 4 GPUs, but a job trains one "
-     "run, which uses hydra.launcher.gpus_per_run=1: the other 3 would sit idle; set hydra.launcher.gpus_per_node=1 "
-     "(gpus_per_run > 1 is not supported yet: a run trains on one GPU)"),
+     "run, which uses hydra.launcher.gpus_per_run=1: the other 3 would sit idle; set hydra.launcher.gpus_per_node=1, "
+     "or hydra.launcher.gpus_per_run=4 to train each run on all 4"),
     ({"gres": "gpu:a100:4"}, "hydra.launcher.gres=gpu:a100:4 asks each SLURM job for 4 GPUs, but a job trains one "
-     "run, which uses hydra.launcher.gpus_per_run=1: the other 3 would sit idle; set hydra.launcher.gres=gpu:a100:1 "
-     "(gpus_per_run > 1 is not supported yet: a run trains on one GPU)"),
-    ({"gres": "gpu:2,shard:1"}, "set hydra.launcher.gres=gpu:1,shard:1 "),
-    ({"gres": None, "gpus_per_node": 2, "gpus_per_run": 2},  # the same words as for local workers
-     "hydra.launcher.gpus_per_run=2 is not supported yet: a run trains on one GPU (multi-GPU runs are not "
-     "supported yet), so the others would sit idle; use 1 (default)"),
+     "run, which uses hydra.launcher.gpus_per_run=1: the other 3 would sit idle; set hydra.launcher.gres=gpu:a100:1, "
+     "or hydra.launcher.gpus_per_run=4 to train each run on all 4"),
+    ({"gres": "gpu:2,shard:1"}, "set hydra.launcher.gres=gpu:1,shard:1, or hydra.launcher.gpus_per_run=2 "),
+    ({"gres": None, "gpus_per_node": 1, "gpus_per_run": 2}, "hydra.launcher.gpus_per_node=1 asks each SLURM job for "
+     "1 GPU, but a job trains one run, which uses hydra.launcher.gpus_per_run=2: its 2 data-parallel ranks need a "
+     "GPU each; set hydra.launcher.gpus_per_node=2, or hydra.launcher.gpus_per_run=1 to train each run on 1"),
+    ({"gres": None, "gpus_per_run": 2}, "hydra.launcher.gpus_per_run=2 trains each run data-parallel on 2 GPUs, "
+     "but the SLURM jobs ask for none; set hydra.launcher.gpus_per_node=2 (or gres=gpu:2)"),
     ({"runs_per_gpu": 2}, "hydra.launcher.runs_per_gpu=2 is not supported on SLURM: each job trains one run on the "
      "GPU(s) SLURM gives that job alone; use 1 (default), or hydra/launcher=local on a GPU machine to share its "
      "GPUs between runs"),

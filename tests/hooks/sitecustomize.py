@@ -17,6 +17,12 @@ environment variable is set, so a process started without them is an ordinary on
                                        <step>th training step (1-based; "@<step>" may be left out: 1),
                                        from inside Trainer.training_step: how a CPU machine runs out of
                                        accelerator memory in a real run
+    LORASWEEP_RANK_BATCHES=<file>      every Trainer.training_step appends one JSON line: the process's
+                                       data-parallel RANK and WORLD_SIZE, the step (1-based) and a
+                                       fingerprint of each row of its batch (the sum of its token ids):
+                                       which rows each rank trained on, step by step
+    LORASWEEP_FAIL_RANK=<rank>@<step>  the data-parallel rank <rank> raises RuntimeError at its <step>th
+                                       training step: a rank that fails while its peers train on
 
 A call is counted before it fails or trains.
 """
@@ -78,3 +84,29 @@ if _OOM:
         return _training_step(self, *args, **kwargs)
 
     transformers.Trainer.training_step = _step_or_oom
+
+_RANK_BATCHES = os.environ.get("LORASWEEP_RANK_BATCHES")
+_FAIL_RANK = os.environ.get("LORASWEEP_FAIL_RANK")
+
+if _RANK_BATCHES or _FAIL_RANK:
+    import json
+
+    import transformers
+
+    _plain_step = transformers.Trainer.training_step
+
+    def _step_seen(self, model, inputs, *args, **kwargs):
+        self._seen_steps = getattr(self, "_seen_steps", 0) + 1
+        rank = int(os.environ.get("RANK") or 0)
+        if _RANK_BATCHES:
+            rows = [int(r.sum()) for r in inputs["input_ids"]]
+            with open(_RANK_BATCHES, "a") as f:  # one short line per write, appended: whole lines
+                f.write(json.dumps({"rank": rank, "world": int(os.environ.get("WORLD_SIZE") or 1),
+                                    "step": self._seen_steps, "rows": rows}) + "\n")
+        if _FAIL_RANK:
+            fail_rank, _, fail_step = _FAIL_RANK.partition("@")
+            if rank == int(fail_rank) and self._seen_steps == int(fail_step or 1):
+                raise RuntimeError(f"LORASWEEP_FAIL_RANK: rank {rank} fails at step {self._seen_steps}")
+        return _plain_step(self, model, inputs, *args, **kwargs)
+
+    transformers.Trainer.training_step = _step_seen

@@ -3,7 +3,8 @@
 Hydra's side of a local grid sweep: lorasweep.sweep.grid triages every run first (no weights:
 already done? over budget? a bad config?), then trains the rest in worker processes, `n_jobs` at a
 time (lorasweep.executors.local; on a GPU machine each worker on its own GPU, or `runs_per_gpu` to a
-GPU: lorasweep.executors.gpus), and a failed run again up to `retries` times. Results live in the
+GPU: lorasweep.executors.gpus; or `gpus_per_run` GPUs to a run, trained data-parallel:
+lorasweep.executors.data_parallel), and a failed run again up to `retries` times. Results live in the
 results store keyed by run key, so running the same sweep again, or after an interruption, trains
 only what is missing.
 """
@@ -39,4 +40,4 @@ class LocalLauncher(ContextLauncher):
             raise SystemExit(2) from None
         return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
                           open_executor=lambda: LocalExecutor(n_jobs, self.threads, gpus), retries=self.retries,
-                          pack=self.pack)
+                          pack=self.pack, gpus_per_run=int(self.gpus_per_run))  # checked and placed above

@@ -34,4 +34,4 @@ class SlurmLauncher(ContextLauncher):
             raise SystemExit(2) from None
         return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
                           open_executor=lambda: SlurmExecutor(settings), retries=settings.retries,
-                          pack=settings.pack)
+                          pack=settings.pack, gpus_per_run=int(settings.gpus_per_run))  # checked above

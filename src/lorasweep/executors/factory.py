@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..errors import ConfigError
+from .gpus import check_gpus_per_run
 from .settings import whole_number
 
 SLURM_LAUNCHER = "hydra_plugins.lorasweep_slurm.slurm_launcher.SlurmLauncher"
@@ -33,8 +35,14 @@ def local_placement(launcher: Mapping[str, Any] | None, n_jobs: Any,
     """(workers, each one's CUDA_VISIBLE_DEVICES or None) for local workers under this hydra.launcher
     config (runs_per_gpu, gpus_per_run: executors/gpus); (n_jobs, None) for SLURM jobs, whose GPU
     ask is checked the same way (executors/slurm_gpus). Raises ConfigError for an invalid value:
-    call it before anything trains."""
+    call it before anything trains. The Optuna sweeper's trials train on one GPU each: data-parallel
+    trials (gpus_per_run > 1) would each need their pruner's decisions shared between ranks: not built."""
     launcher = dict(launcher or {})
+    gpus_per_run = launcher.get("gpus_per_run", 1)
+    if gpus_per_run != 1 and check_gpus_per_run(gpus_per_run) > 1:
+        raise ConfigError(f"hydra.launcher.gpus_per_run={gpus_per_run} is not supported by the Optuna sweeper "
+                          f"(hydra/sweeper=optuna): its trials train on one GPU each; use 1 (default), or a grid "
+                          f"sweep (the default sweeper) to train each run data-parallel")
     if runs_on_slurm(launcher):
         from .slurm import SlurmSettings
 

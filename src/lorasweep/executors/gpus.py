@@ -4,7 +4,9 @@ Each local worker is pinned to its own GPU by the CUDA_VISIBLE_DEVICES its proce
 (executors/worker.serve sets it before torch initialises CUDA), so that its run's cuda:0 is that
 GPU. `hydra.launcher.runs_per_gpu=K` lets K workers share one GPU (small runs);
 `hydra.launcher.n_jobs` (null: one worker per GPU slot, or 1 on a machine without GPUs) may not
-exceed the slots, or runs would share a GPU nobody asked them to share.
+exceed the slots, or runs would share a GPU nobody asked them to share. `hydra.launcher.gpus_per_run=N`
+gives each worker N GPUs (a slot of N), on which its run trains data-parallel with N ranks
+(lorasweep.executors.data_parallel); it needs at least N GPUs here.
 
 The GPUs come from one place, `visible_gpus()`: a CUDA_VISIBLE_DEVICES the user set picks among
 them (its ids are passed on as written: "2,3" gives workers 2 and 3, never others; "" or "-1"
@@ -66,13 +68,10 @@ def gpu_slots(gpus: Sequence[str], gpus_per_run: int = 1, runs_per_gpu: int = 1)
 
 
 def check_gpus_per_run(value: Any) -> int:
-    """hydra.launcher.gpus_per_run, the same rule for local workers and SLURM jobs: 1 for now."""
-    gpus_per_run = whole_number("hydra.launcher.gpus_per_run", value, "how many GPUs each run gets")
-    if gpus_per_run > 1:  # a run would train on its first GPU only (or in slow DataParallel): say so
-        raise ConfigError(f"hydra.launcher.gpus_per_run={gpus_per_run} is not supported yet: a run trains on one "
-                          f"GPU (multi-GPU runs are not supported yet), so the others would sit idle; use 1 "
-                          f"(default)")
-    return gpus_per_run
+    """hydra.launcher.gpus_per_run, the same rule for local workers and SLURM jobs: a whole number;
+    more than 1 trains each run data-parallel on that many GPUs (executors/data_parallel)."""
+    return whole_number("hydra.launcher.gpus_per_run", value, "how many GPUs each run gets (more than 1: "
+                        "data parallel, one rank a GPU)")
 
 
 def place_workers(n_jobs: Any, runs_per_gpu: Any = 1, gpus_per_run: Any = 1, gpus: Sequence[str] | None = None,
@@ -86,6 +85,11 @@ def place_workers(n_jobs: Any, runs_per_gpu: Any = 1, gpus_per_run: Any = 1, gpu
         n_jobs = whole_number(n_jobs_field, n_jobs, "how many runs are in flight at once; null: one per GPU slot, "
                         "or 1 without a GPU", default="null")
     gpus = visible_gpus() if gpus is None else list(gpus)
+    if gpus_per_run > max(1, len(gpus)):  # a CPU trains one rank: no data parallel without GPUs to split over
+        have = f"only {len(gpus)} GPU{'s' if len(gpus) != 1 else ''} ({','.join(gpus)})" if gpus else "no GPU"
+        raise ConfigError(f"hydra.launcher.gpus_per_run={gpus_per_run} needs {gpus_per_run} GPUs for each run, "
+                          f"and this machine has {have} (nvidia-smi, CUDA_VISIBLE_DEVICES); use "
+                          f"{max(1, len(gpus))}{' or less' if len(gpus) > 1 else ''}")
     if not gpus:
         return n_jobs or 1, None
     slots = gpu_slots(gpus, gpus_per_run, runs_per_gpu)

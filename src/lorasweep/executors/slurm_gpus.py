@@ -4,8 +4,9 @@ A SLURM job trains one run (executors/slurm.SlurmRun), and SLURM gives the job i
 CUDA_VISIBLE_DEVICES, so the run has all of them: no placement is needed, but the ask must fit the
 run. A job asking for more GPUs than its run uses (`gpus_per_node=4` with `gpus_per_run=1`) would
 hold the others idle, queued for longer and billed for them: refused before anything is submitted.
-`gpus_per_run` > 1 is refused as for local workers (executors/gpus.check_gpus_per_run), and so is
-`runs_per_gpu` > 1: one run per job, and SLURM gives a job's GPUs to that job alone.
+`gpus_per_run` > 1 trains the job's run data-parallel on its GPUs, the same way as a local worker
+(executors/data_parallel), so the job must ask for that many; `runs_per_gpu` > 1 is refused: one run
+per job, and SLURM gives a job's GPUs to that job alone.
 
 A job asks for GPUs with `gpus_per_node: N` or a gres `gpu`, `gpu:N` or `gpu:TYPE:N` (sbatch's
 name[:type][:count], comma-separated). A gres whose GPU count cannot be read that way (shard:2,
@@ -53,14 +54,20 @@ def check_job_gpus(gres: Any, gpus_per_node: Any, gpus_per_run: Any = 1, runs_pe
     counted = gres_gpus(gres)
     if counted:  # gpu:0 asks for none
         asks.append(("gres", gres, counted))
+    if gpus_per_run > 1 and not asks and not gres:  # its ranks would have no GPU to train on
+        raise ConfigError(f"hydra.launcher.gpus_per_run={gpus_per_run} trains each run data-parallel on "
+                          f"{gpus_per_run} GPUs, but the SLURM jobs ask for none; set "
+                          f"hydra.launcher.gpus_per_node={gpus_per_run} (or gres=gpu:{gpus_per_run})")
     for name, value, count in asks:
         if count != gpus_per_run:
             fix = f"{gpus_per_run}" if name == "gpus_per_node" else _gres_with(str(value), gpus_per_run)
+            why = (f"the other {count - gpus_per_run} would sit idle" if count > gpus_per_run
+                   else f"its {gpus_per_run} data-parallel ranks need a GPU each")
             raise ConfigError(
-                f"hydra.launcher.{name}={value} asks each SLURM job for {count} GPUs, but a job trains one run, "
-                f"which uses hydra.launcher.gpus_per_run={gpus_per_run}: the other {count - gpus_per_run} would "
-                f"sit idle; set hydra.launcher.{name}={fix} (gpus_per_run > 1 is not supported yet: a run "
-                f"trains on one GPU)")
+                f"hydra.launcher.{name}={value} asks each SLURM job for {count} GPU{'s' if count != 1 else ''}, "
+                f"but a job trains one run, which uses hydra.launcher.gpus_per_run={gpus_per_run}: {why}; set "
+                f"hydra.launcher.{name}={fix}, or hydra.launcher.gpus_per_run={count} to train each run on "
+                f"{'all ' if count > 1 else ''}{count}")
 
 
 def _gres_with(gres: str, count: int) -> str:

@@ -1,7 +1,9 @@
 """What runs inside a worker process (a local worker, a SLURM job): process setup, then one run.
 
 `execute(cfg)` is the one entry point that executors send runs to: it runs the composed config
-through lorasweep.run.lifecycle, with a pruning reporter when the run is a trial of an Optuna sweep.
+through lorasweep.run.lifecycle, with a pruning reporter when the run is a trial of an Optuna sweep,
+and on data-parallel ranks that this process starts when its sweep gives each run several GPUs
+(executors/data_parallel).
 Its driver has triaged it already (and said, e.g., that its stored result was unreadable).
 
 `serve(conn, threads, gpus)` is a local worker's whole life (lorasweep.executors.local): it runs what its
@@ -58,11 +60,17 @@ def claimed_by(future) -> str:
 
 def _run(cfg: Mapping[str, Any]) -> dict:
     from ..run.lifecycle import run_config
+    from ..run.plan import data_parallel
 
     if PACK in cfg:
         return _run_pack(cfg[PACK])
+    trainer = None
+    if data_parallel(cfg) > 1:  # hydra.launcher.gpus_per_run > 1: this process starts the run's ranks
+        from .data_parallel import rank_trainer
+
+        trainer = rank_trainer(cfg, data_parallel(cfg))
     try:
-        return run_config(cfg, _reporter(cfg), triaged=True)
+        return run_config(cfg, _reporter(cfg), triaged=True, trainer=trainer)
     except RunClaimedError as e:
         return {"claimed_by": e.holder}
     except Stopped:

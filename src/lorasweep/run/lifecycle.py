@@ -22,7 +22,7 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -41,22 +41,30 @@ from .progress import PROGRESS_FILE
 from .tracking import check_tracking, make_tracker
 
 
-def run_config(cfg: Mapping[str, Any], reporter: Reporter | None = None, *, triaged: bool = False) -> dict[str, Any]:
+# What trains a claimed run in place of this process's own load-and-train: (plan, folder) -> its result.
+# A worker given several GPUs passes its data-parallel ranks' (executors/data_parallel).
+Trainer = Callable[[Plan, Path], dict]
+
+
+def run_config(cfg: Mapping[str, Any], reporter: Reporter | None = None, *, triaged: bool = False,
+               trainer: Trainer | None = None) -> dict[str, Any]:
     """Validate a composed config and run it; returns the result dict (also written to disk).
-    `triaged`: a sweep driver has already told the user what the store holds for this run."""
+    `triaged`: a sweep driver has already told the user what the store holds for this run.
+    `trainer`: trains the run once it is claimed, instead of this process (see Trainer)."""
     tracking = dict(cfg.get("tracking") or {})
     check_tracking(tracking)
     plan = plan_run(cfg)  # config, data and projection errors surface here, before any weight is read
     loop = LoopOptions.from_config(cfg.get("train") or {})  # train.compile without a compiler too
     results_dir = store.store_dir(cfg)
     store.check_writable(results_dir)  # an unwritable store too (created if missing, once per process)
-    return run_planned(plan, results_dir, tracking=tracking, reporter=reporter, loop=loop, triaged=triaged)
+    return run_planned(plan, results_dir, tracking=tracking, reporter=reporter, loop=loop, triaged=triaged,
+                       trainer=trainer)
 
 
 def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | None = None,
                 reporter: Reporter | None = None, loop: LoopOptions = LoopOptions(),
-                triaged: bool = False) -> dict[str, Any]:
-    """The lifecycle of a planned run, in this process; its result lands in `results_dir`.
+                triaged: bool = False, trainer: Trainer | None = None) -> dict[str, Any]:
+    """The lifecycle of a planned run, in this process (or `trainer`'s); its result lands in `results_dir`.
     RunClaimedError: another process is training this run now (lorasweep.run.claims)."""
     folder = plan.folder(results_dir)
     previous = _finished(plan, folder, triaged, say_unreadable=not triaged)
@@ -67,7 +75,7 @@ def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | 
     with Claim(folder):
         # it may have finished elsewhere between the look above (or the driver's) and our claim
         return (_finished(plan, folder, triaged, say_unreadable=False)
-                or _load_and_train(plan, folder, tracking, reporter, loop))
+                or (trainer(plan, folder) if trainer else _load_and_train(plan, folder, tracking, reporter, loop)))
 
 
 def _finished(plan: Plan, folder: Path, triaged: bool, say_unreadable: bool) -> dict[str, Any] | None:
@@ -90,7 +98,10 @@ def _finished(plan: Plan, folder: Path, triaged: bool, say_unreadable: bool) -> 
 
 
 def _load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None, reporter: Reporter | None,
-                    loop: LoopOptions) -> dict[str, Any]:
+                    loop: LoopOptions, workdir: Path | None = None) -> dict[str, Any]:
+    """Load, train, evaluate and save into `folder`; the Trainer's checkpoints go to `workdir` (default
+    folder/trainer: a data-parallel rank other than 0 writes into a scratch folder but resumes from
+    rank 0's checkpoints)."""
     spec = plan.spec
     t_start = time.perf_counter()
     base = _base_record(plan)
@@ -102,7 +113,7 @@ def _load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None
                                                       labels=plan.task.labels)
     try:
         return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter, loop,
-                                   notes)
+                                   notes, workdir)
     except Exception as e:
         oom = memory.out_of_memory(e)  # out of accelerator memory: one line, and its memory given back below
         # the store refused a write (a full disk): one line too
@@ -180,7 +191,8 @@ def _base_record(plan: Plan) -> dict[str, Any]:
 
 def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, tracking: Mapping[str, Any],
                         t_start: float, reporter: Reporter | None, loop: LoopOptions,
-                        notes: loading.LoadNotes = loading.LoadNotes()):
+                        notes: loading.LoadNotes = loading.LoadNotes(), workdir: Path | None = None):
+    workdir = workdir or folder / "trainer"
     spec, task = plan.spec, plan.task
     token_ids = tokens.inject(model, tokenizer, spec.tokens.new, spec.tokens.init, spec.train.seed)
     if token_ids != plan.token_ids:
@@ -203,7 +215,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         if spec.method != "none":
             outcome = train(model, tokenizer, tasks.training_data(task, tokenizer, spec.train),
                             tasks.evaluator(task, tokenizer, task.eval, spec.train), spec.train,
-                            kind=spec.task.kind, workdir=folder / "trainer", tracker=tracker,
+                            kind=spec.task.kind, workdir=workdir, tracker=tracker,
                             reporter=reporter, loop=loop, progress=folder / PROGRESS_FILE)
             # checkpoints only serve a resume: the adapter is saved below, so they go
             shutil.rmtree(folder / "trainer", ignore_errors=True)

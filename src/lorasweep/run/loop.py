@@ -112,6 +112,9 @@ class _TaskEvaluation:
         follows the bad loss."""
         loss = super().training_step(model, inputs, *args, **kwargs)
         value = float(loss)
+        if self.args.world_size > 1:  # data parallel: every rank stops at the same step, or the others
+            # would wait forever in the next step's gradient all-reduce; the mean is the global batch's loss
+            value = float(self.accelerator.reduce(loss.detach().reshape(1), reduction="mean"))
         step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
         if not math.isfinite(value):
             last = self._last_finite
@@ -175,9 +178,11 @@ def _sft_trainer_class():
             return self._body
 
         def _plain_nll(self) -> bool:
-            """trl's default loss (the only one lorasweep configures): no other loss to reproduce."""
+            """trl's default loss (the only one lorasweep configures): no other loss to reproduce. Not
+            data-parallel: the kept rows' loss calls the decoder around the model's forward, and DDP
+            must see every training forward to reduce the gradients; trl's loss goes through it."""
             return (self.args.loss_type == "nll" and self.label_smoother is None and lm_head.plain_head(self.model)
-                    and self.compute_loss_func is None and not self.aux_loss_enabled)
+                    and self.compute_loss_func is None and not self.aux_loss_enabled and self.args.world_size == 1)
 
         def _kept_rows_loss(self, model, inputs, num_items_in_batch):
             """trl's training loss and the metrics it logs (entropy, mean_token_accuracy, num_tokens)."""
@@ -302,7 +307,12 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     outcome = TrainOutcome()
     common = {**_arguments(spec, workdir, loop.save_steps), "torch_compile": loop.compile}
     if kind == "classification":
-        trainer = _ClassificationTrainer(model=model, args=TrainingArguments(**common),
+        # a classification loss is a mean over its examples, whatever num_items_in_batch says: with
+        # average_tokens_across_devices (on by default) the Trainer would scale each rank's mean by
+        # the number of ranks (meant for token sums), doubling the loss on 2 GPUs; DDP's average of
+        # the ranks' means over equal shares is already the global batch's mean
+        args = TrainingArguments(**common, average_tokens_across_devices=False)
+        trainer = _ClassificationTrainer(model=model, args=args,
                                          train_dataset=data.train, eval_dataset=data.eval,
                                          data_collator=data.collator, processing_class=tokenizer)
     else:
@@ -345,8 +355,11 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
 
 def _arguments(spec: TrainSpec, workdir: Path, save_steps: int = 0) -> dict:
     cuda = torch.cuda.is_available()
+    # train.batch_size is the run's global batch: data-parallel ranks (executors/data_parallel, which
+    # set WORLD_SIZE) take an equal share each, so a run takes the same steps on 1 or N GPUs
+    ranks = int(os.environ.get("WORLD_SIZE") or 1)
     return dict(
-        output_dir=str(workdir), per_device_train_batch_size=spec.batch_size,
+        output_dir=str(workdir), per_device_train_batch_size=spec.batch_size // ranks,
         per_device_eval_batch_size=spec.eval_batch_size, learning_rate=spec.lr,
         num_train_epochs=spec.epochs, max_steps=spec.max_steps, weight_decay=spec.weight_decay,
         warmup_steps=spec.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all steps

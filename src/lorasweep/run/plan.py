@@ -21,6 +21,9 @@ from .store import run_dir
 
 
 CAUSAL_FAMILIES = ("llama", "qwen3", "gpt2")  # the families with a real causal-LM head
+# Set by a sweep's driver from hydra.launcher.gpus_per_run (sweep/grid): the run trains with this
+# many data-parallel ranks (executors/data_parallel). Not run-defining: the same run on 1 or N GPUs.
+DATA_PARALLEL = "data_parallel"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
         raise ConfigError("lora.r='auto' needs a budget to fit: set budget.max_trainable (e.g. budget=1m)")
     spec = from_config(_with_rank(cfg, 1) if auto else cfg)
     methods.check_available(spec.method)  # qlora without CUDA/bitsandbytes: say so now, not after loading
+    check_data_parallel(spec, data_parallel(cfg))
     task = load_task(spec.task)
     if task.head == "causal_lm" and spec.model.family not in CAUSAL_FAMILIES:
         raise ConfigError(f"task {spec.task.name} ({spec.task.kind}) trains a causal LM; model={spec.model.name} "
@@ -75,6 +79,25 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
     return Plan(spec=spec, task=task, targets=tuple(targets), predicted=predicted,
                 base_total=sum(p.numel() for p in skeleton.parameters()), budget=budget,
                 auto_rank=auto and spec.method in methods.ADAPTER_METHODS, token_ids=token_ids)
+
+
+def data_parallel(cfg: Mapping[str, Any]) -> int:
+    """How many data-parallel ranks train this run (1: one process, as always)."""
+    return int(cfg.get(DATA_PARALLEL) or 1)
+
+
+def check_data_parallel(spec: RunSpec, ranks: int) -> None:
+    """A run that cannot train on `ranks` data-parallel ranks: a ConfigError before anything loads."""
+    if ranks <= 1:
+        return
+    where = f"hydra.launcher.gpus_per_run={ranks}"
+    if spec.method in methods.QUANTIZED_METHODS:  # its base is loaded onto GPU 0 whole (device_map), untested per rank
+        raise ConfigError(f"method={spec.method} cannot train data-parallel ({where}): a quantized base is "
+                          f"loaded onto one GPU; use gpus_per_run=1, or method=lora/dora")
+    if spec.train.batch_size % ranks:  # train.batch_size is the run's global batch: each rank takes a share
+        raise ConfigError(f"train.batch_size={spec.train.batch_size} is not divisible by {where}: the batch "
+                          f"is the run's whole batch, split evenly between its {ranks} ranks; use a multiple "
+                          f"of {ranks}")
 
 
 def max_trainable(cfg: Mapping[str, Any]) -> int | None:

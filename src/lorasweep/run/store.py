@@ -237,6 +237,8 @@ def env_info() -> dict[str, Any]:
         "threads": torch.get_num_threads(), "host": socket.gethostname(),
         # the GPUs this run's process was given (executors/gpus pins each local worker); None: not set
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        # data-parallel ranks that trained it (executors/data_parallel sets WORLD_SIZE); 1: one process
+        "data_parallel": int(os.environ.get("WORLD_SIZE") or 1),
         "slurm_job_id": slurm_job_id(),
         "slurm_restarts": int(os.environ.get("SLURM_RESTART_COUNT") or 0) if os.environ.get("SLURM_JOB_ID") else None,
     }

@@ -41,10 +41,11 @@ from ..errors import (SAID_IN_FULL, ConfigError, StoreError, SubmissionError, Un
 from ..executors.factory import check_retries
 from ..executors.worker import claimed_by, pack_task
 from ..run.claims import WAIT_POLL_S
+from ..run.plan import DATA_PARALLEL
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .interrupts import interrupt_on_signals
-from .packing import make_packs, pack_size, per_run
+from .packing import check_pack_gpus, make_packs, pack_size, per_run
 from .triage import after_wait, triage
 
 
@@ -119,13 +120,17 @@ class SweepTally:
 
 
 def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[Sequence[str]],
-               open_executor: Callable[[], Any], retries: Any = 0, pack: Any = None) -> list[JobReturn]:
+               open_executor: Callable[[], Any], retries: Any = 0, pack: Any = None,
+               gpus_per_run: int = 1) -> list[JobReturn]:
     """Run a grid's jobs; `open_executor()` gives where they train (lorasweep.executors); a failed
     run is run again up to `retries` more times (hydra.launcher.retries); `pack` (hydra.launcher.pack):
-    compatible runs train together over one base (sweep/packing)."""
+    compatible runs train together over one base (sweep/packing); `gpus_per_run` > 1
+    (hydra.launcher.gpus_per_run, checked by the launcher): each run trains data-parallel on that many
+    GPUs (executors/data_parallel), which each run's triage checks it can."""
     try:
         retries = check_retries(retries)
         pack = pack_size(pack)
+        check_pack_gpus(pack, gpus_per_run)
     except ConfigError as e:
         say(f"sweep: {e}; nothing was trained")
         raise SystemExit(2) from None
@@ -140,6 +145,8 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
     configs = JobConfigs(config_loader, sweep_config)
     for i, overrides in enumerate(job_overrides):
         node, cfg = configs(overrides)
+        if gpus_per_run > 1:
+            cfg[DATA_PARALLEL] = gpus_per_run
         job = SweepJob(i, overrides, node, cfg, labels[i], total)
         try:
             decision = triage(cfg)

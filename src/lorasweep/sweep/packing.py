@@ -42,6 +42,15 @@ def pack_size(value: Any) -> int | None:
                       f"alone, the default) or a whole number 2 or more")
 
 
+def check_pack_gpus(size: int | None, gpus_per_run: int) -> None:
+    """A pack (pack_size) trains its runs in one process on one device: never data-parallel."""
+    if size is not None and gpus_per_run > 1:
+        raise ConfigError(f"hydra.launcher.pack={'true' if size == 0 else size} cannot be combined with "
+                          f"hydra.launcher.gpus_per_run={gpus_per_run}: a pack trains its runs in one process "
+                          f"on one GPU, and a run on {gpus_per_run} GPUs trains alone; use pack=false "
+                          f"(default), or gpus_per_run=1")
+
+
 def optuna_pack_size(value: Any) -> int | None:
     """hydra.launcher.pack under the Optuna sweeper: None or K, the trials a worker trains at once.
     pack=true has no meaning there: trials are asked as workers free up, not known in advance."""
