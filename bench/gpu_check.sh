@@ -31,6 +31,15 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, its output t
     local rc=$?
     echo "== $name: exit $rc in $((SECONDS - start)) s" >> "$SUMMARY"
 }
+summarize() {  # each result in a results store: its status, GPU, memory record and train time
+    python3 - "$1" >> "$SUMMARY" <<'PY'
+import json, sys, pathlib
+for f in sorted(pathlib.Path(sys.argv[1]).glob("*/result.json")):
+    r = json.loads(f.read_text())
+    print(f"  {r['slug']}: {r['status']} {r.get('reason', '')[:200]} on GPU {r['env'].get('cuda_visible_devices')} "
+          f"({r['env'].get('device')}) | memory {r.get('memory')} | train {r.get('timing', {}).get('train_s')} s")
+PY
+}
 
 part gpu && step gpu 200 python3 bench/gpu.py --methods lora,dora,full --loss hf,kept --seq 2048 \
     --tokens 16384,32768 --steps 6 --warmup 2 --json "$OUT/gpu.json" \
@@ -41,25 +50,13 @@ if part sweep; then
     step sweep 150 python3 launch.py -m model=tiny-qwen3 task=wordnet_mcq lora.r=4,8 lora.proj=qkvo,qkvogud \
         train.max_steps=30 train.eval_steps=10 task.max_train=240 task.max_test=50 \
         hydra.launcher.runs_per_gpu=2 results_dir="$OUT/sweep" hydra.sweep.dir="$OUT/sweep_multirun"
-    python3 - "$OUT/sweep" >> "$SUMMARY" <<'PY'
-import json, sys, pathlib
-for f in sorted(pathlib.Path(sys.argv[1]).glob("*/result.json")):
-    r = json.loads(f.read_text())
-    print(f"  {r['slug']}: {r['status']} on GPU {r['env'].get('cuda_visible_devices')}, peak GPU "
-          f"{r['memory'].get('peak_gpu_mb') or 0:.0f} MB, {r['timing'].get('total_s', 0):.0f} s")
-PY
+    summarize "$OUT/sweep"
 fi
 if part qlora; then
     step model 120 python3 bench/gpu_model.py "$HF_HOME"
     step qlora 200 python3 launch.py -m model=qwen3-0.6b task=wordnet_mcq method=lora,qlora,qlora8 \
         lora.proj=qkvogud lora.r=16 train.max_steps=20 train.eval_steps=20 task.max_train=160 task.max_test=50 \
         hydra.launcher.n_jobs=1 results_dir="$OUT/qlora" hydra.sweep.dir="$OUT/qlora_multirun"
-    python3 - "$OUT/qlora" >> "$SUMMARY" <<'PY'
-import json, sys, pathlib
-for f in sorted(pathlib.Path(sys.argv[1]).glob("*/result.json")):
-    r = json.loads(f.read_text())
-    print(f"  {r['config']['method']}: {r['status']} {r.get('reason', '')[:200]} | memory {r.get('memory')} | "
-          f"train {r.get('timing', {}).get('train_s')} s on {r['env'].get('device')}")
-PY
+    summarize "$OUT/qlora"
 fi
 cat "$SUMMARY"
