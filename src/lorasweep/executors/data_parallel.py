@@ -37,7 +37,7 @@ from typing import Any, Mapping
 from ..console import say
 from ..errors import UnreadableResultError
 from ..run import store
-from ..run.lifecycle import _base_record
+from ..run.lifecycle import base_record
 from ..run.plan import Plan
 
 POLL_S = 0.2  # how soon a failed rank is noticed and its peers ended
@@ -73,7 +73,7 @@ def train_in_ranks(cfg: Mapping[str, Any], plan: Plan, folder: Path, ranks: int)
                 relay.join(timeout=GRACE_S)
         if failed is None:
             return store.read_result(folder)
-        raise _record_failure(plan, folder, scratch, procs, failed, t_start)
+        raise record_failure(plan, folder, scratch, procs, failed, t_start)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -131,7 +131,7 @@ def _end(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def _record_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subprocess.Popen], first_seen: int,
+def record_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subprocess.Popen], first_seen: int,
                     t_start: float) -> RankFailedError:
     """The run's failure, as a RankFailedError to raise. The first rank that failed is the one whose
     error file is the oldest (a peer of a failed rank fails after it, on the broken connection); a rank
@@ -162,7 +162,7 @@ def _record_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subproc
         try:
             if text:
                 (folder / "traceback.txt").write_text(f"{where}:\n{text}")
-            base = _base_record(plan)
+            base = base_record(plan)
             base["env"]["data_parallel"] = len(procs)  # this worker's env, but the ranks' world size
             store.write_result(folder, {**base, "status": "failed", "reason": f"{where}: {reason}",
                                         "timing": {"total_s": time.perf_counter() - t_start}})

@@ -35,7 +35,7 @@ def main(config_file: str) -> None:
 
 
 def train_rank(cfg: dict, rank: int, scratch: Path) -> None:
-    from ..run.lifecycle import _load_and_train
+    from ..run.lifecycle import load_and_train
     from ..run.loop import LoopOptions
     from ..run.plan import plan_run
     from ..run.store import store_dir
@@ -44,7 +44,7 @@ def train_rank(cfg: dict, rank: int, scratch: Path) -> None:
     folder = plan.folder(store_dir(cfg))
     own = folder if rank == 0 else scratch / f"rank-{rank}"
     tracking = dict(cfg.get("tracking") or {}) if rank == 0 else {}
-    _load_and_train(plan, own, tracking, None, LoopOptions.from_config(cfg.get("train") or {}),
+    load_and_train(plan, own, tracking, None, LoopOptions.from_config(cfg.get("train") or {}),
                     workdir=folder / "trainer")
 
 

@@ -67,18 +67,18 @@ def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | 
     """The lifecycle of a planned run, in this process (or `trainer`'s); its result lands in `results_dir`.
     RunClaimedError: another process is training this run now (lorasweep.run.claims)."""
     folder = plan.folder(results_dir)
-    previous = _finished(plan, folder, triaged, say_unreadable=not triaged)
+    previous = finished_result(plan, folder, triaged, say_unreadable=not triaged)
     if previous:
         return previous
     if plan.over_budget:
         return record_over_budget(plan, results_dir)
     with Claim(folder):
         # it may have finished elsewhere between the look above (or the driver's) and our claim
-        return (_finished(plan, folder, triaged, say_unreadable=False)
-                or (trainer(plan, folder) if trainer else _load_and_train(plan, folder, tracking, reporter, loop)))
+        return (finished_result(plan, folder, triaged, say_unreadable=False)
+                or (trainer(plan, folder) if trainer else load_and_train(plan, folder, tracking, reporter, loop)))
 
 
-def _finished(plan: Plan, folder: Path, triaged: bool, say_unreadable: bool) -> dict[str, Any] | None:
+def finished_result(plan: Plan, folder: Path, triaged: bool, say_unreadable: bool) -> dict[str, Any] | None:
     """The run's stored result if it is finished (never trained again), else None; an unreadable
     result.json is none (it is trained again, and overwritten). In a sweep's worker (`triaged`: its
     driver saw no finished result) a finished one was written by another process since: that raises
@@ -97,14 +97,14 @@ def _finished(plan: Plan, folder: Path, triaged: bool, say_unreadable: bool) -> 
     return previous
 
 
-def _load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None, reporter: Reporter | None,
+def load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None, reporter: Reporter | None,
                     loop: LoopOptions, workdir: Path | None = None) -> dict[str, Any]:
     """Load, train, evaluate and save into `folder`; the Trainer's checkpoints go to `workdir` (default
     folder/trainer: a data-parallel rank other than 0 writes into a scratch folder but resumes from
     rank 0's checkpoints)."""
     spec = plan.spec
     t_start = time.perf_counter()
-    base = _base_record(plan)
+    base = base_record(plan)
     # Loading happens outside the failure record: a model that cannot be had (no hub, no cache) is
     # the environment's problem, said once to the user, not a failed run to keep.
     torch.manual_seed(spec.train.seed)  # before loading: a new classification head's init follows the seed
@@ -118,7 +118,7 @@ def _load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None
         oom = memory.out_of_memory(e)  # out of accelerator memory: one line, and its memory given back below
         # the store refused a write (a full disk): one line too
         failure = memory.failure(oom, model, spec.method) if oom else store.storage_error(e, folder)
-        _record_failure(folder, base, failure or e, t_start)
+        record_failure(folder, base, failure or e, t_start)
         if oom is None:
             if failure is not None and failure is not e:
                 raise failure from e
@@ -132,7 +132,7 @@ def _load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None
     raise failure
 
 
-def _record_failure(folder: Path, base: dict, error: BaseException, t_start: float) -> None:
+def record_failure(folder: Path, base: dict, error: BaseException, t_start: float) -> None:
     """traceback.txt and a failed result.json, as far as the store still takes them: on a full disk
     either may not fit, and failing to record a failure must not hide why the run failed.
     Called while handling the failure (traceback.format_exc)."""
@@ -157,7 +157,7 @@ def record_over_budget(plan: Plan, results_dir: Path) -> dict[str, Any]:
     reason = f"{plan.predicted:,} trainable parameters exceed the budget of {plan.budget:,}"
     say(f"{plan.spec.slug}: skipped, {reason}")
     return store.write_result(plan.folder(results_dir), {
-        **_base_record(plan), "status": "skipped_budget", "reason": reason,
+        **base_record(plan), "status": "skipped_budget", "reason": reason,
         "params": {"trainable": plan.predicted, "predicted": plan.predicted}})
 
 
@@ -178,11 +178,11 @@ def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float 
         return None
     drop_dead_claim(folder)  # the dead worker's: nobody need take it over and say so
     (folder / "traceback.txt").unlink(missing_ok=True)  # an earlier failure's: this one has none
-    return store.write_result(folder, {**_base_record(plan), "status": "failed", "reason": reason,
+    return store.write_result(folder, {**base_record(plan), "status": "failed", "reason": reason,
                                        "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})
 
 
-def _base_record(plan: Plan) -> dict[str, Any]:
+def base_record(plan: Plan) -> dict[str, Any]:
     """What every result of this run holds, whatever its status."""
     spec = plan.spec
     return {"run_key": spec.run_key, "slug": spec.slug, "config": spec.defining(),
@@ -200,13 +200,13 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     model = methods.prepare(model, spec, task.head, list(plan.targets), token_ids)
     initial = methods.save_initial(model, spec, folder)  # pissa: needed to convert the trained adapter
     load_s = time.perf_counter() - t_start
-    params = _checked_params(model, plan)
+    params = checked_params(model, plan)
     base = {**base, "params": params}
     auto = f" (r={spec.lora.r}, the largest within the budget)" if plan.auto_rank else ""
     say(f"{spec.slug}: {params['trainable']:,} trainable of {params['total']:,} parameters "
          f"({params['trainable_pct']:.2f}%){auto}, {params['n_adapted_modules']} adapted modules; "
          f"run key {spec.run_key}")
-    for line in _new_weights(plan, notes):
+    for line in new_weight_notes(plan, notes):
         say(f"{spec.slug}: {line}")
     tracker = make_tracker(tracking, folder, spec.slug, base["config"])
     ok = False
@@ -223,10 +223,10 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
                 base = {**base, "resumed_from_step": outcome.resumed_from_step}
             if outcome.pruned_at is not None:
                 ok = True
-                return _pruned(folder, base, outcome, load_s, t_start)
+                return pruned_result(folder, base, outcome, load_s, t_start)
             if outcome.diverged is not None:
                 ok = True  # a result, not a failure
-                return _diverged(folder, base, outcome, load_s, t_start)
+                return diverged_result(folder, base, outcome, load_s, t_start)
         t1 = time.perf_counter()
         test = tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
         # more test sets (the Qwen3 tutorial reports two MCQ sets, each with its SE)
@@ -239,7 +239,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
                               **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
                   "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
                   "curve": outcome.curve if outcome else [],
-                  "timing": _timing(load_s, outcome, eval_s, t_start),
+                  "timing": timing_record(load_s, outcome, eval_s, t_start),
                   "memory": {**store.peak_memory(), **store.weights_memory(model, spec.method, plan.base_total)},
                   "artifacts": artifacts}
         result = store.write_result(folder, result)
@@ -254,7 +254,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     return result
 
 
-def _pruned(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
+def pruned_result(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
     """A run the sweeper's pruner stopped: its curve so far, no test evaluation, no adapter."""
     reason = f"stopped by the sweep's pruner at step {outcome.pruned_at}"
     say(f"{base['slug']}: {reason}")
@@ -263,7 +263,7 @@ def _pruned(folder: Path, base: dict, outcome, load_s: float, t_start: float) ->
                           metrics={"eval": {k: v for k, v in last.items() if k not in ("step", "epoch", "train_loss")}})
 
 
-def _diverged(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
+def diverged_result(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
     """A run whose training loss became NaN or infinite: where, the last finite loss, its curve so far;
     no test evaluation, no adapter (a PiSSA run's initial adapter, kept for converting, goes too)."""
     d = outcome.diverged
@@ -278,10 +278,11 @@ def _stopped_early(folder: Path, base: dict, outcome, load_s: float, t_start: fl
     """The result of a run that stopped training before its end (pruned, diverged): its status,
     reason and `fields`, the curve so far and its timing; no test evaluation, no adapter."""
     return store.write_result(folder, {**base, **fields, "curve": outcome.curve,
-                                       "timing": _timing(load_s, outcome, 0.0, t_start), "memory": store.peak_memory()})
+                                       "timing": timing_record(load_s, outcome, 0.0, t_start),
+                                       "memory": store.peak_memory()})
 
 
-def _new_weights(plan: Plan, notes: loading.LoadNotes) -> list[str]:
+def new_weight_notes(plan: Plan, notes: loading.LoadNotes) -> list[str]:
     """What the checkpoint did not have, said once in place of transformers' load report: a
     classification head is new by design (a line on whether it trains), anything else is unusual."""
     heads = [n for n in notes.new if n.split(".")[0] in params_of.SEQ_CLS_HEADS]
@@ -310,7 +311,7 @@ def _few(names, shown: int = 4) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def _checked_params(model, plan: Plan) -> dict[str, Any]:
+def checked_params(model, plan: Plan) -> dict[str, Any]:
     """peft's count of the built model, checked against the plan's: a difference is a bug, not a warning."""
     trainable, total = methods.count_parameters(model)
     adapted = methods.adapted_modules(model)
@@ -356,7 +357,7 @@ def _save(model, tokenizer, spec: RunSpec, folder: Path, initial: Path | None) -
     return {"kind": target.name, "path": target.name, "size_bytes": store.folder_size(target)}
 
 
-def _timing(load_s: float, outcome, eval_s: float, t_start: float) -> dict[str, float]:
+def timing_record(load_s: float, outcome, eval_s: float, t_start: float) -> dict[str, float]:
     train_s = outcome.train_seconds if outcome else 0.0
     examples = outcome.examples if outcome else 0
     return {"load_s": round(load_s, 3), "train_s": round(train_s, 3),

@@ -31,8 +31,8 @@ from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import store
 from .claims import Claim
-from .lifecycle import (_base_record, _checked_params, _diverged, _finished, _load_and_train, _new_weights,
-                        _pruned, _record_failure, _timing, record_over_budget)
+from .lifecycle import (base_record, checked_params, diverged_result, finished_result, load_and_train,
+                        new_weight_notes, pruned_result, record_failure, record_over_budget, timing_record)
 from .loop import LoopOptions, _arguments, _ClassificationTrainer
 from .pack_loop import Member, train_pack
 from .plan import Plan, plan_run
@@ -53,19 +53,19 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
         for i, (plan, results_dir) in enumerate(zip(plans, dirs)):
             folder = plan.folder(results_dir)
             try:
-                _finished(plan, folder, triaged=True, say_unreadable=False)  # finished since triage: raises
+                finished_result(plan, folder, triaged=True, say_unreadable=False)  # finished since triage: raises
                 if plan.over_budget:
                     out[i] = record_over_budget(plan, results_dir)
                     continue
                 claims.enter_context(Claim(folder))
-                _finished(plan, folder, triaged=True, say_unreadable=False)  # and since our look
+                finished_result(plan, folder, triaged=True, say_unreadable=False)  # and since our look
             except RunClaimedError as e:
                 out[i] = {"claimed_by": e.holder, "run_key": plan.spec.run_key}
                 continue
             todo.append(i)
         if len(todo) == 1:  # the rest is elsewhere or done: this one trains as it would alone (claimed above)
             i = todo[0]
-            out[i] = _load_and_train(plans[i], plans[i].folder(dirs[i]), {}, reporters[i],
+            out[i] = load_and_train(plans[i], plans[i].folder(dirs[i]), {}, reporters[i],
                                      LoopOptions.from_config(cfgs[i].get("train") or {}))
         elif todo:
             results = _train_pack([plans[i] for i in todo], [plans[i].folder(dirs[i]) for i in todo],
@@ -86,16 +86,16 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: L
     t_start = time.perf_counter()
     keys = [p.spec.run_key for p in plans]
     info = {"id": pack_id(keys), "size": len(plans), "runs": keys}
-    bases = [{**_base_record(p), "pack": info} for p in plans]
+    bases = [{**base_record(p), "pack": info} for p in plans]
     say(f"{info['id']}: {len(plans)} runs trained together over one {plans[0].spec.model.name}: "
         + ", ".join(p.spec.slug for p in plans))
     first, tokenizer = _build_alone(plans[0])
-    params = [_checked_params(first, plans[0])]
+    params = [checked_params(first, plans[0])]
 
     def others():
         for plan in plans[1:]:
             model, _ = _build_alone(plan)
-            params.append(_checked_params(model, plan))
+            params.append(checked_params(model, plan))
             yield model
 
     pack = pack_models(first, others())
@@ -115,16 +115,16 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: L
         for i, (m, base, p, folder) in enumerate(zip(members, bases, params, folders)):
             base = {**base, "params": p}
             if m.outcome.pruned_at is not None:
-                done[i] = _pruned(folder, base, m.outcome, load_s, t_start)
+                done[i] = pruned_result(folder, base, m.outcome, load_s, t_start)
             elif m.outcome.diverged is not None:
-                done[i] = _diverged(folder, base, m.outcome, load_s, t_start)
+                done[i] = diverged_result(folder, base, m.outcome, load_s, t_start)
             else:
                 finishing.append(i)
         _finish(pack, plans, members, bases, params, folders, finishing, done, tokenizer, load_s, t_start)
     except Exception as e:
         for i, (folder, base) in enumerate(zip(folders, bases)):
             if done[i] is None:
-                _record_failure(folder, base, e, t_start)
+                record_failure(folder, base, e, t_start)
         raise
     return done  # type: ignore[return-value]
 
@@ -135,7 +135,7 @@ def _build_alone(plan: Plan):
     torch.manual_seed(spec.train.seed)  # a new classification head's init follows the seed, as alone
     model, tokenizer, notes = loading.load_with_notes(spec.model, plan.task.head, plan.task.num_labels,
                                                       labels=plan.task.labels)
-    for line in _new_weights(plan, notes):
+    for line in new_weight_notes(plan, notes):
         say(f"{spec.slug}: {line}")
     return methods.prepare(model, spec, plan.task.head, list(plan.targets)), tokenizer
 
@@ -188,7 +188,7 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
                   "metrics": {"test": test, **({"tests": extra} if extra else {}),
                               "train": {"loss": m.outcome.final_train_loss}},
                   "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
-                  "curve": m.outcome.curve, "timing": _timing(load_s, m.outcome, eval_s, t_start),
+                  "curve": m.outcome.curve, "timing": timing_record(load_s, m.outcome, eval_s, t_start),
                   "memory": store.peak_memory(),
                   "artifacts": {"kind": "adapter", "path": "adapter", "size_bytes": store.folder_size(target)}}
         done[i] = store.write_result(folder, result)
