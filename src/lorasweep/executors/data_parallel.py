@@ -39,6 +39,7 @@ from ..errors import UnreadableResultError
 from ..run import store
 from ..run.lifecycle import base_record
 from ..run.plan import Plan
+from .deaths import death_reason
 
 POLL_S = 0.2  # how soon a failed rank is noticed and its peers ended
 GRACE_S = 10.0  # SIGTERM, then this long before SIGKILL: a rank blocked in a collective may not stop on SIGTERM
@@ -149,10 +150,8 @@ def record_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subproce
         first = min(errors, key=lambda e: e["time"])
         rank, reason, text = first["rank"], first["reason"], first["traceback"]
     else:
-        from .local import death_reason
-
         rank, text = first_seen, ""
-        reason = death_reason(procs[first_seen].returncode, None).replace("worker", "process", 1)
+        reason = death_reason(procs[first_seen].returncode, None, who="process")
     where = f"data-parallel rank {rank} of {len(procs)}"
     try:
         stored = store.read_result(folder) if rank == 0 else None

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 from ..console import say
 from ..errors import WorkerDiedError
+from .deaths import death_reason
 from .worker import PACK, STOPPED_EXIT, Stopped, members, serve
 
 GRACE_S = 30      # a worker told to stop (SIGTERM) has this long to end its run cleanly, then it is killed
@@ -329,24 +330,6 @@ class LocalExecutor:
 
     def __exit__(self, exc_type, *_) -> None:
         self.shutdown(cancel=exc_type is not None)
-
-
-def death_reason(exitcode: int | None, peak_rss: int | None) -> str:
-    """'worker killed by signal 9 (SIGKILL): likely out of memory; its peak RSS was 1.2 GiB'."""
-    rss = f"its peak RSS was {_size(peak_rss)}" if peak_rss else "its peak RSS was not measured"
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = "unknown"
-        # SIGKILL is what the kernel's out-of-memory killer sends; it is also `kill -9`
-        oom = ": likely out of memory" if -exitcode == signal.SIGKILL else ""
-        return f"worker killed by signal {-exitcode} ({name}){oom}; {rss}"
-    return f"worker exited with status {exitcode} before its run finished; {rss}"
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _peak_rss(pid: int) -> int | None:
