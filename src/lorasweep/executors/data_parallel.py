@@ -37,7 +37,7 @@ from typing import Any, Mapping
 from ..console import say
 from ..errors import UnreadableResultError
 from ..run import store
-from ..run.lifecycle import base_record
+from ..run.lifecycle import base_record, write_failure
 from ..run.plan import Plan
 from .deaths import death_reason
 
@@ -74,7 +74,7 @@ def train_in_ranks(cfg: Mapping[str, Any], plan: Plan, folder: Path, ranks: int)
                 relay.join(timeout=GRACE_S)
         if failed is None:
             return store.read_result(folder)
-        raise record_failure(plan, folder, scratch, procs, failed, t_start)
+        raise _rank_failure(plan, folder, scratch, procs, failed, t_start)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -132,8 +132,8 @@ def _end(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def record_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subprocess.Popen], first_seen: int,
-                    t_start: float) -> RankFailedError:
+def _rank_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subprocess.Popen], first_seen: int,
+                  t_start: float) -> RankFailedError:
     """The run's failure, as a RankFailedError to raise. The first rank that failed is the one whose
     error file is the oldest (a peer of a failed rank fails after it, on the broken connection); a rank
     killed without one (the OOM killer) is the first the worker saw end. Rank 0 records its own failure
@@ -158,15 +158,9 @@ def record_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subproce
     except UnreadableResultError:  # cut short by the kill: recorded again below
         stored = None
     if not (stored and stored.get("status") == "failed"):
-        try:
-            if text:
-                (folder / "traceback.txt").write_text(f"{where}:\n{text}")
-            base = base_record(plan)
-            base["env"]["data_parallel"] = len(procs)  # this worker's env, but the ranks' world size
-            store.write_result(folder, {**base, "status": "failed", "reason": f"{where}: {reason}",
-                                        "timing": {"total_s": time.perf_counter() - t_start}})
-        except OSError:  # a full disk: failing to record must not hide why the run failed
-            pass
+        base = base_record(plan)
+        base["env"]["data_parallel"] = len(procs)  # this worker's env, but the ranks' world size
+        write_failure(folder, base, f"{where}: {reason}", f"{where}:\n{text}" if text else "", t_start)
     say(f"{plan.spec.slug}: {where} failed: {reason}")
     return RankFailedError(f"{where} failed: {reason}")
 

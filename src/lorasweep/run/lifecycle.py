@@ -133,20 +133,26 @@ def load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None,
 
 
 def record_failure(folder: Path, base: dict, error: BaseException, t_start: float) -> None:
-    """traceback.txt and a failed result.json, as far as the store still takes them: on a full disk
-    either may not fit, and failing to record a failure must not hide why the run failed.
-    Called while handling the failure (traceback.format_exc)."""
-    text = traceback.format_exc()
+    """The run failed with `error` in this process: write_failure with its traceback. Called while
+    handling the failure (traceback.format_exc)."""
+    write_failure(folder, base, f"{type(error).__name__}: {error}", traceback.format_exc(), t_start)
+
+
+def write_failure(folder: Path, base: dict, reason: str, text: str, t_start: float) -> None:
+    """traceback.txt (`text`, when there is one) and a failed result.json saying `reason`, as far as
+    the store still takes them: on a full disk either may not fit, and failing to record a failure
+    must not hide why the run failed."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "traceback.txt").write_text(text)
+        if text:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "traceback.txt").write_text(text)
     except OSError:  # a half-written traceback says less than none
         try:
             (folder / "traceback.txt").unlink(missing_ok=True)
         except OSError:
             pass
     try:
-        store.write_result(folder, {**base, "status": "failed", "reason": f"{type(error).__name__}: {error}",
+        store.write_result(folder, {**base, "status": "failed", "reason": reason,
                                     "timing": {"total_s": time.perf_counter() - t_start}})
     except (OSError, StoreError):
         pass
