@@ -39,13 +39,13 @@ from ..console import say
 from ..errors import (SAID_IN_FULL, ConfigError, StoreError, SubmissionError, UnwritableStoreError,
                       WorkerDiedError, cause)
 from ..executors.factory import check_retries
-from ..executors.worker import claimed_by, pack_task
+from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
 from ..run.plan import DATA_PARALLEL
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .interrupts import interrupt_on_signals
-from .packing import check_pack_gpus, make_packs, pack_size, per_run
+from .packing import check_pack_gpus, make_packs, pack_size, per_run, unit_task
 from .triage import after_wait, triage
 
 
@@ -207,7 +207,7 @@ def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, 
             while units or running or elsewhere:
                 batch = units[:max(0, executor.n_jobs - len(running))]  # submit only what starts now
                 del units[:len(batch)]
-                futures = executor.submit_many([_task(unit) for unit in batch]) if batch else []
+                futures = executor.submit_many([unit_task(unit) for unit in batch]) if batch else []
                 for unit, future in zip(batch, futures):
                     for job in unit:
                         job.started = time.perf_counter()
@@ -240,13 +240,6 @@ def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, 
             + (f"{len(away)} runs go on as SLURM jobs; run the same command again to collect them "
                "and submit the rest" if away else "run the same command again to train the rest"))
         raise SystemExit(130) from None
-
-
-def _task(unit: list[SweepJob]) -> tuple[dict, Path]:
-    """What the executor is sent for a run alone, or for a pack (its log goes to its first run's folder)."""
-    if len(unit) == 1:
-        return unit[0].cfg, unit[0].folder
-    return pack_task([job.cfg for job in unit], [job.folder for job in unit]), unit[0].folder
 
 
 def _say_started(unit: list[SweepJob], future: Future, verb: str) -> None:

@@ -36,7 +36,7 @@ from ..compat import reopen_trial, trial_id
 from ..console import say
 from ..errors import ConfigError, StoreError, UnwritableStoreError, cause
 from ..executors.factory import check_retries, executor_for, local_placement, runs_on_slurm
-from ..executors.worker import claimed_by, pack_task
+from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
 from ..run.store import FINISHED, check_writable
 from ..run.study_storage import default_storage, open_storage
@@ -46,7 +46,7 @@ from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE, FailureRate, check_ma
 from .interrupts import interrupt_on_signals
 from .optuna_results import say_summary, write_optimization_results
 from .optuna_settings import OptunaSettings
-from .packing import make_packs, optuna_pack_size, per_run
+from .packing import make_packs, optuna_pack_size, per_run, unit_task
 from .triage import after_wait, triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
@@ -277,9 +277,7 @@ class OptunaSweep:
         units = make_packs(self.ready, lambda job: job.cfg, self.pack)
         self.ready = []
         for unit in units:
-            task = ((unit[0].cfg, unit[0].folder) if len(unit) == 1 else
-                    (pack_task([job.cfg for job in unit], [job.folder for job in unit]), unit[0].folder))
-            future = executor.submit_many([task])[0]
+            future = executor.submit_many([unit_task(unit)])[0]
             inflight[future] = unit
             note = getattr(future, "note", "")
             for job in unit:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import math
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ..config.spec import from_config
 from ..errors import ConfigError, WorkerDiedError
-from ..executors.worker import PACK
+from ..executors.worker import PACK, pack_task
 
 PACKABLE_METHODS = ("lora", "rslora", "dora")  # the base stays frozen and shared; pissa rewrites it, full trains it
 SHARED_TRAIN = ("epochs", "max_steps", "batch_size", "eval_batch_size", "eval_steps", "max_length")
@@ -106,6 +107,14 @@ def make_packs(items: Sequence[T], cfg_of: Callable[[T], Mapping[str, Any]], siz
             units.append(group[i * len(group) // n:(i + 1) * len(group) // n])
     position = {id(item): i for i, item in enumerate(items)}
     return sorted(units, key=lambda unit: position[id(unit[0])])
+
+
+def unit_task(unit: Sequence[Any]) -> tuple[dict, Path]:
+    """What an executor is sent for a unit of make_packs (runs with a `cfg` and a `folder`, as the grid
+    and the Optuna sweeper hold them): a run alone, or a pack, whose log goes to its first run's folder."""
+    if len(unit) == 1:
+        return unit[0].cfg, unit[0].folder
+    return pack_task([run.cfg for run in unit], [run.folder for run in unit]), unit[0].folder
 
 
 def per_run(task: Future, run_keys: Sequence[str]) -> list[Future]:
