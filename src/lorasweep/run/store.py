@@ -47,6 +47,11 @@ def run_dir(results_dir: str | Path, slug: str, run_key: str) -> Path:
     return Path(results_dir) / f"{slug}-{run_key}"
 
 
+def run_key_of(folder: Path) -> str:
+    """The run key in a run folder's name (run_dir's last part)."""
+    return folder.name.rsplit("-", 1)[-1]
+
+
 def write_result(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
     """Write `result` (plus its schema version) as the run's result.json; returns what was written
     (non-finite numbers as None, as in the file)."""

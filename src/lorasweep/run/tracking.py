@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from ..locks import exclusive
+from .store import run_key_of
 
 BACKENDS = ("none", "wandb", "tensorboard", "mlflow")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -204,7 +205,7 @@ def make_tracker(cfg: Mapping[str, Any], folder: Path, name: str, config: dict) 
         root = Path(cfg.get("dir") or folder.parent / "tensorboard")
         return TensorBoardTracker((root / folder_name(group) if group else root) / folder.name, config)
     uri, lock = mlflow_uri(cfg, folder.parent)
-    tags = {"lorasweep.run_key": folder.name.rsplit("-", 1)[-1], "lorasweep.run_folder": str(folder)}
+    tags = {"lorasweep.run_key": run_key_of(folder), "lorasweep.run_folder": str(folder)}
     if group:
         tags["lorasweep.sweep"] = group
     return MlflowTracker(uri, group or cfg.get("experiment") or "lorasweep", name, tags, config, lock)

@@ -41,6 +41,7 @@ from ..errors import (SAID_IN_FULL, ConfigError, StoreError, SubmissionError, Un
 from ..executors.factory import check_retries
 from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
+from ..run.store import run_key_of
 from ..run.plan import DATA_PARALLEL
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
@@ -216,7 +217,7 @@ def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, 
                 for task in _next_finished(running, poll=bool(elsewhere)):
                     unit = running.pop(task)
                     durations.append(time.perf_counter() - unit[0].started)
-                    for job, future in zip(unit, per_run(task, [job.folder.name.rsplit('-', 1)[-1] for job in unit])):
+                    for job, future in zip(unit, per_run(task, [run_key_of(job.folder) for job in unit])):
                         if _claimed_elsewhere(future, job, elsewhere):
                             continue  # another process claimed it after our triage: waited for, like the others
                         if tally.stopped is None and _retrying(future, job, retries):
