@@ -35,11 +35,11 @@ FIRST = "default"  # peft's name for the adapter a model is built with: the pack
 
 @dataclass(frozen=True)
 class Block:
-    """Rows [start, stop) of a packed batch belong to `adapter`'s run."""
+    """Rows [start, stop) of a packed batch belong to `adapter`'s run; stop None: to the batch's end."""
 
     adapter: str
     start: int
-    stop: int
+    stop: int | None
 
     @property
     def rows(self) -> slice:
@@ -78,6 +78,11 @@ class PackedModel:
         finally:
             self._blocks = saved
 
+    def alone(self, adapter: str) -> contextlib.AbstractContextManager[None]:
+        """Forward passes inside this are the run of `adapter` alone, on every row of whatever batch
+        comes (an evaluator's varying batches, generate's cached steps)."""
+        return self.blocks([Block(adapter, 0, None)])
+
     def current(self) -> list[Block]:
         if self._blocks is None:
             raise RuntimeError("a packed model runs inside `with pack.blocks(...)`: which rows are whose")
@@ -88,6 +93,8 @@ class PackedModel:
         op, whose backward is one concatenation; a slice per block would cost a zero-filled gradient
         of the whole batch per block in the backward (K^2 memory traffic: 15% of a 9-run step)."""
         blocks = self.current()
+        if len(blocks) == 1 and blocks[0].start == 0 and blocks[0].stop is None:
+            return [t]
         if blocks[0].start == 0 and blocks[-1].stop == len(t) and all(
                 a.stop == b.start for a, b in zip(blocks, blocks[1:])):
             return list(t.split([b.stop - b.start for b in blocks]))

@@ -57,9 +57,18 @@ def kept_rows_loss(model: torch.nn.Module, inputs: dict, num_items_in_batch=None
                    body: torch.nn.Module | None = None) -> KeptLoss:
     """The SFT loss of `inputs` (with `labels`, -100 where untrained), the head on kept rows only.
     `body`: the decoder to call instead of backbone(model) (a torch.compile'd one, train.compile)."""
+    return head_loss(model, decoder_states(model, inputs, body), inputs["labels"], num_items_in_batch)
+
+
+def decoder_states(model: torch.nn.Module, inputs: dict, body: torch.nn.Module | None = None) -> torch.Tensor:
+    """The decoder's last hidden states for `inputs` (what the LM head would multiply)."""
     feed = {k: v for k, v in inputs.items() if k in BACKBONE_INPUTS}
-    hidden = (body if body is not None else backbone(model))(**feed, use_cache=False).last_hidden_state
-    labels = inputs["labels"][:, 1:].to(hidden.device)  # position t predicts token t + 1
+    return (body if body is not None else backbone(model))(**feed, use_cache=False).last_hidden_state
+
+
+def head_loss(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> KeptLoss:
+    """kept_rows_loss from the decoder's hidden states (decoder_states) and their rows' `labels`."""
+    labels = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
     mask = labels != IGNORE
     rows, targets = hidden[:, :-1][mask], labels[mask]
     head = model.get_output_embeddings()

@@ -23,7 +23,7 @@ import torch
 from transformers import TrainingArguments
 
 from ..console import say
-from ..errors import RunClaimedError
+from ..errors import DataError, RunClaimedError
 from ..model import loading, methods
 from ..model.packing import Block, PackedModel, adapter_name, pack_models
 from ..tasks import classification
@@ -33,8 +33,8 @@ from . import store
 from .claims import Claim
 from .lifecycle import (base_record, checked_params, diverged_result, finished_result, load_and_train,
                         new_weight_notes, pruned_result, record_failure, record_over_budget, timing_record)
-from .loop import LoopOptions, _arguments, _ClassificationTrainer
-from .pack_loop import Member, train_pack
+from .loop import LoopOptions, _arguments, _ClassificationTrainer, sft_trainer
+from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
 from .progress import PROGRESS_FILE, ProgressFile
 
@@ -108,7 +108,9 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: L
             say(f"{plan.spec.slug}: {p['trainable']:,} trainable of {p['total']:,} parameters "
                 f"({p['trainable_pct']:.2f}%), {p['n_adapted_modules']} adapted modules; run key {plan.spec.run_key}")
         task = plans[0].task
-        train_pack(pack, members, _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train), loop.step_sleep_s)
+        losses = classification_losses if task.spec.kind == "classification" else sft_losses
+        train_pack(pack, members, _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train), losses,
+                   loop.step_sleep_s)
         for folder in folders:
             shutil.rmtree(folder / "trainer", ignore_errors=True)
         finishing = []
@@ -144,15 +146,40 @@ def _member(pack: PackedModel, plan: Plan, i: int, folder: Path, reporter, token
     """The run's place in the loop, with the Trainer its run alone would build (never trained)."""
     spec = plan.spec
     data = tasks.training_data(plan.task, tokenizer, spec.train)
-    args = TrainingArguments(**_arguments(spec.train, folder / "trainer"))
-    trainer = _ClassificationTrainer(model=pack.model, args=args,
-                                     train_dataset=data.train, eval_dataset=data.eval,
-                                     data_collator=data.collator, processing_class=tokenizer)
+    common = _arguments(spec.train, folder / "trainer")
+    if plan.task.spec.kind == "classification":
+        args = TrainingArguments(**common, average_tokens_across_devices=False)
+        trainer = _ClassificationTrainer(model=pack.model, args=args,
+                                         train_dataset=data.train, eval_dataset=data.eval,
+                                         data_collator=data.collator, processing_class=tokenizer)
+    else:
+        from . import lm_head  # imports trl: classification packs do without it
+
+        trainer = sft_trainer(pack.model, tokenizer, data, spec.train, common)
+        if len(trainer.train_dataset) == 0:
+            raise DataError(f"no training example fits train.max_length={spec.train.max_length} tokens with "
+                            f"its answer: raise train.max_length")
+        if trainer.plain_loss or not lm_head.plain_head(pack.model):
+            raise NotImplementedError(f"{spec.model.name}: a pack computes the SFT loss on a plain LM head "
+                                      f"only; train these runs with hydra.launcher.pack=false")
     return Member(adapter_name(i), spec.slug, spec.train, trainer, ProgressFile(folder / PROGRESS_FILE), reporter)
 
 
 def _evaluator(pack: PackedModel, task, tokenizer, rows, train):
-    """adapters -> each one's metrics on `rows`: one forward of the pack a batch, each run on its copy."""
+    """adapters -> each one's metrics on `rows`. Classification: one forward of the pack a batch,
+    each run on its copy of the batch; causal-LM tasks: the task's evaluator, once a run (scoring and
+    generating batches of their own shapes)."""
+    if task.spec.kind != "classification":
+        alone = tasks.evaluator(task, tokenizer, rows, train)
+
+        def evaluate_each(adapters):
+            results = []
+            for adapter in adapters:
+                with pack.alone(adapter):
+                    results.append(alone(pack.model))
+            return results
+        return evaluate_each
+
     encoded = classification.encode(rows, tokenizer, task.label_ids, train.max_length)
 
     def evaluate(adapters):

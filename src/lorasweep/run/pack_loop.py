@@ -9,7 +9,10 @@ every eval_steps, and before the first step).
 
 A step stacks the runs' batches (model/packing: each run on its own rows), runs one forward and one
 backward of the sum of the runs' losses (each its own mean: the gradient of a run's parameters is
-that of its loss alone), then clips and steps each run's optimizer. A run whose loss is NaN or
+that of its loss alone), then clips and steps each run's optimizer. The loss is the task's, as the
+run's Trainer computes it alone: cross-entropy over a run's rows for classification; for causal-LM
+SFT (mcq, chat, completion) trl's loss from the LM head on the tokens that carry loss (run/lm_head.py),
+over the token count the run's own Trainer takes from its batch. A run whose loss is NaN or
 infinite leaves the pack at that step, unstepped (its result: diverged, as alone); the others go on.
 
 Dropout: each run's dropout masks are drawn from the one random stream of the pack, over its rows
@@ -36,6 +39,8 @@ from .loop import Divergence, Reporter, TrainOutcome
 from .progress import ProgressFile
 
 PackEvaluator = Callable[[Sequence[str]], list[dict]]  # adapters -> each one's metrics, in that order
+# (pack, the stacked batch on the device, each run's rows, each live run and its own batch) -> each run's loss
+PackLoss = Callable[[PackedModel, dict, list[Block], list[tuple["Member", dict]]], list[torch.Tensor]]
 
 
 @dataclass
@@ -59,10 +64,12 @@ class Member:
     active: bool = True
 
 
-def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator, step_sleep_s: float = 0.0) -> None:
+def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator, losses_of: PackLoss,
+               step_sleep_s: float = 0.0) -> None:
     """Train every member's adapter in `pack` in place; each member's `outcome` holds its curve and
-    timing, `diverged` or `pruned_at` where it stopped early. `step_sleep_s`: a pause after each step
-    (train.step_sleep_s: lets a test interrupt a tiny pack while it trains)."""
+    timing, `diverged` or `pruned_at` where it stopped early. `losses_of`: the task's loss
+    (classification_losses, sft_losses). `step_sleep_s`: a pause after each step (train.step_sleep_s:
+    lets a test interrupt a tiny pack while it trains)."""
     args = members[0].trainer.args
     loaders = [m.trainer.get_train_dataloader() for m in members]
     per_epoch = {len(loader) for loader in loaders}
@@ -89,7 +96,7 @@ def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator
             live = [(m, b) for m, b in zip(members, batches) if m.active]
             if not live or state.global_step >= max_steps:
                 break
-            _step(pack, live, state.global_step + 1, args.max_grad_norm, state.pad_id)
+            _step(pack, live, state.global_step + 1, args.max_grad_norm, state.pad_id, losses_of)
             state.global_step += 1
             _log_and_evaluate(pack, members, evaluate, state, args, start)
             if step_sleep_s > 0:
@@ -145,22 +152,18 @@ def stack(batches: Sequence[dict], pad_id: int) -> tuple[dict, list[int]]:
     return stacked, [len(b["input_ids"]) for b in batches]
 
 
-def _step(pack: PackedModel, live: list[tuple[Member, dict]], step: int, max_grad_norm: float, pad_id: int) -> None:
+def _step(pack: PackedModel, live: list[tuple[Member, dict]], step: int, max_grad_norm: float, pad_id: int,
+          losses_of: PackLoss) -> None:
     """One optimizer step of every live run: one forward and backward, then each run's own update."""
     model = pack.model
     device = next(model.parameters()).device
     batch, sizes = stack([b for _, b in live], pad_id)
-    labels = batch.pop("labels").to(device)
     blocks, start = [], 0
     for (m, _), n in zip(live, sizes):
         blocks.append(Block(m.adapter, start, start + n))
         start += n
     model.train()
-    with pack.blocks(blocks):
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-    # each run's own mean loss, as the model computes it alone (cross-entropy over its rows)
-    losses = [F.cross_entropy(logits[b.rows].view(-1, logits.shape[-1]).float(), labels[b.rows].view(-1))
-              for b in blocks]
+    losses = losses_of(pack, {k: v.to(device) for k, v in batch.items()}, blocks, live)
     torch.stack(losses).sum().backward()
     for (m, _), loss in zip(live, losses):
         value = float(loss.detach())
@@ -178,6 +181,32 @@ def _step(pack: PackedModel, live: list[tuple[Member, dict]], step: int, max_gra
         m.optimizer.step()
         m.scheduler.step()
         m.optimizer.zero_grad(set_to_none=True)
+
+
+def classification_losses(pack: PackedModel, batch: dict, blocks: list[Block], live) -> list[torch.Tensor]:
+    """Each run's own mean loss, as the model computes it alone (cross-entropy over its rows)."""
+    labels = batch.pop("labels")
+    with pack.blocks(blocks):
+        logits = pack.model(**batch).logits
+    return [F.cross_entropy(logits[b.rows].view(-1, logits.shape[-1]).float(), labels[b.rows].view(-1))
+            for b in blocks]
+
+
+def sft_losses(pack: PackedModel, batch: dict, blocks: list[Block], live) -> list[torch.Tensor]:
+    """Each run's causal-LM SFT loss as its SFTTrainer computes it alone (run/loop.py: the LM head on
+    the tokens that carry loss, over the count of those tokens the Trainer takes from the run's own
+    batch), from one decoder pass over every run's rows."""
+    from . import lm_head  # imports trl: classification packs do without it
+
+    labels = batch.pop("labels")
+    with pack.blocks(blocks):
+        hidden = lm_head.decoder_states(pack.model, batch)
+    sizes = [b.stop - b.start for b in blocks]
+    losses = []
+    for (m, own), states, rows in zip(live, hidden.split(sizes), labels.split(sizes)):
+        _, n_items = m.trainer.get_batch_samples(iter([own]), 1, hidden.device)
+        losses.append(lm_head.head_loss(pack.model, states, rows, n_items).loss)
+    return losses
 
 
 def _log_and_evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, args, start: float) -> None:

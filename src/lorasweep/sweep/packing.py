@@ -22,7 +22,6 @@ from ..executors.worker import PACK, pack_task
 
 PACKABLE_METHODS = ("lora", "rslora", "dora")  # the base stays frozen and shared; pissa rewrites it, full trains it
 SHARED_TRAIN = ("epochs", "max_steps", "batch_size", "eval_batch_size", "eval_steps", "max_length")
-PACKABLE_KINDS = ("classification",)  # causal-LM SFT packs: not yet
 
 T = TypeVar("T")
 
@@ -70,8 +69,6 @@ def why_alone(cfg: Mapping[str, Any]) -> str | None:
     spec = from_config(cfg)
     if spec.method not in PACKABLE_METHODS:
         return f"method={spec.method} (packs hold {', '.join(PACKABLE_METHODS)})"
-    if spec.task.kind not in PACKABLE_KINDS:
-        return f"a {spec.task.kind} task (packs train {', '.join(PACKABLE_KINDS)} for now)"
     if spec.tokens.new:
         return "it injects new tokens"
     return None
