@@ -7,9 +7,11 @@ compares the saved adapters and the metrics.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import compose_config
 from safetensors.torch import load_file
 
@@ -157,3 +159,34 @@ def test_with_dropout_a_packed_run_draws_other_masks_and_stays_close(tmp_path):
               f"test loss {a['metrics']['test']['loss']:.5f} alone, {p['metrics']['test']['loss']:.5f} packed")
         assert p["metrics"]["train"]["loss"] == pytest.approx(a["metrics"]["train"]["loss"], rel=0.01)
         assert p["metrics"]["test"]["loss"] == pytest.approx(a["metrics"]["test"]["loss"], rel=0.01)
+
+
+# A CPU has no accelerator to fill: a stand-in for one that holds two runs' rows of a step, no more.
+OOM_MESSAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+               "of which 1.06 GiB is free.")
+
+
+def _two_runs_fit(losses_of):
+    def losses(pack, batch, blocks, live):
+        if len(blocks) > 2:
+            raise torch.OutOfMemoryError(OOM_MESSAGE)
+        return losses_of(pack, batch, blocks, live)
+    return losses
+
+
+def test_a_pack_that_runs_out_of_memory_trains_again_in_halves(tmp_path, monkeypatch, capsys):
+    """4 runs on a GPU that holds 2 runs' steps: the pack of 4 trains again as two packs of 2 (a run
+    that runs out of memory even alone: tests/test_pack_sweep.py)."""
+    import lorasweep.run.pack as pack_module
+
+    monkeypatch.setattr(pack_module, "classification_losses", _two_runs_fit(pack_module.classification_losses))
+    runs = RUNS["tiny-bert"]
+    cfgs = [compose_config(["model=tiny-bert", *STEPS, "lora.dropout=0", *run, f"results_dir={tmp_path / 'four'}"])
+            for run in runs]
+    results = run_pack(cfgs)
+    assert [r["status"] for r in results] == ["done"] * 4
+    assert [r["pack"]["size"] for r in results] == [2, 2, 2, 2]
+    assert results[0]["pack"]["id"] == results[1]["pack"]["id"] != results[2]["pack"]["id"] == results[3]["pack"]["id"]
+    said = capsys.readouterr().err
+    assert re.search(r"^pack-\w{8}: out of accelerator memory on cuda:0 \(it tried to allocate 2\.00 GiB\) with 4 "
+                     r"runs; 4 train again, 2 in a pack and 2 in a pack$", said, re.M), said

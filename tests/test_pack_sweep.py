@@ -13,8 +13,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TOPICS, Sweep, launch, wait_gone, wait_until
+from conftest import TINY_TOPICS, Sweep, launch, wait_gone, wait_until, with_hooks
 
+from lorasweep.run import memory
 from lorasweep.run.claims import live_holder
 
 GRID = ["-m", "lora.r=2,4", "lora.proj=qk,qkvo", *TINY_TOPICS]
@@ -135,6 +136,27 @@ def test_a_killed_pack_worker_fails_each_of_its_runs_with_the_cause(tmp_path):
     again = launch(SLOW[:-1], cwd=tmp_path)  # a later command trains them again
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sweep: 4 runs: 4 done" in again.stderr
+
+
+def test_a_pack_too_large_for_its_gpu_trains_in_smaller_packs_and_a_run_too_large_alone_fails_alone(tmp_path, monkeypatch):
+    """A GPU that holds one run's step (LORASWEEP_PACK_HOLDS=1): the pack of 4 trains as 2 + 2, then
+    as runs alone; the run that runs out of memory even alone (LORASWEEP_RAISE_OOM) fails as a run
+    alone does, in one line with the settings that drive memory; the other three are done."""
+    store = tmp_path / "results"
+    with_hooks(monkeypatch, LORASWEEP_PACK_HOLDS="1", LORASWEEP_RAISE_OOM="lora-qkvo-r4-")
+    proc = launch([*GRID, "hydra.launcher.pack=true", "hydra.launcher.n_jobs=1"], cwd=tmp_path)
+    out = proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert len(re.findall(r"^pack-\w{8}: out of accelerator memory on cuda:0 \(it tried to allocate 2\.00 GiB\) "
+                          r"with (4|2) runs; \1 train again, ", out, re.M)) == 3, out[-3000:]
+    reason = f"out of accelerator memory on cuda:0 (it tried to allocate 2.00 GiB); {memory.hint('lora')}"
+    folder = next(store.glob("*-lora-qkvo-r4-*"))
+    failed = re.findall(r"^run \d/4 (.*): FAILED after \d+s: (.*)$", out, re.M)
+    assert failed == [("lora.r=4 lora.proj=qkvo", f"{reason} (see {folder.relative_to(tmp_path)}/traceback.txt)")], out[-3000:]
+    assert "sweep: 4 runs: 3 done, 1 failed" in out and "Traceback" not in out
+    found = {(r["config"]["lora"]["r"], r["config"]["lora"]["proj"]): r for r in results(store).values()}
+    assert found[(4, "qkvo")]["status"] == "failed" and found[(4, "qkvo")]["reason"] == f"AcceleratorMemoryError: {reason}"
+    assert [found[k]["status"] for k in [(2, "qk"), (2, "qkvo"), (4, "qk")]] == ["done"] * 3
 
 
 OPTUNA = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler=grid",

@@ -17,6 +17,9 @@ environment variable is set, so a process started without them is an ordinary on
                                        <step>th training step (1-based; "@<step>" may be left out: 1),
                                        from inside Trainer.training_step: how a CPU machine runs out of
                                        accelerator memory in a real run
+    LORASWEEP_PACK_HOLDS=<n>           a pack's training step over more than <n> runs raises
+                                       torch.cuda.OutOfMemoryError (CUDA's message): an accelerator
+                                       that holds <n> runs' steps at once
     LORASWEEP_RANK_BATCHES=<file>      every Trainer.training_step appends one JSON line: the process's
                                        data-parallel RANK and WORLD_SIZE, the step (1-based) and a
                                        fingerprint of each row of its batch (the sum of its token ids):
@@ -84,6 +87,25 @@ if _OOM:
         return _training_step(self, *args, **kwargs)
 
     transformers.Trainer.training_step = _step_or_oom
+
+_PACK_HOLDS = os.environ.get("LORASWEEP_PACK_HOLDS")
+
+if _PACK_HOLDS:
+    from torch.cuda import OutOfMemoryError
+
+    import lorasweep.run.pack as _pack
+
+    def _holding(losses_of):
+        def losses(pack, batch, blocks, live):
+            if len(blocks) > int(_PACK_HOLDS):
+                raise OutOfMemoryError(
+                    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+                    "of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: LORASWEEP_PACK_HOLDS)")
+            return losses_of(pack, batch, blocks, live)
+        return losses
+
+    _pack.classification_losses = _holding(_pack.classification_losses)
+    _pack.sft_losses = _holding(_pack.sft_losses)
 
 _RANK_BATCHES = os.environ.get("LORASWEEP_RANK_BATCHES")
 _FAIL_RANK = os.environ.get("LORASWEEP_FAIL_RANK")

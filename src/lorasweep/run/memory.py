@@ -57,9 +57,14 @@ def out_of_memory(error: BaseException) -> BaseException | None:
 
 
 def failure(error: BaseException, model, method: str) -> AcceleratorMemoryError:
-    """The run's failure, said in one line: the device, its free and total memory where torch can say
-    (asked now, while the failed run still holds its memory), what the failed allocation asked for,
-    and what to lower for `method`. Holds no reference to `error` or `model`."""
+    """The run's failure, said in one line: what ran out (ran_out) and what to lower for `method`.
+    Holds no reference to `error` or `model`."""
+    return AcceleratorMemoryError(f"{ran_out(error, model)}; {hint(method)}")
+
+
+def ran_out(error: BaseException, model) -> str:
+    """"out of accelerator memory on <device> (...)": its free and total memory where torch can say
+    (asked now, while the failed run still holds its memory), what the failed allocation asked for."""
     text = str(error)
     device = _device(text, model)
     facts = [torch.cuda.get_device_name(device)] if device.type == "cuda" and torch.cuda.is_available() else []
@@ -69,8 +74,7 @@ def failure(error: BaseException, model, method: str) -> AcceleratorMemoryError:
     tried = _TRIED.search(text)
     if tried:
         facts.append(f"it tried to allocate {tried.group(1)}")
-    return AcceleratorMemoryError(f"out of accelerator memory on {device}"
-                                  + (f" ({', '.join(facts)})" if facts else "") + f"; {hint(method)}")
+    return f"out of accelerator memory on {device}" + (f" ({', '.join(facts)})" if facts else "")
 
 
 def release() -> None:

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,13 +24,13 @@ import torch
 from transformers import TrainingArguments
 
 from ..console import say
-from ..errors import DataError, RunClaimedError
+from ..errors import AcceleratorMemoryError, DataError, RunClaimedError
 from ..model import loading, methods
 from ..model.packing import Block, PackedModel, adapter_name, pack_models
 from ..tasks import classification
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
-from . import store
+from . import memory, store
 from .claims import Claim
 from .lifecycle import (base_record, checked_params, diverged_result, finished_result, load_and_train,
                         new_weight_notes, pruned_result, record_failure, record_over_budget, timing_record)
@@ -39,9 +40,10 @@ from .plan import Plan, plan_run
 from .progress import PROGRESS_FILE, ProgressFile
 
 
-def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = None) -> list[dict[str, Any]]:
-    """Train the runs of `cfgs` as one pack; returns each one's result (as run_config returns it), or
-    {"claimed_by": who} for a run another process trains now. `reporters`: each run's pruning reporter."""
+def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = None) -> list[dict[str, Any] | Exception]:
+    """Train the runs of `cfgs` as one pack; returns each one's result (as run_config returns it),
+    {"claimed_by": who} for a run another process trains now, or the AcceleratorMemoryError of a run
+    that ran out of memory even alone (_train_or_split). `reporters`: each run's pruning reporter."""
     plans = [plan_run(cfg) for cfg in cfgs]
     dirs = [store.store_dir(cfg) for cfg in cfgs]
     for d in dict.fromkeys(dirs):
@@ -63,16 +65,50 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
                 out[i] = {"claimed_by": e.holder, "run_key": plan.spec.run_key}
                 continue
             todo.append(i)
-        if len(todo) == 1:  # the rest is elsewhere or done: this one trains as it would alone (claimed above)
-            i = todo[0]
-            out[i] = load_and_train(plans[i], plans[i].folder(dirs[i]), {}, reporters[i],
-                                     LoopOptions.from_config(cfgs[i].get("train") or {}))
-        elif todo:
-            results = _train_pack([plans[i] for i in todo], [plans[i].folder(dirs[i]) for i in todo],
-                                  [reporters[i] for i in todo], LoopOptions.from_config(cfgs[todo[0]].get("train") or {}))
+        if todo:
+            results = _train_or_split([plans[i] for i in todo], [plans[i].folder(dirs[i]) for i in todo],
+                                      [reporters[i] for i in todo],
+                                      LoopOptions.from_config(cfgs[todo[0]].get("train") or {}))
             for i, result in zip(todo, results):
                 out[i] = result
     return out  # type: ignore[return-value]
+
+
+@dataclass
+class _OutOfMemory:
+    """A pack that ran out of accelerator memory (memory.ran_out's words); `done`: the results its
+    runs wrote before (pruned, diverged), None for each run still to train."""
+
+    reason: str
+    done: list[dict[str, Any] | None]
+
+
+def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list,
+                    loop: LoopOptions) -> list[dict[str, Any] | AcceleratorMemoryError]:
+    """Each run's result: the runs trained as one pack, or one run as it trains alone. A pack that
+    runs out of accelerator memory is trained again as two packs of half its size, down to runs
+    alone: a pack too large for its GPU costs time, not its runs. A run that runs out of memory alone
+    is recorded failed (run/lifecycle.py), its outcome is that AcceleratorMemoryError (the sweep says
+    it as it says a run alone's), and the runs beside it go on."""
+    if len(plans) == 1:
+        try:
+            return [load_and_train(plans[0], folders[0], {}, reporters[0], loop)]
+        except AcceleratorMemoryError as e:  # recorded, its memory given back
+            return [e]
+    out = _train_pack(plans, folders, reporters, loop)
+    if not isinstance(out, _OutOfMemory):
+        return out
+    memory.release()  # _train_pack has returned: nothing references its model any more
+    results, left = list(out.done), [i for i, r in enumerate(out.done) if r is None]
+    halves = [left[:(len(left) + 1) // 2], left[(len(left) + 1) // 2:]]
+    say(f"{pack_id([p.spec.run_key for p in plans])}: {out.reason} with {len(plans)} runs; {len(left)} train again, "
+        + " and ".join(f"{len(h)} {'alone' if len(h) == 1 else 'in a pack'}" for h in halves if h))
+    for half in halves:
+        if half:
+            for i, result in zip(half, _train_or_split([plans[i] for i in half], [folders[i] for i in half],
+                                                       [reporters[i] for i in half], loop)):
+                results[i] = result
+    return results  # type: ignore[return-value]
 
 
 def pack_id(run_keys: Sequence[str]) -> str:
@@ -80,9 +116,12 @@ def pack_id(run_keys: Sequence[str]) -> str:
     return "pack-" + hashlib.sha1(" ".join(sorted(run_keys)).encode()).hexdigest()[:8]
 
 
-def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: LoopOptions) -> list[dict[str, Any]]:
-    """Build, train, test and save the pack of `plans` (claimed, none finished); each run's result.
-    Packs do not checkpoint (loop.save_steps): a pack interrupted in a SLURM job starts over."""
+def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
+                loop: LoopOptions) -> list[dict[str, Any]] | _OutOfMemory:
+    """Build, train, test and save the pack of `plans` (claimed, none finished); each run's result, or
+    _OutOfMemory with nothing recorded for the runs still to train (returned, not raised: once this
+    frame is gone nothing holds the pack's model). Packs do not checkpoint (loop.save_steps): a pack
+    interrupted in a SLURM job starts over."""
     t_start = time.perf_counter()
     keys = [p.spec.run_key for p in plans]
     info = {"id": pack_id(keys), "size": len(plans), "runs": keys}
@@ -124,6 +163,9 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: L
                 finishing.append(i)
         _finish(pack, plans, members, bases, params, folders, finishing, done, tokenizer, load_s, t_start)
     except Exception as e:
+        oom = memory.out_of_memory(e)
+        if oom is not None:
+            return _OutOfMemory(memory.ran_out(oom, pack.model), done)
         for i, (folder, base) in enumerate(zip(folders, bases)):
             if done[i] is None:
                 record_failure(folder, base, e, t_start)

@@ -118,7 +118,7 @@ def per_run(task: Future, run_keys: Sequence[str]) -> list[Future]:
     """A finished task's outcome for each of its runs (by run key): the task itself for a run alone;
     for a pack, each run's own result, or the failure of the whole pack for each of its runs. A run
     sent alone whose task is a pack (a restarted driver re-attached to the SLURM job of the pack it
-    was in) takes its own result; a run the pack's result does not name is said claimed by its job."""
+    was in) takes its own result; a run whose outcome is an exception failed with it; a run the pack's result does not name is said claimed by its job."""
     error = task.exception()
     packed = error is None and isinstance(task.result(), dict) and PACK in task.result()
     if not packed and len(run_keys) == 1:
@@ -127,13 +127,15 @@ def per_run(task: Future, run_keys: Sequence[str]) -> list[Future]:
     outcomes: list[dict | None] = [None] * len(run_keys)
     if packed:  # by run key; a dead worker's entries say only "died", in the order the runs were sent
         results = task.result()[PACK]
-        by_key = {outcome["run_key"]: outcome for outcome in results if "run_key" in outcome}
+        by_key = {outcome["run_key"]: outcome for outcome in results if isinstance(outcome, dict) and "run_key" in outcome}
         in_order = len(results) == len(run_keys)
         outcomes = [by_key.get(key) or (results[i] if in_order else {"claimed_by": "its pack's job"})
                     for i, key in enumerate(run_keys)]
     for future, outcome in zip(futures, outcomes):
         if error is not None:
             future.set_exception(error)
+        elif isinstance(outcome, Exception):  # it failed on its own, recorded (run/pack: out of memory alone)
+            future.set_exception(outcome)
         elif "died" in outcome:  # its worker died before it finished (lorasweep.executors.local)
             future.set_exception(WorkerDiedError(outcome["died"]))
         else:
