@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TOPICS, Sweep, launch, wait_gone, wait_until, with_hooks
+from conftest import TINY_TOPICS, Sweep, compose_config, launch, wait_gone, wait_until, with_hooks
 
 from lorasweep.run import memory
 from lorasweep.run.claims import live_holder
@@ -82,6 +82,14 @@ def test_runs_that_cannot_be_packed_train_alone_and_the_plan_says_why(tmp_path):
 
     replan = launch([*args, "hydra/launcher=plan"], cwd=tmp_path)  # nothing left to pack: no pack column
     assert replan.returncode == 0 and "pack" not in replan.stdout.splitlines()[1]
+
+
+def test_a_compiled_run_trains_alone_rather_than_uncompiled_in_a_pack():
+    from lorasweep.sweep.packing import why_alone
+
+    assert why_alone(compose_config(TINY_TOPICS)) is None
+    assert why_alone(compose_config([*TINY_TOPICS, "train.compile=true"])) == \
+        "train.compile=true (a pack's step is not compiled)"
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "many"])

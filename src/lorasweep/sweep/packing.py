@@ -71,6 +71,8 @@ def why_alone(cfg: Mapping[str, Any]) -> str | None:
         return f"method={spec.method} (packs hold {', '.join(PACKABLE_METHODS)})"
     if spec.tokens.new:
         return "it injects new tokens"
+    if (cfg.get("train") or {}).get("compile") is True:
+        return "train.compile=true (a pack's step is not compiled)"
     return None
 
 
