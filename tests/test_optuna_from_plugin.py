@@ -214,6 +214,10 @@ def test_a_custom_search_space_may_be_any_callable_by_its_dotted_path():
      "sweep: hydra.sweeper.custom_search_space='nosuchmodule.configure' is invalid: there is no module "
      "'nosuchmodule'; give the dotted path of a function (cfg, trial) -> None, e.g. mysearch.alpha_from_r, "
      "importable by the driver (on PYTHONPATH, or in the project folder)"),
+    ("hydra.sweeper.sampler=bogus",
+     "sweep: hydra.sweeper.sampler='bogus' is unknown: choose one of tpe, random, grid, cmaes, nsgaii"),
+    ("hydra.sweeper.direction=up", "sweep: hydra.sweeper.direction='up' is invalid: choose maximize or minimize"),
+    ("hydra.sweeper.n_trials=0", "sweep: hydra.sweeper.n_trials=0, n_jobs=1: both must be at least 1"),
 ])
 def test_an_invalid_setting_is_refused_before_anything_trains(tmp_path, setting, said):
     out = launch([*SWEEPER, "lora.r=choice(2,4)", setting, *TINY_2], cwd=tmp_path)

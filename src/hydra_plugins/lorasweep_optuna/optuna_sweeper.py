@@ -18,10 +18,16 @@ from lorasweep.sweep.compose import JobConfigs
 
 class OptunaSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
+        from lorasweep.console import say
+        from lorasweep.errors import ConfigError
         from lorasweep.sweep.optuna_settings import OptunaSettings
 
-        self.settings = OptunaSettings.from_config(  # an unknown key or a bad n_trials fails here, by name
-            {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in settings.items()})
+        try:  # an unknown key or a bad n_trials fails here, by name, in one line (not as Hydra's instantiate error)
+            self.settings = OptunaSettings.from_config(
+                {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in settings.items()})
+        except ConfigError as e:
+            say(f"sweep: {e}; nothing was trained")
+            raise SystemExit(2) from None
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from ..errors import ConfigError
 from ..run.study_storage import check_storage
 from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE
 
@@ -35,12 +36,12 @@ class OptunaSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known - {"_target_"})
         if unknown:
-            raise ValueError(f"hydra.sweeper: unknown Optuna setting(s) {unknown}; valid: {sorted(known)}")
+            raise ConfigError(f"hydra.sweeper: unknown Optuna setting(s) {unknown}; valid: {sorted(known)}")
         return cls(**{k: v for k, v in cfg.items() if k in known})
 
     def __post_init__(self) -> None:
         if int(self.n_trials) < 1 or int(self.n_jobs) < 1:
-            raise ValueError(f"hydra.sweeper.n_trials={self.n_trials}, n_jobs={self.n_jobs}: both must be at least 1")
+            raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials}, n_jobs={self.n_jobs}: both must be at least 1")
         self.n_trials, self.n_jobs = int(self.n_trials), int(self.n_jobs)
         self.objectives = [str(o) for o in (self.objectives or ["objective.value"])]
         self.params = dict(self.params or {})

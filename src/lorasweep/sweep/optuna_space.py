@@ -14,6 +14,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from ..errors import ConfigError
+
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsgaii")
 # hydra/sweeper/sampler=NAME's _target_ (conf/hydra/sweeper/sampler/, as hydra-optuna-sweeper names them)
 TARGETS = {"optuna.samplers.TPESampler": "tpe", "optuna.samplers.RandomSampler": "random",
@@ -56,7 +58,7 @@ def _distribution(override: Override) -> BaseDistribution:
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(value.start, value.end, log=log)
         return FloatDistribution(float(value.start), float(value.end), log=log)
-    raise ValueError(f"{override.input_line}: this sweep is not supported by the Optuna sweeper; use "
+    raise ConfigError(f"{override.input_line}: this sweep is not supported by the Optuna sweeper; use "
                      f"choice(...), a,b,c, range(...), interval(a,b) or tag(log, interval(a,b))")
 
 
@@ -64,7 +66,7 @@ def _choices(override: Override) -> list[Any]:
     choices = list(override.sweep_iterator(transformer=Transformer.encode))
     for x in choices:
         if not isinstance(x, (str, int, float, bool, type(None))):
-            raise ValueError(f"{override.input_line}: a choice must be a str, int, float, bool or null, "
+            raise ConfigError(f"{override.input_line}: a choice must be a str, int, float, bool or null, "
                              f"got {type(x).__name__}")
     return choices
 
@@ -88,7 +90,7 @@ def grid_of(space: Mapping[str, BaseDistribution]) -> dict[str, list[Any]]:
         elif isinstance(d, IntDistribution) and not d.log:
             grid[name] = list(range(d.low, d.high + 1, d.step))
         else:
-            raise ValueError(f"hydra.sweeper.sampler=grid needs a discrete space, but {name} is {d}: "
+            raise ConfigError(f"hydra.sweeper.sampler=grid needs a discrete space, but {name} is {d}: "
                              f"use choice(...) or range(...) for it")
     return grid
 
@@ -109,14 +111,14 @@ def sampler_spec(spec: Any, seed: int | None) -> tuple[str, dict[str, Any]]:
         target = spec.get("_target_")
         if target is not None:
             if target not in TARGETS:
-                raise ValueError(f"hydra.sweeper.sampler._target_={target!r} is not a sampler lorasweep makes: "
+                raise ConfigError(f"hydra.sweeper.sampler._target_={target!r} is not a sampler lorasweep makes: "
                                  f"use one of {', '.join(TARGETS)}")
             if name is not None and str(name).lower() != TARGETS[target]:
-                raise ValueError(f"hydra.sweeper.sampler has name {name!r} and _target_ {target!r}: give one")
+                raise ConfigError(f"hydra.sweeper.sampler has name {name!r} and _target_ {target!r}: give one")
             name = TARGETS[target]
     name = str(name or "tpe").lower()
     if name not in SAMPLERS:
-        raise ValueError(f"hydra.sweeper.sampler={name!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+        raise ConfigError(f"hydra.sweeper.sampler={name!r} is unknown: choose one of {', '.join(SAMPLERS)}")
     if kwargs.get("seed") is None:
         kwargs["seed"] = seed
     return name, kwargs
@@ -136,7 +138,7 @@ def make_sampler(spec: Any, seed: int | None, space: Mapping[str, BaseDistributi
     try:
         return factory(**kwargs)
     except TypeError as e:
-        raise ValueError(f"hydra.sweeper.sampler: {name} does not accept {sorted(kwargs)}: {e}") from None
+        raise ConfigError(f"hydra.sweeper.sampler: {name} does not accept {sorted(kwargs)}: {e}") from None
 
 
 def directions_for(direction: Any, objectives: Sequence[str]) -> list[str]:
@@ -145,9 +147,9 @@ def directions_for(direction: Any, objectives: Sequence[str]) -> list[str]:
     given = [str(d).lower() for d in given]
     for d in given:
         if d not in DIRECTIONS:
-            raise ValueError(f"hydra.sweeper.direction={d!r} is invalid: choose {' or '.join(DIRECTIONS)}")
+            raise ConfigError(f"hydra.sweeper.direction={d!r} is invalid: choose {' or '.join(DIRECTIONS)}")
     if len(given) != len(objectives):
-        raise ValueError(f"hydra.sweeper.direction has {len(given)} entries {given} but objectives has "
+        raise ConfigError(f"hydra.sweeper.direction has {len(given)} entries {given} but objectives has "
                          f"{len(objectives)} {list(objectives)}: give one direction per objective")
     return given
 

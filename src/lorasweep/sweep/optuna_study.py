@@ -97,25 +97,21 @@ class OptunaSweep:
         self.pack: int | None = None  # hydra.launcher.pack: trials a worker trains at once (sweep/packing)
         self.ready: list[_Job] = []  # with packs: trials asked and triaged, to be sent as packs
 
-    def run(self, arguments: list[str]) -> None:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        params_conf = [f"{k}={v}" for k, v in self.s.params.items()] + list(arguments)
+    def _check(self, params_conf: list[str]) -> optuna.samplers.BaseSampler:
+        """The search space, the launcher's and sweeper's settings, the store and the study, checked
+        and set; returns the sampler. ConfigError (or UnwritableStoreError) names what is wrong."""
         self.space, self.fixed = space_of.parse_space(params_conf)
         if not self.space:
-            raise ValueError("the Optuna sweeper found no search space: give one, e.g. 'lora.r=choice(4,8,16)' "
-                             "or hydra.sweeper.params")
-        try:  # before the study (its default storage lives in the store) and before anything trains
-            self.retries = check_retries((self.launcher or {}).get("retries", 0))
-            self.s.n_jobs, self.gpus = local_placement(self.launcher, self.s.n_jobs, "hydra.sweeper.n_jobs")
-            self.pack = optuna_pack_size((self.launcher or {}).get("pack"))
-            self.failures = FailureRate(check_max_failure_rate(self.s.max_failure_rate))
-            self.extender = load_custom_search_space(self.s.custom_search_space)
-            check_writable(self.results_dir)
-        except (UnwritableStoreError, ConfigError) as e:
-            say(f"sweep: {e}; nothing was trained")
-            raise SystemExit(2) from None
+            raise ConfigError("the Optuna sweeper found no search space: give one, e.g. 'lora.r=choice(4,8,16)' "
+                              "or hydra.sweeper.params")
+        self.retries = check_retries((self.launcher or {}).get("retries", 0))
+        self.s.n_jobs, self.gpus = local_placement(self.launcher, self.s.n_jobs, "hydra.sweeper.n_jobs")
+        self.pack = optuna_pack_size((self.launcher or {}).get("pack"))
+        self.failures = FailureRate(check_max_failure_rate(self.s.max_failure_rate))
+        self.extender = load_custom_search_space(self.s.custom_search_space)
         directions = space_of.directions_for(self.s.direction, self.s.objectives)
         sampler = space_of.make_sampler(self.s.sampler, self.s.seed, self.space)
+        check_writable(self.results_dir)
         self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.s.sampler) else None
         self.n_trials = min(self.s.n_trials, len(self.grid)) if self.grid is not None else self.s.n_trials
         self.storage = self._storage_spec()
@@ -123,9 +119,19 @@ class OptunaSweep:
                                          study_name=self.s.study_name or space_of.default_study_name(
                                              params_conf, self.s.objectives), load_if_exists=True)
         if [d.name.lower() for d in self.study.directions] != directions:
-            raise ValueError(f"study {self.study.study_name!r} exists with directions "
-                             f"{[d.name.lower() for d in self.study.directions]}, not {directions}: "
-                             f"set hydra.sweeper.study_name to start a new one")
+            raise ConfigError(f"study {self.study.study_name!r} exists with directions "
+                              f"{[d.name.lower() for d in self.study.directions]}, not {directions}: "
+                              f"set hydra.sweeper.study_name to start a new one")
+        return sampler
+
+    def run(self, arguments: list[str]) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        params_conf = [f"{k}={v}" for k, v in self.s.params.items()] + list(arguments)
+        try:  # every setting, before anything trains (the study's default storage lives in the store)
+            sampler = self._check(params_conf)
+        except (UnwritableStoreError, ConfigError) as e:
+            say(f"sweep: {e}; nothing was trained")
+            raise SystemExit(2) from None
         say(f"optuna study {self.study.study_name!r} in {self.storage}: {self.n_trials} trials, "
             f"{self.s.n_jobs} at a time, sampler {type(sampler).__name__}")
         self._recover_abandoned()
