@@ -748,6 +748,8 @@ def test_retries_run_a_failed_run_again_but_never_a_diverged_one(tmp_path, train
     results = statuses(tmp_path / "results")
     assert sorted(results.values()) == ["diverged", "done"]
     assert per_run(trainings()) == {name: 2 if status == "done" else 1 for name, status in results.items()}
+    # the first attempt's traceback went with its failed result: nothing beside the done run says it failed
+    assert not list((tmp_path / "results").glob("*/traceback.txt"))
 
 
 def test_retries_in_an_optuna_sweep(tmp_path, trainings, monkeypatch):

@@ -145,10 +145,10 @@ def write_failure(folder: Path, base: dict, reason: str, text: str, t_start: flo
     try:
         if text:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "traceback.txt").write_text(text)
+            (folder / store.TRACEBACK_FILE).write_text(text)
     except OSError:  # a half-written traceback says less than none
         try:
-            (folder / "traceback.txt").unlink(missing_ok=True)
+            (folder / store.TRACEBACK_FILE).unlink(missing_ok=True)
         except OSError:
             pass
     try:
@@ -183,7 +183,7 @@ def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float 
     if live_holder(folder) is not None:
         return None
     drop_dead_claim(folder)  # the dead worker's: nobody need take it over and say so
-    (folder / "traceback.txt").unlink(missing_ok=True)  # an earlier failure's: this one has none
+    (folder / store.TRACEBACK_FILE).unlink(missing_ok=True)  # an earlier failure's: this one has none
     return store.write_result(folder, {**base_record(plan), "status": "failed", "reason": reason,
                                        "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})
 

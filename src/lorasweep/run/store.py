@@ -33,6 +33,7 @@ SCHEMA = 1
 # diverged: the training loss became NaN or infinite; a result (like done), never retrained
 STATUSES = ("done", "failed", "skipped_budget", "pruned", "diverged")
 FINISHED = ("done", "diverged")  # a stored result of these is never trained again
+TRACEBACK_FILE = "traceback.txt"  # beside a failed run's result.json (run/lifecycle.write_failure)
 RESULT_FILE = "result.json"
 DEFAULT_STORE = "results"
 
@@ -58,6 +59,11 @@ def write_result(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
     assert result.get("status") in STATUSES, result.get("status")
     record = finite({"schema": SCHEMA, **result})
     write_json_atomically(folder / RESULT_FILE, record)
+    if record["status"] != "failed":  # an earlier attempt's traceback would say this run failed
+        try:
+            (folder / TRACEBACK_FILE).unlink(missing_ok=True)
+        except OSError:
+            pass
     return record
 
 
