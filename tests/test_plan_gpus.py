@@ -58,3 +58,19 @@ def test_a_cpu_only_sweep_looks_as_before(tmp_path):
     assert head.split() == ["run", "r", "trainable", "%", "of", "all", "(peft)", "%", "of", "budget", "over",
                             "budget", "status"]
     assert "gpu" not in text.lower().replace("gpu-node", "")
+
+
+def test_the_plan_takes_the_launchers_gpu_settings_and_marks_a_run_that_cannot_split_its_batch(tmp_path):
+    """A command switched to the plan keeps hydra.launcher.gpus_per_run and runs_per_gpu (as the local
+    and SLURM launchers take them); a batch gpus_per_run does not divide is that run's error row,
+    before any GPU is asked for (the plan machine may have none)."""
+    grid = ["-m", "lora.r=2", "train.batch_size=6,8", *[a for a in TINY_TOPICS if not a.startswith("train.batch_size")],
+            f"results_dir={tmp_path / 'results'}", "hydra/launcher=plan"]
+    proc = launch([*grid, "hydra.launcher.gpus_per_run=4", "hydra.launcher.runs_per_gpu=1"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("  error: train.batch_size=6: train.batch_size=6 is not divisible by hydra.launcher.gpus_per_run=4: "
+            "the batch is the run's whole batch, split evenly between its 4 ranks; use a multiple of 4") in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "total: 2 runs: 1 not started, 1 with errors; 1 to run"
+
+    bad = launch([*grid, "hydra.launcher.gpus_per_run=0"], cwd=tmp_path)
+    assert bad.returncode == 2 and "plan: hydra.launcher.gpus_per_run=0 is invalid" in bad.stdout, bad.stdout

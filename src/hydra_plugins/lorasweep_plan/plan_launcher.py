@@ -19,20 +19,28 @@ from lorasweep.sweep.compose import ContextLauncher, JobConfigs, varying_overrid
 
 
 class PlanLauncher(ContextLauncher):
-    def __init__(self, pack: Any = False, n_jobs: int | None = None) -> None:
+    def __init__(self, pack: Any = False, n_jobs: int | None = None, gpus_per_run: Any = 1, runs_per_gpu: Any = 1) -> None:
         super().__init__()
         self.pack, self.n_jobs = pack, n_jobs  # the packs the local launcher would make (sweep/packing)
+        # as for the local and SLURM launchers: a run that cannot train on gpus_per_run GPUs is an
+        # invalid row; runs_per_gpu places runs only (taken so that a command switches to the plan as it is)
+        self.gpus_per_run, self.runs_per_gpu = gpus_per_run, runs_per_gpu
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lorasweep.run.store import store_dir, writable_problem
         from lorasweep.errors import ConfigError
-        from lorasweep.sweep.packing import pack_size
+        from lorasweep.executors.gpus import check_gpus_per_run, whole_number
+        from lorasweep.run.plan import DATA_PARALLEL
+        from lorasweep.sweep.packing import check_pack_gpus, pack_size
         from lorasweep.sweep.plan_table import format_plan, plan_row, settle_rows, with_packs
 
         assert self.config is not None and self.hydra_context is not None
         shared, labels = varying_overrides(job_overrides)
         try:
             pack = pack_size(self.pack)
+            gpus_per_run = check_gpus_per_run(self.gpus_per_run)
+            whole_number("hydra.launcher.runs_per_gpu", self.runs_per_gpu, "how many runs share one GPU")
+            check_pack_gpus(pack, gpus_per_run)
         except ConfigError as e:
             print(f"plan: {e}")
             raise SystemExit(2) from None
@@ -40,6 +48,8 @@ class PlanLauncher(ContextLauncher):
         configs = JobConfigs(self.hydra_context.config_loader, self.config)
         for overrides, label in zip(job_overrides, labels):
             node, cfg = configs(overrides)
+            if gpus_per_run > 1:
+                cfg[DATA_PARALLEL] = gpus_per_run
             row = plan_row(label, cfg)
             store = str(store_dir(cfg))
             if store not in problems:
