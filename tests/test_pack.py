@@ -138,6 +138,28 @@ def test_a_run_that_diverges_leaves_the_pack_and_the_others_go_on_as_alone(tmp_p
                                    tmp_path / "packed" / f"{p['slug']}-{p['run_key']}") < TOLERANCE
 
 
+def test_an_interrupted_pack_keeps_the_results_of_the_runs_that_left_it(tmp_path):
+    """Ctrl-C at step 10 of 20: the run the pruner stopped at step 10 and the one that diverged at
+    step 3 keep their results (written as they left); the run still training has none."""
+    runs = [["lora.r=2", "lora.proj=qk", "train.lr=1e-3"], ["lora.r=4", "lora.proj=qkvo", "train.lr=1e4"],
+            ["lora.r=8", "lora.proj=v", "train.lr=2e-3"]]
+    cfgs = [compose_config(["model=tiny-bert", *STEPS, "lora.dropout=0", *NO_DROPOUT["tiny-bert"], *run,
+                            f"results_dir={tmp_path}"]) for run in runs]
+
+    def interrupt(step, metrics):
+        raise KeyboardInterrupt  # as Ctrl-C in the middle of the pack's evaluation at step 10
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pack(cfgs, [lambda step, metrics: step == 10, None, interrupt])
+    found = {json.loads(p.read_text())["config"]["lora"]["r"]: json.loads(p.read_text())
+             for p in tmp_path.glob("*/result.json")}
+    assert sorted(found) == [2, 4]
+    assert found[2]["status"] == "pruned" and found[2]["timing"]["steps"] == 10
+    assert found[4]["status"] == "diverged" and found[4]["pack"]["size"] == 3
+    assert [c["step"] for c in found[2]["curve"]] == [0, 10]
+    assert not any(tmp_path.glob("*-r2-*/trainer")) and not any(tmp_path.glob("*-r4-*/trainer"))
+
+
 def test_with_dropout_a_packed_run_draws_other_masks_and_stays_close(tmp_path):
     """With LoRA dropout a packed run is not its run alone: its masks come from the pack's one random
     stream, over its rows padded to the pack's longest batch, so no mask matches the run alone's (an

@@ -7,8 +7,9 @@ shared: it is planned, checked against its budget and the store, claimed, built 
 seeded initialisation, its exact parameter count), then its adapter joins the pack's model
 (model/packing.py) and all train together (run/pack_loop.py). Each writes its own result.json, with
 `pack: {id, size, runs}` added, and its own PEFT adapter; a run that diverges or is pruned leaves the
-pack with that result while the others go on. A pack that fails records every unfinished run as
-failed (with the shared traceback) before the error leaves; an interrupted pack writes no result.
+pack with that result, written as it leaves, while the others go on. A pack that fails records every
+unfinished run as failed (with the shared traceback) before the error leaves; an interrupted pack
+writes no result for the runs still training (the same command trains them).
 """
 from __future__ import annotations
 
@@ -148,19 +149,21 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
                 f"({p['trainable_pct']:.2f}%), {p['n_adapted_modules']} adapted modules; run key {plan.spec.run_key}")
         task = plans[0].task
         losses = classification_losses if task.spec.kind == "classification" else sft_losses
+
+        def left(m: Member) -> None:  # written as it leaves: an interrupted pack keeps it
+            i = members.index(m)
+            shutil.rmtree(folders[i] / "trainer", ignore_errors=True)
+            base = {**bases[i], "params": params[i]}
+            if m.outcome.pruned_at is not None:
+                done[i] = pruned_result(folders[i], base, m.outcome, load_s, t_start)
+            else:
+                done[i] = diverged_result(folders[i], base, m.outcome, load_s, t_start)
+
         train_pack(pack, members, _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train), losses,
-                   loop.step_sleep_s)
+                   loop.step_sleep_s, on_leave=left)
         for folder in folders:
             shutil.rmtree(folder / "trainer", ignore_errors=True)
-        finishing = []
-        for i, (m, base, p, folder) in enumerate(zip(members, bases, params, folders)):
-            base = {**base, "params": p}
-            if m.outcome.pruned_at is not None:
-                done[i] = pruned_result(folder, base, m.outcome, load_s, t_start)
-            elif m.outcome.diverged is not None:
-                done[i] = diverged_result(folder, base, m.outcome, load_s, t_start)
-            else:
-                finishing.append(i)
+        finishing = [i for i, result in enumerate(done) if result is None]
         _finish(pack, plans, members, bases, params, folders, finishing, done, tokenizer, load_s, t_start)
     except Exception as e:
         oom = memory.out_of_memory(e)

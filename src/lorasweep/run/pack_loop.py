@@ -62,14 +62,17 @@ class Member:
     last_finite: tuple[int, float] | None = None
     logs: list[dict] = field(default_factory=list)  # the losses logged so far (the curve's train_loss)
     active: bool = True
+    closed: bool = False  # its outcome is final (train_pack's _close)
 
 
 def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator, losses_of: PackLoss,
-               step_sleep_s: float = 0.0) -> None:
+               step_sleep_s: float = 0.0, on_leave: Callable[[Member], None] | None = None) -> None:
     """Train every member's adapter in `pack` in place; each member's `outcome` holds its curve and
     timing, `diverged` or `pruned_at` where it stopped early. `losses_of`: the task's loss
-    (classification_losses, sft_losses). `step_sleep_s`: a pause after each step (train.step_sleep_s:
-    lets a test interrupt a tiny pack while it trains)."""
+    (classification_losses, sft_losses). `on_leave(member)`: called at once, its outcome final, for
+    a member that leaves the pack early (its result is written then: an interrupted pack keeps it).
+    `step_sleep_s`: a pause after each step (train.step_sleep_s: lets a test interrupt a tiny pack
+    while it trains)."""
     args = members[0].trainer.args
     loaders = [m.trainer.get_train_dataloader() for m in members]
     per_epoch = {len(loader) for loader in loaders}
@@ -82,6 +85,11 @@ def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator
         _optimizer(pack, m, max_steps)
     state = SimpleNamespace(global_step=0, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
                             pad_id=members[0].trainer.processing_class.pad_token_id or 0)
+    def leave(m: Member) -> None:  # at once, as it stops (diverged, pruned): its outcome final, on_leave told
+        _close(m, state, start)
+        if on_leave:
+            on_leave(m)
+
     _evaluate(pack, members, evaluate, state, training=False)  # the curve's step-0 point
     for m in members:
         m.outcome.eval_seconds = 0.0
@@ -96,22 +104,27 @@ def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator
             live = [(m, b) for m, b in zip(members, batches) if m.active]
             if not live or state.global_step >= max_steps:
                 break
-            _step(pack, live, state.global_step + 1, args.max_grad_norm, state.pad_id, losses_of)
+            _step(pack, live, state.global_step + 1, args.max_grad_norm, state.pad_id, losses_of, leave)
             state.global_step += 1
-            _log_and_evaluate(pack, members, evaluate, state, args, start)
+            _log_and_evaluate(pack, members, evaluate, state, args, start, leave)
             if step_sleep_s > 0:
                 time.sleep(step_sleep_s)
-    wall = time.perf_counter() - start
     for m in members:
-        if m.active:  # one that left (diverged, pruned) keeps the steps it had then, 0 included
+        if not m.closed:
             m.outcome.steps = state.global_step
-        steps = m.outcome.steps
-        m.outcome.examples = steps * m.spec.batch_size
-        m.outcome.train_seconds = wall - m.outcome.eval_seconds
-        if m.outcome.diverged is None:
-            m.outcome.final_train_loss = m.total_loss / max(1, steps)
-        if m.progress:
-            m.progress.on_train_end(None, state, None)
+            _close(m, state, start)
+
+
+def _close(m: Member, state, start: float) -> None:
+    """The member's outcome made final: its steps (set where it stopped), examples, training time
+    (evaluations not counted) and mean training loss."""
+    m.outcome.examples = m.outcome.steps * m.spec.batch_size
+    m.outcome.train_seconds = time.perf_counter() - start - m.outcome.eval_seconds
+    if m.outcome.diverged is None:
+        m.outcome.final_train_loss = m.total_loss / max(1, m.outcome.steps)
+    if m.progress:
+        m.progress.on_train_end(None, state, None)
+    m.closed = True
 
 
 def _epoch(loader, epoch: int):
@@ -153,7 +166,7 @@ def stack(batches: Sequence[dict], pad_id: int) -> tuple[dict, list[int]]:
 
 
 def _step(pack: PackedModel, live: list[tuple[Member, dict]], step: int, max_grad_norm: float, pad_id: int,
-          losses_of: PackLoss) -> None:
+          losses_of: PackLoss, leave: Callable[[Member], None]) -> None:
     """One optimizer step of every live run: one forward and backward, then each run's own update."""
     model = pack.model
     device = next(model.parameters()).device
@@ -172,6 +185,7 @@ def _step(pack: PackedModel, live: list[tuple[Member, dict]], step: int, max_gra
             m.outcome.steps, m.active = step - 1, False
             say(f"  {m.label}: {m.outcome.diverged.reason}: it leaves the pack; the others go on")
             m.optimizer.zero_grad(set_to_none=True)
+            leave(m)
             continue
         m.last_finite = (step, value)
         m.window = (m.window[0] + value, m.window[1] + 1)
@@ -209,7 +223,8 @@ def sft_losses(pack: PackedModel, batch: dict, blocks: list[Block], live) -> lis
     return losses
 
 
-def _log_and_evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, args, start: float) -> None:
+def _log_and_evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, args, start: float,
+                      leave: Callable[[Member], None]) -> None:
     """What the Trainer does after a step: log the loss every logging_steps, evaluate every eval_steps."""
     step, live = state.global_step, [m for m in members if m.active]
     if step % args.logging_steps == 0 or step == state.max_steps:
@@ -228,13 +243,14 @@ def _log_and_evaluate(pack, members: list[Member], evaluate: PackEvaluator, stat
             say(f"  pack step {step:>5}/{state.max_steps}  {len(live)} runs, loss {min(losses):.4f}-{max(losses):.4f}  "
                 f"{rate:.1f} ex/s  ETA {eta:.0f}s")
     if step % args.eval_steps == 0:
-        _evaluate(pack, live, evaluate, state, training=True)
+        _evaluate(pack, live, evaluate, state, training=True, leave=leave)
     for m in live:
-        if m.progress:
+        if m.progress and m.active:  # one pruned just now has ended its progress
             m.progress.on_step_end(None, state, None)
 
 
-def _evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, training: bool) -> None:
+def _evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, training: bool,
+              leave: Callable[[Member], None] | None = None) -> None:
     """Every member's evaluation at this step, in one pass of the pack; each a point of its curve."""
     t0 = time.perf_counter()
     results = evaluate([m.adapter for m in members])
@@ -250,4 +266,5 @@ def _evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, train
             m.progress.on_evaluate(None, state, None, metrics={f"eval_{k}": v for k, v in metrics.items()})
         if m.reporter and step and m.reporter(step, metrics):
             m.outcome.pruned_at, m.outcome.steps, m.active = step, step, False
+            leave(m)
 
