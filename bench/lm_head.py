@@ -24,7 +24,7 @@ from _proc import ROOT, row
 
 sys.path.insert(0, str(ROOT / "src"))  # run from anywhere, installed or not
 from lorasweep.model import loading, methods  # noqa: E402
-from lorasweep.run.loop import _arguments, sft_trainer  # noqa: E402
+from lorasweep.run.loop import trainer_arguments, sft_trainer  # noqa: E402
 from lorasweep.run.plan import plan_run  # noqa: E402
 from lorasweep.tasks import task as tasks  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> None:
     model = methods.prepare(model, spec, task.head, list(plan.targets), [])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train), spec.train,
-                              _arguments(spec.train, Path(tmp)))
+                              trainer_arguments(spec.train, Path(tmp)))
         loader = iter(trainer.get_train_dataloader())
         batches = [next(loader) for _ in range(args.steps + 1)]
     model.train()

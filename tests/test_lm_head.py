@@ -14,7 +14,7 @@ import torch
 from lorasweep.model import loading, methods, tokens
 from lorasweep.run import lm_head
 from lorasweep.run.lifecycle import run_config
-from lorasweep.run.loop import _arguments, sft_trainer
+from lorasweep.run.loop import trainer_arguments, sft_trainer
 from lorasweep.run.plan import plan_run
 from lorasweep.tasks import task as tasks
 
@@ -37,7 +37,7 @@ def trainer_and_batch(overrides, tmp_path):
     ids = tokens.inject(model, tok, spec.tokens.new, spec.tokens.init, spec.train.seed)
     model = methods.prepare(model, spec, task.head, list(plan.targets), ids)
     trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train), spec.train,
-                          _arguments(spec.train, tmp_path))
+                          trainer_arguments(spec.train, tmp_path))
     batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():  # lora_B starts at zero, which would leave lora_A without a gradient to compare
         for name, p in model.named_parameters():

@@ -138,7 +138,7 @@ class _TaskEvaluation:
         return logs
 
 
-class _ClassificationTrainer(_TaskEvaluation, Trainer):
+class ClassificationTrainer(_TaskEvaluation, Trainer):
     pass
 
 
@@ -202,7 +202,7 @@ def _sft_trainer_class():
 
 
 def sft_trainer(model, tokenizer, data: TrainingData, spec: TrainSpec, common: dict):
-    """The SFT trainer of a causal-LM run; `common`: the Trainer arguments (_arguments)."""
+    """The SFT trainer of a causal-LM run; `common`: the Trainer arguments (trainer_arguments)."""
     # SFTConfig defaults to bf16 and gradient checkpointing: both wrong on a CPU (2x slower,
     # and a reloaded adapter differs), so they are set explicitly.
     from trl import SFTConfig
@@ -305,21 +305,7 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     to date while it trains (run/progress.py).
     """
     outcome = TrainOutcome()
-    common = {**_arguments(spec, workdir, loop.save_steps), "torch_compile": loop.compile}
-    if kind == "classification":
-        # a classification loss is a mean over its examples, whatever num_items_in_batch says: with
-        # average_tokens_across_devices (on by default) the Trainer would scale each rank's mean by
-        # the number of ranks (meant for token sums), doubling the loss on 2 GPUs; DDP's average of
-        # the ranks' means over equal shares is already the global batch's mean
-        args = TrainingArguments(**common, average_tokens_across_devices=False)
-        trainer = _ClassificationTrainer(model=model, args=args,
-                                         train_dataset=data.train, eval_dataset=data.eval,
-                                         data_collator=data.collator, processing_class=tokenizer)
-    else:
-        trainer = sft_trainer(model, tokenizer, data, spec, common)
-    if len(trainer.train_dataset) == 0:  # trl drops rows whose completion was cut off entirely
-        raise DataError(f"no training example fits train.max_length={spec.max_length} tokens with its "
-                        f"answer: raise train.max_length")
+    trainer = make_trainer(model, tokenizer, data, spec, kind, workdir, loop)
     trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
     trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
     trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))
@@ -353,7 +339,31 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     return outcome
 
 
-def _arguments(spec: TrainSpec, workdir: Path, save_steps: int = 0) -> dict:
+def make_trainer(model, tokenizer, data: TrainingData, spec: TrainSpec, kind: str, workdir: Path,
+                 loop: LoopOptions = LoopOptions()) -> Trainer:
+    """The run's Trainer (kind: the task kind): transformers' for classification, trl's SFTTrainer for
+    causal-LM tasks, each with the task's evaluation (_TaskEvaluation). A pack builds its runs' with
+    this too, for their data order and optimizer settings (run/pack_loop.py)."""
+    common = {**trainer_arguments(spec, workdir, loop.save_steps), "torch_compile": loop.compile}
+    if kind == "classification":
+        # a classification loss is a mean over its examples, whatever num_items_in_batch says: with
+        # average_tokens_across_devices (on by default) the Trainer would scale each rank's mean by
+        # the number of ranks (meant for token sums), doubling the loss on 2 GPUs; DDP's average of
+        # the ranks' means over equal shares is already the global batch's mean
+        args = TrainingArguments(**common, average_tokens_across_devices=False)
+        trainer = ClassificationTrainer(model=model, args=args,
+                                        train_dataset=data.train, eval_dataset=data.eval,
+                                        data_collator=data.collator, processing_class=tokenizer)
+    else:
+        trainer = sft_trainer(model, tokenizer, data, spec, common)
+    if len(trainer.train_dataset) == 0:  # trl drops rows whose completion was cut off entirely
+        raise DataError(f"no training example fits train.max_length={spec.max_length} tokens with its "
+                        f"answer: raise train.max_length")
+    return trainer
+
+
+def trainer_arguments(spec: TrainSpec, workdir: Path, save_steps: int = 0) -> dict:
+    """The TrainingArguments (as a dict) of a run's Trainer."""
     cuda = torch.cuda.is_available()
     # train.batch_size is the run's global batch: data-parallel ranks (executors/data_parallel, which
     # set WORLD_SIZE) take an equal share each, so a run takes the same steps on 1 or N GPUs

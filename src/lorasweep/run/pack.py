@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from transformers import TrainingArguments
 
 from ..console import say
-from ..errors import AcceleratorMemoryError, DataError, RunClaimedError
+from ..errors import AcceleratorMemoryError, RunClaimedError
 from ..model import loading, methods
 from ..model.packing import Block, PackedModel, adapter_name, pack_models
 from ..tasks import classification
@@ -35,7 +34,7 @@ from . import memory, store
 from .claims import Claim
 from .lifecycle import (base_record, checked_params, diverged_result, finished_result, load_and_train,
                         new_weight_notes, pruned_result, record_failure, record_over_budget, timing_record)
-from .loop import LoopOptions, _arguments, _ClassificationTrainer, sft_trainer
+from .loop import LoopOptions, make_trainer
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
 from .progress import PROGRESS_FILE, ProgressFile
@@ -191,19 +190,10 @@ def _member(pack: PackedModel, plan: Plan, i: int, folder: Path, reporter, token
     """The run's place in the loop, with the Trainer its run alone would build (never trained)."""
     spec = plan.spec
     data = tasks.training_data(plan.task, tokenizer, spec.train)
-    common = _arguments(spec.train, folder / "trainer")
-    if plan.task.spec.kind == "classification":
-        args = TrainingArguments(**common, average_tokens_across_devices=False)
-        trainer = _ClassificationTrainer(model=pack.model, args=args,
-                                         train_dataset=data.train, eval_dataset=data.eval,
-                                         data_collator=data.collator, processing_class=tokenizer)
-    else:
+    trainer = make_trainer(pack.model, tokenizer, data, spec.train, plan.task.spec.kind, folder / "trainer")
+    if plan.task.spec.kind != "classification":
         from . import lm_head  # imports trl: classification packs do without it
 
-        trainer = sft_trainer(pack.model, tokenizer, data, spec.train, common)
-        if len(trainer.train_dataset) == 0:
-            raise DataError(f"no training example fits train.max_length={spec.train.max_length} tokens with "
-                            f"its answer: raise train.max_length")
         if trainer.plain_loss or not lm_head.plain_head(pack.model):
             raise NotImplementedError(f"{spec.model.name}: a pack computes the SFT loss on a plain LM head "
                                       f"only; train these runs with hydra.launcher.pack=false")
