@@ -65,6 +65,8 @@ def test_a_packed_run_trains_as_it_would_alone(model, tmp_path, capsys):
         assert p["run_key"] == a["run_key"]
         assert p["params"] == a["params"]
         assert p["pack"]["size"] == len(alone) and p["pack"]["runs"] == [r["run_key"] for r in alone]
+        assert p.keys() - {"pack"} == a.keys() and p["memory"].keys() == a["memory"].keys()  # the same record
+        assert p["memory"]["base_weights_mb"] == a["memory"]["base_weights_mb"] > 0
         worst = max(worst, _largest_difference(tmp_path / "alone" / Path(a["slug"] + "-" + a["run_key"]),
                                                tmp_path / "packed" / Path(p["slug"] + "-" + p["run_key"])))
         assert p["metrics"]["test"]["accuracy"] == a["metrics"]["test"]["accuracy"]

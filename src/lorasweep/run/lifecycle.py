@@ -239,16 +239,8 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         more = {name: tasks.evaluator(task, tokenizer, rows, spec.train)(model) for name, rows in task.tests.items()}
         eval_s = time.perf_counter() - t1
         artifacts = _save(model, tokenizer if token_ids else None, spec, folder, initial)
-        metric, direction = task.objective
-        result = {**base, "status": "done", "reason": "",
-                  "metrics": {"test": test, **({"tests": more} if more else {}),
-                              **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
-                  "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
-                  "curve": outcome.curve if outcome else [],
-                  "timing": timing_record(load_s, outcome, eval_s, t_start),
-                  "memory": {**store.peak_memory(), **store.weights_memory(model, spec.method, plan.base_total)},
-                  "artifacts": artifacts}
-        result = store.write_result(folder, result)
+        result = done_result(folder, base, task, test, more, outcome, timing_record(load_s, outcome, eval_s, t_start),
+                             store.weights_memory(model, spec.method, plan.base_total), artifacts)
         tracker.summary({f"test_{k}": v for k, v in test.items()})
         ok = True
     finally:
@@ -258,6 +250,21 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     say(f"{spec.slug}: test {headline(test)} | "
         f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / store.RESULT_FILE}")
     return result
+
+
+def done_result(folder: Path, base: dict, task, test: dict, more: dict, outcome, timing: dict, weights: dict,
+                artifacts: dict) -> dict[str, Any]:
+    """A run that trained to its end (or has nothing to train: method=none, outcome None), tested on
+    `task.test` (`test`) and its other test sets (`more`), saved (`artifacts`); written and returned.
+    `weights`: store.weights_memory's figures, beside the process's peak memory."""
+    metric, direction = task.objective
+    return store.write_result(folder, {
+        **base, "status": "done", "reason": "",
+        "metrics": {"test": test, **({"tests": more} if more else {}),
+                    **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
+        "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
+        "curve": outcome.curve if outcome else [], "timing": timing,
+        "memory": {**store.peak_memory(), **weights}, "artifacts": artifacts})
 
 
 def pruned_result(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:

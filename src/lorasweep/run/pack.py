@@ -32,7 +32,7 @@ from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
 from .claims import Claim
-from .lifecycle import (base_record, checked_params, diverged_result, finished_result, load_and_train,
+from .lifecycle import (base_record, checked_params, diverged_result, done_result, finished_result, load_and_train,
                         new_weight_notes, pruned_result, record_failure, record_over_budget, timing_record)
 from .loop import LoopOptions, make_trainer
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
@@ -239,20 +239,15 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
     more = {name: _evaluator(pack, task, tokenizer, rows, plans[0].spec.train)(adapters)
             for name, rows in task.tests.items()}
     eval_s = time.perf_counter() - t1
-    metric, direction = task.objective
     for j, i in enumerate(finishing):
         m, folder, plan = members[i], folders[i], plans[i]
         target = folder / "adapter"
         pack.save_adapter(m.adapter, target)
         methods.save_labels(pack.model, target)
-        test, extra = tests[j], {name: results[j] for name, results in more.items()}
-        result = {**bases[i], "params": params[i], "status": "done", "reason": "",
-                  "metrics": {"test": test, **({"tests": extra} if extra else {}),
-                              "train": {"loss": m.outcome.final_train_loss}},
-                  "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
-                  "curve": m.outcome.curve, "timing": timing_record(load_s, m.outcome, eval_s, t_start),
-                  "memory": store.peak_memory(),
-                  "artifacts": {"kind": "adapter", "path": "adapter", "size_bytes": store.folder_size(target)}}
-        done[i] = store.write_result(folder, result)
-        say(f"{plan.spec.slug}: test {headline(test)} | {params[i]['trainable']:,} trainable params | "
-            f"{result['timing']['total_s']:.0f}s (in {bases[i]['pack']['id']}) | {folder / store.RESULT_FILE}")
+        artifacts = {"kind": "adapter", "path": "adapter", "size_bytes": store.folder_size(target)}
+        done[i] = done_result(folder, {**bases[i], "params": params[i]}, task, tests[j],
+                              {name: results[j] for name, results in more.items()},
+                              m.outcome, timing_record(load_s, m.outcome, eval_s, t_start),
+                              store.weights_memory(pack.model, plan.spec.method, plan.base_total), artifacts)
+        say(f"{plan.spec.slug}: test {headline(tests[j])} | {params[i]['trainable']:,} trainable params | "
+            f"{done[i]['timing']['total_s']:.0f}s (in {bases[i]['pack']['id']}) | {folder / store.RESULT_FILE}")
