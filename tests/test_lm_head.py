@@ -28,8 +28,9 @@ TASKS = {"mcq": [o for o in TINY_MCQ if not o.startswith("model=")], "completion
 MODELS = ["tiny-llama", "tiny-qwen3", "tiny-gpt2"]
 
 
-def trainer_and_batch(overrides, tmp_path):
-    """The run's SFT trainer (model with its LoRA adapters) and its first training batch."""
+def trainer_and_batch(overrides, tmp_path, **arguments):
+    """The run's SFT trainer (model with its LoRA adapters) and its first training batch; `arguments`
+    override its TrainingArguments (bf16=True: the mixed precision a GPU run trains in)."""
     plan = plan_run(compose_config(overrides + NO_DROPOUT))
     spec, task = plan.spec, plan.task
     torch.manual_seed(0)
@@ -37,7 +38,7 @@ def trainer_and_batch(overrides, tmp_path):
     ids = tokens.inject(model, tok, spec.tokens.new, spec.tokens.init, spec.train.seed)
     model = methods.prepare(model, spec, task.head, list(plan.targets), ids)
     trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train), spec.train,
-                          trainer_arguments(spec.train, tmp_path))
+                          {**trainer_arguments(spec.train, tmp_path), **arguments})
     batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():  # lora_B starts at zero, which would leave lora_A without a gradient to compare
         for name, p in model.named_parameters():
@@ -125,3 +126,19 @@ def test_a_short_runs_loss_curve_is_unchanged(tmp_path, monkeypatch):
         assert a_train is None or a_train == pytest.approx(b_train, rel=REL)
         assert a_eval == pytest.approx(b_eval, rel=REL)
     assert kept_loss == pytest.approx(full_loss, rel=REL)
+
+
+def test_the_kept_rows_loss_trains_in_the_trainers_mixed_precision(tmp_path):
+    """With bf16 (what a GPU run trains in; accelerate does bf16 autocast on a CPU too) the decoder
+    runs under autocast, as the model's forward does when the Trainer has prepared it: the kept-rows
+    loss goes around that forward, so it must enter the autocast itself."""
+    trainer, model, batch = trainer_and_batch(TASKS["mcq"] + ["model=tiny-llama"], tmp_path, bf16=True)
+    seen = []
+    q_proj = next(m for name, m in model.named_modules() if name.endswith("q_proj.base_layer"))
+    handle = q_proj.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        loss = trainer.compute_loss(model, dict(batch))
+    finally:
+        handle.remove()
+    assert seen == [torch.bfloat16]  # the first layer's q_proj, called once
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)

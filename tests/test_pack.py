@@ -185,6 +185,28 @@ def test_with_dropout_a_packed_run_draws_other_masks_and_stays_close(tmp_path):
         assert p["metrics"]["test"]["loss"] == pytest.approx(a["metrics"]["test"]["loss"], rel=0.01)
 
 
+def test_a_pack_trains_in_the_mixed_precision_of_its_runs(tmp_path, monkeypatch):
+    """With bf16 (a GPU run's Trainer; accelerate does bf16 autocast on a CPU too) each step's forward
+    runs under autocast, as accelerate puts it around a run alone's forward: the pack calls its model
+    itself, never through Trainer.train."""
+    import lorasweep.run.loop as loop
+    import lorasweep.run.pack as pack_module
+
+    plain = loop.trainer_arguments
+    monkeypatch.setattr(loop, "trainer_arguments", lambda *a, **k: {**plain(*a, **k), "bf16": True})
+    seen, losses_of = [], pack_module.classification_losses
+
+    def recorded(*args):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return losses_of(*args)
+
+    monkeypatch.setattr(pack_module, "classification_losses", recorded)
+    cfgs = [compose_config(["model=tiny-bert", *STEPS, "train.max_steps=3", *run, f"results_dir={tmp_path}"])
+            for run in RUNS["tiny-bert"][:2]]
+    assert [r["status"] for r in run_pack(cfgs)] == ["done", "done"]
+    assert seen == [(True, torch.bfloat16)] * 3
+
+
 # A CPU has no accelerator to fill: a stand-in for one that holds two runs' rows of a step, no more.
 OOM_MESSAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
                "of which 1.06 GiB is free.")

@@ -185,8 +185,11 @@ def _sft_trainer_class():
                     and self.compute_loss_func is None and not self.aux_loss_enabled and self.args.world_size == 1)
 
         def _kept_rows_loss(self, model, inputs, num_items_in_batch):
-            """trl's training loss and the metrics it logs (entropy, mean_token_accuracy, num_tokens)."""
-            out = lm_head.kept_rows_loss(model, inputs, num_items_in_batch, body=self._compiled_body(model))
+            """trl's training loss and the metrics it logs (entropy, mean_token_accuracy, num_tokens).
+            Under the Trainer's mixed precision (bf16 on a GPU): accelerate puts it around the model's
+            forward, which this loss goes around (it calls the decoder), so it is entered here."""
+            with self.accelerator.autocast():
+                out = lm_head.kept_rows_loss(model, inputs, num_items_in_batch, body=self._compiled_body(model))
             total = lambda t: self.accelerator.gather_for_metrics(t).sum()
             n, metrics = total(out.n), self._metrics["train"]
             metrics["entropy"].append((total(out.entropy_sum) / n).item() if n > 0 else 0.0)

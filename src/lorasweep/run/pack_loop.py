@@ -176,7 +176,10 @@ def _step(pack: PackedModel, live: list[tuple[Member, dict]], step: int, max_gra
         blocks.append(Block(m.adapter, start, start + n))
         start += n
     model.train()
-    losses = losses_of(pack, {k: v.to(device) for k, v in batch.items()}, blocks, live)
+    # the mixed precision of the runs' Trainers (bf16 on a GPU), which accelerate would put around
+    # the model's forward in Trainer.train; the pack never calls that
+    with live[0][0].trainer.accelerator.autocast():
+        losses = losses_of(pack, {k: v.to(device) for k, v in batch.items()}, blocks, live)
     torch.stack(losses).sum().backward()
     for (m, _), loss in zip(live, losses):
         value = float(loss.detach())
