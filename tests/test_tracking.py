@@ -30,7 +30,13 @@ def curve_of(result, metric):
 
 
 def test_wandb_offline_run_holds_the_curve_the_test_metrics_and_its_group(results_dir):
+    import wandb
+
     result, folder = run(results_dir, "tracking=wandb", "tracking.group=rank sweep")
+    # wandb's service process writes the log asynchronously and completes it when it ends: at the exit
+    # of `python launch.py` or of a sweep's worker; this run ran in the test's process, so end it here
+    # (read at once, the log once held only its header: a loaded CI machine, 2026-11-30)
+    wandb.teardown()
     [log] = list((folder / "wandb").glob("offline-run-*/*.wandb"))  # the event log `wandb sync` uploads
     # wandb 0.31 reads these logs only in its Go core; the protobuf records keep keys and JSON values as text
     data = log.read_bytes()
