@@ -61,8 +61,7 @@ class Member:
     total_loss: float = 0.0
     last_finite: tuple[int, float] | None = None
     logs: list[dict] = field(default_factory=list)  # the losses logged so far (the curve's train_loss)
-    active: bool = True
-    closed: bool = False  # its outcome is final (train_pack's _close)
+    active: bool = True  # False once it left the pack (diverged, pruned): its outcome final then
 
 
 def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator, losses_of: PackLoss,
@@ -85,6 +84,7 @@ def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator
         _optimizer(pack, m, max_steps)
     state = SimpleNamespace(global_step=0, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
                             pad_id=members[0].trainer.processing_class.pad_token_id or 0)
+
     def leave(m: Member) -> None:  # at once, as it stops (diverged, pruned): its outcome final, on_leave told
         _close(m, state, start)
         if on_leave:
@@ -110,7 +110,7 @@ def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator
             if step_sleep_s > 0:
                 time.sleep(step_sleep_s)
     for m in members:
-        if not m.closed:
+        if m.active:  # one that left was closed as it left
             m.outcome.steps = state.global_step
             _close(m, state, start)
 
@@ -124,7 +124,6 @@ def _close(m: Member, state, start: float) -> None:
         m.outcome.final_train_loss = m.total_loss / max(1, m.outcome.steps)
     if m.progress:
         m.progress.on_train_end(None, state, None)
-    m.closed = True
 
 
 def _epoch(loader, epoch: int):
