@@ -29,7 +29,7 @@ class PlanLauncher(ContextLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lorasweep.run.store import store_dir, writable_problem
         from lorasweep.errors import ConfigError
-        from lorasweep.executors.gpus import check_gpus_per_run, whole_number
+        from lorasweep.executors.gpus import check_gpus_per_run, check_runs_per_gpu
         from lorasweep.run.plan import DATA_PARALLEL
         from lorasweep.sweep.packing import check_pack_gpus, pack_size
         from lorasweep.sweep.plan_table import format_plan, plan_row, settle_rows, with_packs
@@ -39,7 +39,7 @@ class PlanLauncher(ContextLauncher):
         try:
             pack = pack_size(self.pack)
             gpus_per_run = check_gpus_per_run(self.gpus_per_run)
-            whole_number("hydra.launcher.runs_per_gpu", self.runs_per_gpu, "how many runs share one GPU")
+            check_runs_per_gpu(self.runs_per_gpu)
             check_pack_gpus(pack, gpus_per_run)
         except ConfigError as e:
             print(f"plan: {e}")

@@ -74,12 +74,18 @@ def check_gpus_per_run(value: Any) -> int:
                         "data parallel, one rank a GPU)")
 
 
+def check_runs_per_gpu(value: Any) -> int:
+    """hydra.launcher.runs_per_gpu, the same rule wherever it is taken: a whole number of runs that
+    share one GPU."""
+    return whole_number("hydra.launcher.runs_per_gpu", value, "how many runs share one GPU")
+
+
 def place_workers(n_jobs: Any, runs_per_gpu: Any = 1, gpus_per_run: Any = 1, gpus: Sequence[str] | None = None,
                   n_jobs_field: str = "hydra.launcher.n_jobs") -> tuple[int, list[str] | None]:
     """(how many workers, each one's CUDA_VISIBLE_DEVICES, or None on a machine without GPUs: no
     pinning, as before). Every value is checked first: a ConfigError names the field, the value
     and what is valid."""
-    runs_per_gpu = whole_number("hydra.launcher.runs_per_gpu", runs_per_gpu, "how many runs share one GPU")
+    runs_per_gpu = check_runs_per_gpu(runs_per_gpu)
     gpus_per_run = check_gpus_per_run(gpus_per_run)
     if n_jobs is not None:
         n_jobs = whole_number(n_jobs_field, n_jobs, "how many runs are in flight at once; null: one per GPU slot, "

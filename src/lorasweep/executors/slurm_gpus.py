@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from .gpus import check_gpus_per_run
+from .gpus import check_gpus_per_run, check_runs_per_gpu
 from .settings import whole_number
 
 
@@ -41,7 +41,7 @@ def check_job_gpus(gres: Any, gpus_per_node: Any, gpus_per_run: Any = 1, runs_pe
     """Raise a ConfigError (the field, its value, what is valid) unless each GPU ask of the job's
     (gpus_per_node, a gpu gres) is exactly its run's gpus_per_run."""
     gpus_per_run = check_gpus_per_run(gpus_per_run)
-    runs_per_gpu = whole_number("hydra.launcher.runs_per_gpu", runs_per_gpu, "how many runs share one GPU")
+    runs_per_gpu = check_runs_per_gpu(runs_per_gpu)
     if runs_per_gpu > 1:
         raise ConfigError(f"hydra.launcher.runs_per_gpu={runs_per_gpu} is not supported on SLURM: each job "
                           f"trains one run on the GPU(s) SLURM gives that job alone; use 1 (default), or "
