@@ -90,7 +90,7 @@ SFT_STEPS = ["train.max_steps=12", "train.eval_steps=6", "train.batch_size=4", "
 
 
 @pytest.mark.parametrize("model", list(SFT))
-def test_a_packed_sft_run_trains_as_it_would_alone(model, tmp_path, capsys):
+def test_a_packed_sft_run_trains_as_it_would_alone(model, tmp_path):
     """The runs of an SFT pack each take trl's loss on their own rows (the head on the tokens that
     carry loss, over their own count of them) and their own task evaluation: as alone."""
     def configs(results):
@@ -118,18 +118,21 @@ def test_a_packed_sft_run_trains_as_it_would_alone(model, tmp_path, capsys):
     assert worst < TOLERANCE
 
 
+# three tiny-bert runs, the second at lr=1e4: its loss becomes NaN within a few steps (tests/test_faults.py)
+ONE_DIVERGES = [["lora.r=2", "lora.proj=qk", "train.lr=1e-3"], ["lora.r=4", "lora.proj=qkvo", "train.lr=1e4"],
+                ["lora.r=8", "lora.proj=v", "train.lr=2e-3"]]
+
+
+def _one_diverges(results: Path) -> list[dict]:
+    return [compose_config(["model=tiny-bert", *STEPS, "lora.dropout=0", *NO_DROPOUT["tiny-bert"], *run,
+                            f"results_dir={results}"]) for run in ONE_DIVERGES]
+
+
 def test_a_run_that_diverges_leaves_the_pack_and_the_others_go_on_as_alone(tmp_path):
-    """lr=1e4 makes a tiny-bert run's loss NaN within a few steps (tests/test_faults.py): in a pack
-    it stops at the same step with the same reason as alone, and the runs beside it are unchanged."""
-    runs = [["lora.r=2", "lora.proj=qk", "train.lr=1e-3"], ["lora.r=4", "lora.proj=qkvo", "train.lr=1e4"],
-            ["lora.r=8", "lora.proj=v", "train.lr=2e-3"]]
-
-    def configs(results):
-        return [compose_config(["model=tiny-bert", *STEPS, "lora.dropout=0", *NO_DROPOUT["tiny-bert"], *run,
-                                f"results_dir={results}"]) for run in runs]
-
-    alone = [run_config(cfg) for cfg in configs(tmp_path / "alone")]
-    packed = run_pack(configs(tmp_path / "packed"))
+    """The diverging run stops in a pack at the same step with the same reason as alone, and the runs
+    beside it are unchanged."""
+    alone = [run_config(cfg) for cfg in _one_diverges(tmp_path / "alone")]
+    packed = run_pack(_one_diverges(tmp_path / "packed"))
     assert [r["status"] for r in alone] == [r["status"] for r in packed] == ["done", "diverged", "done"]
     assert packed[1]["divergence"] == alone[1]["divergence"] and packed[1]["reason"] == alone[1]["reason"]
     assert [c["step"] for c in packed[1]["curve"]] == [c["step"] for c in alone[1]["curve"]]
@@ -143,10 +146,7 @@ def test_a_run_that_diverges_leaves_the_pack_and_the_others_go_on_as_alone(tmp_p
 def test_an_interrupted_pack_keeps_the_results_of_the_runs_that_left_it(tmp_path):
     """Ctrl-C at step 10 of 20: the run the pruner stopped at step 10 and the one that diverged at
     step 3 keep their results (written as they left); the run still training has none."""
-    runs = [["lora.r=2", "lora.proj=qk", "train.lr=1e-3"], ["lora.r=4", "lora.proj=qkvo", "train.lr=1e4"],
-            ["lora.r=8", "lora.proj=v", "train.lr=2e-3"]]
-    cfgs = [compose_config(["model=tiny-bert", *STEPS, "lora.dropout=0", *NO_DROPOUT["tiny-bert"], *run,
-                            f"results_dir={tmp_path}"]) for run in runs]
+    cfgs = _one_diverges(tmp_path)
 
     def interrupt(step, metrics):
         raise KeyboardInterrupt  # as Ctrl-C in the middle of the pack's evaluation at step 10
