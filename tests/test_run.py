@@ -197,6 +197,28 @@ def test_cpu_training_is_fp32_not_bf16(base, results_dir, monkeypatch):
     assert {t.dtype for t in weights.values()} == {torch.float32}
 
 
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_bfloat16_base_halves_its_weights_and_trains_float32_adapters(method, results_dir):
+    """model.dtype=bfloat16: the frozen base is held in bf16 (half the memory) while the adapters stay
+    float32; the run trains to about what the float32 base reaches (bf16 rounds the base's weights
+    and the activations that pass through them: the test losses measured here differ by 7e-5
+    relative for lora, 1e-7 for dora; bound 1%)."""
+    from safetensors.torch import load_file
+
+    _, bf16 = run(TINY_MCQ + [f"method={method}", "model.dtype=bfloat16"], results_dir)
+    _, fp32 = run(TINY_MCQ + [f"method={method}"], results_dir)
+    assert bf16["status"] == fp32["status"] == "done" and bf16["run_key"] != fp32["run_key"]
+    base = bf16["params"]["total"] - bf16["params"]["trainable"]
+    assert bf16["memory"]["base_weights_mb"] == pytest.approx(base * 2 / 2**20, abs=0.05)
+    assert fp32["memory"]["base_weights_mb"] == pytest.approx(base * 4 / 2**20, abs=0.05)
+    weights = load_file(run_folder(results_dir, bf16) / "adapter" / "adapter_model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    loss16, loss32 = bf16["metrics"]["test"]["loss"], fp32["metrics"]["test"]["loss"]
+    assert abs(loss16 - loss32) / loss32 < 0.01, (loss16, loss32)
+    assert [c["step"] for c in bf16["curve"]] == [c["step"] for c in fp32["curve"]]
+
+
 @pytest.mark.real_model
 def test_real_minilm_lora_learns_and_its_adapter_reloads(results_dir):
     """The packaged MiniLM on a real data slice: a short LoRA run beats the untrained base model."""

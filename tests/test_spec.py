@@ -50,6 +50,10 @@ def test_run_key_is_stable_and_ignores_what_does_not_define_the_run():
     letter, option = spec_of("task=wordnet_mcq", "task.answer=letter"), spec_of("task=wordnet_mcq")
     assert option.task.answer == "option" and letter.run_key != option.run_key
     assert "answer" not in letter.defining()["task"] and option.defining()["task"]["answer"] == "option"
+    # likewise the base's dtype: float32 (the default) is left out; bfloat16 defines other runs
+    mcq_bf16 = spec_of("task=wordnet_mcq", "model.dtype=bfloat16")
+    assert "dtype" not in option.defining()["model"] and mcq_bf16.model.dtype == "bfloat16"
+    assert mcq_bf16.run_key != option.run_key
 
 
 @pytest.mark.parametrize("override,field,valid", [
@@ -65,6 +69,13 @@ def test_run_key_is_stable_and_ignores_what_does_not_define_the_run():
     ("lora.proj=qkx", "lora.proj='qkx'", "q k v o g u d"),
     ("lora.proj=''", "lora.proj=''", "empty"),
     ("task=wordnet_mcq task.answer=word", "task.answer='word'", "letter (the reply is 'B. text') or option"),
+    ("task=wordnet_mcq model.dtype=float16", "model.dtype='float16'", "choose one of float32, bfloat16"),
+    ("task=wordnet_mcq method=full model.dtype=bfloat16", "model.dtype='bfloat16'",
+     "float32 for method=full (it trains the base weights)"),
+    ("task=wordnet_mcq method=qlora model.dtype=bfloat16", "model.dtype='bfloat16'", "float32 for method=qlora"),
+    ("model.dtype=bfloat16", "model.dtype='bfloat16'", "float32 for task wordnet_topics (classification)"),
+    ('task=wordnet_mcq tokens.new=["<w>"] model.dtype=bfloat16', "model.dtype='bfloat16'",
+     "float32 with tokens.train=true"),
 ])
 def test_bad_values_name_field_value_and_valid(override, field, valid):
     with pytest.raises(ConfigError) as e:

@@ -18,6 +18,9 @@ ADAPTER_METHODS = ("lora", "dora", "rslora", "pissa", "qlora", "qlora8")  # meth
 QUANTIZED_METHODS = ("qlora", "qlora8")  # a 4-bit / 8-bit base: bitsandbytes and CUDA
 METHODS = ("none", "lora", "dora", "full", "rslora", "pissa", "qlora", "qlora8")
 MODEL_SOURCES = ("package", "gguf_package", "hub", "tiny")
+# model.dtype, the frozen base weights' dtype (adapters and trained heads stay float32 either way):
+# bfloat16 halves the base's memory and its casts under a GPU's bf16 autocast (bench/RESULTS.md)
+MODEL_DTYPES = ("float32", "bfloat16")
 TASK_KINDS = ("classification", "mcq", "chat", "completion")
 # mcq answers: "letter" = "B. text" (the letter decides), "option" = the option's text (a small model
 # learns to pick the text within minutes; the letter's binding to it takes far longer: bench/RESULTS.md)
@@ -43,6 +46,7 @@ class ModelSpec:
     tiny: Mapping[str, Any] = field(default_factory=dict)  # config kwargs of a tiny random model
     layers: int = 0           # keep the checkpoint's first N transformer layers (0 = all): a smaller,
                               #   faster model of the same pretrained weights (the top layers dropped)
+    dtype: str = "float32"    # the base weights' dtype (MODEL_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class RunSpec:
 
 
 _NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0, "answer": "letter"}
-_NEW_MODEL_FIELDS = {"layers": 0}
+_NEW_MODEL_FIELDS = {"layers": 0, "dtype": "float32"}
 
 
 def _model_defining(model: ModelSpec) -> dict[str, Any]:
@@ -160,8 +164,28 @@ def from_config(cfg: Mapping[str, Any]) -> RunSpec:
     model = _model_spec(cfg["model"])
     method = _method_name(cfg["method"])
     lora = _lora_spec(cfg.get("lora") or {}, model.family if method in ADAPTER_METHODS else None)
-    return RunSpec(model=model, method=method, lora=lora, task=_task_spec(cfg["task"]),
+    spec = RunSpec(model=model, method=method, lora=lora, task=_task_spec(cfg["task"]),
                    train=_train_spec(cfg["train"]), tokens=_token_spec(cfg.get("tokens") or {}))
+    _check_dtype(spec)
+    return spec
+
+
+def _check_dtype(spec: RunSpec) -> None:
+    """A bfloat16 base trains only float32 adapters: what else a run trains would be a bfloat16
+    weight, whose small updates round away (no float32 copy), or a float32 module fed bfloat16."""
+    if spec.model.dtype == "float32":
+        return
+    if spec.method in ("full", "none") or spec.method in QUANTIZED_METHODS:
+        why = {"full": "it trains the base weights", "none": "it trains nothing",
+               }.get(spec.method, "its base is quantized, computing in bfloat16 already")
+        raise _fail("model.dtype", spec.model.dtype, f"float32 for method={spec.method} ({why}); "
+                    f"bfloat16 is for lora, dora, rslora and pissa")
+    if spec.task.kind == "classification":
+        raise _fail("model.dtype", spec.model.dtype, f"float32 for task {spec.task.name} (classification): "
+                    "its new head trains in full; bfloat16 is for causal-LM tasks (mcq, chat, completion)")
+    if spec.tokens.new and spec.tokens.train:
+        raise _fail("model.dtype", spec.model.dtype, "float32 with tokens.train=true: the new tokens' "
+                    "embedding rows train in the base's dtype")
 
 
 def _token_spec(t: Mapping[str, Any]) -> TokenSpec:
@@ -202,10 +226,13 @@ def _model_spec(m: Mapping[str, Any]) -> ModelSpec:
     layers = m.get("layers") or 0
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
         raise _fail("model.layers", layers, "a whole number: keep the first N transformer layers, or 0 for all")
+    dtype = m.get("dtype") or "float32"
+    if dtype not in MODEL_DTYPES:
+        raise _fail("model.dtype", dtype, f"choose one of {', '.join(MODEL_DTYPES)} (the frozen base weights' dtype)")
     return ModelSpec(name=str(m["name"]), family=m["family"], source=m["source"],
                      id=str(m.get("id") or ""), file=str(m.get("file") or ""),
                      config=str(m.get("config") or ""),
-                     tiny=dict(m.get("tiny") or {}), layers=layers)
+                     tiny=dict(m.get("tiny") or {}), layers=layers, dtype=dtype)
 
 
 def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:

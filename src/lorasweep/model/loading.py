@@ -188,7 +188,7 @@ def load_with_notes(spec: ModelSpec, head: str, num_labels: int | None = None, q
             model = _from_config(auto, config, spec, head)
         tokenizer = build_tiny_tokenizer(spec.family)
     else:
-        kwargs: dict[str, Any] = {"dtype": torch.float32, "output_loading_info": True}
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, spec.dtype), "output_loading_info": True}
         if quantization is not None:  # bitsandbytes: compute in bf16, weights placed on the GPU
             kwargs.update(dtype=torch.bfloat16, quantization_config=quantization, device_map={"": 0})
         if spec.layers:  # the config decides what is built (num_labels too); the top layers' weights stay unread
@@ -273,7 +273,7 @@ def _auto_class(spec: ModelSpec, head: str):
 
 def _from_config(auto, config: PretrainedConfig, spec: ModelSpec, head: str) -> nn.Module:
     try:
-        return auto.from_config(config, dtype=torch.float32)
+        return auto.from_config(config, dtype=getattr(torch, spec.dtype))
     except ValueError as err:  # the auto class has no mapping for this config type
         raise ValueError(f"model {spec.name!r} (family {spec.family}, {type(config).__name__}) "
                          f"has no {head!r} head in transformers") from err
