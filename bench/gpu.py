@@ -1,6 +1,7 @@
 """GPU throughput of LoRA, DoRA and full fine-tuning on the Qwen3-0.6B architecture (random weights).
 
     python bench/gpu.py [--seq 2048] [--tokens 8192,16384,24576] [--steps 10] [--compile] [--loss hf,kept]
+                        [--adapters bf16,fp32]
     python bench/gpu.py --tiny --seq 32 --tokens 64 --steps 2     # a smoke test on the CPU
 
 Runs where CUDA is present (the `device` tool lends one to some sessions; CI has none). bf16
@@ -15,6 +16,11 @@ The LM-head loss (`--loss`), the step the 151,936-token vocabulary makes expensi
          only (all of them here: random tokens train on every position), through trl's chunked
          log-prob kernel, so no whole-vocabulary fp32 logits exist at once
   liger  Liger Kernel's fused linear cross-entropy, where `pip install liger-kernel` put it (Triton)
+
+The adapters' dtype (`--adapters`), on the bf16 base:
+  bf16   the adapters cast to bf16 with the base: one dtype throughout (AdamW steps bf16 weights)
+  fp32   peft's float32 adapters under bf16 autocast, as lorasweep trains with model.dtype=bfloat16
+         on a GPU: the matmuls in bf16, the adapter weights and their updates in float32
 
 FLOPs per token (PaLM's appendix B accounting, matmuls only; embedding lookups are free):
   full        6 N + 12 L T d       (forward 2N, backward 2N for inputs + 2N for weights)
@@ -70,7 +76,7 @@ def matmul_tflops(device: str, dtype: torch.dtype, n: int = 8192, reps: int = 20
 
 
 def build(method: str, spec_model: ModelSpec, config, rank: int, dropout: float, device: str,
-          dtype: torch.dtype) -> nn.Module:
+          dtype: torch.dtype, adapters: str = "bf16") -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -80,15 +86,28 @@ def build(method: str, spec_model: ModelSpec, config, rank: int, dropout: float,
                    lora=LoraSpec(r=rank, alpha=2.0 * rank, dropout=dropout, proj="qkvogud"),
                    task=TaskSpec(name="bench", kind="mcq", train="", eval="", test=""), train=TrainSpec())
     targets = resolve_modules(model, "qwen3", "qkvogud", config) if method != "full" else []
-    # peft keeps adapters in fp32 by default, so every adapted layer would cast its bf16 input to fp32
-    # and save that copy for backward: slower than full fine-tuning and more memory. bf16 throughout.
-    return methods.prepare(model, spec, "causal_lm", targets).to(dtype)
+    # peft keeps adapters in fp32 by default; without autocast every adapted layer would cast its bf16
+    # input to fp32 and save that copy for backward (slower than full fine-tuning, more memory): so
+    # either bf16 throughout, or fp32 adapters under autocast (loss_function)
+    model = methods.prepare(model, spec, "causal_lm", targets).to(dtype)
+    if adapters == "fp32" and method != "full":
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return model
 
 
-def loss_function(name: str, model: nn.Module, compile_: bool):
+def loss_function(name: str, model: nn.Module, compile_: bool, autocast: bool = False):
     """ids -> the training loss of `ids` under LM-head loss `name` (see the docstring); `compile_`
     compiles what runs under the loss: the whole model (hf), or its decoder (kept, liger), as
-    train.compile does."""
+    train.compile does; `autocast` runs it under CUDA's bf16 autocast (fp32 adapters)."""
+    if autocast:
+        inner = loss_function(name, model, compile_)
+
+        def autocast_loss(ids):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return inner(ids)
+        return autocast_loss
     if name == "hf":
         step_model = torch.compile(model) if compile_ else model
         return lambda ids: step_model(input_ids=ids, labels=ids).loss
@@ -158,6 +177,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    ap.add_argument("--adapters", default="bf16", help="the adapters' dtypes to time, of bf16,fp32")
     ap.add_argument("--tiny", action="store_true", help="tiny random Qwen3 in fp32 on the CPU: a smoke test")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
@@ -178,38 +198,42 @@ def main() -> None:
     print(f"measured {str(dtype).removeprefix('torch.')} matmul: {peak:.3g} TFLOP/s  (the MFU denominator)")
     print(f"{spec_model.name} architecture, random weights, {str(dtype).removeprefix('torch.')}, seq {args.seq}, "
           f"r={args.rank}, dropout {args.dropout}, proj qkvogud, {'compiled' if args.compile else 'eager'}")
-    print(f"{'method':<6} {'loss':<5} {'tokens/step':>11} {'batch':>5} {'s/step':>7} {'tokens/s':>9} "
+    print(f"{'method':<6} {'loss':<5} {'adapt':<5} {'tokens/step':>11} {'batch':>5} {'s/step':>7} {'tokens/s':>9} "
           f"{'peak GiB':>8} {'MFU':>6} {'6N-MFU':>7} {'last loss':>9}")
     rows = []
-    for method in args.methods.split(","):
-        for loss in losses:  # each loss from the same initial model: their last losses compare
-            started = time.perf_counter()
-            model = build(method, spec_model, config, args.rank, args.dropout, device, dtype)
-            required, six_n = flops_per_token(model, method, config, args.seq)
-            print(f"  ({method}: built in {time.perf_counter() - started:.0f} s)", flush=True)
-            loss_of = loss_function(loss, model, args.compile)
-            for tokens in map(int, args.tokens.split(",")):
-                batch = max(1, tokens // args.seq)
-                try:
-                    per_step, mem, last = time_steps(model, loss_of, batch, args.seq, config.vocab_size,
-                                                     args.steps, args.warmup, device)
-                except torch.OutOfMemoryError:
-                    print(f"{method:<6} {loss:<5} {batch * args.seq:>11} {batch:>5}  out of memory", flush=True)
-                    torch.cuda.empty_cache()
-                    break  # a larger batch will not fit either
-                rate = batch * args.seq / per_step
-                row = {"method": method, "loss": loss, "tokens_per_step": batch * args.seq, "batch": batch,
-                       "s_per_step": per_step, "tokens_per_s": rate, "peak_gib": mem,
-                       "mfu": rate * required / (peak * 1e12), "mfu_6n": rate * six_n / (peak * 1e12),
-                       "matmul_tflops": peak, "compiled": args.compile, "last_loss": last, "device": name}
-                rows.append(row)
-                print(f"{method:<6} {loss:<5} {row['tokens_per_step']:>11} {batch:>5} {per_step:>7.3f} {rate:>9.0f} "
-                      f"{mem:>8.1f} {row['mfu']:>6.1%} {row['mfu_6n']:>7.1%} {last:>9.4f}", flush=True)
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-            del model, loss_of
+    settings = [(m, loss, a) for m in args.methods.split(",") for loss in losses
+                for a in (args.adapters.split(",") if m != "full" else ["bf16"])]
+    for method, loss, adapters in settings:  # each from the same initial model: their last losses compare
+        started = time.perf_counter()
+        model = build(method, spec_model, config, args.rank, args.dropout, device, dtype, adapters)
+        required, six_n = flops_per_token(model, method, config, args.seq)
+        print(f"  ({method}: built in {time.perf_counter() - started:.0f} s)", flush=True)
+        loss_of = loss_function(loss, model, args.compile, autocast=adapters == "fp32" and device == "cuda")
+        for tokens in map(int, args.tokens.split(",")):
+            batch = max(1, tokens // args.seq)
+            try:
+                per_step, mem, last = time_steps(model, loss_of, batch, args.seq, config.vocab_size,
+                                                 args.steps, args.warmup, device)
+            except torch.OutOfMemoryError:
+                print(f"{method:<6} {loss:<5} {adapters:<5} {batch * args.seq:>11} {batch:>5}  out of memory",
+                      flush=True)
+                torch.cuda.empty_cache()
+                break  # a larger batch will not fit either
+            rate = batch * args.seq / per_step
+            row = {"method": method, "loss": loss, "adapters": adapters, "tokens_per_step": batch * args.seq,
+                   "batch": batch,
+                   "s_per_step": per_step, "tokens_per_s": rate, "peak_gib": mem,
+                   "mfu": rate * required / (peak * 1e12), "mfu_6n": rate * six_n / (peak * 1e12),
+                   "matmul_tflops": peak, "compiled": args.compile, "last_loss": last, "device": name}
+            rows.append(row)
+            print(f"{method:<6} {loss:<5} {adapters:<5} {row['tokens_per_step']:>11} {batch:>5} {per_step:>7.3f} "
+                  f"{rate:>9.0f} "
+                  f"{mem:>8.1f} {row['mfu']:>6.1%} {row['mfu_6n']:>7.1%} {last:>9.4f}", flush=True)
             if device == "cuda":
                 torch.cuda.empty_cache()
+        del model, loss_of
+        if device == "cuda":
+            torch.cuda.empty_cache()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
