@@ -89,13 +89,14 @@ SFT_STEPS = ["train.max_steps=12", "train.eval_steps=6", "train.batch_size=4", "
              "task.max_eval=8", "task.max_test=12"]
 
 
-@pytest.mark.parametrize("model", list(SFT))
-def test_a_packed_sft_run_trains_as_it_would_alone(model, tmp_path):
+@pytest.mark.parametrize("model,dtype", [(m, "float32") for m in SFT] + [("tiny-qwen3", "bfloat16")])
+def test_a_packed_sft_run_trains_as_it_would_alone(model, dtype, tmp_path):
     """The runs of an SFT pack each take trl's loss on their own rows (the head on the tokens that
-    carry loss, over their own count of them) and their own task evaluation: as alone."""
+    carry loss, over their own count of them) and their own task evaluation: as alone. Also over a
+    bf16 base (model.dtype=bfloat16), its adapters float32."""
     def configs(results):
         return [compose_config([f"model={model}", SFT[model], *SFT_STEPS, "lora.dropout=0", *NO_DROPOUT[model],
-                                *run, f"results_dir={results}"]) for run in RUNS[model]]
+                                *run, f"model.dtype={dtype}", f"results_dir={results}"]) for run in RUNS[model]]
 
     alone = [run_config(cfg) for cfg in configs(tmp_path / "alone")]
     packed = run_pack(configs(tmp_path / "packed"))
@@ -114,7 +115,7 @@ def test_a_packed_sft_run_trains_as_it_would_alone(model, tmp_path):
                     assert pm[key] == pytest.approx(value, rel=TOLERANCE), key
                 elif key != "epoch":
                     assert pm[key] == value, key
-    print(f"{model} SFT: largest relative difference of a packed adapter from its run alone: {worst:.2e}")
+    print(f"{model} {dtype} SFT: largest relative difference of a packed adapter from its run alone: {worst:.2e}")
     assert worst < TOLERANCE
 
 
