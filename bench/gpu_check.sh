@@ -63,7 +63,7 @@ part compile && step compile 170 python3 bench/gpu.py --compile --methods lora -
     --seq 2048 --tokens 32768 --steps 4 --warmup 2 --json "$LOG/compile.json"
 part compile && grep -E "^(lora|dora|full) |built" "$LOG/compile.txt" >> "$SUMMARY"
 part pack && step pack 130 python3 bench/pack_gpu.py --steps 20 --batch 4 --seq 512
-part pack && tail -6 "$LOG/pack.txt" >> "$SUMMARY"
+part pack && tail -7 "$LOG/pack.txt" >> "$SUMMARY"
 if part sweep; then
     step sweep 70 python3 launch.py -m model=tiny-qwen3 task=wordnet_mcq lora.r=4,8 lora.proj=qkvo,qkvogud \
         train.max_steps=30 train.eval_steps=10 task.max_train=240 task.max_test=50 \

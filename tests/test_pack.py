@@ -15,6 +15,7 @@ import torch
 from conftest import compose_config
 from safetensors.torch import load_file
 
+from lorasweep.model import packing
 from lorasweep.run.lifecycle import run_config
 from lorasweep.run.pack import run_pack
 
@@ -36,6 +37,23 @@ RUNS["tiny-llama"] = RUNS["tiny-qwen3"] = [["lora.r=2", "lora.proj=qk", "train.l
                                            ["lora.r=4", "lora.proj=qkvogud", "train.lr=3e-3", "method=dora"],
                                            ["lora.r=8", "lora.proj=vo", "train.lr=2e-3", "train.seed=1"]]
 TOLERANCE = 1e-4  # relative to the tensor's largest value: the pack's larger GEMMs may round differently
+# How a pack's layers apply their runs' adapters (model/packing): a loop over the runs' blocks (a CPU's
+# way) or batched products over all of them (a GPU's way), forced here on the CPU. The batched products
+# sum in another order than a run alone's: largest adapter differences measured 1.5e-5 (classification,
+# 20 steps) and 1.1e-4 (tiny-llama SFT, 12 steps at lr up to 3e-3), so they get their own bound.
+PRODUCTS = {"loop": set(), "batched": {"cpu"}}
+TOLERANCES = {"loop": TOLERANCE, "batched": 5e-4}
+# Over a bf16 base each layer's output is rounded to bf16, so the batched products' other summation
+# order flips some roundings and the adapters drift further (measured 3.9e-2 after 12 SFT steps on
+# tiny-qwen3, its largest tensor-relative difference), while the runs' losses still agree within 5e-4.
+BF16_BATCHED_ADAPTER_TOLERANCE = 0.1
+
+
+@pytest.fixture(params=list(PRODUCTS))
+def products(request, monkeypatch) -> str:
+    """Each test using it runs with either way of applying adapters ("loop" or "batched")."""
+    monkeypatch.setattr(packing, "BATCHED_DEVICES", PRODUCTS[request.param])
+    return request.param
 
 
 def _configs(model: str, results: Path, extra: list[str] = ()) -> list[dict]:
@@ -56,7 +74,8 @@ def _largest_difference(alone: Path, packed: Path) -> float:
 
 
 @pytest.mark.parametrize("model", list(RUNS))
-def test_a_packed_run_trains_as_it_would_alone(model, tmp_path, capsys):
+def test_a_packed_run_trains_as_it_would_alone(model, products, tmp_path, capsys):
+    tolerance = TOLERANCES[products]
     alone = [run_config(cfg) for cfg in _configs(model, tmp_path / "alone")]
     packed = run_pack(_configs(model, tmp_path / "packed"))
     worst = 0.0
@@ -70,17 +89,17 @@ def test_a_packed_run_trains_as_it_would_alone(model, tmp_path, capsys):
         worst = max(worst, _largest_difference(tmp_path / "alone" / Path(a["slug"] + "-" + a["run_key"]),
                                                tmp_path / "packed" / Path(p["slug"] + "-" + p["run_key"])))
         assert p["metrics"]["test"]["accuracy"] == a["metrics"]["test"]["accuracy"]
-        assert p["metrics"]["test"]["loss"] == pytest.approx(a["metrics"]["test"]["loss"], rel=TOLERANCE)
-        assert p["metrics"]["train"]["loss"] == pytest.approx(a["metrics"]["train"]["loss"], rel=TOLERANCE)
+        assert p["metrics"]["test"]["loss"] == pytest.approx(a["metrics"]["test"]["loss"], rel=tolerance)
+        assert p["metrics"]["train"]["loss"] == pytest.approx(a["metrics"]["train"]["loss"], rel=tolerance)
         assert [c["step"] for c in p["curve"]] == [c["step"] for c in a["curve"]] == [0, 10, 20]
         for pc, ac in zip(p["curve"], a["curve"]):
             assert pc["accuracy"] == ac["accuracy"]
-            assert pc["loss"] == pytest.approx(ac["loss"], rel=TOLERANCE)
+            assert pc["loss"] == pytest.approx(ac["loss"], rel=tolerance)
             assert (pc["train_loss"] is None) == (ac["train_loss"] is None)
             if ac["train_loss"] is not None:
-                assert pc["train_loss"] == pytest.approx(ac["train_loss"], rel=TOLERANCE)
-    print(f"{model}: largest relative difference of a packed adapter from its run alone: {worst:.2e}")
-    assert worst < TOLERANCE
+                assert pc["train_loss"] == pytest.approx(ac["train_loss"], rel=tolerance)
+    print(f"{model} {products}: largest relative difference of a packed adapter from its run alone: {worst:.2e}")
+    assert worst < tolerance
 
 
 # causal-LM SFT: chat-format MCQ (scored by option log-likelihood) and prompt -> completion (generated)
@@ -90,10 +109,11 @@ SFT_STEPS = ["train.max_steps=12", "train.eval_steps=6", "train.batch_size=4", "
 
 
 @pytest.mark.parametrize("model,dtype", [(m, "float32") for m in SFT] + [("tiny-qwen3", "bfloat16")])
-def test_a_packed_sft_run_trains_as_it_would_alone(model, dtype, tmp_path):
+def test_a_packed_sft_run_trains_as_it_would_alone(model, dtype, products, tmp_path):
     """The runs of an SFT pack each take trl's loss on their own rows (the head on the tokens that
     carry loss, over their own count of them) and their own task evaluation: as alone. Also over a
     bf16 base (model.dtype=bfloat16), its adapters float32."""
+    tolerance = TOLERANCES[products]
     def configs(results):
         return [compose_config([f"model={model}", SFT[model], *SFT_STEPS, "lora.dropout=0", *NO_DROPOUT[model],
                                 *run, f"model.dtype={dtype}", f"results_dir={results}"]) for run in RUNS[model]]
@@ -106,17 +126,18 @@ def test_a_packed_sft_run_trains_as_it_would_alone(model, dtype, tmp_path):
         assert p["pack"]["size"] == len(alone)
         worst = max(worst, _largest_difference(tmp_path / "alone" / f"{a['slug']}-{a['run_key']}",
                                                tmp_path / "packed" / f"{p['slug']}-{p['run_key']}"))
-        assert p["metrics"]["train"]["loss"] == pytest.approx(a["metrics"]["train"]["loss"], rel=TOLERANCE)
+        assert p["metrics"]["train"]["loss"] == pytest.approx(a["metrics"]["train"]["loss"], rel=tolerance)
         assert [c["step"] for c in p["curve"]] == [c["step"] for c in a["curve"]] == [0, 6, 12]
         for pm, am in [(p["metrics"]["test"], a["metrics"]["test"])] + list(zip(p["curve"], a["curve"])):
             assert pm.keys() == am.keys()
             for key, value in am.items():
                 if key in ("loss", "loss_se", "train_loss") and value is not None:
-                    assert pm[key] == pytest.approx(value, rel=TOLERANCE), key
+                    assert pm[key] == pytest.approx(value, rel=tolerance), key
                 elif key != "epoch":
                     assert pm[key] == value, key
-    print(f"{model} {dtype} SFT: largest relative difference of a packed adapter from its run alone: {worst:.2e}")
-    assert worst < TOLERANCE
+    print(f"{model} {dtype} {products} SFT: largest relative difference of a packed adapter from its run alone: "
+          f"{worst:.2e}")
+    assert worst < (BF16_BATCHED_ADAPTER_TOLERANCE if (dtype, products) == ("bfloat16", "batched") else tolerance)
 
 
 # three tiny-bert runs, the second at lr=1e4: its loss becomes NaN within a few steps (tests/test_faults.py)
@@ -129,19 +150,23 @@ def _one_diverges(results: Path) -> list[dict]:
                             f"results_dir={results}"]) for run in ONE_DIVERGES]
 
 
-def test_a_run_that_diverges_leaves_the_pack_and_the_others_go_on_as_alone(tmp_path):
+def test_a_run_that_diverges_leaves_the_pack_and_the_others_go_on_as_alone(products, tmp_path):
     """The diverging run stops in a pack at the same step with the same reason as alone, and the runs
-    beside it are unchanged."""
+    beside it are unchanged: its non-finite weights reach its own rows only."""
     alone = [run_config(cfg) for cfg in _one_diverges(tmp_path / "alone")]
     packed = run_pack(_one_diverges(tmp_path / "packed"))
     assert [r["status"] for r in alone] == [r["status"] for r in packed] == ["done", "diverged", "done"]
-    assert packed[1]["divergence"] == alone[1]["divergence"] and packed[1]["reason"] == alone[1]["reason"]
+    last = "last_finite_loss"
+    assert packed[1]["divergence"][last] == pytest.approx(alone[1]["divergence"][last],
+                                                          rel=TOLERANCES[products])
+    assert {**packed[1]["divergence"], last: None} == {**alone[1]["divergence"], last: None}
+    assert packed[1]["reason"] == alone[1]["reason"]  # the loss in 6 digits
     assert [c["step"] for c in packed[1]["curve"]] == [c["step"] for c in alone[1]["curve"]]
     assert not (tmp_path / "packed" / f"{packed[1]['slug']}-{packed[1]['run_key']}" / "adapter").exists()
     for a, p in zip(alone[::2], packed[::2]):
         assert p["metrics"]["test"]["accuracy"] == a["metrics"]["test"]["accuracy"]
         assert _largest_difference(tmp_path / "alone" / f"{a['slug']}-{a['run_key']}",
-                                   tmp_path / "packed" / f"{p['slug']}-{p['run_key']}") < TOLERANCE
+                                   tmp_path / "packed" / f"{p['slug']}-{p['run_key']}") < TOLERANCES[products]
 
 
 def test_an_interrupted_pack_keeps_the_results_of_the_runs_that_left_it(tmp_path):
@@ -186,10 +211,10 @@ def test_with_dropout_a_packed_run_draws_other_masks_and_stays_close(tmp_path):
         assert p["metrics"]["test"]["loss"] == pytest.approx(a["metrics"]["test"]["loss"], rel=0.01)
 
 
-def test_a_pack_trains_in_the_mixed_precision_of_its_runs(tmp_path, monkeypatch):
+def test_a_pack_trains_in_the_mixed_precision_of_its_runs(products, tmp_path, monkeypatch):
     """With bf16 (a GPU run's Trainer; accelerate does bf16 autocast on a CPU too) each step's forward
     runs under autocast, as accelerate puts it around a run alone's forward: the pack calls its model
-    itself, never through Trainer.train."""
+    itself, never through Trainer.train. Either way of applying the adapters trains under it."""
     import lorasweep.run.loop as loop
     import lorasweep.run.pack as pack_module
 

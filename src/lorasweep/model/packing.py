@@ -13,6 +13,15 @@ token), so a run's outputs, its loss and its gradients are those it has alone, u
 rounding of the larger GEMMs (tests/test_pack.py measures it). peft refuses mixed-adapter batches
 in training and with DoRA (its `adapter_names`): this forward is peft's `lora.Linear.forward` for
 one adapter, applied per block of rows.
+
+On a GPU a pack's runs are small batches (that is why they pack), and a loop over K adapters in each
+adapted layer launches K small kernels per operation. There, the layers whose runs all use plain
+LoRA on blocks of equal size apply every adapter at once (`_batched_lora`): each adapter's A and B
+zero-padded to the largest rank and stacked, then two batched products, block i's rows through
+adapter i only. Padding adds exact zeros, so each row's term and each adapter's gradient are the
+loop's up to the products' summation order, and a run's non-finite weights reach its own rows only
+(a diverging run leaves the pack; the others go on). A CPU keeps the loop (`BATCHED_DEVICES`): it
+is compute-bound there (bench/RESULTS.md), where padding would only add arithmetic.
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
 FIRST = "default"  # peft's name for the adapter a model is built with: the pack's first run
+BATCHED_DEVICES = {"cuda"}  # where plain-LoRA layers apply all adapters in batched products (see above)
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class PackedModel:
     def __init__(self, model: PeftModel, adapters: Sequence[str]):
         self.model, self.adapters = model, list(adapters)
         self._blocks: list[Block] | None = None
+        self._stacking: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}  # stacking()'s cache
         for module in model.modules():
             if isinstance(module, LoraLinear):
                 module.forward = partial(_lora_forward, module, self)
@@ -99,6 +110,30 @@ class PackedModel:
                 a.stop == b.start for a, b in zip(blocks, blocks[1:])):
             return list(t.split([b.stop - b.start for b in blocks]))
         return [t[b.rows] for b in blocks]
+
+    def equal_tiles(self, n_rows: int) -> bool:
+        """Whether the current blocks are 2 or more of one size that tile a batch of n_rows in order
+        (what `_batched_lora` needs): a pack's steps, not an evaluation alone."""
+        blocks = self.current()
+        stops = [n_rows if b.stop is None else b.stop for b in blocks]
+        return len(blocks) > 1 and blocks[0].start == 0 and stops[-1] == n_rows and \
+            all(a == b.start for a, b in zip(stops, blocks[1:])) and \
+            len({stop - b.start for stop, b in zip(stops, blocks)}) == 1
+
+    def stacking(self, layer: LoraLinear, blocks: list[Block], names: set[str], device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """For `_batched_lora`: where the rank rows of each block's adapter among `names` go in the
+        stack (block i's at i * width), each block's scaling in float32 (0 for a block of another
+        adapter), and width, the largest rank. Built once per layout."""
+        ranks = [layer.lora_A[b.adapter].weight.shape[0] if b.adapter in names else 0 for b in blocks]
+        scales = [layer.scaling[b.adapter] if b.adapter in names else 0.0 for b in blocks]
+        key = (tuple(ranks), tuple(scales), device)
+        if key not in self._stacking:
+            width = max(ranks)
+            index = [i * width + j for i, r in enumerate(ranks) for j in range(r)]
+            self._stacking[key] = (torch.tensor(index, device=device),
+                                   torch.tensor(scales, device=device, dtype=torch.float32), width)
+        return self._stacking[key]
 
     def owner(self, parameter: str) -> str | None:
         """The adapter a parameter of the model belongs to (None: the frozen base)."""
@@ -155,8 +190,11 @@ def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, 
     """peft's lora.Linear.forward with one adapter a block of rows: one base GEMM over all rows."""
     result = layer.base_layer(x, *args, **kwargs)
     dtype = result.dtype
+    blocks = pack.current()
+    if x.device.type in BATCHED_DEVICES and not layer.disable_adapters and pack.equal_tiles(len(x)):
+        return _batched_forward(layer, pack, blocks, x, result).to(dtype)
     parts = []
-    for block, part, rows in zip(pack.current(), pack.rows_of(result), pack.rows_of(x)):
+    for block, part, rows in zip(blocks, pack.rows_of(result), pack.rows_of(x)):
         name = block.adapter
         if name in layer.lora_A and not layer.disable_adapters:
             rows = layer._cast_input_dtype(rows, layer.lora_A[name].weight.dtype)
@@ -166,6 +204,49 @@ def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, 
                 part = part + layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](rows))) * layer.scaling[name]
         parts.append(part)
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)
+
+
+def _batched_forward(layer: LoraLinear, pack: PackedModel, blocks: list[Block], x: torch.Tensor,
+                     result: torch.Tensor) -> torch.Tensor:
+    """`_lora_forward` on K equal blocks: the plain-LoRA runs' terms at once (`_batched_lora`), then
+    each DoRA run's on its rows through peft's own code, as the loop does."""
+    plain = {b.adapter for b in blocks if b.adapter in layer.lora_A and b.adapter not in layer.lora_variant}
+    if plain:
+        result = _batched_lora(layer, pack, blocks, x, result, plain)
+    dora = [i for i, b in enumerate(blocks) if b.adapter in layer.lora_variant]
+    if not dora:
+        return result
+    parts, rows = pack.rows_of(result), pack.rows_of(x)
+    for i in dora:
+        name = blocks[i].adapter
+        x_i = layer._cast_input_dtype(rows[i], layer.lora_A[name].weight.dtype)
+        parts[i] = layer.lora_variant[name].forward(layer, active_adapter=name, x=x_i, result=parts[i])
+    return torch.cat(parts)
+
+
+def _batched_lora(layer: LoraLinear, pack: PackedModel, blocks: list[Block], x: torch.Tensor,
+                  result: torch.Tensor, names: set[str]) -> torch.Tensor:
+    """The plain-LoRA terms of the adapters `names` in two batched products: block i's rows through
+    its adapter's A and B (zero-padded to the largest rank; a block of another adapter gets zeros),
+    times its scaling, added to the base's output."""
+    present = [b.adapter for b in blocks if b.adapter in names]
+    if all(isinstance(layer.lora_dropout[n], nn.Identity) for n in present):
+        dropped = x
+    else:  # each run's own dropout on its rows, in block order
+        dropped = torch.cat([layer.lora_dropout[b.adapter](rows) if b.adapter in names else rows
+                             for b, rows in zip(blocks, pack.rows_of(x))])
+    a_weights = [layer.lora_A[n].weight for n in present]  # each (rank, in)
+    dropped = layer._cast_input_dtype(dropped, a_weights[0].dtype)
+    index, scale, width = pack.stacking(layer, blocks, names, x.device)
+    k = len(blocks)
+    # (K * width, in) and (K * width, out): block i's adapter's rows at i * width, the rest zeros
+    a = a_weights[0].new_zeros(k * width, dropped.shape[-1]).index_copy(0, index, torch.cat(a_weights))
+    b_rows = torch.cat([layer.lora_B[n].weight.t() for n in present])
+    b = b_rows.new_zeros(k * width, b_rows.shape[-1]).index_copy(0, index, b_rows)
+    low = torch.bmm(dropped.reshape(k, -1, dropped.shape[-1]), a.view(k, width, -1).transpose(1, 2))
+    out = torch.bmm(low, b.view(k, width, -1))
+    out = (out * scale.view(k, 1, 1)).to(out.dtype)  # as the loop's `* scaling`: float32 math, out's dtype
+    return result + out.view(result.shape)
 
 
 def _head_forward(wrapper: ModulesToSaveWrapper, pack: PackedModel, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
