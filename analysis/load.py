@@ -69,6 +69,13 @@ def _get(d: object, *keys: str) -> object:
     return d
 
 
+def _model_label(cfg: dict) -> object:
+    """The model's name; a base held in another dtype than float32 (model.dtype) is another model to
+    compare, so it is named too: 'qwen3-0.6b (bfloat16)'. float32 results leave the dtype out."""
+    name, dtype = _get(cfg, "model", "name"), _get(cfg, "model", "dtype")
+    return name if dtype in (None, "float32") else f"{name} ({dtype})"
+
+
 def flatten(res: dict, path: str) -> dict:
     """One flat row from one result dict. Missing sections give None (NaN in the frame)."""
     cfg = res.get("config") or {}
@@ -80,7 +87,7 @@ def flatten(res: dict, path: str) -> dict:
     row = {
         "run_key": res["run_key"], "slug": res.get("slug"), "status": res.get("status"),
         "reason": res.get("reason") or "",
-        "model": _get(cfg, "model", "name"), "family": _get(cfg, "model", "family"),
+        "model": _model_label(cfg), "family": _get(cfg, "model", "family"),
         "task": _get(cfg, "task", "name"), "task_kind": _get(cfg, "task", "kind"), "method": method,
         "r": lora.get("r") if adapted else None, "alpha": lora.get("alpha") if adapted else None,
         "dropout": lora.get("dropout") if adapted else None,

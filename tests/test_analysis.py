@@ -160,6 +160,16 @@ def test_tables_of_one_sweep_have_one_row_per_setting(store):
     assert rank.loc[8, "lora/qv lr=0.01"] == 0.5 and rank.loc[8, "lora/qv lr=0.001 n"] == 2
 
 
+def test_a_bf16_base_is_its_own_row_beside_the_float32_one(store):
+    """Runs that differ only in model.dtype are two settings, never two seeds of one."""
+    bf16 = result("lora", 8, "qv", 0, 0.58)
+    bf16["config"]["model"]["dtype"], bf16["run_key"] = "bfloat16", "bf16"
+    df = _frame(store, [result("lora", 8, "qv", 0, 0.6), bf16])
+    meth = T.method_table(df)
+    assert list(meth["model"]) == ["m", "m (bfloat16)"] and list(meth["n_seeds"]) == [1, 1]
+    assert list(meth["accuracy"]) == [0.6, 0.58]
+
+
 def _frame(root: Path, runs: list[dict]):
     folder = root / f"set{len(list(root.iterdir()))}"
     for i, res in enumerate(runs):
