@@ -4,20 +4,26 @@
 # result JSON in $OUT/logs.tgz (the tool brings back at most 8 files from $OUT).
 #     bash bench/gpu_wheels.sh                                  # here, first: .whl/ (~28 MB)
 #     device run: command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600
-# Parts, in order (a failed part is reported and the next one runs; each is cut to end by BUDGET_S):
+# Parts (a failed part is reported and the next one runs; each is cut to end by BUDGET_S), in the
+# order of what is still open after the H200 call of 2026-11-30 (bench/RESULTS.md §11):
+#   pack     bench/pack_gpu.py: 8 LoRA runs packed (adapters in batched products, and one by one)
+#            vs one after another vs 8 processes
+#   compile  bench/gpu.py compiled LoRA, kept-rows loss: bf16 adapters at 64k tokens a step (was
+#            37.1% MFU at 32k), then fp32 adapters under autocast at 32k (model.dtype=bfloat16's way;
+#            each compile took over 70 s there)
+#   adapters bench/gpu.py eager LoRA, kept-rows loss, bf16 vs fp32 adapters at 32k tokens
+# and, measured on 2026-11-30 (PARTS names them to run them again):
 #   gpu      bench/gpu.py eager: LoRA, DoRA and full on the Qwen3-0.6B architecture, bf16, r=16
 #            qkvogud, both LM-head losses: MFU
-#   compile  bench/gpu.py compiled: LoRA, both losses, bf16 adapters and fp32 ones under autocast
-#   pack     bench/pack_gpu.py: 8 LoRA runs packed vs one after another vs 8 processes
 #   sweep    a 4-run sweep with runs_per_gpu=2: each result's GPU and peak GPU memory
 #   qlora    lora vs qlora vs qlora8 runs of a random-weight Qwen3-0.6B (bench/gpu_model.py), and a
 #            lora run with model.dtype=bfloat16: each result's memory record and loss curve
-# PARTS="gpu compile pack sweep qlora" picks some.
+# PARTS="pack compile adapters gpu sweep qlora" picks some, run in that order.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 LOG=/tmp/gpu_check_logs  # the logs and results stores, packed into $OUT/logs.tgz at the end
 BUDGET_S=${BUDGET_S:-570}  # every part ends by then (each step's limit is cut to fit), so the logs get packed
-PARTS=${PARTS:-"gpu compile pack sweep qlora"}
+PARTS=${PARTS:-"pack compile adapters"}
 mkdir -p "$OUT" "$LOG"
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -56,14 +62,20 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*/result.json")):
 PY
 }
 
+part pack && step pack 130 python3 bench/pack_gpu.py --steps 20 --batch 4 --seq 512
+part pack && tail -7 "$LOG/pack.txt" >> "$SUMMARY"
+part compile && step compile 150 python3 bench/gpu.py --compile --methods lora --loss kept --adapters bf16 \
+    --seq 2048 --tokens 65536 --steps 4 --warmup 2 --json "$LOG/compile.json"
+part compile && grep -E "^(measured|lora) " "$LOG/compile.txt" >> "$SUMMARY"
+part compile && step compile_fp32 150 python3 bench/gpu.py --compile --methods lora --loss kept --adapters fp32 \
+    --seq 2048 --tokens 32768 --steps 4 --warmup 2 --json "$LOG/compile_fp32.json"
+part compile && grep -E "^lora " "$LOG/compile_fp32.txt" >> "$SUMMARY"
+part adapters && step adapters 90 python3 bench/gpu.py --methods lora --loss kept --adapters bf16,fp32 \
+    --seq 2048 --tokens 32768 --steps 4 --warmup 2 --json "$LOG/adapters.json"
+part adapters && grep -E "^lora " "$LOG/adapters.txt" >> "$SUMMARY"
 part gpu && step gpu 120 python3 bench/gpu.py --methods lora,dora,full --loss hf,kept --seq 2048 \
     --tokens 16384,32768 --steps 4 --warmup 2 --json "$LOG/gpu.json"
 part gpu && grep -E "^(device|measured|lora|dora|full) " "$LOG/gpu.txt" >> "$SUMMARY"
-part compile && step compile 170 python3 bench/gpu.py --compile --methods lora --loss kept,hf --adapters bf16,fp32 \
-    --seq 2048 --tokens 32768 --steps 4 --warmup 2 --json "$LOG/compile.json"
-part compile && grep -E "^(lora|dora|full) |built" "$LOG/compile.txt" >> "$SUMMARY"
-part pack && step pack 130 python3 bench/pack_gpu.py --steps 20 --batch 4 --seq 512
-part pack && tail -7 "$LOG/pack.txt" >> "$SUMMARY"
 if part sweep; then
     step sweep 70 python3 launch.py -m model=tiny-qwen3 task=wordnet_mcq lora.r=4,8 lora.proj=qkvo,qkvogud \
         train.max_steps=30 train.eval_steps=10 task.max_train=240 task.max_test=50 \
