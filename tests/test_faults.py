@@ -492,6 +492,40 @@ def test_oom_single_run_says_one_line_and_exits_1(tmp_path, monkeypatch):
     assert "torch.OutOfMemoryError" in (folder / "traceback.txt").read_text()
 
 
+def test_a_model_that_does_not_fit_while_loading_fails_its_run_with_what_to_lower(tmp_path, monkeypatch):
+    """A quantized base loads onto the GPU (bitsandbytes): running out of its memory there is the
+    run's failure, recorded and said as one out of memory in training is, with what makes the
+    weights smaller; a model that cannot be had at all stays the environment's error (not recorded)."""
+    from lorasweep.model import loading
+    from lorasweep.errors import ModelUnavailableError
+
+    def load_oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total "
+                                     "capacity of 79.19 GiB of which 0.90 GiB is free.")
+
+    cfg = compose_config(TINY_TOPICS + [f"results_dir={tmp_path}"])
+    folder = plan_run(cfg).folder(tmp_path)
+    monkeypatch.setattr(loading, "load_with_notes", load_oom)
+    with pytest.raises(AcceleratorMemoryError) as e:
+        run_config(cfg)
+    reason = ("out of accelerator memory on cuda:0 (it tried to allocate 1.50 GiB) while loading the model; to use "
+              "less memory: model.dtype=bfloat16 (half the base's weights), method=qlora (4 bits), or a smaller "
+              "model, or a GPU with more free memory")
+    assert str(e.value) == reason
+    result = strict_json((folder / "result.json").read_text())
+    assert result["status"] == "failed" and result["reason"] == f"AcceleratorMemoryError: {reason}"
+    assert "torch.OutOfMemoryError: CUDA out of memory" in (folder / "traceback.txt").read_text()
+
+    def unavailable(*args, **kwargs):
+        raise ModelUnavailableError("model 'x' is not in the local cache and the hub cannot be reached")
+
+    monkeypatch.setattr(loading, "load_with_notes", unavailable)
+    other = compose_config(TINY_TOPICS + ["train.seed=7", f"results_dir={tmp_path}"])
+    with pytest.raises(ModelUnavailableError):
+        run_config(other)
+    assert not (plan_run(other).folder(tmp_path) / "result.json").exists()
+
+
 def test_oom_hint_names_only_settings_that_exist():
     cfg = compose_config(TINY_TOPICS)
     methods = Path(__file__).resolve().parents[1] / "conf" / "method"

@@ -105,12 +105,8 @@ def load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None,
     spec = plan.spec
     t_start = time.perf_counter()
     base = base_record(plan)
-    # Loading happens outside the failure record: a model that cannot be had (no hub, no cache) is
-    # the environment's problem, said once to the user, not a failed run to keep.
     torch.manual_seed(spec.train.seed)  # before loading: a new classification head's init follows the seed
-    model, tokenizer, notes = loading.load_with_notes(spec.model, plan.task.head, plan.task.num_labels,
-                                                      quantization=methods.quantization_config(spec.method),
-                                                      labels=plan.task.labels)
+    model, tokenizer, notes = _load(plan, folder, base, t_start)
     try:
         return _train_and_evaluate(plan, model, tokenizer, folder, base, tracking or {}, t_start, reporter, loop,
                                    notes, workdir)
@@ -129,6 +125,25 @@ def load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None,
     # the model let go of too, release() gives their memory back: the next run of this worker gets it.
     del model
     memory.release()
+    raise failure
+
+
+def _load(plan: Plan, folder: Path, base: dict, t_start: float):
+    """The run's model, tokenizer and load notes. A model that cannot be had (no hub, no cache) is the
+    environment's problem, said once to the user, not a failed run to keep; one that does not fit in
+    the accelerator's memory is the run's failure, recorded as a training one is (below)."""
+    spec = plan.spec
+    try:
+        return loading.load_with_notes(spec.model, plan.task.head, plan.task.num_labels,
+                                       quantization=methods.quantization_config(spec.method), labels=plan.task.labels)
+    except Exception as e:
+        oom = memory.out_of_memory(e)
+        if oom is None:
+            raise
+        failure = memory.loading_failure(oom, spec.method)
+        record_failure(folder, base, failure, t_start)
+        del oom
+    memory.release()  # outside the except block: the error's frames, which held the weights, are gone
     raise failure
 
 

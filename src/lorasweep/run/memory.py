@@ -62,6 +62,15 @@ def failure(error: BaseException, model, method: str) -> AcceleratorMemoryError:
     return AcceleratorMemoryError(f"{ran_out(error, model)}; {hint(method)}")
 
 
+def loading_failure(error: BaseException, method: str) -> AcceleratorMemoryError:
+    """A run whose model did not fit while loading (a quantized base loads onto the GPU; other bases
+    load on the CPU, then move): what ran out, and what makes the weights smaller."""
+    smaller = "a smaller model" if method in QUANTIZED_METHODS else \
+        "model.dtype=bfloat16 (half the base's weights), method=qlora (4 bits), or a smaller model"
+    return AcceleratorMemoryError(f"{ran_out(error, None)} while loading the model; to use less memory: "
+                                  f"{smaller}, or a GPU with more free memory")
+
+
 def ran_out(error: BaseException, model) -> str:
     """"out of accelerator memory on <device> (...)": its free and total memory where torch can say
     (asked now, while the failed run still holds its memory), what the failed allocation asked for."""
