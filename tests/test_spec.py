@@ -83,6 +83,13 @@ def test_bad_values_name_field_value_and_valid(override, field, valid):
     assert field in str(e.value) and valid in str(e.value)
 
 
+def test_a_bf16_base_takes_the_methods_that_train_only_float32_adapters():
+    for method in ("lora", "dora", "rslora", "pissa"):
+        assert spec_of("task=wordnet_mcq", f"method={method}", "model.dtype=bfloat16").model.dtype == "bfloat16"
+    # method=none trains nothing: any base evaluates, a classifier's untrained head too
+    assert spec_of("method=none", "model.dtype=bfloat16").model.dtype == "bfloat16"
+
+
 def test_bert_has_no_gate():
     with pytest.raises(ConfigError) as e:
         spec_of("model=minilm", "lora.proj=qkvg")

@@ -173,13 +173,13 @@ def from_config(cfg: Mapping[str, Any]) -> RunSpec:
 def _check_dtype(spec: RunSpec) -> None:
     """A bfloat16 base trains only float32 adapters: what else a run trains would be a bfloat16
     weight, whose small updates round away (no float32 copy), or a float32 module fed bfloat16."""
-    if spec.model.dtype == "float32":
+    if spec.model.dtype == "float32" or spec.method == "none":  # none trains nothing: any base evaluates
         return
-    if spec.method in ("full", "none") or spec.method in QUANTIZED_METHODS:
-        why = {"full": "it trains the base weights", "none": "it trains nothing",
-               }.get(spec.method, "its base is quantized, computing in bfloat16 already")
+    if spec.method == "full" or spec.method in QUANTIZED_METHODS:
+        why = "it trains the base weights" if spec.method == "full" else \
+            "its base is quantized, computing in bfloat16 already"
         raise _fail("model.dtype", spec.model.dtype, f"float32 for method={spec.method} ({why}); "
-                    f"bfloat16 is for lora, dora, rslora and pissa")
+                    f"bfloat16 is for lora, dora, rslora, pissa and none (the untrained base)")
     if spec.task.kind == "classification":
         raise _fail("model.dtype", spec.model.dtype, f"float32 for task {spec.task.name} (classification): "
                     "its new head trains in full; bfloat16 is for causal-LM tasks (mcq, chat, completion)")
