@@ -106,19 +106,23 @@ class PackedModel:
         blocks = self.current()
         if len(blocks) == 1 and blocks[0].start == 0 and blocks[0].stop is None:
             return [t]
-        if blocks[0].start == 0 and blocks[-1].stop == len(t) and all(
-                a.stop == b.start for a, b in zip(blocks, blocks[1:])):
-            return list(t.split([b.stop - b.start for b in blocks]))
-        return [t[b.rows] for b in blocks]
+        sizes = self._tile_sizes(len(t))
+        return list(t.split(sizes)) if sizes else [t[b.rows] for b in blocks]
 
     def equal_tiles(self, n_rows: int) -> bool:
         """Whether the current blocks are 2 or more of one size that tile a batch of n_rows in order
         (what `_batched_lora` needs): a pack's steps, not an evaluation alone."""
+        sizes = self._tile_sizes(n_rows)
+        return sizes is not None and len(sizes) > 1 and len(set(sizes)) == 1
+
+    def _tile_sizes(self, n_rows: int) -> list[int] | None:
+        """The current blocks' sizes when they tile a batch of n_rows in order (the first starts at 0,
+        each stops where the next starts, the last at n_rows or open-ended), else None."""
         blocks = self.current()
         stops = [n_rows if b.stop is None else b.stop for b in blocks]
-        return len(blocks) > 1 and blocks[0].start == 0 and stops[-1] == n_rows and \
-            all(a == b.start for a, b in zip(stops, blocks[1:])) and \
-            len({stop - b.start for stop, b in zip(stops, blocks)}) == 1
+        if blocks[0].start == 0 and stops[-1] == n_rows and all(a == b.start for a, b in zip(stops, blocks[1:])):
+            return [stop - b.start for stop, b in zip(stops, blocks)]
+        return None
 
     def stacking(self, layer: LoraLinear, blocks: list[Block], names: set[str], device: torch.device
                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -197,10 +201,10 @@ def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, 
     for block, part, rows in zip(blocks, pack.rows_of(result), pack.rows_of(x)):
         name = block.adapter
         if name in layer.lora_A and not layer.disable_adapters:
-            rows = layer._cast_input_dtype(rows, layer.lora_A[name].weight.dtype)
-            if name in layer.lora_variant:  # DoRA: peft's own code, on this run's rows
-                part = layer.lora_variant[name].forward(layer, active_adapter=name, x=rows, result=part)
+            if name in layer.lora_variant:
+                part = _dora(layer, name, rows, part)
             else:
+                rows = layer._cast_input_dtype(rows, layer.lora_A[name].weight.dtype)
                 part = part + layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](rows))) * layer.scaling[name]
         parts.append(part)
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)
@@ -218,10 +222,14 @@ def _batched_forward(layer: LoraLinear, pack: PackedModel, blocks: list[Block], 
         return result
     parts, rows = pack.rows_of(result), pack.rows_of(x)
     for i in dora:
-        name = blocks[i].adapter
-        x_i = layer._cast_input_dtype(rows[i], layer.lora_A[name].weight.dtype)
-        parts[i] = layer.lora_variant[name].forward(layer, active_adapter=name, x=x_i, result=parts[i])
+        parts[i] = _dora(layer, blocks[i].adapter, rows[i], parts[i])
     return torch.cat(parts)
+
+
+def _dora(layer: LoraLinear, name: str, rows: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """A DoRA run's output on its rows (`part`: the base's output there), through peft's own code."""
+    rows = layer._cast_input_dtype(rows, layer.lora_A[name].weight.dtype)
+    return layer.lora_variant[name].forward(layer, active_adapter=name, x=rows, result=part)
 
 
 def _batched_lora(layer: LoraLinear, pack: PackedModel, blocks: list[Block], x: torch.Tensor,
