@@ -221,14 +221,12 @@ def main() -> None:
                 break  # a larger batch will not fit either
             rate = batch * args.seq / per_step
             row = {"method": method, "loss": loss, "adapters": adapters, "tokens_per_step": batch * args.seq,
-                   "batch": batch,
-                   "s_per_step": per_step, "tokens_per_s": rate, "peak_gib": mem,
+                   "batch": batch, "s_per_step": per_step, "tokens_per_s": rate, "peak_gib": mem,
                    "mfu": rate * required / (peak * 1e12), "mfu_6n": rate * six_n / (peak * 1e12),
                    "matmul_tflops": peak, "compiled": args.compile, "last_loss": last, "device": name}
             rows.append(row)
             print(f"{method:<6} {loss:<5} {adapters:<5} {row['tokens_per_step']:>11} {batch:>5} {per_step:>7.3f} "
-                  f"{rate:>9.0f} "
-                  f"{mem:>8.1f} {row['mfu']:>6.1%} {row['mfu_6n']:>7.1%} {last:>9.4f}", flush=True)
+                  f"{rate:>9.0f} {mem:>8.1f} {row['mfu']:>6.1%} {row['mfu_6n']:>7.1%} {last:>9.4f}", flush=True)
             if device == "cuda":
                 torch.cuda.empty_cache()
         del model, loss_of
