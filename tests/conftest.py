@@ -46,9 +46,10 @@ def compose_config(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def launch(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python launch.py ARGS` as a user would, in `cwd`."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def launch(args: list[str], cwd: Path, timeout: int = 300, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
+    """Run `python launch.py ARGS` as a user would, in `cwd` (`env`: variables set on top of ours)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

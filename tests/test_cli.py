@@ -72,3 +72,26 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path, group, value):
     assert proc.returncode != 0
     assert f"Could not find '{group}/{value}'" in proc.stderr
     assert ("minilm" if group == "model" else "wordnet_topics") in proc.stderr
+
+
+@pytest.mark.parametrize("args,said", [
+    (["lora.r=-1"], "error: lora.r=-1 is invalid: a positive integer rank"),
+    (["train.compile=maybe"], "error: train.compile='maybe' is invalid"),
+    (["tracking.backend=nope"], "error: tracking.backend='nope' is invalid"),
+    (["budget.max_trainable=-3"], "error: budget.max_trainable=-3 is invalid"),
+    (["-m", "lora.r=4,8", "hydra.launcher.pack=1.5"], "sweep: hydra.launcher.pack=1.5 is invalid"),
+    (["-m", "lora.r=4,8", "hydra.launcher.retries=-1"], "sweep: hydra.launcher.retries=-1 is invalid"),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.max_failure_rate=1.5", "lora.r=choice(4,8)"],
+     "sweep: hydra.sweeper.max_failure_rate=1.5 is invalid"),
+])
+def test_a_mistake_in_a_value_is_said_before_torch_and_transformers_load(tmp_path, args, said):
+    """Importing torch, transformers and peft takes seconds (8 on a loaded 2-core machine): a typo is
+    answered before that. The libraries are replaced here by modules that fail when imported."""
+    shadow = tmp_path / "no_libraries"
+    shadow.mkdir()
+    for name in ("torch", "transformers", "peft", "trl", "datasets"):
+        (shadow / f"{name}.py").write_text(f"raise ImportError('{name} was imported before the check')\n")
+    proc = launch(args, cwd=tmp_path, env={"PYTHONPATH": str(shadow)})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert said in proc.stderr and "was imported" not in proc.stderr
+    assert not (tmp_path / "results").exists()

@@ -19,7 +19,7 @@ from conftest import TINY_MCQ, TINY_TOPICS, Sweep, alive, compose_config, launch
 
 from lorasweep.config.spec import from_config
 from lorasweep.errors import ConfigError
-from lorasweep.run.plan import check_data_parallel
+from lorasweep.config.checks import check_data_parallel
 
 RANK_MODULE = "lorasweep.executors.rank"
 

@@ -14,14 +14,16 @@ from typing import Any, Mapping
 
 from .console import quiet_libraries
 from .errors import USER_ERRORS, AcceleratorMemoryError, RunClaimedError, StoreError
+from .run.preflight import preflight
 
 
 def main(cfg: Mapping[str, Any]) -> float | None:
     """Run one composed config; returns its objective (what a sweeper optimises)."""
-    quiet_libraries()
-    from .run.lifecycle import run_config  # torch and transformers: after Hydra parsed the command line
-
     try:
+        preflight(cfg)  # a mistake in the config's values is said before torch and transformers load
+        quiet_libraries()
+        from .run.lifecycle import run_config
+
         result = run_config(cfg)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

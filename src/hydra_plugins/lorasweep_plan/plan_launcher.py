@@ -30,7 +30,7 @@ class PlanLauncher(ContextLauncher):
         from lorasweep.run.store import store_dir, writable_problem
         from lorasweep.errors import ConfigError
         from lorasweep.executors.gpus import check_gpus_per_run, check_runs_per_gpu
-        from lorasweep.run.plan import DATA_PARALLEL
+        from lorasweep.config.checks import DATA_PARALLEL
         from lorasweep.sweep.packing import check_pack_gpus, pack_size
         from lorasweep.sweep.plan_table import format_plan, plan_row, settle_rows, with_packs
 

@@ -6,7 +6,7 @@ Trainer reads (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): the Trai
 SFTTrainer, then train through accelerate's DDP (NCCL on GPUs; gloo on a CPU, how the tests run it).
 
 - train.batch_size stays the run's global batch: each rank takes batch_size / N of it (run/loop.py;
-  a batch N does not divide is refused at planning, run/plan.check_data_parallel), so the run takes
+  a batch N does not divide is refused at planning, config/checks.check_data_parallel), so the run takes
   the optimizer steps it takes on one GPU.
 - Rank 0 writes everything the run writes (progress, result, adapter, curve, tracking, its own
   failure); the other ranks run the same lifecycle into a scratch folder of the worker's, deleted

@@ -60,7 +60,7 @@ def claimed_by(future) -> str:
 
 def _run(cfg: Mapping[str, Any]) -> dict:
     from ..run.lifecycle import run_config
-    from ..run.plan import data_parallel
+    from ..config.checks import data_parallel
 
     if PACK in cfg:
         return _run_pack(cfg[PACK])

@@ -37,8 +37,9 @@ from . import memory, store
 from .claims import Claim, drop_dead_claim, live_holder
 from .loop import LoopOptions, Reporter, train
 from .plan import Plan, plan_run
+from .preflight import preflight
 from .progress import PROGRESS_FILE
-from .tracking import check_tracking, make_tracker
+from .tracking import make_tracker
 
 
 # What trains a claimed run in place of this process's own load-and-train: (plan, folder) -> its result.
@@ -51,14 +52,10 @@ def run_config(cfg: Mapping[str, Any], reporter: Reporter | None = None, *, tria
     """Validate a composed config and run it; returns the result dict (also written to disk).
     `triaged`: a sweep driver has already told the user what the store holds for this run.
     `trainer`: trains the run once it is claimed, instead of this process (see Trainer)."""
-    tracking = dict(cfg.get("tracking") or {})
-    check_tracking(tracking)
-    plan = plan_run(cfg)  # config, data and projection errors surface here, before any weight is read
-    loop = LoopOptions.from_config(cfg.get("train") or {})  # train.compile without a compiler too
-    results_dir = store.store_dir(cfg)
-    store.check_writable(results_dir)  # an unwritable store too (created if missing, once per process)
-    return run_planned(plan, results_dir, tracking=tracking, reporter=reporter, loop=loop, triaged=triaged,
-                       trainer=trainer)
+    results_dir = preflight(cfg)  # the config's values, its tracker, an unwritable store
+    plan = plan_run(cfg)  # data, model and projection errors surface here, before any weight is read
+    return run_planned(plan, results_dir, tracking=dict(cfg.get("tracking") or {}), reporter=reporter,
+                       loop=LoopOptions.from_config(cfg.get("train") or {}), triaged=triaged, trainer=trainer)
 
 
 def run_planned(plan: Plan, results_dir: Path, *, tracking: Mapping[str, Any] | None = None,

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
+from ..config.checks import DATA_PARALLEL
 from ..console import say
 from ..errors import (SAID_IN_FULL, ConfigError, StoreError, SubmissionError, UnwritableStoreError,
                       WorkerDiedError, cause)
@@ -42,7 +43,6 @@ from ..executors.factory import check_retries
 from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
 from ..run.store import run_key_of
-from ..run.plan import DATA_PARALLEL
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .interrupts import interrupt_on_signals

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import USER_ERRORS, UnreadableResultError
 from ..run.claims import Holder, live_holder
-from ..run.lifecycle import record_over_budget
-from ..run.plan import Plan, plan_run
 from ..run.store import FINISHED, check_writable, read_result, store_dir
 from ..run.tracking import check_tracking
+
+if TYPE_CHECKING:
+    from ..run.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
     """Plan the run (no weight is read) and decide. `record`: check that the store can be written
     (UnwritableStoreError if not; once per results_dir) and write an over-budget run's skipped_budget
     result (the plan view writes nothing)."""
+    # Imported at the first run a sweep plans, not with this module: torch, transformers and peft take
+    # seconds, and a sweep's own settings (retries, pack, sampler...) are checked before, in a second.
+    from ..run.lifecycle import record_over_budget
+    from ..run.plan import plan_run
+
     try:
         check_tracking(cfg.get("tracking") or {})  # a tracker that cannot work fails every run: say it now
         plan = plan_run(cfg)

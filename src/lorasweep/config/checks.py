@@ -1,0 +1,65 @@
+"""What a composed config can be refused for from its own values: the spec (config/spec.py), the
+budget and lora.r=auto, and the data-parallel ranks a sweep's driver gave it. No torch, transformers
+or data file is touched here, so `python launch.py` says such a mistake in about a second, before
+those libraries load; run/plan.py builds on these to count the run.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+from .spec import QUANTIZED_METHODS, RunSpec, from_config
+
+# Set by a sweep's driver from hydra.launcher.gpus_per_run (sweep/grid): the run trains with this
+# many data-parallel ranks (executors/data_parallel). Not run-defining: the same run on 1 or N GPUs.
+DATA_PARALLEL = "data_parallel"
+
+
+def checked_spec(cfg: Mapping[str, Any]) -> tuple[RunSpec, int | None, bool]:
+    """The run's validated spec, its budget (budget.max_trainable) and whether lora.r=auto; for auto
+    the spec holds rank 1 until run/plan.py fits the largest rank within the budget. ConfigError
+    naming the field and the value otherwise."""
+    budget = max_trainable(cfg)
+    auto = str((cfg.get("lora") or {}).get("r")) == "auto"
+    if auto and budget is None:
+        raise ConfigError("lora.r='auto' needs a budget to fit: set budget.max_trainable (e.g. budget=1m)")
+    spec = from_config(with_rank(cfg, 1) if auto else cfg)
+    check_data_parallel(spec, data_parallel(cfg))
+    return spec, budget, auto
+
+
+def max_trainable(cfg: Mapping[str, Any]) -> int | None:
+    value = (cfg.get("budget") or {}).get("max_trainable")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"budget.max_trainable={value!r} is invalid: a positive number of trainable "
+                          f"parameters (e.g. 1000000), or null for no budget")
+    return value
+
+
+def with_rank(cfg: Mapping[str, Any], r: int) -> dict[str, Any]:
+    """A copy of `cfg` with lora.r set to `r`."""
+    cfg = copy.deepcopy(dict(cfg))
+    cfg["lora"] = {**(cfg.get("lora") or {}), "r": r}
+    return cfg
+
+
+def data_parallel(cfg: Mapping[str, Any]) -> int:
+    """How many data-parallel ranks train this run (1: one process, as always)."""
+    return int(cfg.get(DATA_PARALLEL) or 1)
+
+
+def check_data_parallel(spec: RunSpec, ranks: int) -> None:
+    """A run that cannot train on `ranks` data-parallel ranks: a ConfigError before anything loads."""
+    if ranks <= 1:
+        return
+    where = f"hydra.launcher.gpus_per_run={ranks}"
+    if spec.method in QUANTIZED_METHODS:  # its base is loaded onto GPU 0 whole (device_map), untested per rank
+        raise ConfigError(f"method={spec.method} cannot train data-parallel ({where}): a quantized base is "
+                          f"loaded onto one GPU; use gpus_per_run=1, or method=lora/dora")
+    if spec.train.batch_size % ranks:  # train.batch_size is the run's global batch: each rank takes a share
+        raise ConfigError(f"train.batch_size={spec.train.batch_size} is not divisible by {where}: the batch "
+                          f"is the run's whole batch, split evenly between its {ranks} ranks; use a multiple "
+                          f"of {ranks}")
