@@ -2,7 +2,7 @@
 # The GPU acceptance checks of issues 14 (packed sweeps) and 15 (GPU machines), in one call on a
 # machine the `device` tool lends; a summary printed last and in $OUT/summary.txt, every log and
 # result JSON in $OUT/logs.tgz (the tool brings back at most 8 files from $OUT).
-#     bash bench/gpu_wheels.sh                                  # here, first: .whl/ (~28 MB)
+#     bash bench/gpu_wheels.sh                                  # here, first: .whl/ (~29 MB)
 #     device run: command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600
 # Parts (a failed part is reported and the next one runs; each is cut to end by BUDGET_S), in the
 # order of what is still open after the H200 call of 2026-11-30 (bench/RESULTS.md §11):
@@ -12,13 +12,15 @@
 #            37.1% MFU at 32k), then fp32 adapters under autocast at 32k (model.dtype=bfloat16's way;
 #            each compile took over 70 s there)
 #   adapters bench/gpu.py eager LoRA, kept-rows loss, bf16 vs fp32 adapters at 32k tokens
+#   liger    (opt-in: PARTS="... liger") bench/gpu.py eager LoRA, Liger Kernel's fused linear
+#            cross-entropy beside the kept-rows loss at 32k tokens: the LM-head loss not yet timed
 # and, measured on 2026-11-30 (PARTS names them to run them again):
 #   gpu      bench/gpu.py eager: LoRA, DoRA and full on the Qwen3-0.6B architecture, bf16, r=16
 #            qkvogud, both LM-head losses: MFU
 #   sweep    a 4-run sweep with runs_per_gpu=2: each result's GPU and peak GPU memory
 #   qlora    lora vs qlora vs qlora8 runs of a random-weight Qwen3-0.6B (bench/gpu_model.py), and a
 #            lora run with model.dtype=bfloat16: each result's memory record and loss curve
-# PARTS="pack compile adapters gpu sweep qlora" picks some, run in that order.
+# PARTS="pack compile adapters liger gpu sweep qlora" picks some, run in that order.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 LOG=/tmp/gpu_check_logs  # the logs and results stores, packed into $OUT/logs.tgz at the end
@@ -73,6 +75,9 @@ part compile && grep -E "^lora " "$LOG/compile_fp32.txt" >> "$SUMMARY"
 part adapters && step adapters 90 python3 bench/gpu.py --methods lora --loss kept --adapters bf16,fp32 \
     --seq 2048 --tokens 32768 --steps 4 --warmup 2 --json "$LOG/adapters.json"
 part adapters && grep -E "^lora " "$LOG/adapters.txt" >> "$SUMMARY"
+part liger && step liger 90 python3 bench/gpu.py --methods lora --loss kept,liger --adapters bf16 \
+    --seq 2048 --tokens 32768 --steps 4 --warmup 2 --json "$LOG/liger.json"
+part liger && grep -E "^(lora |\(--loss)" "$LOG/liger.txt" >> "$SUMMARY"
 part gpu && step gpu 120 python3 bench/gpu.py --methods lora,dora,full --loss hf,kept --seq 2048 \
     --tokens 16384,32768 --steps 4 --warmup 2 --json "$LOG/gpu.json"
 part gpu && grep -E "^(device|measured|lora|dora|full) " "$LOG/gpu.txt" >> "$SUMMARY"
