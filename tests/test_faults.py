@@ -860,7 +860,8 @@ def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half
             assert not (store / name / "claim.json").exists()  # released there
 
     monkeypatch.delenv("LORASWEEP_SLOW_STOP", raising=False)
-    proc = launch(args, cwd=tmp_path)
+    # the same runs without the slowed steps (train.step_sleep_s is not in the run key): 15 s sooner
+    proc = launch([a for a in args if not a.startswith("train.step_sleep_s=")], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"sweep: 4 runs: {stopped} done, {kept} already done" in proc.stderr
     assert set(statuses(store).values()) == {"done"} and len(statuses(store)) == 4
