@@ -54,6 +54,12 @@ def launch(args: list[str], cwd: Path, timeout: int = 300, env: dict[str, str] |
                           capture_output=True, text=True, timeout=timeout)
 
 
+def unslowed(args: list[str]) -> list[str]:
+    """The same runs without slowed steps (train.step_sleep_s is not in the run key): a command that
+    trains what an interrupted or killed one left, with no need to catch it in flight."""
+    return [a for a in args if not a.startswith("train.step_sleep_s=")]
+
+
 @pytest.fixture
 def results_dir(tmp_path: Path) -> Path:
     return tmp_path / "results"

@@ -24,8 +24,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from conftest import (TINY_TOPICS, Sweep, compose_config, counted_trainings, launch, per_run, wait_gone, wait_until,
-                      with_hooks)
+from conftest import (TINY_TOPICS, Sweep, compose_config, counted_trainings, launch, per_run, unslowed, wait_gone,
+                      wait_until, with_hooks)
 from lorasweep.errors import AcceleratorMemoryError
 from lorasweep.run import memory
 from lorasweep.run.claims import live_holder
@@ -692,7 +692,7 @@ def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, trainin
     left = list(store.glob("*/claim.json"))
     assert len(left) == 1 and not (left[0].parent / "result.json").exists()
     pid = json.loads(left[0].read_text())["pid"]
-    again = launch(args, cwd=tmp_path)
+    again = launch(unslowed(args), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"took over the claim of pid {pid} on {socket.gethostname()}, which is gone" in again.stdout + again.stderr
     assert json.loads((left[0].parent / "result.json").read_text())["status"] == "done"
@@ -860,8 +860,7 @@ def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half
             assert not (store / name / "claim.json").exists()  # released there
 
     monkeypatch.delenv("LORASWEEP_SLOW_STOP", raising=False)
-    # the same runs without the slowed steps (train.step_sleep_s is not in the run key): 15 s sooner
-    proc = launch([a for a in args if not a.startswith("train.step_sleep_s=")], cwd=tmp_path)
+    proc = launch(unslowed(args), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"sweep: 4 runs: {stopped} done, {kept} already done" in proc.stderr
     assert set(statuses(store).values()) == {"done"} and len(statuses(store)) == 4

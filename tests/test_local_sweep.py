@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from conftest import TINY_TOPICS, Sweep, launch, wait_gone, wait_until
+from conftest import TINY_TOPICS, Sweep, launch, unslowed, wait_gone, wait_until
 
 GRID = ["-m", "lora.r=2,4,8", "lora.proj=qk,v"]
 
@@ -60,7 +60,7 @@ def test_interrupted_sweep_keeps_finished_runs_and_resumes(tmp_path):
     assert sorted(name.rsplit("-", 1)[0] for name in before) == \
         ["tiny-bert-wordnet_topics-lora-qk-r2", "tiny-bert-wordnet_topics-lora-v-r2"]
     assert finished(tmp_path / "results") == before  # run 3 left no result: it runs again next time
-    proc = launch([*grid, *slow], cwd=tmp_path)
+    proc = launch(unslowed([*grid, *slow]), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep: 4 runs: 2 done, 2 already done" in proc.stderr
     assert "run 3/4 started: lora.r=4 lora.proj=qk" in proc.stderr and "run 1/4 started" not in proc.stderr
