@@ -1,7 +1,7 @@
 """What one run can be refused for before torch, transformers, peft or a data file is loaded: its
 config's own values (config/checks.py), its tracker, train.compile, and a results store that cannot
-be written. `python launch.py` checks these first, so such a mistake is said in about a second
-rather than after the libraries' eight; run_config checks them first too (lorasweep.run.lifecycle).
+be written. `python launch.py` checks these first, so such a mistake is said in under a second
+rather than after the libraries' 5 s of imports; run_config checks them first too (run/lifecycle.py).
 """
 from __future__ import annotations
 
