@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -17,9 +18,9 @@ import psutil
 import pytest
 from conftest import TINY_MCQ, TINY_TOPICS, Sweep, alive, compose_config, launch, wait_gone, with_hooks
 
+from lorasweep.config.checks import check_data_parallel
 from lorasweep.config.spec import from_config
 from lorasweep.errors import ConfigError
-from lorasweep.config.checks import check_data_parallel
 
 RANK_MODULE = "lorasweep.executors.rank"
 
@@ -151,6 +152,26 @@ def test_a_failing_rank_fails_the_run_it_does_not_hang(tmp_path, monkeypatch, ra
     assert f"LORASWEEP_FAIL_RANK: rank {rank} fails at step 2" in (folder / "traceback.txt").read_text()
     assert not (folder / "adapter").exists()
     assert "sweep: 1 runs: 1 failed" in proc.stderr
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_rank_out_of_accelerator_memory_fails_the_run_in_one_line_with_what_to_lower(tmp_path, monkeypatch, rank):
+    """As a run in one process that runs out of memory: one line naming the device and the settings that
+    drive memory, not a RankFailedError with the rank's exception type inside."""
+    with_hooks(monkeypatch, LORASWEEP_FAIL_RANK=f"{rank}@2:oom")
+    monkeypatch.setenv("LORASWEEP_FAKE_GPUS", "2")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    proc = launch(["-m", *TINY_TOPICS, "hydra.launcher.gpus_per_run=2"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    ran_out = f"out of accelerator memory on cuda:{rank} (it tried to allocate 2.00 GiB); to use less memory: "
+    (result,) = stored(tmp_path)
+    # rank 0's own record, as in one process; another rank's is written in rank 0's place, naming it
+    assert result["status"] == "failed"
+    recorded = f"AcceleratorMemoryError: {ran_out}"  # as a run in one process records it
+    assert result["reason"].startswith(recorded if rank == 0 else f"data-parallel rank 1 of 2: {recorded}"), result
+    said = re.search(r"^run 1/1 .*: FAILED after \d+s: (.*)$", proc.stderr, re.M)
+    assert said and said.group(1).startswith(f"data-parallel rank {rank} of 2 failed: {ran_out}"), proc.stderr[-3000:]
+    assert "RankFailedError" not in proc.stderr and "sweep: 1 runs: 1 failed" in proc.stderr
 
 
 def test_an_interrupted_sweep_stops_the_ranks_and_records_nothing(tmp_path, monkeypatch):

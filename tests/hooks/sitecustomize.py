@@ -25,7 +25,9 @@ environment variable is set, so a process started without them is an ordinary on
                                        fingerprint of each row of its batch (the sum of its token ids):
                                        which rows each rank trained on, step by step
     LORASWEEP_FAIL_RANK=<rank>@<step>  the data-parallel rank <rank> raises RuntimeError at its <step>th
-                                       training step: a rank that fails while its peers train on
+                                       training step: a rank that fails while its peers train on;
+                                       with ":oom" after it, torch.cuda.OutOfMemoryError (CUDA's
+                                       message, naming GPU <rank>): a rank out of accelerator memory
 
 A call is counted before it fails or trains.
 """
@@ -126,8 +128,15 @@ if _RANK_BATCHES or _FAIL_RANK:
                 f.write(json.dumps({"rank": rank, "world": int(os.environ.get("WORLD_SIZE") or 1),
                                     "step": self._seen_steps, "rows": rows}) + "\n")
         if _FAIL_RANK:
-            fail_rank, _, fail_step = _FAIL_RANK.partition("@")
+            where, _, how = _FAIL_RANK.partition(":")
+            fail_rank, _, fail_step = where.partition("@")
             if rank == int(fail_rank) and self._seen_steps == int(fail_step or 1):
+                if how == "oom":
+                    import torch
+
+                    raise torch.cuda.OutOfMemoryError(
+                        f"CUDA out of memory. Tried to allocate 2.00 GiB. GPU {rank} has a total capacity of 79.19 "
+                        f"GiB of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: LORASWEEP_FAIL_RANK)")
                 raise RuntimeError(f"LORASWEEP_FAIL_RANK: rank {rank} fails at step {self._seen_steps}")
         return _plain_step(self, model, inputs, *args, **kwargs)
 

@@ -16,7 +16,8 @@ SFTTrainer, then train through accelerate's DDP (NCCL on GPUs; gloo on a CPU, ho
   worker that dies leaves a dead claim, taken over as for any run). Ranks hold none.
 - A rank that ends in failure ends the others at once (none waits on a dead peer's all-reduce); the
   run is recorded failed with the first rank's cause (rank 0's own record stands when it came
-  first). SIGTERM to the worker (the sweep stopping: worker.Stopped) stops the ranks and records
+  first); a rank out of accelerator memory fails the run as one process out of memory does
+  (AcceleratorMemoryError: one line, what to lower). SIGTERM to the worker (the sweep stopping: worker.Stopped) stops the ranks and records
   nothing, as for a run trained in the worker itself.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..console import say
-from ..errors import UnreadableResultError
+from ..errors import AcceleratorMemoryError, UnreadableResultError
 from ..run import store
 from ..run.lifecycle import base_record, write_failure
 from ..run.plan import Plan
@@ -133,8 +134,9 @@ def _end(procs: list[subprocess.Popen]) -> None:
 
 
 def _rank_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subprocess.Popen], first_seen: int,
-                  t_start: float) -> RankFailedError:
-    """The run's failure, as a RankFailedError to raise. The first rank that failed is the one whose
+                  t_start: float) -> RankFailedError | AcceleratorMemoryError:
+    """The run's failure, to raise: an AcceleratorMemoryError when the first rank that failed ran out
+    of accelerator memory (said in one line, as a run in one process), else a RankFailedError. The first rank that failed is the one whose
     error file is the oldest (a peer of a failed rank fails after it, on the broken connection); a rank
     killed without one (the OOM killer) is the first the worker saw end. Rank 0 records its own failure
     (its traceback.txt, the run's failed result); any other rank's is recorded here, in rank 0's place."""
@@ -148,10 +150,11 @@ def _rank_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subproces
                 pass
     if errors:
         first = min(errors, key=lambda e: e["time"])
-        rank, reason, text = first["rank"], first["reason"], first["traceback"]
+        rank, reason, said, text = first["rank"], first["reason"], first["said"], first["traceback"]
+        out_of_memory = first["out_of_memory"]
     else:
-        rank, text = first_seen, ""
-        reason = death_reason(procs[first_seen].returncode, None, who="process")
+        rank, text, out_of_memory = first_seen, "", False
+        reason = said = death_reason(procs[first_seen].returncode, None, who="process")
     where = f"data-parallel rank {rank} of {len(procs)}"
     try:
         stored = store.read_result(folder) if rank == 0 else None
@@ -161,8 +164,8 @@ def _rank_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subproces
         base = base_record(plan)
         base["env"]["data_parallel"] = len(procs)  # this worker's env, but the ranks' world size
         write_failure(folder, base, f"{where}: {reason}", f"{where}:\n{text}" if text else "", t_start)
-    say(f"{plan.spec.slug}: {where} failed: {reason}")
-    return RankFailedError(f"{where} failed: {reason}")
+    say(f"{plan.spec.slug}: {where} failed: {said}")
+    return (AcceleratorMemoryError if out_of_memory else RankFailedError)(f"{where} failed: {said}")
 
 
 def _free_port() -> int:

@@ -5,7 +5,8 @@ Trainer reads to train through DDP.
 Rank 0 trains into the run's folder and writes what a run writes; any other rank trains the same
 run into a scratch folder beside CONFIG_JSON (its worker deletes it), with no tracker, and reads
 rank 0's checkpoints (the run's trainer/ folder) to resume with it. A rank that fails writes why
-to the file its worker named in LORASWEEP_RANK_ERROR (rank, time, reason, traceback) and exits 1.
+to the file its worker named in LORASWEEP_RANK_ERROR (rank, time, reason, traceback, the line a
+sweep says, whether it ran out of accelerator memory) and exits 1.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
+from ..errors import AcceleratorMemoryError, cause
 from .data_parallel import ERROR_FILE
 from .worker import configure_process, die_with_parent
 
@@ -55,7 +57,9 @@ def _write_error(rank: int, error: BaseException) -> None:
     if path:
         tmp = Path(path + ".tmp")
         tmp.write_text(json.dumps({"rank": rank, "time": time.time(), "traceback": text,
-                                   "reason": f"{type(error).__name__}: {error}"}))
+                                   "reason": f"{type(error).__name__}: {error}",  # as a run records it
+                                   "said": cause(error),  # as a sweep says it
+                                   "out_of_memory": isinstance(error, AcceleratorMemoryError)}))
         tmp.replace(path)  # whole or not at all: its worker may read it as soon as this rank exits
 
 
