@@ -348,6 +348,11 @@ def make_trainer(model, tokenizer, data: TrainingData, spec: TrainSpec, kind: st
     causal-LM tasks, each with the task's evaluation (_TaskEvaluation). A pack builds its runs' with
     this too, for their data order and optimizer settings (run/pack_loop.py)."""
     common = {**trainer_arguments(spec, workdir, loop.save_steps), "torch_compile": loop.compile}
+    if getattr(model, "peft_config", None):
+        # data-parallel: what a peft model trains (adapters, a head, token rows) is all on the forward
+        # path, so DDP need not traverse the autograd graph each step looking for unused parameters
+        # (the Trainer's default, which warns so); full fine-tuning keeps the default
+        common["ddp_find_unused_parameters"] = False
     if kind == "classification":
         # a classification loss is a mean over its examples, whatever num_items_in_batch says: with
         # average_tokens_across_devices (on by default) the Trainer would scale each rank's mean by
