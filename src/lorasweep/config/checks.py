@@ -1,11 +1,13 @@
 """What a composed config can be refused for from its own values: the spec (config/spec.py), the
-budget and lora.r=auto, and the data-parallel ranks a sweep's driver gave it. No torch, transformers
-or data file is touched here, so `python launch.py` says such a mistake in about a second, before
+budget and lora.r=auto, a quantized method this machine cannot run, and the data-parallel ranks a
+sweep's driver gave it. No transformers, peft or data file is touched here (torch only to ask for a
+GPU, for the quantized methods), so `python launch.py` says such a mistake in under a second, before
 those libraries load; run/plan.py builds on these to count the run.
 """
 from __future__ import annotations
 
 import copy
+import importlib.util
 from typing import Any, Mapping
 
 from ..errors import ConfigError
@@ -25,8 +27,25 @@ def checked_spec(cfg: Mapping[str, Any]) -> tuple[RunSpec, int | None, bool]:
     if auto and budget is None:
         raise ConfigError("lora.r='auto' needs a budget to fit: set budget.max_trainable (e.g. budget=1m)")
     spec = from_config(with_rank(cfg, 1) if auto else cfg)
+    check_available(spec.method)  # qlora without CUDA/bitsandbytes: say so now, not after loading
     check_data_parallel(spec, data_parallel(cfg))
     return spec, budget, auto
+
+
+def check_available(method: str) -> None:
+    """Fail before any weight is read when the machine cannot run `method`."""
+    if method not in QUANTIZED_METHODS:
+        return
+    import torch  # here: a config of another method is checked without it
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (this machine has none)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install bitsandbytes)")
+    if missing:
+        raise ConfigError(f"method={method} loads the base model quantized with bitsandbytes and needs "
+                          f"{' and '.join(missing)}; use method=lora here")
 
 
 def max_trainable(cfg: Mapping[str, Any]) -> int | None:

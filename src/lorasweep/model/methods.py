@@ -14,7 +14,6 @@ All adapter methods train exactly the same parameters as lora (dora: plus the ma
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import warnings
@@ -25,27 +24,12 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
 from ..config.spec import ADAPTER_METHODS, QUANTIZED_METHODS, RunSpec
-from ..errors import ConfigError
 
-__all__ = ["ADAPTER_METHODS", "prepare", "check_available", "save_initial", "save_adapter",
+__all__ = ["ADAPTER_METHODS", "prepare", "save_initial", "save_adapter",
            "count_parameters", "adapted_modules"]
 _TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM,
                "seq2seq_lm": TaskType.SEQ_2_SEQ_LM}
 PISSA_INIT = "pissa_init"  # the adapter as initialised, kept until the trained one is converted
-
-
-def check_available(method: str) -> None:
-    """Fail before any weight is read when the machine cannot run `method`."""
-    if method not in QUANTIZED_METHODS:
-        return
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("a CUDA GPU (this machine has none)")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        missing.append("the bitsandbytes package (pip install bitsandbytes)")
-    if missing:
-        raise ConfigError(f"method={method} loads the base model quantized with bitsandbytes and needs "
-                          f"{' and '.join(missing)}; use method=lora here")
 
 
 def quantization_config(method: str):

@@ -45,8 +45,7 @@ class Plan:
 
 def plan_run(cfg: Mapping[str, Any]) -> Plan:
     """Validate a composed config and count its run. Raises ConfigError on bad input."""
-    spec, budget, auto = checked_spec(cfg)  # the config's own values (config/checks.py)
-    methods.check_available(spec.method)  # qlora without CUDA/bitsandbytes: say so now, not after loading
+    spec, budget, auto = checked_spec(cfg)  # the config's own values, the machine's GPU (config/checks.py)
     task = load_task(spec.task)
     if task.head == "causal_lm" and spec.model.family not in CAUSAL_FAMILIES:
         raise ConfigError(f"task {spec.task.name} ({spec.task.kind}) trains a causal LM; model={spec.model.name} "
