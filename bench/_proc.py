@@ -20,8 +20,9 @@ class Measured:
     returncode: int
 
 
-def measure(cmd: list[str], log: Path, cwd: Path = ROOT) -> Measured:
-    """Run `cmd` to completion (output to `log`); its wall time and its own peak RSS (not its children's)."""
+def measure(cmd: list[str], log: Path, cwd: Path = ROOT, expect: int = 0) -> Measured:
+    """Run `cmd` to completion (output to `log`); its wall time and its own peak RSS (not its children's).
+    Another exit status than `expect` stops the benchmark."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
         start = time.perf_counter()
@@ -29,8 +30,8 @@ def measure(cmd: list[str], log: Path, cwd: Path = ROOT) -> Measured:
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        sys.exit(f"{' '.join(cmd)} failed with exit {code}; see {log}")
+    if code != expect:
+        sys.exit(f"{' '.join(cmd)} exited {code}, not {expect}; see {log}")
     return Measured(wall, usage.ru_maxrss / 1024, code)
 
 
