@@ -17,8 +17,8 @@ SFTTrainer, then train through accelerate's DDP (NCCL on GPUs; gloo on a CPU, ho
 - A rank that ends in failure ends the others at once (none waits on a dead peer's all-reduce); the
   run is recorded failed with the first rank's cause (rank 0's own record stands when it came
   first); a rank out of accelerator memory fails the run as one process out of memory does
-  (AcceleratorMemoryError: one line, what to lower). SIGTERM to the worker (the sweep stopping: worker.Stopped) stops the ranks and records
-  nothing, as for a run trained in the worker itself.
+  (AcceleratorMemoryError: one line, what to lower). SIGTERM to the worker (the sweep stopping:
+  worker.Stopped) stops the ranks and records nothing, as for a run trained in the worker itself.
 """
 from __future__ import annotations
 
@@ -136,10 +136,11 @@ def _end(procs: list[subprocess.Popen]) -> None:
 def _rank_failure(plan: Plan, folder: Path, scratch: Path, procs: list[subprocess.Popen], first_seen: int,
                   t_start: float) -> RankFailedError | AcceleratorMemoryError:
     """The run's failure, to raise: an AcceleratorMemoryError when the first rank that failed ran out
-    of accelerator memory (said in one line, as a run in one process), else a RankFailedError. The first rank that failed is the one whose
-    error file is the oldest (a peer of a failed rank fails after it, on the broken connection); a rank
-    killed without one (the OOM killer) is the first the worker saw end. Rank 0 records its own failure
-    (its traceback.txt, the run's failed result); any other rank's is recorded here, in rank 0's place."""
+    of accelerator memory (said in one line, as a run in one process), else a RankFailedError. The
+    first rank that failed is the one whose error file is the oldest (a peer of a failed rank fails
+    after it, on the broken connection); a rank killed without one (the OOM killer) is the first the
+    worker saw end. Rank 0 records its own failure (its traceback.txt, the run's failed result); any
+    other rank's is recorded here, in rank 0's place."""
     errors = []
     for rank in range(len(procs)):
         path = scratch / f"rank-{rank}.error.json"
