@@ -26,6 +26,23 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # (lorasweep.executors.gpus: the LORASWEEP_FAKE_GPUS test hook).
 os.environ.setdefault("LORASWEEP_FAKE_GPUS", "0")
 
+
+def _own_cores_per_test_process() -> None:
+    """Under pytest-xdist (-n N), each test process, and every process it starts, runs on its own
+    share of the cores (CPU affinity, which lorasweep's workers size their torch threads by), before
+    torch is imported. Unpinned, two test processes each run 2-thread torch on 2 cores: OpenMP's
+    threads wait on one another while the other process holds a core, and in-process training ran
+    3.6x slower than alone (tests/test_pack.py: 377 s in the suite, 104 s alone)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= count:
+        os.sched_setaffinity(0, cores[int(worker[2:]) % count::count])
+
+
+_own_cores_per_test_process()
+
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402

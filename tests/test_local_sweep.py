@@ -3,6 +3,7 @@ import json
 import os
 import re
 import signal
+from contextlib import contextmanager
 
 import pytest
 
@@ -20,9 +21,24 @@ def finished(results_dir):
     return out
 
 
+@contextmanager
+def on_one_core():
+    """This process, and every process it starts meanwhile, may run on one core only (as under
+    `taskset -c 0`, or in a one-CPU SLURM allocation's cpuset)."""
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(saved)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
 def test_grid_runs_every_cell_and_a_rerun_trains_nothing(tmp_path):
-    proc = launch(GRID + TINY_TOPICS, cwd=tmp_path)
+    with on_one_core():  # a worker's torch threads are the cores the sweep may use, not the machine's
+        proc = launch(GRID + TINY_TOPICS, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    stored = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*/result.json")]
+    assert [r["env"]["threads"] for r in stored] == [1] * 6
     assert "run 4/6 started: lora.r=4 lora.proj=v" in proc.stderr
     assert "sweep: 6 runs: 6 done; best: " in proc.stderr
     first = finished(tmp_path / "results")
@@ -117,7 +133,7 @@ def test_parallel_runs_write_logs_and_over_budget_cells_never_start(tmp_path):
     stored = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*/result.json")]
     assert sorted(r["status"] for r in stored) == ["done"] * 3 + ["skipped_budget"] * 3
     # two runs at once share the cores instead of each taking all of them (oversubscription)
-    assert {r["env"]["threads"] for r in stored if r["status"] == "done"} == {max(1, os.cpu_count() // 2)}
+    assert {r["env"]["threads"] for r in stored if r["status"] == "done"} == {max(1, len(os.sched_getaffinity(0)) // 2)}
     logs = list((tmp_path / "results").glob("*/log.txt"))
     assert len(logs) == 3 and all("test accuracy" in log.read_text() for log in logs)
 

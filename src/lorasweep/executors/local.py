@@ -44,9 +44,18 @@ GRACE_S = 30      # a worker told to stop (SIGTERM) has this long to end its run
 SAMPLE_S = 0.25   # how often a busy worker's peak RSS is read: a death reports the last reading
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (`taskset`, the cpuset of a SLURM allocation
+    or a container), which can be far fewer than the machine's `os.cpu_count()`."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this OS (macOS): all the machine's cores
+        return os.cpu_count() or 1
+
+
 def threads_per_run(n_jobs: int, threads: int | None = None) -> int:
-    """Explicit `threads`, else the cores split evenly between the runs in flight (at least 1)."""
-    return threads if threads and threads > 0 else max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+    """Explicit `threads`, else the usable cores split evenly between the runs in flight (at least 1)."""
+    return threads if threads and threads > 0 else max(1, usable_cores() // max(1, n_jobs))
 
 
 @dataclass
