@@ -25,6 +25,11 @@ CANONICAL_ORDER = "qkvogud"
 # informative record: a finished run (done, then diverged: its loss became NaN or infinite) beats a
 # pruned one, which beats the rest. These are the statuses of lorasweep.run.store.STATUSES.
 _STATUS_RANK = {"done": 0, "diverged": 1, "pruned": 2, "skipped_budget": 3, "failed": 4}
+# The run-defining settings that flatten's named columns already hold (model and dtype in `model`, r,
+# lr, ...); every other one (train.max_steps, model.layers, task.max_test, ...) gets a column named by
+# its path in the config, a dot in every such name (analysis.tables.cell_keys finds them by it).
+NAMED_SETTINGS = {"model.name", "model.dtype", "method", "task.name", "lora.r", "lora.alpha", "lora.dropout",
+                  "lora.proj", "train.lr", "train.seed"}
 
 
 @dataclass
@@ -76,6 +81,19 @@ def _model_label(cfg: dict) -> object:
     return name if dtype in (None, "float32") else f"{name} ({dtype})"
 
 
+def config_settings(cfg: dict, prefix: str = "") -> dict[str, object]:
+    """Every leaf of a run's config by its dotted path ({"train.max_steps": 250, ...}); a list as its
+    JSON text, so that every value can be compared and grouped."""
+    out: dict[str, object] = {}
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(config_settings(value, path + "."))
+        else:
+            out[path] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
 def flatten(res: dict, path: str) -> dict:
     """One flat row from one result dict. Missing sections give None (NaN in the frame)."""
     cfg = res.get("config") or {}
@@ -112,6 +130,7 @@ def flatten(res: dict, path: str) -> dict:
     for k, v in (_get(res, "metrics", "test") or {}).items():
         if isinstance(v, (int, float)) or v is None:
             row["test_loss" if k == "loss" else k] = v
+    row.update({k: v for k, v in config_settings(cfg).items() if k not in NAMED_SETTINGS})
     row["curve"] = res.get("curve") or []
     return row
 

@@ -107,7 +107,7 @@ def summary(df: pd.DataFrame, load: LoadReport, tabs: dict, budget: int | None, 
         lines.append("fixed settings: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
     best = T.best_within_budget(view, metric)
     if best is not None:
-        what = ", ".join(f"{k}={fmt(best[k])}" for k in T.CELL_KEYS if k in best and fmt(best[k]))
+        what = ", ".join(f"{k}={fmt(best[k])}" for k in T.cell_keys(df) if k in best and fmt(best[k]))
         lines.append(f"best within budget: {what}: {metric} {fmt(best[metric])} "
                      f"± {fmt(best[f'{metric}_se'])}, trainable {int(best['trainable']):,}")
     return lines

@@ -18,13 +18,26 @@ import math
 import numpy as np
 import pandas as pd
 
-# The settings that define a cell: everything run-defining except the seed.
+# The settings that define a cell, with the seed left out; cell_keys adds any other run-defining
+# setting (a column named by its config path, train.max_steps, ...) that differs within such a cell.
 CELL_KEYS = ["model", "task", "method", "r", "alpha", "dropout", "proj", "lr"]
 METHOD_ORDER = ["none", "lora", "dora", "rslora", "pissa", "qlora", "qlora8", "full"]
 
 
 def _keys(df: pd.DataFrame, keys: list[str]) -> list[str]:
     return [k for k in keys if k in df.columns]
+
+
+def cell_keys(df: pd.DataFrame) -> list[str]:
+    """CELL_KEYS, plus each other run-defining setting (train.max_steps, model.layers, task.max_test,
+    ...: analysis.load names their columns by config path) that differs between runs of one CELL_KEYS
+    cell: such runs are not seeds of one setting, so they are never averaged together."""
+    keys = _keys(df, CELL_KEYS)
+    others = [c for c in df.columns if "." in c]
+    if df.empty or not others:
+        return keys
+    within = df.groupby(keys, dropna=False)[others].nunique(dropna=False).max()
+    return keys + [c for c in others if within[c] > 1]
 
 
 def done(df: pd.DataFrame) -> pd.DataFrame:
@@ -37,7 +50,7 @@ def table_keys(df: pd.DataFrame, primary: list[str]) -> list[str]:
     if df.empty:
         return primary
     groups = df.groupby(primary, dropna=False) if primary else None
-    extra = [k for k in _keys(df, CELL_KEYS) if k not in primary and
+    extra = [k for k in cell_keys(df) if k not in primary and
              ((groups[k].nunique(dropna=False) > 1).any() if groups is not None else df[k].nunique(dropna=False) > 1)]
     return primary + extra
 
@@ -46,13 +59,13 @@ def _label(cells: pd.DataFrame, parts: list[str], extra: list[str]) -> pd.Series
     """'lora/qv', plus ' lr=0.001' for each extra key: a column name per setting."""
     label = cells[parts].astype(str).agg("/".join, axis=1)
     for k in extra:
-        label = label + f" {k}=" + cells[k].astype(str)
+        label = label + f" {k}=" + cells[k].map(_number)  # 250, not 250.0 where other runs have none
     return label
 
 
 def cell_stats(df: pd.DataFrame, keys: list[str] | None = None, metric: str = "accuracy") -> pd.DataFrame:
     """Per cell: mean metric over seeds, its SE, n_seeds, trainable (mean over runs)."""
-    keys = _keys(df, keys or CELL_KEYS)
+    keys = _keys(df, keys or cell_keys(df))
     d = done(df)
     se_col = f"{metric}_se"
     cols = keys + [metric, se_col, "n_seeds", "trainable"]
@@ -197,7 +210,7 @@ def budget_view(df: pd.DataFrame, budget: int | None, metric: str = "accuracy") 
     Over-budget cells, including skipped_budget results (whose `trainable` is the predicted count),
     stay in the table with fits=False: the point is to see what the budget excluded.
     """
-    keys = _keys(df, CELL_KEYS)
+    keys = cell_keys(df)
     if df.empty:
         return pd.DataFrame(columns=keys + ["trainable", "fits", metric, f"{metric}_se", "n_seeds", "statuses"])
     g = df.groupby(keys, dropna=False, sort=True)
@@ -251,18 +264,22 @@ def significance(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     Welch's t-test (scipy) when both sides have >= 2 seeds; otherwise a two-sided normal test on
     z = diff / sqrt(se_cell^2 + se_base^2) using the cells' SEs (the binomial SE for one run).
     """
-    cells = cell_stats(df, CELL_KEYS, metric)
+    keys = cell_keys(df)
+    cells = cell_stats(df, keys, metric)
     if cells.empty:
         return cells
-    base = {(b["model"], b["task"]): b for _, b in cells[cells["method"] == "none"].iterrows()}
+    # the baseline evaluates the same model on the same test: the model's and task's other settings
+    # that tell cells apart (model.layers, task.max_test, ...) must match too
+    same_test = ["model", "task"] + [k for k in keys if k.startswith(("model.", "task."))]
+    base = {tuple(str(b[k]) for k in same_test): b for _, b in cells[cells["method"] == "none"].iterrows()}
     d = done(df)
     rows = []
     for _, c in cells[cells["method"] != "none"].iterrows():
-        b = base.get((c["model"], c["task"]))
+        b = base.get(tuple(str(c[k]) for k in same_test))
         if b is None:
             continue
         diff = c[metric] - b[metric]
-        test, p = _welch(d, c, b, metric) if c["n_seeds"] > 1 and b["n_seeds"] > 1 else (None, None)
+        test, p = _welch(d, c, b, metric, keys) if c["n_seeds"] > 1 and b["n_seeds"] > 1 else (None, None)
         if p is None:
             se = math.hypot(c[f"{metric}_se"], b[f"{metric}_se"])
             test = "normal"
@@ -271,14 +288,15 @@ def significance(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _welch(d: pd.DataFrame, c: pd.Series, b: pd.Series, metric: str) -> tuple[str | None, float | None]:
+def _welch(d: pd.DataFrame, c: pd.Series, b: pd.Series, metric: str, keys: list[str]
+           ) -> tuple[str | None, float | None]:
     try:
         from scipy import stats  # optional: the normal approximation is used without it
     except ImportError:
         return None, None
     def values(cell: pd.Series) -> np.ndarray:
         m = np.ones(len(d), bool)
-        for k in _keys(d, CELL_KEYS):
+        for k in keys:
             v = cell[k]
             m &= d[k].isna().to_numpy() if pd.isna(v) else (d[k] == v).to_numpy()
         return d.loc[m, metric].to_numpy(float)

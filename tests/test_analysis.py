@@ -170,6 +170,27 @@ def test_a_bf16_base_is_its_own_row_beside_the_float32_one(store):
     assert list(meth["accuracy"]) == [0.6, 0.58]
 
 
+def test_runs_that_differ_in_any_other_setting_are_never_seeds_of_one_cell(store):
+    """Two runs of seed 0 that differ in train.max_steps (or model.layers, task.max_test: any
+    run-defining setting outside the named columns) are two cells, labelled by that setting; seeds
+    of one setting still pool."""
+    def run(seed: int, steps: int, acc: float) -> dict:
+        res = result("lora", 8, "qv", seed, acc)
+        res["config"]["train"]["max_steps"], res["run_key"] = steps, f"s{seed}-{steps}"
+        return res
+
+    df = _frame(store, [run(0, 5, 0.30), run(0, 250, 0.60), run(1, 250, 0.64), result("none", None, None, 0, 0.2)])
+    cells = T.cell_stats(df)
+    assert "train.max_steps" in cells.columns
+    assert (_cell(cells, **{"train.max_steps": 5})[["accuracy", "n_seeds"]].tolist()) == [0.30, 1]
+    assert (_cell(cells, **{"train.max_steps": 250})[["accuracy", "n_seeds"]].tolist()) == [0.62, 2]
+    rank = T.rank_table(df)
+    assert rank.loc[8, "lora/qv train.max_steps=5"] == 0.30 and rank.loc[8, "lora/qv train.max_steps=250 n"] == 2
+    assert len(T.budget_view(df, None)) == 3
+    # settings every run shares are no key: a store of one setting keeps the named keys only
+    assert T.cell_keys(df[df["train.max_steps"] == 250]) == T.CELL_KEYS
+
+
 def _frame(root: Path, runs: list[dict]):
     folder = root / f"set{len(list(root.iterdir()))}"
     for i, res in enumerate(runs):
