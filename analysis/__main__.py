@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
 from pathlib import Path
 
@@ -9,10 +10,21 @@ from analysis.load import load_results
 from analysis.report import write_report
 
 
+def budget(text: str) -> int:
+    """--budget: a cap on trainable parameters, a whole number 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a cap on trainable parameters: give a whole number 1 or more")
+    return value
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m analysis", description="Tables and a report from result JSONs.")
     p.add_argument("paths", nargs="+", help="folders (searched for result.json), files or glob patterns")
-    p.add_argument("--budget", type=int, default=None, help="cap on trainable parameters")
+    p.add_argument("--budget", type=budget, default=None, help="cap on trainable parameters")
     p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default report/)")
     p.add_argument("--where", default=None, help="pandas query on the run table, e.g. 'task==\"wordnet_mcq\"'")
     p.add_argument("--metric", default="accuracy", help="test metric column (default accuracy)")
@@ -24,13 +36,26 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
+    if a.out.exists() and not a.out.is_dir():
+        print(f"error: --out {a.out} is a file; give a folder for the report (default report/)", file=sys.stderr)
+        return 2
+    missing = [p for p in a.paths if not Path(p).exists() and not glob.glob(p, recursive=True)]
+    if missing:
+        print(f"error: {', '.join(missing)}: no such file or folder (nor a glob pattern that matches one)",
+              file=sys.stderr)
+        return 2
     df, load = load_results(a.paths)
     if df.empty:
         print(f"error: no readable result.json under {' '.join(map(str, a.paths))} "
               f"({load.files} files found, {load.n_skipped} skipped)", file=sys.stderr)
         return 2
     if a.where:
-        df = df.query(a.where)
+        try:
+            df = df.query(a.where)
+        except Exception as e:  # pandas says a bad query in many exception types (names, syntax, types)
+            print(f"error: --where {a.where!r} is not a query on the run table: {type(e).__name__}: {e}; "
+                  f"quote strings (task == 'wordnet_topics') and name columns from runs.csv", file=sys.stderr)
+            return 2
         if df.empty:
             print(f"error: --where {a.where!r} kept no run (of {load.loaded})", file=sys.stderr)
             return 2

@@ -272,6 +272,23 @@ def test_cli_where_and_empty_input(store, tmp_path):
     assert p.returncode == 2 and "no readable result.json" in p.stderr and not (tmp_path / "e").exists()
 
 
+@pytest.mark.parametrize("args, said", [
+    (["--where", "task==wordnet"], "--where 'task==wordnet' is not a query on the run table: UndefinedVariableError"),
+    (["--where", "task == "], "--where 'task == ' is not a query on the run table: SyntaxError"),
+    (["--budget", "-5"], "argument --budget: '-5' is not a cap on trainable parameters: give a whole number 1 or more"),
+    (["--budget", "1e6"], "argument --budget: '1e6' is not a cap"),
+    (["--out", "{file}"], "--out {file} is a file; give a folder"),
+    (["{missing}"], "{missing}: no such file or folder"),
+])
+def test_cli_says_a_bad_argument_in_one_line(store, tmp_path, args, said):
+    (tmp_path / "notes.txt").write_text("mine")
+    where = {"file": str(tmp_path / "notes.txt"), "missing": str(tmp_path / "nope")}
+    args = [a.format(**where) for a in args]
+    p = _cli(*([] if args[0] == where["missing"] else [str(store / "a")]), *args, "--no-plots")
+    assert p.returncode == 2 and said.format(**where) in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_analysis_does_not_import_torch():
     code = "import analysis.__main__, analysis.report, analysis.plots, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
