@@ -65,6 +65,8 @@ def test_run_key_is_stable_and_ignores_what_does_not_define_the_run():
     ("train.lr=-1e-4", "train.lr=-0.0001", "positive number"),
     ("lora.alpha=-2", "lora.alpha=-2", "positive number"),
     ("train.batch_size=0", "train.batch_size=0", "positive integer"),
+    ("train.seed=-1", "train.seed=-1", "a whole number from 0 to 2**32 - 1"),  # numpy refused it after the load
+    ("train.seed=4294967296", "train.seed=4294967296", "a whole number from 0 to 2**32 - 1"),
     ("method.name=adalora", "method='adalora'", "none, lora, dora, full, rslora, pissa, qlora, qlora8"),
     ("lora.proj=qkx", "lora.proj='qkx'", "q k v o g u d"),
     ("lora.proj=''", "lora.proj=''", "empty"),

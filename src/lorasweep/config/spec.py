@@ -297,7 +297,8 @@ def _train_spec(tr: Mapping[str, Any]) -> TrainSpec:
         ("weight_decay", _is_number(spec.weight_decay) and spec.weight_decay >= 0, "a number >= 0"),
         ("warmup_ratio", _is_number(spec.warmup_ratio) and 0 <= spec.warmup_ratio < 1,
          "a fraction in [0, 1)"),
-        ("seed", isinstance(spec.seed, int) and not isinstance(spec.seed, bool), "an integer"),
+        ("seed", isinstance(spec.seed, int) and not isinstance(spec.seed, bool) and 0 <= spec.seed < 2**32,
+         "a whole number from 0 to 2**32 - 1 (numpy's seeds, which the Trainer sets)"),
     ]
     for name, ok, valid in checks:
         if not ok:
