@@ -13,6 +13,7 @@ from .gpus import check_gpus_per_run
 from .settings import whole_number
 
 SLURM_LAUNCHER = "hydra_plugins.lorasweep_slurm.slurm_launcher.SlurmLauncher"
+PLAN_LAUNCHER = "hydra_plugins.lorasweep_plan.plan_launcher.PlanLauncher"
 
 
 def executor_for(launcher: Mapping[str, Any] | None, n_jobs: int = 1, threads: int | None = None,
@@ -38,6 +39,11 @@ def local_placement(launcher: Mapping[str, Any] | None, n_jobs: Any,
     call it before anything trains. The Optuna sweeper's trials train on one GPU each: data-parallel
     trials (gpus_per_run > 1) would each need their pruner's decisions shared between ranks: not built."""
     launcher = dict(launcher or {})
+    if launcher.get("_target_") == PLAN_LAUNCHER:  # it would otherwise be read as local workers: a study that trains
+        raise ConfigError("hydra/launcher=plan lists a grid's runs before any trains; an Optuna study "
+                          "(hydra/sweeper=optuna) picks each trial from the results of those before it, so "
+                          "there is no plan to list: run the study without hydra/launcher=plan, or list a grid "
+                          "of the same values (-m lora.r=4,8,16 ... hydra/launcher=plan)")
     gpus_per_run = launcher.get("gpus_per_run", 1)
     if gpus_per_run != 1 and check_gpus_per_run(gpus_per_run) > 1:
         raise ConfigError(f"hydra.launcher.gpus_per_run={gpus_per_run} is not supported by the Optuna sweeper "
