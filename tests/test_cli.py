@@ -79,6 +79,11 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path, group, value):
     (["train.compile=maybe"], "error: train.compile='maybe' is invalid"),
     (["tracking.backend=nope"], "error: tracking.backend='nope' is invalid"),
     (["budget.max_trainable=-3"], "error: budget.max_trainable=-3 is invalid"),
+    (["train.seed=-1"], "error: train.seed=-1 is invalid: a whole number from 0 to 2**32 - 1"),
+    # a sweep's settings without -m: Hydra would make one run of the rest (it trained)
+    (["hydra/launcher=plan", "lora.r=4"], "error: hydra/launcher=plan lists the runs of a sweep: add -m"),
+    (["+sweep=rank_ablation"], "error: hydra.sweeper.params (lora.r=2,4,8,16,32; +sweep=NAME sets them) sweep "
+                               "only with -m: add -m"),
     (["-m", "lora.r=4,8", "hydra.launcher.pack=1.5"], "sweep: hydra.launcher.pack=1.5 is invalid"),
     (["-m", "lora.r=4,8", "hydra.launcher.retries=-1"], "sweep: hydra.launcher.retries=-1 is invalid"),
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.max_failure_rate=1.5", "lora.r=choice(4,8)"],

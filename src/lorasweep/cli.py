@@ -20,6 +20,7 @@ from .run.preflight import preflight
 def main(cfg: Mapping[str, Any]) -> float | None:
     """Run one composed config; returns its objective (what a sweeper optimises)."""
     try:
+        _refuse_sweep_settings()
         preflight(cfg)  # a mistake in the config's values is said before torch and transformers load
         quiet_libraries()
         from .run.lifecycle import run_config
@@ -39,3 +40,25 @@ def main(cfg: Mapping[str, Any]) -> float | None:
         print(f"error: {e}; not started here: its result will be in that folder when it finishes", file=sys.stderr)
         raise SystemExit(1) from None
     return (result.get("objective") or {}).get("value")
+
+
+def _refuse_sweep_settings() -> None:
+    """A sweep's settings without -m: Hydra makes one run of the rest and ignores them, so
+    `launch.py hydra/launcher=plan ...` would train where the user asked for a list, and
+    `launch.py +sweep=rank_ablation` would train the default once. ConfigError naming them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .errors import ConfigError
+    from .executors.factory import PLAN_LAUNCHER
+
+    if not HydraConfig.initialized():  # called outside launch.py (tests, a notebook)
+        return
+    hydra = HydraConfig.get()
+    if hydra.launcher.get("_target_") == PLAN_LAUNCHER:
+        raise ConfigError("hydra/launcher=plan lists the runs of a sweep: add -m (python launch.py -m ... "
+                          "hydra/launcher=plan); without it this would train one run")
+    params = hydra.sweeper.get("params")
+    if params:
+        raise ConfigError(f"hydra.sweeper.params ({', '.join(f'{k}={v}' for k, v in params.items())}; "
+                          f"+sweep=NAME sets them) sweep only with -m: add -m (python launch.py -m +sweep=NAME "
+                          f"...); without it this would train one run of the defaults")
