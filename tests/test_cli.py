@@ -1,9 +1,11 @@
 """launch.py as a user types it: a tiny run, and bad input answered with one clear line, fast."""
 import json
+import os
+import signal
 
 import pytest
 
-from conftest import TINY_TOPICS, launch
+from conftest import TINY_TOPICS, Sweep, launch
 
 
 def test_launch_runs_and_prints_a_summary(tmp_path):
@@ -100,3 +102,19 @@ def test_a_mistake_in_a_value_is_said_before_torch_and_transformers_load(tmp_pat
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert said in proc.stderr and "was imported" not in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_ctrl_c_stops_a_run_in_one_line_and_the_same_command_trains_it(tmp_path):
+    args = [*[a for a in TINY_TOPICS if not a.startswith(("train.max_steps=", "train.eval_steps="))],
+            "train.max_steps=20", "train.eval_steps=10", "train.step_sleep_s=0.2"]
+    with Sweep(args, tmp_path) as run:  # started as from a terminal: Ctrl-C signals its process group
+        run.wait_for_line(r"train step ")
+        os.killpg(run.proc.pid, signal.SIGINT)
+        code = run.wait()
+    assert code == 130, run.output[-3000:]
+    assert run.output.splitlines()[-1] == "interrupted: the run wrote no result; run the same command again to train it"
+    assert "Traceback" not in run.output and not list(tmp_path.glob("results/*/result.json"))
+    proc = launch(args[:-1], cwd=tmp_path)  # its claim was released: nothing waits for a trainer gone
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [result] = [json.loads(f.read_text()) for f in tmp_path.glob("results/*/result.json")]
+    assert result["status"] == "done" and result["timing"]["steps"] == 20

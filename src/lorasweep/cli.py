@@ -1,8 +1,8 @@
 """The command line's end of lorasweep: what launch.py calls for one run, and the user's mistakes
 turned into one clear line (exit 2, no traceback); a write the results store refused (a full disk) is
 one line too, with the path and the cause (exit 1; the traceback is in the run's traceback.txt if
-the store took it), and so are a run out of accelerator memory (exit 1, what to lower in its line)
-and a run another process is training now (exit 1).
+the store took it), and so are a run out of accelerator memory (exit 1, what to lower in its line),
+a run another process is training now (exit 1) and Ctrl-C (exit 130).
 
 `python launch.py` (one run) comes here; `python launch.py -m ...` (a sweep) goes from Hydra to the
 sweeper and launcher plugins in src/hydra_plugins/, which hand the sweep to lorasweep.sweep.
@@ -39,6 +39,9 @@ def main(cfg: Mapping[str, Any]) -> float | None:
     except RunClaimedError as e:  # another terminal or sweep trains it now: its result will land there
         print(f"error: {e}; not started here: its result will be in that folder when it finishes", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C: the run has released its claim and written no result (not a failure)
+        print("interrupted: the run wrote no result; run the same command again to train it", file=sys.stderr)
+        raise SystemExit(130) from None
     return (result.get("objective") or {}).get("value")
 
 
