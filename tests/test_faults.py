@@ -317,12 +317,16 @@ def test_full_disk_stops_a_grid_sweep_at_the_first_run_it_fails(tmp_path, traini
 
 # -- a results_dir that cannot be written ------------------------------------------------------------------
 
-@pytest.fixture(params=["read-only mount", "under a regular file"])
+@pytest.fixture(params=["read-only mount", "under a regular file", "a regular file"])
 def unwritable(request, tmp_path):
     """(results_dir, the cause the refusal names)."""
-    if request.param == "under a regular file":
+    if request.param != "read-only mount":
         (tmp_path / "a-file").write_text("not a folder\n")
-        yield tmp_path / "a-file" / "results", "Not a directory"
+        if request.param == "a regular file":
+            yield tmp_path / "a-file", "it is a file, not a folder"
+        else:
+            yield tmp_path / "a-file" / "results", "Not a directory"
+        assert (tmp_path / "a-file").read_text() == "not a folder\n"  # untouched
         return
     with tmpfs(tmp_path / "ro") as mount:
         read_only(mount)

@@ -158,6 +158,8 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _probe(path: Path) -> str | None:
+    if path.exists() and not path.is_dir():  # mkdir would say "File exists"
+        return "it is a file, not a folder"
     missing = missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
