@@ -191,6 +191,41 @@ def test_an_interrupted_pack_keeps_the_results_of_the_runs_that_left_it(tmp_path
     assert not any(tmp_path.glob("*-r2-*/trainer")) and not any(tmp_path.glob("*-r4-*/trainer"))
 
 
+def test_a_failed_pack_fails_only_the_runs_still_in_it_and_the_driver_gets_each_runs_outcome(tmp_path, monkeypatch):
+    """Saving the adapters fails after the second run diverged (step 3) while the third is claimed by
+    another process: only the first fails (recorded, with its traceback); the second keeps diverged,
+    the third is said claimed. Each outcome reaches the driver by run key through a pickle (a worker's
+    pipe, a SLURM job's result), the failure with the worker's traceback chained under it."""
+    import pickle
+    from concurrent.futures import Future
+
+    from lorasweep.config.spec import from_config
+    from lorasweep.executors.worker import claimed_by, execute, pack_task
+    from lorasweep.run.claims import Claim
+    from lorasweep.run.store import run_dir
+    from lorasweep.sweep.packing import per_run
+
+    def unsaveable(self, adapter, target):
+        raise RuntimeError("the adapter could not be saved")
+
+    monkeypatch.setattr(packing.PackedModel, "save_adapter", unsaveable)
+    cfgs = [compose_config(["model=tiny-bert", *STEPS, "train.max_steps=4", *run, f"results_dir={tmp_path}"])
+            for run in ONE_DIVERGES]
+    keys = [from_config(cfg).run_key for cfg in cfgs]
+    folders = [run_dir(tmp_path, from_config(cfg).slug, key) for cfg, key in zip(cfgs, keys)]
+    with Claim(folders[2]):  # another process's, as far as the pack can tell
+        task = Future()
+        task.set_result(pickle.loads(pickle.dumps(execute(pack_task(cfgs, folders)))))
+    failed, diverged, claimed = per_run(task, keys[::-1])[::-1]  # matched by key, whatever the order
+    error = failed.exception()
+    assert isinstance(error, RuntimeError) and str(error) == "the adapter could not be saved"
+    assert "Traceback (most recent call last)" in str(error.__cause__) and "in unsaveable" in str(error.__cause__)
+    assert json.loads((folders[0] / "result.json").read_text())["status"] == "failed"
+    assert "in unsaveable" in (folders[0] / "traceback.txt").read_text()
+    assert diverged.result()["status"] == "diverged" and diverged.result()["run_key"] == keys[1]
+    assert claimed_by(claimed).startswith("pid ") and not (folders[2] / "result.json").exists()
+
+
 def test_with_dropout_a_packed_run_draws_other_masks_and_stays_close(tmp_path):
     """With LoRA dropout a packed run is not its run alone: its masks come from the pack's one random
     stream, over its rows padded to the pack's longest batch, so no mask matches the run alone's (an

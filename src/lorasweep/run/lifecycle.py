@@ -179,25 +179,38 @@ def record_over_budget(plan: Plan, results_dir: Path) -> dict[str, Any]:
         "params": {"trainable": plan.predicted, "predicted": plan.predicted}})
 
 
-def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float | None = None) -> dict[str, Any] | None:
+def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float | None = None) -> dict[str, Any]:
     """A run whose worker process died under it (the out-of-memory killer's SIGKILL, say) is recorded
-    by its driver: planned again from its config (nothing loaded), status failed with `reason`. A
-    result the run wrote before its worker died stands, and is returned instead; a run another
-    process has taken over since (its claim is live) is left to it: None."""
+    by its driver: planned again from its config (nothing loaded), status failed with `reason`, and
+    that record returned; unless left_by_worker finds what the run left (returned instead)."""
     plan = plan_run(cfg)
     folder = plan.folder(store.store_dir(cfg))
+    left = _left_by_worker(plan, folder)
+    if left is not None:
+        return left
+    drop_dead_claim(folder)  # the dead worker's: nobody need take it over and say so
+    (folder / store.TRACEBACK_FILE).unlink(missing_ok=True)  # an earlier failure's: this one has none
+    return store.write_result(folder, {**base_record(plan), "status": "failed", "reason": reason,
+                                       "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})
+
+
+def left_by_worker(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a run whose worker process ended under it left (planned again from its config, nothing
+    loaded): the result it wrote before (any status but failed: it stands), {"claimed_by": who,
+    "run_key"} when another process has claimed it since (its driver waits for it), else None."""
+    plan = plan_run(cfg)
+    return _left_by_worker(plan, plan.folder(store.store_dir(cfg)))
+
+
+def _left_by_worker(plan: Plan, folder: Path) -> dict[str, Any] | None:
     try:
         stored = store.read_result(folder)
     except UnreadableResultError:
         stored = None
     if stored and stored.get("status") != "failed":
         return stored
-    if live_holder(folder) is not None:
-        return None
-    drop_dead_claim(folder)  # the dead worker's: nobody need take it over and say so
-    (folder / store.TRACEBACK_FILE).unlink(missing_ok=True)  # an earlier failure's: this one has none
-    return store.write_result(folder, {**base_record(plan), "status": "failed", "reason": reason,
-                                       "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})
+    holder = live_holder(folder)
+    return None if holder is None else {"claimed_by": holder.describe(), "run_key": plan.spec.run_key}
 
 
 def base_record(plan: Plan) -> dict[str, Any]:
