@@ -226,6 +226,26 @@ def test_a_failed_pack_fails_only_the_runs_still_in_it_and_the_driver_gets_each_
     assert claimed_by(claimed).startswith("pid ") and not (folders[2] / "result.json").exists()
 
 
+def test_a_full_disk_while_saving_a_packed_adapter_is_a_store_fault(tmp_path, monkeypatch):
+    """As alone (run/lifecycle._save): no space left while saving an adapter is the StoreError that
+    stops a sweep (whole_store), for each run still in the pack, and no half adapter is left."""
+    import errno
+
+    import peft
+
+    from lorasweep.errors import StoreError
+
+    def full_disk(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", full_disk)
+    cfgs = [compose_config(["model=tiny-bert", *STEPS, "train.max_steps=2", *run, f"results_dir={tmp_path}"])
+            for run in RUNS["tiny-bert"][:2]]
+    results = run_pack(cfgs)
+    assert [type(r) for r in results] == [StoreError, StoreError] and all(r.whole_store for r in results)
+    assert not list(tmp_path.glob("*/adapter"))
+
+
 def test_with_dropout_a_packed_run_draws_other_masks_and_stays_close(tmp_path):
     """With LoRA dropout a packed run is not its run alone: its masks come from the pack's one random
     stream, over its rows padded to the pack's longest batch, so no mask matches the run alone's (an

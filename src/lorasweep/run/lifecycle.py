@@ -18,6 +18,7 @@ does (record_worker_death, status failed with the signal).
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 import traceback
@@ -370,29 +371,41 @@ def _save(model, tokenizer, spec: RunSpec, folder: Path, initial: Path | None) -
         return {}
     adapter = spec.method in methods.ADAPTER_METHODS
     target = folder / ("adapter" if adapter else "model")
-    # safetensors says only "os error 28": the file it was writing is named here
-    weights = target / ("adapter_model.safetensors" if adapter else "model.safetensors")
-    try:
+    with saving_weights(target, "adapter_model.safetensors" if adapter else "model.safetensors"):
         if adapter:
             methods.save_adapter(model, spec, target, initial)
         else:
             model.save_pretrained(target)
-    except Exception as e:
-        failure = store.storage_error(e, weights)
-        if failure is None:
-            raise
-        shutil.rmtree(target, ignore_errors=True)  # half an adapter is none, and its room may fit result.json
-        raise failure from e
-    try:
+    with store_write(target):
         if tokenizer is not None:
             tokenizer.save_pretrained(target)
-    except Exception as e:
-        failure = store.storage_error(e, target)
-        if failure is None:
-            raise
-        raise failure from e
     # the path is relative to the run's folder, so a results store can be moved or copied whole
     return {"kind": target.name, "path": target.name, "size_bytes": store.folder_size(target)}
+
+
+@contextlib.contextmanager
+def store_write(path: Path):
+    """A write into the store, whose refusal (a full disk, a read-only store) is raised as the
+    StoreError that names `path` and the cause; other failures pass unchanged."""
+    try:
+        yield
+    except Exception as e:
+        failure = store.storage_error(e, path)
+        if failure is None or failure is e:
+            raise
+        raise failure from e
+
+
+@contextlib.contextmanager
+def saving_weights(target: Path, weights_file: str):
+    """Saving a model or adapter into the folder `target`: store_write naming `weights_file` in it
+    (safetensors says only "os error 28"); a refused save leaves no half-written `target`."""
+    try:
+        with store_write(target / weights_file):
+            yield
+    except StoreError:
+        shutil.rmtree(target, ignore_errors=True)  # half an adapter is none, and its room may fit result.json
+        raise
 
 
 def timing_record(load_s: float, outcome, eval_s: float, t_start: float) -> dict[str, float]:

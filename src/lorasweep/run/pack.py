@@ -34,7 +34,8 @@ from ..tasks.metrics import headline
 from . import memory, store
 from .claims import Claim
 from .lifecycle import (base_record, checked_params, diverged_result, done_result, finished_result, load_and_train,
-                        new_weight_notes, pruned_result, record_failure, record_over_budget, timing_record)
+                        new_weight_notes, pruned_result, record_failure, record_over_budget, saving_weights,
+                        timing_record)
 from .loop import LoopOptions, make_trainer
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
@@ -247,8 +248,9 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
     for j, i in enumerate(finishing):
         m, folder, plan = members[i], folders[i], plans[i]
         target = folder / "adapter"
-        pack.save_adapter(m.adapter, target)
-        methods.save_labels(pack.model, target)
+        with saving_weights(target, "adapter_model.safetensors"):  # a full disk stops the sweep, as alone
+            pack.save_adapter(m.adapter, target)
+            methods.save_labels(pack.model, target)
         artifacts = {"kind": "adapter", "path": "adapter", "size_bytes": store.folder_size(target)}
         done[i] = done_result(folder, {**bases[i], "params": params[i]}, task, tests[j],
                               {name: results[j] for name, results in more.items()},
