@@ -116,6 +116,13 @@ def test_a_run_only_ever_gets_its_own_outcome_from_a_task():
     assert "holds no outcome for run r9" in str(alone.exception())
 
 
+def test_a_tracked_run_trains_alone_rather_than_untracked_in_a_pack():
+    from lorasweep.sweep.packing import why_alone
+
+    assert why_alone(compose_config([*TINY_TOPICS, "tracking=tensorboard"])) == \
+        "tracking=tensorboard (a pack does not track its runs)"
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "many"])
 def test_pack_must_be_true_false_or_a_whole_number_of_at_least_2(tmp_path, value):
     proc = launch([*GRID, f"hydra.launcher.pack={value}"], cwd=tmp_path)
