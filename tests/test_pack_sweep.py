@@ -116,6 +116,15 @@ def test_a_run_only_ever_gets_its_own_outcome_from_a_task():
     assert "holds no outcome for run r9" in str(alone.exception())
 
 
+def test_runs_that_differ_only_in_epochs_pack_when_max_steps_is_set():
+    from lorasweep.sweep.packing import make_packs
+
+    cfgs = {e: compose_config([*TINY_TOPICS, f"train.epochs={e}", f"lora.r={e + 1}"]) for e in (1, 3)}
+    assert make_packs([1, 3], cfgs.get, 0) == [[1, 3]]  # max_steps=4: the Trainer ignores epochs
+    cfgs = {e: compose_config([*TINY_TOPICS, "train.max_steps=-1", f"train.epochs={e}"]) for e in (1, 3)}
+    assert make_packs([1, 3], cfgs.get, 0) == [[1], [3]]
+
+
 def test_a_tracked_run_trains_alone_rather_than_untracked_in_a_pack():
     from lorasweep.sweep.packing import why_alone
 

@@ -85,7 +85,8 @@ def why_alone(cfg: Mapping[str, Any]) -> str | None:
 def pack_key(cfg: Mapping[str, Any]) -> str:
     """What the runs of one pack share: equal keys, one pack (if the size allows)."""
     d = from_config(cfg).defining()
-    shared = {k: d["train"][k] for k in SHARED_TRAIN}
+    # the Trainer ignores epochs when max_steps is set: runs that differ only there step alike
+    shared = {k: d["train"][k] for k in SHARED_TRAIN if not (k == "epochs" and d["train"]["max_steps"] > 0)}
     return json.dumps({"model": d["model"], "task": d["task"], "train": shared,
                        "results_dir": str(cfg.get("results_dir"))}, sort_keys=True, default=str)
 
