@@ -75,9 +75,12 @@ def _largest_difference(alone: Path, packed: Path) -> float:
 
 @pytest.mark.parametrize("model", list(RUNS))
 def test_a_packed_run_trains_as_it_would_alone(model, products, tmp_path, capsys):
+    """17 steps, a multiple of neither eval_steps (10) nor logging_steps (2): the Trainer evaluates at
+    the last step too, and logs no loss for the last, unfinished window; so does the pack."""
     tolerance = TOLERANCES[products]
-    alone = [run_config(cfg) for cfg in _configs(model, tmp_path / "alone")]
-    packed = run_pack(_configs(model, tmp_path / "packed"))
+    steps = ["train.max_steps=17"]
+    alone = [run_config(cfg) for cfg in _configs(model, tmp_path / "alone", steps)]
+    packed = run_pack(_configs(model, tmp_path / "packed", steps))
     worst = 0.0
     for a, p in zip(alone, packed):
         assert p["status"] == a["status"] == "done"
@@ -91,7 +94,7 @@ def test_a_packed_run_trains_as_it_would_alone(model, products, tmp_path, capsys
         assert p["metrics"]["test"]["accuracy"] == a["metrics"]["test"]["accuracy"]
         assert p["metrics"]["test"]["loss"] == pytest.approx(a["metrics"]["test"]["loss"], rel=tolerance)
         assert p["metrics"]["train"]["loss"] == pytest.approx(a["metrics"]["train"]["loss"], rel=tolerance)
-        assert [c["step"] for c in p["curve"]] == [c["step"] for c in a["curve"]] == [0, 10, 20]
+        assert [c["step"] for c in p["curve"]] == [c["step"] for c in a["curve"]] == [0, 10, 17]
         for pc, ac in zip(p["curve"], a["curve"]):
             assert pc["accuracy"] == ac["accuracy"]
             assert pc["loss"] == pytest.approx(ac["loss"], rel=tolerance)
@@ -186,6 +189,61 @@ def test_an_interrupted_pack_keeps_the_results_of_the_runs_that_left_it(tmp_path
     assert found[4]["status"] == "diverged" and found[4]["pack"]["size"] == 3
     assert [c["step"] for c in found[2]["curve"]] == [0, 10]
     assert not any(tmp_path.glob("*-r2-*/trainer")) and not any(tmp_path.glob("*-r4-*/trainer"))
+
+
+def test_a_failed_pack_fails_only_the_runs_still_in_it_and_the_driver_gets_each_runs_outcome(tmp_path, monkeypatch):
+    """Saving the adapters fails after the second run diverged (step 3) while the third is claimed by
+    another process: only the first fails (recorded, with its traceback); the second keeps diverged,
+    the third is said claimed. Each outcome reaches the driver by run key through a pickle (a worker's
+    pipe, a SLURM job's result), the failure with the worker's traceback chained under it."""
+    import pickle
+    from concurrent.futures import Future
+
+    from lorasweep.config.spec import from_config
+    from lorasweep.executors.worker import claimed_by, execute, pack_task
+    from lorasweep.run.claims import Claim
+    from lorasweep.run.store import run_dir
+    from lorasweep.sweep.packing import per_run
+
+    def unsaveable(self, adapter, target):
+        raise RuntimeError("the adapter could not be saved")
+
+    monkeypatch.setattr(packing.PackedModel, "save_adapter", unsaveable)
+    cfgs = [compose_config(["model=tiny-bert", *STEPS, "train.max_steps=4", *run, f"results_dir={tmp_path}"])
+            for run in ONE_DIVERGES]
+    keys = [from_config(cfg).run_key for cfg in cfgs]
+    folders = [run_dir(tmp_path, from_config(cfg).slug, key) for cfg, key in zip(cfgs, keys)]
+    with Claim(folders[2]):  # another process's, as far as the pack can tell
+        task = Future()
+        task.set_result(pickle.loads(pickle.dumps(execute(pack_task(cfgs, folders)))))
+    failed, diverged, claimed = per_run(task, keys[::-1])[::-1]  # matched by key, whatever the order
+    error = failed.exception()
+    assert isinstance(error, RuntimeError) and str(error) == "the adapter could not be saved"
+    assert "Traceback (most recent call last)" in str(error.__cause__) and "in unsaveable" in str(error.__cause__)
+    assert json.loads((folders[0] / "result.json").read_text())["status"] == "failed"
+    assert "in unsaveable" in (folders[0] / "traceback.txt").read_text()
+    assert diverged.result()["status"] == "diverged" and diverged.result()["run_key"] == keys[1]
+    assert claimed_by(claimed).startswith("pid ") and not (folders[2] / "result.json").exists()
+
+
+def test_a_full_disk_while_saving_a_packed_adapter_is_a_store_fault(tmp_path, monkeypatch):
+    """As alone (run/lifecycle._save): no space left while saving an adapter is the StoreError that
+    stops a sweep (whole_store), for each run still in the pack, and no half adapter is left."""
+    import errno
+
+    import peft
+
+    from lorasweep.errors import StoreError
+
+    def full_disk(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", full_disk)
+    cfgs = [compose_config(["model=tiny-bert", *STEPS, "train.max_steps=2", *run, f"results_dir={tmp_path}"])
+            for run in RUNS["tiny-bert"][:2]]
+    results = run_pack(cfgs)
+    assert [type(r) for r in results] == [StoreError, StoreError] and all(r.whole_store for r in results)
+    assert not list(tmp_path.glob("*/adapter"))
 
 
 def test_with_dropout_a_packed_run_draws_other_masks_and_stays_close(tmp_path):

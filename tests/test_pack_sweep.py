@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TOPICS, Sweep, compose_config, launch, wait_gone, wait_until, with_hooks
+from conftest import TINY_TOPICS, WORKER_FLAG, Sweep, compose_config, launch, wait_gone, wait_until, with_hooks
 
 from lorasweep.run import memory
 from lorasweep.run.claims import live_holder
@@ -90,6 +90,46 @@ def test_a_compiled_run_trains_alone_rather_than_uncompiled_in_a_pack():
     assert why_alone(compose_config(TINY_TOPICS)) is None
     assert why_alone(compose_config([*TINY_TOPICS, "train.compile=true"])) == \
         "train.compile=true (a pack's step is not compiled)"
+
+
+def test_a_run_only_ever_gets_its_own_outcome_from_a_task():
+    """A restarted driver regroups the runs its SLURM jobs still hold and re-attaches each group to
+    its first run's job. pack=2 sent [r1, r2] and [r3, r4]; r1 and r3 diverged; the restart sends
+    [r2, r4] to job 1, whose result holds r1 and r2: r4 is sent again (to the job that holds it),
+    never given r2's result. So for a job that trained its one run alone."""
+    from concurrent.futures import Future
+
+    from lorasweep.sweep.packing import per_run, to_resend
+
+    def finished(result):
+        future = Future()
+        future.set_result(result)
+        return future
+
+    job1 = finished({"pack": [{"run_key": "r1", "status": "diverged"}, {"run_key": "r2", "status": "done"}]})
+    r2, r4 = per_run(job1, ["r2", "r4"])
+    assert r2.result() == {"run_key": "r2", "status": "done"} and not to_resend(r2)
+    assert to_resend(r4)
+    r1, r3 = per_run(finished({"run_key": "r1", "status": "done"}), ["r1", "r3"])
+    assert r1.result() == {"run_key": "r1", "status": "done"} and to_resend(r3)
+    alone = per_run(job1, ["r9"])[0]  # sent alone to the job its folder names, which lacks it: no resending loop
+    assert "holds no outcome for run r9" in str(alone.exception())
+
+
+def test_runs_that_differ_only_in_epochs_pack_when_max_steps_is_set():
+    from lorasweep.sweep.packing import make_packs
+
+    cfgs = {e: compose_config([*TINY_TOPICS, f"train.epochs={e}", f"lora.r={e + 1}"]) for e in (1, 3)}
+    assert make_packs([1, 3], cfgs.get, 0) == [[1, 3]]  # max_steps=4: the Trainer ignores epochs
+    cfgs = {e: compose_config([*TINY_TOPICS, "train.max_steps=-1", f"train.epochs={e}"]) for e in (1, 3)}
+    assert make_packs([1, 3], cfgs.get, 0) == [[1], [3]]
+
+
+def test_a_tracked_run_trains_alone_rather_than_untracked_in_a_pack():
+    from lorasweep.sweep.packing import why_alone
+
+    assert why_alone(compose_config([*TINY_TOPICS, "tracking=tensorboard"])) == \
+        "tracking=tensorboard (a pack does not track its runs)"
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "many"])
@@ -194,3 +234,36 @@ def test_pack_true_is_refused_under_optuna(tmp_path):
     assert proc.returncode == 2
     assert "hydra.launcher.pack=true needs a grid, whose runs are known in advance" in proc.stderr
     assert "nothing was trained" in proc.stderr and not list(tmp_path.glob("results/*/result.json"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_pack_whose_worker_dies_reports_each_run_by_what_it_left(tmp_path, sig):
+    """The pack's worker is killed (the out-of-memory killer's SIGKILL) or stopped (a SIGTERM from
+    elsewhere) after its first run diverged, while its third is claimed by another process: the first
+    keeps its diverged result, the third is said claimed (its driver waits for it), and only the
+    second, still training, fails with the cause."""
+    import psutil
+    from lorasweep.config.spec import from_config
+    from lorasweep.errors import WorkerDiedError
+    from lorasweep.executors.local import LocalExecutor
+    from lorasweep.executors.worker import claimed_by, pack_task
+    from lorasweep.run.claims import Claim
+    from lorasweep.run.store import run_dir
+    from lorasweep.sweep.packing import per_run
+
+    slow = [a for a in TINY_TOPICS if not a.startswith("train.max_steps=")] + \
+        ["train.max_steps=30", "train.step_sleep_s=0.3", f"results_dir={tmp_path}"]
+    cfgs = [compose_config([*slow, *run]) for run in (["lora.r=4", "train.lr=1e4"], ["lora.r=2"], ["lora.r=8"])]
+    keys = [from_config(cfg).run_key for cfg in cfgs]
+    folders = [run_dir(tmp_path, from_config(cfg).slug, key) for cfg, key in zip(cfgs, keys)]
+    with Claim(folders[2]), LocalExecutor(n_jobs=1) as executor:
+        task = executor.submit_many([(pack_task(cfgs, folders), folders[0])])[0]
+        wait_until(lambda: (folders[0] / "result.json").exists(), "the first run's diverged result", timeout=120)
+        worker = next(p for p in psutil.Process().children() if WORKER_FLAG in p.cmdline())
+        os.kill(worker.pid, sig)
+        diverged, died, claimed = per_run(task, keys)
+    assert diverged.result()["status"] == "diverged" and diverged.result()["run_key"] == keys[0]
+    assert isinstance(died.exception(), WorkerDiedError)
+    assert re.fullmatch(KILLED if sig == signal.SIGKILL else
+                        "worker stopped by SIGTERM before the run finished; it left no result", str(died.exception()))
+    assert claimed_by(claimed).startswith("pid ") and not (folders[2] / "result.json").exists()

@@ -38,7 +38,8 @@ from typing import Any, Mapping, Sequence
 from ..console import say
 from ..errors import WorkerDiedError
 from .deaths import death_reason
-from .worker import PACK, STOPPED_EXIT, Stopped, members, serve
+from ..run.store import run_key_of
+from .worker import PACK, STOPPED_EXIT, Stopped, members, serve, task_folders, with_remote_traceback
 
 GRACE_S = 30      # a worker told to stop (SIGTERM) has this long to end its run cleanly, then it is killed
 SAMPLE_S = 0.25   # how often a busy worker's peak RSS is read: a death reports the last reading
@@ -232,36 +233,48 @@ class LocalExecutor:
         if kind == "result":
             task.future.set_result(payload[0])
         else:
-            error, text = payload
-            if text:  # the worker's traceback, as Python shows a chained exception
-                error.__cause__ = _RemoteTraceback(text)
-            task.future.set_exception(error)
+            task.future.set_exception(with_remote_traceback(*payload))
 
     def _lost(self, task: _Task, exitcode: int, peak_rss: int | None) -> None:
-        """The run of a worker that died: recorded failed with the cause, unless it finished first."""
-        if exitcode == STOPPED_EXIT:  # a SIGTERM from elsewhere: stopped cleanly, no result written
-            task.future.set_exception(WorkerDiedError(
-                "worker stopped by SIGTERM before the run finished; it left no result"))
-            return
-        reason = death_reason(exitcode, peak_rss)
-        records = [self._record_death(cfg, reason, peak_rss) for cfg in members(task.cfg)]
-        if PACK in task.cfg:  # each run of the pack: its result if it wrote one first, else the death
-            task.future.set_result({PACK: [r if isinstance(r, dict) else {"died": r} for r in records]})
-        elif isinstance(records[0], dict):
-            task.future.set_result(records[0])  # it wrote its result just before it died: that stands
+        """The runs of a worker that died: each one's result if it wrote one first, "claimed" if another
+        live process has claimed it since (its driver waits for it), else failed with the cause (a
+        SIGTERM from elsewhere stopped it cleanly: nothing recorded, it trains again next time)."""
+        if exitcode == STOPPED_EXIT:
+            outcomes = [self._left_by_stopped(cfg) for cfg in members(task.cfg)]
         else:
-            task.future.set_exception(WorkerDiedError(records[0]))
+            reason = death_reason(exitcode, peak_rss)
+            outcomes = [self._record_death(cfg, reason, peak_rss) for cfg in members(task.cfg)]
+        if PACK in task.cfg:  # each with its run key: the driver matches them to its runs by key
+            keys = [run_key_of(folder) for folder in task_folders(task.cfg, None)]
+            task.future.set_result({PACK: [{"run_key": key, **outcome} for key, outcome in zip(keys, outcomes)]})
+        elif "died" in outcomes[0]:
+            task.future.set_exception(WorkerDiedError(outcomes[0]["died"]))
+        else:
+            task.future.set_result(outcomes[0])  # it wrote its result just before it died, or another has it
 
     @staticmethod
-    def _record_death(cfg: dict, reason: str, peak_rss: int | None) -> dict | str:
-        """The run's result if it finished before its worker died, else the reason it failed (recorded)."""
+    def _record_death(cfg: dict, reason: str, peak_rss: int | None) -> dict:
+        """The run's result if it finished before its worker died, {"claimed_by"} if another process
+        has claimed it since, else {"died": the reason it failed} (recorded)."""
         try:
             from ..run.lifecycle import record_worker_death
 
             record = record_worker_death(cfg, reason, round(peak_rss / 2**20, 1) if peak_rss else None)
         except Exception as e:  # recording it failed too (a full disk): the cause is still said
-            return reason + f" (its failure could not be recorded: {type(e).__name__}: {e})"
-        return record if record is not None and record.get("status") != "failed" else reason
+            return {"died": reason + f" (its failure could not be recorded: {type(e).__name__}: {e})"}
+        return {"died": reason} if record.get("status") == "failed" else record
+
+    @staticmethod
+    def _left_by_stopped(cfg: dict) -> dict:
+        """A run whose worker a SIGTERM from elsewhere stopped: what it left (its result, written
+        before: diverged or pruned in a pack; another process's claim), else {"died"}: no result."""
+        try:
+            from ..run.lifecycle import left_by_worker
+
+            left = left_by_worker(cfg)
+        except Exception:  # its folder cannot be read: said as stopped, which it was
+            left = None
+        return left or {"died": "worker stopped by SIGTERM before the run finished; it left no result"}
 
     # -- the end ------------------------------------------------------------------------------------
 
@@ -364,14 +377,3 @@ def _kill_workers(workers: list[_Worker]) -> None:
             worker.process.kill()
     for worker in workers:
         worker.process.join()
-
-
-class _RemoteTraceback(Exception):
-    """The worker's traceback of a failed run, chained under the exception the driver raises."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'

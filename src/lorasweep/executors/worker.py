@@ -23,8 +23,9 @@ from typing import Any, Mapping
 from ..console import PlainText, quiet_libraries, say
 from ..errors import RunClaimedError
 
-STOPPED_EXIT = 128 + signal.SIGTERM
-PACK, FOLDERS = "pack", "folders"  # the keys of a task that trains several runs as one pack  # a worker's exit status after a clean stop (what a shell shows for SIGTERM)
+STOPPED_EXIT = 128 + signal.SIGTERM  # a worker's exit status after a clean stop (what a shell shows for SIGTERM)
+PACK, FOLDERS = "pack", "folders"  # the keys of a task that trains several runs as one pack
+FAILED, TRACEBACK = "failed", "traceback"  # a pack's entry for a run that failed (pack_failure)
 
 
 class Stopped(KeyboardInterrupt):
@@ -63,7 +64,7 @@ def _run(cfg: Mapping[str, Any]) -> dict:
     from ..config.checks import data_parallel
 
     if PACK in cfg:
-        return _run_pack(cfg[PACK])
+        return _run_pack(cfg)
     trainer = None
     if data_parallel(cfg) > 1:  # hydra.launcher.gpus_per_run > 1: this process starts the run's ranks
         from .data_parallel import rank_trainer
@@ -80,7 +81,8 @@ def _run(cfg: Mapping[str, Any]) -> dict:
 
 def pack_task(cfgs: list[dict], folders: list[Path]) -> dict:
     """What an executor is sent to train `cfgs` (whose run folders are `folders`) as one pack
-    (lorasweep.run.pack); its result is {"pack": [each run's result, or {"claimed_by": who, "run_key"}]}."""
+    (lorasweep.run.pack); its result is {"pack": [each run's outcome, each with its "run_key": its
+    result, {"claimed_by": who}, or {"failed": exception, "traceback": text} (pack_failure)]}."""
     return {PACK: cfgs, FOLDERS: [str(f) for f in folders]}
 
 
@@ -94,15 +96,53 @@ def members(cfg: Mapping[str, Any]) -> list[dict]:
     return list(cfg[PACK]) if PACK in cfg else [dict(cfg)]
 
 
-def _run_pack(cfgs: list[dict]) -> dict:
+def _run_pack(task: Mapping[str, Any]) -> dict:
     from ..run.pack import run_pack
+    from ..run.store import run_key_of
 
+    cfgs = task[PACK]
     try:
-        return {PACK: run_pack(cfgs, [_reporter(cfg) for cfg in cfgs])}
+        outcomes = run_pack(cfgs, [_reporter(cfg) for cfg in cfgs])
     except Stopped:
         say("stopped by the sweep (SIGTERM) before the pack finished: its unfinished runs wrote no result; "
             "they train again next time")
         raise
+    return {PACK: [_failure_entry(o, run_key_of(folder)) if isinstance(o, Exception) else o
+                   for o, folder in zip(outcomes, task_folders(task, None))]}
+
+
+def _failure_entry(error: Exception, run_key: str) -> dict:
+    """A failed run's entry in its pack's result: its exception as the way back (a pipe, submitit's
+    pickle) can carry it, and its traceback as text (pickling drops it)."""
+    error, text = _portable(error)
+    return {"run_key": run_key, FAILED: error.with_traceback(None), TRACEBACK: text}  # no frame held: they hold the pack's model
+
+
+def pack_failure(outcome: Any) -> Exception | None:
+    """The exception a run of a pack failed with (an entry of its task's result), the worker's
+    traceback chained under it as Python shows a chained exception; None for any other outcome."""
+    if not (isinstance(outcome, dict) and FAILED in outcome):
+        return None
+    return with_remote_traceback(outcome[FAILED], outcome.get(TRACEBACK, ""))
+
+
+def with_remote_traceback(error: BaseException, text: str) -> BaseException:
+    """`error`, sent back by a worker, with the worker's traceback `text` (which pickling drops)
+    chained under it: what Hydra shows after a sweep for a failed run."""
+    if text:
+        error.__cause__ = RemoteTraceback(text)
+    return error
+
+
+class RemoteTraceback(Exception):
+    """The worker's traceback of a failed run, chained under the exception the driver raises."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
 
 
 def _reporter(cfg: Mapping[str, Any]):

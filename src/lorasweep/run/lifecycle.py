@@ -18,6 +18,7 @@ does (record_worker_death, status failed with the signal).
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 import traceback
@@ -179,25 +180,38 @@ def record_over_budget(plan: Plan, results_dir: Path) -> dict[str, Any]:
         "params": {"trainable": plan.predicted, "predicted": plan.predicted}})
 
 
-def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float | None = None) -> dict[str, Any] | None:
+def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float | None = None) -> dict[str, Any]:
     """A run whose worker process died under it (the out-of-memory killer's SIGKILL, say) is recorded
-    by its driver: planned again from its config (nothing loaded), status failed with `reason`. A
-    result the run wrote before its worker died stands, and is returned instead; a run another
-    process has taken over since (its claim is live) is left to it: None."""
+    by its driver: planned again from its config (nothing loaded), status failed with `reason`, and
+    that record returned; unless left_by_worker finds what the run left (returned instead)."""
     plan = plan_run(cfg)
     folder = plan.folder(store.store_dir(cfg))
+    left = _left_by_worker(plan, folder)
+    if left is not None:
+        return left
+    drop_dead_claim(folder)  # the dead worker's: nobody need take it over and say so
+    (folder / store.TRACEBACK_FILE).unlink(missing_ok=True)  # an earlier failure's: this one has none
+    return store.write_result(folder, {**base_record(plan), "status": "failed", "reason": reason,
+                                       "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})
+
+
+def left_by_worker(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a run whose worker process ended under it left (planned again from its config, nothing
+    loaded): the result it wrote before (any status but failed: it stands), {"claimed_by": who,
+    "run_key"} when another process has claimed it since (its driver waits for it), else None."""
+    plan = plan_run(cfg)
+    return _left_by_worker(plan, plan.folder(store.store_dir(cfg)))
+
+
+def _left_by_worker(plan: Plan, folder: Path) -> dict[str, Any] | None:
     try:
         stored = store.read_result(folder)
     except UnreadableResultError:
         stored = None
     if stored and stored.get("status") != "failed":
         return stored
-    if live_holder(folder) is not None:
-        return None
-    drop_dead_claim(folder)  # the dead worker's: nobody need take it over and say so
-    (folder / store.TRACEBACK_FILE).unlink(missing_ok=True)  # an earlier failure's: this one has none
-    return store.write_result(folder, {**base_record(plan), "status": "failed", "reason": reason,
-                                       "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})
+    holder = live_holder(folder)
+    return None if holder is None else {"claimed_by": holder.describe(), "run_key": plan.spec.run_key}
 
 
 def base_record(plan: Plan) -> dict[str, Any]:
@@ -357,29 +371,41 @@ def _save(model, tokenizer, spec: RunSpec, folder: Path, initial: Path | None) -
         return {}
     adapter = spec.method in methods.ADAPTER_METHODS
     target = folder / ("adapter" if adapter else "model")
-    # safetensors says only "os error 28": the file it was writing is named here
-    weights = target / ("adapter_model.safetensors" if adapter else "model.safetensors")
-    try:
+    with saving_weights(target, "adapter_model.safetensors" if adapter else "model.safetensors"):
         if adapter:
             methods.save_adapter(model, spec, target, initial)
         else:
             model.save_pretrained(target)
-    except Exception as e:
-        failure = store.storage_error(e, weights)
-        if failure is None:
-            raise
-        shutil.rmtree(target, ignore_errors=True)  # half an adapter is none, and its room may fit result.json
-        raise failure from e
-    try:
+    with store_write(target):
         if tokenizer is not None:
             tokenizer.save_pretrained(target)
-    except Exception as e:
-        failure = store.storage_error(e, target)
-        if failure is None:
-            raise
-        raise failure from e
     # the path is relative to the run's folder, so a results store can be moved or copied whole
     return {"kind": target.name, "path": target.name, "size_bytes": store.folder_size(target)}
+
+
+@contextlib.contextmanager
+def store_write(path: Path):
+    """A write into the store, whose refusal (a full disk, a read-only store) is raised as the
+    StoreError that names `path` and the cause; other failures pass unchanged."""
+    try:
+        yield
+    except Exception as e:
+        failure = store.storage_error(e, path)
+        if failure is None or failure is e:
+            raise
+        raise failure from e
+
+
+@contextlib.contextmanager
+def saving_weights(target: Path, weights_file: str):
+    """Saving a model or adapter into the folder `target`: store_write naming `weights_file` in it
+    (safetensors says only "os error 28"); a refused save leaves no half-written `target`."""
+    try:
+        with store_write(target / weights_file):
+            yield
+    except StoreError:
+        shutil.rmtree(target, ignore_errors=True)  # half an adapter is none, and its room may fit result.json
+        raise
 
 
 def timing_record(load_s: float, outcome, eval_s: float, t_start: float) -> dict[str, float]:

@@ -7,9 +7,10 @@ shared: it is planned, checked against its budget and the store, claimed, built 
 seeded initialisation, its exact parameter count), then its adapter joins the pack's model
 (model/packing.py) and all train together (run/pack_loop.py). Each writes its own result.json, with
 `pack: {id, size, runs}` added, and its own PEFT adapter; a run that diverges or is pruned leaves the
-pack with that result, written as it leaves, while the others go on. A pack that fails records every
-unfinished run as failed (with the shared traceback) before the error leaves; an interrupted pack
-writes no result for the runs still training (the same command trains them).
+pack with that result, written as it leaves, while the others go on. A pack that fails records each
+run still in it as failed (with the shared traceback), and that error is its outcome (run_pack
+returns it, not raises it): the runs that left before, or that another process trains, keep theirs;
+an interrupted pack writes no result for the runs still training (the same command trains them).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..console import say
-from ..errors import AcceleratorMemoryError, RunClaimedError
+from ..errors import RunClaimedError
 from ..model import loading, methods
 from ..model.packing import Block, PackedModel, adapter_name, pack_models
 from ..tasks import classification
@@ -33,7 +34,8 @@ from ..tasks.metrics import headline
 from . import memory, store
 from .claims import Claim
 from .lifecycle import (base_record, checked_params, diverged_result, done_result, finished_result, load_and_train,
-                        new_weight_notes, pruned_result, record_failure, record_over_budget, timing_record)
+                        new_weight_notes, pruned_result, record_failure, record_over_budget, saving_weights,
+                        timing_record)
 from .loop import LoopOptions, make_trainer
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
@@ -41,9 +43,11 @@ from .progress import PROGRESS_FILE, ProgressFile
 
 
 def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = None) -> list[dict[str, Any] | Exception]:
-    """Train the runs of `cfgs` as one pack; returns each one's result (as run_config returns it),
-    {"claimed_by": who} for a run another process trains now, or the AcceleratorMemoryError of a run
-    that ran out of memory even alone (_train_or_split). `reporters`: each run's pruning reporter."""
+    """Train the runs of `cfgs` as one pack; returns each one's outcome, in their order: its result
+    (as run_config returns it), {"claimed_by": who, "run_key"} for a run another process trains now,
+    or the exception it failed with, recorded as alone (the pack's own failure for each run still in
+    it; the AcceleratorMemoryError of a run out of memory even alone: _train_or_split). A run that
+    left the pack before it failed keeps its result. `reporters`: each run's pruning reporter."""
     plans = [plan_run(cfg) for cfg in cfgs]
     dirs = [store.store_dir(cfg) for cfg in cfgs]
     for d in dict.fromkeys(dirs):
@@ -84,16 +88,16 @@ class _OutOfMemory:
 
 
 def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list,
-                    loop: LoopOptions) -> list[dict[str, Any] | AcceleratorMemoryError]:
-    """Each run's result: the runs trained as one pack, or one run as it trains alone. A pack that
-    runs out of accelerator memory is trained again as two packs of half its size, down to runs
-    alone: a pack too large for its GPU costs time, not its runs. A run that runs out of memory alone
-    is recorded failed (run/lifecycle.py), its outcome is that AcceleratorMemoryError (the sweep says
-    it as it says a run alone's), and the runs beside it go on."""
+                    loop: LoopOptions) -> list[dict[str, Any] | Exception]:
+    """Each run's result, or the exception it failed with (recorded): the runs trained as one pack,
+    or one run as it trains alone. A pack that runs out of accelerator memory is trained again as two
+    packs of half its size, down to runs alone: a pack too large for its GPU costs time, not its runs.
+    A run that runs out of memory alone is recorded failed (run/lifecycle.py), its outcome is that
+    AcceleratorMemoryError (the sweep says it as it says a run alone's), and the runs beside it go on."""
     if len(plans) == 1:
         try:
             return [load_and_train(plans[0], folders[0], {}, reporters[0], loop)]
-        except AcceleratorMemoryError as e:  # recorded, its memory given back
+        except Exception as e:  # recorded as alone (out of memory: its memory given back)
             return [e]
     out = _train_pack(plans, folders, reporters, loop)
     if not isinstance(out, _OutOfMemory):
@@ -117,30 +121,32 @@ def pack_id(run_keys: Sequence[str]) -> str:
 
 
 def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
-                loop: LoopOptions) -> list[dict[str, Any]] | _OutOfMemory:
+                loop: LoopOptions) -> list[dict[str, Any] | Exception] | _OutOfMemory:
     """Build, train, test and save the pack of `plans` (claimed, none finished); each run's result, or
-    _OutOfMemory with nothing recorded for the runs still to train (returned, not raised: once this
-    frame is gone nothing holds the pack's model). Packs do not checkpoint (loop.save_steps): a pack
-    interrupted in a SLURM job starts over."""
+    the exception that failed the pack for each run still in it (recorded failed, with its traceback;
+    the runs that left the pack keep their results), or _OutOfMemory with nothing recorded for the
+    runs still to train (returned, not raised: once this frame is gone nothing holds the pack's
+    model). Packs do not checkpoint (loop.save_steps): a pack interrupted in a SLURM job starts over."""
     t_start = time.perf_counter()
     keys = [p.spec.run_key for p in plans]
     info = {"id": pack_id(keys), "size": len(plans), "runs": keys}
     bases = [{**base_record(p), "pack": info} for p in plans]
     say(f"{info['id']}: {len(plans)} runs trained together over one {plans[0].spec.model.name}: "
         + ", ".join(p.spec.slug for p in plans))
-    first, tokenizer = _build_alone(plans[0])
-    params = [checked_params(first, plans[0])]
-
-    def others():
-        for plan in plans[1:]:
-            model, _ = _build_alone(plan)
-            params.append(checked_params(model, plan))
-            yield model
-
-    pack = pack_models(first, others())
-    load_s = time.perf_counter() - t_start
-    done: list[dict[str, Any] | None] = [None] * len(plans)
+    done: list[dict[str, Any] | Exception | None] = [None] * len(plans)
+    pack = None
     try:
+        first, tokenizer = _build_alone(plans[0])
+        params = [checked_params(first, plans[0])]
+
+        def others():
+            for plan in plans[1:]:
+                model, _ = _build_alone(plan)
+                params.append(checked_params(model, plan))
+                yield model
+
+        pack = pack_models(first, others())
+        load_s = time.perf_counter() - t_start
         members = [_member(pack, plan, i, folder, reporter, tokenizer)
                    for i, (plan, folder, reporter) in enumerate(zip(plans, folders, reporters))]
         for m, plan, p in zip(members, plans, params):
@@ -167,11 +173,11 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
     except Exception as e:
         oom = memory.out_of_memory(e)
         if oom is not None:
-            return _OutOfMemory(memory.ran_out(oom, pack.model), done)
+            return _OutOfMemory(memory.ran_out(oom, getattr(pack, "model", None)), done)
         for i, (folder, base) in enumerate(zip(folders, bases)):
-            if done[i] is None:
+            if done[i] is None:  # still in the pack: it fails with it
                 record_failure(folder, base, e, t_start)
-        raise
+                done[i] = e
     return done  # type: ignore[return-value]
 
 
@@ -242,8 +248,9 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
     for j, i in enumerate(finishing):
         m, folder, plan = members[i], folders[i], plans[i]
         target = folder / "adapter"
-        pack.save_adapter(m.adapter, target)
-        methods.save_labels(pack.model, target)
+        with saving_weights(target, "adapter_model.safetensors"):  # a full disk stops the sweep, as alone
+            pack.save_adapter(m.adapter, target)
+            methods.save_labels(pack.model, target)
         artifacts = {"kind": "adapter", "path": "adapter", "size_bytes": store.folder_size(target)}
         done[i] = done_result(folder, {**bases[i], "params": params[i]}, task, tests[j],
                               {name: results[j] for name, results in more.items()},

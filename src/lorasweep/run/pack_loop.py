@@ -5,7 +5,7 @@ too, and never trains it): its data order (the Trainer's seeded sampler and coll
 (the Trainer's class and settings: AdamW, its lr and weight decay, no decay on biases and norms) and
 schedule (warmup, linear decay over its steps), gradient clipping at max_grad_norm over its own
 parameters, its logged loss (the mean over each logging window) and its curve (the task's evaluator
-every eval_steps, and before the first step).
+every eval_steps, at the last step and before the first).
 
 A step stacks the runs' batches (model/packing: each run on its own rows), runs one forward and one
 backward of the sum of the runs' losses (each its own mean: the gradient of a run's parameters is
@@ -227,9 +227,11 @@ def sft_losses(pack: PackedModel, batch: dict, blocks: list[Block], live) -> lis
 
 def _log_and_evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, args, start: float,
                       leave: Callable[[Member], None]) -> None:
-    """What the Trainer does after a step: log the loss every logging_steps, evaluate every eval_steps."""
+    """What the Trainer does after a step (transformers' DefaultFlowCallback): log the loss every
+    logging_steps (not at the last step: a window cut short is never logged), evaluate every
+    eval_steps and at the last step."""
     step, live = state.global_step, [m for m in members if m.active]
-    if step % args.logging_steps == 0 or step == state.max_steps:
+    if step % args.logging_steps == 0:
         for m in live:
             total, n = m.window
             if n:
@@ -244,7 +246,7 @@ def _log_and_evaluate(pack, members: list[Member], evaluate: PackEvaluator, stat
         if losses:
             say(f"  pack step {step:>5}/{state.max_steps}  {len(live)} runs, loss {min(losses):.4f}-{max(losses):.4f}  "
                 f"{rate:.1f} ex/s  ETA {eta:.0f}s")
-    if step % args.eval_steps == 0:
+    if step % args.eval_steps == 0 or step >= state.max_steps:
         _evaluate(pack, live, evaluate, state, training=True, leave=leave)
     for m in live:
         if m.progress and m.active:  # one pruned just now has ended its progress

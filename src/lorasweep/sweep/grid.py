@@ -46,7 +46,7 @@ from ..run.store import run_key_of
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .interrupts import interrupt_on_signals
-from .packing import check_pack_gpus, make_packs, pack_size, per_run, unit_task
+from .packing import check_pack_gpus, make_packs, pack_size, per_run, to_resend, unit_task
 from .triage import after_wait, triage
 
 
@@ -218,6 +218,9 @@ def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, 
                     unit = running.pop(task)
                     durations.append(time.perf_counter() - unit[0].started)
                     for job, future in zip(unit, per_run(task, [run_key_of(job.folder) for job in unit])):
+                        if to_resend(future):  # not in the job its regrouped pack was re-attached to
+                            units.insert(0, [job])  # alone: it trains, or re-attaches to the job that holds it
+                            continue
                         if _claimed_elsewhere(future, job, elsewhere):
                             continue  # another process claimed it after our triage: waited for, like the others
                         if tally.stopped is None and _retrying(future, job, retries):

@@ -46,7 +46,7 @@ from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE, FailureRate, check_ma
 from .interrupts import interrupt_on_signals
 from .optuna_results import say_summary, write_optimization_results
 from .optuna_settings import OptunaSettings
-from .packing import make_packs, optuna_pack_size, per_run, unit_task
+from .packing import make_packs, optuna_pack_size, per_run, to_resend, unit_task
 from .triage import after_wait, triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
@@ -187,6 +187,9 @@ class OptunaSweep:
                   by_key: dict[str, _Job]) -> int:
         """A run that finished (its own future, also in a pack): retried, waited for elsewhere, or
         told for each of its trials; returns the trials told."""
+        if to_resend(future):  # not in the job its regrouped pack was re-attached to: alone, to the job that has it
+            inflight[executor.submit_many([(job.cfg, job.folder)])[0]] = [job]
+            return 0
         if self._retry(job, future, executor, inflight, by_key):
             return 0
         by_key.pop(job.run_key, None)

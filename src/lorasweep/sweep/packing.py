@@ -6,7 +6,8 @@ alone. A pack shares one frozen base and one stream of batches, so its runs must
 shapes them: model, task and its data, batch size, evaluation batch size, steps or epochs,
 max_length, eval_steps. They may differ in all that makes them different runs: method among the
 adapter methods whose base stays frozen (lora, rslora, dora), rank, alpha, projections, dropout, lr,
-weight decay, warmup and seed. Anything else trains alone, and the plan says why.
+weight decay, warmup and seed. Anything else trains alone, and the plan says why (why_alone; a
+tracked run too: a pack does not track its runs).
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ..config.spec import from_config
 from ..errors import ConfigError, WorkerDiedError
-from ..executors.worker import PACK, pack_task
+from ..executors.worker import PACK, pack_failure, pack_task
 
 PACKABLE_METHODS = ("lora", "rslora", "dora")  # the base stays frozen and shared; pissa rewrites it, full trains it
 SHARED_TRAIN = ("epochs", "max_steps", "batch_size", "eval_batch_size", "eval_steps", "max_length")
+
+RESEND = "resend"  # per_run's outcome for a run its task's result does not hold
 
 T = TypeVar("T")
 
@@ -73,13 +76,17 @@ def why_alone(cfg: Mapping[str, Any]) -> str | None:
         return "it injects new tokens"
     if (cfg.get("train") or {}).get("compile") is True:
         return "train.compile=true (a pack's step is not compiled)"
+    backend = (cfg.get("tracking") or {}).get("backend", "none")
+    if backend != "none":
+        return f"tracking={backend} (a pack does not track its runs)"
     return None
 
 
 def pack_key(cfg: Mapping[str, Any]) -> str:
     """What the runs of one pack share: equal keys, one pack (if the size allows)."""
     d = from_config(cfg).defining()
-    shared = {k: d["train"][k] for k in SHARED_TRAIN}
+    # the Trainer ignores epochs when max_steps is set: runs that differ only there step alike
+    shared = {k: d["train"][k] for k in SHARED_TRAIN if not (k == "epochs" and d["train"]["max_steps"] > 0)}
     return json.dumps({"model": d["model"], "task": d["task"], "train": shared,
                        "results_dir": str(cfg.get("results_dir"))}, sort_keys=True, default=str)
 
@@ -117,29 +124,38 @@ def unit_task(unit: Sequence[Any]) -> tuple[dict, Path]:
 
 
 def per_run(task: Future, run_keys: Sequence[str]) -> list[Future]:
-    """A finished task's outcome for each of its runs (by run key): the task itself for a run alone;
-    for a pack, each run's own result, or the failure of the whole pack for each of its runs. A run
-    sent alone whose task is a pack (a restarted driver re-attached to the SLURM job of the pack it
-    was in) takes its own result; a run whose outcome is an exception failed with it; a run the pack's result does not name is said claimed by its job."""
+    """A finished task's outcome for each of its runs: the task itself for a run alone; else each
+    run's own entry in the task's result, matched by run key (its result, {"claimed_by"}, its own
+    failure, or "died" with its worker), or the task's exception for each run if it raised. A run the
+    result holds no entry for gets {RESEND: ...} (see to_resend): a restarted driver regroups the runs
+    still held by SLURM jobs and re-attaches each group to its first run's job, whose result covers
+    the runs that job was sent with, not necessarily the others."""
     error = task.exception()
-    packed = error is None and isinstance(task.result(), dict) and PACK in task.result()
-    if not packed and len(run_keys) == 1:
+    result = None if error is not None else task.result()
+    packed = isinstance(result, dict) and PACK in result
+    if error is None and not packed and len(run_keys) == 1:
         return [task]
+    entries = result[PACK] if packed else [result]
+    by_key = {entry["run_key"]: entry for entry in entries if isinstance(entry, dict) and "run_key" in entry}
     futures = [Future() for _ in run_keys]
-    outcomes: list[dict | None] = [None] * len(run_keys)
-    if packed:  # by run key; a dead worker's entries say only "died", in the order the runs were sent
-        results = task.result()[PACK]
-        by_key = {outcome["run_key"]: outcome for outcome in results if isinstance(outcome, dict) and "run_key" in outcome}
-        in_order = len(results) == len(run_keys)
-        outcomes = [by_key.get(key) or (results[i] if in_order else {"claimed_by": "its pack's job"})
-                    for i, key in enumerate(run_keys)]
-    for future, outcome in zip(futures, outcomes):
-        if error is not None:
-            future.set_exception(error)
-        elif isinstance(outcome, Exception):  # it failed on its own, recorded (run/pack: out of memory alone)
-            future.set_exception(outcome)
+    for future, key in zip(futures, run_keys):
+        outcome = by_key.get(key)
+        failure = error or pack_failure(outcome)  # the task's, or its own (recorded: run/pack)
+        if failure is not None:
+            future.set_exception(failure)
+        elif outcome is None and len(run_keys) > 1:
+            future.set_result({RESEND: "the job its pack was re-attached to was sent without it"})
+        elif outcome is None:  # sent alone to the job its folder names, which must hold it: never sent again
+            future.set_exception(RuntimeError(f"the result of the job this run was sent to holds no outcome "
+                                              f"for run {key}"))
         elif "died" in outcome:  # its worker died before it finished (lorasweep.executors.local)
             future.set_exception(WorkerDiedError(outcome["died"]))
         else:
             future.set_result(outcome)
     return futures
+
+
+def to_resend(future: Future) -> bool:
+    """per_run found no outcome for this run in the task it was part of: the driver sends it again
+    (alone: it trains, or the executor re-attaches it to the job that holds it)."""
+    return future.exception() is None and isinstance(future.result(), dict) and RESEND in future.result()
