@@ -128,6 +128,21 @@ def test_a_live_process_of_our_own_slurm_job_keeps_its_claim(tmp_path, monkeypat
     assert live_holder(folder) is None
 
 
+def test_a_live_claim_stays_alive_when_the_wall_clock_steps(tmp_path, monkeypatch):
+    """psutil's create_time() moves with the wall clock (its boot time is derived from it): a step
+    of the clock must not make a live owner look like a later process that took its pid."""
+    folder = tmp_path / "run"
+    with Claim(folder):
+        stepped = psutil.Process.create_time
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: stepped(self) + 1.5)
+        assert live_holder(folder) is not None
+        with pytest.raises(RunClaimedError):
+            Claim(folder).acquire()
+    # our pid, started at another time by the kernel's count: a later process, not the owner
+    write_claim(folder, host=socket.gethostname(), pid=os.getpid(), pid_start=f"{claims.process_start(os.getpid())}0")
+    assert live_holder(folder) is None
+
+
 def test_a_driver_drops_the_claim_of_its_killed_slurm_job_only(tmp_path):
     folder = tmp_path / "run"
     write_claim(folder, host="node1", pid=1, slurm_job="900_1")

@@ -16,6 +16,8 @@ A claim whose owner is dead is taken over, and that is said:
   - elsewhere: its heartbeat is older than STALE_AFTER_S;
   - our own SLURM job, requeued after a preemption (SLURM_RESTART_COUNT above the claim's), on
     another node: it takes its own claim back at once (the earlier incarnation's processes are gone).
+The start time is the kernel's (boot id and clock ticks since boot), which a step of the wall clock
+does not move; claims written without it are compared by psutil's create_time, as before.
 Taking over goes through a second exclusive file (claim.takeover), so that two processes finding
 the same dead claim do not both take it.
 """
@@ -103,7 +105,7 @@ class Claim:
         self.folder = Path(folder)
         self.path = self.folder / CLAIM_FILE
         self.owner = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-                      "pid_started": psutil.Process().create_time(),
+                      "pid_started": psutil.Process().create_time(), "pid_start": process_start(os.getpid()),
                       "slurm_job": store.slurm_job_id(), "slurm_restarts": store.slurm_restarts(),
                       "since": time.time(), "heartbeat_every_s": HEARTBEAT_S}
         self._stop = threading.Event()
@@ -223,9 +225,26 @@ def drop_job_claim(folder: Path, job_id: str) -> None:
         (Path(folder) / CLAIM_FILE).unlink(missing_ok=True)
 
 
+def process_start(pid: int) -> str | None:
+    """When process `pid` started, as the kernel counts it: "<boot id>:<clock ticks since boot>"
+    (/proc/<pid>/stat, field 22). psutil's create_time() adds a boot time it derives from the wall
+    clock now, in whole seconds: a clock step (NTP, a resumed VM) moves it and made a live owner look
+    like a later process. None: no such process, or no /proc (not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # after the command name, which may hold spaces
+
+
 def _running(owner: dict[str, Any]) -> bool:
     """Whether the claim's process, on this host, runs still: its pid, started when the claim says."""
     try:
-        return abs(psutil.Process(int(owner["pid"])).create_time() - owner.get("pid_started", 0)) < 1.0
+        pid = int(owner["pid"])
+        if owner.get("pid_start"):
+            return process_start(pid) == owner["pid_start"]
+        # a claim from before pid_start, or from a host without /proc: the wall-clock start time
+        return abs(psutil.Process(pid).create_time() - owner.get("pid_started", 0)) < 1.0
     except (psutil.NoSuchProcess, KeyError, TypeError, ValueError):
         return False
