@@ -282,15 +282,23 @@ def last_complete_checkpoint(workdir: Path) -> str | None:
     """The newest checkpoint that was saved to the end, or None.
 
     A job signalled (time limit, preemption) while the Trainer was saving leaves a checkpoint folder
-    without its trainer_state.json, which the Trainer writes last: it is removed, and the one before
-    it (kept until the new one is complete) is resumed from instead."""
+    without its trainer_state.json, which the Trainer writes last; a full disk or a kill while it
+    writes that file leaves it empty or cut short, and the Trainer fails to read it at every resume.
+    Such a checkpoint is removed (an unreadable one said), and the one before it (kept until the new
+    one is complete) is resumed from instead."""
     if not workdir.is_dir():
         return None
     found = sorted((p for p in workdir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for folder in found:
-        if (folder / "trainer_state.json").exists():
+        state = folder / "trainer_state.json"
+        try:
+            json.loads(state.read_text())
             return str(folder)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            say(f"  {state} cannot be read ({type(e).__name__}: {e}): its save was cut short, checkpoint discarded")
         shutil.rmtree(folder, ignore_errors=True)
     return None
 
