@@ -227,7 +227,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     for line in new_weight_notes(plan, notes):
         say(f"{spec.slug}: {line}")
     tracker = make_tracker(tracking, folder, spec.slug, base["config"])
-    ok = False
+    ok, final = False, {}
     try:
         outcome = None
         if spec.method != "none":
@@ -253,15 +253,27 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         artifacts = _save(model, tokenizer if token_ids else None, spec, folder, initial)
         result = done_result(folder, base, task, test, more, outcome, timing_record(load_s, outcome, eval_s, t_start),
                              store.weights_memory(model, spec.method, plan.base_total), artifacts)
-        tracker.summary({f"test_{k}": v for k, v in test.items()})
+        final = {f"test_{k}": v for k, v in test.items()}
         ok = True
     finally:
-        tracker.finish(ok)
+        _close_tracker(tracker, final, ok, spec.slug)
     for name, m in more.items():
         say(f"{spec.slug}: test set {name}: {headline(m)}")
     say(f"{spec.slug}: test {headline(test)} | "
         f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / store.RESULT_FILE}")
     return result
+
+
+def _close_tracker(tracker, final: Mapping[str, Any], ok: bool, slug: str) -> None:
+    """Send the tracker the test metrics (`final`, if any) and end its run. Its failure here (a server
+    answering 503, a full disk under its files) is said and goes no further: the run's result is
+    written already and stands, and a run that failed keeps its own error."""
+    try:
+        if final:
+            tracker.summary(final)
+        tracker.finish(ok)
+    except Exception as e:
+        say(f"{slug}: the tracker failed to end its run ({type(e).__name__}: {e}); the run's result stands")
 
 
 def done_result(folder: Path, base: dict, task, test: dict, more: dict, outcome, timing: dict, weights: dict,
