@@ -41,3 +41,30 @@ def test_a_checkpoint_whose_trainer_state_was_cut_short_is_discarded_and_the_one
     said = capsys.readouterr().err
     assert "checkpoint-4/trainer_state.json cannot be read (JSONDecodeError" in said
     assert "checkpoint discarded" in said and "resuming from step 2" in said
+
+
+def test_a_run_stopped_after_training_resumes_from_its_last_checkpoint_not_step_0(results_dir, monkeypatch):
+    """Stopped while its adapter is saved (a kill, a full disk, a failing test evaluation): the
+    checkpoints were deleted as training ended, and the next attempt trained from step 0."""
+    from lorasweep.model import methods
+
+    save = methods.save_adapter
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped while saving the adapter")
+
+    cfg = compose_config(RESUMABLE + [f"results_dir={results_dir}"])
+    monkeypatch.setattr(methods, "save_adapter", stopped)
+    with pytest.raises(RuntimeError, match="stopped while saving"):
+        run_config(cfg)
+    folder = next(results_dir.iterdir())
+    assert sorted(p.name for p in (folder / "trainer").iterdir()) == ["checkpoint-6"]
+    monkeypatch.setattr(methods, "save_adapter", save)
+
+    result = run_config(cfg)
+    assert result["status"] == "done" and result["resumed_from_step"] == 6
+    assert not (folder / "trainer").exists()  # the result is written: the checkpoints went
+    # the run it would have been uninterrupted: 6 steps, not a 7th (the Trainer resumed at its last step trains one more)
+    alone = run_config(compose_config(RESUMABLE + [f"results_dir={results_dir}-alone"]))
+    assert result["curve"] == alone["curve"] and [p["step"] for p in result["curve"]] == [0, 2, 4, 6]
+    assert result["metrics"]["test"] == alone["metrics"]["test"]

@@ -235,16 +235,16 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
                             tasks.evaluator(task, tokenizer, task.eval, spec.train), spec.train,
                             kind=spec.task.kind, workdir=workdir, tracker=tracker,
                             reporter=reporter, loop=loop, progress=folder / PROGRESS_FILE)
-            # checkpoints only serve a resume: the adapter is saved below, so they go
-            shutil.rmtree(folder / "trainer", ignore_errors=True)
             if outcome.resumed_from_step is not None:
                 base = {**base, "resumed_from_step": outcome.resumed_from_step}
             if outcome.pruned_at is not None:
+                result = pruned_result(folder, base, outcome, load_s, t_start)
                 ok = True
-                return pruned_result(folder, base, outcome, load_s, t_start)
+                return result
             if outcome.diverged is not None:
+                result = diverged_result(folder, base, outcome, load_s, t_start)
                 ok = True  # a result, not a failure
-                return diverged_result(folder, base, outcome, load_s, t_start)
+                return result
         t1 = time.perf_counter()
         test = tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
         # more test sets (the Qwen3 tutorial reports two MCQ sets, each with its SE)
@@ -256,6 +256,8 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         final = {f"test_{k}": v for k, v in test.items()}
         ok = True
     finally:
+        if ok:  # checkpoints serve a resume only; until the result is written, a kill resumes from them
+            shutil.rmtree(folder / "trainer", ignore_errors=True)
         _close_tracker(tracker, final, ok, spec.slug)
     for name, m in more.items():
         say(f"{spec.slug}: test set {name}: {headline(m)}")

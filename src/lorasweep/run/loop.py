@@ -81,6 +81,20 @@ class _Diverged(Exception):
         self.divergence = divergence
 
 
+class _TrainedAlready(Exception):
+    """Raised out of Trainer.train when the checkpoint it resumes from is the run's last step."""
+
+
+class _StopIfTrained(TrainerCallback):
+    """Resuming from the last step's checkpoint (the run was stopped after training: in its test
+    evaluation or its save), the Trainer would train a step past max_steps (it checks the count after
+    a step only): training ends before it, the checkpoint's weights loaded."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise _TrainedAlready()
+
+
 @dataclass
 class TrainOutcome:
     curve: list[dict] = field(default_factory=list)
@@ -312,7 +326,8 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     A non-finite training loss stops training at once: `outcome.diverged` says where.
     `loop.save_steps` > 0 checkpoints into `workdir` every that many steps (the last one kept), and
     a checkpoint found there at the start is resumed from: a run requeued after a time limit or a
-    preemption continues instead of starting over. `progress`: the run's progress.json, kept up
+    preemption continues instead of starting over (from the last step's checkpoint, kept until the
+    run's result is written, it trains nothing more). `progress`: the run's progress.json, kept up
     to date while it trains (run/progress.py).
     """
     outcome = TrainOutcome()
@@ -332,6 +347,7 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
         saved = Path(last) / CURVE_FILE
         outcome.curve = json.loads(saved.read_text()) if saved.exists() else []
         say(f"  resuming from step {outcome.resumed_from_step} ({last})")
+        trainer.add_callback(_StopIfTrained())
     else:
         trainer.evaluate()  # the curve's step-0 point: the model before any update
     outcome.eval_seconds = 0.0
@@ -339,6 +355,8 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     try:
         out = trainer.train(resume_from_checkpoint=last)
         steps, outcome.final_train_loss = out.global_step, out.training_loss
+    except _TrainedAlready:
+        steps = trainer.state.global_step  # no step trained here: no training loss of this attempt
     except _Diverged as e:
         outcome.diverged = e.divergence
         steps = trainer.state.global_step  # the optimizer steps completed before the bad one
