@@ -58,7 +58,7 @@ def test_a_run_stopped_after_training_resumes_from_its_last_checkpoint_not_step_
     with pytest.raises(RuntimeError, match="stopped while saving"):
         run_config(cfg)
     folder = next(results_dir.iterdir())
-    assert sorted(p.name for p in (folder / "trainer").iterdir()) == ["checkpoint-6"]
+    assert [p.name for p in (folder / "trainer").glob("checkpoint-*")] == ["checkpoint-6"]
     monkeypatch.setattr(methods, "save_adapter", save)
 
     result = run_config(cfg)
@@ -68,3 +68,26 @@ def test_a_run_stopped_after_training_resumes_from_its_last_checkpoint_not_step_
     alone = run_config(compose_config(RESUMABLE + [f"results_dir={results_dir}-alone"]))
     assert result["curve"] == alone["curve"] and [p["step"] for p in result["curve"]] == [0, 2, 4, 6]
     assert result["metrics"]["test"] == alone["metrics"]["test"]
+
+
+def test_a_run_killed_as_its_checkpoint_is_saved_resumes_with_its_whole_curve(results_dir, monkeypatch):
+    """Killed right after the Trainer wrote checkpoint-4's trainer_state.json: the curve file, written
+    after it, was missing there, and the resumed run's curve lost the points before step 4."""
+    write = TrainerState.save_to_json
+
+    def killed_after_step_4(self, path):
+        write(self, path)
+        if self.global_step == 4:
+            raise RuntimeError("killed")
+
+    cfg = compose_config(RESUMABLE + [f"results_dir={results_dir}"])
+    monkeypatch.setattr(TrainerState, "save_to_json", killed_after_step_4)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_config(cfg)
+    monkeypatch.setattr(TrainerState, "save_to_json", write)
+
+    result = run_config(cfg)
+    assert result["status"] == "done" and result["resumed_from_step"] == 4
+    alone = run_config(compose_config(RESUMABLE + [f"results_dir={results_dir}-alone"]))
+    assert [p["step"] for p in result["curve"]] == [0, 2, 4, 6]
+    assert result["curve"] == alone["curve"]

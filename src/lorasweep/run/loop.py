@@ -268,15 +268,18 @@ class ProgressPrinter(TrainerCallback):
 
 
 class _Checkpoints(TrainerCallback):
-    """Keeps the curve beside each checkpoint, so a resumed run's curve starts where training did."""
+    """Keeps the curve so far in the checkpoints' folder, so a resumed run's curve starts where training
+    did. Written at each evaluation, which the Trainer runs before it saves that step's checkpoint:
+    a checkpoint never lacks the points before it, however the process is killed. (Written in
+    on_save, after the Trainer had saved and rotated away the checkpoint before, a kill in between
+    left a checkpoint without a curve.) A resumed run keeps the points up to its checkpoint's step."""
 
     def __init__(self, outcome: TrainOutcome, workdir: Path):
         self.outcome, self.workdir = outcome, workdir
 
-    def on_save(self, args, state, control, **kwargs):
-        folder = self.workdir / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            write_json_atomically(folder / CURVE_FILE, self.outcome.curve)
+    def on_evaluate(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # data-parallel ranks share rank 0's folder
+            write_json_atomically(self.workdir / CURVE_FILE, self.outcome.curve)
 
 
 class _SlowSteps(TrainerCallback):
@@ -290,6 +293,15 @@ class _SlowSteps(TrainerCallback):
 
 
 CURVE_FILE = "lorasweep_curve.json"
+
+
+def _curve_until(step: int, *files: Path) -> list[dict]:
+    """The curve points up to `step` from the first of `files` there is (later ones were evaluated
+    after the checkpoint the run resumes from: it evaluates them again)."""
+    for path in files:
+        if path.exists():
+            return [point for point in json.loads(path.read_text()) if point["step"] <= step]
+    return []
 
 
 def last_complete_checkpoint(workdir: Path) -> str | None:
@@ -344,8 +356,8 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     last = last_complete_checkpoint(workdir) if loop.save_steps > 0 else None
     if last:
         outcome.resumed_from_step = int(Path(last).name.split("-")[-1])
-        saved = Path(last) / CURVE_FILE
-        outcome.curve = json.loads(saved.read_text()) if saved.exists() else []
+        outcome.curve = _curve_until(outcome.resumed_from_step, workdir / CURVE_FILE,
+                                     Path(last) / CURVE_FILE)  # the latter: a checkpoint of an earlier version
         say(f"  resuming from step {outcome.resumed_from_step} ({last})")
         trainer.add_callback(_StopIfTrained())
     else:
