@@ -102,12 +102,45 @@ def test_a_claim_from_another_host_lives_while_its_heartbeat_is_fresh(tmp_path):
 
 def test_a_requeued_slurm_job_takes_its_own_claim_back(tmp_path, monkeypatch):
     folder = tmp_path / "run"
-    write_claim(folder, host="node-before-preemption", pid=1, slurm_job="812")
+    write_claim(folder, host="node-before-preemption", pid=1, slurm_job="812", slurm_restarts=0)
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "813")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert live_holder(folder) is not None  # another job's
     monkeypatch.setenv("SLURM_JOB_ID", "812")
-    assert live_holder(folder) is None  # ours, from before the requeue
+    assert live_holder(folder) is None  # ours, from before the requeue (SLURM counted one restart since)
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    assert live_holder(folder) is not None  # ours, not requeued: another node of this allocation holds it
+
+
+def test_a_live_process_of_our_own_slurm_job_keeps_its_claim(tmp_path, monkeypatch):
+    """Every process of one allocation (two sweeps in one salloc shell) has the same SLURM_JOB_ID:
+    a live one's claim is not a requeued job's, and is never taken over; a dead one's is."""
+    folder = tmp_path / "run"
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with Claim(folder) as claim:
+        assert claim.owner["slurm_job"] == "4242" and claim.owner["slurm_restarts"] == 0
+        assert live_holder(folder) is not None
+        with pytest.raises(RunClaimedError, match="SLURM job 4242, pid"):
+            Claim(folder).acquire()
+    write_claim(folder, host=socket.gethostname(), pid=dead_pid(), pid_started=time.time(), slurm_job="4242")
+    assert live_holder(folder) is None
+
+
+def test_a_live_claim_stays_alive_when_the_wall_clock_steps(tmp_path, monkeypatch):
+    """psutil's create_time() moves with the wall clock (its boot time is derived from it): a step
+    of the clock must not make a live owner look like a later process that took its pid."""
+    folder = tmp_path / "run"
+    with Claim(folder):
+        stepped = psutil.Process.create_time
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: stepped(self) + 1.5)
+        assert live_holder(folder) is not None
+        with pytest.raises(RunClaimedError):
+            Claim(folder).acquire()
+    # our pid, started at another time by the kernel's count: a later process, not the owner
+    write_claim(folder, host=socket.gethostname(), pid=os.getpid(), pid_start=f"{claims.process_start(os.getpid())}0")
+    assert live_holder(folder) is None
 
 
 def test_a_driver_drops_the_claim_of_its_killed_slurm_job_only(tmp_path):

@@ -106,6 +106,25 @@ def test_finished_sweep_run_again_trains_nothing(restarted):
     assert "started" not in third.stderr
 
 
+def test_the_same_command_started_again_while_its_study_runs_is_refused_and_the_first_goes_on(tmp_path):
+    """A second driver of one study took the first's RUNNING trials for abandoned ones and failed
+    them, and the first died telling them (UpdateFinishedTrialError)."""
+    results = tmp_path / "results"
+    args = [*SWEEPER, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=2", "train.lr=choice(1e-3,2e-3)",
+            *TINY_TOPICS, "train.step_sleep_s=0.5", f"results_dir={results}"]
+    with Sweep(args, tmp_path) as first:
+        first.wait_for_line(r"^trial 1/2 .*: started")
+        second = launch(args, cwd=tmp_path)
+        assert first.wait(timeout=300) == 0, first.output[-3000:]
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert re.search(r"^sweep: optuna study 'lorasweep-[0-9a-f]{10}' is being driven by pid \d+ on \S+, since "
+                     r"[\d:]+: the same command goes on there; .*nothing was started here$", second.stderr, re.M)
+    assert "started" not in second.stderr.replace("nothing was started here", "")
+    study = _only_study(results)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # none failed as abandoned
+    assert not (results / ".optuna").exists()  # the study's driver claim went with its driver
+
+
 def test_median_pruner_prunes_a_bad_trial(tmp_path):
     results = tmp_path / "results"
     results.mkdir()

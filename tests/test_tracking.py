@@ -219,3 +219,22 @@ def test_a_tracker_that_cannot_work_is_said_before_anything_trains(tmp_path):
     proc = launch(["-m", "lora.r=4,8", *TINY_TOPICS, "tracking=mlflow", "tracking.uri=http://127.0.0.1:9"], cwd=tmp_path)
     assert proc.returncode != 0 and proc.stderr.count("invalid: tracking.uri=http://127.0.0.1:9 does not answer") == 2
     assert not list(tmp_path.glob("results/*/result.json"))
+
+
+@pytest.mark.parametrize("fails_in", ["summary", "finish"])
+def test_a_tracker_failing_after_the_run_finished_leaves_its_result_done(results_dir, monkeypatch, capsys, fails_in):
+    """A tracker whose server answers 503 (or whose disk is full) as the run ends: said in one line;
+    the run stays done, with its adapter, and is not trained again."""
+    from lorasweep.run.tracking import TensorBoardTracker
+
+    def unavailable(self, *args, **kwargs):
+        raise RuntimeError("API request to .../runs/update failed (503)")
+
+    monkeypatch.setattr(TensorBoardTracker, fails_in, unavailable)
+    result, folder = run(results_dir, "tracking=tensorboard")
+    assert result["status"] == "done" and (folder / "adapter" / "adapter_model.safetensors").exists()
+    assert json.loads((folder / "result.json").read_text())["status"] == "done"
+    said = capsys.readouterr().err
+    assert f"{result['slug']}: the tracker failed to end its run (RuntimeError: API request to .../runs/update " \
+           "failed (503)); the run's result stands" in said
+    assert run(results_dir, "tracking=tensorboard")[0] == result  # finished: not trained again

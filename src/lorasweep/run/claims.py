@@ -10,9 +10,14 @@ thread touches the file every HEARTBEAT_S: its mtime is the heartbeat. The claim
 the run ends, however it ends, unless the process is killed outright.
 
 A claim whose owner is dead is taken over, and that is said:
-  - on this host: its pid is gone, or belongs to a later process (another start time);
+  - on this host: its pid is gone, or belongs to a later process (another start time), whatever
+    its SLURM job: every process of one allocation shares the job id (two sweeps in one salloc
+    shell), so a live pid is alive even in our own job;
   - elsewhere: its heartbeat is older than STALE_AFTER_S;
-  - the same SLURM job: requeued after a preemption, it takes its own claim back.
+  - our own SLURM job, requeued after a preemption (SLURM_RESTART_COUNT above the claim's), on
+    another node: it takes its own claim back at once (the earlier incarnation's processes are gone).
+The start time is the kernel's (boot id and clock ticks since boot), which a step of the wall clock
+does not move; claims written without it are compared by psutil's create_time, as before.
 Taking over goes through a second exclusive file (claim.takeover), so that two processes finding
 the same dead claim do not both take it.
 """
@@ -63,13 +68,13 @@ class Holder:
     @property
     def alive(self) -> bool:
         o = self.owner
-        if o.get("slurm_job") and o["slurm_job"] == _slurm_job():
-            return False  # our own job, requeued: the claim was ours before the preemption
         if o.get("host") == socket.gethostname():
-            try:
-                return abs(psutil.Process(int(o["pid"])).create_time() - o.get("pid_started", 0)) < 1.0
-            except (psutil.NoSuchProcess, KeyError, TypeError, ValueError):
-                return False
+            # the process itself answers, whatever its SLURM job: processes of one allocation share the
+            # job id, and a requeued job's earlier processes on this node are gone (their pids too)
+            return _running(o)
+        if o.get("slurm_job") and o["slurm_job"] == store.slurm_job_id() \
+                and store.slurm_restarts() > int(o.get("slurm_restarts") or 0):
+            return False  # our own job, requeued since the claim (SLURM counts restarts): its earlier run's
         return self.heartbeat_age_s < STALE_AFTER_S
 
 
@@ -100,7 +105,8 @@ class Claim:
         self.folder = Path(folder)
         self.path = self.folder / CLAIM_FILE
         self.owner = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-                      "pid_started": psutil.Process().create_time(), "slurm_job": _slurm_job(),
+                      "pid_started": psutil.Process().create_time(), "pid_start": process_start(os.getpid()),
+                      "slurm_job": store.slurm_job_id(), "slurm_restarts": store.slurm_restarts(),
                       "since": time.time(), "heartbeat_every_s": HEARTBEAT_S}
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -219,7 +225,26 @@ def drop_job_claim(folder: Path, job_id: str) -> None:
         (Path(folder) / CLAIM_FILE).unlink(missing_ok=True)
 
 
-def _slurm_job() -> str | None:
-    """This process's SLURM job (array jobs: <array job>_<task>), stable across requeues; None outside SLURM."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+def process_start(pid: int) -> str | None:
+    """When process `pid` started, as the kernel counts it: "<boot id>:<clock ticks since boot>"
+    (/proc/<pid>/stat, field 22). psutil's create_time() adds a boot time it derives from the wall
+    clock now, in whole seconds: a clock step (NTP, a resumed VM) moves it and made a live owner look
+    like a later process. None: no such process, or no /proc (not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # after the command name, which may hold spaces
+
+
+def _running(owner: dict[str, Any]) -> bool:
+    """Whether the claim's process, on this host, runs still: its pid, started when the claim says."""
+    try:
+        pid = int(owner["pid"])
+        if owner.get("pid_start"):
+            return process_start(pid) == owner["pid_start"]
+        # a claim from before pid_start, or from a host without /proc: the wall-clock start time
+        return abs(psutil.Process(pid).create_time() - owner.get("pid_started", 0)) < 1.0
+    except (psutil.NoSuchProcess, KeyError, TypeError, ValueError):
+        return False

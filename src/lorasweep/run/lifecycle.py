@@ -241,7 +241,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     for line in new_weight_notes(plan, notes):
         say(f"{spec.slug}: {line}")
     tracker = make_tracker(tracking, folder, spec.slug, base["config"])
-    ok = False
+    ok, final = False, {}
     try:
         outcome = None
         if spec.method != "none":
@@ -249,16 +249,16 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
                             tasks.evaluator(task, tokenizer, task.eval, spec.train), spec.train,
                             kind=spec.task.kind, workdir=workdir, tracker=tracker,
                             reporter=reporter, loop=loop, progress=folder / PROGRESS_FILE)
-            # checkpoints only serve a resume: the adapter is saved below, so they go
-            shutil.rmtree(folder / "trainer", ignore_errors=True)
             if outcome.resumed_from_step is not None:
                 base = {**base, "resumed_from_step": outcome.resumed_from_step}
             if outcome.pruned_at is not None:
+                result = pruned_result(folder, base, outcome, load_s, t_start)
                 ok = True
-                return pruned_result(folder, base, outcome, load_s, t_start)
+                return result
             if outcome.diverged is not None:
+                result = diverged_result(folder, base, outcome, load_s, t_start)
                 ok = True  # a result, not a failure
-                return diverged_result(folder, base, outcome, load_s, t_start)
+                return result
         t1 = time.perf_counter()
         test = tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
         # more test sets (the Qwen3 tutorial reports two MCQ sets, each with its SE)
@@ -267,15 +267,29 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         artifacts = _save(model, tokenizer if token_ids else None, spec, folder, initial)
         result = done_result(folder, base, task, test, more, outcome, timing_record(load_s, outcome, eval_s, t_start),
                              store.weights_memory(model, spec.method, plan.base_total), artifacts)
-        tracker.summary({f"test_{k}": v for k, v in test.items()})
+        final = {f"test_{k}": v for k, v in test.items()}
         ok = True
     finally:
-        tracker.finish(ok)
+        if ok:  # checkpoints serve a resume only; until the result is written, a kill resumes from them
+            shutil.rmtree(folder / "trainer", ignore_errors=True)
+        _close_tracker(tracker, final, ok, spec.slug)
     for name, m in more.items():
         say(f"{spec.slug}: test set {name}: {headline(m)}")
     say(f"{spec.slug}: test {headline(test)} | "
         f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / store.RESULT_FILE}")
     return result
+
+
+def _close_tracker(tracker, final: Mapping[str, Any], ok: bool, slug: str) -> None:
+    """Send the tracker the test metrics (`final`, if any) and end its run. Its failure here (a server
+    answering 503, a full disk under its files) is said and goes no further: the run's result is
+    written already and stands, and a run that failed keeps its own error."""
+    try:
+        if final:
+            tracker.summary(final)
+        tracker.finish(ok)
+    except Exception as e:
+        say(f"{slug}: the tracker failed to end its run ({type(e).__name__}: {e}); the run's result stands")
 
 
 def done_result(folder: Path, base: dict, task, test: dict, more: dict, outcome, timing: dict, weights: dict,

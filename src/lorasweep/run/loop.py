@@ -81,6 +81,20 @@ class _Diverged(Exception):
         self.divergence = divergence
 
 
+class _TrainedAlready(Exception):
+    """Raised out of Trainer.train when the checkpoint it resumes from is the run's last step."""
+
+
+class _StopIfTrained(TrainerCallback):
+    """Resuming from the last step's checkpoint (the run was stopped after training: in its test
+    evaluation or its save), the Trainer would train a step past max_steps (it checks the count after
+    a step only): training ends before it, the checkpoint's weights loaded."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise _TrainedAlready()
+
+
 @dataclass
 class TrainOutcome:
     curve: list[dict] = field(default_factory=list)
@@ -254,15 +268,18 @@ class ProgressPrinter(TrainerCallback):
 
 
 class _Checkpoints(TrainerCallback):
-    """Keeps the curve beside each checkpoint, so a resumed run's curve starts where training did."""
+    """Keeps the curve so far in the checkpoints' folder, so a resumed run's curve starts where training
+    did. Written at each evaluation, which the Trainer runs before it saves that step's checkpoint:
+    a checkpoint never lacks the points before it, however the process is killed. (Written in
+    on_save, after the Trainer had saved and rotated away the checkpoint before, a kill in between
+    left a checkpoint without a curve.) A resumed run keeps the points up to its checkpoint's step."""
 
     def __init__(self, outcome: TrainOutcome, workdir: Path):
         self.outcome, self.workdir = outcome, workdir
 
-    def on_save(self, args, state, control, **kwargs):
-        folder = self.workdir / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            write_json_atomically(folder / CURVE_FILE, self.outcome.curve)
+    def on_evaluate(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # data-parallel ranks share rank 0's folder
+            write_json_atomically(self.workdir / CURVE_FILE, self.outcome.curve)
 
 
 class _SlowSteps(TrainerCallback):
@@ -278,19 +295,36 @@ class _SlowSteps(TrainerCallback):
 CURVE_FILE = "lorasweep_curve.json"
 
 
+def _curve_until(step: int, *files: Path) -> list[dict]:
+    """The curve points up to `step` from the first of `files` there is (later ones were evaluated
+    after the checkpoint the run resumes from: it evaluates them again)."""
+    for path in files:
+        if path.exists():
+            return [point for point in json.loads(path.read_text()) if point["step"] <= step]
+    return []
+
+
 def last_complete_checkpoint(workdir: Path) -> str | None:
     """The newest checkpoint that was saved to the end, or None.
 
     A job signalled (time limit, preemption) while the Trainer was saving leaves a checkpoint folder
-    without its trainer_state.json, which the Trainer writes last: it is removed, and the one before
-    it (kept until the new one is complete) is resumed from instead."""
+    without its trainer_state.json, which the Trainer writes last; a full disk or a kill while it
+    writes that file leaves it empty or cut short, and the Trainer fails to read it at every resume.
+    Such a checkpoint is removed (an unreadable one said), and the one before it (kept until the new
+    one is complete) is resumed from instead."""
     if not workdir.is_dir():
         return None
     found = sorted((p for p in workdir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for folder in found:
-        if (folder / "trainer_state.json").exists():
+        state = folder / "trainer_state.json"
+        try:
+            json.loads(state.read_text())
             return str(folder)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            say(f"  {state} cannot be read ({type(e).__name__}: {e}): its save was cut short, checkpoint discarded")
         shutil.rmtree(folder, ignore_errors=True)
     return None
 
@@ -304,7 +338,8 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     A non-finite training loss stops training at once: `outcome.diverged` says where.
     `loop.save_steps` > 0 checkpoints into `workdir` every that many steps (the last one kept), and
     a checkpoint found there at the start is resumed from: a run requeued after a time limit or a
-    preemption continues instead of starting over. `progress`: the run's progress.json, kept up
+    preemption continues instead of starting over (from the last step's checkpoint, kept until the
+    run's result is written, it trains nothing more). `progress`: the run's progress.json, kept up
     to date while it trains (run/progress.py).
     """
     outcome = TrainOutcome()
@@ -321,9 +356,10 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     last = last_complete_checkpoint(workdir) if loop.save_steps > 0 else None
     if last:
         outcome.resumed_from_step = int(Path(last).name.split("-")[-1])
-        saved = Path(last) / CURVE_FILE
-        outcome.curve = json.loads(saved.read_text()) if saved.exists() else []
+        outcome.curve = _curve_until(outcome.resumed_from_step, workdir / CURVE_FILE,
+                                     Path(last) / CURVE_FILE)  # the latter: a checkpoint of an earlier version
         say(f"  resuming from step {outcome.resumed_from_step} ({last})")
+        trainer.add_callback(_StopIfTrained())
     else:
         trainer.evaluate()  # the curve's step-0 point: the model before any update
     outcome.eval_seconds = 0.0
@@ -331,6 +367,8 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     try:
         out = trainer.train(resume_from_checkpoint=last)
         steps, outcome.final_train_loss = out.global_step, out.training_loss
+    except _TrainedAlready:
+        steps = trainer.state.global_step  # no step trained here: no training loss of this attempt
     except _Diverged as e:
         outcome.diverged = e.divergence
         steps = trainer.state.global_step  # the optimizer steps completed before the bad one

@@ -253,7 +253,7 @@ def env_info() -> dict[str, Any]:
         # data-parallel ranks that trained it (executors/data_parallel sets WORLD_SIZE); 1: one process
         "data_parallel": int(os.environ.get("WORLD_SIZE") or 1),
         "slurm_job_id": slurm_job_id(),
-        "slurm_restarts": int(os.environ.get("SLURM_RESTART_COUNT") or 0) if os.environ.get("SLURM_JOB_ID") else None,
+        "slurm_restarts": slurm_restarts() if os.environ.get("SLURM_JOB_ID") else None,
     }
 
 
@@ -261,6 +261,11 @@ def slurm_job_id() -> str | None:
     """The job id as squeue and sacct print it: ARRAYID_INDEX for a task of a job array."""
     array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     return f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
+
+
+def slurm_restarts() -> int:
+    """How many times SLURM has requeued this job (SLURM_RESTART_COUNT; unset before the first: 0)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def peak_memory() -> dict[str, float | None]:

@@ -17,14 +17,22 @@ The store's faults as in a grid sweep: a results_dir that cannot be written stop
 study opens (exit 2); a trial that fails because the store is full (or read-only) stops asking for
 more (exit 1, no traceback); a stored result.json that cannot be read is said and trained again.
 
+One driver drives a study at a time: it claims the study (run/claims.py, a claim in
+<results_dir>/.optuna/) before it recovers or asks anything, and a second driver of the same study
+(the same command in another terminal) is refused in one line naming the first (exit 1), instead
+of taking the first's running trials for abandoned ones and failing them under it.
+
 What hydra-optuna-sweeper's users rely on: hydra.sweeper.max_failure_rate stops asking once too many
 trials failed (failure_rate.py; exit 1), hydra.sweeper.custom_search_space adds params to each trial
 (custom_space.py), and every end of the sweep writes optimization_results.yaml (optuna_results.py).
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,10 +42,10 @@ from optuna.trial import TrialState
 
 from ..compat import reopen_trial, trial_id
 from ..console import say
-from ..errors import ConfigError, StoreError, UnwritableStoreError, cause
+from ..errors import ConfigError, RunClaimedError, StoreError, UnwritableStoreError, cause
 from ..executors.factory import check_retries, executor_for, local_placement, runs_on_slurm
 from ..executors.worker import claimed_by
-from ..run.claims import WAIT_POLL_S
+from ..run.claims import WAIT_POLL_S, Claim
 from ..run.store import FINISHED, check_writable
 from ..run.study_storage import default_storage, open_storage
 from . import optuna_space as space_of
@@ -132,19 +140,27 @@ class OptunaSweep:
         except (UnwritableStoreError, ConfigError) as e:
             say(f"sweep: {e}; nothing was trained")
             raise SystemExit(2) from None
-        say(f"optuna study {self.study.study_name!r} in {self.storage}: {self.n_trials} trials, "
-            f"{self.s.n_jobs} at a time, sampler {type(sampler).__name__}")
-        self._recover_abandoned()
-        interrupt_on_signals()  # kill, a closed terminal: handled as Ctrl-C
-        try:
-            self._loop()
-        except KeyboardInterrupt:  # the loop stopped the runs in flight (local workers) on its way out
-            away = ("the trials in flight go on as SLURM jobs and are collected"
-                    if runs_on_slurm(self.launcher) else "the trials in flight were stopped and are asked again")
-            say(f"sweep interrupted: {len(self._counted_trials())} of {self.n_trials} trials told and kept in the "
-                f"study; {away} when the same command runs again")
-            write_optimization_results(self.study, self.sweep_dir)
-            raise SystemExit(130) from None
+        with ExitStack() as driving:
+            try:  # before anything is recovered or asked: the study's RUNNING trials are then ours or abandoned
+                driving.enter_context(Claim(self._driver_folder()))
+            except RunClaimedError as e:
+                say(f"sweep: optuna study {self.study.study_name!r} is being driven by {e.holder}: the same "
+                    f"command goes on there; let it end, or name another study (hydra.sweeper.study_name); "
+                    f"nothing was started here")
+                raise SystemExit(1) from None
+            say(f"optuna study {self.study.study_name!r} in {self.storage}: {self.n_trials} trials, "
+                f"{self.s.n_jobs} at a time, sampler {type(sampler).__name__}")
+            self._recover_abandoned()
+            interrupt_on_signals()  # kill, a closed terminal: handled as Ctrl-C
+            try:
+                self._loop()
+            except KeyboardInterrupt:  # the loop stopped the runs in flight (local workers) on its way out
+                away = ("the trials in flight go on as SLURM jobs and are collected"
+                        if runs_on_slurm(self.launcher) else "the trials in flight were stopped and are asked again")
+                say(f"sweep interrupted: {len(self._counted_trials())} of {self.n_trials} trials told and kept in "
+                    f"the study; {away} when the same command runs again")
+                write_optimization_results(self.study, self.sweep_dir)
+                raise SystemExit(130) from None
         self._summary()
         write_optimization_results(self.study, self.sweep_dir)
         if self.halted is not None:
@@ -398,7 +414,7 @@ class OptunaSweep:
         """Trials left RUNNING by a driver that died: tell a result its run left on disk, else fail
         them (not counted) and enqueue their params so that the sampler's choice is not lost.
 
-        This assumes one driver per study: a second driver sharing it would see our runs as abandoned."""
+        Called holding the study's driver claim (run): no live driver has RUNNING trials in it."""
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial = reopen_trial(self.study, trial_id(frozen))
             label = f"trial #{frozen.number} (left running) {space_of.params_text(frozen)}"
@@ -428,6 +444,13 @@ class OptunaSweep:
         overrides = [f"{k}={v}" for k, v in self.fixed.items()]
         overrides += [f"{k}={space_of.format_value(v)}" for k, v in params.items()]
         return self.compose(overrides)
+
+    def _driver_folder(self) -> Path:
+        """Where the study's driver claims it: in the results store its drivers share, one folder per
+        (storage, study name); the name's odd characters made safe, the hash keeping studies apart."""
+        name = self.study.study_name
+        digest = hashlib.sha1(f"{self.storage}\n{name}".encode()).hexdigest()[:8]
+        return self.results_dir / ".optuna" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:80]}-{digest}"
 
     def _storage_spec(self) -> str:
         """hydra.sweeper.storage, or the results store's default (a journal file for SLURM jobs)."""
