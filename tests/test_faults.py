@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import optuna
 import pytest
 import torch
@@ -54,8 +55,8 @@ REASON = re.compile(r"^the training loss became nan at step (\d+) \(last finite 
 
 @pytest.fixture(scope="module")
 def diverging(tmp_path_factory):
-    """Runs through run_config. Store `cell`: the diverging run, and a done run of the same cell (the
-    same lr, 2 steps: it ends before the NaN). Store `sparse_logs`: the diverging run logging every
+    """Runs through run_config. Store `cell`: the diverging run, and a done run beside it (the same
+    lr, 2 steps: it ends before the NaN; so another cell, train.max_steps=2). Store `sparse_logs`: the diverging run logging every
     2nd step only (train.eval_steps=10), which must stop at the same step."""
     root = tmp_path_factory.mktemp("diverging")
     cell, sparse = root / "cell", root / "sparse_logs"
@@ -188,10 +189,13 @@ def test_d_analysis_counts_a_diverged_run_and_never_averages_it(diverging):
     assert list(df.loc[df["status"] == "diverged", "diverged_step"]) == [DIVERGES_AT]
     done_accuracy = diverging["done"]["metrics"]["test"]["accuracy"]
     cells = T.cell_stats(df)
-    assert len(cells) == 1  # one cell: max_steps and eval_steps are not cell keys
+    assert len(cells) == 1  # the done run's: a diverged run has no mean to give
     assert cells.iloc[0]["n_seeds"] == 1 and cells.iloc[0]["accuracy"] == pytest.approx(done_accuracy)
-    view = T.budget_view(df, None)
-    assert list(view["statuses"]) == ["diverged:1,done:1"] and list(view["n_seeds"]) == [1]
+    # two cells, the runs' max_steps told apart (2 and 8): the diverged one counted in its own, no mean
+    view = T.budget_view(df, None).sort_values("train.max_steps")
+    assert list(view["train.max_steps"]) == [2, 8] and list(view["statuses"]) == ["done:1", "diverged:1"]
+    assert list(view["n_seeds"]) == [1, 0] and view["accuracy"].iloc[0] == pytest.approx(done_accuracy)
+    assert pd.isna(view["accuracy"].iloc[1])
     tabs = build_tables(df, None, "accuracy")
     assert any(line.endswith("diverged: 1") for line in summary(df, load, tabs, None, "accuracy"))
 
