@@ -226,6 +226,20 @@ def test_a_failed_pack_fails_only_the_runs_still_in_it_and_the_driver_gets_each_
     assert claimed_by(claimed).startswith("pid ") and not (folders[2] / "result.json").exists()
 
 
+def test_a_pack_whose_model_cannot_be_had_records_no_failed_runs(tmp_path, monkeypatch):
+    """As alone (run/lifecycle._load): a model that cannot be loaded is said, not kept as failed runs."""
+    from lorasweep.errors import ModelUnavailableError
+    from lorasweep.model import loading
+
+    def unavailable(*args, **kwargs):
+        raise ModelUnavailableError("tiny-bert is not in the cache")
+
+    monkeypatch.setattr(loading, "load_with_notes", unavailable)
+    outcomes = run_pack(_configs("tiny-bert", tmp_path)[:2])
+    assert [type(o) for o in outcomes] == [ModelUnavailableError] * 2
+    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("claim.json"))
+
+
 def test_a_full_disk_while_saving_a_packed_adapter_is_a_store_fault(tmp_path, monkeypatch):
     """As alone (run/lifecycle._save): no space left while saving an adapter is the StoreError that
     stops a sweep (whole_store), for each run still in the pack, and no half adapter is left."""

@@ -176,7 +176,8 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
             return _OutOfMemory(memory.ran_out(oom, getattr(pack, "model", None)), done)
         for i, (folder, base) in enumerate(zip(folders, bases)):
             if done[i] is None:  # still in the pack: it fails with it
-                record_failure(folder, base, e, t_start)
+                if pack is not None:  # a model that could not be built is not a run to keep failed (as alone)
+                    record_failure(folder, base, e, t_start)
                 done[i] = e
     return done  # type: ignore[return-value]
 
