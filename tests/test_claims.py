@@ -209,3 +209,34 @@ def test_a_claim_on_a_full_disk_is_a_store_error_naming_the_file(tmp_path):
         with pytest.raises(StoreError, match=r"No space left on device writing .*/run/claim\.json"):
             Claim(store / "run").acquire()
         assert sorted(p.name for p in (store / "run").iterdir()) == []  # no temp file left behind
+
+
+def test_a_run_whose_claim_was_taken_over_while_it_stalled_writes_nothing_over_the_new_owner(tmp_path, monkeypatch):
+    """A process stalled past STALE_AFTER_S (a suspended job, a lost mount) on another host has lost its
+    claim to a process that trains the run now: when it wakes, it neither saves its adapter nor writes
+    its result over the new owner's; it says so, and the run is the new owner's (RunClaimedError, which
+    a sweep's driver waits on)."""
+    from conftest import TINY_TOPICS, compose_config
+
+    from lorasweep.run import lifecycle
+    from lorasweep.run.lifecycle import run_config
+
+    cfg = compose_config([*TINY_TOPICS, f"results_dir={tmp_path}"])
+    evaluate = lifecycle.tasks.evaluator
+
+    def stall_then_evaluate(task, tokenizer, rows, train):  # the test evaluation comes after training
+        run = evaluate(task, tokenizer, rows, train)
+
+        def after_a_stall(model):
+            if rows is task.test:  # meanwhile, another host took the claim over and trains the run
+                [folder] = [p for p in tmp_path.iterdir() if p.is_dir()]
+                write_claim(folder, host="node-elsewhere", pid=1)
+            return run(model)
+        return after_a_stall
+
+    monkeypatch.setattr(lifecycle.tasks, "evaluator", stall_then_evaluate)
+    with pytest.raises(RunClaimedError, match="pid 1 on node-elsewhere"):
+        run_config(cfg)
+    [folder] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert not (folder / "result.json").exists() and not (folder / "adapter").exists()
+    assert holder(folder).owner["host"] == "node-elsewhere"  # the new owner's claim is left as it is

@@ -114,6 +114,7 @@ class Claim:
 
     def __enter__(self) -> "Claim":
         self.acquire()
+        _HELD[self.folder.resolve()] = self
         self._beat = threading.Thread(target=self._heartbeat, name="claim-heartbeat", daemon=True)
         self._beat.start()
         return self
@@ -122,6 +123,8 @@ class Claim:
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
+        if _HELD.get(self.folder.resolve()) is self:
+            del _HELD[self.folder.resolve()]
         self.release()
 
     def acquire(self) -> None:
@@ -206,6 +209,20 @@ class Claim:
                     os.utime(self.path)
             except OSError:  # a store hiccup: the next beat tries again; a claim goes stale only after minutes
                 pass
+
+
+_HELD: dict[Path, Claim] = {}  # the claims this process holds now, by run folder (taken_from_us)
+
+
+def taken_from_us(folder: Path) -> str | None:
+    """Who has the run in `folder` if this process claimed it and has lost the claim since: it stalled
+    past STALE_AFTER_S (a suspended job, a lost mount) and another process took the run over (and
+    may have finished it). Its words for the user; None: the claim is still ours, or was never ours."""
+    claim = _HELD.get(Path(folder).resolve())
+    if claim is None or claim.held:
+        return None
+    found = holder(claim.folder)
+    return found.describe() if found is not None else "another process, which took its claim over and finished"
 
 
 def drop_dead_claim(folder: Path) -> None:

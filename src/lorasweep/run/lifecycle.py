@@ -35,7 +35,7 @@ from ..model import params as params_of
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
-from .claims import Claim, drop_dead_claim, live_holder
+from .claims import Claim, drop_dead_claim, live_holder, taken_from_us
 from .loop import LoopOptions, Reporter, train
 from .plan import Plan, plan_run
 from .preflight import preflight
@@ -164,6 +164,8 @@ def write_failure(folder: Path, base: dict, reason: str, text: str, t_start: flo
             (folder / store.TRACEBACK_FILE).unlink(missing_ok=True)
         except OSError:
             pass
+    if taken_from_us(folder):  # the run's new owner writes its result: ours would overwrite it
+        return
     try:
         store.write_result(folder, {**base, "status": "failed", "reason": reason,
                                     "timing": {"total_s": time.perf_counter() - t_start}})
@@ -298,13 +300,29 @@ def done_result(folder: Path, base: dict, task, test: dict, more: dict, outcome,
     `task.test` (`test`) and its other test sets (`more`), saved (`artifacts`); written and returned.
     `weights`: store.weights_memory's figures, beside the process's peak memory."""
     metric, direction = task.objective
-    return store.write_result(folder, {
+    return _write_own(folder, {
         **base, "status": "done", "reason": "",
         "metrics": {"test": test, **({"tests": more} if more else {}),
                     **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
         "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
         "curve": outcome.curve if outcome else [], "timing": timing,
         "memory": {**store.peak_memory(), **weights}, "artifacts": artifacts})
+
+
+def still_ours(folder: Path) -> None:
+    """Before a run writes into its folder (its adapter, its result): RunClaimedError if this process
+    has lost its claim on the run meanwhile (claims.taken_from_us): the new owner's files stand, and
+    a sweep's driver waits for its result, as for any run another process trains."""
+    taken_by = taken_from_us(folder)
+    if taken_by:
+        say(f"{folder.name}: its claim was taken over by {taken_by} while this process stalled; "
+            f"this process writes nothing more into it")
+        raise RunClaimedError(folder, taken_by)
+
+
+def _write_own(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
+    still_ours(folder)
+    return store.write_result(folder, record)
 
 
 def pruned_result(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
@@ -319,6 +337,7 @@ def pruned_result(folder: Path, base: dict, outcome, load_s: float, t_start: flo
 def diverged_result(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
     """A run whose training loss became NaN or infinite: where, the last finite loss, its curve so far;
     no test evaluation, no adapter (a PiSSA run's initial adapter, kept for converting, goes too)."""
+    still_ours(folder)  # before anything in the folder goes
     d = outcome.diverged
     shutil.rmtree(folder / methods.PISSA_INIT, ignore_errors=True)
     say(f"{base['slug']}: diverged: {d.reason}")
@@ -330,7 +349,7 @@ def diverged_result(folder: Path, base: dict, outcome, load_s: float, t_start: f
 def _stopped_early(folder: Path, base: dict, outcome, load_s: float, t_start: float, **fields: Any) -> dict[str, Any]:
     """The result of a run that stopped training before its end (pruned, diverged): its status,
     reason and `fields`, the curve so far and its timing; no test evaluation, no adapter."""
-    return store.write_result(folder, {**base, **fields, "curve": outcome.curve,
+    return _write_own(folder, {**base, **fields, "curve": outcome.curve,
                                        "timing": timing_record(load_s, outcome, 0.0, t_start),
                                        "memory": store.peak_memory()})
 
@@ -383,6 +402,7 @@ def _save(model, tokenizer, spec: RunSpec, folder: Path, initial: Path | None) -
     With injected tokens the tokenizer is saved beside it: the new ids are part of the model."""
     if spec.method == "none":
         return {}
+    still_ours(folder)
     adapter = spec.method in methods.ADAPTER_METHODS
     target = folder / ("adapter" if adapter else "model")
     with saving_weights(target, "adapter_model.safetensors" if adapter else "model.safetensors"):

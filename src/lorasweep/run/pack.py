@@ -32,10 +32,10 @@ from ..tasks import classification
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
-from .claims import Claim
+from .claims import Claim, taken_from_us
 from .lifecycle import (base_record, checked_params, diverged_result, done_result, finished_result, load_and_train,
                         new_weight_notes, pruned_result, record_failure, record_over_budget, saving_weights,
-                        timing_record)
+                        still_ours, timing_record)
 from .loop import LoopOptions, make_trainer
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
@@ -157,17 +157,22 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
 
         def left(m: Member) -> None:  # written as it leaves: an interrupted pack keeps it
             i = members.index(m)
-            shutil.rmtree(folders[i] / "trainer", ignore_errors=True)
             base = {**bases[i], "params": params[i]}
-            if m.outcome.pruned_at is not None:
-                done[i] = pruned_result(folders[i], base, m.outcome, load_s, t_start)
-            else:
-                done[i] = diverged_result(folders[i], base, m.outcome, load_s, t_start)
+            try:
+                still_ours(folders[i])
+                shutil.rmtree(folders[i] / "trainer", ignore_errors=True)
+                if m.outcome.pruned_at is not None:
+                    done[i] = pruned_result(folders[i], base, m.outcome, load_s, t_start)
+                else:
+                    done[i] = diverged_result(folders[i], base, m.outcome, load_s, t_start)
+            except RunClaimedError as e:
+                done[i] = _taken_over(e, plans[i])
 
         train_pack(pack, members, _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train), losses,
                    loop.step_sleep_s, on_leave=left)
         for folder in folders:
-            shutil.rmtree(folder / "trainer", ignore_errors=True)
+            if not taken_from_us(folder):  # a new owner's checkpoints are its own
+                shutil.rmtree(folder / "trainer", ignore_errors=True)
         finishing = [i for i, result in enumerate(done) if result is None]
         _finish(pack, plans, members, bases, params, folders, finishing, done, tokenizer, load_s, t_start)
     except Exception as e:
@@ -180,6 +185,12 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
                     record_failure(folder, base, e, t_start)
                 done[i] = e
     return done  # type: ignore[return-value]
+
+
+def _taken_over(error: RunClaimedError, plan: Plan) -> dict[str, Any]:
+    """The outcome of a run whose claim another process took over while the pack trained it (it
+    stalled: lifecycle.still_ours): that process's result stands; the driver waits for it."""
+    return {"claimed_by": error.holder, "run_key": plan.spec.run_key}
 
 
 def _build_alone(plan: Plan):
@@ -248,6 +259,11 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
     eval_s = time.perf_counter() - t1
     for j, i in enumerate(finishing):
         m, folder, plan = members[i], folders[i], plans[i]
+        try:
+            still_ours(folder)
+        except RunClaimedError as e:
+            done[i] = _taken_over(e, plan)
+            continue
         target = folder / "adapter"
         with saving_weights(target, "adapter_model.safetensors"):  # a full disk stops the sweep, as alone
             pack.save_adapter(m.adapter, target)
