@@ -66,7 +66,7 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
                 claims.enter_context(Claim(folder))
                 finished_result(plan, folder, triaged=True, say_unreadable=False)  # and since our look
             except RunClaimedError as e:
-                out[i] = {"claimed_by": e.holder, "run_key": plan.spec.run_key}
+                out[i] = _claimed(e, plan)
                 continue
             todo.append(i)
         if todo:
@@ -158,15 +158,15 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
         def left(m: Member) -> None:  # written as it leaves: an interrupted pack keeps it
             i = members.index(m)
             base = {**bases[i], "params": params[i]}
-            try:
-                still_ours(folders[i])
-                shutil.rmtree(folders[i] / "trainer", ignore_errors=True)
+            try:  # each writer first checks that the run is still ours (lifecycle.still_ours)
                 if m.outcome.pruned_at is not None:
                     done[i] = pruned_result(folders[i], base, m.outcome, load_s, t_start)
                 else:
                     done[i] = diverged_result(folders[i], base, m.outcome, load_s, t_start)
             except RunClaimedError as e:
-                done[i] = _taken_over(e, plans[i])
+                done[i] = _claimed(e, plans[i])
+                return
+            shutil.rmtree(folders[i] / "trainer", ignore_errors=True)
 
         train_pack(pack, members, _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train), losses,
                    loop.step_sleep_s, on_leave=left)
@@ -187,9 +187,10 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
     return done  # type: ignore[return-value]
 
 
-def _taken_over(error: RunClaimedError, plan: Plan) -> dict[str, Any]:
-    """The outcome of a run whose claim another process took over while the pack trained it (it
-    stalled: lifecycle.still_ours): that process's result stands; the driver waits for it."""
+def _claimed(error: RunClaimedError, plan: Plan) -> dict[str, Any]:
+    """The outcome of a run another process has claimed (before the pack could, or by taking the
+    claim over while the pack stalled: lifecycle.still_ours): that process's result stands; the
+    driver waits for it."""
     return {"claimed_by": error.holder, "run_key": plan.spec.run_key}
 
 
@@ -262,7 +263,7 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
         try:
             still_ours(folder)
         except RunClaimedError as e:
-            done[i] = _taken_over(e, plan)
+            done[i] = _claimed(e, plan)
             continue
         target = folder / "adapter"
         with saving_weights(target, "adapter_model.safetensors"):  # a full disk stops the sweep, as alone
