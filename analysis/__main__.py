@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 from pathlib import Path
 
-from analysis.load import load_results
+from analysis.load import load_results, path_matches
 from analysis.report import write_report
 
 
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out.exists() and not a.out.is_dir():
         print(f"error: --out {a.out} is a file; give a folder for the report (default report/)", file=sys.stderr)
         return 2
-    missing = [p for p in a.paths if not Path(p).exists() and not glob.glob(p, recursive=True)]
+    missing = [p for p in a.paths if not path_matches(p)]
     if missing:
         print(f"error: {', '.join(missing)}: no such file or folder (nor a glob pattern that matches one)",
               file=sys.stderr)

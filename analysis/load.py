@@ -50,13 +50,17 @@ def find_result_files(paths: Iterable[str | Path]) -> list[Path]:
     """Every result.json under the given dirs (recursively), files, or glob patterns; sorted, unique."""
     found: set[Path] = set()
     for p in paths:
-        matches = [Path(p)] if Path(p).exists() else [Path(m) for m in glob.glob(str(p), recursive=True)]
-        for m in matches:
+        for m in path_matches(p):
             if m.is_dir():
                 found.update(m.rglob(RESULT_NAME))
             elif m.is_file():
                 found.add(m)
     return sorted(found)
+
+
+def path_matches(p: str | Path) -> list[Path]:
+    """What one path argument names: itself if it exists, else the paths its glob pattern matches."""
+    return [Path(p)] if Path(p).exists() else [Path(m) for m in glob.glob(str(p), recursive=True)]
 
 
 def canonical_proj(code: object) -> str | None:
