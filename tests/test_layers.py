@@ -8,6 +8,7 @@ count too: an upward import hidden in a function is still an upward import.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -24,6 +25,8 @@ LAYERS: list[set[str]] = [
     {"cli", "export"},
 ]
 PLUGINS = "hydra_plugins"  # above every layer: Hydra's adapters over sweep/ and executors/
+ANALYSIS = SRC.parent / "analysis"  # reads result files only: imports nothing of src/ (and needs no torch)
+UNITS = sorted(set().union(*LAYERS))
 
 
 def unit(module: str) -> str:
@@ -149,3 +152,58 @@ def test_every_subpackage_says_what_it_holds_and_may_import():
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert len(doc.split()) >= 15, f"{init}: a docstring saying what the package holds"
         assert "May import:" in doc, f"{init}: say what it may import ('May import: ...')"
+
+
+def test_the_package_docstring_names_every_unit():
+    doc = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text())) or ""
+    assert [u for u in UNITS if not re.search(rf"\b{u}\b", doc)] == []
+
+
+def may_import_mismatch(package: str, doc: str) -> list[str]:
+    """Where a package's "May import:" paragraph disagrees with LAYERS: the units it names before
+    "Not" must be exactly those of the layers below it; the ones it names after "Not" none of them."""
+    said = doc.partition("May import:")[2].split("\n\n")[0]
+    allowed_text, _, refused_text = said.partition("Not ")
+    named = lambda text: {u for u in UNITS if re.search(rf"\b{u}\b", text)}
+    below = {u for peers in LAYERS[:layer_of(package)] for u in peers}
+    wrong = [f"{package}: may import {u}, which is not below it" for u in sorted(named(allowed_text) - below)]
+    wrong += [f"{package}: does not say it may import {u}" for u in sorted(below - named(allowed_text))]
+    wrong += [f"{package}: says it may not import {u}, which is below it" for u in sorted(named(refused_text) & below)]
+    return wrong
+
+
+def test_each_may_import_line_matches_the_layers():
+    wrong = []
+    for init in sorted(PACKAGE.glob("*/__init__.py")):
+        wrong += may_import_mismatch(init.parent.name, ast.get_docstring(ast.parse(init.read_text())) or "")
+    assert not wrong, "\n".join(wrong)
+
+
+def src_imports_of_analysis() -> list[str]:
+    """Every import of lorasweep (or the Hydra plugins) in analysis/: it reads result files only."""
+    found = []
+    for path in sorted(ANALYSIS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{path.name} imports {n}" for n in names if n.split(".")[0] in ("lorasweep", PLUGINS)]
+    return found
+
+
+def test_analysis_imports_nothing_of_src():
+    assert ANALYSIS.is_dir()
+    assert src_imports_of_analysis() == []
+
+
+def test_the_doc_and_analysis_checks_catch_what_they_are_for(tmp_path, monkeypatch):
+    good = "Models.\n\nMay import: config and the leaves (errors, console, compat, locks). Not tasks/ (a peer).\n"
+    assert may_import_mismatch("model", good) == []
+    assert may_import_mismatch("model", good.replace(", locks", "")) == ["model: does not say it may import locks"]
+    assert may_import_mismatch("model", good.replace("config and", "config, run and")) == [
+        "model: may import run, which is not below it"]
+    assert may_import_mismatch("run", "May import: model, tasks, config, errors, console, compat, locks. "
+                                      "Not executors/, nor config.") == ["run: says it may not import config, "
+                                                                         "which is below it"]
+    (tmp_path / "tables.py").write_text("import pandas\nfrom lorasweep.run import store\nfrom .load import x\n")
+    monkeypatch.setattr(__import__(__name__), "ANALYSIS", tmp_path)
+    assert src_imports_of_analysis() == ["tables.py imports lorasweep.run"]

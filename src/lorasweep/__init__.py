@@ -9,7 +9,8 @@ holds the order and fails on a circle or an upward import; docs/ARCHITECTURE.md 
     run/                 one run: plan, lifecycle, training loop, results store, tracking, export
     model/  tasks/       models and methods; data formats, tasks and their metrics (peers)
     config/              the validated run spec and projection codes (no torch)
-    errors, console, compat   leaves: user-facing errors, what is printed, other libraries' private APIs
+    errors, console, compat, locks   leaves: user-facing errors, what is printed, other libraries'
+                         private APIs, a file lock between one machine's processes
 """
 
 __version__ = "0.1.0"

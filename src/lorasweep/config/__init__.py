@@ -2,5 +2,5 @@
 projection codes (q k v o g u d) with each model family's module patterns. No torch: a bad config
 is refused in milliseconds.
 
-May import: lorasweep.errors (and nothing else of lorasweep).
+May import: the leaves (errors, console, compat, locks); today it uses errors alone.
 """

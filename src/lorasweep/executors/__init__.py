@@ -3,5 +3,6 @@ processes kept across runs (local) or SLURM job arrays through submitit (slurm; 
 record in a run's folder and what SLURM says of its job, without submitit); worker holds what runs
 inside the process (execute), gpus places local workers on GPUs and slurm_gpus checks a job's GPU ask, and factory picks an executor from a hydra.launcher config.
 
-May import: run/ and below. Not sweep/ (sweeps use executors, not the reverse).
+May import: run/, model/, tasks/, config/ and the leaves (errors, console, compat, locks).
+Not sweep/ (sweeps use executors, not the reverse).
 """

@@ -3,5 +3,5 @@ skeletons used for counting (loading), the tiny test tokenizer, projection codes
 names (projections), adapter methods through peft (methods), token injection (tokens) and the exact
 trainable-parameter arithmetic behind budgets (params).
 
-May import: lorasweep.config and the leaves (errors, console, compat). Not tasks/ (a peer).
+May import: lorasweep.config and the leaves (errors, console, compat, locks). Not tasks/ (a peer).
 """

@@ -5,5 +5,6 @@ the progress.json it keeps while it trains (progress), the results store and its
 sweep's trial hands its runs (pruning), the Optuna storage's spelling that driver and runs both
 open (study_storage), and export (merge, several adapters on one base).
 
-May import: model/, tasks/, config/ and the leaves. Not executors/ or sweep/.
+May import: model/, tasks/, config/ and the leaves (errors, console, compat, locks). Not executors/
+or sweep/.
 """

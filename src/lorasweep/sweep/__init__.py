@@ -5,5 +5,6 @@ optuna_settings and optuna_space: its keys, search space and sampler; optuna_res
 optimization_results.yaml; failure_rate and custom_space: hydra.sweeper.max_failure_rate and
 custom_search_space). The Hydra plugins in src/hydra_plugins/ are thin adapters over this package.
 
-May import: executors/, run/ and below.
+May import: executors/, run/, model/, tasks/, config/ and the leaves (errors, console, compat,
+locks).
 """

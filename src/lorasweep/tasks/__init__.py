@@ -2,5 +2,5 @@
 rows are trained and scored (task), one module per kind of scoring (classification, mcq,
 generation) and the shared metrics (accuracy with its binomial standard error, headline lines).
 
-May import: lorasweep.config and the leaves (errors, console, compat). Not model/ (a peer).
+May import: lorasweep.config and the leaves (errors, console, compat, locks). Not model/ (a peer).
 """
