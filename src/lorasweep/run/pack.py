@@ -5,7 +5,7 @@
 Each run is what it would be alone (run/lifecycle.py), except that the load and the training are
 shared: it is planned, checked against its budget and the store, claimed, built alone (its own
 seeded initialisation, its exact parameter count), then its adapter joins the pack's model
-(model/packing.py) and all train together (run/pack_loop.py). Each writes its own result.json, with
+(model/adapter_pack.py) and all train together (run/pack_loop.py). Each writes its own result.json, with
 `pack: {id, size, runs}` added, and its own PEFT adapter; a run that diverges or is pruned leaves the
 pack with that result, written as it leaves, while the others go on. A pack that fails records each
 run still in it as failed (with the shared traceback), and that error is its outcome (run_pack
@@ -27,7 +27,7 @@ import torch
 from ..console import say
 from ..errors import RunClaimedError
 from ..model import loading, methods
-from ..model.packing import Block, PackedModel, adapter_name, pack_models
+from ..model.adapter_pack import Block, PackedModel, adapter_name, pack_models
 from ..tasks import classification
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
