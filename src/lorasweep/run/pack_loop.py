@@ -70,7 +70,7 @@ def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator
     timing, `diverged` or `pruned_at` where it stopped early. `losses_of`: the task's loss
     (classification_losses, sft_losses). `on_leave(member)`: called at once, its outcome final, for
     a member that leaves the pack early (its result is written then: an interrupted pack keeps it).
-    `step_sleep_s`: a pause after each step (train.step_sleep_s: lets a test interrupt a tiny pack
+    `step_sleep_s`: a pause after each step (train.step_sleep_s: a tiny pack watched, or stopped,
     while it trains)."""
     args = members[0].trainer.args
     loaders = [m.trainer.get_train_dataloader() for m in members]
