@@ -4,7 +4,7 @@
 
 The run's own SFT trainer (model=smollm2-135m, task=wordnet_mcq, LoRA r=8 qkvo) and its first
 `--steps` training batches. On each batch, one after the other: trl's fused head over every position
-(what LORASWEEP_FULL_LOGITS=1 trains with, the "before") and lorasweep's kept rows (the "after"),
+(what a trainer's full_logits=True trains with, the "before") and lorasweep's kept rows (the "after"),
 each a forward and a backward of the loss, from the same weights and the same dropout seed (no
 optimizer step, so both sides see one model). Interleaved, so that a change in the machine's load
 hits both sides alike. One untimed step of each first (allocations, first-call costs).

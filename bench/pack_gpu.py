@@ -1,4 +1,4 @@
-"""GPU makespan of 8 LoRA runs on one base: packed (lorasweep.model.packing) vs one after another vs
+"""GPU makespan of 8 LoRA runs on one base: packed (lorasweep.model.adapter_pack) vs one after another vs
 8 processes sharing the GPU.
 
     python bench/pack_gpu.py [--steps 20] [--batch 4] [--seq 512]      # needs CUDA
@@ -9,7 +9,7 @@ position carries loss, as a plain LM forward computes it), AdamW per run. The 8 
 r = 4, 8, 16, 32 x projections qkvo, qkvogud (the issue's grid), each `--steps` optimizer steps of
 `--batch` sequences of `--seq` tokens, after one warm-up step that is not timed:
   packed       one process, one base, 8 adapters: each step one forward and backward over the 8
-               runs' batches stacked (model/packing: each adapter on its own rows), its adapters
+               runs' batches stacked (model/adapter_pack: each adapter on its own rows), its adapters
                applied in batched products (a GPU's way) and, beside it, one after another (the
                loop a CPU keeps)
   sequential   one process, the 8 runs one after another, each on its own model
@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from lorasweep.config.spec import ModelSpec  # noqa: E402
 from lorasweep.model.loading import model_config, tiny_config  # noqa: E402
-from lorasweep.model import packing  # noqa: E402
-from lorasweep.model.packing import Block, PackedModel, adapter_name  # noqa: E402
+from lorasweep.model import adapter_pack  # noqa: E402
+from lorasweep.model.adapter_pack import Block, PackedModel, adapter_name  # noqa: E402
 from lorasweep.model.projections import resolve_modules  # noqa: E402
 
 RUNS = [(r, proj) for proj in ("qkvo", "qkvogud") for r in (4, 8, 16, 32)]
@@ -101,7 +101,7 @@ def train_packed(config, device, dtype, args, batched: bool) -> float:
     plain-LoRA layers apply the adapters in batched products, else one after another."""
     from peft import get_peft_model
 
-    packing.BATCHED_DEVICES = {device} if batched else set()
+    adapter_pack.BATCHED_DEVICES = {device} if batched else set()
 
     base = base_model(config, device, dtype)
     configs = [lora_config(r, proj, base) for r, proj in RUNS]

@@ -6,7 +6,7 @@ time goes (bench/pack.py measures whole sweeps).
 The embedded default's model (smollm2-4l, wordnet_topics' 26-class head), the design card's cells
 (r=4 qk, r=8 qkvo, r=16 qvkogdu, repeated up to --runs), each built as its run alone builds it
 (run/pack.py), on one batch of 16 x 36 random tokens. Times the forward and backward of each run
-alone and of the pack (model/packing: the batches stacked, one base GEMM per layer), then prints
+alone and of the pack (model/adapter_pack: the batches stacked, one base GEMM per layer), then prints
 the ops that take the pack's time (torch's profiler, one step).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import compose_config  # noqa: E402
 
-from lorasweep.model.packing import Block, pack_models  # noqa: E402
+from lorasweep.model.adapter_pack import Block, pack_models  # noqa: E402
 from lorasweep.run.pack import _build_alone  # noqa: E402
 from lorasweep.run.plan import plan_run  # noqa: E402
 

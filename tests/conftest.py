@@ -22,9 +22,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # Tests place local workers as on a machine without GPUs (no CUDA_VISIBLE_DEVICES pinning, n_jobs
-# as given), even on one with GPUs; tests/test_gpu_placement.py pretends to have some
-# (lorasweep.executors.gpus: the LORASWEEP_FAKE_GPUS test hook).
+# as given), even on one with GPUs; tests/test_gpu_placement.py pretends to have some. The hook
+# (tests/hooks/fake_gpus.py) is installed here and, through PYTHONPATH, in every process a test starts.
+HOOKS = Path(__file__).resolve().parent / "hooks"
 os.environ.setdefault("LORASWEEP_FAKE_GPUS", "0")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")]))
 
 
 def _own_cores_per_test_process() -> None:
@@ -43,11 +45,15 @@ def _own_cores_per_test_process() -> None:
 
 _own_cores_per_test_process()
 
+from hooks import fake_gpus  # noqa: E402
+
+fake_gpus.install()
+
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = HOOKS.parents[1]
 
 # A tiny run: a few steps on a slice of the real data, in seconds.
 TINY_TOPICS = ["model=tiny-bert", "task=wordnet_topics", "train.max_steps=4", "train.eval_steps=2",
@@ -115,9 +121,6 @@ def slurm_cluster(tmp_path_factory):
 
 
 # -- hooks in every process a test starts (tests/hooks/sitecustomize.py): counted trainings, faults ------
-
-HOOKS = ROOT / "tests" / "hooks"
-
 
 def with_hooks(monkeypatch, **env: str) -> None:
     """The processes started from now on import tests/hooks/sitecustomize.py, with `env` set."""

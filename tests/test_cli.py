@@ -82,6 +82,8 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path, group, value):
     (["tracking.backend=nope"], "error: tracking.backend='nope' is invalid"),
     (["budget.max_trainable=-3"], "error: budget.max_trainable=-3 is invalid"),
     (["train.seed=-1"], "error: train.seed=-1 is invalid: a whole number from 0 to 2**32 - 1"),
+    (["train.step_sleep_s=abc"], "error: train.step_sleep_s='abc' is invalid: the seconds to pause after each "
+                                 "training step"),
     # a sweep's settings without -m: Hydra would make one run of the rest (it trained)
     (["hydra/launcher=plan", "lora.r=4"], "error: hydra/launcher=plan lists the runs of a sweep: add -m"),
     (["+sweep=rank_ablation"], "error: hydra.sweeper.params (lora.r=2,4,8,16,32; +sweep=NAME sets them) sweep "

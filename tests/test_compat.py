@@ -1,6 +1,6 @@
 """The private APIs lorasweep.compat wraps, checked against the installed libraries.
 
-When an upgrade of Hydra, Optuna or submitit moves one of them, this file fails first and says
+When an upgrade of Hydra, Optuna, submitit, peft or trl moves one of them, this file fails first and says
 which, instead of a sweep failing halfway (tests/test_sweep_compose.py checks the Hydra composition
 end to end; the sweep tests use all of them for real).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import optuna
 import pytest
 import submitit
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -58,3 +59,47 @@ def test_submitit_job_outcome_is_success_with_the_result_or_error_with_the_trace
     job.wait()
     got, value = compat.job_outcome(job)
     assert got == outcome and check(value), (got, value)
+
+
+def test_peft_casts_a_lora_layers_input_to_the_adapters_dtype_unless_casting_is_off():
+    from peft import LoraConfig, get_peft_model
+    from peft.helpers import disable_input_dtype_casting
+
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"], r=2))
+    layer = model.base_model.model[0]
+    x = torch.ones(2, 4, dtype=torch.float64)
+    assert compat.cast_lora_input(layer, x, torch.float32).dtype == torch.float32
+    same = torch.ones(2, 4)
+    assert compat.cast_lora_input(layer, same, torch.float32) is same
+    with disable_input_dtype_casting(model):  # the user's switch, which a pack's forward honours as peft's does
+        assert compat.cast_lora_input(layer, x, torch.float32) is x
+
+
+def test_trl_sft_trainer_logs_the_metrics_and_token_count_compat_adds_to(tmp_path):
+    """trl's own loss fills the fields run/loop.py's kept-rows loss fills through compat, and its log
+    reports them: the same entropy, mean_token_accuracy and num_tokens lines either way."""
+    from lorasweep.model import loading, methods
+    from lorasweep.run.loop import sft_trainer, trainer_arguments
+    from lorasweep.run.plan import plan_run
+    from lorasweep.tasks import task as tasks
+
+    from conftest import TINY_MCQ, compose_config
+
+    plan = plan_run(compose_config(TINY_MCQ))
+    spec, task = plan.spec, plan.task
+    model, tok, _ = loading.load_with_notes(spec.model, task.head, task.num_labels)
+    model = methods.prepare(model, spec, task.head, list(plan.targets))
+    trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train), spec.train,
+                          trainer_arguments(spec.train, tmp_path))
+    trainer.full_logits = True  # trl's own compute_loss
+    batch = next(iter(trainer.get_train_dataloader()))
+    tokens = int(batch["attention_mask"].sum())
+    model.train()
+    trainer.compute_loss(model, dict(batch))
+    metrics = compat.sft_train_metrics(trainer)
+    assert {"entropy", "mean_token_accuracy"} <= metrics.keys() and metrics["num_tokens"] == [tokens]
+    assert compat.count_sft_tokens(trainer, 10) == tokens + 10
+    metrics["num_tokens"] = [tokens + 10]
+    trainer.log({"loss": 1.0})
+    assert trainer.state.log_history[-1]["num_tokens"] == tokens + 10
+    assert not compat.sft_train_metrics(trainer)  # cleared at each log

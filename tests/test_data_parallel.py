@@ -96,7 +96,7 @@ def test_a_run_on_two_gpus_trains_on_two_ranks_what_one_process_trains(tmp_path,
 
     # rank 0 alone wrote into the store: the files of the single process's run, no more
     assert store_files(tmp_path / "gpus2") == store_files(tmp_path / "gpus1")
-    from lorasweep.run.export import load_adapted
+    from lorasweep.run.adapters import load_adapted
 
     folder = next((tmp_path / "gpus2" / "results").glob("*/result.json")).parent
     model, _ = load_adapted(folder)  # the saved adapter loads

@@ -1,5 +1,5 @@
 """A GPU per local worker (lorasweep.executors.gpus), tested without a GPU: LORASWEEP_FAKE_GPUS=N
-(a test hook) says N GPUs exist. Torch on a CPU ignores the CUDA_VISIBLE_DEVICES a worker gets, so
+(a test hook, tests/hooks/fake_gpus.py) says N GPUs exist. Torch on a CPU ignores the CUDA_VISIBLE_DEVICES a worker gets, so
 the real sweeps below train on the CPU and their results say which GPU each run was given."""
 import json
 from types import SimpleNamespace
@@ -24,7 +24,9 @@ TINY = [a for a in TINY_TOPICS if not a.startswith("train.max_steps=")] + ["trai
     ({"LORASWEEP_FAKE_GPUS": "4", "CUDA_VISIBLE_DEVICES": "-1"}, []),
     ({"LORASWEEP_FAKE_GPUS": "4", "CUDA_VISIBLE_DEVICES": "1,-1,2"}, ["1"]),  # CUDA stops at an invalid id
 ])
-def test_visible_gpus(env, expected):
+def test_visible_gpus(env, expected, monkeypatch):
+    env = dict(env)
+    monkeypatch.setenv("LORASWEEP_FAKE_GPUS", env.pop("LORASWEEP_FAKE_GPUS"))  # the hook reads the process's
     assert visible_gpus(env) == expected
 
 

@@ -6,13 +6,13 @@ weight, equal (to 1e-6 relative, fp32 on CPU) both full-logits ways, trl's fused
 position and the model's own forward with labels (transformers' loss on the full logits). The
 metrics trl logs (entropy, mean_token_accuracy) are the same too. Loss and gradients agree as well
 with trained injected tokens on a tied head (peft's wrapper as the head module). And a short run's loss curve is
-the one LORASWEEP_FULL_LOGITS=1 (every position, as before) gives.
+the one its trainer gives with `full_logits = True` (every position, as before).
 """
 import pytest
 import torch
 
 from lorasweep.model import loading, methods, tokens
-from lorasweep.run import lm_head
+from lorasweep.run import lm_head, loop
 from lorasweep.run.lifecycle import run_config
 from lorasweep.run.loop import trainer_arguments, sft_trainer
 from lorasweep.run.plan import plan_run
@@ -100,7 +100,7 @@ def test_trained_injected_tokens_on_a_tied_head_too(tmp_path):
     assert trainer.plain_loss  # the head is peft's wrapper, not a Linear
     new_loss, new_grads, _ = loss_and_grads(trainer, model, batch, None, "kept")
     assert any("trainable_tokens_delta" in name for name in new_grads)
-    for way in ("trl", "model"):  # with the wrapper, LORASWEEP_FULL_LOGITS=1 is the model's own forward
+    for way in ("trl", "model"):  # with the wrapper, full_logits is the model's own forward
         loss, grads, _ = loss_and_grads(trainer, model, batch, None, way)
         assert_close(new_loss, loss, f"loss vs {way}")
         for name in grads:
@@ -111,8 +111,15 @@ def test_a_short_runs_loss_curve_is_unchanged(tmp_path, monkeypatch):
     calls, kept_rows_loss = [], lm_head.kept_rows_loss
     monkeypatch.setattr(lm_head, "kept_rows_loss", lambda *a, **k: calls.append(1) or kept_rows_loss(*a, **k))
 
+    def with_full_logits(full):
+        def make(*args, **kwargs):
+            trainer = sft_trainer(*args, **kwargs)
+            trainer.full_logits = full
+            return trainer
+        return make
+
     def curve(folder, full):
-        monkeypatch.setenv("LORASWEEP_FULL_LOGITS", "1" if full else "0")
+        monkeypatch.setattr(loop, "sft_trainer", with_full_logits(full))
         calls.clear()
         result = run_config(compose_config(TINY_MCQ + ["method=lora", "train.seed=0", f"results_dir={folder}"]))
         assert result["status"] == "done"

@@ -15,7 +15,7 @@ import torch
 from conftest import compose_config
 from safetensors.torch import load_file
 
-from lorasweep.model import packing
+from lorasweep.model import adapter_pack
 from lorasweep.run.lifecycle import run_config
 from lorasweep.run.pack import run_pack
 
@@ -37,7 +37,7 @@ RUNS["tiny-llama"] = RUNS["tiny-qwen3"] = [["lora.r=2", "lora.proj=qk", "train.l
                                            ["lora.r=4", "lora.proj=qkvogud", "train.lr=3e-3", "method=dora"],
                                            ["lora.r=8", "lora.proj=vo", "train.lr=2e-3", "train.seed=1"]]
 TOLERANCE = 1e-4  # relative to the tensor's largest value: the pack's larger GEMMs may round differently
-# How a pack's layers apply their runs' adapters (model/packing): a loop over the runs' blocks (a CPU's
+# How a pack's layers apply their runs' adapters (model/adapter_pack): a loop over the runs' blocks (a CPU's
 # way) or batched products over all of them (a GPU's way), forced here on the CPU. The batched products
 # sum in another order than a run alone's: largest adapter differences measured 1.5e-5 (classification,
 # 20 steps) and 1.1e-4 (tiny-llama SFT, 12 steps at lr up to 3e-3), so they get their own bound.
@@ -52,7 +52,7 @@ BF16_BATCHED_ADAPTER_TOLERANCE = 0.1
 @pytest.fixture(params=list(PRODUCTS))
 def products(request, monkeypatch) -> str:
     """Each test using it runs with either way of applying adapters ("loop" or "batched")."""
-    monkeypatch.setattr(packing, "BATCHED_DEVICES", PRODUCTS[request.param])
+    monkeypatch.setattr(adapter_pack, "BATCHED_DEVICES", PRODUCTS[request.param])
     return request.param
 
 
@@ -208,7 +208,7 @@ def test_a_failed_pack_fails_only_the_runs_still_in_it_and_the_driver_gets_each_
     def unsaveable(self, adapter, target):
         raise RuntimeError("the adapter could not be saved")
 
-    monkeypatch.setattr(packing.PackedModel, "save_adapter", unsaveable)
+    monkeypatch.setattr(adapter_pack.PackedModel, "save_adapter", unsaveable)
     cfgs = [compose_config(["model=tiny-bert", *STEPS, "train.max_steps=4", *run, f"results_dir={tmp_path}"])
             for run in ONE_DIVERGES]
     keys = [from_config(cfg).run_key for cfg in cfgs]

@@ -13,7 +13,7 @@ import pytest
 
 from lorasweep.executors import slurm_jobs
 from lorasweep.run.claims import CLAIM_FILE, Claim
-from lorasweep.run.lifecycle import record_worker_death
+from lorasweep.run.records import record_worker_death
 from lorasweep.run.plan import plan_run
 from lorasweep.run.progress import PROGRESS_FILE
 from lorasweep.run.store import write_json_atomically, write_result

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["basic_sweeper", "apply_overrides", "overrides_dirname", "trial_id", "reopen_trial",
-           "job_outcome"]
+           "job_outcome", "cast_lora_input", "sft_train_metrics", "count_sft_tokens"]
 
 # Hydra 1.3 -------------------------------------------------------------------------------------
 # Composing a job re-reads every YAML file (~0.1 s). Jobs of a sweep that differ from the first in
@@ -70,3 +70,33 @@ def job_outcome(job: Any) -> tuple[str, Any]:
     """("success", the run's result) or ("error", its traceback); raises submitit's
     UncompletedJobError when the job ended without writing either (killed, cancelled)."""
     return job._get_outcome_and_result()
+
+
+# peft 0.21 -------------------------------------------------------------------------------------
+# A pack applies each run's LoRA to its own rows (model/adapter_pack.py) in place of lora.Linear's
+# forward, and must cast those rows as that forward does: to the adapter's dtype, unless the user
+# turned casting off (peft.helpers.disable_input_dtype_casting). peft has the rule only as a layer's
+# private method.
+
+
+def cast_lora_input(layer: Any, x: Any, dtype: Any) -> Any:
+    """`x` as peft's LoRA layer casts its input for an adapter whose weights are of `dtype`."""
+    return layer._cast_input_dtype(x, dtype)
+
+
+# trl 1.16 --------------------------------------------------------------------------------------
+# run/loop.py computes an SFT run's training loss itself (the LM head on the loss-carrying rows) and
+# logs what trl's compute_loss logs beside it (entropy, mean_token_accuracy, num_tokens). SFTTrainer
+# keeps those in private fields, averaged and cleared at each log; it has no public way to add to them.
+
+
+def sft_train_metrics(trainer: Any) -> dict:
+    """The SFTTrainer's training metrics since its last log: {name: [value per step]}."""
+    return trainer._metrics["train"]
+
+
+def count_sft_tokens(trainer: Any, tokens: int) -> int:
+    """Add a training batch's token count, gathered over every process (as trl gathers it), to the
+    SFTTrainer's running total, as its compute_loss does; returns the total (trl's `num_tokens`)."""
+    trainer._total_train_tokens += tokens // trainer._tp_size  # tensor-parallel ranks share one batch
+    return trainer._total_train_tokens

@@ -1,7 +1,7 @@
 """`python -m lorasweep.export RUN_DIR --merge [--out DIR]`: a run's adapter merged into its base model,
 saved as a standalone model and tokenizer (default RUN_DIR/merged).
 
-From Python: `from lorasweep.export import load_adapted, load_adapters, merge` (lorasweep.run.export).
+From Python: `from lorasweep.export import load_adapted, load_adapters, merge` (lorasweep.run.adapters).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .console import quiet_libraries, say
 from .errors import USER_ERRORS, ExportError
-from .run.export import load_adapted, load_adapters, merge, read_run
+from .run.adapters import load_adapted, load_adapters, merge, read_run
 from .run.store import folder_size
 
 __all__ = ["load_adapted", "load_adapters", "merge", "read_run", "main"]

@@ -28,11 +28,23 @@ environment variable is set, so a process started without them is an ordinary on
                                        training step: a rank that fails while its peers train on;
                                        with ":oom" after it, torch.cuda.OutOfMemoryError (CUDA's
                                        message, naming GPU <rank>): a rank out of accelerator memory
+    LORASWEEP_FAKE_GPUS=<n>            this machine has <n> GPUs, as local workers are placed
+                                       (fake_gpus.py; tests/conftest.py sets 0 for every test)
 
 A call is counted before it fails or trains.
 """
 import os
 from pathlib import Path
+
+if os.environ.get("LORASWEEP_FAKE_GPUS") is not None:
+    try:
+        import lorasweep  # noqa: F401  (a process without lorasweep places no workers: nothing to fake)
+    except ImportError:
+        pass
+    else:
+        import fake_gpus
+
+        fake_gpus.install()
 
 _COUNT = os.environ.get("LORASWEEP_COUNT_TRAININGS")
 _FAIL_ONCE = os.environ.get("LORASWEEP_FAIL_ONCE")

@@ -1,6 +1,6 @@
 """What a composed config can be refused for from its own values: the spec (config/spec.py), the
-budget and lora.r=auto, a quantized method this machine cannot run, and the data-parallel ranks a
-sweep's driver gave it. No transformers, peft or data file is touched here (torch only to ask for a
+budget and lora.r=auto, a quantized method this machine cannot run, the data-parallel ranks a
+sweep's driver gave it, and train.step_sleep_s. No transformers, peft or data file is touched here (torch only to ask for a
 GPU, for the quantized methods), so `python launch.py` says such a mistake in under a second, before
 those libraries load; run/plan.py builds on these to count the run.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 from typing import Any, Mapping
 
 from ..errors import ConfigError
@@ -29,7 +30,21 @@ def checked_spec(cfg: Mapping[str, Any]) -> tuple[RunSpec, int | None, bool]:
     spec = from_config(with_rank(cfg, 1) if auto else cfg)
     check_available(spec.method)  # qlora without CUDA/bitsandbytes: say so now, not after loading
     check_data_parallel(spec, data_parallel(cfg))
+    step_sleep_s(cfg.get("train") or {})
     return spec, budget, auto
+
+
+def step_sleep_s(train_cfg: Mapping[str, Any]) -> float:
+    """train.step_sleep_s: seconds of pause after each training step (not in the run key: a slowed
+    run computes the same), to watch a tiny run, or stop it, while it trains. ConfigError unless a
+    finite number >= 0 (null: 0)."""
+    value = train_cfg.get("step_sleep_s")
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"train.step_sleep_s={value!r} is invalid: the seconds to pause after each training "
+                          f"step, a number >= 0 (default 0: no pause)")
+    return float(value)
 
 
 def check_available(method: str) -> None:

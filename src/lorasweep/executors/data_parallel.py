@@ -38,7 +38,7 @@ from typing import Any, Mapping
 from ..console import say
 from ..errors import AcceleratorMemoryError, UnreadableResultError
 from ..run import store
-from ..run.lifecycle import base_record, write_failure
+from ..run.records import base_record, write_failure
 from ..run.plan import Plan
 from .deaths import death_reason
 

@@ -10,11 +10,8 @@ gives each worker N GPUs (a slot of N), on which its run trains data-parallel wi
 
 The GPUs come from one place, `visible_gpus()`: a CUDA_VISIBLE_DEVICES the user set picks among
 them (its ids are passed on as written: "2,3" gives workers 2 and 3, never others; "" or "-1"
-means no GPU); how many exist comes from `nvidia-smi -L` (the driver imports no torch for this).
-
-Test hook: LORASWEEP_FAKE_GPUS=N (read only by tests; never set it otherwise) says N GPUs exist
-instead of asking nvidia-smi, so that placement can be tested on a machine without any. Torch on
-a CPU ignores the CUDA_VISIBLE_DEVICES it is given, so those runs train on the CPU as before.
+means no GPU); how many exist comes from `nvidia-smi -L` (`gpu_count`: the driver imports no torch
+for this; tests replace it to pretend GPUs, tests/hooks/fake_gpus.py).
 """
 from __future__ import annotations
 
@@ -26,13 +23,10 @@ from typing import Any, Mapping, Sequence
 from ..errors import ConfigError
 from .settings import whole_number
 
-FAKE_GPUS = "LORASWEEP_FAKE_GPUS"  # test hook: how many GPUs this machine pretends to have
-
-
 def visible_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
     """The GPU ids this process may hand to its workers, as CUDA_VISIBLE_DEVICES values; [] for none."""
     env = os.environ if environ is None else environ
-    count = _gpu_count(env)
+    count = gpu_count()
     if count == 0:
         return []
     listed = env.get("CUDA_VISIBLE_DEVICES")
@@ -47,9 +41,8 @@ def visible_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
     return ids
 
 
-def _gpu_count(env: Mapping[str, str]) -> int:
-    if env.get(FAKE_GPUS) is not None:
-        return int(env[FAKE_GPUS])
+def gpu_count() -> int:
+    """How many GPUs this machine has, as nvidia-smi lists them (0 without nvidia-smi or a working driver)."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return 0

@@ -9,7 +9,7 @@ them: it hands out queued runs, collects results and reads each busy worker's pe
 
 A worker that dies under its run (the kernel's out-of-memory killer sends SIGKILL) fails that run
 only: the run is recorded failed with the signal and the worker's peak RSS
-(run/lifecycle.record_worker_death), its future raises WorkerDiedError, and a new worker takes the
+(run/records.record_worker_death), its future raises WorkerDiedError, and a new worker takes the
 next run; the other runs in flight go on untouched.
 
 Stopping (shutdown(cancel=True): an interrupted sweep): the workers get SIGTERM, which each turns
@@ -257,7 +257,7 @@ class LocalExecutor:
         """The run's result if it finished before its worker died, {"claimed_by"} if another process
         has claimed it since, else {"died": the reason it failed} (recorded)."""
         try:
-            from ..run.lifecycle import record_worker_death
+            from ..run.records import record_worker_death
 
             record = record_worker_death(cfg, reason, round(peak_rss / 2**20, 1) if peak_rss else None)
         except Exception as e:  # recording it failed too (a full disk): the cause is still said
@@ -269,7 +269,7 @@ class LocalExecutor:
         """A run whose worker a SIGTERM from elsewhere stopped: what it left (its result, written
         before: diverged or pruned in a pack; another process's claim), else {"died"}: no result."""
         try:
-            from ..run.lifecycle import left_by_worker
+            from ..run.records import left_by_worker
 
             left = left_by_worker(cfg)
         except Exception:  # its folder cannot be read: said as stopped, which it was

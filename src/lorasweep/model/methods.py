@@ -86,7 +86,7 @@ def save_adapter(model: nn.Module, spec: RunSpec, target: Path, initial: Path | 
 
     Never the whole embedding matrix: peft would save it (113 MB for SmolLM2) once injected tokens
     grew it, but their rows are re-made deterministically (lorasweep.model.tokens.inject, which
-    lorasweep.run.export does before loading) and trained rows are saved as peft's token deltas."""
+    lorasweep.run.adapters does before loading) and trained rows are saved as peft's token deltas."""
     if initial is None:
         model.save_pretrained(target, save_embedding_layers=False)
         save_labels(model, target)

@@ -22,6 +22,8 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .. import compat
+from ..config.checks import step_sleep_s
 from ..config.spec import TrainSpec
 from ..console import say
 from ..errors import DataError
@@ -41,7 +43,7 @@ class LoopOptions:
     """Loop settings that do not change what a run computes (so they are not in its run key)."""
 
     save_steps: int = 0         # checkpoint every N steps into the run's trainer/ folder (0: never)
-    step_sleep_s: float = 0.0   # sleep after each step: lets a test interrupt a tiny run mid-training
+    step_sleep_s: float = 0.0   # pause after each step: a tiny run watched, or stopped, mid-training
     compile: bool = False       # train.compile: torch.compile what trains (run/compile_check.py); same run
 
     @classmethod
@@ -52,7 +54,7 @@ class LoopOptions:
         save = train_cfg.get("save_steps")
         if save is None:
             save = int(train_cfg.get("eval_steps") or 50) if os.environ.get("SLURM_JOB_ID") else 0
-        return cls(save_steps=int(save), step_sleep_s=float(train_cfg.get("step_sleep_s") or 0.0),
+        return cls(save_steps=int(save), step_sleep_s=step_sleep_s(train_cfg),
                    compile=check_compile(train_cfg.get("compile", False)))
 
 
@@ -171,7 +173,7 @@ def _sft_trainer_class():
         wrapper), so the loss then comes from the model's own forward (labels already masked)."""
 
         plain_loss = False
-        full_logits = False  # LORASWEEP_FULL_LOGITS=1: every position through the head, as trl does (a bench's "before")
+        full_logits = False  # True: every position through the head, as trl does (bench/lm_head.py's "before")
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training and not return_outputs and not self.full_logits and self._plain_nll():
@@ -205,11 +207,10 @@ def _sft_trainer_class():
             with self.accelerator.autocast():
                 out = lm_head.kept_rows_loss(model, inputs, num_items_in_batch, body=self._compiled_body(model))
             total = lambda t: self.accelerator.gather_for_metrics(t).sum()
-            n, metrics = total(out.n), self._metrics["train"]
+            n, metrics = total(out.n), compat.sft_train_metrics(self)
             metrics["entropy"].append((total(out.entropy_sum) / n).item() if n > 0 else 0.0)
             metrics["mean_token_accuracy"].append((total(out.correct) / n).item() if n > 0 else 0.0)
-            self._total_train_tokens += total(inputs["attention_mask"].sum()).item() // self._tp_size
-            metrics["num_tokens"] = [self._total_train_tokens]
+            metrics["num_tokens"] = [compat.count_sft_tokens(self, total(inputs["attention_mask"].sum()).item())]
             # like trl and Trainer: num_items_in_batch counts every rank's tokens, and DDP averages gradients
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 return out.loss * (self.accelerator.num_processes // self.get_tp_size())
@@ -230,8 +231,6 @@ def sft_trainer(model, tokenizer, data: TrainingData, spec: TrainSpec, common: d
                                    eval_dataset=data.eval, processing_class=tokenizer)
     head = model.get_output_embeddings()
     trainer.plain_loss = head is not None and not isinstance(head, torch.nn.Linear)  # peft's token wrapper
-    # not in the run key: both ways compute one loss (up to float rounding); bench/lm_head.py times them
-    trainer.full_logits = os.environ.get("LORASWEEP_FULL_LOGITS") == "1"
     return trainer
 
 
@@ -283,7 +282,7 @@ class _Checkpoints(TrainerCallback):
 
 
 class _SlowSteps(TrainerCallback):
-    """Sleeps after each step: lets a test interrupt a tiny run mid-training (train.step_sleep_s)."""
+    """Sleeps after each step (train.step_sleep_s): a tiny run watched, or stopped, mid-training."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds

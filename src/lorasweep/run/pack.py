@@ -5,7 +5,7 @@
 Each run is what it would be alone (run/lifecycle.py), except that the load and the training are
 shared: it is planned, checked against its budget and the store, claimed, built alone (its own
 seeded initialisation, its exact parameter count), then its adapter joins the pack's model
-(model/packing.py) and all train together (run/pack_loop.py). Each writes its own result.json, with
+(model/adapter_pack.py) and all train together (run/pack_loop.py). Each writes its own result.json, with
 `pack: {id, size, runs}` added, and its own PEFT adapter; a run that diverges or is pruned leaves the
 pack with that result, written as it leaves, while the others go on. A pack that fails records each
 run still in it as failed (with the shared traceback), and that error is its outcome (run_pack
@@ -27,19 +27,19 @@ import torch
 from ..console import say
 from ..errors import RunClaimedError
 from ..model import loading, methods
-from ..model.packing import Block, PackedModel, adapter_name, pack_models
+from ..model.adapter_pack import Block, PackedModel, adapter_name, pack_models
 from ..tasks import classification
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
 from .claims import Claim, taken_from_us
-from .lifecycle import (base_record, checked_params, diverged_result, done_result, finished_result, load_and_train,
-                        new_weight_notes, pruned_result, record_failure, record_over_budget, saving_weights,
-                        still_ours, timing_record)
+from .lifecycle import checked_params, finished_result, load_and_train, new_weight_notes
 from .loop import LoopOptions, make_trainer
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
 from .progress import PROGRESS_FILE, ProgressFile
+from .records import (base_record, diverged_result, done_result, pruned_result, record_failure, record_over_budget,
+                      saving_weights, still_ours, timing_record)
 
 
 def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = None) -> list[dict[str, Any] | Exception]:
@@ -158,7 +158,7 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
         def left(m: Member) -> None:  # written as it leaves: an interrupted pack keeps it
             i = members.index(m)
             base = {**bases[i], "params": params[i]}
-            try:  # each writer first checks that the run is still ours (lifecycle.still_ours)
+            try:  # each writer first checks that the run is still ours (records.still_ours)
                 if m.outcome.pruned_at is not None:
                     done[i] = pruned_result(folders[i], base, m.outcome, load_s, t_start)
                 else:
@@ -189,7 +189,7 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
 
 def _claimed(error: RunClaimedError, plan: Plan) -> dict[str, Any]:
     """The outcome of a run another process has claimed (before the pack could, or by taking the
-    claim over while the pack stalled: lifecycle.still_ours): that process's result stands; the
+    claim over while the pack stalled: records.still_ours): that process's result stands; the
     driver waits for it."""
     return {"claimed_by": error.holder, "run_key": plan.spec.run_key}
 

@@ -7,7 +7,7 @@ schedule (warmup, linear decay over its steps), gradient clipping at max_grad_no
 parameters, its logged loss (the mean over each logging window) and its curve (the task's evaluator
 every eval_steps, at the last step and before the first).
 
-A step stacks the runs' batches (model/packing: each run on its own rows), runs one forward and one
+A step stacks the runs' batches (model/adapter_pack: each run on its own rows), runs one forward and one
 backward of the sum of the runs' losses (each its own mean: the gradient of a run's parameters is
 that of its loss alone), then clips and steps each run's optimizer. The loss is the task's, as the
 run's Trainer computes it alone: cross-entropy over a run's rows for classification; for causal-LM
@@ -33,7 +33,7 @@ from transformers import Trainer, get_scheduler, set_seed
 
 from ..config.spec import TrainSpec
 from ..console import say
-from ..model.packing import Block, PackedModel
+from ..model.adapter_pack import Block, PackedModel
 from ..tasks.metrics import headline
 from .loop import Divergence, Reporter, TrainOutcome
 from .progress import ProgressFile
@@ -70,7 +70,7 @@ def train_pack(pack: PackedModel, members: list[Member], evaluate: PackEvaluator
     timing, `diverged` or `pruned_at` where it stopped early. `losses_of`: the task's loss
     (classification_losses, sft_losses). `on_leave(member)`: called at once, its outcome final, for
     a member that leaves the pack early (its result is written then: an interrupted pack keeps it).
-    `step_sleep_s`: a pause after each step (train.step_sleep_s: lets a test interrupt a tiny pack
+    `step_sleep_s`: a pause after each step (train.step_sleep_s: a tiny pack watched, or stopped,
     while it trains)."""
     args = members[0].trainer.args
     loaders = [m.trainer.get_train_dataloader() for m in members]

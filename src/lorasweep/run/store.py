@@ -15,7 +15,7 @@ not "no result" (the run is trained again, and the user is told which file).
 """
 from __future__ import annotations
 
-import errno as codes
+import errno
 import json
 import math
 import os
@@ -182,18 +182,18 @@ def writable_problem(results_dir: str | Path) -> str | None:
     looks fine. Looks only (the folder or its nearest existing parent); check_writable is the proof."""
     path = _nearest_existing(Path(results_dir))
     if not path.is_dir():
-        return os.strerror(codes.ENOTDIR)
+        return os.strerror(errno.ENOTDIR)
     if os.access(path, os.W_OK | os.X_OK):
         return None
     try:
         read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         read_only = False
-    return os.strerror(codes.EROFS if read_only else codes.EACCES)
+    return os.strerror(errno.EROFS if read_only else errno.EACCES)
 
 
 # errnos that mean the store itself refuses the write (not a bug in the run)
-STORE_ERRNOS = {codes.ENOSPC, codes.EDQUOT, codes.EROFS, codes.EACCES, codes.EPERM, codes.EFBIG, codes.EIO}
+STORE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 _OS_ERROR = re.compile(r"os error (\d+)")  # Rust's io::Error (safetensors): "... (os error 28)"
 
 
@@ -215,7 +215,7 @@ def storage_error(error: BaseException, path: str | Path) -> StoreError | None:
             return StoreError(str(path), os.strerror(number), number)
         e = e.__cause__ or e.__context__
     if _looks_like_a_failed_write(error) and _no_space_left(Path(path)):
-        return StoreError(str(path), os.strerror(codes.ENOSPC), codes.ENOSPC)
+        return StoreError(str(path), os.strerror(errno.ENOSPC), errno.ENOSPC)
     return None
 
 

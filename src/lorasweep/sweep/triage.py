@@ -72,7 +72,7 @@ def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
     result (the plan view writes nothing)."""
     # Imported at the first run a sweep plans, not with this module: torch, transformers and peft take
     # seconds, and a sweep's own settings (retries, pack, sampler...) are checked before, in a second.
-    from ..run.lifecycle import record_over_budget
+    from ..run.records import record_over_budget
     from ..run.plan import plan_run
 
     try:

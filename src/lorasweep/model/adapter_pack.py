@@ -39,6 +39,8 @@ from peft.tuners.lora import Linear as LoraLinear
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
+from ..compat import cast_lora_input
+
 FIRST = "default"  # peft's name for the adapter a model is built with: the pack's first run
 BATCHED_DEVICES = {"cuda"}  # where plain-LoRA layers apply all adapters in batched products (see above)
 
@@ -204,7 +206,7 @@ def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, 
             if name in layer.lora_variant:
                 part = _dora(layer, name, rows, part)
             else:
-                rows = layer._cast_input_dtype(rows, layer.lora_A[name].weight.dtype)
+                rows = cast_lora_input(layer, rows, layer.lora_A[name].weight.dtype)
                 part = part + layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](rows))) * layer.scaling[name]
         parts.append(part)
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)
@@ -228,7 +230,7 @@ def _batched_forward(layer: LoraLinear, pack: PackedModel, blocks: list[Block], 
 
 def _dora(layer: LoraLinear, name: str, rows: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
     """A DoRA run's output on its rows (`part`: the base's output there), through peft's own code."""
-    rows = layer._cast_input_dtype(rows, layer.lora_A[name].weight.dtype)
+    rows = cast_lora_input(layer, rows, layer.lora_A[name].weight.dtype)
     return layer.lora_variant[name].forward(layer, active_adapter=name, x=rows, result=part)
 
 
@@ -244,7 +246,7 @@ def _batched_lora(layer: LoraLinear, pack: PackedModel, blocks: list[Block], x: 
         dropped = torch.cat([layer.lora_dropout[b.adapter](rows) if b.adapter in names else rows
                              for b, rows in zip(blocks, pack.rows_of(x))])
     a_weights = [layer.lora_A[n].weight for n in present]  # each (rank, in)
-    dropped = layer._cast_input_dtype(dropped, a_weights[0].dtype)
+    dropped = cast_lora_input(layer, dropped, a_weights[0].dtype)
     index, scale, width = pack.stacking(layer, blocks, names, x.device)
     k = len(blocks)
     # (K * width, in) and (K * width, out): block i's adapter's rows at i * width, the rest zeros

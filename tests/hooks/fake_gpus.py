@@ -1,0 +1,26 @@
+"""LORASWEEP_FAKE_GPUS=N: this machine has N GPUs, as lorasweep.executors.gpus counts them (in place
+of nvidia-smi), so that placing workers on GPUs is tested on a machine without any; 0 hides a real
+machine's GPUs. Torch on a CPU ignores the CUDA_VISIBLE_DEVICES a worker gets: runs train on the CPU.
+
+Installed by tests/conftest.py in the test process and by sitecustomize.py in every process a test
+starts (tests/conftest.py puts tests/hooks on their PYTHONPATH); read at each count, so a test may
+change it (monkeypatch.setenv).
+"""
+import os
+
+VAR = "LORASWEEP_FAKE_GPUS"
+
+
+def install() -> None:
+    from lorasweep.executors import gpus
+
+    counted = gpus.gpu_count
+    if getattr(counted, "faked", False):
+        return
+
+    def gpu_count() -> int:
+        fake = os.environ.get(VAR)
+        return counted() if fake is None else int(fake)
+
+    gpu_count.faked = True
+    gpus.gpu_count = gpu_count
