@@ -25,7 +25,7 @@ class LocalLauncher(ContextLauncher):
         super().__init__()
         self.n_jobs, self.threads, self.retries = n_jobs, threads, retries  # retries: checked by the sweep
         self.runs_per_gpu, self.gpus_per_run = runs_per_gpu, gpus_per_run
-        self.pack = pack  # checked by the sweep (lorasweep.sweep.packing)
+        self.pack = pack  # checked by the sweep (lorasweep.sweep.packs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lorasweep.executors.gpus import place_workers

@@ -69,7 +69,7 @@ class SlurmSettings:
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
     poll_s: float = 1.0             # how often the driver looks for finished runs
     retries: Any = 0                # a failed run submitted again up to this many times (the sweep's; checked there)
-    pack: Any = False               # compatible runs trained together, a pack per job (the sweep's; sweep/packing)
+    pack: Any = False               # compatible runs trained together, a pack per job (the sweep's; sweep/packs)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SlurmSettings":
@@ -121,7 +121,7 @@ class SlurmExecutor:
         # runs in flight: a grid goes to the cluster whole (SLURM throttles arrays by array_parallelism);
         # an Optuna sweep keeps its n_jobs trials in flight
         self.n_jobs = n_jobs or 10**9
-        self.pack_spread = 1  # pack=true: each group of compatible runs is one pack, one job (sweep/packing)
+        self.pack_spread = 1  # pack=true: each group of compatible runs is one pack, one job (sweep/packs)
         self.verb = "submitted"
         self._executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=settings.max_num_timeout)
         self._executor.update_parameters(**settings.sbatch_parameters())

@@ -46,7 +46,7 @@ from ..run.store import run_key_of
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .interrupts import interrupt_on_signals
-from .packing import check_pack_gpus, make_packs, pack_size, per_run, to_resend, unit_task
+from .packs import check_pack_gpus, make_packs, pack_size, per_run, to_resend, unit_task
 from .triage import after_wait, triage
 
 
@@ -125,7 +125,7 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
                gpus_per_run: int = 1) -> list[JobReturn]:
     """Run a grid's jobs; `open_executor()` gives where they train (lorasweep.executors); a failed
     run is run again up to `retries` more times (hydra.launcher.retries); `pack` (hydra.launcher.pack):
-    compatible runs train together over one base (sweep/packing); `gpus_per_run` > 1
+    compatible runs train together over one base (sweep/packs); `gpus_per_run` > 1
     (hydra.launcher.gpus_per_run, checked by the launcher): each run trains data-parallel on that many
     GPUs (executors/data_parallel), which each run's triage checks it can."""
     try:

@@ -54,7 +54,7 @@ from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE, FailureRate, check_ma
 from .interrupts import interrupt_on_signals
 from .optuna_results import say_summary, write_optimization_results
 from .optuna_settings import OptunaSettings
-from .packing import make_packs, optuna_pack_size, per_run, to_resend, unit_task
+from .packs import make_packs, optuna_pack_size, per_run, to_resend, unit_task
 from .triage import after_wait, triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
@@ -102,7 +102,7 @@ class OptunaSweep:
         self.failures = FailureRate(DEFAULT_FAILURE_RATE)  # hydra.sweeper.max_failure_rate, idem
         self.extender = None  # hydra.sweeper.custom_search_space, idem
         self.halted: str | None = None  # why no more trials are asked (said once): exit 1
-        self.pack: int | None = None  # hydra.launcher.pack: trials a worker trains at once (sweep/packing)
+        self.pack: int | None = None  # hydra.launcher.pack: trials a worker trains at once (sweep/packs)
         self.ready: list[_Job] = []  # with packs: trials asked and triaged, to be sent as packs
 
     def _check(self, params_conf: list[str]) -> optuna.samplers.BaseSampler:
