@@ -135,6 +135,10 @@ class LocalExecutor:
         """Runs claimed elsewhere are never this executor's: its workers' runs end with their driver."""
         return False
 
+    def in_flight(self) -> list[str]:
+        """Nothing goes on without the driver: its workers' runs end with it."""
+        return []
+
     def submit_many(self, items: Sequence[tuple[Mapping[str, Any], Path]]) -> list[Future]:
         """(cfg, run folder) pairs; with several runs at once each one's output goes to its log.txt."""
         futures = []
