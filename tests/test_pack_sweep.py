@@ -257,7 +257,7 @@ def test_a_pack_whose_worker_dies_reports_each_run_by_what_it_left(tmp_path, sig
     keys = [from_config(cfg).run_key for cfg in cfgs]
     folders = [run_dir(tmp_path, from_config(cfg).slug, key) for cfg, key in zip(cfgs, keys)]
     with Claim(folders[2]), LocalExecutor(n_jobs=1) as executor:
-        task = executor.submit_many([(pack_task(cfgs, folders), folders[0])])[0]
+        task = executor.submit_many([pack_task(cfgs, folders)])[0]
         wait_until(lambda: (folders[0] / "result.json").exists(), "the first run's diverged result", timeout=120)
         worker = next(p for p in psutil.Process().children() if WORKER_FLAG in p.cmdline())
         os.kill(worker.pid, sig)

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-# What an executor is sent: a run's config (or a pack's task: worker.pack_task) and the folder its
-# log and job record go to (a pack's: its first run's).
-Task = tuple[Mapping[str, Any], Path]
+from .job import Job
 
 
 class Executor(Protocol):
-    n_jobs: int       # tasks in flight at once (for SLURM: that the driver keeps queued)
-    verb: str         # what the driver's line says of a task sent: "started", "submitted"
+    n_jobs: int       # jobs in flight at once (for SLURM: that the driver keeps queued)
+    verb: str         # what the driver's line says of a job sent: "started", "submitted"
     pack_spread: int  # pack=true: the packs each group of compatible runs is split into
 
-    def submit_many(self, items: Sequence[Task]) -> list[Future]:
-        """Futures of the tasks' results (a run's result dict, or a pack's {"pack": [...]}); a
+    def submit_many(self, jobs: Sequence[Job]) -> list[Future]:
+        """Futures of the jobs' results (a run's result dict, or a pack's {"pack": [...]}); a
         future may carry a `note` for the driver's line (its log, its SLURM job)."""
 
     def follows(self, folder: Path) -> bool:
@@ -29,7 +27,7 @@ class Executor(Protocol):
         """The jobs that go on without this driver (SLURM's, after an interrupt); [] for local workers."""
 
     def shutdown(self, cancel: bool = False) -> None:
-        """Wait for the tasks in flight, or (cancel) stop them now."""
+        """Wait for the jobs in flight, or (cancel) stop them now."""
 
     def __enter__(self) -> Executor: ...
 

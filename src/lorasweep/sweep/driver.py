@@ -26,7 +26,7 @@ from ..executors.interface import Executor
 from ..executors.worker import claimed_by
 from ..run.claims import WAIT_POLL_S
 from ..run.store import run_key_of
-from .packs import per_run, to_resend, unit_task
+from .packs import per_run, to_resend, unit_job
 from .triage import after_wait
 
 # What became of a run (Outcome.kind), for its source to record and say
@@ -45,6 +45,7 @@ class Run(Protocol):
     before: dict | None  # its stored result at triage: tells a new failure from an earlier sweep's
     attempt: int         # 1, then 2 and more when retried
     started: float       # perf_counter when last sent
+    reports_to: dict | None  # the Optuna trial its evaluations go to (executors/job.Job.trials)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Driver:
             batch, self.queue = self.queue[:room], self.queue[room:]
             if not batch:
                 return
-            futures = self.executor.submit_many([unit_task(unit) for unit, _ in batch])  # one array on SLURM
+            futures = self.executor.submit_many([unit_job(unit) for unit, _ in batch])  # one array on SLURM
             for (unit, again), future in zip(batch, futures):
                 for run in unit:
                     run.started = time.perf_counter()

@@ -63,6 +63,7 @@ class SweepJob:
     started: float = 0.0           # perf_counter when sent
     attempt: int = 1               # 2 and more: retried (hydra.launcher.retries)
     before: dict | None = None     # its stored result at triage (a failed one from an earlier sweep, say)
+    reports_to: None = None        # no Optuna trial (sweep/driver.Run)
 
     @property
     def tag(self) -> str:

@@ -28,8 +28,6 @@ trials failed (failure_rate.py; exit 1), hydra.sweeper.custom_search_space adds 
 """
 from __future__ import annotations
 
-import hashlib
-import re
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -45,13 +43,13 @@ from ..errors import ConfigError, RunClaimedError, StoreError, SweepExit, Unwrit
 from ..executors.factory import check_retries, executor_for, local_placement, runs_on_slurm
 from ..run.claims import Claim
 from ..run.store import FINISHED as FINISHED_RESULTS, check_writable
-from ..run.study_storage import default_storage, open_storage
+from ..run.study_storage import open_storage
 from . import optuna_space as space_of
 from .custom_space import CustomSearchSpaceError, extend_trial, load_custom_search_space
 from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE, FailureRate, check_max_failure_rate
 from .interrupts import interrupt_on_signals
-from .optuna_results import say_summary, write_optimization_results
-from .optuna_settings import OptunaSettings
+from .optuna_results import result_field, say_summary, write_optimization_results
+from .optuna_settings import OptunaSettings, driver_folder, storage_spec
 from .driver import FINISHED, HERE, LANDED, RETRYING, WAITING, Driver, Outcome
 from .packs import make_packs, optuna_pack_size
 from .triage import triage
@@ -71,6 +69,7 @@ class TrialRun:
     before: dict | None  # its stored result when it was triaged (a failed one from an earlier sweep, say)
     attempt: int = 1     # 2 and more: retried (hydra.launcher.retries)
     started: float = 0.0
+    reports_to: dict | None = None  # its first trial, whose pruner its evaluations go to (run/pruning)
 
 
 class OptunaSweep:
@@ -111,7 +110,7 @@ class OptunaSweep:
         check_writable(self.results_dir)
         self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.settings.sampler) else None
         self.n_trials = min(self.settings.n_trials, len(self.grid)) if self.grid is not None else self.settings.n_trials
-        self.storage = self._storage_spec()
+        self.storage = storage_spec(self.settings.storage, self.results_dir, runs_on_slurm(self.launcher))
         self.study = optuna.create_study(storage=open_storage(self.storage), sampler=sampler, directions=directions,
                                          study_name=self.settings.study_name or space_of.default_study_name(
                                              params_conf, self.settings.objectives), load_if_exists=True)
@@ -131,7 +130,7 @@ class OptunaSweep:
             raise SweepExit(2) from None
         with ExitStack() as driving:
             try:  # before anything is recovered or asked: the study's RUNNING trials are then ours or abandoned
-                driving.enter_context(Claim(self._driver_folder()))
+                driving.enter_context(Claim(driver_folder(self.results_dir, self.storage, self.study.study_name)))
             except RunClaimedError as e:
                 say(f"sweep: optuna study {self.study.study_name!r} is being driven by {e.holder}: the same "
                     f"command goes on there; let it end, or name another study (hydra.sweeper.study_name); "
@@ -283,9 +282,9 @@ class OptunaSweep:
         """The run trains here, for its first trial, which reports to the pruner."""
         trial = run.trials[0][0]
         if len(self.settings.objectives) == 1:  # Optuna prunes single-objective studies only
-            run.cfg["trial"] = {"storage": self.storage, "study_name": self.study.study_name,
-                                "trial_id": trial_id(trial), "number": trial.number, "pruner": self.settings.pruner,
-                                "metric": "accuracy"}
+            run.reports_to = {"storage": self.storage, "study_name": self.study.study_name,
+                              "trial_id": trial_id(trial), "number": trial.number, "pruner": self.settings.pruner,
+                              "metric": "accuracy"}
         self.by_key[run.run_key] = run
         self.stats["trained"] += 1
 
@@ -308,7 +307,7 @@ class OptunaSweep:
     def _tell_result(self, trial, label: str, result: dict, suffix: str = "") -> None:
         status = result.get("status")
         if status == "done":
-            values = [_field(result, name) for name in self.settings.objectives]
+            values = [result_field(result, name) for name in self.settings.objectives]
             missing = [n for n, v in zip(self.settings.objectives, values) if not isinstance(v, (int, float))]
             if missing:
                 return self._tell(trial, TrialState.FAIL, label, f"no objective {missing} in the result",
@@ -388,34 +387,8 @@ class OptunaSweep:
         overrides += [f"{k}={space_of.format_value(v)}" for k, v in params.items()]
         return self.compose(overrides)
 
-    def _driver_folder(self) -> Path:
-        """Where the study's driver claims it: in the results store its drivers share, one folder per
-        (storage, study name); the name's odd characters made safe, the hash keeping studies apart."""
-        name = self.study.study_name
-        digest = hashlib.sha1(f"{self.storage}\n{name}".encode()).hexdigest()[:8]
-        return self.results_dir / ".optuna" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:80]}-{digest}"
-
-    def _storage_spec(self) -> str:
-        """hydra.sweeper.storage, or the results store's default (a journal file for SLURM jobs)."""
-        cluster = runs_on_slurm(self.launcher)
-        spec = self.settings.storage or default_storage(self.results_dir, cluster)
-        if cluster and spec.startswith("sqlite:"):
-            say(f"note: sqlite storage with SLURM jobs ({spec}): Optuna's FAQ warns against sqlite on a "
-                f"network filesystem; name a journal file (journal:///abs/path/optuna.journal) or a database "
-                f"server in hydra.sweeper.storage")
-        return spec
-
     # -- the end ----------------------------------------------------------------------------------
 
     def _summary(self) -> None:
         say_summary(self.study, self._counted_trials(), self.n_trials, self.settings.objectives, self.stats)
 
-
-def _field(result: dict, dotted: str) -> Any:
-    """result["metrics"]["test"]["accuracy"] for "metrics.test.accuracy"; None when absent."""
-    node: Any = result
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
