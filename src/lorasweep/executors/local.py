@@ -33,7 +33,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 from ..console import say
 from ..errors import WorkerDiedError
