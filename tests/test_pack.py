@@ -203,7 +203,7 @@ def test_a_failed_pack_fails_only_the_runs_still_in_it_and_the_driver_gets_each_
     from lorasweep.executors.worker import claimed_by, execute, pack_task
     from lorasweep.run.claims import Claim
     from lorasweep.run.store import run_dir
-    from lorasweep.sweep.packing import per_run
+    from lorasweep.sweep.packs import per_run
 
     def unsaveable(self, adapter, target):
         raise RuntimeError("the adapter could not be saved")

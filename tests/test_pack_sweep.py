@@ -85,7 +85,7 @@ def test_runs_that_cannot_be_packed_train_alone_and_the_plan_says_why(tmp_path):
 
 
 def test_a_compiled_run_trains_alone_rather_than_uncompiled_in_a_pack():
-    from lorasweep.sweep.packing import why_alone
+    from lorasweep.sweep.packs import why_alone
 
     assert why_alone(compose_config(TINY_TOPICS)) is None
     assert why_alone(compose_config([*TINY_TOPICS, "train.compile=true"])) == \
@@ -99,7 +99,7 @@ def test_a_run_only_ever_gets_its_own_outcome_from_a_task():
     never given r2's result. So for a job that trained its one run alone."""
     from concurrent.futures import Future
 
-    from lorasweep.sweep.packing import per_run, to_resend
+    from lorasweep.sweep.packs import per_run, to_resend
 
     def finished(result):
         future = Future()
@@ -117,7 +117,7 @@ def test_a_run_only_ever_gets_its_own_outcome_from_a_task():
 
 
 def test_runs_that_differ_only_in_epochs_pack_when_max_steps_is_set():
-    from lorasweep.sweep.packing import make_packs
+    from lorasweep.sweep.packs import make_packs
 
     cfgs = {e: compose_config([*TINY_TOPICS, f"train.epochs={e}", f"lora.r={e + 1}"]) for e in (1, 3)}
     assert make_packs([1, 3], cfgs.get, 0) == [[1, 3]]  # max_steps=4: the Trainer ignores epochs
@@ -126,7 +126,7 @@ def test_runs_that_differ_only_in_epochs_pack_when_max_steps_is_set():
 
 
 def test_a_tracked_run_trains_alone_rather_than_untracked_in_a_pack():
-    from lorasweep.sweep.packing import why_alone
+    from lorasweep.sweep.packs import why_alone
 
     assert why_alone(compose_config([*TINY_TOPICS, "tracking=tensorboard"])) == \
         "tracking=tensorboard (a pack does not track its runs)"
@@ -249,7 +249,7 @@ def test_a_pack_whose_worker_dies_reports_each_run_by_what_it_left(tmp_path, sig
     from lorasweep.executors.worker import claimed_by, pack_task
     from lorasweep.run.claims import Claim
     from lorasweep.run.store import run_dir
-    from lorasweep.sweep.packing import per_run
+    from lorasweep.sweep.packs import per_run
 
     slow = [a for a in TINY_TOPICS if not a.startswith("train.max_steps=")] + \
         ["train.max_steps=30", "train.step_sleep_s=0.3", f"results_dir={tmp_path}"]
@@ -257,7 +257,7 @@ def test_a_pack_whose_worker_dies_reports_each_run_by_what_it_left(tmp_path, sig
     keys = [from_config(cfg).run_key for cfg in cfgs]
     folders = [run_dir(tmp_path, from_config(cfg).slug, key) for cfg, key in zip(cfgs, keys)]
     with Claim(folders[2]), LocalExecutor(n_jobs=1) as executor:
-        task = executor.submit_many([(pack_task(cfgs, folders), folders[0])])[0]
+        task = executor.submit_many([pack_task(cfgs, folders)])[0]
         wait_until(lambda: (folders[0] / "result.json").exists(), "the first run's diverged result", timeout=120)
         worker = next(p for p in psutil.Process().children() if WORKER_FLAG in p.cmdline())
         os.kill(worker.pid, sig)

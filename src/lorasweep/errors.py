@@ -92,6 +92,17 @@ class RunClaimedError(RuntimeError):
         return f"{self.folder} is being trained by {self.holder}"
 
 
+class SweepExit(Exception):
+    """A sweep ends with exit status `code` (1: runs failed or it stopped, 2: a config mistake, 130:
+    interrupted). Raised by the sweep's library code, turned into the process's exit status by its
+    entry point (the Hydra plugins); `said`: its reason was said already in one line, so no
+    traceback follows (else the entry point says `str(self)`)."""
+
+    def __init__(self, code: int, message: str = "", said: bool = True):
+        super().__init__(message)
+        self.code, self.said = code, said
+
+
 # Failures whose message says all there is (no traceback helps after it): the store's path and cause,
 # a killed worker's signal and peak RSS, what drives accelerator memory.
 SAID_IN_FULL: tuple[type[Exception], ...] = (StoreError, WorkerDiedError, AcceleratorMemoryError)

@@ -25,12 +25,13 @@ class LocalLauncher(ContextLauncher):
         super().__init__()
         self.n_jobs, self.threads, self.retries = n_jobs, threads, retries  # retries: checked by the sweep
         self.runs_per_gpu, self.gpus_per_run = runs_per_gpu, gpus_per_run
-        self.pack = pack  # checked by the sweep (lorasweep.sweep.packing)
+        self.pack = pack  # checked by the sweep (lorasweep.sweep.packs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lorasweep.executors.gpus import place_workers
         from lorasweep.executors.local import LocalExecutor
         from lorasweep.sweep.grid import sweep_grid
+        from lorasweep.sweep.interrupts import exit_status
 
         assert self.config is not None and self.hydra_context is not None
         try:  # before anything is planned or trained
@@ -38,6 +39,7 @@ class LocalLauncher(ContextLauncher):
         except ConfigError as e:
             say(f"sweep: {e}; nothing was trained")
             raise SystemExit(2) from None
-        return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
-                          open_executor=lambda: LocalExecutor(n_jobs, self.threads, gpus), retries=self.retries,
-                          pack=self.pack, gpus_per_run=int(self.gpus_per_run))  # checked and placed above
+        with exit_status():  # the sweep's SweepExit: this process's exit status
+            return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
+                              open_executor=lambda: LocalExecutor(n_jobs, self.threads, gpus), retries=self.retries,
+                              pack=self.pack, gpus_per_run=int(self.gpus_per_run))  # checked and placed above

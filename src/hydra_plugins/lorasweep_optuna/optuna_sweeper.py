@@ -37,6 +37,7 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         from lorasweep.run.store import store_dir
+        from lorasweep.sweep.interrupts import exit_status
         from lorasweep.sweep.optuna_study import OptunaSweep
 
         assert self.config is not None and self.hydra_context is not None
@@ -44,5 +45,6 @@ class OptunaSweeper(Sweeper):
         launcher = OmegaConf.select(self.config, "hydra.launcher")  # slurm: trials run as SLURM jobs
         launcher = OmegaConf.to_container(launcher, resolve=True) if launcher is not None else None
         sweep_dir = OmegaConf.select(self.config, "hydra.sweep.dir")  # optimization_results.yaml goes there
-        OptunaSweep(self.settings, lambda overrides: configs(overrides)[1], launcher, store_dir(self.config),
-                    sweep_config=self.config, sweep_dir=Path(sweep_dir) if sweep_dir else None).run(arguments)
+        with exit_status():  # the sweep's SweepExit: this process's exit status
+            OptunaSweep(self.settings, lambda overrides: configs(overrides)[1], launcher, store_dir(self.config),
+                        sweep_config=self.config, sweep_dir=Path(sweep_dir) if sweep_dir else None).run(arguments)

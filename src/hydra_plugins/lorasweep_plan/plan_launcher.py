@@ -6,7 +6,7 @@ interrupted, not started; lorasweep.sweep.status) and a total line counting each
 (lorasweep.sweep.plan_table). Nothing is trained, nothing is written and no weight is read: each run
 is planned from its config alone, its folder's small files looked at, and SLURM's queue asked once
 for all runs submitted there. With hydra.launcher.pack (and n_jobs) it shows the packs that the
-local launcher would train the runs still to run in (lorasweep.sweep.packing). A results_dir that looks not writable (looked at, not probed: that
+local launcher would train the runs still to run in (lorasweep.sweep.packs). A results_dir that looks not writable (looked at, not probed: that
 would write) is said in the total line.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from lorasweep.sweep.compose import ContextLauncher, JobConfigs, varying_overrid
 class PlanLauncher(ContextLauncher):
     def __init__(self, pack: Any = False, n_jobs: int | None = None, gpus_per_run: Any = 1, runs_per_gpu: Any = 1) -> None:
         super().__init__()
-        self.pack, self.n_jobs = pack, n_jobs  # the packs the local launcher would make (sweep/packing)
+        self.pack, self.n_jobs = pack, n_jobs  # the packs the local launcher would make (sweep/packs)
         # as for the local and SLURM launchers: a run that cannot train on gpus_per_run GPUs is an
         # invalid row; runs_per_gpu places runs only (taken so that a command switches to the plan as it is)
         self.gpus_per_run, self.runs_per_gpu = gpus_per_run, runs_per_gpu
@@ -31,7 +31,7 @@ class PlanLauncher(ContextLauncher):
         from lorasweep.errors import ConfigError
         from lorasweep.executors.gpus import check_gpus_per_run, check_runs_per_gpu
         from lorasweep.config.checks import DATA_PARALLEL
-        from lorasweep.sweep.packing import check_pack_gpus, pack_size
+        from lorasweep.sweep.packs import check_pack_gpus, pack_size
         from lorasweep.sweep.plan_table import format_plan, plan_row, settle_rows, with_packs
 
         assert self.config is not None and self.hydra_context is not None

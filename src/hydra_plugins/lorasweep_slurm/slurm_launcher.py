@@ -25,6 +25,7 @@ class SlurmLauncher(ContextLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from lorasweep.executors.slurm import SlurmExecutor, SlurmSettings
         from lorasweep.sweep.grid import sweep_grid
+        from lorasweep.sweep.interrupts import exit_status
 
         assert self.config is not None and self.hydra_context is not None
         try:  # an unknown key, a GPU ask the run would not use: before anything is planned or submitted
@@ -32,6 +33,7 @@ class SlurmLauncher(ContextLauncher):
         except ConfigError as e:
             say(f"sweep: {e}; nothing was submitted")
             raise SystemExit(2) from None
-        return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
-                          open_executor=lambda: SlurmExecutor(settings), retries=settings.retries,
-                          pack=settings.pack, gpus_per_run=int(settings.gpus_per_run))  # checked above
+        with exit_status():  # the sweep's SweepExit: this process's exit status
+            return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
+                              open_executor=lambda: SlurmExecutor(settings), retries=settings.retries,
+                              pack=settings.pack, gpus_per_run=int(settings.gpus_per_run))  # checked above

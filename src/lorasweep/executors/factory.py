@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from .gpus import check_gpus_per_run
-from .settings import whole_number
+from .gpus import check_gpus_per_run, whole_number
 
 SLURM_LAUNCHER = "hydra_plugins.lorasweep_slurm.slurm_launcher.SlurmLauncher"
 PLAN_LAUNCHER = "hydra_plugins.lorasweep_plan.plan_launcher.PlanLauncher"

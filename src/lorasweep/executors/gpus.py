@@ -21,7 +21,6 @@ import subprocess
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
-from .settings import whole_number
 
 def visible_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
     """The GPU ids this process may hand to its workers, as CUDA_VISIBLE_DEVICES values; [] for none."""
@@ -102,3 +101,15 @@ def place_workers(n_jobs: Any, runs_per_gpu: Any = 1, gpus_per_run: Any = 1, gpu
             f"set {n_jobs_field} to {len(slots)} or less, or hydra.launcher.runs_per_gpu="
             f"{-(-n_jobs // len(gpus))} to share each GPU between that many runs")
     return n_jobs, slots[:n_jobs]
+
+
+def whole_number(field: str, value: Any, meaning: str, minimum: int = 1, default: str = "1") -> int:
+    """A launcher setting that is a whole number of at least `minimum` (2.0 is 2; n_jobs, retries,
+    runs_per_gpu, ...), checked one way by every driver, else a ConfigError naming the field, the
+    value, what it means and what is valid."""
+    if isinstance(value, float) and value.is_integer():  # retries=2.0
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{field}={value!r} is invalid: it is {meaning}, a whole number {minimum} or more "
+                          f"(default {default})")
+    return value

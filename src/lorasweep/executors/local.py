@@ -33,13 +33,14 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 from ..console import say
 from ..errors import WorkerDiedError
 from .deaths import death_reason
 from ..run.store import run_key_of
-from .worker import PACK, STOPPED_EXIT, Stopped, members, serve, task_folders, with_remote_traceback
+from .job import Job
+from .worker import PACK, STOPPED_EXIT, Stopped, serve, with_remote_traceback
 
 GRACE_S = 30      # a worker told to stop (SIGTERM) has this long to end its run cleanly, then it is killed
 SAMPLE_S = 0.25   # how often a busy worker's peak RSS is read: a death reports the last reading
@@ -62,7 +63,7 @@ def threads_per_run(n_jobs: int, threads: int | None = None) -> int:
 @dataclass
 class _Task:
     id: int
-    cfg: dict
+    job: Job
     log_file: str | None
     future: Future
 
@@ -82,10 +83,10 @@ class _Worker:
     def give(self, task: _Task) -> None:
         self.task, self.peak_rss = task, None
         try:
-            self.conn.send((task.id, task.cfg, task.log_file))
+            self.conn.send((task.id, task.job, task.log_file))
         except OSError:  # it died already: its sentinel says so next, and the run fails with the cause
             pass
-        except Exception as e:  # a config that cannot be pickled: that run fails, the worker stays
+        except Exception as e:  # a job that cannot be pickled: that run fails, the worker stays
             self.task = None
             task.future.set_exception(e)
 
@@ -121,12 +122,12 @@ class LocalExecutor:
         self._watcher = threading.Thread(target=self._watch, name="lorasweep-workers", daemon=True)
         self._watcher.start()
 
-    def submit(self, cfg: Mapping[str, Any], log_file: Path | None = None) -> Future:
+    def submit(self, job: Job, log_file: Path | None = None) -> Future:
         future: Future = Future()
         with self._lock:
             if self._closing:
                 raise RuntimeError("LocalExecutor: submit after shutdown")
-            self._queue.append(_Task(next(self._ids), dict(cfg), str(log_file) if log_file else None, future))
+            self._queue.append(_Task(next(self._ids), job, str(log_file) if log_file else None, future))
             self._futures = [f for f in self._futures if not f.done()] + [future]
         self._wake_w.send_bytes(b"")
         return future
@@ -135,12 +136,16 @@ class LocalExecutor:
         """Runs claimed elsewhere are never this executor's: its workers' runs end with their driver."""
         return False
 
-    def submit_many(self, items: Sequence[tuple[Mapping[str, Any], Path]]) -> list[Future]:
-        """(cfg, run folder) pairs; with several runs at once each one's output goes to its log.txt."""
+    def in_flight(self) -> list[str]:
+        """Nothing goes on without the driver: its workers' runs end with it."""
+        return []
+
+    def submit_many(self, jobs: Sequence[Job]) -> list[Future]:
+        """With several runs at once each job's output goes to its (first) run's log.txt."""
         futures = []
-        for cfg, folder in items:
-            log = folder / "log.txt" if self.n_jobs > 1 else None
-            future = self.submit(cfg, log)
+        for job in jobs:
+            log = job.folder / "log.txt" if self.n_jobs > 1 else None
+            future = self.submit(job, log)
             future.note = f"log: {log}" if log else ""  # type: ignore[attr-defined]
             futures.append(future)
         return futures
@@ -240,12 +245,12 @@ class LocalExecutor:
         live process has claimed it since (its driver waits for it), else failed with the cause (a
         SIGTERM from elsewhere stopped it cleanly: nothing recorded, it trains again next time)."""
         if exitcode == STOPPED_EXIT:
-            outcomes = [self._left_by_stopped(cfg) for cfg in members(task.cfg)]
+            outcomes = [self._left_by_stopped(cfg) for cfg in task.job.configs]
         else:
             reason = death_reason(exitcode, peak_rss)
-            outcomes = [self._record_death(cfg, reason, peak_rss) for cfg in members(task.cfg)]
-        if PACK in task.cfg:  # each with its run key: the driver matches them to its runs by key
-            keys = [run_key_of(folder) for folder in task_folders(task.cfg, None)]
+            outcomes = [self._record_death(cfg, reason, peak_rss) for cfg in task.job.configs]
+        if task.job.is_pack:  # each with its run key: the driver matches them to its runs by key
+            keys = [run_key_of(folder) for folder in task.job.folders]
             task.future.set_result({PACK: [{"run_key": key, **outcome} for key, outcome in zip(keys, outcomes)]})
         elif "died" in outcomes[0]:
             task.future.set_exception(WorkerDiedError(outcomes[0]["died"]))

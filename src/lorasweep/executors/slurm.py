@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,9 +31,10 @@ from ..compat import job_outcome
 from ..errors import ConfigError, SubmissionError
 from ..run.claims import drop_job_claim
 from ..run.store import store_dir
+from .job import Job
 from .slurm_gpus import check_job_gpus
 from .slurm_jobs import job_state, read_record, record
-from .worker import PACK, configure_process, execute, task_folders
+from .worker import configure_process, execute
 
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED")  # PREEMPTED without requeue; submitit requeues before that
@@ -69,7 +70,7 @@ class SlurmSettings:
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
     poll_s: float = 1.0             # how often the driver looks for finished runs
     retries: Any = 0                # a failed run submitted again up to this many times (the sweep's; checked there)
-    pack: Any = False               # compatible runs trained together, a pack per job (the sweep's; sweep/packing)
+    pack: Any = False               # compatible runs trained together, a pack per job (the sweep's; sweep/packs)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SlurmSettings":
@@ -106,14 +107,14 @@ class SlurmRun(submitit.helpers.Checkpointable):
     again from its start). On USR2 (time limit or preemption) submitit calls checkpoint(),
     inherited: the same call again, and the run then resumes from its Trainer checkpoint."""
 
-    def __call__(self, cfg: dict) -> dict:
+    def __call__(self, job: Job) -> dict:
         # the job's share of the node's cores, not all of them
         configure_process(int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or None)
-        return execute(cfg)
+        return execute(job)
 
 
 class SlurmExecutor:
-    """submit_many([(cfg, run folder)]) -> Futures of the runs' result dicts, as SLURM jobs."""
+    """submit_many([Job]) -> Futures of the jobs' results, as SLURM jobs."""
 
     def __init__(self, settings: SlurmSettings, n_jobs: int | None = None):
         self.settings = settings
@@ -121,7 +122,7 @@ class SlurmExecutor:
         # runs in flight: a grid goes to the cluster whole (SLURM throttles arrays by array_parallelism);
         # an Optuna sweep keeps its n_jobs trials in flight
         self.n_jobs = n_jobs or 10**9
-        self.pack_spread = 1  # pack=true: each group of compatible runs is one pack, one job (sweep/packing)
+        self.pack_spread = 1  # pack=true: each group of compatible runs is one pack, one job (sweep/packs)
         self.verb = "submitted"
         self._executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=settings.max_num_timeout)
         self._executor.update_parameters(**settings.sbatch_parameters())
@@ -133,33 +134,33 @@ class SlurmExecutor:
 
     # -- submitting -------------------------------------------------------------------------------
 
-    def submit(self, cfg: Mapping[str, Any], folder: Path) -> Future:
-        return self.submit_many([(cfg, folder)])[0]
+    def submit(self, job: Job) -> Future:
+        return self.submit_many([job])[0]
 
-    def submit_many(self, items: Sequence[tuple[Mapping[str, Any], Path]]) -> list[Future]:
-        """Submit the runs as job arrays (or re-attach to their jobs still queued or running)."""
+    def submit_many(self, items: Sequence[Job]) -> list[Future]:
+        """Submit the jobs as job arrays (or re-attach to their SLURM jobs still queued or running)."""
         futures: list[Future | None] = [None] * len(items)
         fresh: list[int] = []
-        for i, (cfg, folder) in enumerate(items):
-            job = self._live_job(folder)
+        for i, item in enumerate(items):
+            job = self._live_job(item.folder)
             if job is not None:
-                futures[i] = self._future(job, folder, attached=True)
+                futures[i] = self._future(job, item.folder, attached=True)
             else:
                 fresh.append(i)
         chunk = max_array_size()
         for start in range(0, len(fresh), chunk):
             part = fresh[start:start + chunk]
-            jobs = self._submit_array([_absolute(items[i][0]) for i in part])
+            jobs = self._submit_array([_absolute(items[i]) for i in part])
             for i, job in zip(part, jobs):
-                for folder in task_folders(*items[i]):  # each run of a pack names its job: a restarted driver follows it
+                for folder in items[i].folders:  # each run of a pack names its job: a restarted driver follows it
                     record(folder, job.job_id, self.folder)
-                futures[i] = self._future(job, items[i][1], attached=False, folders=task_folders(*items[i]))
+                futures[i] = self._future(job, items[i].folder, attached=False, folders=list(items[i].folders))
         return futures  # type: ignore[return-value]
 
-    def _submit_array(self, cfgs: list[dict]) -> list:
+    def _submit_array(self, jobs: list[Job]) -> list:
         try:
             with self._executor.batch():  # one sbatch --array for the lot
-                return [self._executor.submit(SlurmRun(), cfg) for cfg in cfgs]
+                return [self._executor.submit(SlurmRun(), job) for job in jobs]
         except submitit.core.utils.FailedJobError as e:  # submitit's wrapper of sbatch's stderr
             raise SubmissionError(_sbatch_error(e)) from None
 
@@ -266,13 +267,9 @@ def max_array_size() -> int:
     return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
 
 
-def _absolute(cfg: Mapping[str, Any]) -> dict:
+def _absolute(job: Job) -> Job:
     """The job may start in another directory: the results store as an absolute path (each run's, in a pack)."""
-    if PACK in cfg:
-        return {**cfg, PACK: [_absolute(run) for run in cfg[PACK]]}
-    cfg = dict(cfg)
-    cfg["results_dir"] = str(store_dir(cfg).resolve())
-    return cfg
+    return replace(job, configs=tuple({**cfg, "results_dir": str(store_dir(cfg).resolve())} for cfg in job.configs))
 
 
 def _sbatch_error(e: Exception) -> str:

@@ -17,8 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from .gpus import check_gpus_per_run, check_runs_per_gpu
-from .settings import whole_number
+from .gpus import check_gpus_per_run, check_runs_per_gpu, whole_number
 
 
 def gres_gpus(gres: Any) -> int | None:

@@ -1,9 +1,9 @@
 """What runs inside a worker process (a local worker, a SLURM job): process setup, then one run.
 
-`execute(cfg)` is the one entry point that executors send runs to: it runs the composed config
-through lorasweep.run.lifecycle, with a pruning reporter when the run is a trial of an Optuna sweep,
-and on data-parallel ranks that this process starts when its sweep gives each run several GPUs
-(executors/data_parallel).
+`execute(job)` is the one entry point that executors send runs to (a Job, executors/job.py: one
+run, or a pack): it runs each composed config through lorasweep.run.lifecycle (a pack: run/pack),
+with a pruning reporter when the run is a trial of an Optuna sweep, and on data-parallel ranks that
+this process starts when its sweep gives each run several GPUs (executors/data_parallel).
 Its driver has triaged it already (and said, e.g., that its stored result was unreadable).
 
 `serve(conn, threads, gpus)` is a local worker's whole life (lorasweep.executors.local): it runs what its
@@ -18,13 +18,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..console import PlainText, quiet_libraries, say
 from ..errors import RunClaimedError
+from .job import Job
 
 STOPPED_EXIT = 128 + signal.SIGTERM  # a worker's exit status after a clean stop (what a shell shows for SIGTERM)
-PACK, FOLDERS = "pack", "folders"  # the keys of a task that trains several runs as one pack
+PACK = "pack"  # the key of a pack's result: each run's outcome
 FAILED, TRACEBACK = "failed", "traceback"  # a pack's entry for a run that failed (pack_failure)
 
 
@@ -33,19 +34,19 @@ class Stopped(KeyboardInterrupt):
     failure (it left no result and trains again next time); its `finally` blocks still run."""
 
 
-def execute(cfg: Mapping[str, Any], log_file: str | None = None) -> dict:
-    """One run of a sweep, in this process; its console output goes to `log_file` when given.
+def execute(job: Job, log_file: str | None = None) -> dict:
+    """One job of a sweep (a run, or a pack), in this process; its console output goes to `log_file` when given.
     A run another process is training now (lorasweep.run.claims) is not started: the return is
     {"claimed_by": who}, for its driver to wait for that run's result (a plain value, not an
     exception: it comes back alike from a local worker and from a SLURM job)."""
     if log_file is None:
-        return _run(cfg)
+        return _run(job)
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", buffering=1) as log:
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = PlainText(log)  # no terminal colour codes in a log file
         try:
-            return _run(cfg)
+            return _run(job)
         finally:
             sys.stdout, sys.stderr = saved
 
@@ -59,19 +60,18 @@ def claimed_by(future) -> str:
     return result.get("claimed_by", "") if isinstance(result, dict) else ""
 
 
-def _run(cfg: Mapping[str, Any]) -> dict:
+def _run(job: Job) -> dict:
     from ..run.lifecycle import run_config
-    from ..config.checks import data_parallel
 
-    if PACK in cfg:
-        return _run_pack(cfg)
+    if job.is_pack:
+        return _run_pack(job)
     trainer = None
-    if data_parallel(cfg) > 1:  # hydra.launcher.gpus_per_run > 1: this process starts the run's ranks
+    if job.ranks > 1:  # hydra.launcher.gpus_per_run > 1: this process starts the run's ranks
         from .data_parallel import rank_trainer
 
-        trainer = rank_trainer(cfg, data_parallel(cfg))
+        trainer = rank_trainer(job.configs[0], job.ranks)
     try:
-        return run_config(cfg, _reporter(cfg), triaged=True, trainer=trainer)
+        return run_config(job.configs[0], _reporter(job.trials[0]), triaged=True, trainer=trainer)
     except RunClaimedError as e:
         return {"claimed_by": e.holder}
     except Stopped:
@@ -79,36 +79,25 @@ def _run(cfg: Mapping[str, Any]) -> dict:
         raise
 
 
-def pack_task(cfgs: list[dict], folders: list[Path]) -> dict:
-    """What an executor is sent to train `cfgs` (whose run folders are `folders`) as one pack
-    (lorasweep.run.pack); its result is {"pack": [each run's outcome, each with its "run_key": its
-    result, {"claimed_by": who}, or {"failed": exception, "traceback": text} (pack_failure)]}."""
-    return {PACK: cfgs, FOLDERS: [str(f) for f in folders]}
+def pack_task(cfgs: list[dict], folders: list[Path], trials: Sequence[Mapping[str, Any] | None] = ()) -> Job:
+    """The job that trains `cfgs` (whose run folders are `folders`) as one pack (lorasweep.run.pack);
+    its result is {"pack": [each run's outcome, each with its "run_key": its result, {"claimed_by":
+    who}, or {"failed": exception, "traceback": text} (pack_failure)]}."""
+    return Job.pack(cfgs, folders, trials)
 
 
-def task_folders(cfg: Mapping[str, Any], folder: Path) -> list[Path]:
-    """The run folders of a task sent with `folder`: a pack's, or the one run's."""
-    return [Path(f) for f in cfg[FOLDERS]] if PACK in cfg else [Path(folder)]
-
-
-def members(cfg: Mapping[str, Any]) -> list[dict]:
-    """The run configs of a task: a pack's, or the one run's."""
-    return list(cfg[PACK]) if PACK in cfg else [dict(cfg)]
-
-
-def _run_pack(task: Mapping[str, Any]) -> dict:
+def _run_pack(job: Job) -> dict:
     from ..run.pack import run_pack
     from ..run.store import run_key_of
 
-    cfgs = task[PACK]
     try:
-        outcomes = run_pack(cfgs, [_reporter(cfg) for cfg in cfgs])
+        outcomes = run_pack(list(job.configs), [_reporter(trial) for trial in job.trials])
     except Stopped:
         say("stopped by the sweep (SIGTERM) before the pack finished: its unfinished runs wrote no result; "
             "they train again next time")
         raise
     return {PACK: [_failure_entry(o, run_key_of(folder)) if isinstance(o, Exception) else o
-                   for o, folder in zip(outcomes, task_folders(task, None))]}
+                   for o, folder in zip(outcomes, job.folders)]}
 
 
 def _failure_entry(error: Exception, run_key: str) -> dict:
@@ -145,17 +134,17 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.text}"""'
 
 
-def _reporter(cfg: Mapping[str, Any]):
+def _reporter(trial: Mapping[str, Any] | None):
     """A trial of an Optuna sweep reports its evaluations to its pruner (lorasweep.run.pruning)."""
-    if "trial" not in cfg:
+    if trial is None:
         return None
     from ..run.pruning import reporter_for
 
-    return reporter_for(cfg["trial"])
+    return reporter_for(trial)
 
 
 def serve(conn, threads: int | None, gpus: str | None = None) -> None:
-    """A local worker: receive (task id, cfg, log file), run it, send back ("result", task id, result)
+    """A local worker: receive (task id, job, log file), run it, send back ("result", task id, result)
     or ("error", task id, exception, its traceback); None from the driver ends it. `gpus`: its
     CUDA_VISIBLE_DEVICES (executors/gpus), set before anything here can initialise CUDA."""
     if gpus is not None:
@@ -167,10 +156,10 @@ def serve(conn, threads: int | None, gpus: str | None = None) -> None:
         die_with_parent()
         configure_process(threads)
         while (task := conn.recv()) is not None:
-            task_id, cfg, log_file = task
+            task_id, job, log_file = task
             _reset_peak_rss()
             try:
-                reply = ("result", task_id, execute(cfg, log_file))
+                reply = ("result", task_id, execute(job, log_file))
             except Exception as e:  # the run recorded itself failed; the driver says why
                 reply = ("error", task_id, *_portable(e))
             conn.send(reply)

@@ -1,6 +1,6 @@
 """A pack's lifecycle: several compatible runs trained at once in this process, over one frozen base.
 
-    run_pack(cfgs)   what a sweep worker calls for a pack (lorasweep.sweep.packing groups them)
+    run_pack(cfgs)   what a sweep worker calls for a pack (lorasweep.sweep.packs groups them)
 
 Each run is what it would be alone (run/lifecycle.py), except that the load and the training are
 shared: it is planned, checked against its budget and the store, claimed, built alone (its own

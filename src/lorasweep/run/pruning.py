@@ -1,7 +1,7 @@
 """Pruning across processes: a run in a worker reports its evaluations to the sweep's Optuna trial.
 
-The sweeper (in the driver process) asks the study for a trial and hands the run a small dict,
-cfg["trial"] = {storage, study_name, trial_id, pruner, metric}. The worker opens the same study from
+The sweeper (in the driver process) asks the study for a trial and hands the run, beside its config
+in its job (executors/job.Job.trials), a small dict {storage, study_name, trial_id, pruner, metric}. The worker opens the same study from
 its storage (a URL or journal:///path, opened by study_storage.open_storage), so the pruner sees every other trial's intermediate values, whatever process ran them.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Where a sweep's Optuna study lives, as one string that the driver and every run can open.
 
 The storage travels from the sweep's driver to its runs (local worker processes, SLURM jobs) as a
-string, cfg["trial"]["storage"], and each run opens it to report to the pruner. Optuna names its
+string, the job's trial["storage"] (executors/job.Job.trials), and each run opens it to report to the pruner. Optuna names its
 database storages by URL (`sqlite:///...`, `postgresql://...`, `mysql+pymysql://...`) but has no
 URL for a journal file, so lorasweep spells one `journal:///absolute/path/optuna.journal`;
 open_storage() turns either spelling into what optuna.create_study / load_study take. The same

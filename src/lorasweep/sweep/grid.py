@@ -27,7 +27,7 @@ lorasweep.run.claims) is waited for, not trained twice; its result is reported w
 from __future__ import annotations
 
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,17 +37,15 @@ from omegaconf import DictConfig
 
 from ..config.checks import DATA_PARALLEL
 from ..console import say
-from ..errors import (SAID_IN_FULL, ConfigError, StoreError, SubmissionError, UnwritableStoreError,
-                      WorkerDiedError, cause)
+from ..errors import SAID_IN_FULL, ConfigError, StoreError, SweepExit, UnwritableStoreError, WorkerDiedError, cause
 from ..executors.factory import check_retries
-from ..executors.worker import claimed_by
-from ..run.claims import WAIT_POLL_S
-from ..run.store import run_key_of
+from ..executors.interface import Executor
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
+from .driver import FINISHED, HERE, LANDED, RETRYING, WAITING, Driver, Outcome
 from .interrupts import interrupt_on_signals
-from .packing import check_pack_gpus, make_packs, pack_size, per_run, to_resend, unit_task
-from .triage import after_wait, triage
+from .packs import check_pack_gpus, make_packs, pack_size
+from .triage import triage
 
 
 
@@ -62,9 +60,10 @@ class SweepJob:
     label: str                     # what differs from the other runs, e.g. "lora.r=4 lora.proj=qk"
     total: int                     # runs in the sweep
     folder: Path | None = None     # its folder in the results store
-    started: float = 0.0           # perf_counter when submitted
+    started: float = 0.0           # perf_counter when sent
     attempt: int = 1               # 2 and more: retried (hydra.launcher.retries)
     before: dict | None = None     # its stored result at triage (a failed one from an earlier sweep, say)
+    reports_to: None = None        # no Optuna trial (sweep/driver.Run)
 
     @property
     def tag(self) -> str:
@@ -79,7 +78,6 @@ class SweepTally:
     counts: dict[str, int] = field(default_factory=dict)
     best: tuple[float, str, dict] | None = None  # (objective value, label, result)
     returns: list[JobReturn | None] = field(init=False)
-    stopped: StoreError | None = None  # the store fault that stops the sweep (every later run would hit it)
     store_failed: bool = False  # a run failed on a store fault: said in its line, no traceback after
     raised: int = 0  # failed runs whose own exception (with its traceback) Hydra shows after the sweep
 
@@ -121,44 +119,73 @@ class SweepTally:
 
 
 def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[Sequence[str]],
-               open_executor: Callable[[], Any], retries: Any = 0, pack: Any = None,
+               open_executor: Callable[[], Executor], retries: Any = 0, pack: Any = None,
                gpus_per_run: int = 1) -> list[JobReturn]:
     """Run a grid's jobs; `open_executor()` gives where they train (lorasweep.executors); a failed
     run is run again up to `retries` more times (hydra.launcher.retries); `pack` (hydra.launcher.pack):
-    compatible runs train together over one base (sweep/packing); `gpus_per_run` > 1
+    compatible runs train together over one base (sweep/packs); `gpus_per_run` > 1
     (hydra.launcher.gpus_per_run, checked by the launcher): each run trains data-parallel on that many
-    GPUs (executors/data_parallel), which each run's triage checks it can."""
+    GPUs (executors/data_parallel), which each run's triage checks it can. Ends with SweepExit where
+    the exit status is not 0 (each reason said in its line)."""
     try:
         retries = check_retries(retries)
         pack = pack_size(pack)
         check_pack_gpus(pack, gpus_per_run)
     except ConfigError as e:
         say(f"sweep: {e}; nothing was trained")
-        raise SystemExit(2) from None
+        raise SweepExit(2) from None
     interrupt_on_signals()  # kill, a closed terminal: handled as Ctrl-C
     shared, labels = varying_overrides(job_overrides)
     total = len(job_overrides)
     say(f"sweep: {total} runs" + (f"; every run: {' '.join(shared)}" if shared else ""))
-    tally = SweepTally(total)
-    queue: list[SweepJob] = []
-    queued: dict[Path, SweepJob] = {}  # run folder -> the job that trains it
-    elsewhere: list[SweepJob] = []  # runs another process trains now
+    source = GridSource(SweepTally(total), retries, pack)
     configs = JobConfigs(config_loader, sweep_config)
     for i, overrides in enumerate(job_overrides):
         node, cfg = configs(overrides)
         if gpus_per_run > 1:
             cfg[DATA_PARALLEL] = gpus_per_run
-        job = SweepJob(i, overrides, node, cfg, labels[i], total)
+        source.triage(SweepJob(i, overrides, node, cfg, labels[i], total))
+    tally = source.tally
+    if source.queue or source.elsewhere:
+        with open_executor() as executor:
+            Driver(executor, source, retries).drive()
+    say(tally.summary())
+    if tally.store_failed:  # said in one line per run (and why the sweep stopped): no traceback from Hydra
+        raise SweepExit(1)
+    if tally.counts.get("failed") and not tally.raised:  # each said in full in its line (SAID_IN_FULL)
+        raise SweepExit(1)
+    if tally.counts.get("invalid") and not tally.counts.get("failed"):
+        # a config mistake was said in one line per run above: exit 2 without a traceback
+        raise SweepExit(2)
+    return tally.returns  # Hydra raises a failed run's exception (with the worker's traceback) after this
+
+
+class GridSource:
+    """The grid's side of the driver (sweep/driver.Source): its runs, known before any trains, sent
+    once in packs or alone; each outcome counted in the tally and said in its run's line."""
+
+    halted = False  # a grid stops only on a store fault: the driver's
+
+    def __init__(self, tally: SweepTally, retries: int, pack: int | None) -> None:
+        self.tally, self.retries, self.pack = tally, retries, pack
+        self.queue: list[SweepJob] = []
+        self.queued: dict[Path, SweepJob] = {}  # run folder -> the job that trains it
+        self.elsewhere: list[SweepJob] = []  # runs another process trains now
+
+    def triage(self, job: SweepJob) -> None:
+        """Decide the job: recorded now (invalid, done, over budget, the same run as another), waited
+        for (another process trains it) or queued."""
+        tally, total = self.tally, job.total
         try:
-            decision = triage(cfg)
+            decision = triage(job.cfg)
         except UnwritableStoreError as e:  # before anything trained: the same for every run, said once
             say(f"sweep: {e}; nothing was trained")
-            raise SystemExit(2) from None
+            raise SweepExit(2) from None
         except StoreError as e:  # recording an over-budget run: the store refused the write
             say(f"sweep: {e}; stopped")
-            raise SystemExit(1) from None
+            raise SweepExit(1) from None
         job.folder, job.before = decision.folder, decision.stored
-        if decision.unreadable and decision.verdict == "train" and decision.folder not in queued:
+        if decision.unreadable and decision.verdict == "train" and decision.folder not in self.queued:
             say(f"{job.tag}: {decision.unreadable}, training it again")
         if decision.verdict == "invalid":
             tally.record(job, "invalid", f"{job.tag}: invalid: {decision.error}")
@@ -171,144 +198,76 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
             tally.record(job, "over budget", f"{job.tag}: over budget, {decision.stored['reason']}", decision.stored)
         elif decision.verdict == "claimed":  # another driver trains it now: its result is ours when it lands
             say(f"{job.tag}: being trained by {decision.holder}; waiting for its result")
-            elsewhere.append(job)
-        elif decision.folder in queued:  # e.g. method=none x lora.r=4,8: settings the run ignores, one run key
-            first = queued[decision.folder]
+            self.elsewhere.append(job)
+        elif decision.folder in self.queued:  # e.g. method=none x lora.r=4,8: settings the run ignores, one run key
+            first = self.queued[decision.folder]
             tally.record(job, "same run", f"{job.tag}: the same run as run {first.index + 1}/{total} "
                                           f"(same run key), trained once")
         else:
-            queued[decision.folder] = job
-            queue.append(job)
-    if queue or elsewhere:
-        _train(queue, elsewhere, tally, open_executor, retries, pack)
-    say(tally.summary())
-    if tally.store_failed:  # said in one line per run (and why the sweep stopped): no traceback from Hydra
-        raise SystemExit(1)
-    if tally.counts.get("failed") and not tally.raised:  # each said in full in its line (SAID_IN_FULL)
-        raise SystemExit(1)
-    if tally.counts.get("invalid") and not tally.counts.get("failed"):
-        # a config mistake was said in one line per run above: exit 2 without a traceback
-        raise SystemExit(2)
-    return tally.returns  # Hydra raises a failed run's exception (with the worker's traceback) after this
+            self.queued[decision.folder] = job
+            self.queue.append(job)
 
+    def next_units(self, driver: Driver, room: int) -> list[list[SweepJob]]:
+        """Every queued run, once: in packs or alone; a run claimed elsewhere that is our own job
+        still running (a restarted SLURM driver) joins them, the others are waited for."""
+        queue = self.queue + [job for job in self.elsewhere if not driver.await_claim(job)]
+        self.queue, self.elsewhere = [], []
+        return make_packs(queue, lambda job: job.cfg, self.pack, driver.executor.pack_spread)
 
-def _train(queue: list[SweepJob], elsewhere: list[SweepJob], tally: SweepTally, open_executor: Callable[[], Any],
-           retries: int, pack: int | None = None) -> None:
-    """Train the queued runs, each alone or in packs (`pack`: packing.pack_size's value), a task of the
-    executor each; wait for the runs trained elsewhere."""
-    running: dict[Future, list[SweepJob]] = {}  # a task in flight -> its runs (several: a pack)
-    durations: list[float] = []  # of the tasks trained here: for the sweep's ETA
-    executor = None
-    try:
-        with open_executor() as executor:
-            for job in [job for job in elsewhere if executor.follows(job.folder)]:  # our own job, still running
-                elsewhere.remove(job)
-                queue.append(job)  # submit_many re-attaches to it
-            units = make_packs(queue, lambda job: job.cfg, pack, executor.pack_spread)
-            while units or running or elsewhere:
-                batch = units[:max(0, executor.n_jobs - len(running))]  # submit only what starts now
-                del units[:len(batch)]
-                futures = executor.submit_many([unit_task(unit) for unit in batch]) if batch else []
-                for unit, future in zip(batch, futures):
-                    for job in unit:
-                        job.started = time.perf_counter()
-                    running[future] = unit
-                    _say_started(unit, future, executor.verb)
-                for task in _next_finished(running, poll=bool(elsewhere)):
-                    unit = running.pop(task)
-                    durations.append(time.perf_counter() - unit[0].started)
-                    for job, future in zip(unit, per_run(task, [run_key_of(job.folder) for job in unit])):
-                        if to_resend(future):  # not in the job its regrouped pack was re-attached to
-                            units.insert(0, [job])  # alone: it trains, or re-attaches to the job that holds it
-                            continue
-                        if _claimed_elsewhere(future, job, elsewhere):
-                            continue  # another process claimed it after our triage: waited for, like the others
-                        if tally.stopped is None and _retrying(future, job, retries):
-                            units.insert(0, [job])
-                            continue
-                        _collect(future, job, tally)
-                    if tally.stopped is not None and units:
-                        _stop(units, tally)
-                    left = sum(map(len, units)) + sum(map(len, running.values())) + len(elsewhere)
-                    tasks_left = len(units) + len(running) + len(elsewhere)
-                    eta = sum(durations) / len(durations) * tasks_left / max(1, min(executor.n_jobs, tasks_left))
-                    say(f"  {tally.finished}/{tally.total} finished, best so far: {tally.best_line()}"
-                        + (f"; ETA {eta / 60:.1f} min for {left} more" if left else ""))
-                units.extend([job] for job in _landed(elsewhere, tally))
-    except SubmissionError as e:  # before anything waited: the cluster settings are wrong
-        say(f"sweep: the cluster refused the runs: {e}")
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        away = executor.in_flight() if hasattr(executor, "in_flight") else []
-        say(f"sweep interrupted: {tally.finished} of {tally.total} runs finished and kept; "
-            + (f"{len(away)} runs go on as SLURM jobs; run the same command again to collect them "
-               "and submit the rest" if away else "run the same command again to train the rest"))
-        raise SystemExit(130) from None
+    def sent(self, unit: list[SweepJob], future: Future, verb: str, again: bool) -> None:
+        note = getattr(future, "note", "")
+        note = f" ({note})" if note else ""
+        if len(unit) == 1:
+            job = unit[0]
+            say(f"run {job.index + 1}/{job.total} {verb}: {job.label}{note}")
+            return
+        say(f"pack of {len(unit)} runs {verb}{note}: "
+            + "; ".join(f"run {j.index + 1}/{j.total} {j.label}" for j in unit))
 
-
-def _say_started(unit: list[SweepJob], future: Future, verb: str) -> None:
-    note = getattr(future, "note", "")
-    note = f" ({note})" if note else ""
-    if len(unit) == 1:
-        job = unit[0]
-        say(f"run {job.index + 1}/{job.total} {verb}: {job.label}{note}")
-        return
-    say(f"pack of {len(unit)} runs {verb}{note}: " + "; ".join(f"run {j.index + 1}/{j.total} {j.label}" for j in unit))
-
-
-def _next_finished(running: dict[Future, list[SweepJob]], poll: bool) -> set[Future]:
-    """The runs that finished, waiting for at least one; `poll`: back within WAIT_POLL_S anyway, to
-    look at the runs trained elsewhere."""
-    if not running:
-        time.sleep(WAIT_POLL_S)
-        return set()
-    finished, _ = wait(running, timeout=WAIT_POLL_S if poll else None, return_when=FIRST_COMPLETED)
-    return finished
-
-
-def _claimed_elsewhere(future: Future, job: SweepJob, elsewhere: list[SweepJob]) -> bool:
-    """Its worker found the run claimed by another process (lorasweep.executors.worker): wait for it."""
-    holder = claimed_by(future)
-    if not holder:
-        return False
-    say(f"{job.tag}: being trained by {holder}; waiting for its result")
-    elsewhere.append(job)
-    return True
-
-
-def _landed(elsewhere: list[SweepJob], tally: SweepTally) -> list[SweepJob]:
-    """Report the runs trained elsewhere whose result has landed; returns those to train here after
-    all (their claim went without a result: interrupted, or its owner died)."""
-    here = []
-    for job in list(elsewhere):
-        outcome, stored = after_wait(job.cfg, job.before)
-        if outcome == "claimed":
-            continue
-        elsewhere.remove(job)
-        if outcome == "diverged":
-            tally.record(job, "diverged", f"{job.tag}: diverged elsewhere, {stored.get('reason', '')}", stored)
-        elif outcome == "done":
-            tally.record(job, "trained elsewhere", f"{job.tag}: trained elsewhere, {_metric(stored)}", stored)
-        elif outcome == "failed":
-            reason = stored.get("reason", "")
-            tally.record(job, "failed", f"{job.tag}: FAILED elsewhere: {reason} (see {job.folder})",
-                         error=RuntimeError(reason))
-        else:
+    def record(self, job: SweepJob, outcome: Outcome) -> None:
+        if outcome.kind == WAITING:
+            say(f"{job.tag}: being trained by {outcome.holder}; waiting for its result")
+        elif outcome.kind == RETRYING:
+            say(f"{job.tag}: FAILED after {time.perf_counter() - job.started:.0f}s: "
+                f"{_failure(outcome.future.exception(), job)}; retrying (attempt {job.attempt} of {self.retries + 1})")
+        elif outcome.kind == FINISHED:
+            _collect(outcome.future, job, self.tally)
+        elif outcome.kind == LANDED:
+            _landed(job, outcome.verdict, outcome.stored, self.tally)
+        elif outcome.kind == HERE:
             say(f"{job.tag}: its trainer stopped without a result; training it here")
-            here.append(job)
-    return here
+
+    def not_started(self, error: StoreError, runs: list[SweepJob]) -> None:
+        """No run is started after a store fault that every later run would hit (no space left, a
+        read-only store): they would each load a model and train only to fail on the same write."""
+        n = len(runs)
+        say(f"sweep: stopped: {error.cause}; the {n} run{'s' if n != 1 else ''} not started would fail the same "
+            f"way; {'free space' if error.no_space else 'fix the results store'} and run the same command again "
+            f"to train them")
+        self.tally.counts["not started"] = self.tally.counts.get("not started", 0) + n
+
+    def task_done(self, driver: Driver) -> None:
+        left, eta = driver.left()
+        say(f"  {self.tally.finished}/{self.tally.total} finished, best so far: {self.tally.best_line()}"
+            + (f"; ETA {eta / 60:.1f} min for {left} more" if left else ""))
+
+    def interrupted(self, in_flight: list[str]) -> None:
+        tally = self.tally
+        say(f"sweep interrupted: {tally.finished} of {tally.total} runs finished and kept; "
+            + (f"{len(in_flight)} runs go on as SLURM jobs; run the same command again to collect them "
+               "and submit the rest" if in_flight else "run the same command again to train the rest"))
 
 
-def _retrying(future: Future, job: SweepJob, retries: int) -> bool:
-    """Whether a failed run is run again (hydra.launcher.retries), said in its line. Results
-    (diverged, over budget) never are, nor a run the store refused: the next would fail the same way."""
-    error = future.exception()
-    if error is None or isinstance(error, StoreError) or job.attempt > retries:
-        return False
-    job.attempt += 1
-    say(f"{job.tag}: FAILED after {time.perf_counter() - job.started:.0f}s: {_failure(error, job)}; "
-        f"retrying (attempt {job.attempt} of {retries + 1})")
-    return True
+def _landed(job: SweepJob, verdict: str, stored: dict, tally: SweepTally) -> None:
+    """A run trained elsewhere, whose result has landed."""
+    if verdict == "diverged":
+        tally.record(job, "diverged", f"{job.tag}: diverged elsewhere, {stored.get('reason', '')}", stored)
+    elif verdict == "done":
+        tally.record(job, "trained elsewhere", f"{job.tag}: trained elsewhere, {_metric(stored)}", stored)
+    else:  # failed
+        reason = stored.get("reason", "")
+        tally.record(job, "failed", f"{job.tag}: FAILED elsewhere: {reason} (see {job.folder})",
+                     error=RuntimeError(reason))
 
 
 def _failure(error: BaseException, job: SweepJob) -> str:
@@ -324,8 +283,6 @@ def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
         result = future.result()
     except StoreError as e:  # the store refused a write: one line with the path and the cause
         tally.store_failed = True
-        if e.whole_store and tally.stopped is None:
-            tally.stopped = e
         tally.record(job, "failed", f"{job.tag}: FAILED after {elapsed}: {e}", error=e)
         return
     except Exception as e:  # the run recorded itself as failed (its driver did, for a killed worker); the sweep goes on
@@ -341,18 +298,6 @@ def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
     # a status this driver does not know is said as it is, never a KeyError
     outcome = {"done": "done", "pruned": "pruned", "skipped_budget": "over budget"}.get(status, str(status))
     tally.record(job, outcome, f"{job.tag}: {outcome}, {_metric(result)}, {elapsed}", result)
-
-
-def _stop(units: list[list[SweepJob]], tally: SweepTally) -> None:
-    """No run is started after a store fault that every later run would hit (no space left, a
-    read-only store): they would each load a model and train only to fail on the same write."""
-    e = tally.stopped
-    n = sum(map(len, units))
-    runs = f"{n} run{'s' if n != 1 else ''}"
-    say(f"sweep: stopped: {e.cause}; the {runs} not started would fail the same way; "
-        f"{'free space' if e.no_space else 'fix the results store'} and run the same command again to train them")
-    tally.counts["not started"] = tally.counts.get("not started", 0) + n
-    units.clear()
 
 
 def _metric(result: dict) -> str:

@@ -78,3 +78,13 @@ def write_optimization_results(study: optuna.Study, sweep_dir: Path | None) -> P
         return None
     say(f"optimization results: {target}")
     return target
+
+
+def result_field(result: dict, dotted: str) -> Any:
+    """result["metrics"]["test"]["accuracy"] for "metrics.test.accuracy"; None when absent."""
+    node: Any = result
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node

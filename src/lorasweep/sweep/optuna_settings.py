@@ -5,11 +5,15 @@ checked by the sweep, beside hydra.launcher.retries.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Mapping
 
+from ..console import say
 from ..errors import ConfigError
-from ..run.study_storage import check_storage
+from ..run.study_storage import check_storage, default_storage
 from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE
 
 
@@ -47,3 +51,20 @@ class OptunaSettings:
         self.params = dict(self.params or {})
         # null or empty: the results store's default; a spelling no process could open fails here, at once
         self.storage = check_storage(self.storage) if self.storage not in (None, "") else None
+
+
+def storage_spec(storage: str | None, results_dir: Path, cluster: bool) -> str:
+    """hydra.sweeper.storage, or the results store's default (a journal file for SLURM jobs: `cluster`)."""
+    spec = storage or default_storage(results_dir, cluster)
+    if cluster and spec.startswith("sqlite:"):
+        say(f"note: sqlite storage with SLURM jobs ({spec}): Optuna's FAQ warns against sqlite on a "
+            f"network filesystem; name a journal file (journal:///abs/path/optuna.journal) or a database "
+            f"server in hydra.sweeper.storage")
+    return spec
+
+
+def driver_folder(results_dir: Path, storage: str, name: str) -> Path:
+    """Where a study's driver claims it: in the results store its drivers share, one folder per
+    (storage, study name); the name's odd characters made safe, the hash keeping studies apart."""
+    digest = hashlib.sha1(f"{storage}\n{name}".encode()).hexdigest()[:8]
+    return results_dir / ".optuna" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:80]}-{digest}"

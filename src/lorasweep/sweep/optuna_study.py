@@ -28,10 +28,7 @@ trials failed (failure_rate.py; exit 1), hydra.sweeper.custom_search_space adds 
 """
 from __future__ import annotations
 
-import hashlib
-import re
-import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,28 +39,28 @@ from optuna.trial import TrialState
 
 from ..compat import reopen_trial, trial_id
 from ..console import say
-from ..errors import ConfigError, RunClaimedError, StoreError, UnwritableStoreError, cause
+from ..errors import ConfigError, RunClaimedError, StoreError, SweepExit, UnwritableStoreError, cause
 from ..executors.factory import check_retries, executor_for, local_placement, runs_on_slurm
-from ..executors.worker import claimed_by
-from ..run.claims import WAIT_POLL_S, Claim
-from ..run.store import FINISHED, check_writable
-from ..run.study_storage import default_storage, open_storage
+from ..run.claims import Claim
+from ..run.store import FINISHED as FINISHED_RESULTS, check_writable
+from ..run.study_storage import open_storage
 from . import optuna_space as space_of
 from .custom_space import CustomSearchSpaceError, extend_trial, load_custom_search_space
 from .failure_rate import DEFAULT as DEFAULT_FAILURE_RATE, FailureRate, check_max_failure_rate
 from .interrupts import interrupt_on_signals
-from .optuna_results import say_summary, write_optimization_results
-from .optuna_settings import OptunaSettings
-from .packing import make_packs, optuna_pack_size, per_run, to_resend, unit_task
-from .triage import after_wait, triage
+from .optuna_results import result_field, say_summary, write_optimization_results
+from .optuna_settings import OptunaSettings, driver_folder, storage_spec
+from .driver import FINISHED, HERE, LANDED, RETRYING, WAITING, Driver, Outcome
+from .packs import make_packs, optuna_pack_size
+from .triage import triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
-REUSABLE = (*FINISHED, "pruned")  # a stored result of these stands for its run key's trial
+REUSABLE = (*FINISHED_RESULTS, "pruned")  # a stored result of these stands for its run key's trial
 
 
 @dataclass
-class _Job:
-    """One run in flight, and the trials waiting on it (two trials may ask for the same run key)."""
+class TrialRun:
+    """One run the study trains, and the trials waiting on it (two trials may ask for the same run key)."""
 
     run_key: str
     trials: list[tuple[optuna.trial.Trial, str]]  # (trial, its progress label)
@@ -71,17 +68,8 @@ class _Job:
     folder: Path
     before: dict | None  # its stored result when it was triaged (a failed one from an earlier sweep, say)
     attempt: int = 1     # 2 and more: retried (hydra.launcher.retries)
-
-
-@dataclass
-class _Elsewhere:
-    """A trial whose run another process is training (lorasweep.run.claims): told when it lands."""
-
-    trial: optuna.trial.Trial
-    label: str
-    cfg: dict
-    folder: Path
-    before: dict | None
+    started: float = 0.0
+    reports_to: dict | None = None  # its first trial, whose pruner its evaluations go to (run/pruning)
 
 
 class OptunaSweep:
@@ -94,16 +82,16 @@ class OptunaSweep:
     def __init__(self, settings: OptunaSettings, compose: Callable[[list[str]], dict],
                  launcher: dict | None, results_dir: Path, sweep_config: Any = None,
                  sweep_dir: Path | None = None) -> None:
-        self.s, self.compose, self.launcher, self.results_dir = settings, compose, launcher, results_dir
+        self.settings, self.compose, self.launcher, self.results_dir = settings, compose, launcher, results_dir
         self.sweep_config, self.sweep_dir = sweep_config, sweep_dir
         self.stats = {"trained": 0, "reused": 0}
         self.retries = 0  # hydra.launcher.retries, checked when the sweep starts
         self.gpus: list[str] | None = None  # each local worker's CUDA_VISIBLE_DEVICES, idem
         self.failures = FailureRate(DEFAULT_FAILURE_RATE)  # hydra.sweeper.max_failure_rate, idem
         self.extender = None  # hydra.sweeper.custom_search_space, idem
-        self.halted: str | None = None  # why no more trials are asked (said once): exit 1
-        self.pack: int | None = None  # hydra.launcher.pack: trials a worker trains at once (sweep/packing)
-        self.ready: list[_Job] = []  # with packs: trials asked and triaged, to be sent as packs
+        self.stop_line: str | None = None  # why no more trials are asked (said once): exit 1
+        self.pack: int | None = None  # hydra.launcher.pack: trials a worker trains at once (sweep/packs)
+        self.ready: list[TrialRun] = []  # with packs: trials asked and triaged, to be sent as packs
 
     def _check(self, params_conf: list[str]) -> optuna.samplers.BaseSampler:
         """The search space, the launcher's and sweeper's settings, the store and the study, checked
@@ -113,19 +101,19 @@ class OptunaSweep:
             raise ConfigError("the Optuna sweeper found no search space: give one, e.g. 'lora.r=choice(4,8,16)' "
                               "or hydra.sweeper.params")
         self.retries = check_retries((self.launcher or {}).get("retries", 0))
-        self.s.n_jobs, self.gpus = local_placement(self.launcher, self.s.n_jobs, "hydra.sweeper.n_jobs")
+        self.settings.n_jobs, self.gpus = local_placement(self.launcher, self.settings.n_jobs, "hydra.sweeper.n_jobs")
         self.pack = optuna_pack_size((self.launcher or {}).get("pack"))
-        self.failures = FailureRate(check_max_failure_rate(self.s.max_failure_rate))
-        self.extender = load_custom_search_space(self.s.custom_search_space)
-        directions = space_of.directions_for(self.s.direction, self.s.objectives)
-        sampler = space_of.make_sampler(self.s.sampler, self.s.seed, self.space)
+        self.failures = FailureRate(check_max_failure_rate(self.settings.max_failure_rate))
+        self.extender = load_custom_search_space(self.settings.custom_search_space)
+        directions = space_of.directions_for(self.settings.direction, self.settings.objectives)
+        sampler = space_of.make_sampler(self.settings.sampler, self.settings.seed, self.space)
         check_writable(self.results_dir)
-        self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.s.sampler) else None
-        self.n_trials = min(self.s.n_trials, len(self.grid)) if self.grid is not None else self.s.n_trials
-        self.storage = self._storage_spec()
+        self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.settings.sampler) else None
+        self.n_trials = min(self.settings.n_trials, len(self.grid)) if self.grid is not None else self.settings.n_trials
+        self.storage = storage_spec(self.settings.storage, self.results_dir, runs_on_slurm(self.launcher))
         self.study = optuna.create_study(storage=open_storage(self.storage), sampler=sampler, directions=directions,
-                                         study_name=self.s.study_name or space_of.default_study_name(
-                                             params_conf, self.s.objectives), load_if_exists=True)
+                                         study_name=self.settings.study_name or space_of.default_study_name(
+                                             params_conf, self.settings.objectives), load_if_exists=True)
         if [d.name.lower() for d in self.study.directions] != directions:
             raise ConfigError(f"study {self.study.study_name!r} exists with directions "
                               f"{[d.name.lower() for d in self.study.directions]}, not {directions}: "
@@ -134,112 +122,116 @@ class OptunaSweep:
 
     def run(self, arguments: list[str]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        params_conf = [f"{k}={v}" for k, v in self.s.params.items()] + list(arguments)
+        params_conf = [f"{k}={v}" for k, v in self.settings.params.items()] + list(arguments)
         try:  # every setting, before anything trains (the study's default storage lives in the store)
             sampler = self._check(params_conf)
         except (UnwritableStoreError, ConfigError) as e:
             say(f"sweep: {e}; nothing was trained")
-            raise SystemExit(2) from None
+            raise SweepExit(2) from None
         with ExitStack() as driving:
             try:  # before anything is recovered or asked: the study's RUNNING trials are then ours or abandoned
-                driving.enter_context(Claim(self._driver_folder()))
+                driving.enter_context(Claim(driver_folder(self.results_dir, self.storage, self.study.study_name)))
             except RunClaimedError as e:
                 say(f"sweep: optuna study {self.study.study_name!r} is being driven by {e.holder}: the same "
                     f"command goes on there; let it end, or name another study (hydra.sweeper.study_name); "
                     f"nothing was started here")
-                raise SystemExit(1) from None
+                raise SweepExit(1) from None
             say(f"optuna study {self.study.study_name!r} in {self.storage}: {self.n_trials} trials, "
-                f"{self.s.n_jobs} at a time, sampler {type(sampler).__name__}")
+                f"{self.settings.n_jobs} at a time, sampler {type(sampler).__name__}")
             self._recover_abandoned()
             interrupt_on_signals()  # kill, a closed terminal: handled as Ctrl-C
-            try:
-                self._loop()
-            except KeyboardInterrupt:  # the loop stopped the runs in flight (local workers) on its way out
-                away = ("the trials in flight go on as SLURM jobs and are collected"
-                        if runs_on_slurm(self.launcher) else "the trials in flight were stopped and are asked again")
-                say(f"sweep interrupted: {len(self._counted_trials())} of {self.n_trials} trials told and kept in "
-                    f"the study; {away} when the same command runs again")
-                write_optimization_results(self.study, self.sweep_dir)
-                raise SystemExit(130) from None
+            self._loop()  # interrupted: self.interrupted says it, SweepExit(130)
         self._summary()
         write_optimization_results(self.study, self.sweep_dir)
-        if self.halted is not None:
-            raise SystemExit(1)
+        if self.halted:
+            raise SweepExit(1)
 
-    # -- the loop ---------------------------------------------------------------------------------
+    # -- the driver's source (sweep/driver.Source) -------------------------------------------------
 
     def _loop(self) -> None:
-        finished = len(self._counted_trials())
-        inflight: dict[Future, list[_Job]] = {}  # a task in flight -> its runs (several: a pack)
-        by_key: dict[str, _Job] = {}  # run key -> its run in flight
-        self.elsewhere: list[_Elsewhere] = []  # trials whose run another process trains now
-        executor = executor_for(self.launcher, self.s.n_jobs, self.s.threads, self.gpus)
-        try:
-            while True:
-                while (self.halted is None and len(inflight) < self.s.n_jobs
-                       and finished + self._pending(inflight) < self.n_trials):
-                    finished += self._start(finished + self._pending(inflight) + 1, executor, inflight, by_key)
-                    if len(self.ready) >= (self.pack or 1):
-                        self._send(executor, inflight)
-                self._send(executor, inflight)  # a last, smaller pack
-                if not inflight and not self.elsewhere:
-                    return
-                if inflight:
-                    done, _ = wait(list(inflight), timeout=WAIT_POLL_S if self.elsewhere else None,
-                                   return_when=FIRST_COMPLETED)
-                else:
-                    done = set()
-                    time.sleep(WAIT_POLL_S)
-                for task in done:
-                    jobs = inflight.pop(task)
-                    for job, future in zip(jobs, per_run(task, [job.run_key for job in jobs])):
-                        finished += self._finished(job, future, executor, inflight, by_key)
-                finished += self._landed(executor, inflight, by_key)
-        finally:
-            # a Ctrl-C leaves its trials RUNNING; the next start of this sweep recovers them
-            executor.shutdown(cancel=bool(inflight))
+        self.asked = len(self._counted_trials())  # trials towards n_trials: finished, and those asked since
+        self.by_key: dict[str, TrialRun] = {}  # run key -> its run in flight (or ready, or to train here)
+        executor = executor_for(self.launcher, self.settings.n_jobs, self.settings.threads, self.gpus)
+        # a Ctrl-C leaves its trials RUNNING; the next start of this sweep recovers them
+        Driver(executor, self, self.retries).drive()
 
-    def _finished(self, job: _Job, future: Future, executor, inflight: dict[Future, list[_Job]],
-                  by_key: dict[str, _Job]) -> int:
-        """A run that finished (its own future, also in a pack): retried, waited for elsewhere, or
-        told for each of its trials; returns the trials told."""
-        if to_resend(future):  # not in the job its regrouped pack was re-attached to: alone, to the job that has it
-            inflight[executor.submit_many([(job.cfg, job.folder)])[0]] = [job]
-            return 0
-        if self._retry(job, future, executor, inflight, by_key):
-            return 0
-        by_key.pop(job.run_key, None)
-        holder = claimed_by(future)
-        for trial, label in job.trials:
-            if holder:  # claimed by another process after our triage: wait for its result
-                say(f"{label}: being trained by {holder}; waiting for its result")
-                self.elsewhere.append(_Elsewhere(trial, label, job.cfg, job.folder, job.before))
-                continue
-            self._tell_outcome(trial, label, future)
-        return 0 if holder else len(job.trials)
+    @property
+    def halted(self) -> bool:
+        return self.stop_line is not None
 
-    def _pending(self, inflight: dict[Future, list[_Job]]) -> int:
-        """Trials asked and not yet told: those of the runs in flight or ready to be sent, and those
-        waited for elsewhere."""
-        return (sum(len(job.trials) for jobs in inflight.values() for job in jobs)
-                + sum(len(job.trials) for job in self.ready) + len(self.elsewhere))
+    def next_units(self, driver: Driver, room: int) -> list[list[TrialRun]]:
+        """Trials asked while the study wants more; those that train go alone, or with packs as soon
+        as K are ready (a last, smaller pack when no more are asked)."""
+        while not self.halted and self.asked < self.n_trials and len(self.ready) < (self.pack or 1):
+            self._start(driver)
+        units = make_packs(self.ready, lambda run: run.cfg, self.pack)
+        self.ready = []
+        return units
 
-    def _start(self, ordinal: int, executor, inflight: dict[Future, list[_Job]], by_key: dict[str, _Job]) -> int:
-        """Ask one trial and start it; returns 1 when it was told at once (over budget, reused, invalid)."""
-        if self.grid is not None:  # the next cell no finished, running or waited-for trial holds
-            taken = {self._cell(t.params) for t in self._counted_trials()}
-            taken |= {self._cell(t.params) for jobs in (*inflight.values(), self.ready) for job in jobs
-                      for t, _ in job.trials}
-            taken |= {self._cell(w.trial.params) for w in self.elsewhere}
+    def sent(self, unit: list[TrialRun], future: Future, verb: str, again: bool) -> None:
+        if again:  # a retry (said when it failed), or a resend to the job that holds it
+            return
+        note = getattr(future, "note", "")
+        for run in unit:
+            trial, label = run.trials[0]
+            packed = f"in a pack of {len(unit)}, " if len(unit) > 1 else ""
+            say(f"{label}: {verb} ({packed}job {trial.number}{f', {note}' if note else ''})")
+
+    def record(self, run: TrialRun, outcome: Outcome) -> None:
+        """Tell each trial waiting on `run` what became of it."""
+        if outcome.kind == RETRYING:
+            say(f"{run.trials[0][1]}: failed: {cause(outcome.future.exception())}; retrying "
+                f"(attempt {run.attempt} of {self.retries + 1})")
+            return
+        if outcome.kind in (FINISHED, WAITING):
+            self.by_key.pop(run.run_key, None)
+        for trial, label in run.trials:
+            if outcome.kind == FINISHED:
+                self._tell_outcome(trial, label, outcome.future)
+            elif outcome.kind == WAITING:  # claimed by another process after our triage
+                say(f"{label}: being trained by {outcome.holder}; waiting for its result")
+            elif outcome.kind == LANDED and outcome.verdict in FINISHED_RESULTS:
+                self._tell_result(trial, label, outcome.stored, suffix=" (trained elsewhere)")
+            elif outcome.kind == LANDED:  # failed there
+                reason = outcome.stored.get("reason", "")
+                self._tell(trial, TrialState.FAIL, label, f"failed elsewhere: {reason}", status="failed",
+                           reason=reason)
+            elif outcome.kind == HERE:
+                say(f"{label}: its trainer stopped without a result; training it here")
+        if outcome.kind == HERE:
+            self._train(run)
+
+    def not_started(self, error: StoreError, runs: list[TrialRun]) -> None:
+        for run in runs:  # left RUNNING: the next start asks them again
+            for _, label in run.trials:
+                say(f"{label}: not started ({error.cause}); asked again when the same command runs again")
+
+    def task_done(self, driver: Driver) -> None:
+        """Nothing to say: each trial's line says it."""
+
+    def interrupted(self, in_flight: list[str]) -> None:
+        away = ("the trials in flight go on as SLURM jobs and are collected"
+                if runs_on_slurm(self.launcher) else "the trials in flight were stopped and are asked again")
+        say(f"sweep interrupted: {len(self._counted_trials())} of {self.n_trials} trials told and kept in "
+            f"the study; {away} when the same command runs again")
+        write_optimization_results(self.study, self.sweep_dir)
+
+    def _start(self, driver: Driver) -> None:
+        """Ask one trial: told at once (over budget, reused, invalid), joined to the same run in
+        flight, waited for (another process trains its run), or made ready to train."""
+        self.asked += 1
+        if self.grid is not None:  # the next cell no finished or running (asked, not told) trial holds
+            taken = {self._cell(t.params) for t in (*self._counted_trials(), *self.study.get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,)))}
             self.study.enqueue_trial(next(c for c in self.grid if self._cell(c) not in taken))
         trial = self.study.ask(fixed_distributions=self.space)
         refused = self._extend(trial)
-        label = f"trial {ordinal}/{self.n_trials} {space_of.params_text(trial)}"
+        label = f"trial {self.asked}/{self.n_trials} {space_of.params_text(trial)}"
         if refused is not None:  # the user's function: every later trial would meet it too
-            told = self._tell(trial, TrialState.FAIL, label, f"failed: {refused}", status="failed", reason=refused)
+            self._tell(trial, TrialState.FAIL, label, f"failed: {refused}", status="failed", reason=refused)
             self._halt(f"sweep: stopped: {refused}; no new trials are started; fix it and run the same command "
                        f"again to continue the study")
-            return told
+            return
         try:
             cfg = self._compose(trial.params)
             decision = triage(cfg)
@@ -248,29 +240,32 @@ class OptunaSweep:
             mistake = e
         if mistake is not None:
             error = f"{type(mistake).__name__}: {mistake}"
-            return self._tell(trial, TrialState.FAIL, label, f"invalid: {error}", status="failed", reason=error)
+            self._tell(trial, TrialState.FAIL, label, f"invalid: {error}", status="failed", reason=error)
+            return
         plan, folder = decision.plan, decision.folder
         key = plan.spec.run_key
         trial.set_user_attr("run_key", key)
         trial.set_user_attr("result_dir", str(folder))
         if decision.verdict == "over_budget":  # recorded as skipped_budget; nothing launched
-            return self._tell(trial, TrialState.PRUNED, label, f"over budget ({plan.predicted:,} > {plan.budget:,})",
-                              status="skipped_budget", reason=decision.stored["reason"])
+            self._tell(trial, TrialState.PRUNED, label, f"over budget ({plan.predicted:,} > {plan.budget:,})",
+                       status="skipped_budget", reason=decision.stored["reason"])
+            return
         if decision.stored and decision.stored.get("status") in REUSABLE:
             self.stats["reused"] += 1
-            return self._tell_result(trial, label, decision.stored, suffix=" (reused stored result)")
-        if decision.unreadable and key not in by_key:
+            self._tell_result(trial, label, decision.stored, suffix=" (reused stored result)")
+            return
+        if decision.unreadable and key not in self.by_key:
             say(f"{label}: {decision.unreadable}, training it again")
-        if key in by_key:  # the same run is already training (or ready to) for another trial: wait for it
-            by_key[key].trials.append((trial, label))
+        if key in self.by_key:  # the same run is already training (or ready to) for another trial: wait for it
+            self.by_key[key].trials.append((trial, label))
             say(f"{label}: same run as one in flight ({key}), waiting for it")
-            return 0
-        if decision.verdict == "claimed" and not executor.follows(folder):  # another process trains it now
+            return
+        run = TrialRun(key, [(trial, label)], cfg, folder, decision.stored)
+        if decision.verdict == "claimed" and driver.await_claim(run):  # another process trains it now
             say(f"{label}: being trained by {decision.holder}; waiting for its result")
-            self.elsewhere.append(_Elsewhere(trial, label, cfg, folder, decision.stored))
-            return 0
-        self._submit(trial, label, cfg, folder, decision.stored, executor, inflight, by_key)
-        return 0
+            return
+        self._train(run)
+        self.ready.append(run)
 
     def _extend(self, trial) -> str | None:
         """hydra.sweeper.custom_search_space's params for `trial` (overrides like the others); the
@@ -278,72 +273,20 @@ class OptunaSweep:
         if self.extender is None:
             return None
         try:
-            extend_trial(self.extender, self.s.custom_search_space, self.sweep_config, trial, self.fixed)
+            extend_trial(self.extender, self.settings.custom_search_space, self.sweep_config, trial, self.fixed)
         except CustomSearchSpaceError as e:
             return str(e)
         return None
 
-    def _submit(self, trial, label: str, cfg: dict, folder: Path, before: dict | None, executor,
-                inflight: dict[Future, list[_Job]], by_key: dict[str, _Job]) -> None:
-        """Train the trial's run: sent now, or with packs made ready to go in the next pack (_send)."""
-        key = trial.user_attrs["run_key"]
-        if len(self.s.objectives) == 1:  # Optuna prunes single-objective studies only
-            cfg["trial"] = {"storage": self.storage, "study_name": self.study.study_name,
-                            "trial_id": trial_id(trial), "number": trial.number, "pruner": self.s.pruner,
-                            "metric": "accuracy"}
-        job = by_key[key] = _Job(key, [(trial, label)], cfg, folder, before)
+    def _train(self, run: TrialRun) -> None:
+        """The run trains here, for its first trial, which reports to the pruner."""
+        trial = run.trials[0][0]
+        if len(self.settings.objectives) == 1:  # Optuna prunes single-objective studies only
+            run.reports_to = {"storage": self.storage, "study_name": self.study.study_name,
+                              "trial_id": trial_id(trial), "number": trial.number, "pruner": self.settings.pruner,
+                              "metric": "accuracy"}
+        self.by_key[run.run_key] = run
         self.stats["trained"] += 1
-        self.ready.append(job)
-        if self.pack is None:
-            self._send(executor, inflight)
-
-    def _send(self, executor, inflight: dict[Future, list[_Job]]) -> None:
-        """The ready runs to the executor: each alone, or with packs in packs of compatible runs."""
-        units = make_packs(self.ready, lambda job: job.cfg, self.pack)
-        self.ready = []
-        for unit in units:
-            future = executor.submit_many([unit_task(unit)])[0]
-            inflight[future] = unit
-            note = getattr(future, "note", "")
-            for job in unit:
-                trial, label = job.trials[0]
-                packed = f"in a pack of {len(unit)}, " if len(unit) > 1 else ""
-                say(f"{label}: {executor.verb} ({packed}job {trial.number}{f', {note}' if note else ''})")
-
-    def _landed(self, executor, inflight: dict[Future, list[_Job]], by_key: dict[str, _Job]) -> int:
-        """Tell the trials whose run, trained elsewhere, has its result now; a run whose claim went
-        without a result (interrupted, its owner dead) is started here. Returns the trials told."""
-        told = 0
-        for waiting in list(self.elsewhere):
-            outcome, stored = after_wait(waiting.cfg, waiting.before)
-            if outcome == "claimed":
-                continue
-            self.elsewhere.remove(waiting)
-            trial, label = waiting.trial, waiting.label
-            if outcome in FINISHED:
-                told += self._tell_result(trial, label, stored, suffix=" (trained elsewhere)")
-            elif outcome == "failed":
-                reason = stored.get("reason", "")
-                told += self._tell(trial, TrialState.FAIL, label, f"failed elsewhere: {reason}", status="failed",
-                                   reason=reason)
-            else:
-                say(f"{label}: its trainer stopped without a result; training it here")
-                self._submit(trial, label, waiting.cfg, waiting.folder, waiting.before, executor, inflight, by_key)
-        self._send(executor, inflight)
-        return told
-
-    def _retry(self, job: _Job, future: Future, executor, inflight: dict[Future, list[_Job]],
-               by_key: dict[str, _Job]) -> bool:
-        """A failed run submitted again (hydra.launcher.retries), its trials still waiting on it; never
-        a result (diverged, pruned), nor a run the store refused."""
-        error = future.exception()
-        if error is None or isinstance(error, StoreError) or self.halted is not None or job.attempt > self.retries:
-            return False
-        job.attempt += 1
-        say(f"{job.trials[0][1]}: failed: {cause(error)}; retrying (attempt {job.attempt} of {self.retries + 1})")
-        again = executor.submit_many([(job.cfg, job.folder)])[0]  # alone
-        inflight[again] = [job]
-        return True
 
     # -- telling the study ------------------------------------------------------------------------
 
@@ -361,11 +304,11 @@ class OptunaSweep:
         else:
             self._tell_result(trial, label, future.result())
 
-    def _tell_result(self, trial, label: str, result: dict, suffix: str = "") -> int:
+    def _tell_result(self, trial, label: str, result: dict, suffix: str = "") -> None:
         status = result.get("status")
         if status == "done":
-            values = [_field(result, name) for name in self.s.objectives]
-            missing = [n for n, v in zip(self.s.objectives, values) if not isinstance(v, (int, float))]
+            values = [result_field(result, name) for name in self.settings.objectives]
+            missing = [n for n, v in zip(self.settings.objectives, values) if not isinstance(v, (int, float))]
             if missing:
                 return self._tell(trial, TrialState.FAIL, label, f"no objective {missing} in the result",
                                   status="failed", reason=f"result has no number at {missing}")
@@ -386,7 +329,7 @@ class OptunaSweep:
         return self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
 
     def _tell(self, trial, state, label: str, message: str, values: list[float] | None = None,
-              **attrs: Any) -> int:
+              **attrs: Any) -> None:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         self.study.tell(trial, values, state=state)
@@ -395,12 +338,11 @@ class OptunaSweep:
             self.failures.count(state, attrs.get("status"))
             if self.failures.exceeded:
                 self._halt(self.failures.stop_line())
-        return 1
 
     def _halt(self, line: str) -> None:
         """Ask no more trials (those in flight finish), say why once; the sweep then exits 1."""
-        if self.halted is None:
-            self.halted = line
+        if self.stop_line is None:
+            self.stop_line = line
             say(line)
 
     # -- restart ----------------------------------------------------------------------------------
@@ -445,34 +387,8 @@ class OptunaSweep:
         overrides += [f"{k}={space_of.format_value(v)}" for k, v in params.items()]
         return self.compose(overrides)
 
-    def _driver_folder(self) -> Path:
-        """Where the study's driver claims it: in the results store its drivers share, one folder per
-        (storage, study name); the name's odd characters made safe, the hash keeping studies apart."""
-        name = self.study.study_name
-        digest = hashlib.sha1(f"{self.storage}\n{name}".encode()).hexdigest()[:8]
-        return self.results_dir / ".optuna" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:80]}-{digest}"
-
-    def _storage_spec(self) -> str:
-        """hydra.sweeper.storage, or the results store's default (a journal file for SLURM jobs)."""
-        cluster = runs_on_slurm(self.launcher)
-        spec = self.s.storage or default_storage(self.results_dir, cluster)
-        if cluster and spec.startswith("sqlite:"):
-            say(f"note: sqlite storage with SLURM jobs ({spec}): Optuna's FAQ warns against sqlite on a "
-                f"network filesystem; name a journal file (journal:///abs/path/optuna.journal) or a database "
-                f"server in hydra.sweeper.storage")
-        return spec
-
     # -- the end ----------------------------------------------------------------------------------
 
     def _summary(self) -> None:
-        say_summary(self.study, self._counted_trials(), self.n_trials, self.s.objectives, self.stats)
+        say_summary(self.study, self._counted_trials(), self.n_trials, self.settings.objectives, self.stats)
 
-
-def _field(result: dict, dotted: str) -> Any:
-    """result["metrics"]["test"]["accuracy"] for "metrics.test.accuracy"; None when absent."""
-    node: Any = result
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from .gpu_usage import GpuUsage, gpu_usage
-from .packing import make_packs, why_alone
+from .packs import make_packs, why_alone
 from .status import STATES, TO_RUN, RunStatus, run_status, settle
 from .triage import triage
 
@@ -52,7 +52,7 @@ def settle_rows(rows: list[PlanRow]) -> list[PlanRow]:
 
 def with_packs(rows: list[PlanRow], cfgs: list[Mapping[str, Any]], size: int, workers: int) -> list[PlanRow]:
     """The rows with the pack each run still to run would train in ("pack 1 of 2 (5 runs)"), or why
-    it trains alone, as sweep/packing groups them for a grid started now."""
+    it trains alone, as sweep/packs groups them for a grid started now."""
     waiting = [i for i, r in enumerate(rows) if r.status.state in TO_RUN and not r.error and not r.over_budget]
     units = make_packs(waiting, lambda i: cfgs[i], size, workers)
     packs = [u for u in units if len(u) > 1]

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import math
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from ..config.checks import data_parallel
 from ..config.spec import from_config
 from ..errors import ConfigError, WorkerDiedError
+from ..executors.job import Job
 from ..executors.worker import PACK, pack_failure, pack_task
 
 PACKABLE_METHODS = ("lora", "rslora", "dora")  # the base stays frozen and shared; pissa rewrites it, full trains it
@@ -115,12 +116,14 @@ def make_packs(items: Sequence[T], cfg_of: Callable[[T], Mapping[str, Any]], siz
     return sorted(units, key=lambda unit: position[id(unit[0])])
 
 
-def unit_task(unit: Sequence[Any]) -> tuple[dict, Path]:
-    """What an executor is sent for a unit of make_packs (runs with a `cfg` and a `folder`, as the grid
-    and the Optuna sweeper hold them): a run alone, or a pack, whose log goes to its first run's folder."""
+def unit_job(unit: Sequence[Any]) -> Job:
+    """What an executor is sent for a unit of make_packs (runs with a `cfg`, a `folder` and the
+    Optuna trial they report to, `reports_to`, as the driver's sources hold them): a run alone, on
+    its data-parallel ranks, or a pack, whose log goes to its first run's folder."""
     if len(unit) == 1:
-        return unit[0].cfg, unit[0].folder
-    return pack_task([run.cfg for run in unit], [run.folder for run in unit]), unit[0].folder
+        run = unit[0]
+        return Job.alone(run.cfg, run.folder, run.reports_to, data_parallel(run.cfg))
+    return pack_task([run.cfg for run in unit], [run.folder for run in unit], [run.reports_to for run in unit])
 
 
 def per_run(task: Future, run_keys: Sequence[str]) -> list[Future]:
