@@ -170,3 +170,94 @@ def test_an_own_pattern_matching_too_much_is_an_error(folders):
     spec, model = skeleton(folders, "llama")
     with pytest.raises(ConfigError, match="matched 4 modules of this llama model, expected 2"):
         projections.resolve_modules(model, "llama", "q", model.config, projections={"q": r"self_attn\.[qk]_proj"})
+
+
+# --- through the config: model=hf model.id=... -------------------------------------------------------
+
+from lorasweep.config import hf_model  # noqa: E402
+from lorasweep.config.spec import from_config  # noqa: E402
+from lorasweep.run.plan import plan_run  # noqa: E402
+from lorasweep.run.preflight import preflight  # noqa: E402
+
+from conftest import compose_config  # noqa: E402
+
+MCQ = ["task=wordnet_mcq", "task.max_train=8", "task.max_eval=4", "task.max_test=4"]
+TOPICS = ["task=wordnet_topics", "task.max_train=8", "task.max_eval=4", "task.max_test=4"]
+
+
+def test_family_and_name_come_from_the_folder(tmp_path):
+    folder = zoo.config_folder(tmp_path / "My Qwen3_ckpt", "qwen3")
+    plan = plan_run(compose_config(["model=hf", f"model.id={folder}", "lora.proj=qkvogud", *MCQ]))
+    assert (plan.spec.model.family, plan.spec.model.name, plan.spec.model.source) == ("qwen3", "my-qwen3_ckpt", "hf")
+    assert len(plan.targets) == 14 and plan.spec.slug.startswith("my-qwen3_ckpt-wordnet_mcq-lora-qkvogud-r8")
+    assert "projections" not in plan.spec.defining()["model"]  # left out at its default: YAML models' keys stay
+    named = plan_run(compose_config(["model=hf", f"model.id={folder}", "model.name=mine", "lora.proj=qkvogud", *MCQ]))
+    assert named.spec.model.name == "mine" and named.predicted == plan.predicted
+
+
+def test_slugs_of_hub_ids_and_folders():
+    assert hf_model.slug("google/gemma-3-270m") == "gemma-3-270m"
+    assert hf_model.slug("/data/ckpt/my-llama/") == "my-llama"
+    assert hf_model.slug("Qwen/Qwen3-0.6B") == "qwen3-0.6b"
+
+
+def test_model_family_forces_a_map(tmp_path):
+    folder = zoo.config_folder(tmp_path / "m", "llama")
+    plan = plan_run(compose_config(["model=hf", f"model.id={folder}", "model.family=mistral", "lora.proj=qv", *MCQ]))
+    assert plan.spec.model.family == "mistral" and len(plan.targets) == 4
+
+
+def test_own_projection_patterns_through_the_config(tmp_path):
+    folder = zoo.config_folder(tmp_path / "moe", "qwen2_moe")
+    base = ["model=hf", f"model.id={folder}", *MCQ]
+    with pytest.raises(ConfigError, match=r"no map for 'g'.*mlp\.shared_expert\.gate_proj.*\+model\.projections\.g="):
+        plan_run(compose_config([*base, "lora.proj=qg"]))
+    plan = plan_run(compose_config([*base, "lora.proj=qg", "+model.projections.g=mlp.shared_expert.gate_proj"]))
+    assert [t for t in plan.targets if "gate" in t] == [f"model.layers.{i}.mlp.shared_expert.gate_proj" for i in (0, 1)]
+    assert plan.spec.defining()["model"]["projections"] == {"g": "mlp.shared_expert.gate_proj"}  # in the run key
+
+
+def test_own_projections_on_a_yaml_model_and_its_run_key():
+    cfg = ["model=tiny-llama", *MCQ, "lora.proj=q"]
+    plain = plan_run(compose_config(cfg))
+    same = plan_run(compose_config([*cfg, r"+model.projections.q=self_attn\.q_proj"]))
+    assert same.targets == plain.targets and same.spec.run_key != plain.spec.run_key
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["lora.proj=all", *MCQ], None),
+    (["lora.proj=qv", *TOPICS], "needs a classification head; model=m is a granite model, which has none"),
+])
+def test_heads_a_model_type_lacks_are_refused_at_plan_time(tmp_path, overrides, message):
+    folder = zoo.config_folder(tmp_path / "m", "granite")
+    cfg = compose_config(["model=hf", f"model.id={folder}", *overrides])
+    if message is None:
+        assert plan_run(cfg).spec.lora.proj == "all"
+        return
+    with pytest.raises(ConfigError, match=message):
+        plan_run(cfg)
+
+
+def test_a_causal_lm_task_on_an_encoder_is_refused(tmp_path):
+    folder = zoo.config_folder(tmp_path / "enc", "electra")
+    with pytest.raises(ConfigError, match="trains a causal LM; model=enc is a electra model, which has no causal-LM head"):
+        plan_run(compose_config(["model=hf", f"model.id={folder}", *MCQ]))
+
+
+def test_a_missing_folder_is_refused_before_torch(tmp_path):
+    cfg = compose_config(["model=hf", f"model.id={tmp_path / 'nope'}", f"results_dir={tmp_path / 'r'}"])
+    with pytest.raises(ConfigError, match="model.id=.*no such folder"):
+        preflight(cfg)
+
+
+def test_a_hub_id_counts_from_its_cached_config_json_alone(tmp_path, monkeypatch):
+    """Only config.json in the HF cache (no weights): the plan counts offline."""
+    repo = tmp_path / "hub" / "models--someone--tiny-phi3"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    zoo.config_folder(snapshot, "phi3")
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    plan = plan_run(compose_config(["model=hf", "model.id=someone/tiny-phi3", "lora.proj=qkvogud", *MCQ]))
+    assert (plan.spec.model.name, plan.spec.model.family, len(plan.targets)) == ("tiny-phi3", "phi3", 8)
