@@ -67,6 +67,8 @@ def canonical_proj(code: object) -> str | None:
     """A projection code as a set, printed in the order qkvogud (`vq` -> `qv`); None stays None."""
     if not isinstance(code, str) or not code:
         return None
+    if code.strip() == "all":  # every linear layer (lora.proj=all): a code of its own
+        return "all"
     return "".join(c for c in CANONICAL_ORDER if c in code)
 
 

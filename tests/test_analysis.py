@@ -465,3 +465,9 @@ def test_fixed_settings_and_what_varies():
     assert T.fixed_settings(df) == {"model": "m", "task": "t", "r": "8", "alpha": "16", "dropout": "0.1",
                                     "proj": "qv", "lr": "0.0002"}  # method=none's lr trains nothing
     assert T.varies(df, "method") and not T.varies(df, "lr") and not T.varies(df, "alpha")
+
+
+def test_proj_all_is_a_code_of_its_own(tmp_path):
+    """lora.proj=all (every linear layer) is a row of its own, not an empty code."""
+    df = _frame(tmp_path, [result(r=4, proj="all", acc=0.7), result(r=4, proj="qv", acc=0.6)])
+    assert sorted(T.projection_table(df)["proj"]) == ["all", "qv"]

@@ -12,12 +12,14 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from .paths import resolve_data_path
-from .projection_codes import FAMILIES, canonical_code, check_code_for_family
+from . import hf_model
+from .projection_codes import FAMILIES, canonical_code, check_code_for_family, check_projections
 
 ADAPTER_METHODS = ("lora", "dora", "rslora", "pissa", "qlora", "qlora8")  # methods with lora.* settings
 QUANTIZED_METHODS = ("qlora", "qlora8")  # a 4-bit / 8-bit base: bitsandbytes and CUDA
 METHODS = ("none", "lora", "dora", "full", "rslora", "pissa", "qlora", "qlora8")
-MODEL_SOURCES = ("package", "gguf_package", "hub", "tiny")
+# hf: a hub id or a local HF-format folder (model=hf model.id=...), its family from its config.json
+MODEL_SOURCES = ("package", "gguf_package", "hub", "tiny", "hf")
 # model.dtype, the frozen base weights' dtype (adapters and trained heads stay float32 either way):
 # bfloat16 halves the base's memory and its casts under a GPU's bf16 autocast (bench/RESULTS.md)
 MODEL_DTYPES = ("float32", "bfloat16")
@@ -37,16 +39,18 @@ def _fail(field_name: str, value: Any, valid: str) -> ConfigError:
 class ModelSpec:
     """Where a model comes from. `source` picks the loader (see lorasweep.model.loading)."""
 
-    name: str                 # registry name, e.g. "minilm" (the conf/model/ file)
-    family: str               # projection family: llama, qwen3, bert, roberta, gpt2, t5
-    source: str               # package | gguf_package | hub | tiny
-    id: str = ""              # hub id, or python package name for package sources
+    name: str                 # registry name, e.g. "minilm" (the conf/model/ file); hf: a slug of the id
+    family: str               # projection family: transformers' model_type (llama, qwen3, bert, gpt2, t5, ...)
+    source: str               # package | gguf_package | hub | tiny | hf
+    id: str = ""              # hub id, or python package name for package sources; hf: hub id or folder
     file: str = ""            # file inside the package (the GGUF)
     config: str = ""          # a shipped config.json (architecture only, under conf/model/): offline counting
     tiny: Mapping[str, Any] = field(default_factory=dict)  # config kwargs of a tiny random model
     layers: int = 0           # keep the checkpoint's first N transformer layers (0 = all): a smaller,
                               #   faster model of the same pretrained weights (the top layers dropped)
     dtype: str = "float32"    # the base weights' dtype (MODEL_DTYPES)
+    projections: Mapping[str, str] = field(default_factory=dict)  # letter -> module-name pattern over the
+                              #   family's (+model.projections.q=self_attn.q_proj)
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class RunSpec:
 
 
 _NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0, "answer": "letter"}
-_NEW_MODEL_FIELDS = {"layers": 0, "dtype": "float32"}
+_NEW_MODEL_FIELDS = {"layers": 0, "dtype": "float32", "projections": {}}
 
 
 def _model_defining(model: ModelSpec) -> dict[str, Any]:
@@ -163,7 +167,7 @@ def from_config(cfg: Mapping[str, Any]) -> RunSpec:
     """Validate a composed config (model, method, lora, task, train) into a RunSpec."""
     model = _model_spec(cfg["model"])
     method = _method_name(cfg["method"])
-    lora = _lora_spec(cfg.get("lora") or {}, model.family if method in ADAPTER_METHODS else None)
+    lora = _lora_spec(cfg.get("lora") or {}, model if method in ADAPTER_METHODS else None)
     spec = RunSpec(model=model, method=method, lora=lora, task=_task_spec(cfg["task"]),
                    train=_train_spec(cfg["train"]), tokens=_token_spec(cfg.get("tokens") or {}))
     _check_dtype(spec)
@@ -219,23 +223,31 @@ def _method_name(method: Any) -> str:
 def _model_spec(m: Mapping[str, Any]) -> ModelSpec:
     if m.get("source") not in MODEL_SOURCES:
         raise _fail("model.source", m.get("source"), f"choose one of {', '.join(MODEL_SOURCES)}")
-    if m.get("family") not in FAMILIES:
-        raise _fail("model.family", m.get("family"), f"choose one of {', '.join(sorted(FAMILIES))}")
-    if m["source"] != "tiny" and not m.get("id"):
-        raise _fail("model.id", m.get("id"), f"a {m['source']} model needs an id")
+    if m["source"] != "tiny" and (not m.get("id") or m.get("id") == "???"):
+        raise _fail("model.id", m.get("id"), f"a {m['source']} model needs an id"
+                    + (": a hub id or a local model folder (model.id=/data/ckpt/my-llama)" if m["source"] == "hf" else ""))
+    family, name = m.get("family"), m.get("name")
+    if m["source"] == "hf":  # derived unless set: the family from config.json, the name from the id
+        family = family or hf_model.model_type(str(m["id"]))
+        name = name or hf_model.slug(str(m["id"]))
+    elif family not in FAMILIES:
+        raise _fail("model.family", family, f"choose one of {', '.join(sorted(FAMILIES))}")
+    if not family or not isinstance(family, str):
+        raise _fail("model.family", family, "a model type, e.g. llama (config.json's model_type)")
     layers = m.get("layers") or 0
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
         raise _fail("model.layers", layers, "a whole number: keep the first N transformer layers, or 0 for all")
     dtype = m.get("dtype") or "float32"
     if dtype not in MODEL_DTYPES:
         raise _fail("model.dtype", dtype, f"choose one of {', '.join(MODEL_DTYPES)} (the frozen base weights' dtype)")
-    return ModelSpec(name=str(m["name"]), family=m["family"], source=m["source"],
+    return ModelSpec(name=str(name), family=family, source=m["source"],
                      id=str(m.get("id") or ""), file=str(m.get("file") or ""),
                      config=str(m.get("config") or ""),
-                     tiny=dict(m.get("tiny") or {}), layers=layers, dtype=dtype)
+                     tiny=dict(m.get("tiny") or {}), layers=layers, dtype=dtype,
+                     projections=check_projections(m.get("projections")))
 
 
-def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:
+def _lora_spec(lo: Mapping[str, Any], model: ModelSpec | None) -> LoraSpec:
     r = lo.get("r", 8)
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise _fail("lora.r", r, "a positive integer rank (e.g. 8), or auto to fit budget.max_trainable")
@@ -250,7 +262,10 @@ def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:
     if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
         raise _fail("lora.dropout", dropout, "a probability in [0, 1)")
     proj = lo.get("proj", "qkvo")
-    proj = check_code_for_family(proj, family) if family else canonical_code(proj)
+    # A model named by its config.json (source hf) may lack a letter's map: model/projections then
+    # refuses it naming the model's linear modules, which only its skeleton knows.
+    proj = (check_code_for_family(proj, model.family, projections=model.projections, strict=model.source != "hf")
+            if model else canonical_code(proj))
     return LoraSpec(r=r, alpha=float(alpha), dropout=float(dropout), proj=proj)
 
 

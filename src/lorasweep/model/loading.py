@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -29,6 +26,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig,
                           PreTrainedTokenizerBase)
 
+from ..config import hf_model
 from ..config.spec import MODEL_SOURCES, ModelSpec
 from ..errors import ConfigError, ModelUnavailableError
 from .assets import CONF_MODEL_DIR, gguf_model_dir, package_model_dir, packaged_specs
@@ -68,8 +66,6 @@ _TINY_DEFAULTS: dict[str, tuple[str, dict[str, Any]]] = {
                             num_decoder_layers=2, num_heads=4)),
 }
 
-HUB_PROBE_TIMEOUT_S = 3.0  # one TCP connect: enough for a reachable hub, short when there is none
-
 
 def tiny_config(spec: ModelSpec) -> PretrainedConfig:
     """The config of a tiny random model: family defaults, then spec.tiny, then the tokenizer's
@@ -106,6 +102,8 @@ def model_config(spec: ModelSpec, num_labels: int | None = None) -> PretrainedCo
         config = _shipped_config(spec)
     elif spec.source == "hub":
         config = _from_hub(spec, lambda **kw: AutoConfig.from_pretrained(spec.id, **kw))
+    elif spec.source == "hf":  # config.json alone: the folder's, the HF cache's, or fetched alone
+        config = AutoConfig.from_pretrained(hf_model.config_path(spec.id).parent)
     else:
         config = AutoConfig.from_pretrained(_local_dir(spec))
     if spec.layers:
@@ -196,7 +194,7 @@ def load_with_notes(spec: ModelSpec, head: str, num_labels: int | None = None, q
         elif num_labels:
             kwargs["num_labels"] = num_labels
         with _no_load_report():
-            if spec.source == "hub":
+            if spec.source == "hub" or _hf_hub_id(spec):
                 # transformers 5.23 does not pass local_files_only on to its PEFT adapter lookup,
                 # which then retries the hub for ~25 s: hand it over explicitly.
                 model, info = _from_hub(spec, lambda **kw: auto.from_pretrained(
@@ -257,7 +255,7 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The model's tokenizer alone (no weights): token injection plans its new ids with it."""
     if spec.source == "tiny":
         return build_tiny_tokenizer(spec.family)
-    if spec.source == "hub":
+    if spec.source == "hub" or _hf_hub_id(spec):
         return _from_hub(spec, lambda **kw: AutoTokenizer.from_pretrained(spec.id, **kw))
     return AutoTokenizer.from_pretrained(_local_dir(spec))
 
@@ -279,7 +277,16 @@ def _from_config(auto, config: PretrainedConfig, spec: ModelSpec, head: str) -> 
                          f"has no {head!r} head in transformers") from err
 
 
+def _hf_hub_id(spec: ModelSpec) -> bool:
+    """A source hf model named by a hub id (not a local folder)."""
+    return spec.source == "hf" and hf_model.local_folder(spec.id) is None
+
+
 def _local_dir(spec: ModelSpec) -> Path:
+    if spec.source == "hf":
+        folder = hf_model.local_folder(spec.id)
+        if folder is not None:
+            return folder
     if spec.source == "package":
         return package_model_dir(spec)
     if spec.source == "gguf_package":
@@ -303,18 +310,7 @@ def _from_hub(spec: ModelSpec, load):
 
 def _hub_reachable() -> bool:
     """False when offline mode is set or the hub host does not accept a TCP connection quickly."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return False
-    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
-        return True  # the proxy decides; let huggingface_hub try
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443),
-                                      timeout=HUB_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+    return hf_model.hub_reachable()
 
 
 def _hub_message(spec: ModelSpec) -> str:

@@ -64,8 +64,14 @@ def prepare(model: nn.Module, spec: RunSpec, head: str, targets: list[str], toke
         init_lora_weights="pissa" if spec.method == "pissa" else True,
         trainable_token_indices=list(token_ids) if token_ids and spec.tokens.train else None,
         task_type=_TASK_TYPES[head],
-        fan_in_fan_out=spec.model.family == "gpt2")  # GPT-2's Conv1D stores weights transposed
+        fan_in_fan_out=_conv1d(model, targets))  # GPT-2's Conv1D stores weights transposed
     return get_peft_model(model, config)
+
+
+def _conv1d(model: nn.Module, targets: list[str]) -> bool:
+    """Whether the targets are transformers' Conv1D (gpt2 & co.), whose weight is stored (fan_in, fan_out)."""
+    modules = dict(model.named_modules())
+    return any(type(modules[t]).__name__ == "Conv1D" for t in targets if t in modules)
 
 
 def save_initial(model: nn.Module, spec: RunSpec, folder: Path) -> Path | None:

@@ -12,8 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
-
-SEQ_CLS_HEADS = ("classifier", "score")  # peft's modules_to_save for sequence classification
+from .projections import SEQ_CLS_HEADS  # peft's modules_to_save for sequence classification
 
 
 def predict_trainable(skeleton: nn.Module, method: str, targets: list[str], r: int, head: str) -> int:

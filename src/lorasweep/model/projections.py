@@ -1,33 +1,70 @@
-"""Projection codes (q k v o g u d) -> the module names a model family calls them.
+"""Projection codes (q k v o g u d, or all) -> the module names a model family calls them.
 
 The codes and each family's patterns are lorasweep.config.projection_codes. Resolution runs on
 the model's module names alone (a meta-device skeleton), so a bad code fails before any weight is
 read, and never as a silent partial match: every letter must match exactly the number of modules
-the architecture promises (one per layer, per attention block for encoder-decoders).
+the architecture promises (one per layer, per attention block for encoder-decoders). `all` is every
+linear layer but the output head and the trained classification head, as peft's `all-linear`.
 """
 from __future__ import annotations
 
 import re
+from typing import Mapping
+
 from torch import nn
 
-from ..config.projection_codes import FUSED, LETTER_MEANING, check_code_for_family, family_table
+from ..config.projection_codes import (ALL, LETTER_MEANING, MISSING_WHY, check_code_for_family,
+                                       family_table, fused_groups)
 from ..errors import ConfigError
 
-_ADAPTABLE = ("Linear", "Conv1D")  # the module types peft's LoRA wraps here
+SEQ_CLS_HEADS = ("classifier", "score")  # peft's modules_to_save for sequence classification
+_LAYER_PREFIX = re.compile(r"^.*\.\d+\.")  # up to the layer index: model.layers.3.self_attn.q_proj -> self_attn.q_proj
+
+
+def is_adaptable(module: nn.Module) -> bool:
+    """A layer peft's LoRA wraps as a linear layer: nn.Linear and its subclasses (falcon's
+    FalconLinear), GPT-2's Conv1D; the type test of peft's all-linear."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if is_adaptable(m)]
+
+
+def all_linear(model: nn.Module, head: str | None = None) -> list[str]:
+    """lora.proj=all: every linear layer but the output embedding (the LM head) and, for a
+    classification head, the modules peft trains whole (modules_to_save: every module whose name
+    ends in classifier or score, as peft matches them: distilbert's pre_classifier too)."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skip: set[str] = set()
+    for name, module in model.named_modules():
+        if (module is out and out is not None) or (head == "classification" and name.endswith(SEQ_CLS_HEADS)):
+            skip.update(n for n, _ in module.named_modules(prefix=name))
+    return [n for n in linear_names(model) if n not in skip]
 
 
 def resolve_modules(model: nn.Module, family: str, code: str, config=None,
-                    field_name: str = "lora.proj") -> list[str]:
+                    field_name: str = "lora.proj", projections: Mapping[str, str] | None = None,
+                    head: str | None = None) -> list[str]:
     """Full names of the linear modules a code adapts in `model` (a meta skeleton is enough).
 
     Each letter must match at least one module and, given the model config, exactly as many as the
-    architecture promises; the total is checked against `expected_module_count`.
+    architecture promises; the total is checked against `expected_module_count`. `projections`:
+    the model's own letter -> pattern entries over its family's (model.projections); `head`: the
+    task's head (for `all`, a classification head is trained whole, not adapted).
     """
-    code = check_code_for_family(code, family, field_name)
-    table = family_table(family)
-    names = [n for n, m in model.named_modules() if type(m).__name__ in _ADAPTABLE]
+    code = check_code_for_family(code, family, field_name, projections, strict=False)
+    if code == ALL:
+        names = all_linear(model, head)
+        if not names:
+            raise ConfigError(f"{field_name}=all: this {family} model has no linear layer to adapt")
+        return names
+    table = family_table(family, projections, strict=False)
+    names = linear_names(model)
     chosen: set[str] = set()
     for letter in code:
+        if letter not in table:
+            raise ConfigError(_unmapped(field_name, code, letter, family, names))
         pattern = re.compile(rf"(^|\.){table[letter]}$")
         hits = [n for n in names if pattern.search(n)]
         want = _per_letter(family, letter, config) if config is not None else None
@@ -36,20 +73,33 @@ def resolve_modules(model: nn.Module, family: str, code: str, config=None,
                 f"{field_name}={code!r}: projection {letter!r} ({LETTER_MEANING[letter]}) matched "
                 f"{len(hits)} modules of this {family} model, expected "
                 f"{want if want is not None else 'at least 1'} (pattern {table[letter]!r}); "
-                f"is model.family right?")
+                f"is model.family right? Its linear modules: {', '.join(module_tails(names))}")
         chosen.update(hits)
-    if config is not None and len(chosen) != expected_module_count(family, code, config):
+    if config is not None and len(chosen) != expected_module_count(family, code, config, projections):
         raise ConfigError(f"{field_name}={code!r}: matched {len(chosen)} modules, the {family} "
-                          f"architecture promises {expected_module_count(family, code, config)}")
+                          f"architecture promises {expected_module_count(family, code, config, projections)}")
     return [n for n in names if n in chosen]  # the model's own order: layer by layer
 
 
-def expected_module_count(family: str, code: str, config) -> int:
+def module_tails(names: list[str]) -> list[str]:
+    """Linear module names without their layer prefix, each once: what model.projections patterns match."""
+    return list(dict.fromkeys(_LAYER_PREFIX.sub("", n) for n in names))
+
+
+def _unmapped(field_name: str, code: str, letter: str, family: str, names: list[str]) -> str:
+    why = f" ({MISSING_WHY[family]})" if family in MISSING_WHY else ""
+    return (f"{field_name}={code!r}: the {family} model has no map for {letter!r} ({LETTER_MEANING[letter]}){why}; "
+            f"its linear modules are {', '.join(module_tails(names))}: name the one it is, e.g. "
+            f"+model.projections.{letter}=<a name above, a regex on the name's end>, or use lora.proj=all")
+
+
+def expected_module_count(family: str, code: str, config, projections: Mapping[str, str] | None = None) -> int:
     """The number of distinct modules a code promises (letters of a fused module count once)."""
-    fused = FUSED.get(family, "")
-    total = sum(_per_letter(family, c, config) for c in code if c not in fused)
-    if set(code) & set(fused):
-        total += _per_letter(family, fused[0], config)
+    table = family_table(family, projections, strict=False)
+    total = sum(_per_letter(family, c, config) for c in code)
+    for group in fused_groups(table):
+        if set(group) <= set(code):
+            total -= (len(group) - 1) * _per_letter(family, group[0], config)
     return total
 
 
@@ -59,7 +109,8 @@ def _per_letter(family: str, letter: str, config) -> int:
         enc = config.num_layers
         dec = getattr(config, "num_decoder_layers", None) or enc
         return enc + 2 * dec if letter in "qkvo" else enc + dec
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config  # gemma3: its language model
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        if getattr(config, attr, None):
-            return int(getattr(config, attr))
+        if getattr(text, attr, None):
+            return int(getattr(text, attr))
     raise ConfigError(f"cannot tell the number of layers of this {family} config")

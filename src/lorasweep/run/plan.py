@@ -20,7 +20,24 @@ from ..tasks.task import Task, load_task
 from .store import run_dir
 
 
-CAUSAL_FAMILIES = ("llama", "qwen3", "gpt2")  # the families with a real causal-LM head
+
+def has_causal_lm(model_type: str) -> bool:
+    """A decoder with a causal-LM head in transformers: in its causal-LM auto mapping and not an
+    encoder there for its masked-LM model's sake (bert, roberta and electra have an LM head too)."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def has_head(model_type: str, head: str) -> bool:
+    """Whether transformers has the task's head for this model type (classification, seq2seq_lm)."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+    if head == "causal_lm":
+        return has_causal_lm(model_type)
+    names = {"classification": MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+             "seq2seq_lm": MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES}[head]
+    return model_type in names
 
 
 @dataclass(frozen=True)
@@ -47,10 +64,7 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
     """Validate a composed config and count its run. Raises ConfigError on bad input."""
     spec, budget, auto = checked_spec(cfg)  # the config's own values, the machine's GPU (config/checks.py)
     task = load_task(spec.task)
-    if task.head == "causal_lm" and spec.model.family not in CAUSAL_FAMILIES:
-        raise ConfigError(f"task {spec.task.name} ({spec.task.kind}) trains a causal LM; model={spec.model.name} "
-                          f"is a {spec.model.family} model: choose a decoder, e.g. model=smollm2-135m "
-                          f"(families {', '.join(CAUSAL_FAMILIES)})")
+    _check_head(spec, task)
     token_ids, vocab = (), None
     if spec.tokens.new:  # the tokenizer alone says which tokens are new and where they go
         token_ids = lorasweep_tokens.planned_ids(loading.load_tokenizer(spec.model), spec.tokens.new)
@@ -61,7 +75,8 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
                   if spec.method in methods.ADAPTER_METHODS and spec.tokens.train else 0)
     targets: list[str] = []
     if spec.method in methods.ADAPTER_METHODS:
-        targets = projections.resolve_modules(skeleton, spec.model.family, spec.lora.proj, skeleton.config)
+        targets = projections.resolve_modules(skeleton, spec.model.family, spec.lora.proj, skeleton.config,
+                                              projections=spec.model.projections, head=task.head)
         if auto:
             rank = params.largest_rank_within(skeleton, spec.method, targets, task.head, budget - token_cost)
             spec = from_config(with_rank(cfg, rank))
@@ -70,6 +85,26 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
     return Plan(spec=spec, task=task, targets=tuple(targets), predicted=predicted,
                 base_total=sum(p.numel() for p in skeleton.parameters()), budget=budget,
                 auto_rank=auto and spec.method in methods.ADAPTER_METHODS, token_ids=token_ids)
+
+
+def _check_head(spec: RunSpec, task: Task) -> None:
+    """A task whose head the model type lacks in transformers: refused before anything is built."""
+    model_type = _model_type(spec.model)
+    if has_head(model_type, task.head):
+        return
+    if task.head == "causal_lm":
+        raise ConfigError(f"task {spec.task.name} ({spec.task.kind}) trains a causal LM; model={spec.model.name} "
+                          f"is a {model_type} model, which has no causal-LM head in transformers: choose a "
+                          f"decoder, e.g. model=smollm2-135m (or llama, qwen3, gpt2, phi3 ... with model=hf)")
+    raise ConfigError(f"task {spec.task.name} ({spec.task.kind}) needs a {task.head} head; model={spec.model.name} "
+                      f"is a {model_type} model, which has none in transformers")
+
+
+def _model_type(spec: ModelSpec) -> str:
+    """transformers' model_type: the family, or for a model named by its config.json, that config's."""
+    if spec.source == "hf":
+        return loading.model_config(spec).model_type
+    return spec.family
 
 
 def _skeleton(spec: ModelSpec, head: str, num_labels: int | None, vocab_size: int | None = None) -> nn.Module:

@@ -1,0 +1,33 @@
+"""`python launch.py model=hf model.id=FOLDER`: one short run per family group, on local model
+folders made here (random weights, a character-level tokenizer beside): a decoder (llama), a fused
+decoder (phi3: qkv_proj, gate_up_proj), encoders (deberta-v2, modernbert), an encoder-decoder (t5)."""
+import json
+
+import pytest
+
+import model_zoo as zoo
+from conftest import launch
+
+SHORT = ["train.max_steps=2", "train.eval_steps=2", "train.batch_size=4", "train.eval_batch_size=8",
+         "task.max_train=8", "task.max_eval=8", "task.max_test=8"]
+RUNS = [  # (model_type, task, lora.proj, modules adapted)
+    ("llama", "wordnet_mcq", "qkvogud", 14),
+    ("phi3", "wordnet_mcq", "all", 8),         # qkv_proj, o_proj, gate_up_proj, down_proj x 2 layers
+    ("deberta-v2", "wordnet_topics", "qv", 4),
+    ("modernbert", "wordnet_topics", "qkvgu", 4),  # Wqkv and mlp.Wi, fused: all of them or none
+    ("t5", "wordnet_topics", "qv", 12),        # encoder self, decoder self and cross attention
+]
+
+
+@pytest.mark.parametrize("model_type,task,proj,n", RUNS)
+def test_one_short_run_of_an_own_model_folder(tmp_path, model_type, task, proj, n):
+    folder = zoo.model_folder(tmp_path / f"my-{model_type}", model_type)
+    proc = launch(["model=hf", f"model.id={folder}", f"task={task}", f"lora.proj={proj}", *SHORT,
+                   f"results_dir={tmp_path / 'results'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [path] = (tmp_path / "results").glob("*/result.json")
+    result = json.loads(path.read_text())
+    assert result["status"] == "done" and path.parent.name.startswith(f"my-{model_type}-{task}-lora-{proj}-r8-")
+    assert result["config"]["model"]["family"] == model_type and result["config"]["model"]["id"] == str(folder)
+    assert result["params"]["trainable"] == result["params"]["predicted"]
+    assert result["params"]["n_adapted_modules"] == n
