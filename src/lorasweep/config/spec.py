@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -26,6 +27,12 @@ TASK_KINDS = ("classification", "mcq", "chat", "completion")
 # learns to pick the text within minutes; the letter's binding to it takes far longer: bench/RESULTS.md)
 MCQ_ANSWERS = ("letter", "option")
 GENERATION_KINDS = ("chat", "completion")  # causal-LM SFT, scored by loss, token accuracy, exact match
+# The fields of each task format a dataset's columns map to (task.columns; the optional ones last).
+FORMAT_FIELDS = {"classification": ("text", "label", "text_pair"), "mcq": ("question", "options", "answer", "system"),
+                 "chat": ("messages",), "completion": ("prompt", "completion")}
+SPLIT_KEYS = ("train", "eval", "test")  # task.split.<key> of a dataset task (task=hf)
+# A split as `datasets` spells it: name, an optional [from:to] slice (rows or %), parts joined by +.
+_SPLIT_PART = re.compile(r"^[\w.-]+(\[(-?[\d_]+%?)?:(-?[\d_]+%?)?\])?(\((closest|pct1_dropremainder)\))?$")
 TOKEN_INITS = ("random", "average", "zero")  # how injected tokens' embedding rows start (lorasweep.model.tokens)
 
 
@@ -74,6 +81,17 @@ class TaskSpec:
     instruction: str = ""     # mcq: the line ending each question ("" = the WordNet wording)
     answer: str = "letter"    # mcq: what the model answers and is scored on (MCQ_ANSWERS)
     max_new_tokens: int = 0   # chat/completion exact match: generation length (0 = longest target + 4)
+    # A dataset read through the `datasets` library (task=hf): train, eval, test and tests' values
+    # are then split expressions ("train[:90%]"; eval "" = validation, or carved from train).
+    dataset: str = ""         # a hub id (ag_news, glue) or a local folder (parquet/arrow/json files,
+                              #   or a save_to_disk folder); "" = JSONL/CSV files
+    subset: str = ""          # the dataset's config name (glue: sst2)
+    revision: str = ""        # a hub revision (commit, tag or branch); "" = its default
+    columns: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # format field -> the dataset's column(s)
+    eval_size: float = 0.1    # eval carved from train where the dataset has none: a share (< 1) or rows (>= 1)
+    split_seed: int = 0       # the seed that carve draws its rows with
+    fingerprint: str = ""     # a hash of the rows the run reads (run/plan.py sets it): a changed dataset,
+                              #   a new run key
 
 
 @dataclass(frozen=True)
@@ -137,7 +155,8 @@ class RunSpec:
         return "-".join(parts)
 
 
-_NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0, "answer": "letter"}
+_NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0, "answer": "letter", "dataset": "",
+                    "subset": "", "revision": "", "columns": (), "eval_size": 0.1, "split_seed": 0, "fingerprint": ""}
 _NEW_MODEL_FIELDS = {"layers": 0, "dtype": "float32"}
 
 
@@ -156,7 +175,17 @@ def _task_defining(task: TaskSpec) -> dict[str, Any]:
             del d[name]
     if "tests" in d:
         d["tests"] = dict(d["tests"])
+    if "columns" in d:
+        d["columns"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["columns"]}
     return d
+
+
+def task_from_defining(d: Mapping[str, Any]) -> TaskSpec:
+    """The TaskSpec a result's config.task (RunSpec.defining) was made from."""
+    d = dict(d)
+    d["tests"] = tuple((d.get("tests") or {}).items())
+    d["columns"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (d.get("columns") or {}).items())
+    return TaskSpec(**d)
 
 
 def from_config(cfg: Mapping[str, Any]) -> RunSpec:
@@ -255,31 +284,100 @@ def _lora_spec(lo: Mapping[str, Any], family: str | None) -> LoraSpec:
 
 
 def _task_spec(t: Mapping[str, Any]) -> TaskSpec:
-    kind = t.get("kind", t.get("format"))  # own data (task=jsonl) names it task.format
+    kind = t.get("kind", t.get("format"))  # own data (task=jsonl, task=hf) names it task.format
     if kind not in TASK_KINDS:
         key = "task.kind" if "kind" in t else "task.format"
         raise _fail(key, kind, f"choose one of {', '.join(TASK_KINDS)}")
-    for key in ("train", "eval", "test"):
-        if not t.get(key) or t.get(key) == "???":  # ??? is Hydra's "required" left unset
-            raise _fail(f"task.{key}", t.get(key), f"a path to a JSONL or CSV file is required "
-                                                   f"(task.{key}=path/to/file.jsonl)")
+    source = _dataset_source(t, kind) if "dataset" in t else _file_source(t)
     limits = {k: t.get(k, 0) or 0 for k in ("max_train", "max_eval", "max_test", "max_new_tokens")}
     for k, v in limits.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise _fail(f"task.{k}", v, "a non-negative integer (0 = all rows)")
-    tests = t.get("tests") or {}
-    if not isinstance(tests, Mapping) or not all(isinstance(v, str) and v for v in tests.values()):
-        raise _fail("task.tests", tests, "a mapping of test-set names to JSONL/CSV paths, "
-                                         "e.g. +task.tests.mcq_con=data/con.jsonl")
-    if "test" in tests:
-        raise _fail("task.tests", dict(tests), "the name 'test' is the primary test set (task.test)")
     answer = t.get("answer") or "letter"
     if answer not in MCQ_ANSWERS:
         raise _fail("task.answer", answer, "letter (the reply is 'B. text') or option (the option's text alone)")
-    return TaskSpec(name=str(t["name"]), kind=kind, train=str(t["train"]), eval=str(t["eval"]),
-                    test=str(t["test"]), labels=str(t.get("labels") or ""),
-                    tests=tuple((str(k), str(v)) for k, v in tests.items()),
-                    instruction=str(t.get("instruction") or ""), answer=answer, **limits)
+    derived = source.pop("name")  # a dataset's own name, where task.name is left empty
+    return TaskSpec(name=str(t.get("name") or derived), kind=kind, labels=str(t.get("labels") or ""),
+                    instruction=str(t.get("instruction") or ""), answer=answer, **source, **limits)
+
+
+def _file_source(t: Mapping[str, Any]) -> dict[str, Any]:
+    """train, eval, test and tests of JSONL/CSV files (task=jsonl and the shipped tasks)."""
+    for key in ("train", "eval", "test"):
+        if not t.get(key) or t.get(key) == "???":  # ??? is Hydra's "required" left unset
+            raise _fail(f"task.{key}", t.get(key), f"a path to a JSONL or CSV file is required "
+                                                   f"(task.{key}=path/to/file.jsonl)")
+    tests = _tests(t, "JSONL/CSV paths, e.g. +task.tests.mcq_con=data/con.jsonl")
+    return {"name": str(t["name"]), "train": str(t["train"]), "eval": str(t["eval"]), "test": str(t["test"]), "tests": tests}
+
+
+def _tests(t: Mapping[str, Any], what: str) -> tuple[tuple[str, str], ...]:
+    tests = t.get("tests") or {}
+    if not isinstance(tests, Mapping) or not all(isinstance(v, str) and v for v in tests.values()):
+        raise _fail("task.tests", tests, f"a mapping of test-set names to {what}")
+    if "test" in tests:
+        raise _fail("task.tests", dict(tests), "the name 'test' is the primary test set (task.test)")
+    return tuple((str(k), str(v)) for k, v in tests.items())
+
+
+def _dataset_source(t: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """A dataset read through the `datasets` library (task=hf): what can be checked without its data."""
+    dataset = t.get("dataset")
+    if not isinstance(dataset, str) or not dataset.strip() or dataset == "???":
+        raise _fail("task.dataset", dataset, "a hub id (task.dataset=ag_news) or a local folder of parquet/arrow/"
+                                             "json files or of a save_to_disk dataset")
+    split = t.get("split") or {}
+    if not isinstance(split, Mapping) or set(split) - set(SPLIT_KEYS):
+        raise _fail("task.split", split, f"a mapping of {', '.join(SPLIT_KEYS)} to split names, "
+                                         f"e.g. task.split.train='train[:90%]'")
+    for key in SPLIT_KEYS:
+        _check_split(f"task.split.{key}", split.get(key), required=key != "eval")
+    tests = _tests(t, "split names, e.g. +task.tests.hard='test[:100]'")
+    for name, value in tests:
+        _check_split(f"task.tests.{name}", value, required=True)
+    eval_size, seed = t.get("eval_size", 0.1), t.get("split_seed", 0)
+    if not _is_number(eval_size) or eval_size <= 0 or (eval_size >= 1 and eval_size != int(eval_size)):
+        raise _fail("task.eval_size", eval_size, "a share of train in (0, 1), or a whole number of rows, carved "
+                                                 "off as eval where the dataset has no validation split")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise _fail("task.split_seed", seed, "a whole number >= 0")
+    subset = t.get("subset") or ""
+    name = re.sub(r"[^\w.-]+", "_", dataset.rstrip("/").rsplit("/", 1)[-1]) + (f"_{subset}" if subset else "")
+    return {"name": name, "dataset": dataset, "subset": str(subset), "revision": str(t.get("revision") or ""),
+            "columns": _columns(t.get("columns") or {}, kind), "train": str(split["train"]),
+            "eval": str(split.get("eval") or ""), "test": str(split["test"]), "tests": tests,
+            "eval_size": eval_size, "split_seed": seed}
+
+
+def _check_split(key: str, value: Any, required: bool) -> None:
+    if not value and not required:
+        return
+    if not isinstance(value, str) or not all(_SPLIT_PART.match(part.strip()) for part in value.split("+")):
+        raise _fail(key, value, "a split name, sliced as the datasets library spells it: train, "
+                                "train[:90%], train[-1000:], train[:50%]+test[:50%]")
+
+
+def _columns(columns: Any, kind: str) -> tuple[tuple[str, str | tuple[str, ...]], ...]:
+    """task.columns: each of the format's fields -> the dataset's column holding it; mcq's options
+    may be a list of columns (one option each, as MMLU-style A, B, C, D columns)."""
+    fields = FORMAT_FIELDS[kind]
+    valid = (f"a mapping of {kind}'s fields ({', '.join(fields)}) to the dataset's columns, "
+             f"e.g. task.columns.{fields[0]}=sentence")
+    if not isinstance(columns, Mapping):
+        raise _fail("task.columns", columns, valid)
+    out = []
+    for field_name, column in columns.items():
+        if column is None:  # conf/task/hf.yaml lists every format's fields, null: the field's own name
+            continue
+        if field_name not in fields:
+            raise _fail(f"task.columns.{field_name}", column, f"{kind} has no field {field_name!r}: {valid}")
+        many = field_name == "options" and isinstance(column, (list, tuple))
+        names = list(column) if many else [column]
+        if not names or not all(isinstance(c, str) and c.strip() for c in names):
+            raise _fail(f"task.columns.{field_name}", column, "a column name" + (
+                ", or a list of columns, one option each" if field_name == "options" else ""))
+        out.append((str(field_name), tuple(names) if many else column))
+    return tuple(out)
 
 
 def _train_spec(tr: Mapping[str, Any]) -> TrainSpec:
