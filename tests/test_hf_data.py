@@ -4,7 +4,6 @@ load_from_disk code a hub id takes (offline: tests/conftest.py). Splits sliced a
 mapped, ClassLabel names, strict rows named by split and index, the data's identity in the run key;
 a tiny end-to-end run through `python launch.py task=hf`."""
 import json
-import os
 import re
 
 import pytest
@@ -224,4 +223,9 @@ def test_completion_from_a_save_to_disk_folder_end_to_end(tmp_path):
                                    "direction": "maximize"}
     assert result["config"]["task"]["columns"] == {"prompt": "question", "completion": "answer"}
     assert [c["step"] for c in result["curve"]] == [0, 2]
-    assert os.path.isdir(tmp_path / "results")
+    from lorasweep.run.export import read_run  # an exported run finds its dataset task again
+    [folder] = (tmp_path / "results").glob("*/result.json")
+    run = read_run(folder.parent)
+    assert run.task.columns == (("prompt", "question"), ("completion", "answer"))
+    assert run.task.fingerprint == result["config"]["task"]["fingerprint"] and load_task(run.task).test[0] == {
+        "prompt": "list files in dir0:", "completion": " ls dir0"}
