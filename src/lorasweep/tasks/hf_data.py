@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..config.paths import resolve_data_path
-from ..config.spec import FORMAT_FIELDS, TaskSpec
+from ..config.dataset_source import FORMAT_FIELDS
+from ..config.spec import TaskSpec
 from ..console import say
 from ..errors import ConfigError, DataError
 from .formats import check_rows, mcq_from_text
