@@ -178,6 +178,16 @@ def test_a_hidden_label_is_named_by_split_and_index(tmp_path):
         plan(hf(folder))
 
 
+def test_one_local_file_is_the_split_train_sliced_into_train_and_test(tmp_path):
+    (tmp_path / "one").mkdir()
+    topics(SOURCES)["train"].to_parquet(str(tmp_path / "one" / "all.parquet"))
+    p = plan(hf(tmp_path / "one" / "all.parquet", "task.split.train='train[:-5]'", "task.split.test='train[-5:]'"))
+    assert (len(p.task.train), len(p.task.eval), len(p.task.test)) == (13, 2, 5) and p.task.labels == ["neg", "pos"]
+    assert p.spec.task.name == "all.parquet"
+    with pytest.raises(DataError, match=r"^task.dataset='.*/one' task.subset='sst2': cannot load it \(.*\)$"):
+        plan(hf(tmp_path / "one", "task.subset=sst2"))
+
+
 def test_an_unreachable_hub_id_is_one_line():
     with pytest.raises(DataError, match=r"^task.dataset='nobody/no_such_set': cannot load it \(.*\)$"):
         plan(["task=hf", "task.dataset=nobody/no_such_set", "model=tiny-bert"])
