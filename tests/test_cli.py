@@ -84,6 +84,13 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path, group, value):
     (["train.seed=-1"], "error: train.seed=-1 is invalid: a whole number from 0 to 2**32 - 1"),
     (["train.step_sleep_s=abc"], "error: train.step_sleep_s='abc' is invalid: the seconds to pause after each "
                                  "training step"),
+    # task=hf: what needs no data is refused before the dataset (or torch) is opened
+    (["task=hf"], "error: task.dataset='???' is invalid: a hub id (task.dataset=ag_news) or a local folder"),
+    (["task=hf", "task.dataset=ag_news", "task.format=qa"], "error: task.format='qa' is invalid: choose one of"),
+    (["task=hf", "task.dataset=ag_news", "+task.columns.txt=title"],
+     "error: task.columns.txt='title' is invalid: classification has no field 'txt'"),
+    (["task=hf", "task.dataset=ag_news", "task.split.train='train[:90'"],
+     "error: task.split.train='train[:90' is invalid: a split name, sliced as the datasets library spells it"),
     # a sweep's settings without -m: Hydra would make one run of the rest (it trained)
     (["hydra/launcher=plan", "lora.r=4"], "error: hydra/launcher=plan lists the runs of a sweep: add -m"),
     (["+sweep=rank_ablation"], "error: hydra.sweeper.params (lora.r=2,4,8,16,32; +sweep=NAME sets them) sweep "
@@ -100,7 +107,8 @@ def test_a_mistake_in_a_value_is_said_before_torch_and_transformers_load(tmp_pat
     shadow.mkdir()
     for name in ("torch", "transformers", "peft", "trl", "datasets"):
         (shadow / f"{name}.py").write_text(f"raise ImportError('{name} was imported before the check')\n")
-    proc = launch(args, cwd=tmp_path, env={"PYTHONPATH": str(shadow)})
+    path = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))  # a worktree's src/ too
+    proc = launch(args, cwd=tmp_path, env={"PYTHONPATH": path})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert said in proc.stderr and "was imported" not in proc.stderr
     assert not (tmp_path / "results").exists()

@@ -9,9 +9,13 @@ SWEEPS = {"rank_ablation": 5, "projection_ablation": 7, "method_comparison": 4, 
           "dropout_lr": 9, "seeds": 3}
 
 
+# The tutorials' studies on their datasets (task=hf): planned below against local stand-ins.
+TUTORIAL_SWEEPS = {"agnews_1m", "imdb_lora_vs_full", "qwen3_mcq_lora_dora"}
+
+
 def test_every_named_sweep_is_tested_and_starts_with_its_command():
-    assert {p.stem for p in (ROOT / "sweeps").glob("*.yaml")} == set(SWEEPS) | {"budget_1m"}
-    for name in [*SWEEPS, "budget_1m"]:
+    assert {p.stem for p in (ROOT / "sweeps").glob("*.yaml")} == set(SWEEPS) | {"budget_1m"} | TUTORIAL_SWEEPS
+    for name in [*SWEEPS, "budget_1m", *TUTORIAL_SWEEPS]:
         text = (ROOT / "sweeps" / f"{name}.yaml").read_text().splitlines()
         assert text[0] == "# @package _global_" and text[1].startswith(f"# python launch.py -m +sweep={name}")
 
@@ -43,3 +47,40 @@ def test_budget_1m_is_an_optuna_search_under_the_budget(tmp_path):
     results = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*/result.json")]
     assert all(r["budget"]["max_trainable"] == 3000 for r in results)  # the command line's budget wins
     assert all(r["params"]["trainable"] <= 3000 for r in results if r["status"] == "done")
+
+
+def _stand_in(folder, splits: dict[str, dict], label_names=None):
+    """A local save_to_disk dataset with the hub dataset's columns (no hub here)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=label_names)}) if label_names else None
+    DatasetDict({s: Dataset.from_dict(c, features=features) for s, c in splits.items()}).save_to_disk(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("name,stand_in,rows", [
+    # value-only at the largest rank within 1M: the tutorial's r=22, alpha=44, 999,172 trainable
+    ("agnews_1m", "ag_news", [r"lora\.proj=v +22 \(auto\) +999,172 ", r"lora\.proj=qkvoud +2 \(auto\) +925,444 ",
+                              r"total: 6 runs: 6 not started; 6 to run"]),
+    # c_attn at r=8: the tutorial's 294,912, plus the 2-class head's 1,536
+    ("imdb_lora_vs_full", "imdb", [r"method=lora +8 +296,448 ", r"method=full +- +124,441,344 ",
+                                   r"total: 2 runs: 2 not started; 2 to run"]),
+    ("qwen3_mcq_lora_dora", "mcq", [r"method=lora +8 +2,293,760 ", r"method=dora +8 +2,437,120 ",
+                                    r"total: 2 runs: 2 not started; 2 to run"]),
+])
+def test_tutorial_sweeps_plan_against_a_local_stand_in(tmp_path, name, stand_in, rows):
+    import re
+
+    news = {"text": [f"item {i}" for i in range(40)], "label": [i % 4 for i in range(40)]}
+    reviews = {"text": [f"review {i}" for i in range(40)], "label": [i % 2 for i in range(40)]}
+    mcq = {"question": [f"{i} + 1?" for i in range(8)], "options": [[str(i + 1), str(i + 2)] for i in range(8)],
+           "answer": [0] * 8}
+    folder = {"ag_news": lambda f: _stand_in(f, {"train": news, "test": news},
+                                             ["World", "Sports", "Business", "Sci/Tech"]),
+              "imdb": lambda f: _stand_in(f, {"train": reviews, "test": reviews,  # unsupervised: labels -1
+                                              "unsupervised": {**reviews, "label": [-1] * 40}}, ["neg", "pos"]),
+              "mcq": lambda f: _stand_in(f, {"train": mcq, "validation": mcq, "test": mcq})}[stand_in](tmp_path / stand_in)
+    proc = launch(["-m", f"+sweep={name}", "hydra/launcher=plan", f"task.dataset={folder}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in rows:
+        assert re.search(row, proc.stdout), proc.stdout

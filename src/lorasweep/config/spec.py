@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from .dataset_source import dataset_source
 from .paths import resolve_data_path
 from . import hf_model
 from .projection_codes import FAMILIES, canonical_code, check_code_for_family, check_projections
@@ -65,7 +66,7 @@ class LoraSpec:
 class TaskSpec:
     name: str                 # e.g. wordnet_topics
     kind: str                 # classification | mcq | chat | completion (task.format in conf/task/jsonl.yaml)
-    train: str                # paths to JSONL or CSV files
+    train: str                # paths to JSONL or CSV files (a dataset: split expressions, see below)
     eval: str
     test: str                 # the primary test set: metrics.test and the objective
     labels: str = ""          # classification: JSON list of class names (ids follow its order)
@@ -78,6 +79,17 @@ class TaskSpec:
     instruction: str = ""     # mcq: the line ending each question ("" = the WordNet wording)
     answer: str = "letter"    # mcq: what the model answers and is scored on (MCQ_ANSWERS)
     max_new_tokens: int = 0   # chat/completion exact match: generation length (0 = longest target + 4)
+    # A dataset read through the `datasets` library (task=hf): train, eval, test and tests' values
+    # are then split expressions ("train[:90%]"; eval "" = validation, or carved from train).
+    dataset: str = ""         # a hub id (ag_news, glue) or a local folder (parquet/arrow/json files,
+                              #   or a save_to_disk folder); "" = JSONL/CSV files
+    subset: str = ""          # the dataset's config name (glue: sst2)
+    revision: str = ""        # a hub revision (commit, tag or branch); "" = its default
+    columns: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # format field -> the dataset's column(s)
+    eval_size: float = 0.1    # eval carved from train where the dataset has none: a share (< 1) or rows (>= 1)
+    split_seed: int = 0       # the seed that carve draws its rows with
+    fingerprint: str = ""     # a hash of the rows the run reads (run/plan.py sets it): a changed dataset,
+                              #   a new run key
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,8 @@ class RunSpec:
         return "-".join(parts)
 
 
-_NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0, "answer": "letter"}
+_NEW_TASK_FIELDS = {"tests": (), "instruction": "", "max_new_tokens": 0, "answer": "letter", "dataset": "",
+                    "subset": "", "revision": "", "columns": (), "eval_size": 0.1, "split_seed": 0, "fingerprint": ""}
 _NEW_MODEL_FIELDS = {"layers": 0, "dtype": "float32", "projections": {}}
 
 
@@ -160,7 +173,17 @@ def _task_defining(task: TaskSpec) -> dict[str, Any]:
             del d[name]
     if "tests" in d:
         d["tests"] = dict(d["tests"])
+    if "columns" in d:
+        d["columns"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["columns"]}
     return d
+
+
+def task_from_defining(d: Mapping[str, Any]) -> TaskSpec:
+    """The TaskSpec a result's config.task (RunSpec.defining) was made from."""
+    d = dict(d)
+    d["tests"] = tuple((d.get("tests") or {}).items())
+    d["columns"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (d.get("columns") or {}).items())
+    return TaskSpec(**d)
 
 
 def from_config(cfg: Mapping[str, Any]) -> RunSpec:
@@ -270,31 +293,43 @@ def _lora_spec(lo: Mapping[str, Any], model: ModelSpec | None) -> LoraSpec:
 
 
 def _task_spec(t: Mapping[str, Any]) -> TaskSpec:
-    kind = t.get("kind", t.get("format"))  # own data (task=jsonl) names it task.format
+    kind = t.get("kind", t.get("format"))  # own data (task=jsonl, task=hf) names it task.format
     if kind not in TASK_KINDS:
         key = "task.kind" if "kind" in t else "task.format"
         raise _fail(key, kind, f"choose one of {', '.join(TASK_KINDS)}")
-    for key in ("train", "eval", "test"):
-        if not t.get(key) or t.get(key) == "???":  # ??? is Hydra's "required" left unset
-            raise _fail(f"task.{key}", t.get(key), f"a path to a JSONL or CSV file is required "
-                                                   f"(task.{key}=path/to/file.jsonl)")
+    if "dataset" in t:  # task=hf: a dataset through the datasets library (config/dataset_source.py)
+        source = dataset_source(t, kind, _tests(t, "split names, e.g. +task.tests.hard='test[:100]'"))
+    else:
+        source = _file_source(t)
     limits = {k: t.get(k, 0) or 0 for k in ("max_train", "max_eval", "max_test", "max_new_tokens")}
     for k, v in limits.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise _fail(f"task.{k}", v, "a non-negative integer (0 = all rows)")
-    tests = t.get("tests") or {}
-    if not isinstance(tests, Mapping) or not all(isinstance(v, str) and v for v in tests.values()):
-        raise _fail("task.tests", tests, "a mapping of test-set names to JSONL/CSV paths, "
-                                         "e.g. +task.tests.mcq_con=data/con.jsonl")
-    if "test" in tests:
-        raise _fail("task.tests", dict(tests), "the name 'test' is the primary test set (task.test)")
     answer = t.get("answer") or "letter"
     if answer not in MCQ_ANSWERS:
         raise _fail("task.answer", answer, "letter (the reply is 'B. text') or option (the option's text alone)")
-    return TaskSpec(name=str(t["name"]), kind=kind, train=str(t["train"]), eval=str(t["eval"]),
-                    test=str(t["test"]), labels=str(t.get("labels") or ""),
-                    tests=tuple((str(k), str(v)) for k, v in tests.items()),
-                    instruction=str(t.get("instruction") or ""), answer=answer, **limits)
+    derived = source.pop("name")  # a dataset's own name, where task.name is left empty
+    return TaskSpec(name=str(t.get("name") or derived), kind=kind, labels=str(t.get("labels") or ""),
+                    instruction=str(t.get("instruction") or ""), answer=answer, **source, **limits)
+
+
+def _file_source(t: Mapping[str, Any]) -> dict[str, Any]:
+    """train, eval, test and tests of JSONL/CSV files (task=jsonl and the shipped tasks)."""
+    for key in ("train", "eval", "test"):
+        if not t.get(key) or t.get(key) == "???":  # ??? is Hydra's "required" left unset
+            raise _fail(f"task.{key}", t.get(key), f"a path to a JSONL or CSV file is required "
+                                                   f"(task.{key}=path/to/file.jsonl)")
+    tests = _tests(t, "JSONL/CSV paths, e.g. +task.tests.mcq_con=data/con.jsonl")
+    return {"name": str(t["name"]), "train": str(t["train"]), "eval": str(t["eval"]), "test": str(t["test"]), "tests": tests}
+
+
+def _tests(t: Mapping[str, Any], what: str) -> tuple[tuple[str, str], ...]:
+    tests = t.get("tests") or {}
+    if not isinstance(tests, Mapping) or not all(isinstance(v, str) and v for v in tests.values()):
+        raise _fail("task.tests", tests, f"a mapping of test-set names to {what}")
+    if "test" in tests:
+        raise _fail("task.tests", dict(tests), "the name 'test' is the primary test set (task.test)")
+    return tuple((str(k), str(v)) for k, v in tests.items())
 
 
 def _train_spec(tr: Mapping[str, Any]) -> TrainSpec:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..config.spec import ADAPTER_METHODS, ModelSpec, TaskSpec
+from ..config.spec import ADAPTER_METHODS, ModelSpec, TaskSpec, task_from_defining
 from ..errors import ExportError, UnreadableResultError
 from ..model import loading, tokens
 from ..tasks import task as tasks
@@ -51,10 +51,8 @@ def read_run(folder: str | Path) -> RunArtifact:
     adapter = folder / artifacts.get("path", "adapter")
     if not (adapter / "adapter_config.json").is_file():
         raise ExportError(f"{folder}: the adapter folder {adapter} is missing")
-    task = dict(cfg["task"])
-    task["tests"] = tuple((task.get("tests") or {}).items())
     return RunArtifact(folder=folder, slug=result.get("slug", folder.name), method=method,
-                       model=ModelSpec(**cfg["model"]), task=TaskSpec(**task), adapter=adapter,
+                       model=ModelSpec(**cfg["model"]), task=task_from_defining(cfg["task"]), adapter=adapter,
                        tokens=cfg.get("tokens") or {}, seed=int(cfg["train"].get("seed", 0)))
 
 

@@ -4,7 +4,7 @@ its exact trainable-parameter count against the budget, from configs alone: no w
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -82,6 +82,8 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
             spec = from_config(with_rank(cfg, rank))
     predicted = params.predict_trainable(skeleton, spec.method, targets, spec.lora.r, task.head)
     predicted += token_cost
+    if task.fingerprint:  # a dataset's rows as read: a changed dataset is a new run key
+        spec = replace(spec, task=replace(spec.task, fingerprint=task.fingerprint))
     return Plan(spec=spec, task=task, targets=tuple(targets), predicted=predicted,
                 base_total=sum(p.numel() for p in skeleton.parameters()), budget=budget,
                 auto_rank=auto and spec.method in methods.ADAPTER_METHODS, token_ids=token_ids)

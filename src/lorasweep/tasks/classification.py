@@ -12,8 +12,14 @@ from .metrics import binomial_se
 
 
 def encode(rows: Sequence[dict], tokenizer, label_ids: dict[str, int], max_length: int) -> list[dict]:
-    """Tokenize without padding: the collator pads each batch to its own longest row."""
-    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
+    """Tokenize without padding: the collator pads each batch to its own longest row. Rows with a
+    "text_pair" (GLUE's sentence pairs) are encoded as the tokenizer's pair: [CLS] a [SEP] b [SEP]."""
+    texts = [r["text"] for r in rows]
+    pairs = [r.get("text_pair") for r in rows]
+    if any(p is not None for p in pairs):
+        enc = tokenizer(texts, [p or "" for p in pairs], truncation=True, max_length=max_length)
+    else:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)
     return [{"input_ids": ids, "attention_mask": mask, "labels": label_ids[str(r["label"])]}
             for ids, mask, r in zip(enc["input_ids"], enc["attention_mask"], rows)]
 

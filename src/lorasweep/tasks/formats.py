@@ -1,20 +1,22 @@
-"""Strict JSONL and CSV loaders for the task data, and the text of a multiple-choice example.
+"""Strict JSONL and CSV loaders for the task data, the row checks they share with datasets read
+through the `datasets` library (tasks/hf_data.py: check_rows), and the text of a multiple-choice example.
 
 Formats (one object per line in JSONL; one row per record in CSV, header first):
-- classification  {"text", "label"}
+- classification  {"text", "label"}                                 optional "text_pair" (sentence pairs)
 - mcq             {"question", "options": [...], "answer": index}   optional "system"
 - chat            {"messages": [{"role", "content"}, ...]}           system first (optional), last turn
                   the assistant's; CSV columns user, assistant and optional system (one exchange)
 - completion      {"prompt", "completion"}
 In CSV, mcq's options are a JSON list ('["a", "b"]') and answer an index or a letter.
-Every error names the file and the 1-based line, so a bad row is found without a debugger.
+Every error names the file and the 1-based line (a dataset: its split and row index), so a bad row
+is found without a debugger.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..config.paths import resolve_data_path
@@ -51,11 +53,18 @@ def _numbered_rows(path: str | Path, fields: FieldTypes, limit: int,
     is_csv = resolved.suffix.lower() == ".csv"
     if is_csv and from_csv is None:
         raise DataError(f"{path}: this format cannot be read from CSV; use JSONL")
-    rows: list[tuple[str, dict]] = []
     records = _csv_records(path, resolved) if is_csv else _jsonl_records(path, resolved)
+    if is_csv:
+        records = ((where, from_csv(where, row)) for where, row in records)
+    return checked_fields(records, fields, limit)
+
+
+def checked_fields(records: Iterable[tuple[str, dict]], fields: FieldTypes, limit: int = 0) -> list[tuple[str, dict]]:
+    """The (where, row) pairs of `records` whose rows hold `fields` with their types; the first that
+    does not is a DataError naming its `where` (a file's line, a dataset split's row) and the field.
+    limit > 0 keeps (and checks) only the first `limit` rows."""
+    rows: list[tuple[str, dict]] = []
     for where, row in records:
-        if is_csv:
-            row = from_csv(where, row)
         for name, expected in fields.items():
             if name not in row:
                 raise DataError(f"{where}: missing field '{name}'")
@@ -104,7 +113,9 @@ def _csv_as_is(where: str, row: dict) -> dict:
     return row
 
 
-def _mcq_csv(where: str, row: dict) -> dict:
+def mcq_from_text(where: str, row: dict) -> dict:
+    """An mcq row whose options may be a JSON list in a string and whose answer may be an index or a
+    letter in a string (a CSV cell; a dataset's "B" column), in the JSONL form."""
     row = dict(row)
     if isinstance(row.get("options"), str):
         try:
@@ -142,60 +153,92 @@ def read_jsonl(path: str | Path, fields: FieldTypes, limit: int = 0) -> list[dic
 
 
 def load_classification(path: str | Path, limit: int = 0) -> list[dict]:
-    """Rows {"text": str, "label": str | int}."""
-    return [row for _, row in _numbered_rows(path, CLASSIFICATION_FIELDS, limit, _csv_as_is)]
+    """Rows {"text": str, "label": str | int} and optionally "text_pair": str (a second text, as
+    GLUE's sentence pairs)."""
+    return check_rows("classification", _numbered_rows(path, {}, limit, _csv_as_is))
 
 
 def load_completion(path: str | Path, limit: int = 0) -> list[dict]:
     """Rows {"prompt": str, "completion": str}: the model learns to continue the prompt."""
-    return [row for _, row in _numbered_rows(path, COMPLETION_FIELDS, limit, _csv_as_is)]
+    return check_rows("completion", _numbered_rows(path, {}, limit, _csv_as_is))
 
 
 def load_chat(path: str | Path, limit: int = 0) -> list[dict]:
     """Rows {"messages": [{"role", "content"}, ...]}: an optional system message first, then user
     and assistant turns; the last is the assistant's (the SFT target and what is evaluated)."""
-    rows = _numbered_rows(path, CHAT_FIELDS, limit, _chat_csv)
-    for where, row in rows:
-        messages = row["messages"]
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict):
-                raise DataError(f"{where}: field 'messages': message {i} is {type(m).__name__}, "
-                                f"expected an object with role and content")
-            for key in ("role", "content"):
-                if not isinstance(m.get(key), str):
-                    raise DataError(f"{where}: field 'messages': message {i} has no string '{key}'")
-            if m["role"] not in CHAT_ROLES:
-                raise DataError(f"{where}: field 'messages': message {i} has role {m['role']!r}; "
-                                f"valid are {', '.join(CHAT_ROLES)}")
-            if m["role"] == "system" and i != 0:
-                raise DataError(f"{where}: field 'messages': a system message must come first (message {i})")
-        roles = [m["role"] for m in messages]
-        if "user" not in roles or roles[-1] != "assistant":
-            raise DataError(f"{where}: field 'messages': needs a user message and must end with "
-                            f"the assistant's reply (roles: {roles})")
-    return [row for _, row in rows]
+    return check_rows("chat", _numbered_rows(path, {}, limit, _chat_csv))
 
 
 def load_mcq(path: str | Path, limit: int = 0) -> list[dict]:
     """Rows {"question": str, "options": [2+ distinct str], "answer": index into options}."""
-    rows = _numbered_rows(path, MCQ_FIELDS, limit, _mcq_csv)
+    return check_rows("mcq", _numbered_rows(path, {}, limit, mcq_from_text))
+
+
+def check_rows(kind: str, records: Iterable[tuple[str, dict]], limit: int = 0) -> list[dict]:
+    """The rows of `records` ((where, row) pairs: a file's lines, a dataset split's rows) checked
+    as task format `kind` reads them; the first bad one is a DataError naming its `where`."""
+    fields, check = _ROW_CHECKS[kind]
+    rows = checked_fields(records, fields, limit)
     for where, row in rows:
-        options = row["options"]
-        if not 2 <= len(options) <= len(LETTERS):
-            raise DataError(f"{where}: field 'options': expected 2 to {len(LETTERS)} options, "
-                            f"got {len(options)}")
-        for i, option in enumerate(options):
-            if not isinstance(option, str):
-                raise DataError(f"{where}: field 'options': option {i} is "
-                                f"{type(option).__name__}, expected str")
-        if len(set(options)) != len(options):
-            raise DataError(f"{where}: field 'options': options repeat: {options}")
-        if "system" in row and not isinstance(row["system"], str):
-            raise DataError(f"{where}: field 'system': expected str, got {type(row['system']).__name__}")
-        if not 0 <= row["answer"] < len(options):
-            raise DataError(f"{where}: field 'answer': {row['answer']} is out of range "
-                            f"for {len(options)} options")
+        check(where, row)
     return [row for _, row in rows]
+
+
+def _optional_str(where: str, row: dict, name: str) -> None:
+    if name in row and not isinstance(row[name], str):
+        raise DataError(f"{where}: field '{name}': expected str, got {type(row[name]).__name__}")
+
+
+def _check_classification(where: str, row: dict) -> None:
+    _optional_str(where, row, "text_pair")
+
+
+def _check_completion(where: str, row: dict) -> None:
+    pass
+
+
+def _check_chat(where: str, row: dict) -> None:
+    messages = row["messages"]
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: field 'messages': message {i} is {type(m).__name__}, "
+                            f"expected an object with role and content")
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                raise DataError(f"{where}: field 'messages': message {i} has no string '{key}'")
+        if m["role"] not in CHAT_ROLES:
+            raise DataError(f"{where}: field 'messages': message {i} has role {m['role']!r}; "
+                            f"valid are {', '.join(CHAT_ROLES)}")
+        if m["role"] == "system" and i != 0:
+            raise DataError(f"{where}: field 'messages': a system message must come first (message {i})")
+    roles = [m["role"] for m in messages]
+    if "user" not in roles or roles[-1] != "assistant":
+        raise DataError(f"{where}: field 'messages': needs a user message and must end with "
+                        f"the assistant's reply (roles: {roles})")
+
+
+def _check_mcq(where: str, row: dict) -> None:
+    options = row["options"]
+    if not 2 <= len(options) <= len(LETTERS):
+        raise DataError(f"{where}: field 'options': expected 2 to {len(LETTERS)} options, "
+                        f"got {len(options)}")
+    for i, option in enumerate(options):
+        if not isinstance(option, str):
+            raise DataError(f"{where}: field 'options': option {i} is "
+                            f"{type(option).__name__}, expected str")
+    if len(set(options)) != len(options):
+        raise DataError(f"{where}: field 'options': options repeat: {options}")
+    _optional_str(where, row, "system")
+    if not 0 <= row["answer"] < len(options):
+        raise DataError(f"{where}: field 'answer': {row['answer']} is out of range "
+                        f"for {len(options)} options")
+
+
+# Each format's required fields with their types, and its checks beyond them.
+_ROW_CHECKS = {"classification": (CLASSIFICATION_FIELDS, _check_classification),
+               "mcq": (MCQ_FIELDS, _check_mcq),
+               "chat": (CHAT_FIELDS, _check_chat),
+               "completion": (COMPLETION_FIELDS, _check_completion)}
 
 
 def mcq_prompt(question: str, options: list[str], instruction: str = "", answer: str = "letter") -> str:

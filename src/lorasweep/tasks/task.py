@@ -8,7 +8,7 @@ from functools import lru_cache, partial
 from ..config.paths import resolve_data_path
 from ..config.spec import GENERATION_KINDS, TaskSpec, TrainSpec
 from ..errors import DataError
-from . import classification, generation, mcq
+from . import classification, generation, hf_data, mcq
 from .formats import load_chat, load_classification, load_completion, load_mcq
 
 LOADERS = {"classification": load_classification, "mcq": load_mcq, "chat": load_chat,
@@ -23,6 +23,7 @@ class Task:
     test: list[dict]
     labels: list[str]  # classification only: class names, ids follow this order
     tests: dict[str, list[dict]] = field(default_factory=dict)  # more test sets, by name
+    fingerprint: str = ""  # a dataset's (spec.dataset): a hash of its rows read here, for the run key
 
     @property
     def head(self) -> str:
@@ -56,24 +57,32 @@ class TrainingData:
 
 @lru_cache(maxsize=16)  # a sweep plans every job before it runs it: read each task's files once
 def load_task(spec: TaskSpec) -> Task:
-    load = LOADERS[spec.kind]
-    files = [("train", spec.train, spec.max_train), ("eval", spec.eval, spec.max_eval),
-             ("test", spec.test, spec.max_test)] + [(name, path, spec.max_test) for name, path in spec.tests]
-    rows = {}
-    for name, path, limit in files:
-        rows[name] = load(path, limit)
-        if not rows[name]:
-            raise DataError(f"{path}: no rows (task {spec.name})")
+    """The task's rows, every one checked: from JSONL/CSV files, or (spec.dataset) from a dataset
+    read through the `datasets` library (tasks/hf_data.py), whose fingerprint the Task carries."""
+    if spec.dataset:
+        data = hf_data.load_rows(spec)
+        rows, where, known, fingerprint = data.rows, data.where, data.labels, data.fingerprint
+    else:
+        load = LOADERS[spec.kind]
+        files = [("train", spec.train, spec.max_train), ("eval", spec.eval, spec.max_eval),
+                 ("test", spec.test, spec.max_test)] + [(name, path, spec.max_test) for name, path in spec.tests]
+        rows = {name: load(path, limit) for name, path, limit in files}
+        where, known, fingerprint = {name: path for name, path, _ in files}, [], ""
+    for name, part in rows.items():
+        if not part:
+            raise DataError(f"{where[name]}: no rows (task {spec.name})")
     tests = {name: rows[name] for name, _ in spec.tests}
     everything = [r for part in rows.values() for r in part]
-    labels = _labels(spec, everything) if spec.kind == "classification" else []
-    return Task(spec, rows["train"], rows["eval"], rows["test"], labels, tests)
+    labels = _labels(spec, everything, known) if spec.kind == "classification" else []
+    return Task(spec, rows["train"], rows["eval"], rows["test"], labels, tests, fingerprint)
 
 
-def _labels(spec: TaskSpec, rows: list[dict]) -> list[str]:
+def _labels(spec: TaskSpec, rows: list[dict], known: list[str]) -> list[str]:
+    """The class names, ids following their order: task.labels' list, else the dataset's own
+    (ClassLabel names), else the labels seen, sorted."""
     seen = sorted({str(r["label"]) for r in rows})
     if not spec.labels:
-        return seen
+        return known or seen
     path = resolve_data_path(spec.labels)
     try:
         labels = [str(x) for x in json.loads(path.read_text())]
