@@ -1,4 +1,4 @@
-"""hydra.launcher.gpus_per_run=N: one run trained data-parallel on its worker's N GPUs (issue 15).
+"""hydra.launcher.gpus_per_run=N: one run trained data-parallel on its worker's N GPUs.
 
 No GPU here: LORASWEEP_FAKE_GPUS makes the launcher believe there are some, and the ranks train on
 the CPU through gloo, as DDP does there. tests/hooks/sitecustomize.py records which rows each rank

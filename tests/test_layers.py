@@ -207,3 +207,16 @@ def test_the_doc_and_analysis_checks_catch_what_they_are_for(tmp_path, monkeypat
     (tmp_path / "tables.py").write_text("import pandas\nfrom lorasweep.run import store\nfrom .load import x\n")
     monkeypatch.setattr(__import__(__name__), "ANALYSIS", tmp_path)
     assert src_imports_of_analysis() == ["tables.py imports lorasweep.run"]
+
+
+def issue_citations(paths) -> list[str]:
+    """Module docstrings that cite a tracker issue ("issue 15"): a number that means nothing in the repo."""
+    cite = re.compile(r"\bissues? #?\d+", re.IGNORECASE)
+    return [f"{p.name}: {m.group(0)}" for p in paths
+            for m in cite.finditer(ast.get_docstring(ast.parse(p.read_text())) or "")]
+
+
+def test_no_module_docstring_cites_an_issue_number(tmp_path):
+    assert issue_citations(sorted(SRC.rglob("*.py")) + sorted(ANALYSIS.rglob("*.py"))) == []
+    (tmp_path / "gpus.py").write_text('"""Which GPUs a worker gets (issue 15).\n\nSee Issue #3."""\n')
+    assert issue_citations([tmp_path / "gpus.py"]) == ["gpus.py: issue 15", "gpus.py: Issue #3"]

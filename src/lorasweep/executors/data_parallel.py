@@ -1,4 +1,4 @@
-"""One run trained data-parallel on a worker's N GPUs (issue 15: hydra.launcher.gpus_per_run=N).
+"""One run trained data-parallel on a worker's N GPUs (hydra.launcher.gpus_per_run=N).
 
 The worker (a local worker given a slot of N GPUs, or a SLURM job asking for N) claims the run as
 for any run, then starts N rank processes (executors/rank.py) with the environment transformers'

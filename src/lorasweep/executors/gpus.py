@@ -1,4 +1,4 @@
-"""Which GPUs this machine's local workers may use, and which worker gets which (issue 15).
+"""Which GPUs this machine's local workers may use, and which worker gets which.
 
 Each local worker is pinned to its own GPU by the CUDA_VISIBLE_DEVICES its process starts with
 (executors/worker.serve sets it before torch initialises CUDA), so that its run's cuda:0 is that

@@ -1,4 +1,4 @@
-"""The GPUs a SLURM job asks for, under the same rules as local workers (issue 15).
+"""The GPUs a SLURM job asks for, under the same rules as local workers.
 
 A SLURM job trains one run (executors/slurm.SlurmRun), and SLURM gives the job its GPUs in
 CUDA_VISIBLE_DEVICES, so the run has all of them: no placement is needed, but the ask must fit the
