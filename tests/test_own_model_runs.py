@@ -31,3 +31,23 @@ def test_one_short_run_of_an_own_model_folder(tmp_path, model_type, task, proj, 
     assert result["config"]["model"]["family"] == model_type and result["config"]["model"]["id"] == str(folder)
     assert result["params"]["trainable"] == result["params"]["predicted"]
     assert result["params"]["n_adapted_modules"] == n
+
+
+def test_the_plan_shows_the_modules_all_covers(tmp_path):
+    folder = zoo.config_folder(tmp_path / "my-phi3", "phi3")  # config.json alone: a plan reads no weight
+    proc = launch(["-m", "model=hf", f"model.id={folder}", "task=wordnet_mcq", "lora.proj=all,qkvo",
+                   "hydra/launcher=plan"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("  lora.proj=all on model=my-phi3 adapts 8 modules: self_attn.o_proj, self_attn.qkv_proj, "
+            "mlp.gate_up_proj, mlp.down_proj") in proc.stdout.splitlines()
+    assert "total: 2 runs: 2 not started; 2 to run" in proc.stdout
+
+
+def test_a_letter_the_model_cannot_map_is_refused_in_one_line(tmp_path):
+    folder = zoo.config_folder(tmp_path / "my-moe", "qwen2_moe")  # its MLP is experts: no one module is 'g'
+    proc = launch(["model=hf", f"model.id={folder}", "task=wordnet_mcq", "lora.proj=qg"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    [said] = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert said.startswith("error: lora.proj='qg': the qwen2_moe model has no map for 'g' (MLP gate)")
+    assert "mlp.shared_expert.gate_proj" in said and "+model.projections.g=" in said and "lora.proj=all" in said
+    assert not (tmp_path / "results").exists()

@@ -162,6 +162,8 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     say(f"{spec.slug}: {params['trainable']:,} trainable of {params['total']:,} parameters "
          f"({params['trainable_pct']:.2f}%){auto}, {params['n_adapted_modules']} adapted modules; "
          f"run key {spec.run_key}")
+    if plan.covers:
+        say(f"{spec.slug}: lora.proj=all adapts {plan.covers}")
     for line in new_weight_notes(plan, notes):
         say(f"{spec.slug}: {line}")
     tracker = make_tracker(tracking, folder, spec.slug, base["config"])

@@ -55,6 +55,14 @@ class Plan:
     def over_budget(self) -> bool:
         return self.budget is not None and self.predicted > self.budget
 
+    @property
+    def covers(self) -> str:
+        """For lora.proj=all, the modules it adapts, as a reader checks them: "28 modules: self_attn.q_proj,
+        ..., mlp.down_proj" (each name without its layer prefix, once); "" for a code of letters."""
+        if self.spec.lora.proj != projections.ALL or not self.targets:
+            return ""
+        return f"{len(self.targets)} modules: {', '.join(projections.module_tails(list(self.targets)))}"
+
     def folder(self, store: Path) -> Path:
         """This run's folder in the results store `store`."""
         return run_dir(store, self.spec.slug, self.spec.run_key)

@@ -26,6 +26,7 @@ class PlanRow:
     status: RunStatus = field(default_factory=lambda: RunStatus("not started", "not started"))  # where it stands
     gpu: GpuUsage = field(default_factory=GpuUsage)  # the GPU(s) it used or uses, its peak GPU memory
     pack: str = ""                 # with hydra.launcher.pack: the pack it would train in, or why alone
+    covers: str = ""               # lora.proj=all: the modules it adapts, on which model
 
 
 def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
@@ -40,8 +41,9 @@ def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
     # peft's print_trainable_parameters divides by all parameters, the adapters' included: an adapter
     # method adds every parameter it trains (A, B, DoRA magnitudes, the head's trained copy, token rows)
     total = plan.base_total + (plan.predicted if plan.targets else 0)
+    covers = f"lora.proj=all on model={spec.model.name} adapts {plan.covers}" if plan.covers else ""
     return PlanRow(label, plan.predicted, total, plan.budget, rank, plan.over_budget,
-                   unreadable=decision.unreadable, status=status, gpu=gpu_usage(decision, status))
+                   unreadable=decision.unreadable, status=status, gpu=gpu_usage(decision, status), covers=covers)
 
 
 def settle_rows(rows: list[PlanRow]) -> list[PlanRow]:
@@ -77,6 +79,7 @@ def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = Non
     lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [f"  {covers}" for covers in dict.fromkeys(r.covers for r in rows if r.covers)]
     lines += [f"  error: {r.overrides}: {r.error}" for r in rows if r.error]
     lines += [f"  {r.overrides or '(defaults)'}: {r.unreadable}: it trains again" for r in rows if r.unreadable]
     lines += [f"  {r.overrides or '(defaults)'}: {r.status.detail}" for r in rows if r.status.detail]
