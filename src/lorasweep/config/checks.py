@@ -1,6 +1,6 @@
 """What a composed config can be refused for from its own values: the spec (config/spec.py), the
 budget and lora.r=auto, a quantized method this machine cannot run, the data-parallel ranks a
-sweep's driver gave it, and train.step_sleep_s. No transformers, peft or data file is touched here (torch only to ask for a
+sweep's driver gave it, train.step_sleep_s and train.save_steps. No transformers, peft or data file is touched here (torch only to ask for a
 GPU, for the quantized methods), so `python launch.py` says such a mistake in under a second, before
 those libraries load; run/plan.py builds on these to count the run.
 """
@@ -31,7 +31,20 @@ def checked_spec(cfg: Mapping[str, Any]) -> tuple[RunSpec, int | None, bool]:
     check_available(spec.method)  # qlora without CUDA/bitsandbytes: say so now, not after loading
     check_data_parallel(spec, data_parallel(cfg))
     step_sleep_s(cfg.get("train") or {})
+    save_steps(cfg.get("train") or {})
     return spec, budget, auto
+
+
+def save_steps(train_cfg: Mapping[str, Any]) -> int | None:
+    """train.save_steps: checkpoint every N optimizer steps (not in the run key); 0 never; null lets
+    the loop decide (every eval_steps inside a SLURM job). ConfigError unless null or a whole number >= 0."""
+    value = train_cfg.get("save_steps")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"train.save_steps={value!r} is invalid: a whole number of steps >= 0 between "
+                          f"checkpoints (0: none), or null (every train.eval_steps inside a SLURM job)")
+    return value
 
 
 def step_sleep_s(train_cfg: Mapping[str, Any]) -> float:

@@ -23,7 +23,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import compat
-from ..config.checks import step_sleep_s
+from ..config.checks import save_steps, step_sleep_s
 from ..config.spec import TrainSpec
 from ..console import say
 from ..errors import DataError
@@ -51,7 +51,7 @@ class LoopOptions:
         """train.save_steps: null checkpoints every eval_steps inside a SLURM job (a requeued run
         resumes) and never elsewhere; 0 never; N every N steps. train.step_sleep_s slows steps.
         train.compile: checked here, before any weight is read (ConfigError)."""
-        save = train_cfg.get("save_steps")
+        save = save_steps(train_cfg)
         if save is None:
             save = int(train_cfg.get("eval_steps") or 50) if os.environ.get("SLURM_JOB_ID") else 0
         return cls(save_steps=int(save), step_sleep_s=step_sleep_s(train_cfg),
