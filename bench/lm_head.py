@@ -57,10 +57,10 @@ def main() -> None:
     plan = plan_run(compose([f"model={args.model}", "task=wordnet_mcq", f"train.batch_size={args.batch}"]))
     spec, task = plan.spec, plan.task
     torch.manual_seed(0)
-    model, tok, _ = loading.load_with_notes(spec.model, task.head, task.num_labels)
-    model = methods.prepare(model, spec, task.head, list(plan.targets), [])
+    model, tok, _ = loading.load_with_notes(spec.model, plan.head, task.num_labels)
+    model = methods.prepare(model, spec, plan.head, list(plan.targets), [])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train), spec.train,
+        trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train, plan.head), spec.train,
                               trainer_arguments(spec.train, Path(tmp)))
         loader = iter(trainer.get_train_dataloader())
         batches = [next(loader) for _ in range(args.steps + 1)]

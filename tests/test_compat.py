@@ -87,9 +87,9 @@ def test_trl_sft_trainer_logs_the_metrics_and_token_count_compat_adds_to(tmp_pat
 
     plan = plan_run(compose_config(TINY_MCQ))
     spec, task = plan.spec, plan.task
-    model, tok, _ = loading.load_with_notes(spec.model, task.head, task.num_labels)
-    model = methods.prepare(model, spec, task.head, list(plan.targets))
-    trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train), spec.train,
+    model, tok, _ = loading.load_with_notes(spec.model, plan.head, task.num_labels)
+    model = methods.prepare(model, spec, plan.head, list(plan.targets))
+    trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train, plan.head), spec.train,
                           trainer_arguments(spec.train, tmp_path))
     trainer.full_logits = True  # trl's own compute_loss
     batch = next(iter(trainer.get_train_dataloader()))

@@ -34,10 +34,10 @@ def trainer_and_batch(overrides, tmp_path, **arguments):
     plan = plan_run(compose_config(overrides + NO_DROPOUT))
     spec, task = plan.spec, plan.task
     torch.manual_seed(0)
-    model, tok, _ = loading.load_with_notes(spec.model, task.head, task.num_labels)
+    model, tok, _ = loading.load_with_notes(spec.model, plan.head, task.num_labels)
     ids = tokens.inject(model, tok, spec.tokens.new, spec.tokens.init, spec.train.seed)
-    model = methods.prepare(model, spec, task.head, list(plan.targets), ids)
-    trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train), spec.train,
+    model = methods.prepare(model, spec, plan.head, list(plan.targets), ids)
+    trainer = sft_trainer(model, tok, tasks.training_data(task, tok, spec.train, plan.head), spec.train,
                           {**trainer_arguments(spec.train, tmp_path), **arguments})
     batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():  # lora_B starts at zero, which would leave lora_A without a gradient to compare

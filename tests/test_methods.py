@@ -11,7 +11,7 @@ from lorasweep.errors import ConfigError
 from lorasweep.model import loading
 from lorasweep.run.lifecycle import run_config
 from lorasweep.run.plan import plan_run
-from lorasweep.tasks.task import evaluator, load_task
+from lorasweep.tasks.task import evaluator
 
 from conftest import TINY_MCQ, TINY_TOPICS, compose_config, launch
 
@@ -49,11 +49,11 @@ def test_pissa_adapter_applies_to_the_original_base(results_dir):
     adapter = folder / "adapter"
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 16  # 2 x r after conversion
     assert not (folder / "pissa_init").exists()  # the initial adapter was only needed for the conversion
-    spec = from_config(cfg)
-    task = load_task(spec.task)
-    base, tokenizer = loading.load_model(spec.model, task.head, task.num_labels)
+    plan = plan_run(cfg)
+    spec, task = plan.spec, plan.task
+    base, tokenizer = loading.load_model(spec.model, plan.head, task.num_labels)
     reloaded = PeftModel.from_pretrained(base, adapter)
-    metrics = evaluator(task, tokenizer, task.test, spec.train)(reloaded)
+    metrics = evaluator(task, tokenizer, task.test, spec.train, plan.head)(reloaded)
     assert metrics["accuracy"] == result["metrics"]["test"]["accuracy"]
     assert metrics["loss"] == pytest.approx(result["metrics"]["test"]["loss"], abs=1e-4)
 

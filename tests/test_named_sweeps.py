@@ -1,7 +1,10 @@
 """Named sweeps in sweeps/: each composes, plans to its number of runs, and runs as a real multirun."""
+import importlib.util
 import json
+import re
 
 import pytest
+import torch
 
 from conftest import ROOT, TINY_TOPICS, launch
 
@@ -9,8 +12,8 @@ SWEEPS = {"rank_ablation": 5, "projection_ablation": 7, "method_comparison": 4, 
           "dropout_lr": 9, "seeds": 3}
 
 
-# The tutorials' studies on their datasets (task=hf): planned below against local stand-ins.
-TUTORIAL_SWEEPS = {"agnews_1m", "imdb_lora_vs_full", "qwen3_mcq_lora_dora"}
+# The tutorials' studies on their datasets (task=hf) or hub models: planned below against local stand-ins.
+TUTORIAL_SWEEPS = {"agnews_1m", "imdb_lora_vs_full", "qwen3_mcq_lora_dora", "t5_nl2bash"}
 
 
 def test_every_named_sweep_is_tested_and_starts_with_its_command():
@@ -84,3 +87,37 @@ def test_tutorial_sweeps_plan_against_a_local_stand_in(tmp_path, name, stand_in,
     assert proc.returncode == 0, proc.stderr[-2000:]
     for row in rows:
         assert re.search(row, proc.stdout), proc.stdout
+
+
+# google-t5/t5-base's config.json (the hub's, feed_forward_proj spelled out): all a plan reads
+T5_BASE = {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "d_model": 768, "d_ff": 3072,
+           "d_kv": 64, "num_heads": 12, "num_layers": 12, "vocab_size": 32128, "feed_forward_proj": "relu",
+           "n_positions": 512, "relative_attention_num_buckets": 32, "dropout_rate": 0.1,
+           "layer_norm_epsilon": 1e-06, "initializer_factor": 1.0, "is_encoder_decoder": True,
+           "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1, "output_past": True}
+
+
+def test_t5_nl2bash_plans_lora_and_says_what_qlora8_lacks(tmp_path):
+    """The T5 tutorial's comparison against a stand-in t5-base folder (its config.json alone): LoRA on
+    q, k, v, o at r=16 adapts 12 encoder layers x 4 (self-attention) and 12 decoder layers x 8 (self and
+    cross attention) = 144 projections of 768 -> 768 (12 heads x d_kv 64), each 16 x (768 + 768) =
+    24,576: 3,538,944 trainable, 1.563% of all that peft counts (t5-base's 222,903,552 and the adapters).
+    qlora8 needs CUDA and bitsandbytes: where they are, the same count (the 8-bit base trains the same
+    adapters); where not, an error row that says what is missing, and the LoRA run still to run."""
+    folder = tmp_path / "t5-base"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(T5_BASE))
+    proc = launch(["-m", "+sweep=t5_nl2bash", "hydra/launcher=plan", f"model.id={folder}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"method=lora +16 +3,538,944 +1\.563% ", proc.stdout), proc.stdout
+    missing = [w for w, lacking in (("a CUDA GPU \\(this machine has none\\)", not torch.cuda.is_available()),
+               ("the bitsandbytes package", importlib.util.find_spec("bitsandbytes") is None)) if lacking]
+    if not missing:
+        assert re.search(r"method=qlora8 +16 +3,538,944 ", proc.stdout), proc.stdout
+        assert "total: 2 runs: 2 not started; 2 to run" in proc.stdout
+        return
+    assert re.search(r"method=qlora8 +error ", proc.stdout), proc.stdout
+    assert re.search(r"error: method=qlora8: method=qlora8 loads the base model quantized with bitsandbytes and "
+                     rf"needs {missing[0]}.*; use method=lora here", proc.stdout), proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "total: 2 runs: 1 not started, 1 with errors; 1 to run" in proc.stdout

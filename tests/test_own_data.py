@@ -134,7 +134,8 @@ def test_mcq_with_two_test_sets_each_with_its_se(tmp_path):
 
 
 @pytest.mark.parametrize("fmt,rows,model", [("chat", CHAT, "tiny-qwen3"), ("completion", COMPLETION, "tiny-gpt2"),
-                                            ("completion", COMPLETION, "tiny-llama")])
+                                            ("completion", COMPLETION, "tiny-llama"),
+                                            ("completion", COMPLETION, "tiny-t5")])  # an encoder-decoder: seq2seq
 def test_generation_formats_report_loss_token_accuracy_and_exact_match(tmp_path, fmt, rows, model):
     result = run_config(compose_config(own(tmp_path, fmt, rows, model)))
     test = result["metrics"]["test"]

@@ -71,9 +71,9 @@ def test_share_of_the_model_is_peft_s_trainable_percentage(tmp_path):
     for overrides in (["method=lora", "lora.proj=qkvo"], ["method=dora", "lora.proj=v"], ["method=full"]):
         cfg = compose_config(TINY_TOPICS + overrides)
         plan = plan_run(cfg)
-        skeleton = build_on_meta(plan.spec.model, plan.task.head, plan.task.num_labels)  # a fresh one: peft changes it
+        skeleton = build_on_meta(plan.spec.model, plan.head, plan.task.num_labels)  # a fresh one: peft changes it
         with torch.device("meta"):
-            built = methods.prepare(skeleton, plan.spec, plan.task.head, list(plan.targets))
+            built = methods.prepare(skeleton, plan.spec, plan.head, list(plan.targets))
         trainable, total = methods.count_parameters(built)
         assert _cells(plan_row("x", cfg))[column] == f"{100 * trainable / total:.3f}%", overrides
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from peft import PeftModel
 
-from lorasweep.config.spec import from_config
 from lorasweep.errors import DataError
 from lorasweep.model import loading
 from lorasweep.run.lifecycle import run_config
-from lorasweep.tasks.task import evaluator, load_task
+from lorasweep.run.plan import plan_run
+from lorasweep.tasks.task import evaluator
 
 from conftest import TINY_MCQ, TINY_TOPICS, compose_config
 
@@ -29,12 +29,12 @@ def run_folder(results_dir, result):
 
 def reload_and_evaluate(cfg, adapter):
     """Test metrics of a fresh base model with the saved adapter loaded (or bare, adapter=None)."""
-    spec = from_config(cfg)
-    task = load_task(spec.task)
-    model, tokenizer = loading.load_model(spec.model, task.head, task.num_labels)
+    plan = plan_run(cfg)
+    spec, task = plan.spec, plan.task
+    model, tokenizer = loading.load_model(spec.model, plan.head, task.num_labels)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
-    return evaluator(task, tokenizer, task.test, spec.train)(model)
+    return evaluator(task, tokenizer, task.test, spec.train, plan.head)(model)
 
 
 def stored(results_dir, result):

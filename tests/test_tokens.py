@@ -21,10 +21,10 @@ def built_count(cfg):
     """(planned, peft's count) for a config: the model loaded, tokens injected, the method applied."""
     plan = plan_run(cfg)
     spec = plan.spec
-    model, tok = loading.load_model(spec.model, plan.task.head, plan.task.num_labels)
+    model, tok = loading.load_model(spec.model, plan.head, plan.task.num_labels)
     ids = tokens.inject(model, tok, spec.tokens.new, spec.tokens.init, spec.train.seed)
     assert ids == plan.token_ids
-    prepared = methods.prepare(model, spec, plan.task.head, list(plan.targets), ids)
+    prepared = methods.prepare(model, spec, plan.head, list(plan.targets), ids)
     return plan, methods.count_parameters(prepared)[0]
 
 
@@ -100,8 +100,8 @@ def test_trained_tokens_save_reload_and_merge(vocab, tmp_path, results_dir):
     adapted, tok = export.load_adapted(folder)
     run = export.read_run(folder)
     task = load_task(run.task)
-    spec = plan_run(cfg).spec
-    again = evaluator(task, tok, task.test, spec.train)(adapted)
+    plan = plan_run(cfg)
+    again = evaluator(task, tok, task.test, plan.spec.train, plan.head)(adapted)
     assert again["accuracy"] == result["metrics"]["test"]["accuracy"]
     assert again["loss"] == pytest.approx(result["metrics"]["test"]["loss"], abs=1e-5)
     ids = tok.convert_tokens_to_ids(["<widget>", "<signal>"])

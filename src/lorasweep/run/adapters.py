@@ -17,6 +17,7 @@ from ..errors import ExportError, UnreadableResultError
 from ..model import loading, tokens
 from ..tasks import task as tasks
 from . import store
+from .plan import task_head
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def read_run(folder: str | Path) -> RunArtifact:
 
 def _base(run: RunArtifact):
     task = tasks.load_task(run.task)  # classification: the number of labels sizes the head
-    model, tokenizer = loading.load_model(run.model, task.head, task.num_labels, labels=task.labels)
+    model, tokenizer = loading.load_model(run.model, task_head(run.model, run.task.kind), task.num_labels,
+                                          labels=task.labels)
     if run.tokens:  # the same ids and (deterministic) initial rows as in the run
         tokens.inject(model, tokenizer, tuple(run.tokens["new"]), run.tokens["init"], run.seed)
     return model, tokenizer
@@ -99,7 +101,7 @@ def load_adapters(folders: Sequence[str | Path]):
     for run in runs[1:]:
         if run.tokens != first.tokens:
             raise ExportError(f"{run.folder}: its injected tokens differ from {first.folder}'s; adapters share one base")
-        if run.model != first.model or tasks.load_task(run.task).head != tasks.load_task(first.task).head:
+        if run.model != first.model or task_head(run.model, run.task.kind) != task_head(first.model, first.task.kind):
             raise ExportError(f"{run.folder}: its base model ({run.model.name}, {run.task.kind}) differs from "
                               f"{first.folder} ({first.model.name}, {first.task.kind}); adapters share one base")
     base, tokenizer = _base(first)

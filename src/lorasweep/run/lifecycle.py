@@ -132,7 +132,7 @@ def _load(plan: Plan, folder: Path, base: dict, t_start: float):
     the accelerator's memory is the run's failure, recorded as a training one is (below)."""
     spec = plan.spec
     try:
-        return loading.load_with_notes(spec.model, plan.task.head, plan.task.num_labels,
+        return loading.load_with_notes(spec.model, plan.head, plan.task.num_labels,
                                        quantization=methods.quantization_config(spec.method), labels=plan.task.labels)
     except Exception as e:
         oom = memory.out_of_memory(e)
@@ -153,7 +153,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     token_ids = tokens.inject(model, tokenizer, spec.tokens.new, spec.tokens.init, spec.train.seed)
     if token_ids != plan.token_ids:
         raise RuntimeError(f"injected tokens got ids {token_ids}, the plan counted {plan.token_ids}")
-    model = methods.prepare(model, spec, task.head, list(plan.targets), token_ids)
+    model = methods.prepare(model, spec, plan.head, list(plan.targets), token_ids)
     initial = methods.save_initial(model, spec, folder)  # pissa: needed to convert the trained adapter
     load_s = time.perf_counter() - t_start
     params = checked_params(model, plan)
@@ -171,9 +171,9 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     try:
         outcome = None
         if spec.method != "none":
-            outcome = train(model, tokenizer, tasks.training_data(task, tokenizer, spec.train),
-                            tasks.evaluator(task, tokenizer, task.eval, spec.train), spec.train,
-                            kind=spec.task.kind, workdir=workdir, tracker=tracker,
+            outcome = train(model, tokenizer, tasks.training_data(task, tokenizer, spec.train, plan.head),
+                            tasks.evaluator(task, tokenizer, task.eval, spec.train, plan.head), spec.train,
+                            head=plan.head, workdir=workdir, tracker=tracker,
                             reporter=reporter, loop=loop, progress=folder / PROGRESS_FILE)
             if outcome.resumed_from_step is not None:
                 base = {**base, "resumed_from_step": outcome.resumed_from_step}
@@ -186,9 +186,10 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
                 ok = True  # a result, not a failure
                 return result
         t1 = time.perf_counter()
-        test = tasks.evaluator(task, tokenizer, task.test, spec.train)(model)
+        test = tasks.evaluator(task, tokenizer, task.test, spec.train, plan.head)(model)
         # more test sets (the Qwen3 tutorial reports two MCQ sets, each with its SE)
-        more = {name: tasks.evaluator(task, tokenizer, rows, spec.train)(model) for name, rows in task.tests.items()}
+        more = {name: tasks.evaluator(task, tokenizer, rows, spec.train, plan.head)(model)
+                for name, rows in task.tests.items()}
         eval_s = time.perf_counter() - t1
         artifacts = _save(model, tokenizer if token_ids else None, spec, folder, initial)
         result = done_result(folder, base, task, test, more, outcome, timing_record(load_s, outcome, eval_s, t_start),

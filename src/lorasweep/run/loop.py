@@ -1,4 +1,5 @@
-"""The training loop: transformers' Trainer for classification, trl's SFTTrainer for chat SFT.
+"""The training loop: transformers' Trainer for classification and seq2seq (completion on an
+encoder-decoder), trl's SFTTrainer for causal-LM SFT (mcq, chat, completion).
 
 Both trainers evaluate with the task's own evaluator (accuracy with its standard error, the same
 code as the final test evaluation) every `train.eval_steps`, which yields the run's curve.
@@ -154,8 +155,8 @@ class _TaskEvaluation:
         return logs
 
 
-class ClassificationTrainer(_TaskEvaluation, Trainer):
-    pass
+class TaskTrainer(_TaskEvaluation, Trainer):
+    """transformers' Trainer with the task's evaluation: classification, and seq2seq (the model's own loss)."""
 
 
 def _sft_trainer_class():
@@ -328,10 +329,10 @@ def last_complete_checkpoint(workdir: Path) -> str | None:
     return None
 
 
-def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: TrainSpec, *, kind: str,
+def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: TrainSpec, *, head: str,
           workdir: Path, tracker: Tracker, reporter: Reporter | None = None,
           loop: LoopOptions = LoopOptions(), progress: Path | None = None) -> TrainOutcome:
-    """Train `model` in place and return its curve and timing. kind: the task kind.
+    """Train `model` in place and return its curve and timing. head: the plan's (run/plan.task_head).
 
     `reporter` sees every evaluation along training; when it answers True the run stops there.
     A non-finite training loss stops training at once: `outcome.diverged` says where.
@@ -342,7 +343,7 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     to date while it trains (run/progress.py).
     """
     outcome = TrainOutcome()
-    trainer = make_trainer(model, tokenizer, data, spec, kind, workdir, loop)
+    trainer = make_trainer(model, tokenizer, data, spec, head, workdir, loop)
     trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
     trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
     trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))
@@ -379,26 +380,26 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     return outcome
 
 
-def make_trainer(model, tokenizer, data: TrainingData, spec: TrainSpec, kind: str, workdir: Path,
+def make_trainer(model, tokenizer, data: TrainingData, spec: TrainSpec, head: str, workdir: Path,
                  loop: LoopOptions = LoopOptions()) -> Trainer:
-    """The run's Trainer (kind: the task kind): transformers' for classification, trl's SFTTrainer for
-    causal-LM tasks, each with the task's evaluation (_TaskEvaluation). A pack builds its runs' with
-    this too, for their data order and optimizer settings (run/pack_loop.py)."""
+    """The run's Trainer (head: the plan's, run/plan.task_head): transformers' for classification and
+    seq2seq, trl's SFTTrainer for a causal LM, each with the task's evaluation (_TaskEvaluation). A pack
+    builds its runs' with this too, for their data order and optimizer settings (run/pack_loop.py)."""
     common = {**trainer_arguments(spec, workdir, loop.save_steps), "torch_compile": loop.compile}
     if getattr(model, "peft_config", None):
         # data-parallel: what a peft model trains (adapters, a head, token rows) is all on the forward
         # path, so DDP need not traverse the autograd graph each step looking for unused parameters
         # (the Trainer's default, which warns so); full fine-tuning keeps the default
         common["ddp_find_unused_parameters"] = False
-    if kind == "classification":
-        # a classification loss is a mean over its examples, whatever num_items_in_batch says: with
-        # average_tokens_across_devices (on by default) the Trainer would scale each rank's mean by
-        # the number of ranks (meant for token sums), doubling the loss on 2 GPUs; DDP's average of
-        # the ranks' means over equal shares is already the global batch's mean
+    if head != "causal_lm":
+        # a classification loss is a mean over its examples, a seq2seq one (t5's) a mean over its label
+        # tokens, whatever num_items_in_batch says: with average_tokens_across_devices (on by default)
+        # the Trainer would scale each rank's mean by the number of ranks (meant for token sums),
+        # doubling the loss on 2 GPUs; DDP's average of the ranks' means is the global batch's mean
+        # (classification: exactly, equal shares; seq2seq: each rank's tokens weighted alike)
         args = TrainingArguments(**common, average_tokens_across_devices=False)
-        trainer = ClassificationTrainer(model=model, args=args,
-                                        train_dataset=data.train, eval_dataset=data.eval,
-                                        data_collator=data.collator, processing_class=tokenizer)
+        trainer = TaskTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                              data_collator=data.collator, processing_class=tokenizer)
     else:
         trainer = sft_trainer(model, tokenizer, data, spec, common)
     if len(trainer.train_dataset) == 0:  # trl drops rows whose completion was cut off entirely

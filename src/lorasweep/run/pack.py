@@ -168,8 +168,8 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
                 return
             shutil.rmtree(folders[i] / "trainer", ignore_errors=True)
 
-        train_pack(pack, members, _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train), losses,
-                   loop.step_sleep_s, on_leave=left)
+        evaluate = _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train, plans[0].head)
+        train_pack(pack, members, evaluate, losses, loop.step_sleep_s, on_leave=left)
         for folder in folders:
             if not taken_from_us(folder):  # a new owner's checkpoints are its own
                 shutil.rmtree(folder / "trainer", ignore_errors=True)
@@ -198,18 +198,18 @@ def _build_alone(plan: Plan):
     """The run's model as its run alone builds it: seeded, loaded, its method applied."""
     spec = plan.spec
     torch.manual_seed(spec.train.seed)  # a new classification head's init follows the seed, as alone
-    model, tokenizer, notes = loading.load_with_notes(spec.model, plan.task.head, plan.task.num_labels,
+    model, tokenizer, notes = loading.load_with_notes(spec.model, plan.head, plan.task.num_labels,
                                                       labels=plan.task.labels)
     for line in new_weight_notes(plan, notes):
         say(f"{spec.slug}: {line}")
-    return methods.prepare(model, spec, plan.task.head, list(plan.targets)), tokenizer
+    return methods.prepare(model, spec, plan.head, list(plan.targets)), tokenizer
 
 
 def _member(pack: PackedModel, plan: Plan, i: int, folder: Path, reporter, tokenizer) -> Member:
     """The run's place in the loop, with the Trainer its run alone would build (never trained)."""
     spec = plan.spec
-    data = tasks.training_data(plan.task, tokenizer, spec.train)
-    trainer = make_trainer(pack.model, tokenizer, data, spec.train, plan.task.spec.kind, folder / "trainer")
+    data = tasks.training_data(plan.task, tokenizer, spec.train, plan.head)
+    trainer = make_trainer(pack.model, tokenizer, data, spec.train, plan.head, folder / "trainer")
     if plan.task.spec.kind != "classification":
         from . import lm_head  # imports trl: classification packs do without it
 
@@ -219,12 +219,12 @@ def _member(pack: PackedModel, plan: Plan, i: int, folder: Path, reporter, token
     return Member(adapter_name(i), spec.slug, spec.train, trainer, ProgressFile(folder / PROGRESS_FILE), reporter)
 
 
-def _evaluator(pack: PackedModel, task, tokenizer, rows, train):
+def _evaluator(pack: PackedModel, task, tokenizer, rows, train, head: str):
     """adapters -> each one's metrics on `rows`. Classification: one forward of the pack a batch,
     each run on its copy of the batch; causal-LM tasks: the task's evaluator, once a run (scoring and
     generating batches of their own shapes)."""
     if task.spec.kind != "classification":
-        alone = tasks.evaluator(task, tokenizer, rows, train)
+        alone = tasks.evaluator(task, tokenizer, rows, train, head)
 
         def evaluate_each(adapters):
             results = []
@@ -254,8 +254,8 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
     task = plans[0].task
     t1 = time.perf_counter()
     adapters = [members[i].adapter for i in finishing]
-    tests = _evaluator(pack, task, tokenizer, task.test, plans[0].spec.train)(adapters)
-    more = {name: _evaluator(pack, task, tokenizer, rows, plans[0].spec.train)(adapters)
+    tests = _evaluator(pack, task, tokenizer, task.test, plans[0].spec.train, plans[0].head)(adapters)
+    more = {name: _evaluator(pack, task, tokenizer, rows, plans[0].spec.train, plans[0].head)(adapters)
             for name, rows in task.tests.items()}
     eval_s = time.perf_counter() - t1
     for j, i in enumerate(finishing):

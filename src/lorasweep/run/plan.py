@@ -20,7 +20,6 @@ from ..tasks.task import Task, load_task
 from .store import run_dir
 
 
-
 def has_causal_lm(model_type: str) -> bool:
     """A decoder with a causal-LM head in transformers: in its causal-LM auto mapping and not an
     encoder there for its masked-LM model's sake (bert, roberta and electra have an LM head too)."""
@@ -40,6 +39,20 @@ def has_head(model_type: str, head: str) -> bool:
     return model_type in names
 
 
+def task_head(model: ModelSpec, kind: str) -> str:
+    """The head a task of `kind` trains on `model`, decided here only: a sequence-classification head
+    for classification; for chat, completion and mcq a causal LM, except completion on an
+    encoder-decoder (a seq2seq LM head in transformers and no causal-LM one: t5, bart, ...), which
+    trains as seq2seq: the prompt is the encoder's input, the completion the decoder's labels.
+    Reads config.json's model_type for a model=hf folder or hub id (no weights)."""
+    if kind == "classification":
+        return "classification"
+    model_type = _model_type(model)
+    if kind == "completion" and not has_causal_lm(model_type) and has_head(model_type, "seq2seq_lm"):
+        return "seq2seq_lm"
+    return "causal_lm"
+
+
 @dataclass(frozen=True)
 class Plan:
     spec: RunSpec
@@ -48,6 +61,7 @@ class Plan:
     predicted: int                # trainable parameters, counted before any weight is read
     base_total: int               # parameters of the base model with its head
     budget: int | None            # budget.max_trainable
+    head: str                     # what the task trains on this model (task_head): loading, peft's task type, trainer
     auto_rank: bool               # lora.r was chosen as the largest rank within the budget
     token_ids: tuple[int, ...] = ()  # ids the injected tokens will get (tokens.new not yet in the vocabulary)
 
@@ -72,41 +86,48 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
     """Validate a composed config and count its run. Raises ConfigError on bad input."""
     spec, budget, auto = checked_spec(cfg)  # the config's own values, the machine's GPU (config/checks.py)
     task = load_task(spec.task)
-    _check_head(spec, task)
+    head = task_head(spec.model, spec.task.kind)
+    _check_head(spec, head)
     token_ids, vocab = (), None
     if spec.tokens.new:  # the tokenizer alone says which tokens are new and where they go
         token_ids = lorasweep_tokens.planned_ids(loading.load_tokenizer(spec.model), spec.tokens.new)
-        config_vocab = _skeleton(spec.model, task.head, task.num_labels).get_input_embeddings().weight.shape[0]
+        config_vocab = _skeleton(spec.model, head, task.num_labels).get_input_embeddings().weight.shape[0]
         vocab = lorasweep_tokens.vocab_size_for(config_vocab, token_ids)
-    skeleton = _skeleton(spec.model, task.head, task.num_labels, vocab)
+    skeleton = _skeleton(spec.model, head, task.num_labels, vocab)
     token_cost = (params.trainable_token_rows(skeleton, token_ids)
                   if spec.method in methods.ADAPTER_METHODS and spec.tokens.train else 0)
     targets: list[str] = []
     if spec.method in methods.ADAPTER_METHODS:
         targets = projections.resolve_modules(skeleton, spec.model.family, spec.lora.proj, skeleton.config,
-                                              projections=spec.model.projections, head=task.head)
+                                              projections=spec.model.projections, head=head)
         if auto:
-            rank = params.largest_rank_within(skeleton, spec.method, targets, task.head, budget - token_cost)
+            rank = params.largest_rank_within(skeleton, spec.method, targets, head, budget - token_cost)
             spec = from_config(with_rank(cfg, rank))
-    predicted = params.predict_trainable(skeleton, spec.method, targets, spec.lora.r, task.head)
+    predicted = params.predict_trainable(skeleton, spec.method, targets, spec.lora.r, head)
     predicted += token_cost
     if task.fingerprint:  # a dataset's rows as read: a changed dataset is a new run key
         spec = replace(spec, task=replace(spec.task, fingerprint=task.fingerprint))
     return Plan(spec=spec, task=task, targets=tuple(targets), predicted=predicted,
-                base_total=sum(p.numel() for p in skeleton.parameters()), budget=budget,
+                base_total=sum(p.numel() for p in skeleton.parameters()), budget=budget, head=head,
                 auto_rank=auto and spec.method in methods.ADAPTER_METHODS, token_ids=token_ids)
 
 
-def _check_head(spec: RunSpec, task: Task) -> None:
+def _check_head(spec: RunSpec, head: str) -> None:
     """A task whose head the model type lacks in transformers: refused before anything is built."""
     model_type = _model_type(spec.model)
-    if has_head(model_type, task.head):
+    if has_head(model_type, head):
         return
-    if task.head == "causal_lm":
-        raise ConfigError(f"task {spec.task.name} ({spec.task.kind}) trains a causal LM; model={spec.model.name} "
+    task = f"task {spec.task.name} ({spec.task.kind})"
+    if head == "causal_lm" and has_head(model_type, "seq2seq_lm"):
+        raise ConfigError(f"{task} trains a causal LM; model={spec.model.name} is a {model_type} model, an "
+                          f"encoder-decoder with no causal-LM head in transformers: on it only completion tasks "
+                          f"train (as seq2seq); for {spec.task.kind} choose a decoder, e.g. model=smollm2-135m")
+    if head == "causal_lm":
+        also = ", or an encoder-decoder such as t5 (trained as seq2seq)" if spec.task.kind == "completion" else ""
+        raise ConfigError(f"{task} trains a causal LM; model={spec.model.name} "
                           f"is a {model_type} model, which has no causal-LM head in transformers: choose a "
-                          f"decoder, e.g. model=smollm2-135m (or llama, qwen3, gpt2, phi3 ... with model=hf)")
-    raise ConfigError(f"task {spec.task.name} ({spec.task.kind}) needs a {task.head} head; model={spec.model.name} "
+                          f"decoder, e.g. model=smollm2-135m (or llama, qwen3, gpt2, phi3 ... with model=hf){also}")
+    raise ConfigError(f"{task} needs a {head} head; model={spec.model.name} "
                       f"is a {model_type} model, which has none in transformers")
 
 

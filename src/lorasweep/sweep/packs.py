@@ -7,7 +7,7 @@ shapes them: model, task and its data, batch size, evaluation batch size, steps 
 max_length, eval_steps. They may differ in all that makes them different runs: method among the
 adapter methods whose base stays frozen (lora, rslora, dora), rank, alpha, projections, dropout, lr,
 weight decay, warmup and seed. Anything else trains alone, and the plan says why (why_alone; a
-tracked run too: a pack does not track its runs).
+tracked run too: a pack does not track its runs; and seq2seq, completion on an encoder-decoder).
 """
 from __future__ import annotations
 
@@ -75,6 +75,11 @@ def why_alone(cfg: Mapping[str, Any]) -> str | None:
         return f"method={spec.method} (packs hold {', '.join(PACKABLE_METHODS)})"
     if spec.tokens.new:
         return "it injects new tokens"
+    if spec.task.kind == "completion":
+        from ..run.plan import task_head  # transformers' auto mappings: imported for completion runs only
+
+        if task_head(spec.model, spec.task.kind) == "seq2seq_lm":
+            return f"model={spec.model.name} trains completion as seq2seq (packs hold classification and causal-LM runs)"
     if (cfg.get("train") or {}).get("compile") is True:
         return "train.compile=true (a pack's step is not compiled)"
     backend = (cfg.get("tracking") or {}).get("backend", "none")

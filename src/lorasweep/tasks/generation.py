@@ -6,6 +6,8 @@ three numbers, because at small sizes exact match alone is near zero and says li
 - token_accuracy: share of completion tokens the model ranks first given the true prefix, with a
   binomial SE over tokens (tokens of one example are not independent: read it as a lower bound);
 - exact_match: greedy generation equals the reference (whitespace-stripped), with its binomial SE.
+Completion on an encoder-decoder trains and is scored as seq2seq (tasks/seq2seq.py), with the same
+metrics (summary).
 """
 from __future__ import annotations
 
@@ -48,9 +50,13 @@ def encode(tokenizer, row: dict) -> tuple[list[int], list[int]]:
             full = prompt + row["messages"][-1]["content"] + (tokenizer.eos_token or "")
         ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids(prompt), ids(full[len(prompt):])
+    return tokenizer(row["prompt"])["input_ids"], completion_ids(tokenizer, row["completion"])
+
+
+def completion_ids(tokenizer, text: str) -> list[int]:
+    """A completion's tokens as trained: the text plus the eos token, as trl appends it."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return (tokenizer(row["prompt"])["input_ids"],
-            tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + eos)
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + eos
 
 
 @torch.no_grad()
@@ -73,8 +79,14 @@ def evaluate(model, tokenizer, rows: Sequence[dict], batch_size: int, max_length
     texts: list[str] = []
     for start in range(0, len(pairs), batch_size):
         texts += _greedy(model, tokenizer, [p for p, _ in pairs[start:start + batch_size]], new_tokens)
-    exact = sum(t.strip() == reference(r).strip() for t, r in zip(texts, rows))
     model.train(was_training)
+    return summary(nll, hits, tokens, texts, rows)
+
+
+def summary(nll: list[float], hits: int, tokens: int, texts: list[str], rows: Sequence[dict]) -> dict[str, float]:
+    """The metrics from per-example mean NLLs, completion tokens ranked first (`hits` of `tokens`) and
+    the generated `texts` (exact match against each row's reference, whitespace-stripped)."""
+    exact = sum(t.strip() == reference(r).strip() for t, r in zip(texts, rows))
     n = len(rows)
     loss = sum(nll) / n if n else math.nan
     loss_se = (math.sqrt(sum((x - loss) ** 2 for x in nll) / (n - 1) / n) if n > 1 else math.nan)

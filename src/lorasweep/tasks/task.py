@@ -8,11 +8,12 @@ from functools import lru_cache, partial
 from ..config.paths import resolve_data_path
 from ..config.spec import GENERATION_KINDS, TaskSpec, TrainSpec
 from ..errors import DataError
-from . import classification, generation, hf_data, mcq
+from . import classification, generation, hf_data, mcq, seq2seq
 from .formats import load_chat, load_classification, load_completion, load_mcq
 
 LOADERS = {"classification": load_classification, "mcq": load_mcq, "chat": load_chat,
            "completion": load_completion}
+SEQ2SEQ = "seq2seq_lm"  # the head of a completion task on an encoder-decoder (decided in run/plan.task_head)
 
 
 @dataclass
@@ -24,10 +25,6 @@ class Task:
     labels: list[str]  # classification only: class names, ids follow this order
     tests: dict[str, list[dict]] = field(default_factory=dict)  # more test sets, by name
     fingerprint: str = ""  # a dataset's (spec.dataset): a hash of its rows read here, for the run key
-
-    @property
-    def head(self) -> str:
-        return "classification" if self.spec.kind == "classification" else "causal_lm"
 
     @property
     def label_ids(self) -> dict[str, int]:
@@ -94,28 +91,33 @@ def _labels(spec: TaskSpec, rows: list[dict], known: list[str]) -> list[str]:
     return labels
 
 
-def training_data(task: Task, tokenizer, train: TrainSpec) -> TrainingData:
-    """The task's rows in the form its trainer takes."""
+def training_data(task: Task, tokenizer, train: TrainSpec, head: str) -> TrainingData:
+    """The task's rows in the form its trainer takes; `head`: the plan's (run/plan.task_head)."""
     kind = task.spec.kind
     if kind == "classification":
         enc = partial(classification.encode, tokenizer=tokenizer, label_ids=task.label_ids,
                       max_length=train.max_length)
         return TrainingData(enc(task.train), enc(task.eval), classification.collator(tokenizer))
+    if head == SEQ2SEQ:
+        enc = partial(seq2seq.encode_rows, tokenizer=tokenizer, max_length=train.max_length)
+        return TrainingData(enc(task.train), enc(task.eval), seq2seq.collator(tokenizer))
     if kind in GENERATION_KINDS:
         return TrainingData(generation.sft_dataset(task.train, kind), generation.sft_dataset(task.eval, kind))
     how = task.spec.instruction, task.spec.answer
     return TrainingData(mcq.sft_dataset(task.train, *how), mcq.sft_dataset(task.eval, *how))
 
 
-def evaluator(task: Task, tokenizer, rows: list[dict], train: TrainSpec):
+def evaluator(task: Task, tokenizer, rows: list[dict], train: TrainSpec, head: str):
     """A function model -> metrics on `rows`: accuracy, accuracy_se, n, loss (classification, mcq);
-    loss, token_accuracy, exact_match, each with its SE, and n (chat, completion)."""
+    loss, token_accuracy, exact_match, each with its SE, and n (chat, completion; completion on an
+    encoder-decoder, `head` seq2seq_lm, as seq2seq)."""
     kind = task.spec.kind
     if kind == "classification":
         encoded = classification.encode(rows, tokenizer, task.label_ids, train.max_length)
         return lambda model: classification.evaluate(model, tokenizer, encoded, train.eval_batch_size)
     if kind in GENERATION_KINDS:
-        return lambda model: generation.evaluate(model, tokenizer, rows, train.eval_batch_size,
-                                                 train.max_length, task.spec.max_new_tokens)
+        score = seq2seq.evaluate if head == SEQ2SEQ else generation.evaluate
+        return lambda model: score(model, tokenizer, rows, train.eval_batch_size, train.max_length,
+                                   task.spec.max_new_tokens)
     return lambda model: mcq.evaluate(model, tokenizer, rows, train.eval_batch_size, train.max_length,
                                       task.spec.instruction, task.spec.answer)
