@@ -7,7 +7,7 @@ shapes them: model, task and its data, batch size, evaluation batch size, steps 
 max_length, eval_steps. They may differ in all that makes them different runs: method among the
 adapter methods whose base stays frozen (lora, rslora, dora), rank, alpha, projections, dropout, lr,
 weight decay, warmup and seed. Anything else trains alone, and the plan says why (why_alone; a
-tracked run too: a pack does not track its runs).
+tracked run too: a pack does not track its runs; a run adapting MoE experts: a pack's layers are linear).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ..config.checks import data_parallel
+from ..config.projection_codes import parameter_letters
 from ..config.spec import from_config
 from ..errors import ConfigError, WorkerDiedError
 from ..executors.job import Job
@@ -75,6 +76,8 @@ def why_alone(cfg: Mapping[str, Any]) -> str | None:
         return f"method={spec.method} (packs hold {', '.join(PACKABLE_METHODS)})"
     if spec.tokens.new:
         return "it injects new tokens"
+    if parameter_letters(spec.model.family, spec.lora.proj, spec.model.projections):
+        return "it adapts MoE experts (peft's parameter adapters; a pack holds linear layers)"
     if (cfg.get("train") or {}).get("compile") is True:
         return "train.compile=true (a pack's step is not compiled)"
     backend = (cfg.get("tracking") or {}).get("backend", "none")
