@@ -75,6 +75,27 @@ def test_peft_casts_a_lora_layers_input_to_the_adapters_dtype_unless_casting_is_
         assert compat.cast_lora_input(layer, x, torch.float32) is x
 
 
+def test_peft_moves_transformers_4_expert_names_onto_the_experts():
+    """The names compat reads from peft's private table are the ones its conversion rewrites: a qwen3_moe
+    target ending in .gate_proj becomes the experts' gate_up_proj parameter; llama keeps its targets."""
+    from peft import LoraConfig
+    from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
+
+    assert {"gate_proj", "up_proj", "down_proj"} <= compat.peft_moe_renamed("qwen3_moe")
+    assert {"w1", "w2", "w3"} <= compat.peft_moe_renamed("mixtral")
+    assert compat.peft_moe_renamed("llama") == compat.peft_moe_renamed("qwen3") == frozenset()
+
+    class Qwen3Moe(torch.nn.Module):
+        config = type("Config", (), {"model_type": "qwen3_moe"})()
+
+    dense = [f"model.layers.0.mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")]  # a dense MLP layer
+    config = LoraConfig(target_modules=[*dense, "model.layers.0.self_attn.q_proj"])
+    convert_peft_config_for_transformers(config, Qwen3Moe(), None)
+    assert set(config.target_modules) == {"model.layers.0.self_attn.q_proj"}
+    assert set(config.target_parameters) == {"gate_up_proj", "down_proj"}  # every layer's experts'
+    assert not set(compat.peft_moe_renamed("qwen3_moe")) & {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
 def test_trl_sft_trainer_logs_the_metrics_and_token_count_compat_adds_to(tmp_path):
     """trl's own loss fills the fields run/loop.py's kept-rows loss fills through compat, and its log
     reports them: the same entropy, mean_token_accuracy and num_tokens lines either way."""

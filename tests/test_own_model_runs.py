@@ -1,6 +1,7 @@
 """`python launch.py model=hf model.id=FOLDER`: one short run per family group, on local model
 folders made here (random weights, a character-level tokenizer beside): a decoder (llama), a fused
-decoder (phi3: qkv_proj, gate_up_proj), encoders (deberta-v2, modernbert), an encoder-decoder (t5)."""
+decoder (phi3: qkv_proj, gate_up_proj), encoders (deberta-v2, modernbert), an encoder-decoder (t5), an
+MoE decoder's experts (qwen3_moe: 3-D parameters, peft's target_parameters)."""
 import json
 
 import pytest
@@ -33,6 +34,21 @@ def test_one_short_run_of_an_own_model_folder(tmp_path, model_type, task, proj, 
     assert result["params"]["n_adapted_modules"] == n
 
 
+def test_a_short_run_trains_the_experts_of_an_moe_folder(tmp_path):
+    folder = zoo.model_folder(tmp_path / "my-moe", "qwen3_moe")  # 4 experts a layer, 2 layers
+    proc = launch(["model=hf", f"model.id={folder}", "task=wordnet_mcq", "lora.proj=qkvogud", "lora.dropout=0",
+                   *SHORT, f"results_dir={tmp_path / 'results'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [path] = (tmp_path / "results").glob("*/result.json")
+    result = json.loads(path.read_text())
+    assert result["status"] == "done" and result["params"]["trainable"] == result["params"]["predicted"]
+    assert result["params"]["n_adapted_modules"] == 12  # q k v o + the experts' gate_up_proj and down_proj, x 2
+    assert {"model.layers.1.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj"} <= \
+        set(result["params"]["adapted_modules"])
+    adapter = json.loads((path.parent / "adapter" / "adapter_config.json").read_text())
+    assert len(adapter["target_parameters"]) == 4 and len(adapter["target_modules"]) == 8
+
+
 def test_the_plan_shows_the_modules_all_covers(tmp_path):
     folder = zoo.config_folder(tmp_path / "my-phi3", "phi3")  # config.json alone: a plan reads no weight
     proc = launch(["-m", "model=hf", f"model.id={folder}", "task=wordnet_mcq", "lora.proj=all,qkvo",
@@ -44,10 +60,10 @@ def test_the_plan_shows_the_modules_all_covers(tmp_path):
 
 
 def test_a_letter_the_model_cannot_map_is_refused_in_one_line(tmp_path):
-    folder = zoo.config_folder(tmp_path / "my-moe", "qwen2_moe")  # its MLP is experts: no one module is 'g'
+    folder = zoo.config_folder(tmp_path / "my-phi", "phi")  # its MLP is fc1 (up) and fc2 (down): no gate
     proc = launch(["model=hf", f"model.id={folder}", "task=wordnet_mcq", "lora.proj=qg"], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     [said] = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert said.startswith("error: lora.proj='qg': the qwen2_moe model has no map for 'g' (MLP gate)")
-    assert "mlp.shared_expert.gate_proj" in said and "+model.projections.g=" in said and "lora.proj=all" in said
+    assert said.startswith("error: lora.proj='qg': the phi model has no map for 'g' (MLP gate)")
+    assert "mlp.fc1, mlp.fc2" in said and "+model.projections.g=" in said and "lora.proj=all" in said
     assert not (tmp_path / "results").exists()

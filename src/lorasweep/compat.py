@@ -8,10 +8,11 @@ that reports to a pruner never imports Hydra's internals).
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["basic_sweeper", "apply_overrides", "overrides_dirname", "trial_id", "reopen_trial",
-           "job_outcome", "cast_lora_input", "sft_train_metrics", "count_sft_tokens"]
+           "job_outcome", "cast_lora_input", "peft_moe_renamed", "sft_train_metrics", "count_sft_tokens"]
 
 # Hydra 1.3 -------------------------------------------------------------------------------------
 # Composing a job re-reads every YAML file (~0.1 s). Jobs of a sweep that differ from the first in
@@ -82,6 +83,26 @@ def job_outcome(job: Any) -> tuple[str, Any]:
 def cast_lora_input(layer: Any, x: Any, dtype: Any) -> Any:
     """`x` as peft's LoRA layer casts its input for an adapter whose weights are of `dtype`."""
     return layer._cast_input_dtype(x, dtype)
+
+
+# On transformers 5, peft rewrites a LoraConfig before it builds (utils/transformers_weight_conversion,
+# meant for adapters trained on transformers 4): for mixtral, and qwen3_moe by qwen2_moe's table, a
+# target_modules entry whose last name is a v4 expert name (w1/w2/w3, gate_proj/up_proj/down_proj, gate)
+# becomes a target parameter on the experts. A qwen3_moe model's dense MLP layers (mlp_only_layers) are
+# named so: their adapters would land on the experts. The table is private.
+
+
+@lru_cache(maxsize=None)  # every plan asks: once a model type
+def peft_moe_renamed(model_type: str) -> frozenset[str]:
+    """Last names of target modules that peft rewrites to MoE expert parameters on `model_type`."""
+    from peft.utils import transformers_weight_conversion as conversion
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    base = conversion._MODEL_TO_CONVERSION_PATTERN.get(model_type)
+    if base is None or get_checkpoint_conversion_mapping(model_type) is None or \
+            not conversion._MOE_FUSED_TARGETS.get(base):
+        return frozenset()
+    return frozenset(conversion._MOE_TARGET_MODULE_MAPPING.get(base, {}))
 
 
 # trl 1.16 --------------------------------------------------------------------------------------

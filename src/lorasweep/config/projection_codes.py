@@ -8,6 +8,10 @@ lorasweep.model.projections matches the patterns against a model's module names.
 A family is transformers' `model_type` (config.json). Letters whose patterns are one and the same
 name a fused module (gpt2's c_attn holds q, k and v; phi3's gate_up_proj holds g and u): they are
 adapted all together or not at all (`fused_groups`).
+
+MoE decoders (mixtral, qwen2_moe, qwen3_moe) hold their routed experts as fused 3-D parameters,
+not linear layers: g u d name those parameters (`EXPERT_PATTERNS`), which peft adapts with its
+parameter adapters (LoraConfig.target_parameters): no dropout, no DoRA (`parameter_letters`).
 """
 from __future__ import annotations
 
@@ -25,9 +29,14 @@ LETTER_MEANING = {
 # letter -> regex matching the tail of a module's dotted name
 _DECODER = {"q": r"q_proj", "k": r"k_proj", "v": r"v_proj", "o": r"o_proj",
             "g": r"gate_proj", "u": r"up_proj", "d": r"down_proj"}
-# MoE decoders (transformers 5): the experts are fused 3-D parameters (mlp.experts), not linear
-# layers, so their MLP letters are not mapped: attention only.
-_MOE = {c: _DECODER[c] for c in "qkvo"}
+# MoE decoders (transformers 5): the routed experts are two 3-D parameters of mlp.experts, not linear
+# layers: gate_up_proj (experts, 2 x intermediate, hidden) holds g and u fused, down_proj d. The router
+# (mlp.gate) is never adapted; qwen2_moe's shared expert (linear mlp.shared_expert.*) is in lora.proj=all
+# and reachable with +model.projections.
+_EXPERTS = {"g": r"mlp\.experts\.gate_up_proj", "u": r"mlp\.experts\.gate_up_proj", "d": r"mlp\.experts\.down_proj"}
+EXPERT_PATTERNS = frozenset(_EXPERTS.values())  # patterns naming parameters (peft target_parameters), not modules
+_MOE = {**{c: _DECODER[c] for c in "qkvo"}, **_EXPERTS}
+MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe")
 # gemma3 (the multimodal model): its vision tower has q_proj & co. too; the language model's layers only.
 _GEMMA3 = {c: rf"language_model\.layers\.\d+\.(self_attn|mlp)\.{p}" for c, p in _DECODER.items()}
 _BERT = {"q": r"attention\.self\.query", "k": r"attention\.self\.key",
@@ -61,14 +70,11 @@ _T5 = {"q": r"(Self|EncDec)Attention\.q", "k": r"(Self|EncDec)Attention\.k",
 FAMILIES: dict[str, dict[str, str]] = {
     **{f: _DECODER for f in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
                              "olmo", "olmo2", "granite")},
-    **{f: _MOE for f in ("mixtral", "qwen2_moe", "qwen3_moe")},
+    **{f: _MOE for f in MOE_FAMILIES},
     "gemma3": _GEMMA3, "phi": _PHI, "phi3": _PHI3, "gpt_neox": _GPT_NEOX, "falcon": _FALCON, "gpt2": _GPT2,
     "bert": _BERT, "roberta": _BERT, "electra": _BERT, "deberta-v2": _DEBERTA, "distilbert": _DISTILBERT,
     "modernbert": _MODERNBERT, "t5": _T5,
 }
-# Why a family lacks letters (said when one of them is asked for).
-MISSING_WHY = {f: "its MLP experts are fused 3-D parameters (mlp.experts), not linear layers"
-               for f in ("mixtral", "qwen2_moe", "qwen3_moe")}
 
 
 def fused_groups(table: Mapping[str, str]) -> list[str]:
@@ -116,17 +122,29 @@ def check_code_for_family(code: str, family: str, field_name: str = "lora.proj",
     table = family_table(family, projections, strict=strict)
     missing = [c for c in code if c not in table]
     if missing and strict:
-        why = f" ({MISSING_WHY[family]})" if family in MISSING_WHY else ""
         raise ConfigError(
             f"{field_name}={code!r} is invalid for the {family} family: it has no "
-            f"{', '.join(f'{c!r} ({LETTER_MEANING[c]})' for c in missing)}{why}; "
+            f"{', '.join(f'{c!r} ({LETTER_MEANING[c]})' for c in missing)}; "
             f"valid codes for {family}: {' '.join(family_letters(family, projections))} or all; "
             f"or name the modules: +model.projections.{missing[0]}=<module name pattern>")
     for group in fused_groups(table):
         if 0 < len(set(code) & set(group)) < len(group):
             raise ConfigError(f"{field_name}={code!r} is invalid for the {family} family: it fuses "
-                              f"{'/'.join(group)} into one module, so adapt all of {group!r} or none")
+                              f"{'/'.join(group)} into one {_what(table[group[0]])}, so adapt all of {group!r} or none")
     return code
+
+
+def _what(pattern: str) -> str:
+    """What a fused group is: 'module', or for MoE experts 'parameter (mlp.experts.gate_up_proj)'."""
+    return "parameter (" + pattern.replace("\\", "") + ")" if pattern in EXPERT_PATTERNS else "module"
+
+
+def parameter_letters(family: str, code: str, projections: Mapping[str, str] | None = None) -> str:
+    """The letters of `code` that name MoE experts' parameters (peft's target_parameters), not modules."""
+    if code == ALL:
+        return ""
+    table = family_table(family, projections, strict=False)
+    return "".join(c for c in code if table.get(c) in EXPERT_PATTERNS)
 
 
 def family_table(family: str, projections: Mapping[str, str] | None = None,

@@ -11,6 +11,11 @@ pissa   LoRA initialised from the weight's principal singular vectors (peft's in
         adapter of rank 2r that applies to the original base (save_adapter)
 qlora   LoRA on a 4-bit NF4 base (bitsandbytes, CUDA only); qlora8 on an 8-bit LLM.int8 base
 All adapter methods train exactly the same parameters as lora (dora: plus the magnitudes).
+
+MoE experts (g u d on mixtral, qwen2_moe, qwen3_moe) are 3-D parameters, not linear layers: peft
+adapts them with target_parameters (its lora.ParamWrapper: one rank-r pair per expert, applied to
+the fused weight through a parametrization), which takes lora and rslora only, without dropout
+(`check_targets` refuses the rest before launch).
 """
 from __future__ import annotations
 
@@ -21,12 +26,17 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import ParamWrapper
 from torch import nn
 
+from ..compat import peft_moe_renamed
+from ..config.projection_codes import parameter_letters
 from ..config.spec import ADAPTER_METHODS, QUANTIZED_METHODS, RunSpec
+from ..errors import ConfigError
+from .projections import module_tails, split_targets
 
 __all__ = ["ADAPTER_METHODS", "prepare", "save_initial", "save_adapter",
-           "count_parameters", "adapted_modules"]
+           "count_parameters", "adapted_modules", "check_targets"]
 _TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM,
                "seq2seq_lm": TaskType.SEQ_2_SEQ_LM}
 PISSA_INIT = "pissa_init"  # the adapter as initialised, kept until the trained one is converted
@@ -57,15 +67,51 @@ def prepare(model: nn.Module, spec: RunSpec, head: str, targets: list[str], toke
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    modules, parameters = split_targets(model, targets)
     config = LoraConfig(
         r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-        target_modules=targets,  # exact names: suffix matching would confuse bert's two *output.dense
+        target_modules=modules,  # exact names: suffix matching would confuse bert's two *output.dense
+        target_parameters=parameters or None,  # MoE experts' 3-D weights, exact names too
         use_dora=spec.method == "dora", use_rslora=spec.method == "rslora",
         init_lora_weights="pissa" if spec.method == "pissa" else True,
         trainable_token_indices=list(token_ids) if token_ids and spec.tokens.train else None,
         task_type=_TASK_TYPES[head],
         fan_in_fan_out=_conv1d(model, targets))  # GPT-2's Conv1D stores weights transposed
     return get_peft_model(model, config)
+
+
+# Why peft 0.21 cannot apply a method to a parameter (lora.ParamWrapper); lora and rslora it can.
+_NOT_ON_PARAMETERS = {
+    "dora": "peft has no DoRA for parameters (ParamWrapper refuses use_dora)",
+    "pissa": "pissa initialises from a module's weight matrix, which the experts' block has not",
+    "qlora": "bitsandbytes quantizes linear layers only: the experts, most of the model, would stay "
+             "unquantized (and float32 after peft's k-bit preparation)",
+}
+
+
+def check_targets(spec: RunSpec, model: nn.Module, targets: list[str]) -> None:
+    """Refuse, before launch and in one line, what peft cannot adapt as asked: a method or dropout it
+    cannot apply to the MoE experts' parameters, a module it would move onto the experts."""
+    modules, parameters = split_targets(model, targets)
+    renamed = [t for t in modules if t.rsplit(".", 1)[-1] in peft_moe_renamed(model.config.model_type)]
+    if renamed:
+        raise ConfigError(f"lora.proj={spec.lora.proj!r} adapts {', '.join(module_tails(renamed))} of this "
+                          f"{model.config.model_type} model, which peft 0.21 takes for transformers-4 expert names "
+                          f"and adapts the experts instead (its v4-to-v5 adapter conversion): it cannot adapt "
+                          f"them; use projection letters (e.g. lora.proj=qkvogud), which leave them out")
+    if not parameters:
+        return
+    letters = parameter_letters(spec.model.family, spec.lora.proj, spec.model.projections) or "the experts' letters"
+    what = (f"lora.proj={spec.lora.proj!r} adapts the MoE experts ({', '.join(module_tails(parameters))}), which "
+            f"peft adapts as parameters (target_parameters)")
+    if spec.method not in ("lora", "rslora"):
+        why = _NOT_ON_PARAMETERS["qlora" if spec.method in QUANTIZED_METHODS else spec.method]
+        raise ConfigError(f"method={spec.method} is invalid here: {what}, and {why}; use method=lora or "
+                          f"method=rslora, or leave {letters} out of lora.proj")
+    if spec.lora.dropout:
+        raise ConfigError(f"lora.dropout={spec.lora.dropout} is invalid here: {what}, whose update is added to "
+                          f"the weight, with no input of its own to drop out (peft refuses lora_dropout != 0); "
+                          f"set lora.dropout=0, or leave {letters} out of lora.proj")
 
 
 def _conv1d(model: nn.Module, targets: list[str]) -> bool:
@@ -144,7 +190,15 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def adapted_modules(model: nn.Module) -> list[str]:
-    """Names (as in the base model) of the modules that carry a LoRA adapter."""
+    """Names (as in the base model) of the modules that carry a LoRA adapter; for an adapted parameter
+    (MoE experts), the parameter's: peft nests one ParamWrapper per parameter over the experts module
+    (mlp.experts, mlp.experts.base_layer), each naming its parameter."""
     prefix = "base_model.model."
-    return [name.removeprefix(prefix) for name, module in model.named_modules()
+    return [_adapted_name(name.removeprefix(prefix), module) for name, module in model.named_modules()
             if hasattr(module, "lora_A") and len(getattr(module, "lora_A")) > 0]
+
+
+def _adapted_name(name: str, module: nn.Module) -> str:
+    if isinstance(module, ParamWrapper):
+        return f"{name.replace('.base_layer', '')}.{module.parameter_name}"
+    return name

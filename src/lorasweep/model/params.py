@@ -2,6 +2,8 @@
 
 The arithmetic mirrors what peft builds, so it is known before anything is launched:
 - lora: r x (fan_in + fan_out) per adapted weight (A is r x fan_in, B is fan_out x r);
+- MoE experts, a 3-D parameter (experts, a, b) adapted by peft's ParamWrapper: one such pair per
+  expert, experts x r x (a + b) (its A is (experts x r) x fan_in, its B fan_out x (experts x r));
 - dora: lora plus one magnitude per output feature of each adapted weight;
 - a classification head (peft's modules_to_save `classifier` / `score`) is trained alongside;
 - full: every parameter, a tied weight once; none: nothing.
@@ -43,9 +45,13 @@ def largest_rank_within(skeleton: nn.Module, method: str, targets: list[str], he
 
 def _linear_terms(skeleton: nn.Module, method: str, targets: list[str], head: str) -> tuple[int, int]:
     """(parameters per unit of rank, parameters independent of rank)."""
-    modules = dict(skeleton.named_modules())
+    modules, parameters = dict(skeleton.named_modules()), dict(skeleton.named_parameters())
     per_rank = fixed = 0
     for name in targets:
+        if name not in modules:  # a 3-D parameter: experts x (fan_in + fan_out); no dora (refused at planning)
+            experts, a, b = parameters[name].shape
+            per_rank += int(experts) * int(a + b)
+            continue
         fan_in, fan_out = _fans(modules[name])
         per_rank += fan_in + fan_out
         fixed += fan_out if method == "dora" else 0

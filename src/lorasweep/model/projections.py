@@ -5,6 +5,9 @@ the model's module names alone (a meta-device skeleton), so a bad code fails bef
 read, and never as a silent partial match: every letter must match exactly the number of modules
 the architecture promises (one per layer, per attention block for encoder-decoders). `all` is every
 linear layer but the output head and the trained classification head, as peft's `all-linear`.
+
+A target is a module's name, or for MoE experts a 3-D parameter's (model.layers.0.mlp.experts.down_proj):
+peft adapts the first with target_modules, the second with target_parameters (`split_targets`).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Mapping
 
 from torch import nn
 
-from ..config.projection_codes import (ALL, LETTER_MEANING, MISSING_WHY, check_code_for_family,
+from ..config.projection_codes import (ALL, LETTER_MEANING, MOE_FAMILIES, check_code_for_family,
                                        family_table, fused_groups)
 from ..errors import ConfigError
 
@@ -29,6 +32,23 @@ def is_adaptable(module: nn.Module) -> bool:
 
 def linear_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if is_adaptable(m)]
+
+
+def target_names(model: nn.Module) -> list[str]:
+    """What a projection letter may name, in the model's order: its linear layers and its 3-D
+    parameters (MoE experts, fused: one tensor of all experts' weights), which peft adapts as parameters."""
+    names = []
+    for name, module in model.named_modules():
+        if is_adaptable(module):
+            names.append(name)
+        names += [f"{name}.{p}" for p, t in module.named_parameters(recurse=False) if t.ndim == 3]
+    return names
+
+
+def split_targets(model: nn.Module, targets: list[str]) -> tuple[list[str], list[str]]:
+    """(module names, parameter names): peft's target_modules and target_parameters."""
+    parameters = {n for n, _ in model.named_parameters()}
+    return [t for t in targets if t not in parameters], [t for t in targets if t in parameters]
 
 
 def all_linear(model: nn.Module, head: str | None = None) -> list[str]:
@@ -60,7 +80,7 @@ def resolve_modules(model: nn.Module, family: str, code: str, config=None,
             raise ConfigError(f"{field_name}=all: this {family} model has no linear layer to adapt")
         return names
     table = family_table(family, projections, strict=False)
-    names = linear_names(model)
+    names = target_names(model)
     chosen: set[str] = set()
     for letter in code:
         if letter not in table:
@@ -87,8 +107,7 @@ def module_tails(names: list[str]) -> list[str]:
 
 
 def _unmapped(field_name: str, code: str, letter: str, family: str, names: list[str]) -> str:
-    why = f" ({MISSING_WHY[family]})" if family in MISSING_WHY else ""
-    return (f"{field_name}={code!r}: the {family} model has no map for {letter!r} ({LETTER_MEANING[letter]}){why}; "
+    return (f"{field_name}={code!r}: the {family} model has no map for {letter!r} ({LETTER_MEANING[letter]}); "
             f"its linear modules are {', '.join(module_tails(names))}: name the one it is, e.g. "
             f"+model.projections.{letter}=<a name above, a regex on the name's end>, or use lora.proj=all")
 
@@ -104,7 +123,10 @@ def expected_module_count(family: str, code: str, config, projections: Mapping[s
 
 
 def _per_letter(family: str, letter: str, config) -> int:
-    """Modules one letter matches: one per layer; T5 has attention in 3 places, MLPs in 2."""
+    """Modules one letter matches: one per layer; T5 has attention in 3 places, MLPs in 2; an MoE
+    decoder's MLP letters one per layer with experts."""
+    if family in MOE_FAMILIES and letter in "gud":
+        return _moe_layers(config)
     if family == "t5":
         enc = config.num_layers
         dec = getattr(config, "num_decoder_layers", None) or enc
@@ -114,3 +136,13 @@ def _per_letter(family: str, letter: str, config) -> int:
         if getattr(text, attr, None):
             return int(getattr(text, attr))
     raise ConfigError(f"cannot tell the number of layers of this {family} config")
+
+
+def _moe_layers(config) -> int:
+    """Layers with experts (a sparse MoE block). qwen2_moe/qwen3_moe may keep a dense MLP in some
+    (mlp_only_layers, decoder_sparse_step): transformers' own rule, as in their decoder layers."""
+    n = int(config.num_hidden_layers)
+    if not hasattr(config, "decoder_sparse_step"):  # mixtral: every layer
+        return n
+    step, dense = config.decoder_sparse_step or 1, set(config.mlp_only_layers or ())
+    return sum(1 for i in range(n) if i not in dense and config.num_experts > 0 and (i + 1) % step == 0)

@@ -100,6 +100,7 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
     if spec.method in methods.ADAPTER_METHODS:
         targets = projections.resolve_modules(skeleton, spec.model.family, spec.lora.proj, skeleton.config,
                                               projections=spec.model.projections, head=head)
+        methods.check_targets(spec, skeleton, targets)  # what peft cannot adapt as asked (MoE experts)
         if auto:
             rank = params.largest_rank_within(skeleton, spec.method, targets, head, budget - token_cost)
             spec = from_config(with_rank(cfg, rank))

@@ -7,7 +7,8 @@ shapes them: model, task and its data, batch size, evaluation batch size, steps 
 max_length, eval_steps. They may differ in all that makes them different runs: method among the
 adapter methods whose base stays frozen (lora, rslora, dora), rank, alpha, projections, dropout, lr,
 weight decay, warmup and seed. Anything else trains alone, and the plan says why (why_alone; a
-tracked run too: a pack does not track its runs; and seq2seq, completion on an encoder-decoder).
+tracked run too: a pack does not track its runs; seq2seq, completion on an encoder-decoder; a run
+adapting MoE experts: a pack's layers are linear).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ..config.checks import data_parallel
+from ..config.projection_codes import parameter_letters
 from ..config.spec import from_config
 from ..errors import ConfigError, WorkerDiedError
 from ..executors.job import Job
@@ -80,6 +82,8 @@ def why_alone(cfg: Mapping[str, Any]) -> str | None:
 
         if task_head(spec.model, spec.task.kind) == "seq2seq_lm":
             return f"model={spec.model.name} trains completion as seq2seq (packs hold classification and causal-LM runs)"
+    if parameter_letters(spec.model.family, spec.lora.proj, spec.model.projections):
+        return "it adapts MoE experts (peft's parameter adapters; a pack holds linear layers)"
     if (cfg.get("train") or {}).get("compile") is True:
         return "train.compile=true (a pack's step is not compiled)"
     backend = (cfg.get("tracking") or {}).get("backend", "none")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache, partial, wraps
 
 from ..config.paths import resolve_data_path
 from ..config.spec import GENERATION_KINDS, TaskSpec, TrainSpec
@@ -107,6 +107,31 @@ def training_data(task: Task, tokenizer, train: TrainSpec, head: str) -> Trainin
     return TrainingData(mcq.sft_dataset(task.train, *how), mcq.sft_dataset(task.eval, *how))
 
 
+def _router_logits_off(make_evaluator):
+    """MoE decoders (mixtral, qwen*_moe): trl's SFTTrainer turns the config's output_router_logits on
+    for its load-balancing loss, and a forward with it on computes that loss against the attention mask,
+    which in an evaluation with a cache (mcq's options after their prompt, generate) spans more tokens
+    than the forward's router logits: transformers 5 raises. Evaluation needs no such loss: it is off
+    while an evaluator runs."""
+    @wraps(make_evaluator)
+    def make(*args, **kwargs):
+        evaluate = make_evaluator(*args, **kwargs)
+
+        def run(model):
+            config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+            was = getattr(config, "output_router_logits", False)  # set only where the config has it
+            if was:
+                config.output_router_logits = False
+            try:
+                return evaluate(model)
+            finally:
+                if was:
+                    config.output_router_logits = was
+        return run
+    return make
+
+
+@_router_logits_off
 def evaluator(task: Task, tokenizer, rows: list[dict], train: TrainSpec, head: str):
     """A function model -> metrics on `rows`: accuracy, accuracy_se, n, loss (classification, mcq);
     loss, token_accuracy, exact_match, each with its SE, and n (chat, completion; completion on an
