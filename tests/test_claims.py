@@ -224,8 +224,8 @@ def test_a_run_whose_claim_was_taken_over_while_it_stalled_writes_nothing_over_t
     cfg = compose_config([*TINY_TOPICS, f"results_dir={tmp_path}"])
     evaluate = lifecycle.tasks.evaluator
 
-    def stall_then_evaluate(task, tokenizer, rows, train):  # the test evaluation comes after training
-        run = evaluate(task, tokenizer, rows, train)
+    def stall_then_evaluate(task, tokenizer, rows, train, head):  # the test evaluation comes after training
+        run = evaluate(task, tokenizer, rows, train, head)
 
         def after_a_stall(model):
             if rows is task.test:  # meanwhile, another host took the claim over and trains the run

@@ -233,7 +233,7 @@ def test_completion_from_a_save_to_disk_folder_end_to_end(tmp_path):
                                    "direction": "maximize"}
     assert result["config"]["task"]["columns"] == {"prompt": "question", "completion": "answer"}
     assert [c["step"] for c in result["curve"]] == [0, 2]
-    from lorasweep.run.export import read_run  # an exported run finds its dataset task again
+    from lorasweep.run.adapters import read_run  # an exported run finds its dataset task again
     [folder] = (tmp_path / "results").glob("*/result.json")
     run = read_run(folder.parent)
     assert run.task.columns == (("prompt", "question"), ("completion", "answer"))
