@@ -86,8 +86,6 @@ def fused_groups(table: Mapping[str, str]) -> list[str]:
     return [g for g in by_pattern.values() if len(g) > 1]
 
 
-FUSED = {f: g for f, t in FAMILIES.items() for g in fused_groups(t)[:1]}  # the first group (gpt2: qkv)
-
 
 def canonical_code(code: object, field_name: str = "lora.proj") -> str:
     """Validate a projection code and return it in canonical order (`vq` -> `qv`); `all` stays `all`."""

@@ -299,18 +299,13 @@ def _from_hub(spec: ModelSpec, load):
     try:
         return load(local_files_only=True)
     except OSError as local_err:
-        if not _hub_reachable():
+        if not hf_model.hub_reachable():
             raise ModelUnavailableError(_hub_message(spec)) from local_err
     try:
         return load()
     except OSError as err:
         raise ModelUnavailableError(f"model {spec.name!r} (hub id {spec.id}) could not be "
                                     f"downloaded from the hub: {err}") from err
-
-
-def _hub_reachable() -> bool:
-    """False when offline mode is set or the hub host does not accept a TCP connection quickly."""
-    return hf_model.hub_reachable()
 
 
 def _hub_message(spec: ModelSpec) -> str:
