@@ -33,7 +33,7 @@ from ..compat import peft_moe_renamed
 from ..config.projection_codes import parameter_letters
 from ..config.spec import ADAPTER_METHODS, QUANTIZED_METHODS, RunSpec
 from ..errors import ConfigError
-from .projections import module_tails, split_targets
+from .projections import is_conv1d, module_tails, split_targets
 
 __all__ = ["ADAPTER_METHODS", "prepare", "save_initial", "save_adapter",
            "count_parameters", "adapted_modules", "check_targets"]
@@ -117,7 +117,7 @@ def check_targets(spec: RunSpec, model: nn.Module, targets: list[str]) -> None:
 def _conv1d(model: nn.Module, targets: list[str]) -> bool:
     """Whether the targets are transformers' Conv1D (gpt2 & co.), whose weight is stored (fan_in, fan_out)."""
     modules = dict(model.named_modules())
-    return any(type(modules[t]).__name__ == "Conv1D" for t in targets if t in modules)
+    return any(is_conv1d(modules[t]) for t in targets if t in modules)
 
 
 def save_initial(model: nn.Module, spec: RunSpec, folder: Path) -> Path | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
-from .projections import SEQ_CLS_HEADS  # peft's modules_to_save for sequence classification
+from .projections import SEQ_CLS_HEADS, is_conv1d  # SEQ_CLS_HEADS: peft's modules_to_save for classification
 
 
 def predict_trainable(skeleton: nn.Module, method: str, targets: list[str], r: int, head: str) -> int:
@@ -62,7 +62,7 @@ def _linear_terms(skeleton: nn.Module, method: str, targets: list[str], head: st
 
 
 def _fans(module: nn.Module) -> tuple[int, int]:
-    if type(module).__name__ == "Conv1D":  # GPT-2 stores its weight as (fan_in, fan_out)
+    if is_conv1d(module):  # GPT-2 stores its weight as (fan_in, fan_out)
         fan_in, fan_out = module.weight.shape
         return int(fan_in), int(fan_out)
     return int(module.in_features), int(module.out_features)

@@ -24,10 +24,15 @@ SEQ_CLS_HEADS = ("classifier", "score")  # peft's modules_to_save for sequence c
 _LAYER_PREFIX = re.compile(r"^.*\.\d+\.")  # up to the layer index: model.layers.3.self_attn.q_proj -> self_attn.q_proj
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (gpt2 & co.): a linear layer whose weight is stored (fan_in, fan_out)."""
+    return type(module).__name__ == "Conv1D"
+
+
 def is_adaptable(module: nn.Module) -> bool:
     """A layer peft's LoRA wraps as a linear layer: nn.Linear and its subclasses (falcon's
     FalconLinear), GPT-2's Conv1D; the type test of peft's all-linear."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 def linear_names(model: nn.Module) -> list[str]:
