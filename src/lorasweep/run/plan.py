@@ -45,9 +45,12 @@ def task_head(model: ModelSpec, kind: str) -> str:
     encoder-decoder (a seq2seq LM head in transformers and no causal-LM one: t5, bart, ...), which
     trains as seq2seq: the prompt is the encoder's input, the completion the decoder's labels.
     Reads config.json's model_type for a model=hf folder or hub id (no weights)."""
+    return _head_for(_model_type(model), kind)
+
+
+def _head_for(model_type: str, kind: str) -> str:
     if kind == "classification":
         return "classification"
-    model_type = _model_type(model)
     if kind == "completion" and not has_causal_lm(model_type) and has_head(model_type, "seq2seq_lm"):
         return "seq2seq_lm"
     return "causal_lm"
@@ -86,8 +89,9 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
     """Validate a composed config and count its run. Raises ConfigError on bad input."""
     spec, budget, auto = checked_spec(cfg)  # the config's own values, the machine's GPU (config/checks.py)
     task = load_task(spec.task)
-    head = task_head(spec.model, spec.task.kind)
-    _check_head(spec, head)
+    model_type = _model_type(spec.model)  # a model=hf one's config.json, read once for both
+    head = _head_for(model_type, spec.task.kind)
+    _check_head(spec, head, model_type)
     token_ids, vocab = (), None
     if spec.tokens.new:  # the tokenizer alone says which tokens are new and where they go
         token_ids = lorasweep_tokens.planned_ids(loading.load_tokenizer(spec.model), spec.tokens.new)
@@ -113,9 +117,8 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
                 auto_rank=auto and spec.method in methods.ADAPTER_METHODS, token_ids=token_ids)
 
 
-def _check_head(spec: RunSpec, head: str) -> None:
+def _check_head(spec: RunSpec, head: str, model_type: str) -> None:
     """A task whose head the model type lacks in transformers: refused before anything is built."""
-    model_type = _model_type(spec.model)
     if has_head(model_type, head):
         return
     task = f"task {spec.task.name} ({spec.task.kind})"
