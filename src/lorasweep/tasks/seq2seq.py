@@ -50,11 +50,11 @@ def evaluate(model, tokenizer, rows: Sequence[dict], batch_size: int, max_length
     pad = tokenizer.pad_token_id or 0
     nll, hits, tokens, texts = [], 0, 0, []
     new_tokens = max_new_tokens or max(len(c) for _, c in pairs) + 4
+    device = next(model.parameters()).device
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start:start + batch_size]
         ids, mask = _padded([p for p, _ in batch], pad)
         labels, _ = _padded([c for _, c in batch], IGNORE)
-        device = next(model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask, labels=labels.to(device)).logits.float()
         for i, (_, c) in enumerate(batch):
