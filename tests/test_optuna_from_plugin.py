@@ -217,6 +217,11 @@ def test_a_custom_search_space_may_be_any_callable_by_its_dotted_path():
     ("hydra.sweeper.sampler=bogus",
      "sweep: hydra.sweeper.sampler='bogus' is unknown: choose one of tpe, random, grid, cmaes, nsgaii"),
     ("hydra.sweeper.direction=up", "sweep: hydra.sweeper.direction='up' is invalid: choose maximize or minimize"),
+    # the pruner is made by each trial's run: unchecked, every trial loaded its model to fail there, and exit 0
+    ("hydra.sweeper.pruner=bogus",
+     "sweep: hydra.sweeper.pruner='bogus' is unknown: choose one of none, median, hyperband"),
+    ("hydra.sweeper.pruner={name:median,n_warmup:3}", "sweep: hydra.sweeper.pruner: median does not accept ['n_warmup']: "
+     "MedianPruner.__init__() got an unexpected keyword argument 'n_warmup'"),
     ("hydra.sweeper.n_trials=0", "sweep: hydra.sweeper.n_trials=0, n_jobs=1: both must be at least 1"),
     # the plan launcher was read as local workers: the study trained while the user asked for a list
     ("hydra/launcher=plan", "sweep: hydra/launcher=plan lists a grid's runs before any trains; an Optuna study "

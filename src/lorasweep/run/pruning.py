@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from ..compat import reopen_trial
+from ..errors import ConfigError
 from .study_storage import open_storage
 
 Reporter = Callable[[int, dict], bool]  # same shape as lorasweep.run.loop.Reporter (no torch import here)
@@ -17,7 +18,9 @@ PRUNERS = ("none", "median", "hyperband")
 
 
 def make_pruner(spec: Any):
-    """An Optuna pruner from `none`, `median`, `hyperband`, or a dict {name: ..., **its arguments}."""
+    """An Optuna pruner from `none`, `median`, `hyperband`, or a dict {name: ..., **its arguments}.
+    ConfigError names the setting, its value and what is valid: the sweep's driver makes one before
+    the study starts (sweep/optuna_study), so that no trial loads a model only to fail here."""
     import optuna
 
     name, kwargs = pruner_name_and_args(spec)
@@ -27,7 +30,9 @@ def make_pruner(spec: Any):
     try:
         return factory(**kwargs)
     except TypeError as e:  # an argument the pruner does not take: name it, with the valid ones
-        raise ValueError(f"hydra.sweeper.pruner: {name} does not accept {sorted(kwargs)}: {e}") from None
+        raise ConfigError(f"hydra.sweeper.pruner: {name} does not accept {sorted(kwargs)}: {e}") from None
+    except ValueError as e:  # a value it refuses (n_startup_trials=-1): Optuna's words name the argument
+        raise ConfigError(f"hydra.sweeper.pruner={dict(spec) if isinstance(spec, Mapping) else spec}: {e}") from None
 
 
 def pruner_name_and_args(spec: Any) -> tuple[str, dict[str, Any]]:
@@ -39,12 +44,12 @@ def pruner_name_and_args(spec: Any) -> tuple[str, dict[str, Any]]:
         kwargs = {str(k): v for k, v in spec.items() if k != "name"}
         name = spec.get("name")
     else:
-        raise ValueError(f"hydra.sweeper.pruner={spec!r} is invalid: a name ({', '.join(PRUNERS)}) "
+        raise ConfigError(f"hydra.sweeper.pruner={spec!r} is invalid: a name ({', '.join(PRUNERS)}) "
                          f"or a mapping {{name: median, n_startup_trials: 5, ...}}")
-    name = str(name).lower()
-    if name not in PRUNERS:
-        raise ValueError(f"hydra.sweeper.pruner.name={name!r} is unknown: choose one of {', '.join(PRUNERS)}")
-    return name, kwargs
+    if str(name).lower() not in PRUNERS:
+        field = "hydra.sweeper.pruner" if isinstance(spec, str) else "hydra.sweeper.pruner.name"
+        raise ConfigError(f"{field}={name!r} is unknown: choose one of {', '.join(PRUNERS)}")
+    return str(name).lower(), kwargs
 
 
 def reporter_for(trial_cfg: Mapping[str, Any]) -> Reporter:

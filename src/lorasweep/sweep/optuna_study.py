@@ -42,6 +42,7 @@ from ..console import say
 from ..errors import ConfigError, RunClaimedError, StoreError, SweepExit, UnwritableStoreError, cause
 from ..executors.factory import check_retries, executor_for, local_placement, runs_on_slurm
 from ..run.claims import Claim
+from ..run.pruning import make_pruner
 from ..run.store import FINISHED as FINISHED_RESULTS, check_writable
 from ..run.study_storage import open_storage
 from . import optuna_space as space_of
@@ -107,6 +108,7 @@ class OptunaSweep:
         self.extender = load_custom_search_space(self.settings.custom_search_space)
         directions = space_of.directions_for(self.settings.direction, self.settings.objectives)
         sampler = space_of.make_sampler(self.settings.sampler, self.settings.seed, self.space)
+        make_pruner(self.settings.pruner)  # made again by each trial's run (run/pruning): checked here, once
         check_writable(self.results_dir)
         self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.settings.sampler) else None
         self.n_trials = min(self.settings.n_trials, len(self.grid)) if self.grid is not None else self.settings.n_trials
