@@ -42,6 +42,11 @@ class FailureRate:
                 self.diverged += 1
 
     @property
+    def runs_failed(self) -> int:
+        """Failed trials that did not diverge (a diverged run is a result): the sweep exits 1, as a grid does."""
+        return self.failed - self.diverged
+
+    @property
     def exceeded(self) -> bool:
         return self.told > 0 and self.failed / self.told > self.limit
 

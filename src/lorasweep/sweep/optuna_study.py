@@ -11,7 +11,9 @@ user attributes status=diverged and its reason: the sampler learns nothing false
 it counts towards n_trials, and its stored result stands for its run key like a done one.
 
 A trial whose run fails (an exception, a killed worker) is run again up to hydra.launcher.retries
-times before the study is told it failed, as in a grid sweep; a diverged one never is.
+times before the study is told it failed, as in a grid sweep; a diverged one never is. As a grid
+with a failed run, a sweep that told a trial failed (its run failed, or its config was invalid; not
+a diverged one) exits 1 at its end.
 
 The store's faults as in a grid sweep: a results_dir that cannot be written stops it before the
 study opens (exit 2); a trial that fails because the store is full (or read-only) stops asking for
@@ -145,7 +147,7 @@ class OptunaSweep:
             self._loop()  # interrupted: self.interrupted says it, SweepExit(130)
         self._summary()
         write_optimization_results(self.study, self.sweep_dir)
-        if self.halted:
+        if self.halted or self.failures.runs_failed:  # as a grid with a failed run: each said in its line
             raise SweepExit(1)
 
     # -- the driver's source (sweep/driver.Source) -------------------------------------------------
