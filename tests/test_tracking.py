@@ -238,3 +238,26 @@ def test_a_tracker_failing_after_the_run_finished_leaves_its_result_done(results
     assert f"{result['slug']}: the tracker failed to end its run (RuntimeError: API request to .../runs/update " \
            "failed (503)); the run's result stands" in said
     assert run(results_dir, "tracking=tensorboard")[0] == result  # finished: not trained again
+
+
+def test_a_tracker_failing_while_the_run_trains_is_said_once_and_the_run_trains_on(results_dir, monkeypatch,
+                                                                                   capsys):
+    """A tracker whose server answers 503 at every step: said in one line (the backend and its error),
+    once, not per step; the run trains to its end, done, with its whole curve."""
+    from lorasweep.run.tracking import TensorBoardTracker
+
+    calls = []
+
+    def unavailable(self, metrics, step):
+        calls.append(step)
+        raise RuntimeError("API request to .../runs/log-batch failed (503)")
+
+    monkeypatch.setattr(TensorBoardTracker, "log", unavailable)
+    result, folder = run(results_dir, "tracking=tensorboard")  # was: the run failed with the tracker's error
+    assert result["status"] == "done" and (folder / "adapter" / "adapter_model.safetensors").exists()
+    assert [p["step"] for p in result["curve"] if "accuracy" in p] == [0, 2, 4]
+    said = capsys.readouterr().err
+    line = (f"{result['slug']}: the tracker (tensorboard) failed to log step {calls[0]} (RuntimeError: API request "
+            f"to .../runs/log-batch failed (503)); training goes on, and it logs nothing more of this run")
+    assert said.count("the tracker (tensorboard) failed") == 1 and line in said.splitlines()
+    assert len(calls) == 1  # given up on after its failure: not asked again at every step

@@ -15,6 +15,10 @@ lorasweep.sweep.compose.sweep_name) unless the user gave one; a single run has n
   (`tracking.experiment` for single runs); the config as params, the curve and the test metrics as
   metrics. MLflow 3 keeps its file store in maintenance mode and asks for MLFLOW_ALLOW_FILE_STORE=true
   to open one: set here for a local store, and needed by `mlflow ui` on it too.
+
+A tracker that fails while the run trains (a server answering 503, a full disk under its files) is
+said in one line, once, and logs nothing more: the run trains on, its result is what counts. Its
+failure at the end is said too (run/lifecycle._close_tracker).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..console import say
 from ..errors import ConfigError
 from ..locks import exclusive
 from .store import run_key_of
@@ -137,6 +142,31 @@ class MlflowTracker(Tracker):
         self._client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
 
 
+class TrainsOn(Tracker):
+    """`tracker`, whose failure to log a step is said once (naming `backend`) and stops its logging,
+    not the run's training."""
+
+    def __init__(self, tracker: Tracker, backend: str, slug: str):
+        self.tracker, self.backend, self.slug = tracker, backend, slug
+        self.failed = False
+
+    def log(self, metrics, step):
+        if self.failed:
+            return
+        try:
+            self.tracker.log(metrics, step)
+        except Exception as e:
+            self.failed = True
+            say(f"{self.slug}: the tracker ({self.backend}) failed to log step {step} ({type(e).__name__}: {e}); "
+                f"training goes on, and it logs nothing more of this run")
+
+    def summary(self, metrics):
+        self.tracker.summary(metrics)
+
+    def finish(self, ok=True):
+        self.tracker.finish(ok)
+
+
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"lora": {"r": 8}} -> {"lora.r": 8}: a config as the flat keys trackers compare runs by."""
     flat: dict[str, Any] = {}
@@ -194,9 +224,13 @@ def make_tracker(cfg: Mapping[str, Any], folder: Path, name: str, config: dict) 
     """The run's tracker. `folder`: the run's folder in the results store (its parent holds the
     default TensorBoard and MLflow stores); `name`: the run's slug."""
     backend = cfg.get("backend", "none")
-    group = cfg.get("group") or None
     if backend == "none":
         return Tracker()
+    return TrainsOn(_backend_tracker(backend, cfg, folder, name, config), backend, name)
+
+
+def _backend_tracker(backend: str, cfg: Mapping[str, Any], folder: Path, name: str, config: dict) -> Tracker:
+    group = cfg.get("group") or None
     if backend == "wandb":
         os.environ.setdefault("WANDB_SILENT", "true")
         return WandbTracker(project=cfg.get("project", "lorasweep"), mode=cfg.get("mode", "offline"),
