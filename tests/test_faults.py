@@ -809,6 +809,18 @@ def test_retries_in_an_optuna_sweep(tmp_path, trainings, monkeypatch):
     assert list(per_run(trainings()).values()) == [2] and list(statuses(results).values()) == ["done"]
 
 
+def test_an_optuna_sweep_with_a_failed_trial_exits_1_as_a_grid_does(tmp_path, monkeypatch):
+    # the first training fails (tests/hooks: LORASWEEP_FAIL_ONCE), no retries: trial 1 is told failed
+    with_hooks(monkeypatch, LORASWEEP_FAIL_ONCE=str(tmp_path / "failed-once"))
+    results = tmp_path / "results"
+    proc = launch(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler=grid",
+                   "lora.r=choice(2,4)", *TINY_TOPICS, f"results_dir={results}"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # was 0: a study whose trials all failed "succeeded"
+    assert re.search(r"^trial 1/2 lora\.r=2: failed: RuntimeError: LORASWEEP_FAIL_ONCE: ", proc.stderr, re.M)
+    assert "1 complete, 0 pruned, 1 failed, 0 over budget" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(statuses(results).values()) == ["done", "failed"]
+
+
 @pytest.mark.parametrize("sweeper, value", [([], "-1"), ([], "1.5"), (["hydra/sweeper=optuna"], "two")])
 def test_retries_must_be_a_whole_number_of_at_least_0(tmp_path, sweeper, value):
     space = "lora.r=choice(2,4)" if sweeper else "lora.r=2,4"
