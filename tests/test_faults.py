@@ -776,6 +776,51 @@ def test_a_killed_worker_fails_its_run_only_and_is_replaced(tmp_path, trainings)
     assert per_run(trainings()) == {**{name: 1 for name in statuses(store)}, victim: 2}
 
 
+@pytest.fixture(scope="module")
+def deaths_after_results(tmp_path_factory):
+    """A 2-run grid in one worker, each worker killed (tests/hooks: LORASWEEP_KILL_AT) where its driver
+    must tell what the run left from what was there before: run 1 runs out of accelerator memory at its
+    first step, records that failure, and its worker dies right after; run 2 holds a pruned result
+    from an earlier sweep (a grid trains it again) and its worker dies at its first step."""
+    tmp = tmp_path_factory.mktemp("deaths")
+    store = tmp / "results"
+    runs = {r: [*TINY_ANY_STEPS, "train.max_steps=2", f"lora.r={r}"] for r in (2, 4)}
+    folders = {r: folder_of(run, store) for r, run in runs.items()}
+    plan = plan_run(compose_config(runs[4] + [f"results_dir={store}"]))
+    write_result(folders[4], {"run_key": plan.spec.run_key, "slug": plan.spec.slug, "status": "pruned",
+                              "reason": "stopped by the sweep's pruner at step 2", "config": plan.spec.defining(),
+                              "curve": [{"step": 2, "accuracy": 0.125}]})
+    with pytest.MonkeyPatch.context() as mp:
+        with_hooks(mp, LORASWEEP_RAISE_OOM=f"{folders[2].name}@1",
+                   LORASWEEP_KILL_AT=f"{folders[2].name}@result,{folders[4].name}@1")
+        proc = launch(["-m", "lora.r=2,4", *TINY_ANY_STEPS, "train.max_steps=2", "hydra.launcher.n_jobs=1",
+                       f"results_dir={store}"], cwd=tmp)
+    return {"proc": proc, "folders": folders}
+
+
+def test_a_worker_dying_after_its_run_recorded_a_failure_keeps_the_run_s_own_reason(deaths_after_results):
+    proc, folder = deaths_after_results["proc"], deaths_after_results["folders"][2]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    result = strict_json((folder / "result.json").read_text())
+    # was the signal alone: the driver's record overwrote the reason the run had written just before
+    assert result["status"] == "failed" and result["reason"] == f"AcceleratorMemoryError: {OOM_REASON}"
+    assert "torch.OutOfMemoryError" in (folder / "traceback.txt").read_text()
+    assert not (folder / "claim.json").exists()
+    assert re.search(rf"^run 1/2 lora\.r=2: FAILED after \d+s: AcceleratorMemoryError: {re.escape(OOM_REASON)}; "
+                     r"its worker then died: worker killed by signal 9 \(SIGKILL\)", proc.stderr, re.M), \
+        proc.stderr[-3000:]
+
+
+def test_a_worker_dying_under_its_run_is_not_reported_with_an_earlier_sweep_s_result(deaths_after_results):
+    proc, folder = deaths_after_results["proc"], deaths_after_results["folders"][4]
+    # was "run 2/2 lora.r=4: pruned": the earlier sweep's pruned result taken for what this run left
+    assert re.search(r"^run 2/2 lora\.r=4: FAILED after \d+s: worker killed by signal 9 \(SIGKILL\)", proc.stderr,
+                     re.M), proc.stderr[-3000:]
+    assert "sweep: 2 runs: 2 failed; best: " in proc.stderr and "pruned" not in proc.stderr
+    result = strict_json((folder / "result.json").read_text())
+    assert result["status"] == "failed" and result["reason"].startswith("worker killed by signal 9 (SIGKILL)")
+
+
 def test_retries_run_a_failed_run_again_but_never_a_diverged_one(tmp_path, trainings, monkeypatch):
     # the first training fails (tests/hooks: LORASWEEP_FAIL_ONCE); run 1 is the normal lr, run 2 diverges
     monkeypatch.setenv("LORASWEEP_FAIL_ONCE", str(tmp_path / "failed-once"))

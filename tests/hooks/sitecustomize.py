@@ -28,6 +28,12 @@ environment variable is set, so a process started without them is an ordinary on
                                        training step: a rank that fails while its peers train on;
                                        with ":oom" after it, torch.cuda.OutOfMemoryError (CUDA's
                                        message, naming GPU <rank>): a rank out of accelerator memory
+    LORASWEEP_KILL_AT=<name>@<when>,...  the process that trains the run whose folder's name contains
+                                       <name> kills itself with SIGKILL (as the out-of-memory killer
+                                       does) at its <when>th training step (1-based), or, with
+                                       <when> "result", right after it wrote that run's result.json
+                                       (a failed one, say: a worker that dies just after its run
+                                       recorded its failure)
     LORASWEEP_FAKE_GPUS=<n>            this machine has <n> GPUs, as local workers are placed
                                        (fake_gpus.py; tests/conftest.py sets 0 for every test)
 
@@ -153,3 +159,40 @@ if _RANK_BATCHES or _FAIL_RANK:
         return _plain_step(self, model, inputs, *args, **kwargs)
 
     transformers.Trainer.training_step = _step_seen
+
+_KILL_AT = os.environ.get("LORASWEEP_KILL_AT")
+
+if _KILL_AT:
+    import signal
+
+    import transformers
+
+    import lorasweep.run.store as _store
+
+    _KILLS = dict(spec.rsplit("@", 1) for spec in _KILL_AT.split(","))  # {name: step or "result"}
+    _trained_here: set[str] = set()  # folders this process trains: only their trainer dies, not the driver
+
+    def _kill_when(folder: Path, when: str) -> None:
+        for name, at in _KILLS.items():
+            if name in folder.name and at == when:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    _step_before_kill = transformers.Trainer.training_step
+
+    def _step_or_die(self, *args, **kwargs):
+        folder = Path(self.args.output_dir).resolve().parent  # <run folder>/trainer (lorasweep.run.lifecycle)
+        _trained_here.add(folder.name)
+        self._kill_steps = getattr(self, "_kill_steps", 0) + 1
+        _kill_when(folder, str(self._kill_steps))
+        return _step_before_kill(self, *args, **kwargs)
+
+    _write_result = _store.write_result
+
+    def _write_then_die(folder, result):
+        record = _write_result(folder, result)
+        if Path(folder).resolve().name in _trained_here:
+            _kill_when(Path(folder).resolve(), "result")
+        return record
+
+    transformers.Trainer.training_step = _step_or_die
+    _store.write_result = _write_then_die

@@ -66,6 +66,7 @@ class _Task:
     job: Job
     log_file: str | None
     future: Future
+    given_at: float = 0.0  # wall clock, when a worker took it: what its runs left since is this attempt's
 
 
 class _Worker:
@@ -82,6 +83,7 @@ class _Worker:
 
     def give(self, task: _Task) -> None:
         self.task, self.peak_rss = task, None
+        task.given_at = time.time()
         try:
             self.conn.send((task.id, task.job, task.log_file))
         except OSError:  # it died already: its sentinel says so next, and the run fails with the cause
@@ -245,10 +247,10 @@ class LocalExecutor:
         live process has claimed it since (its driver waits for it), else failed with the cause (a
         SIGTERM from elsewhere stopped it cleanly: nothing recorded, it trains again next time)."""
         if exitcode == STOPPED_EXIT:
-            outcomes = [self._left_by_stopped(cfg) for cfg in task.job.configs]
+            outcomes = [self._left_by_stopped(cfg, task.given_at) for cfg in task.job.configs]
         else:
             reason = death_reason(exitcode, peak_rss)
-            outcomes = [self._record_death(cfg, reason, peak_rss) for cfg in task.job.configs]
+            outcomes = [self._record_death(cfg, reason, peak_rss, task.given_at) for cfg in task.job.configs]
         if task.job.is_pack:  # each with its run key: the driver matches them to its runs by key
             keys = [run_key_of(folder) for folder in task.job.folders]
             task.future.set_result({PACK: [{"run_key": key, **outcome} for key, outcome in zip(keys, outcomes)]})
@@ -258,25 +260,29 @@ class LocalExecutor:
             task.future.set_result(outcomes[0])  # it wrote its result just before it died, or another has it
 
     @staticmethod
-    def _record_death(cfg: dict, reason: str, peak_rss: int | None) -> dict:
+    def _record_death(cfg: dict, reason: str, peak_rss: int | None, since: float) -> dict:
         """The run's result if it finished before its worker died, {"claimed_by"} if another process
-        has claimed it since, else {"died": the reason it failed} (recorded)."""
+        has claimed it since, else {"died": the reason it failed} (recorded): its own reason when it
+        recorded its failure just before the death (out of accelerator memory, say), with the death."""
         try:
             from ..run.records import record_worker_death
 
-            record = record_worker_death(cfg, reason, round(peak_rss / 2**20, 1) if peak_rss else None)
+            record = record_worker_death(cfg, reason, round(peak_rss / 2**20, 1) if peak_rss else None, since)
         except Exception as e:  # recording it failed too (a full disk): the cause is still said
             return {"died": reason + f" (its failure could not be recorded: {type(e).__name__}: {e})"}
-        return {"died": reason} if record.get("status") == "failed" else record
+        if record.get("status") != "failed":
+            return record
+        own = record.get("reason")  # the run's own, kept, unless record_worker_death wrote `reason` itself
+        return {"died": reason if own == reason else f"{own}; its worker then died: {reason}"}
 
     @staticmethod
-    def _left_by_stopped(cfg: dict) -> dict:
+    def _left_by_stopped(cfg: dict, since: float) -> dict:
         """A run whose worker a SIGTERM from elsewhere stopped: what it left (its result, written
-        before: diverged or pruned in a pack; another process's claim), else {"died"}: no result."""
+        since it was given: diverged or pruned in a pack; another process's claim), else {"died"}."""
         try:
             from ..run.records import left_by_worker
 
-            left = left_by_worker(cfg)
+            left = left_by_worker(cfg, since)
         except Exception:  # its folder cannot be read: said as stopped, which it was
             left = None
         return left or {"died": "worker stopped by SIGTERM before the run finished; it left no result"}

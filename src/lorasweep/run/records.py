@@ -121,36 +121,46 @@ def write_failure(folder: Path, base: dict, reason: str, text: str, t_start: flo
         pass
 
 
-def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float | None = None) -> dict[str, Any]:
+def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float | None = None,
+                        since: float | None = None) -> dict[str, Any]:
     """A run whose worker process died under it (the out-of-memory killer's SIGKILL, say) is recorded
     by its driver: planned again from its config (nothing loaded), status failed with `reason`, and
-    that record returned; unless left_in_folder finds what the run left (returned instead)."""
+    that record returned; unless left_in_folder finds what this attempt of the run left (returned
+    instead): a failed result it wrote just before the death keeps its own reason (and traceback),
+    which says more than the signal (out of accelerator memory, say). `since`: see left_by_worker."""
     plan = plan_run(cfg)
     folder = plan.folder(store.store_dir(cfg))
-    left = left_in_folder(plan, folder)
-    if left is not None:
+    left = left_in_folder(plan, folder, since)
+    if left is not None and left.get("status") != "failed":
         return left
     drop_dead_claim(folder)  # the dead worker's: nobody need take it over and say so
+    if left is not None:
+        return left
     (folder / store.TRACEBACK_FILE).unlink(missing_ok=True)  # an earlier failure's: this one has none
     return store.write_result(folder, {**base_record(plan), "status": "failed", "reason": reason,
                                        "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})
 
 
-def left_by_worker(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+def left_by_worker(cfg: Mapping[str, Any], since: float | None = None) -> dict[str, Any] | None:
     """What a run whose worker process ended under it left (planned again from its config, nothing
-    loaded): the result it wrote before (any status but failed: it stands), {"claimed_by": who,
-    "run_key"} when another process has claimed it since (its driver waits for it), else None."""
+    loaded): the result this attempt wrote, {"claimed_by": who, "run_key"} when another process has
+    claimed it since (its driver waits for it), else None. `since`: the wall-clock time its worker was
+    given the run. A finished result (done, diverged) stands whenever it was written: a finished run
+    is never given to a worker, so it finished under this attempt (or another process's, which stands
+    too). Any other (pruned, failed) counts only if written at or after `since`: one from before is an
+    earlier sweep's or attempt's, not what became of this one (None: none counts)."""
     plan = plan_run(cfg)
-    return left_in_folder(plan, plan.folder(store.store_dir(cfg)))
+    return left_in_folder(plan, plan.folder(store.store_dir(cfg)), since)
 
 
-def left_in_folder(plan: Plan, folder: Path) -> dict[str, Any] | None:
+def left_in_folder(plan: Plan, folder: Path, since: float | None = None) -> dict[str, Any] | None:
     """left_by_worker for a run already planned, whose folder is `folder`."""
     try:
         stored = store.read_result(folder)
     except UnreadableResultError:
         stored = None
-    if stored and stored.get("status") != "failed":
+    if stored and (stored.get("status") in store.FINISHED
+                   or since is not None and store.written_at(folder) >= since):
         return stored
     holder = live_holder(folder)
     return None if holder is None else {"claimed_by": holder.describe(), "run_key": plan.spec.run_key}

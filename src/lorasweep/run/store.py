@@ -67,6 +67,15 @@ def write_result(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def written_at(folder: Path) -> float:
+    """When the run's result.json was written (its mtime, wall clock), or -inf when there is none:
+    a driver tells the result its worker wrote from one an earlier sweep left (records.left_by_worker)."""
+    try:
+        return (folder / RESULT_FILE).stat().st_mtime
+    except OSError:
+        return float("-inf")
+
+
 def write_json_atomically(target: Path, data: Any) -> None:
     """Temp file + rename in the same folder: a reader sees the old file or the new one, never half.
     Strict JSON: non-finite floats are written as null (see `finite`)."""
