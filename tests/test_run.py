@@ -144,6 +144,24 @@ def test_a_failing_run_leaves_a_failed_result_and_traceback(results_dir, monkeyp
     assert again["status"] == "done"
 
 
+def test_a_run_failing_while_loading_leaves_a_failed_result_and_traceback(tmp_path, results_dir):
+    """A weights file cut short: the run fails while loading its model and records it, with the
+    traceback.txt a sweep's line points to (none was written, and no result)."""
+    import model_zoo as zoo
+
+    folder = zoo.model_folder(tmp_path / "my-bert", "bert")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(Exception, match="invalid header length") as raised:
+        run(["model=hf", f"model.id={folder}", *[a for a in TINY_TOPICS if not a.startswith("model=")]], results_dir)
+    [run_dir] = list(results_dir.iterdir())
+    said = f"{type(raised.value).__name__}: {raised.value}"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "failed" and result["reason"] == said
+    assert said in (run_dir / "traceback.txt").read_text()
+    assert not (run_dir / "claim.json").exists()
+
+
 def _floating_dtypes(output) -> set:
     """The dtypes of the floating tensors in a module's output (a tensor, tuple, list or ModelOutput)."""
     if isinstance(output, torch.Tensor):

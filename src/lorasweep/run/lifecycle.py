@@ -27,7 +27,7 @@ import torch
 
 from ..config.spec import RunSpec
 from ..console import say
-from ..errors import RunClaimedError, UnreadableResultError
+from ..errors import ModelUnavailableError, RunClaimedError, UnreadableResultError
 from ..model import loading, methods, tokens
 from ..model import params as params_of
 from ..tasks import task as tasks
@@ -128,15 +128,19 @@ def load_and_train(plan: Plan, folder: Path, tracking: Mapping[str, Any] | None,
 
 def _load(plan: Plan, folder: Path, base: dict, t_start: float):
     """The run's model, tokenizer and load notes. A model that cannot be had (no hub, no cache) is the
-    environment's problem, said once to the user, not a failed run to keep; one that does not fit in
-    the accelerator's memory is the run's failure, recorded as a training one is (below)."""
+    environment's problem, said once to the user, not a failed run to keep; any other failure (a weights
+    file cut short, one that does not fit in the accelerator's memory) is the run's, recorded as a
+    training one is (below), with its traceback.txt."""
     spec = plan.spec
     try:
         return loading.load_with_notes(spec.model, plan.head, plan.task.num_labels,
                                        quantization=methods.quantization_config(spec.method), labels=plan.task.labels)
+    except ModelUnavailableError:
+        raise
     except Exception as e:
         oom = memory.out_of_memory(e)
         if oom is None:
+            record_failure(folder, base, e, t_start)
             raise
         failure = memory.loading_failure(oom, spec.method)
         record_failure(folder, base, failure, t_start)

@@ -40,6 +40,7 @@ from ..console import say
 from ..errors import SAID_IN_FULL, ConfigError, StoreError, SweepExit, UnwritableStoreError, WorkerDiedError, cause
 from ..executors.factory import check_retries
 from ..executors.interface import Executor
+from ..run.store import TRACEBACK_FILE
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .driver import FINISHED, HERE, LANDED, RETRYING, WAITING, Driver, Outcome
@@ -274,7 +275,9 @@ def _failure(error: BaseException, job: SweepJob) -> str:
     """What a failed run's line says after 'FAILED after Ns: '."""
     if isinstance(error, (StoreError, WorkerDiedError)):  # the path and the cause; the signal and the peak RSS
         return str(error)  # and no traceback.txt to point to
-    return f"{cause(error)} (see {job.folder / 'traceback.txt'})"
+    traceback = job.folder / TRACEBACK_FILE
+    # a failure the run could not record (its model cannot be had here) has none either
+    return f"{cause(error)} (see {traceback})" if traceback.exists() else cause(error)
 
 
 def _collect(future: Future, job: SweepJob, tally: SweepTally) -> None:
