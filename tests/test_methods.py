@@ -74,3 +74,26 @@ def test_quantized_methods_say_what_is_missing_before_loading(method, tmp_path):
     proc = launch(TINY_MCQ + [f"method={method}", f"results_dir={tmp_path}/results"], cwd=tmp_path)
     assert proc.returncode == 2 and "use method=lora here" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_pruned_pissa_run_leaves_no_initial_adapter(results_dir):
+    """The initial adapter serves the conversion of a trained one: a run stopped by its pruner has none."""
+    cfg = compose_config(TINY_TOPICS + ["method=pissa", f"results_dir={results_dir}"])
+    result = run_config(cfg, reporter=lambda step, metrics: step > 0)  # the pruner stops it at its first evaluation
+    folder = results_dir / f"{result['slug']}-{result['run_key']}"
+    assert result["status"] == "pruned" and json.loads((folder / "result.json").read_text())["status"] == "pruned"
+    assert sorted(p.name for p in folder.iterdir()) == ["progress.json", "result.json"]
+
+
+def test_a_pissa_run_failing_in_training_leaves_its_result_and_traceback_only(results_dir, monkeypatch):
+    """No initial adapter, no empty trainer/ folder: what analysis reads (result.json) and why it failed."""
+    import transformers
+
+    def fails(self, *args, **kwargs):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(transformers.Trainer, "training_step", fails)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run(TINY_TOPICS + ["method=pissa"], results_dir)
+    [folder] = list(results_dir.iterdir())
+    assert json.loads((folder / "result.json").read_text())["status"] == "failed"
+    assert sorted(p.name for p in folder.iterdir()) == ["progress.json", "result.json", "traceback.txt"]

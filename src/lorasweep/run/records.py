@@ -23,6 +23,9 @@ from .claims import drop_dead_claim, live_holder, taken_from_us
 from .plan import Plan, plan_run
 
 
+TRAINER_DIR = "trainer"  # the Trainer's folder in a run's folder: its checkpoints, kept until the result is written
+
+
 def base_record(plan: Plan) -> dict[str, Any]:
     """What every result of this run holds, whatever its status."""
     spec = plan.spec
@@ -56,10 +59,8 @@ def pruned_result(folder: Path, base: dict, outcome, load_s: float, t_start: flo
 
 def diverged_result(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:
     """A run whose training loss became NaN or infinite: where, the last finite loss, its curve so far;
-    no test evaluation, no adapter (a PiSSA run's initial adapter, kept for converting, goes too)."""
-    still_ours(folder)  # before anything in the folder goes
+    no test evaluation, no adapter."""
     d = outcome.diverged
-    shutil.rmtree(folder / methods.PISSA_INIT, ignore_errors=True)
     say(f"{base['slug']}: diverged: {d.reason}")
     return _stopped_early(folder, base, outcome, load_s, t_start, status="diverged", reason=d.reason,
                           divergence={"step": d.step, "loss": str(d.loss),  # "nan", "inf": JSON has no such number
@@ -68,7 +69,10 @@ def diverged_result(folder: Path, base: dict, outcome, load_s: float, t_start: f
 
 def _stopped_early(folder: Path, base: dict, outcome, load_s: float, t_start: float, **fields: Any) -> dict[str, Any]:
     """The result of a run that stopped training before its end (pruned, diverged): its status,
-    reason and `fields`, the curve so far and its timing; no test evaluation, no adapter."""
+    reason and `fields`, the curve so far and its timing; no test evaluation, no adapter (a PiSSA
+    run's initial adapter, kept for converting a trained one, goes too)."""
+    still_ours(folder)  # before anything in the folder goes
+    shutil.rmtree(folder / methods.PISSA_INIT, ignore_errors=True)
     return _write_own(folder, {**base, **fields, "curve": outcome.curve,
                                        "timing": timing_record(load_s, outcome, 0.0, t_start),
                                        "memory": store.peak_memory()})
@@ -114,11 +118,22 @@ def write_failure(folder: Path, base: dict, reason: str, text: str, t_start: flo
             pass
     if taken_from_us(folder):  # the run's new owner writes its result: ours would overwrite it
         return
+    drop_leftovers(folder)
     try:
         store.write_result(folder, {**base, "status": "failed", "reason": reason,
                                     "timing": {"total_s": time.perf_counter() - t_start}})
     except (OSError, StoreError):
         pass
+
+
+def drop_leftovers(folder: Path) -> None:
+    """What a failed run left that serves only a run that goes on: a PiSSA run's initial adapter (each
+    attempt saves it again before it trains) and a trainer/ folder without a checkpoint to resume from
+    (the Trainer makes it at the start). Checkpoints stay: the next attempt resumes from them."""
+    shutil.rmtree(folder / methods.PISSA_INIT, ignore_errors=True)
+    workdir = folder / TRAINER_DIR
+    if workdir.is_dir() and not any(workdir.glob("checkpoint-*")):
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float | None = None,
