@@ -152,6 +152,39 @@ def trainings(monkeypatch, tmp_path):
     return lambda: counted_trainings(count)
 
 
+class Held:
+    """Runs held before a training step (tests/hooks: LORASWEEP_HOLD) until `release()`: a barrier
+    instead of slowed steps and a hope that a test's next move lands while a run trains."""
+
+    def __init__(self, gate: Path):
+        self.gate = gate
+
+    def runs(self) -> list[tuple[int, list[str]]]:
+        """(pid, [run folder name, ...]) of every run (or pack) held so far, in order."""
+        file = Path(f"{self.gate}.held")
+        lines = file.read_text().splitlines() if file.exists() else []
+        return [(int(pid), [Path(f).name for f in folders.split(",")])
+                for pid, folders, _ in (line.split(" ") for line in lines)]
+
+    def wait(self, n: int = 1, timeout: float = 240) -> list[tuple[int, list[str]]]:
+        """Wait until `n` runs (or packs) are held; returns them all."""
+        return wait_until(lambda: self.runs() if len(self.runs()) >= n else None, f"{n} held run(s)", timeout)
+
+    def release(self) -> None:
+        self.gate.touch()
+
+
+@pytest.fixture
+def hold(monkeypatch, tmp_path):
+    """hold(step): every process started from then on holds each run before its `step`th training
+    step (1-based) until the Held it returns is released."""
+    def at(step: int) -> Held:
+        gate = tmp_path / "hold.gate"
+        with_hooks(monkeypatch, LORASWEEP_HOLD=f"{gate}@{step}")
+        return Held(gate)
+    return at
+
+
 # -- sweeps watched while they run: their output as it comes, their worker processes -------------------
 
 WORKER_FLAG = "--multiprocessing-fork"  # on the command line of every process multiprocessing spawns
