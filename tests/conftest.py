@@ -154,6 +154,9 @@ def trainings(monkeypatch, tmp_path):
     return lambda: counted_trainings(count)
 
 
+NOT_HELD = {"LORASWEEP_HOLD": ""}  # launch(env=...): a rival started while runs are held trains unheld
+
+
 class Held:
     """Runs held before a training step (tests/hooks: LORASWEEP_HOLD) until `release()`: a barrier
     instead of slowed steps and a hope that a test's next move lands while a run trains."""
