@@ -69,9 +69,11 @@ def compose_config(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def launch(args: list[str], cwd: Path, timeout: int = 300, env: dict[str, str] | None = None
+def launch(args: list[str], cwd: Path, timeout: int = 900, env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess:
-    """Run `python launch.py ARGS` as a user would, in `cwd` (`env`: variables set on top of ours)."""
+    """Run `python launch.py ARGS` as a user would, in `cwd` (`env`: variables set on top of ours).
+    The timeouts here and below catch a hang, not a slow machine: a tiny 2-run sweep took over 300 s
+    while 2 cores ran ~25 busy processes."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -152,12 +154,48 @@ def trainings(monkeypatch, tmp_path):
     return lambda: counted_trainings(count)
 
 
+NOT_HELD = {"LORASWEEP_HOLD": ""}  # launch(env=...): a rival started while runs are held trains unheld
+
+
+class Held:
+    """Runs held before a training step (tests/hooks: LORASWEEP_HOLD) until `release()`: a barrier
+    instead of slowed steps and a hope that a test's next move lands while a run trains."""
+
+    def __init__(self, gate: Path):
+        self.gate = gate
+
+    def runs(self) -> list[tuple[int, list[str]]]:
+        """(pid, [run folder name, ...]) of every run (or pack) held so far, in order."""
+        file = Path(f"{self.gate}.held")
+        lines = file.read_text().splitlines() if file.exists() else []
+        return [(int(pid), [Path(f).name for f in folders.split(",")])
+                for pid, folders, _ in (line.split(" ") for line in lines)]
+
+    def wait(self, n: int = 1, timeout: float = 600) -> list[tuple[int, list[str]]]:
+        """Wait until `n` runs (or packs) are held; returns them all."""
+        return wait_until(lambda: self.runs() if len(self.runs()) >= n else None, f"{n} held run(s)", timeout)
+
+    def release(self) -> None:
+        self.gate.touch()
+
+
+@pytest.fixture
+def hold(monkeypatch, tmp_path):
+    """hold(step): every process started from then on holds each run before its `step`th training
+    step (1-based) until the Held it returns is released."""
+    def at(step: int) -> Held:
+        gate = tmp_path / "hold.gate"
+        with_hooks(monkeypatch, LORASWEEP_HOLD=f"{gate}@{step}")
+        return Held(gate)
+    return at
+
+
 # -- sweeps watched while they run: their output as it comes, their worker processes -------------------
 
 WORKER_FLAG = "--multiprocessing-fork"  # on the command line of every process multiprocessing spawns
 
 
-def wait_until(predicate, what: str, timeout: float = 240):
+def wait_until(predicate, what: str, timeout: float = 600):
     """Poll `predicate` until it returns something truthy, which is returned; fail naming `what` at the deadline."""
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -229,7 +267,7 @@ class Sweep:
         with self._changed:
             return "\n".join(self.lines)
 
-    def wait_for_line(self, pattern: str, timeout: float = 240, since: int = 0) -> tuple[re.Match, int]:
+    def wait_for_line(self, pattern: str, timeout: float = 600, since: int = 0) -> tuple[re.Match, int]:
         """Wait for an output line (from line `since` on) to match the regex `pattern`: (its match, the
         number of the line after it, a `since` for what comes next)."""
         regex, deadline, seen = re.compile(pattern), time.monotonic() + timeout, since
@@ -262,7 +300,7 @@ class Sweep:
         self.most = max(self.most, len(found))
         return found
 
-    def wait(self, timeout: float = 120) -> int:
+    def wait(self, timeout: float = 600) -> int:
         """The driver's exit status, once it has exited and all its output is read."""
         try:
             code = self.proc.wait(timeout=timeout)

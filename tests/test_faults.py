@@ -25,7 +25,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from conftest import (TINY_TOPICS, Sweep, compose_config, counted_trainings, launch, per_run, unslowed, wait_gone,
+from conftest import (NOT_HELD, TINY_TOPICS, Sweep, compose_config, counted_trainings, launch, per_run, wait_gone,
                       wait_until, with_hooks)
 from lorasweep.errors import AcceleratorMemoryError
 from lorasweep.run import memory
@@ -626,7 +626,7 @@ def test_oom_failure_frees_the_model_trainer_and_optimizer(tmp_path, monkeypatch
 # =====================================================================================================
 # Trainings are counted in every process (conftest.trainings): a run trained twice shows twice.
 
-CLAIMED_GRID = [*TINY_TOPICS, "train.max_steps=8", "train.step_sleep_s=0.2", "hydra.launcher.threads=1"]
+CLAIMED_GRID = [*TINY_TOPICS, "train.max_steps=8", "hydra.launcher.threads=1"]
 SIX_LRS = "train.lr=1e-3,2e-3,3e-3,4e-3,5e-3,6e-3"
 
 
@@ -636,10 +636,13 @@ def summary_counts(output: str) -> dict[str, int]:
     return {m.group(2): int(m.group(1)) for m in re.finditer(r"(\d+) ([a-z ]+)", line)}
 
 
-def test_three_drivers_on_one_grid_train_each_run_once(tmp_path, trainings):
+def test_three_drivers_on_one_grid_train_each_run_once(tmp_path, trainings, hold):
     store = tmp_path / "results"
     args = ["-m", *CLAIMED_GRID, SIX_LRS, f"results_dir={store}"]
+    held = hold(step=2)  # each driver's first run waits mid-training until all three have planned theirs
     with Sweep(args, tmp_path) as a, Sweep(args, tmp_path) as b, Sweep(args, tmp_path) as c:
+        assert len({pid for pid, _ in held.wait(3)}) == 3  # three runs held at once, in three workers
+        held.release()
         codes = [s.wait(timeout=600) for s in (a, b, c)]
         outputs = [s.output for s in (a, b, c)]
     assert codes == [0, 0, 0], "\n\n".join(o[-2000:] for o in outputs)
@@ -653,12 +656,15 @@ def test_three_drivers_on_one_grid_train_each_run_once(tmp_path, trainings):
     assert not list(store.glob("*/claim.json"))  # every claim released
 
 
-def test_a_grid_and_an_optuna_study_on_one_store_train_each_run_once(tmp_path, trainings):
+def test_a_grid_and_an_optuna_study_on_one_store_train_each_run_once(tmp_path, trainings, hold):
     store = tmp_path / "results"
     grid = ["-m", *CLAIMED_GRID, "train.lr=1e-3,2e-3,3e-3,4e-3", f"results_dir={store}"]
     study = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=4",
              "train.lr=choice(1e-3,2e-3,3e-3,4e-3)", *CLAIMED_GRID, f"results_dir={store}"]
+    held = hold(step=2)  # a run of each waits mid-training until both have started one
     with Sweep(grid, tmp_path) as a, Sweep(study, tmp_path) as b:
+        held.wait(2)
+        held.release()
         codes = [a.wait(timeout=600), b.wait(timeout=600)]
         outputs = [a.output, b.output]
     assert codes == [0, 0], "\n\n".join(o[-2000:] for o in outputs)
@@ -674,12 +680,14 @@ def test_a_grid_and_an_optuna_study_on_one_store_train_each_run_once(tmp_path, t
     assert values == pytest.approx(by_lr)
 
 
-def test_a_single_run_that_a_sweep_trains_now_is_refused_in_one_line(tmp_path, trainings):
+def test_a_single_run_that_a_sweep_trains_now_is_refused_in_one_line(tmp_path, trainings, hold):
     store = tmp_path / "results"
-    run = [*TINY_TOPICS, "train.max_steps=40", "train.step_sleep_s=0.25", f"results_dir={store}"]
+    run = [*TINY_TOPICS, f"results_dir={store}"]
+    held = hold(step=2)  # the sweep's run waits mid-training until the single run has been refused
     with Sweep(["-m", *run], tmp_path) as sweep:
-        sweep.wait_for_line(r"train step")
-        single = launch(run, cwd=tmp_path)
+        held.wait()
+        single = launch(run, cwd=tmp_path, env=NOT_HELD)  # trained here (claims broken), it fails, not hangs
+        held.release()
         assert sweep.wait(timeout=300) == 0
     assert single.returncode == 1
     assert re.search(r"^error: .*-[0-9a-f]{16} is being trained by pid \d+ on \S+, since [\d:]+; not started "
@@ -688,11 +696,12 @@ def test_a_single_run_that_a_sweep_trains_now_is_refused_in_one_line(tmp_path, t
     assert list(per_run(trainings()).values()) == [1]
 
 
-def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, trainings):
+def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, trainings, hold):
     store = tmp_path / "results"
-    args = ["-m", *TINY_TOPICS, "train.max_steps=40", "train.step_sleep_s=0.25", f"results_dir={store}"]
+    args = ["-m", *TINY_TOPICS, f"results_dir={store}"]
+    held = hold(step=2)  # killed mid-training
     with Sweep(args, tmp_path) as sweep:
-        sweep.wait_for_line(r"train step")
+        held.wait()
         workers = sweep.workers()
         os.killpg(sweep.proc.pid, signal.SIGKILL)  # driver and worker at once: nobody releases the claim
         sweep.wait()
@@ -700,7 +709,8 @@ def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, trainin
     left = list(store.glob("*/claim.json"))
     assert len(left) == 1 and not (left[0].parent / "result.json").exists()
     pid = json.loads(left[0].read_text())["pid"]
-    again = launch(unslowed(args), cwd=tmp_path)
+    held.release()
+    again = launch(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"took over the claim of pid {pid} on {socket.gethostname()}, which is gone" in again.stdout + again.stderr
     assert json.loads((left[0].parent / "result.json").read_text())["status"] == "done"
@@ -708,12 +718,14 @@ def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, trainin
     assert list(per_run(trainings()).values()) == [2]  # the killed training, and the one that finished
 
 
-def test_the_plan_view_shows_a_run_trained_elsewhere(tmp_path, trainings):
+def test_the_plan_view_shows_a_run_trained_elsewhere(tmp_path, trainings, hold):
     store = tmp_path / "results"
-    run = [*TINY_TOPICS, "train.max_steps=40", "train.step_sleep_s=0.25", f"results_dir={store}"]
+    run = [*TINY_TOPICS, "train.max_steps=40", f"results_dir={store}"]
+    held = hold(step=2)  # the sweep's run waits after its first step until the plan has been shown
     with Sweep(["-m", *run], tmp_path) as sweep:
-        sweep.wait_for_line(r"train step")
-        plan = launch(["-m", *run, "hydra/launcher=plan"], cwd=tmp_path)
+        held.wait()
+        plan = launch(["-m", *run, "hydra/launcher=plan"], cwd=tmp_path, env=NOT_HELD)
+        held.release()
         assert sweep.wait(timeout=300) == 0
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert re.search(r"being trained by pid \d+ on \S+, since [\d:]+: step \d+/40, ", plan.stdout), plan.stdout
@@ -740,18 +752,18 @@ KILLED = re.compile(r"^run (\d)/4 .*: FAILED after \d+s: (worker killed by signa
                     r"its peak RSS was \d+(\.\d)? [MG]iB)$", re.M)
 
 
-def test_a_killed_worker_fails_its_run_only_and_is_replaced(tmp_path, trainings):
-    # 6 steps of 0.5 s: a run trains for 3 s at least, so the kill lands while it trains
-    args = ["-m", "lora.r=2,4", "lora.proj=qk,v", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS, "train.max_steps=6",
-            "train.step_sleep_s=0.5"]
+def test_a_killed_worker_fails_its_run_only_and_is_replaced(tmp_path, trainings, hold):
+    args = ["-m", "lora.r=2,4", "lora.proj=qk,v", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS, "train.max_steps=6"]
     store = tmp_path / "results"
+    held = hold(step=2)  # every run waits mid-training until the killed one has been replaced
     with Sweep(args, tmp_path) as sweep:
-        pid, victim = wait_until(lambda: trainings()[:1], "a run to train")[0]
+        pid, [victim] = held.wait()[0]
         assert pid in sweep.workers()  # one of this sweep's workers, training `victim`
         os.kill(pid, signal.SIGKILL)  # what the kernel's out-of-memory killer does
         sweep.wait_for_line(KILLED.pattern)
         # a new worker takes the next run beside the one still training
         wait_until(lambda: len(set(sweep.workers()) - {pid}) == 2, "two workers again")
+        held.release()
         code = sweep.wait()
     out = sweep.output
     assert code == 1, out[-3000:]  # the failure fails the sweep, at its end
@@ -879,16 +891,16 @@ def test_retries_must_be_a_whole_number_of_at_least_0(tmp_path, sweeper, value):
 
 @pytest.mark.parametrize("how", ["ctrl-c twice", "sigterm"])
 def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half_done(tmp_path, trainings,
-                                                                                      monkeypatch, how):
+                                                                                      monkeypatch, hold, how):
     if how == "ctrl-c twice":  # an interrupted run takes 60 s to end (tests/hooks): only SIGKILL ends it sooner
         monkeypatch.setenv("LORASWEEP_SLOW_STOP", "60")
-    # runs 1 and 2 take 2 steps; runs 3 and 4 take 30 steps of 0.5 s, and are interrupted while they train
-    # (in Trainer.train, even on a loaded machine, where the slow stop of the hook applies)
-    args = ["-m", "train.max_steps=2,30", "lora.r=2,4", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS,
-            "train.step_sleep_s=0.5"]
+    # two runs take 2 steps; the other two take 30, and are held at their 3rd step (in Trainer.train, where
+    # the slow stop of the hook applies) until the sweep is interrupted
+    args = ["-m", "train.max_steps=2,30", "lora.r=2,4", "hydra.launcher.n_jobs=2", *TINY_ANY_STEPS]
     store = tmp_path / "results"
+    held = hold(step=3)
     with Sweep(args, tmp_path) as sweep:
-        wait_until(lambda: len(trainings()) == 4, "runs 3 and 4 to train")
+        held.wait(2)  # both workers hold a 30-step run: the 2-step runs are done
         workers = sweep.workers()
         if how == "ctrl-c twice":  # the terminal signals its foreground process group: the workers ignore it
             os.killpg(sweep.proc.pid, signal.SIGINT)
@@ -900,10 +912,12 @@ def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half
             sweep.wait_for_line(rf"^interrupted again: killing {busy} workers? now$")
         else:  # `kill` of the driver only: it stops its workers
             os.kill(sweep.proc.pid, signal.SIGTERM)
-        code = sweep.wait(timeout=20)  # well before the 30 s a worker is given, or the hook's 60 s
-    wait_gone(workers.values(), timeout=10)
+        code = sweep.wait(timeout=240)
+    wait_gone(workers.values())
     out = sweep.output
     assert code == 130, out[-3000:]
+    # stopped at once, not after the 30 s a worker is given (nor the hook's 60 s): said, not timed
+    assert "after SIGTERM: killed" not in out, out[-3000:]
     assert "Traceback" not in out, out[-3000:]  # no KeyboardInterrupt in a worker: they ignore Ctrl-C
     stopped = int(re.search(r"^sweep interrupted: stopping (\d) runs? in flight", out, re.M).group(1))
     kept = len(re.findall(r"^run \d/4 .*: done, ", out, re.M))
@@ -925,26 +939,27 @@ def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half
             assert not (store / name / "claim.json").exists()  # released there
 
     monkeypatch.delenv("LORASWEEP_SLOW_STOP", raising=False)
-    proc = launch(unslowed(args), cwd=tmp_path)
+    held.release()
+    proc = launch(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"sweep: 4 runs: {stopped} done, {kept} already done" in proc.stderr
     assert set(statuses(store).values()) == {"done"} and len(statuses(store)) == 4
     assert per_run(trainings()) == {name: 2 if name in interrupted else 1 for name in statuses(store)}
 
 
-def test_an_interrupted_optuna_sweep_stops_its_workers_and_is_continued(tmp_path, trainings):
+def test_an_interrupted_optuna_sweep_stops_its_workers_and_is_continued(tmp_path, trainings, hold):
     """A closed terminal (SIGHUP) during an Optuna sweep with 2 trials in flight: the driver stops its
     workers as a grid's does, says what the study kept, exits 130; the same command finishes the study."""
     args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=4",
-            "hydra.sweeper.n_jobs=2", "lora.r=choice(2,4)", "train.max_steps=choice(2,8)", *TINY_ANY_STEPS,
-            "train.step_sleep_s=0.5"]
+            "hydra.sweeper.n_jobs=2", "lora.r=choice(2,4)", "train.max_steps=choice(2,8)", *TINY_ANY_STEPS]
     store = tmp_path / "results"
+    held = hold(step=3)  # the 8-step trials wait at their 3rd step until the sweep is interrupted
     with Sweep(args, tmp_path) as sweep:
-        wait_until(lambda: len(trainings()) >= 3, "a third trial to train")
+        held.wait(2)  # both workers hold an 8-step trial
         workers = sweep.workers()
         os.kill(sweep.proc.pid, signal.SIGHUP)
-        code = sweep.wait(timeout=60)
-    wait_gone(workers.values(), timeout=10)
+        code = sweep.wait(timeout=240)
+    wait_gone(workers.values())
     out = sweep.output
     assert code == 130, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
@@ -955,6 +970,7 @@ def test_an_interrupted_optuna_sweep_stops_its_workers_and_is_continued(tmp_path
     assert not list(store.glob("*/claim.json"))  # the stopped runs released their claims
     before = per_run(trainings())
 
+    held.release()
     again = launch(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert set(statuses(store).values()) == {"done"} and len(statuses(store)) == 4

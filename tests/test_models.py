@@ -29,19 +29,16 @@ TINY_HEADS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def warm_imports():
-    """transformers imports each model family lazily (0.5-1 s, once per process): pay it here,
-    so the timings below measure building the model, not Python imports."""
-    for family, head in TINY_HEADS:
-        build_on_meta(tiny(family), head, 3 if head == "classification" else None)
+# What makes a tiny model fast to build and run in a test, counted instead of timed (a clock on a
+# loaded machine says nothing): its size. Hidden 64, 2 layers, 128 tokens: t5's encoder and decoder
+# are the largest, at about 180k parameters.
+TINY_MAX_PARAMS = 250_000
 
 
 @pytest.mark.parametrize("family,head", TINY_HEADS)
-def test_tiny_model_loads_fast_and_runs(family, head, warm_imports):
-    t0 = time.perf_counter()
+def test_tiny_model_loads_fast_and_runs(family, head):
     model, tok = load_model(tiny(family), head, num_labels=3 if head == "classification" else None)
-    assert time.perf_counter() - t0 < 2.0
+    assert sum(p.numel() for p in model.parameters()) < TINY_MAX_PARAMS
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
     assert model.config.vocab_size >= len(tok)
     assert tok.pad_token is not None and tok.padding_side == "right"
@@ -108,26 +105,31 @@ def test_tiny_chat_template_is_chatml():
 
 
 @pytest.mark.parametrize("family,head", TINY_HEADS)
-def test_meta_skeleton_matches_real_model(family, head, warm_imports):
+def test_meta_skeleton_matches_real_model(family, head):
     spec, n = tiny(family), (3 if head == "classification" else None)
-    t0 = time.perf_counter()
     skeleton = build_on_meta(spec, head, n)
-    assert time.perf_counter() - t0 < 1.0
-    assert all(p.device.type == "meta" for p in skeleton.parameters())
+    assert all(p.device.type == "meta" for p in skeleton.parameters())  # no memory, no weights: milliseconds
     model, _ = load_model(spec, head, n)
     assert [(k, p.shape) for k, p in skeleton.named_parameters()] == \
            [(k, p.shape) for k, p in model.named_parameters()]
     assert [k for k, _ in skeleton.named_modules()] == [k for k, _ in model.named_modules()]
 
 
-def test_hub_model_not_cached_fails_fast_with_alternatives():
-    # offline: conftest sets HF_HUB_OFFLINE for every test, so no network is touched
+def test_hub_model_not_cached_fails_fast_with_alternatives(monkeypatch):
+    # offline: conftest sets HF_HUB_OFFLINE for every test, so no network is touched. Fast is counted,
+    # not timed: no connection tried, no pause for a retry (huggingface_hub's backoff sleeps)
+    import socket
+
+    tried, paused = [], []
+    lookup, connect, sleep = socket.getaddrinfo, socket.socket.connect, time.sleep
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: (tried.append(host), lookup(host, *a, **k))[1])
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: (tried.append(address), connect(self, address))[1])
+    monkeypatch.setattr(time, "sleep", lambda s: (paused.append(s), sleep(s))[1])
     spec = ModelSpec(name="qwen3-0.6b", family="qwen3", source="hub",
                      id="lorasweep-tests/no-such-model")
-    t0 = time.perf_counter()
     with pytest.raises(ModelUnavailableError) as info:
         load_model(spec, "causal_lm")
-    assert time.perf_counter() - t0 < 10
+    assert tried == [] and paused == []
     msg = str(info.value)
     assert "qwen3-0.6b" in msg and "lorasweep-tests/no-such-model" in msg
     assert "minilm" in msg and "smollm2-135m" in msg and "HF_HOME" in msg
@@ -193,9 +195,13 @@ def test_minilm_classification():
 @pytest.mark.real_model
 def test_smollm2_from_cache_is_sane_and_tied():
     folder = assets.gguf_model_dir(SMOLLM2)  # converts once (~30 s) if the setup step did not
-    t0 = time.perf_counter()
-    model, tok = load_model(SMOLLM2, "causal_lm")
-    assert time.perf_counter() - t0 < 10
+
+    def converted_again(*args):
+        raise AssertionError("the GGUF was converted again: loading must read the cached conversion")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(assets, "_convert", converted_again)
+        model, tok = load_model(SMOLLM2, "causal_lm")
     cfg = model.config
     assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size) == \
            ("llama", 30, 576, 49152)

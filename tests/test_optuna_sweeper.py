@@ -12,7 +12,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from conftest import TINY_TOPICS, Sweep, compose_config, launch, wait_gone, wait_until
+from conftest import NOT_HELD, TINY_TOPICS, Sweep, compose_config, launch, wait_gone, wait_until
 from lorasweep.run.plan import plan_run
 
 SWEEPER = ["-m", "hydra/sweeper=optuna"]
@@ -106,15 +106,17 @@ def test_finished_sweep_run_again_trains_nothing(restarted):
     assert "started" not in third.stderr
 
 
-def test_the_same_command_started_again_while_its_study_runs_is_refused_and_the_first_goes_on(tmp_path):
+def test_the_same_command_started_again_while_its_study_runs_is_refused_and_the_first_goes_on(tmp_path, hold):
     """A second driver of one study took the first's RUNNING trials for abandoned ones and failed
     them, and the first died telling them (UpdateFinishedTrialError)."""
     results = tmp_path / "results"
     args = [*SWEEPER, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=2", "train.lr=choice(1e-3,2e-3)",
-            *TINY_TOPICS, "train.step_sleep_s=0.5", f"results_dir={results}"]
+            *TINY_TOPICS, f"results_dir={results}"]
+    held = hold(step=2)  # the first's trial waits mid-training until the second has been refused
     with Sweep(args, tmp_path) as first:
-        first.wait_for_line(r"^trial 1/2 .*: started")
-        second = launch(args, cwd=tmp_path)
+        held.wait()
+        second = launch(args, cwd=tmp_path, env=NOT_HELD)  # had it trained (not refused), it fails, not hangs
+        held.release()
         assert first.wait(timeout=300) == 0, first.output[-3000:]
     assert second.returncode == 1, second.stderr[-3000:]
     assert re.search(r"^sweep: optuna study 'lorasweep-[0-9a-f]{10}' is being driven by pid \d+ on \S+, since "

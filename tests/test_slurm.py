@@ -14,7 +14,7 @@ import time
 import optuna
 import pytest
 
-from conftest import ROOT, TINY_TOPICS, launch
+from conftest import ROOT, TINY_TOPICS, launch, wait_until
 from lorasweep.run.study_storage import open_storage
 
 SLURM = ["hydra/launcher=slurm_local"]
@@ -105,14 +105,16 @@ def _kill_the_driver_once_submitted(args: list[str], cwd, runs: int) -> dict:
     return job_records(cwd / "results")
 
 
-def test_a_killed_driver_started_again_reattaches_and_trains_nothing_twice(slurm_cluster, tmp_path):
-    # four runs of a few seconds, two at a time: the driver is killed while they are queued or running
+def test_a_killed_driver_started_again_reattaches_and_trains_nothing_twice(slurm_cluster, tmp_path, hold):
+    # four runs, two at a time, each held at its 2nd step: the driver is killed while they are queued or running
     grid = ["-m", "lora.r=2,4", "lora.proj=qk,v"]
-    slow = TINY_TOPICS + ["train.max_steps=10", "train.step_sleep_s=0.3", "hydra.launcher.array_parallelism=2"]
+    slow = TINY_TOPICS + ["train.max_steps=10", "hydra.launcher.array_parallelism=2"]
     store = tmp_path / "results"
+    held = hold(step=2)
     submitted = _kill_the_driver_once_submitted(grid + slow + SLURM, tmp_path, runs=4)
     before = {name: r for name, r in results(store).items() if r["status"] == "done"}
-    assert len(before) < 4, "every run finished before the driver was killed: nothing left to re-attach"
+    assert before == {}, "a run finished before the driver was killed"
+    held.release()
     proc = launch(grid + slow + SLURM, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert job_records(store) == submitted  # not one run submitted again
@@ -226,26 +228,28 @@ def test_optuna_sweep_on_slurm_keeps_its_study_in_a_journal_and_continues_it(slu
         {rec["job_id"] for rec in job_records(store).values()}
 
 
-def test_a_signalled_run_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
+def test_a_signalled_run_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path, hold):
     """README: at a time limit or a preemption SLURM sends USR2 (`signal_delay_s` before the limit);
     submitit requeues the job and the run resumes from its last checkpoint, not from step 0. Here
     the USR2 is sent by hand once a complete checkpoint exists, as slurmctld would send it."""
-    # checkpoints every eval_steps inside a SLURM job; slowed steps leave >= 7 s of training after
-    # the first checkpoint, for the signal to arrive
-    slow = TINY_TOPICS + ["train.max_steps=30", "train.eval_steps=5", "train.step_sleep_s=0.3"]
+    # checkpoints every eval_steps inside a SLURM job; the run is held at step 11 (checkpoints 5 and 10
+    # saved) until the job has caught the signal
+    slow = TINY_TOPICS + ["train.max_steps=30", "train.eval_steps=5"]
+    held = hold(step=11)
     cmd = [sys.executable, str(ROOT / "launch.py"), "-m", "lora.r=2", *slow, *SLURM]
     driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = tmp_path / "results"
     try:
-        deadline = time.time() + 300
-        saved = []
-        while not saved and time.time() < deadline and driver.poll() is None:
-            saved = list(store.glob("*/trainer/checkpoint-*/trainer_state.json"))
-            time.sleep(0.1)
-        assert saved, "no checkpoint was saved: " + ("" if driver.poll() is None else driver.communicate()[1][-3000:])
-        seen = int(saved[0].parent.name.split("-")[-1])
+        wait_until(lambda: held.runs() or driver.poll() is not None, "the run to reach step 11")
+        assert held.runs(), "the run was not held: " + driver.communicate()[1][-3000:]
+        saved = list(store.glob("*/trainer/checkpoint-*/trainer_state.json"))
+        assert saved, "no checkpoint was saved"
+        seen = max(int(p.parent.name.split("-")[-1]) for p in saved)
         (record,) = job_records(store).values()
         subprocess.run(["scancel", "--signal=USR2", record["job_id"]], check=True, timeout=60)
+        err = store / ".submitit" / record["job_id"] / f"{record['job_id']}_0_log.err"
+        wait_until(lambda: err.exists() and "Caught signal SIGUSR2" in err.read_text(), "the job to catch USR2")
+        held.release()
         _, stderr = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
@@ -266,16 +270,18 @@ def test_a_signalled_run_is_requeued_and_resumes_from_its_checkpoint(slurm_clust
     assert not (store / next(iter(results(store))) / "trainer").exists()
 
 
-def test_a_pack_trains_in_one_slurm_job_and_a_restarted_driver_collects_it(slurm_cluster, tmp_path):
+def test_a_pack_trains_in_one_slurm_job_and_a_restarted_driver_collects_it(slurm_cluster, tmp_path, hold):
     """pack=true: the grid's four runs go as one job; each run's folder names that job. The driver is
-    killed while the pack trains; started again, it re-attaches to the job and submits nothing."""
+    killed while the pack trains (held at its 2nd step); started again, it re-attaches to the job and
+    submits nothing."""
     grid = ["-m", "lora.r=2,4", "lora.proj=qk,v", "hydra.launcher.pack=true"]
-    slow = [o for o in TINY_TOPICS if not o.startswith("train.max_steps=")] + ["train.max_steps=20",
-                                                                               "train.step_sleep_s=0.3"]
+    slow = [o for o in TINY_TOPICS if not o.startswith("train.max_steps=")] + ["train.max_steps=20"]
     store = tmp_path / "results"
+    held = hold(step=2)
     submitted = _kill_the_driver_once_submitted(grid + slow + SLURM, tmp_path, runs=4)
     assert len({rec["job_id"] for rec in submitted.values()}) == 1  # one job for the 4 runs
-    assert len([r for r in results(store).values() if r["status"] == "done"]) < 4, "the pack ended too soon"
+    assert [r for r in results(store).values() if r["status"] == "done"] == [], "the pack ended too soon"
+    held.release()
 
     proc = launch(grid + slow + SLURM, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -13,7 +13,7 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
-from conftest import TINY_TOPICS, launch
+from conftest import TINY_TOPICS, launch, wait_until
 from lorasweep.errors import ConfigError
 from lorasweep.run.study_storage import check_storage, default_storage, journal_path, journal_spec, open_storage
 
@@ -80,8 +80,9 @@ def test_the_default_is_a_journal_on_slurm_sqlite_locally_and_an_existing_study_
     assert default_storage(only_db, cluster=False) == f"sqlite:///{only_db.resolve()}/optuna.db"
 
 
-# Each process waits for the start file (so that all of them write at once), then asks and tells N
-# trials, each told the value WORKER * 1000 + i.
+# Each process opens the study, says it is ready (a file), waits for the start file (created once all
+# of them are ready, so that all of them write at once), then asks and tells N trials, each told the
+# value WORKER * 1000 + i.
 _ASK_AND_TELL = """
 import sys, time
 from pathlib import Path
@@ -90,6 +91,7 @@ from lorasweep.run.study_storage import open_storage
 spec, worker, n, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name="many", storage=open_storage(spec))
+(go.parent / f"ready-{worker}").touch()
 while not go.exists():
     time.sleep(0.01)
 for i in range(n):
@@ -107,6 +109,8 @@ def test_eight_processes_telling_one_journal_at_once_lose_no_trial(tmp_path):
     go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", _ASK_AND_TELL, spec, str(w), str(n), str(go)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(processes)]
+    wait_until(lambda: len(list(tmp_path.glob("ready-*"))) == processes or any(p.poll() is not None for p in procs),
+               "every process to open the study")
     go.touch()
     for p in procs:
         _, err = p.communicate(timeout=300)

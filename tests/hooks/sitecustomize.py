@@ -36,6 +36,12 @@ environment variable is set, so a process started without them is an ordinary on
                                        recorded its failure)
     LORASWEEP_FAKE_GPUS=<n>            this machine has <n> GPUs, as local workers are placed
                                        (fake_gpus.py; tests/conftest.py sets 0 for every test)
+    LORASWEEP_HOLD=<gate file>@<step>  every run (alone or in a pack) waits before its <step>th training
+                                       step (1-based) until <gate file> exists; as it starts to wait it
+                                       appends "<pid> <run folder>[,<run folder>...] <step>" to
+                                       <gate file>.held: a barrier, so that a test acts on a run known to
+                                       be mid-training (kills it, starts a rival) and then lets it go on;
+                                       a run still held after 10 minutes raises RuntimeError
 
 A call is counted before it fails or trains.
 """
@@ -196,3 +202,44 @@ if _KILL_AT:
 
     transformers.Trainer.training_step = _step_or_die
     _store.write_result = _write_then_die
+
+_HOLD = os.environ.get("LORASWEEP_HOLD")
+
+if _HOLD:
+    import time
+
+    import transformers
+
+    import lorasweep.run.pack_loop as _pack_loop
+
+    _HOLD_GATE, _, _HOLD_STEP = _HOLD.rpartition("@")
+    _HOLD_GATE, _HOLD_STEP = Path(_HOLD_GATE), int(_HOLD_STEP)
+
+    def _hold(folders: list[str]) -> None:
+        if _HOLD_GATE.exists():
+            return
+        with open(f"{_HOLD_GATE}.held", "a") as f:  # one short line per write, appended: whole lines
+            f.write(f"{os.getpid()} {','.join(folders)} {_HOLD_STEP}\n")
+        deadline = time.monotonic() + 600
+        while not _HOLD_GATE.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"LORASWEEP_HOLD: no {_HOLD_GATE} in 10 minutes")
+            time.sleep(0.05)
+
+    _step_unheld = transformers.Trainer.training_step
+
+    def _step_held(self, *args, **kwargs):
+        self._held_steps = getattr(self, "_held_steps", 0) + 1
+        if self._held_steps == _HOLD_STEP:
+            _hold([str(Path(self.args.output_dir).resolve().parent)])
+        return _step_unheld(self, *args, **kwargs)
+
+    transformers.Trainer.training_step = _step_held
+    _pack_step_unheld = _pack_loop._step
+
+    def _pack_step_held(pack, live, step, *args, **kwargs):
+        if step == _HOLD_STEP:
+            _hold([str(Path(m.trainer.args.output_dir).resolve().parent) for m, _ in live])
+        return _pack_step_unheld(pack, live, step, *args, **kwargs)
+
+    _pack_loop._step = _pack_step_held
