@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -774,6 +775,50 @@ def test_a_killed_worker_fails_its_run_only_and_is_replaced(tmp_path, trainings)
     assert "sweep: 4 runs: 1 done, 3 already done; best: " in again.stderr
     assert set(statuses(store).values()) == {"done"}
     assert per_run(trainings()) == {**{name: 1 for name in statuses(store)}, victim: 2}
+
+
+SERVE = """
+import multiprocessing, os, signal, sys
+from lorasweep.executors import worker
+
+driver, conn = multiprocessing.Pipe()
+for task in (1, 2):
+    driver.send((task, None, None))
+
+
+class Swallows:
+    def __del__(self):  # Python ignores what is raised here: as in a library's weakref callback
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs here, at a loop's check for signals
+            pass
+
+
+def run(job, log_file):
+    print("run", flush=True)
+    if sys.argv[1] == "driver killed":  # the driver dies while the run ends (SIGKILL: nothing is sent)
+        driver.close()
+    else:  # the SIGTERM of the driver's death lands where its Stopped is swallowed
+        Swallows()
+    return {"status": "done"}
+
+
+worker.execute = run
+worker.serve(conn, threads=1)
+"""
+
+
+@pytest.mark.parametrize("how", ["driver killed", "stop swallowed"])
+def test_a_worker_whose_driver_is_gone_ends_quietly_after_its_run(tmp_path, how):
+    """A driver killed outright (SIGKILL) sends its workers SIGTERM through the kernel (die_with_parent),
+    which raises Stopped where the run is; raised in a __del__ or a weakref callback (SQLAlchemy's, in
+    an Optuna trial) Python swallows it, the run ends and its result is written. The worker then ends,
+    without a traceback for the driver it cannot reach, and takes no next run."""
+    proc = subprocess.run([sys.executable, "-c", SERVE, how], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    # none but Python's own note of what it swallowed
+    assert proc.stderr.count("Traceback") == proc.stderr.count("Exception ignored in"), proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["run"]  # one run, not the next
+    assert proc.returncode == (0 if how == "driver killed" else 128 + signal.SIGTERM), proc.stderr[-3000:]
 
 
 def test_retries_run_a_failed_run_again_but_never_a_diverged_one(tmp_path, trainings, monkeypatch):
