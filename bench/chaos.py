@@ -11,8 +11,9 @@ Four sweeps run side by side, each into a results store of its own, on a tiny ra
               (hydra.launcher.retries=3: a trial whose worker is killed is run again in the study)
     jobs2     the same grid on 2 workers (hydra.launcher.n_jobs=2)
 
-About every --gap seconds (random: the seed, printed, picks the times, the sweeps and the faults), one
-sweep gets one of these faults, and a line says which:
+About every --gap seconds (random: the seed, printed, picks the times, the sweeps and the order of the
+faults, each kind as often as the others), one sweep that trains gets one of these faults, and a line
+says which:
 
     kill-driver   SIGKILL of the driver (its workers get SIGTERM from the kernel)
     kill-sweep    SIGKILL of the driver and its workers at once (a machine lost): their claims stay
@@ -205,19 +206,31 @@ class Chaos:
         self.extras: list[tuple[Round, subprocess.Popen]] = []
         self.read_only: list[tuple[float, Round]] = []  # stores to make writable again, and when
         self.applied: Counter = Counter()
+        self.kinds: list[str] = []  # the fault kinds still to apply in this turn
         self.t0 = time.monotonic()
 
     # -- the faults ------------------------------------------------------------------------------------
 
+    def next_kind(self) -> str:
+        """The next fault's kind: the kinds in a random order, each once, then again in another order
+        (each kind as often as the others, in any run)."""
+        if not self.kinds:
+            self.kinds = self.rng.sample(FAULTS, len(FAULTS))
+        return self.kinds[0]
+
     def fault(self, n: int, total: int) -> bool:
-        """Apply one random fault to a random sweep whose driver runs; False if none could take it now."""
+        """Apply the next fault to a random sweep that can take it now (its driver runs, and for
+        kill-worker, a worker of it trains); False if none can."""
+        kind = self.next_kind()
         live = [s for s in self.sweeps if s.ready()]
-        if not live:
+        self.rng.shuffle(live)
+        for sweep in live:
+            said = getattr(self, "_" + kind.replace("-", "_"))(sweep)
+            if said is not None:
+                break
+        else:
             return False
-        sweep, kind = self.rng.choice(live), self.rng.choice(FAULTS)
-        said = getattr(self, "_" + kind.replace("-", "_"))(sweep)
-        if said is None:
-            return False
+        self.kinds.pop(0)
         self.applied[kind] += 1
         sweep.quiet_ends, sweep.trained_before = 0, sweep.trainings()
         print(f"{stamp(self.t0)} fault {n:>3}/{total} {sweep.label:<9} {kind:<12} {said}", flush=True)
