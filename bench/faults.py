@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,9 +34,8 @@ from pathlib import Path
 from typing import Callable
 
 from _proc import PYTHON, ROOT
+from _watch import FINISHED, ResultWatch, counted, hooked_env
 
-HOOKS = ROOT / "tests" / "hooks"
-FINISHED = ("done", "diverged")
 RANKS = "lora.r=4,8,16,32"
 
 
@@ -65,34 +63,15 @@ class Bench:
         # the eval set is cut to 200 rows (its curve point only); the test set stays whole
         self.common = ["model=minilm", f"train.max_steps={steps}", f"train.eval_steps={steps}", "task.max_eval=200",
                        f"results_dir={self.store}"]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "LORASWEEP_COUNT_TRAININGS": str(self.count),
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")]))}
+        self.env = hooked_env(self.count)
         self.logs = 0
         # every finished result as it first appeared: the fault must not lose or change one
-        self.seen: dict[Path, bytes] = {}
+        self.watch = ResultWatch([self.store], self.count)
         self.damaged: set[str] = set()  # runs the scenario damaged itself: trained once more on purpose
-        self._stop = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-        self._watcher.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.25):
-            self.look()
-
-    def look(self) -> None:
-        for path in self.store.glob("*/result.json"):
-            if path not in self.seen:
-                try:
-                    data = path.read_bytes()
-                    if json.loads(data).get("status") in FINISHED:
-                        self.seen[path] = data
-                except (OSError, ValueError):
-                    pass
 
     def forget(self, path: Path) -> None:
         """A result the scenario itself damages (to see what the sweep does with it)."""
-        self.look()
-        self.seen.pop(path, None)
+        self.watch.forget(path)
         self.damaged.add(path.parent.name)
 
     def start(self, args: list[str], **env: str) -> subprocess.Popen:
@@ -118,24 +97,19 @@ class Bench:
         return found
 
     def trainings(self, finished_only: bool = False) -> Counter:
-        path = Path(f"{self.count}.finished") if finished_only else self.count
-        lines = path.read_text().splitlines() if path.exists() else []
-        return Counter(Path(line.split(" ", 1)[1]).name for line in lines)
+        return Counter(folder.name for _, folder in counted(self.count, finished=finished_only))
 
     def started_in(self, name_part: str) -> int | None:
         """The pid of the process training the run whose folder name holds `name_part`, once it started."""
-        lines = self.count.read_text().splitlines() if self.count.exists() else []
-        return next((int(line.split(" ", 1)[0]) for line in lines if name_part in line), None)
+        return next((pid for pid, folder in counted(self.count) if name_part in folder.name), None)
 
     def finished_count(self) -> int:
         return sum(r.get("status") in FINISHED for r in self.results().values())
 
     def row(self, scenario: str, planned: int, t0: float, check: str = "ok") -> Row:
-        self._stop.set()
-        self._watcher.join()
-        self.look()
+        self.watch.stop()
         results = self.results()
-        lost = sum(1 for p, data in self.seen.items() if not p.exists() or p.read_bytes() != data)
+        lost = len(self.watch.lost())
         return Row(scenario, planned,
                    finished=sum(r.get("status") in FINISHED for r in results.values()),
                    failed=sum(r.get("status") == "failed" and bool(r.get("reason")) for r in results.values()),

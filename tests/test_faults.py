@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-# == Divergence: the training loss becomes NaN (train.lr=1e4), and strict JSON ======================
+# == Divergence: the training loss becomes NaN (train.lr=1e4), and strict JSON ===============
+
 #
 # TINY_TOPICS at lr=1e4 (seed 0): step 1's loss is 3.25, step 2's 51903.6, step 3's NaN. The run
 # stops at step 3 with status diverged; its eval loss at step 2 is already NaN (written as null).
@@ -211,9 +213,11 @@ def test_e_every_json_file_written_is_strict(diverging, diverging_grid, divergin
     assert diverging["done"]["status"] == "done" and diverging["done"]["metrics"]["test"]["loss"] is None
 
 
-# =====================================================================================================
+# ==============================================================================================
+
 # The results store: a full disk, an unwritable store, an unreadable result
-# =====================================================================================================
+# ==============================================================================================
+
 #
 # A full disk is a 64 KiB tmpfs (mounted here; the tests skip where that is impossible) with a filler
 # file leaving room for a result.json (a few KiB) but not for a tiny run's adapter (41 KiB). A store
@@ -422,9 +426,11 @@ def test_unreadable_result_is_said_and_trained_again_in_a_single_run(tmp_path):
     assert result["status"] == "done" and result["schema"] == 1
 
 
-# =====================================================================================================
+# ==============================================================================================
+
 # Out of accelerator memory
-# =====================================================================================================
+# ==============================================================================================
+
 # A CPU has no accelerator to fill, so the test hook LORASWEEP_RAISE_OOM (tests/hooks/sitecustomize.py)
 # raises torch.cuda.OutOfMemoryError inside one run's Trainer.training_step, as CUDA's allocator does.
 # The grid runs in one worker (n_jobs=1): the runs after the failed one train in the same process,
@@ -621,9 +627,11 @@ def test_oom_failure_frees_the_model_trainer_and_optimizer(tmp_path, monkeypatch
     assert raised.value.__context__ is None and raised.value.__cause__ is None  # torch's error not kept
 
 
-# =====================================================================================================
+# ==============================================================================================
+
 # Two or three drivers on one results store: claims (lorasweep.run.claims)
-# =====================================================================================================
+# ==============================================================================================
+
 # Trainings are counted in every process (conftest.trainings): a run trained twice shows twice.
 
 CLAIMED_GRID = [*TINY_TOPICS, "train.max_steps=8", "hydra.launcher.threads=1"]
@@ -734,9 +742,11 @@ def test_the_plan_view_shows_a_run_trained_elsewhere(tmp_path, trainings, hold):
     assert plan.stdout.strip().splitlines()[-1] == "total: 1 run: 1 running; 0 to run"
 
 
-# =====================================================================================================
+# ==============================================================================================
+
 # Worker deaths, retries and interrupts
-# =====================================================================================================
+# ==============================================================================================
+
 # A local sweep's workers are lorasweep's own processes (executors/local.py). The tests start real
 # sweeps (conftest.Sweep: its own session, its workers watched) with their trainings counted
 # (conftest.trainings: "<pid> <run folder>" per Trainer.train call), which is also how a test knows
@@ -831,6 +841,50 @@ def test_a_worker_dying_under_its_run_is_not_reported_with_an_earlier_sweep_s_re
     assert "sweep: 2 runs: 2 failed; best: " in proc.stderr and "pruned" not in proc.stderr
     result = strict_json((folder / "result.json").read_text())
     assert result["status"] == "failed" and result["reason"].startswith("worker killed by signal 9 (SIGKILL)")
+
+
+SERVE = """
+import multiprocessing, os, signal, sys
+from lorasweep.executors import worker
+
+driver, conn = multiprocessing.Pipe()
+for task in (1, 2):
+    driver.send((task, None, None))
+
+
+class Swallows:
+    def __del__(self):  # Python ignores what is raised here: as in a library's weakref callback
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs here, at a loop's check for signals
+            pass
+
+
+def run(job, log_file):
+    print("run", flush=True)
+    if sys.argv[1] == "driver killed":  # the driver dies while the run ends (SIGKILL: nothing is sent)
+        driver.close()
+    else:  # the SIGTERM of the driver's death lands where its Stopped is swallowed
+        Swallows()
+    return {"status": "done"}
+
+
+worker.execute = run
+worker.serve(conn, threads=1)
+"""
+
+
+@pytest.mark.parametrize("how", ["driver killed", "stop swallowed"])
+def test_a_worker_whose_driver_is_gone_ends_quietly_after_its_run(tmp_path, how):
+    """A driver killed outright (SIGKILL) sends its workers SIGTERM through the kernel (die_with_parent),
+    which raises Stopped where the run is; raised in a __del__ or a weakref callback (SQLAlchemy's, in
+    an Optuna trial) Python swallows it, the run ends and its result is written. The worker then ends,
+    without a traceback for the driver it cannot reach, and takes no next run."""
+    proc = subprocess.run([sys.executable, "-c", SERVE, how], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    # none but Python's own note of what it swallowed
+    assert proc.stderr.count("Traceback") == proc.stderr.count("Exception ignored in"), proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["run"]  # one run, not the next
+    assert proc.returncode == (0 if how == "driver killed" else 128 + signal.SIGTERM), proc.stderr[-3000:]
 
 
 def test_retries_run_a_failed_run_again_but_never_a_diverged_one(tmp_path, trainings, monkeypatch):

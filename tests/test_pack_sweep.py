@@ -13,7 +13,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TOPICS, WORKER_FLAG, Sweep, compose_config, launch, wait_gone, wait_until, with_hooks
+from conftest import (TINY_TOPICS, WORKER_FLAG, Sweep, compose_config, counted_trainings, launch, per_run, wait_gone,
+                      wait_until, with_hooks)
 
 from lorasweep.run import memory
 from lorasweep.run.claims import live_holder
@@ -142,8 +143,9 @@ def test_pack_must_be_true_false_or_a_whole_number_of_at_least_2(tmp_path, value
     assert not (tmp_path / "results").exists()
 
 
-def test_an_interrupted_pack_leaves_no_result_and_trains_again_next_time(tmp_path):
+def test_an_interrupted_pack_leaves_no_result_and_trains_again_next_time(tmp_path, trainings):
     store = tmp_path / "results"
+    ended = lambda: per_run(counted_trainings(tmp_path / "trainings.txt.finished"))  # noqa: E731  (tests/hooks)
     with Sweep(SLOW, tmp_path) as sweep:
         sweep.wait_for_line(r"^  pack step\s+2/30 ")
         workers = sweep.workers()
@@ -156,11 +158,14 @@ def test_an_interrupted_pack_leaves_no_result_and_trains_again_next_time(tmp_pat
     folders = [p for p in store.iterdir() if p.is_dir()]
     assert len(folders) == 4 and not results(store)  # started, none half done
     assert [live_holder(f) for f in folders] == [None] * 4
+    # the pack's trainings are counted, one a run (it never calls Trainer.train): started, none ended
+    assert per_run(trainings()) == {f.name: 1 for f in folders} and ended() == {}
 
     again = launch(SLOW[:-1], cwd=tmp_path)  # the same runs (the pause is not in the run key), trained now
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sweep: 4 runs: 4 done" in again.stderr
     assert {r["status"] for r in results(store).values()} == {"done"} and len(results(store)) == 4
+    assert per_run(trainings()) == {f.name: 2 for f in folders} and ended() == {f.name: 1 for f in folders}
 
 
 KILLED = r"worker killed by signal 9 \(SIGKILL\): likely out of memory; its peak RSS was \d+(\.\d)? [MG]iB"

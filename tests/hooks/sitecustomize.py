@@ -5,7 +5,9 @@ environment variable is set, so a process started without them is an ordinary on
     LORASWEEP_COUNT_TRAININGS=<file>   every Trainer.train call appends "<pid> <run folder>" to <file>:
                                        how the tests count trainings (no run may be trained twice);
                                        and to <file>.finished when it returns (a training that ran to
-                                       its end, not one killed or interrupted)
+                                       its end, not one killed or interrupted). A pack's training loop
+                                       (lorasweep.run.pack_loop.train_pack, which never calls
+                                       Trainer.train) is counted the same way, one line per run of it
     LORASWEEP_FAIL_ONCE=<file>         the first Trainer.train call of all the processes that share
                                        <file> creates it and raises RuntimeError; every later call
                                        trains: a run that fails the first time only (retries)
@@ -94,6 +96,29 @@ if _COUNT or _FAIL_ONCE or _SLOW_STOP:
         return out
 
     transformers.Trainer.train = _hooked_train
+
+if _COUNT:
+    try:  # patched before lorasweep.run.pack imports train_pack by name (this file runs first)
+        import lorasweep.run.pack_loop as _pack_loop
+    except ImportError:  # a process without lorasweep trains no pack
+        _pack_loop = None
+    if _pack_loop is not None:
+        _train_pack = _pack_loop.train_pack
+
+        def _counted_pack(pack, members, *args, **kwargs):
+            lines = [f"{os.getpid()} {Path(m.trainer.args.output_dir).resolve().parent}\n" for m in members]
+            with open(_COUNT, "a") as f:
+                for line in lines:  # one short line per write, as above
+                    f.write(line)
+                    f.flush()
+            out = _train_pack(pack, members, *args, **kwargs)
+            with open(_COUNT + ".finished", "a") as f:
+                for line in lines:
+                    f.write(line)
+                    f.flush()
+            return out
+
+        _pack_loop.train_pack = _counted_pack
 
 if _OOM:
     import torch

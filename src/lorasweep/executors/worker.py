@@ -163,13 +163,20 @@ def serve(conn, threads: int | None, gpus: str | None = None) -> None:
             except Exception as e:  # the run recorded itself failed; the driver says why
                 reply = ("error", task_id, *_portable(e))
             conn.send(reply)
+            if _stopping:  # Stopped was raised where Python swallows it (a __del__, a weakref callback)
+                raise Stopped
     except Stopped:
         raise SystemExit(STOPPED_EXIT) from None
-    except EOFError:  # the driver is gone
+    except (EOFError, BrokenPipeError, ConnectionResetError):  # the driver is gone (killed while we ran)
         pass
 
 
+_stopping = False  # SIGTERM came: no next run, even if its Stopped was swallowed
+
+
 def _stop(signum, frame) -> None:
+    global _stopping
+    _stopping = True
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the cleanup short
     raise Stopped
 

@@ -1,0 +1,27 @@
+"""bench/chaos.py's short soak in the suite: about 20 random faults (SIGKILL of a driver, of a worker or
+of a whole sweep, SIGTERM, two extra drivers at once, a read-only store for a moment) on four tiny
+sweeps side by side (a grid, a packed grid, an Optuna study with a pruner, a grid on 2 workers), each
+continued with its same command after each fault; then the benchmark's checks, from the results
+stores and the Optuna storage (bench/chaos.py says how each is counted)."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.append(str(ROOT / "bench"))  # appended: bench/analysis.py must not hide the analysis package
+import chaos  # noqa: E402
+
+
+@pytest.mark.slow
+def test_a_short_chaos_soak_trains_nothing_twice_loses_nothing_and_finishes_every_sweep(tmp_path):
+    report = chaos.soak(faults=20, seed=20261205, gap=2.0, root=tmp_path)
+    total = report["total"]
+    assert sum(report["faults"].values()) == 20
+    assert total["trained twice"] == 0 and total["lost"] == 0, report
+    assert total["stale claims"] == 0 and total["running trials"] == 0, report
+    assert total["stuck"] == 0 and total["finished"] == total["planned"] == chaos.PLANNED * total["rounds"], report
+    assert total["trials told"] == total["n_trials"] >= chaos.PLANNED, report  # every round of the study: n_trials
+    assert total["tracebacks"] == 0, report
+    assert report["failures"] == []
