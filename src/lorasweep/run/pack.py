@@ -11,6 +11,11 @@ pack with that result, written as it leaves, while the others go on. A pack that
 run still in it as failed (with the shared traceback), and that error is its outcome (run_pack
 returns it, not raises it): the runs that left before, or that another process trains, keep theirs;
 an interrupted pack writes no result for the runs still training (the same command trains them).
+
+With train.save_steps (by default every eval_steps inside a SLURM job) each run's checkpoints go to
+its own folder, as alone (run/pack_checkpoints.py): a requeued or killed pack goes on from them, its
+runs together from the step they share (a run alone from its own), and each run's go once its
+result is written.
 """
 from __future__ import annotations
 
@@ -32,9 +37,10 @@ from ..tasks import classification
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
-from .claims import Claim, taken_from_us
+from .claims import Claim
 from .lifecycle import checked_params, finished_result, load_and_train, new_weight_notes
 from .loop import LoopOptions, make_trainer
+from .pack_checkpoints import held_steps, resume_groups
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
 from .progress import PROGRESS_FILE, ProgressFile
@@ -99,7 +105,17 @@ def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list,
             return [load_and_train(plans[0], folders[0], {}, reporters[0], loop)]
         except Exception as e:  # recorded as alone (out of memory: its memory given back)
             return [e]
-    out = _train_pack(plans, folders, reporters, loop)
+    groups = resume_groups([held_steps(f / "trainer") for f in folders]) if loop.save_steps > 0 else [(0, [])]
+    if len(groups) > 1:  # runs whose checkpoints are of different steps go on apart
+        say(f"{pack_id([p.spec.run_key for p in plans])}: its runs' checkpoints are of different steps; they go on as "
+            + ", ".join(f"{len(g)} from step {step}" for step, g in groups))
+        results: list = [None] * len(plans)
+        for _, group in groups:
+            for i, result in zip(group, _train_or_split([plans[i] for i in group], [folders[i] for i in group],
+                                                        [reporters[i] for i in group], loop)):
+                results[i] = result
+        return results
+    out = _train_pack(plans, folders, reporters, loop, groups[0][0])
     if not isinstance(out, _OutOfMemory):
         return out
     memory.release()  # _train_pack has returned: nothing references its model any more
@@ -120,17 +136,18 @@ def pack_id(run_keys: Sequence[str]) -> str:
     return "pack-" + hashlib.sha1(" ".join(sorted(run_keys)).encode()).hexdigest()[:8]
 
 
-def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
-                loop: LoopOptions) -> list[dict[str, Any] | Exception] | _OutOfMemory:
+def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: LoopOptions,
+                resume_step: int = 0) -> list[dict[str, Any] | Exception] | _OutOfMemory:
     """Build, train, test and save the pack of `plans` (claimed, none finished); each run's result, or
     the exception that failed the pack for each run still in it (recorded failed, with its traceback;
     the runs that left the pack keep their results), or _OutOfMemory with nothing recorded for the
     runs still to train (returned, not raised: once this frame is gone nothing holds the pack's
-    model). Packs do not checkpoint (loop.save_steps): a pack interrupted in a SLURM job starts over."""
+    model). `resume_step` > 0: every run goes on from its checkpoint of that step."""
     t_start = time.perf_counter()
     keys = [p.spec.run_key for p in plans]
     info = {"id": pack_id(keys), "size": len(plans), "runs": keys}
-    bases = [{**base_record(p), "pack": info} for p in plans]
+    resumed = {"resumed_from_step": resume_step} if resume_step else {}
+    bases = [{**base_record(p), "pack": info, **resumed} for p in plans]
     say(f"{info['id']}: {len(plans)} runs trained together over one {plans[0].spec.model.name}: "
         + ", ".join(p.spec.slug for p in plans))
     done: list[dict[str, Any] | Exception | None] = [None] * len(plans)
@@ -169,10 +186,8 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
             shutil.rmtree(folders[i] / "trainer", ignore_errors=True)
 
         evaluate = _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train, plans[0].head)
-        train_pack(pack, members, evaluate, losses, loop.step_sleep_s, on_leave=left)
-        for folder in folders:
-            if not taken_from_us(folder):  # a new owner's checkpoints are its own
-                shutil.rmtree(folder / "trainer", ignore_errors=True)
+        train_pack(pack, members, evaluate, losses, loop.step_sleep_s, on_leave=left, save_steps=loop.save_steps,
+                   resume_step=resume_step)
         finishing = [i for i, result in enumerate(done) if result is None]
         _finish(pack, plans, members, bases, params, folders, finishing, done, tokenizer, load_s, t_start)
     except Exception as e:
@@ -274,5 +289,6 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
                               {name: results[j] for name, results in more.items()},
                               m.outcome, timing_record(load_s, m.outcome, eval_s, t_start),
                               store.weights_memory(pack.model, plan.spec.method, plan.base_total), artifacts)
+        shutil.rmtree(folder / "trainer", ignore_errors=True)  # its result is written: checkpoints serve no more
         say(f"{plan.spec.slug}: test {headline(tests[j])} | {params[i]['trainable']:,} trainable params | "
             f"{done[i]['timing']['total_s']:.0f}s (in {bases[i]['pack']['id']}) | {folder / store.RESULT_FILE}")
