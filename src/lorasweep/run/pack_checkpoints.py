@@ -35,9 +35,10 @@ from .store import write_json_atomically
 
 Member = Any  # a run of the pack as its loop trains it (run/pack_loop.Member, which imports this module)
 
-OPTIMIZER, SCHEDULER, RNG, STATE = "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"  # the Trainer's
-PACK_STATE = "lorasweep_pack.json"
+# the Trainer's file names (transformers.trainer), which a run alone resumes from
+OPTIMIZER, SCHEDULER, RNG, STATE = "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PACK_STATE = "lorasweep_pack.json"  # ours: what the Trainer does not keep
 
 
 def workdir(m: Member) -> Path:
