@@ -5,12 +5,13 @@
 Each run is what it would be alone (run/lifecycle.py), except that the load and the training are
 shared: it is planned, checked against its budget and the store, claimed, built alone (its own
 seeded initialisation, its exact parameter count), then its adapter joins the pack's model
-(model/adapter_pack.py) and all train together (run/pack_loop.py). Each writes its own result.json, with
-`pack: {id, size, runs}` added, and its own PEFT adapter; a run that diverges or is pruned leaves the
-pack with that result, written as it leaves, while the others go on. A pack that fails records each
-run still in it as failed (with the shared traceback), and that error is its outcome (run_pack
-returns it, not raises it): the runs that left before, or that another process trains, keep theirs;
-an interrupted pack writes no result for the runs still training (the same command trains them).
+(model/adapter_pack.py) and all train together (run/pack_loop.py). Each writes its own result.json,
+with `pack: {id, size, runs}` added, its own PEFT adapter and, with tracking on, its own tracker
+run; a run that diverges or is pruned leaves the pack with that result, written as it leaves, while
+the others go on. A pack that fails records each run still in it as failed (with the shared
+traceback), and that error is its outcome (run_pack returns it, not raises it): the runs that left
+before, or that another process trains, keep theirs; an interrupted pack writes no result for the
+runs still training (the same command trains them).
 
 With train.save_steps (by default every eval_steps inside a SLURM job) each run's checkpoints go to
 its own folder, as alone (run/pack_checkpoints.py): a requeued or killed pack goes on from them, its
@@ -38,7 +39,7 @@ from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
 from .claims import Claim
-from .lifecycle import checked_params, finished_result, load_and_train, new_weight_notes
+from .lifecycle import checked_params, close_tracker, finished_result, load_and_train, new_weight_notes
 from .loop import LoopOptions, make_trainer
 from .pack_checkpoints import held_steps, resume_groups
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
@@ -46,6 +47,7 @@ from .plan import Plan, plan_run
 from .progress import PROGRESS_FILE, ProgressFile
 from .records import (base_record, diverged_result, done_result, pruned_result, record_failure, record_over_budget,
                       saving_weights, still_ours, timing_record)
+from .tracking import Tracker, make_tracker
 
 
 def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = None) -> list[dict[str, Any] | Exception]:
@@ -59,6 +61,7 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
     for d in dict.fromkeys(dirs):
         store.check_writable(d)
     reporters = list(reporters or [None] * len(cfgs))
+    trackings = [dict(cfg.get("tracking") or {}) for cfg in cfgs]
     out: list[dict[str, Any] | None] = [None] * len(cfgs)
     with contextlib.ExitStack() as claims:
         todo = []
@@ -77,7 +80,7 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
             todo.append(i)
         if todo:
             results = _train_or_split([plans[i] for i in todo], [plans[i].folder(dirs[i]) for i in todo],
-                                      [reporters[i] for i in todo],
+                                      [reporters[i] for i in todo], [trackings[i] for i in todo],
                                       LoopOptions.from_config(cfgs[todo[0]].get("train") or {}))
             for i, result in zip(todo, results):
                 out[i] = result
@@ -93,7 +96,7 @@ class _OutOfMemory:
     done: list[dict[str, Any] | None]
 
 
-def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list,
+def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list, trackings: list,
                     loop: LoopOptions) -> list[dict[str, Any] | Exception]:
     """Each run's result, or the exception it failed with (recorded): the runs trained as one pack,
     or one run as it trains alone. A pack that runs out of accelerator memory is trained again as two
@@ -102,7 +105,7 @@ def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list,
     AcceleratorMemoryError (the sweep says it as it says a run alone's), and the runs beside it go on."""
     if len(plans) == 1:
         try:
-            return [load_and_train(plans[0], folders[0], {}, reporters[0], loop)]
+            return [load_and_train(plans[0], folders[0], trackings[0], reporters[0], loop)]
         except Exception as e:  # recorded as alone (out of memory: its memory given back)
             return [e]
     groups = resume_groups([held_steps(f / "trainer") for f in folders]) if loop.save_steps > 0 else [(0, [])]
@@ -112,10 +115,11 @@ def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list,
         results: list = [None] * len(plans)
         for _, group in groups:
             for i, result in zip(group, _train_or_split([plans[i] for i in group], [folders[i] for i in group],
-                                                        [reporters[i] for i in group], loop)):
+                                                        [reporters[i] for i in group], [trackings[i] for i in group],
+                                                        loop)):
                 results[i] = result
         return results
-    out = _train_pack(plans, folders, reporters, loop, groups[0][0])
+    out = _train_pack(plans, folders, reporters, trackings, loop, groups[0][0])
     if not isinstance(out, _OutOfMemory):
         return out
     memory.release()  # _train_pack has returned: nothing references its model any more
@@ -126,7 +130,8 @@ def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list,
     for half in halves:
         if half:
             for i, result in zip(half, _train_or_split([plans[i] for i in half], [folders[i] for i in half],
-                                                       [reporters[i] for i in half], loop)):
+                                                       [reporters[i] for i in half], [trackings[i] for i in half],
+                                                       loop)):
                 results[i] = result
     return results  # type: ignore[return-value]
 
@@ -136,13 +141,15 @@ def pack_id(run_keys: Sequence[str]) -> str:
     return "pack-" + hashlib.sha1(" ".join(sorted(run_keys)).encode()).hexdigest()[:8]
 
 
-def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: LoopOptions,
+def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, trackings: list, loop: LoopOptions,
                 resume_step: int = 0) -> list[dict[str, Any] | Exception] | _OutOfMemory:
     """Build, train, test and save the pack of `plans` (claimed, none finished); each run's result, or
     the exception that failed the pack for each run still in it (recorded failed, with its traceback;
     the runs that left the pack keep their results), or _OutOfMemory with nothing recorded for the
     runs still to train (returned, not raised: once this frame is gone nothing holds the pack's
-    model). `resume_step` > 0: every run goes on from its checkpoint of that step."""
+    model). `resume_step` > 0: every run goes on from its checkpoint of that step. `trackings`: each
+    run's tracking config; each run is its own tracker run, ended as its result is written (as alone:
+    with its test metrics), or failed with the pack."""
     t_start = time.perf_counter()
     keys = [p.spec.run_key for p in plans]
     info = {"id": pack_id(keys), "size": len(plans), "runs": keys}
@@ -151,7 +158,7 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: L
     say(f"{info['id']}: {len(plans)} runs trained together over one {plans[0].spec.model.name}: "
         + ", ".join(p.spec.slug for p in plans))
     done: list[dict[str, Any] | Exception | None] = [None] * len(plans)
-    pack = None
+    pack, members = None, []
     try:
         first, tokenizer = _build_alone(plans[0])
         params = [checked_params(first, plans[0])]
@@ -166,7 +173,8 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: L
         load_s = time.perf_counter() - t_start
         members = [_member(pack, plan, i, folder, reporter, tokenizer)
                    for i, (plan, folder, reporter) in enumerate(zip(plans, folders, reporters))]
-        for m, plan, p in zip(members, plans, params):
+        for m, plan, p, tracking, folder, base in zip(members, plans, params, trackings, folders, bases):
+            m.tracker = make_tracker(tracking, folder, plan.spec.slug, base["config"])
             say(f"{plan.spec.slug}: {p['trainable']:,} trainable of {p['total']:,} parameters "
                 f"({p['trainable_pct']:.2f}%), {p['n_adapted_modules']} adapted modules; run key {plan.spec.run_key}")
         task = plans[0].task
@@ -183,6 +191,7 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: L
             except RunClaimedError as e:
                 done[i] = _claimed(e, plans[i])
                 return
+            _end_tracker(m, {}, True)
             shutil.rmtree(folders[i] / "trainer", ignore_errors=True)
 
         evaluate = _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train, plans[0].head)
@@ -199,7 +208,16 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, loop: L
                 if pack is not None:  # a model that could not be built is not a run to keep failed (as alone)
                     record_failure(folder, base, e, t_start)
                 done[i] = e
+    finally:
+        for m in members:  # those still running: failed, out of memory, interrupted (as alone)
+            _end_tracker(m, {}, False)
     return done  # type: ignore[return-value]
+
+
+def _end_tracker(m: Member, final: Mapping[str, Any], ok: bool) -> None:
+    """End the run's tracker run (with `final`, its test metrics), once (lifecycle.close_tracker)."""
+    close_tracker(m.tracker, final, ok, m.label)
+    m.tracker = Tracker()
 
 
 def _claimed(error: RunClaimedError, plan: Plan) -> dict[str, Any]:
@@ -289,6 +307,7 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
                               {name: results[j] for name, results in more.items()},
                               m.outcome, timing_record(load_s, m.outcome, eval_s, t_start),
                               store.weights_memory(pack.model, plan.spec.method, plan.base_total), artifacts)
+        _end_tracker(m, {f"test_{k}": v for k, v in tests[j].items()}, True)
         shutil.rmtree(folder / "trainer", ignore_errors=True)  # its result is written: checkpoints serve no more
         say(f"{plan.spec.slug}: test {headline(tests[j])} | {params[i]['trainable']:,} trainable params | "
             f"{done[i]['timing']['total_s']:.0f}s (in {bases[i]['pack']['id']}) | {folder / store.RESULT_FILE}")

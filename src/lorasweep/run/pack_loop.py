@@ -44,6 +44,7 @@ from ..tasks.metrics import headline
 from . import pack_checkpoints as checkpoints
 from .loop import Divergence, Reporter, TrainOutcome
 from .progress import ProgressFile
+from .tracking import Tracker
 
 PackEvaluator = Callable[[Sequence[str]], list[dict]]  # adapters -> each one's metrics, in that order
 # (pack, the stacked batch on the device, each run's rows, each live run and its own batch) -> each run's loss
@@ -60,10 +61,12 @@ class Member:
     trainer: Trainer           # its run alone's Trainer: data order and optimizer settings, never trained
     progress: ProgressFile | None = None
     reporter: Reporter | None = None
+    tracker: Tracker = field(default_factory=Tracker)  # its own tracker run: its logged losses and evaluations
     outcome: TrainOutcome = field(default_factory=TrainOutcome)
     optimizer: torch.optim.Optimizer | None = None
     scheduler: object = None
     params: list = field(default_factory=list)
+    lr: float = 0.0  # the learning rate of its last step
     window: tuple[float, int] = (0.0, 0)  # summed loss and steps since the last log (the Trainer's tr_loss)
     total_loss: float = 0.0
     loss_from_step: int = 0  # the step total_loss counts from (resumed from a run alone's checkpoint: its step)
@@ -233,6 +236,7 @@ def _step(pack: PackedModel, live: list[tuple[Member, dict]], step: int, max_gra
         if max_grad_norm and max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(m.params, max_grad_norm)
         m.optimizer.step()
+        m.lr = m.scheduler.get_last_lr()[0]  # the rate of this step, which the Trainer logs
         m.scheduler.step()
         m.optimizer.zero_grad(set_to_none=True)
 
@@ -275,6 +279,7 @@ def _log_and_evaluate(pack, members: list[Member], evaluate: PackEvaluator, stat
             if n:
                 m.logs.append({"loss": total / n, "step": step})
                 m.window = (0.0, 0)
+                m.tracker.log({"loss": total / n, "learning_rate": m.lr, "epoch": step / state.steps_per_epoch}, step)
                 if m.progress:
                     m.progress.on_log(None, state, None, logs={"loss": total / n})
         elapsed = time.perf_counter() - start
@@ -308,6 +313,8 @@ def _evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, train
         say(f"  eval  {where}  {m.label}: {headline(metrics)}")
         if save_steps > 0:
             checkpoints.write_curve(m)
+        m.tracker.log({**{f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                       "epoch": step / state.steps_per_epoch}, step)
         if m.progress:
             m.progress.on_evaluate(None, state, None, metrics={f"eval_{k}": v for k, v in metrics.items()})
         if m.reporter and step and m.reporter(step, metrics):
