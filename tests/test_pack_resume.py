@@ -3,6 +3,7 @@ never killed; a run that left the pack before stays as it ended; a run goes on a
 checkpoint (the Trainer's own format)."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -64,10 +65,10 @@ def test_a_pack_killed_after_a_checkpoint_goes_on_from_it_and_ends_as_one_never_
     shutil.copytree(tmp_path / "killed", alone_store)
     left = (folders[1] / "result.json").read_text()
 
-    # the same sweep again: its triage sends the runs without a finished result, the diverged one stays
-    resumed = run_pack([cfgs[0], cfgs[2]])
-    assert (folders[1] / "result.json").read_text() == left
-    for r, w, folder in zip(resumed, whole[::2], folders[::2]):
+    # the pack again, as a requeued SLURM job runs it (the same command sends only the runs left to train)
+    resumed = run_pack(cfgs)
+    assert resumed[1] == json.loads(left) and (folders[1] / "result.json").read_text() == left  # as it ended
+    for r, w, folder in zip(resumed[::2], whole[::2], folders[::2]):
         assert r["status"] == "done" and r["resumed_from_step"] == 4
         a, b = _adapter(folder), _adapter(tmp_path / "whole" / folder.name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder.name

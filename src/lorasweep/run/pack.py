@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..console import say
-from ..errors import RunClaimedError
+from ..errors import RunClaimedError, UnreadableResultError
 from ..model import loading, methods
 from ..model.adapter_pack import Block, PackedModel, adapter_name, pack_models
 from ..tasks import classification
@@ -63,10 +63,14 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
     reporters = list(reporters or [None] * len(cfgs))
     trackings = [dict(cfg.get("tracking") or {}) for cfg in cfgs]
     out: list[dict[str, Any] | None] = [None] * len(cfgs)
+    keys = {plan.spec.run_key for plan in plans}
     with contextlib.ExitStack() as claims:
         todo = []
         for i, (plan, results_dir) in enumerate(zip(plans, dirs)):
             folder = plan.folder(results_dir)
+            out[i] = _left_before(folder, keys)
+            if out[i] is not None:
+                continue
             try:
                 finished_result(plan, folder, triaged=True, say_unreadable=False)  # finished since triage: raises
                 if plan.over_budget:
@@ -85,6 +89,20 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
             for i, result in zip(todo, results):
                 out[i] = result
     return out  # type: ignore[return-value]
+
+
+def _left_before(folder: Path, keys: set[str]) -> dict[str, Any] | None:
+    """The result of a run that left a pack of these runs (diverged, pruned) in an earlier attempt of
+    this pack (a requeued SLURM job runs it again), or None: that run stays as it ended."""
+    try:
+        previous = store.read_result(folder)
+    except UnreadableResultError:
+        return None
+    runs = (previous or {}).get("pack", {}).get("runs")
+    if runs and set(runs) <= keys and previous["status"] in ("diverged", "pruned"):
+        say(f"{previous['slug']}: {previous['status']} in an earlier attempt of this pack ({folder}), not trained again")
+        return previous
+    return None
 
 
 @dataclass
