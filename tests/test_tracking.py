@@ -261,3 +261,41 @@ def test_a_tracker_failing_while_the_run_trains_is_said_once_and_the_run_trains_
             f"to .../runs/log-batch failed (503)); training goes on, and it logs nothing more of this run")
     assert said.count("the tracker (tensorboard) failed") == 1 and line in said.splitlines()
     assert len(calls) == 1  # given up on after its failure: not asked again at every step
+
+
+# --- packs: each run its own tracker run ---------------------------------------------------------------
+
+def test_a_packs_runs_are_each_their_own_tensorboard_run(results_dir):
+    from lorasweep.run.pack import run_pack
+
+    cfgs = [compose_config(TRACKED + ["tracking=tensorboard", f"lora.r={r}", f"results_dir={results_dir}"])
+            for r in (2, 8)]
+    results = run_pack(cfgs)
+    assert [r["pack"]["size"] for r in results] == [2, 2]
+    for result in results:
+        events = tensorboard_events(results_dir / "tensorboard" / f"{result['slug']}-{result['run_key']}")
+        scalars = lambda tag: [(e.step, e.value) for e in events.Scalars(tag)]
+        assert scalars("eval_accuracy") == [(s, pytest.approx(v, abs=1e-7)) for s, v in curve_of(result, "accuracy")]
+        assert scalars("eval_loss") == [(s, pytest.approx(v, rel=1e-6)) for s, v in curve_of(result, "loss")]
+        assert [s for s, _ in scalars("loss")] == [1, 2, 3, 4]  # the training loss, every logging step
+        assert scalars("learning_rate")[0] == (1, pytest.approx(5e-2))  # the rate its first step took
+        assert scalars("test_accuracy") == [(4, pytest.approx(result["metrics"]["test"]["accuracy"], abs=1e-7))]
+        [text] = events.Tensors("config/text_summary")
+        assert json.loads(text.tensor_proto.string_val[0].decode().strip("`\n")) == result["config"]
+
+
+def test_a_packs_runs_are_each_their_own_wandb_run(results_dir):
+    """wandb runs of one process at once (reinit="create_new"): the pack's first run is not ended
+    when the second one's starts."""
+    import wandb
+
+    from lorasweep.run.pack import run_pack
+
+    cfgs = [compose_config(TRACKED + ["tracking=wandb", f"lora.r={r}", f"results_dir={results_dir}"]) for r in (2, 8)]
+    results = run_pack(cfgs)
+    wandb.teardown()  # completes the offline logs (see the test above)
+    for result in results:
+        [log] = list((results_dir / f"{result['slug']}-{result['run_key']}" / "wandb").glob("offline-run-*/*.wandb"))
+        data = log.read_bytes()
+        assert b"eval_accuracy" in data and b"test_accuracy" in data
+        assert json.dumps(result["metrics"]["test"]["accuracy"]).encode() in data

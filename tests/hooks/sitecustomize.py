@@ -22,6 +22,9 @@ environment variable is set, so a process started without them is an ordinary on
     LORASWEEP_PACK_HOLDS=<n>           a pack's training step over more than <n> runs raises
                                        torch.cuda.OutOfMemoryError (CUDA's message): an accelerator
                                        that holds <n> runs' steps at once
+    LORASWEEP_KILL_PACK_AT=<step>      a pack's <step>th training step in this process (1-based) kills the
+                                       process with SIGKILL before it computes anything: a pack killed at a
+                                       known step (after a checkpoint), with no timing window
     LORASWEEP_RANK_BATCHES=<file>      every Trainer.training_step appends one JSON line: the process's
                                        data-parallel RANK and WORLD_SIZE, the step (1-based) and a
                                        fingerprint of each row of its batch (the sum of its token ids):
@@ -157,6 +160,26 @@ if _PACK_HOLDS:
 
     _pack.classification_losses = _holding(_pack.classification_losses)
     _pack.sft_losses = _holding(_pack.sft_losses)
+
+_KILL_PACK_AT = os.environ.get("LORASWEEP_KILL_PACK_AT")
+
+if _KILL_PACK_AT:
+    import signal
+
+    import lorasweep.run.pack as _pack
+
+    _pack_steps = [0]
+
+    def _killed_at(losses_of):
+        def losses(pack, batch, blocks, live):
+            _pack_steps[0] += 1
+            if _pack_steps[0] == int(_KILL_PACK_AT):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return losses_of(pack, batch, blocks, live)
+        return losses
+
+    _pack.classification_losses = _killed_at(_pack.classification_losses)
+    _pack.sft_losses = _killed_at(_pack.sft_losses)
 
 _RANK_BATCHES = os.environ.get("LORASWEEP_RANK_BATCHES")
 _FAIL_RANK = os.environ.get("LORASWEEP_FAIL_RANK")

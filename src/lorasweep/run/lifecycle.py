@@ -203,7 +203,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     finally:
         if ok:  # checkpoints serve a resume only; until the result is written, a kill resumes from them
             shutil.rmtree(folder / "trainer", ignore_errors=True)
-        _close_tracker(tracker, final, ok, spec.slug)
+        close_tracker(tracker, final, ok, spec.slug)
     for name, m in more.items():
         say(f"{spec.slug}: test set {name}: {headline(m)}")
     say(f"{spec.slug}: test {headline(test)} | "
@@ -211,7 +211,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     return result
 
 
-def _close_tracker(tracker, final: Mapping[str, Any], ok: bool, slug: str) -> None:
+def close_tracker(tracker, final: Mapping[str, Any], ok: bool, slug: str) -> None:
     """Send the tracker the test metrics (`final`, if any) and end its run. Its failure here (a server
     answering 503, a full disk under its files) is said and goes no further: the run's result is
     written already and stands, and a run that failed keeps its own error."""

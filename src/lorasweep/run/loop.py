@@ -295,7 +295,7 @@ class _SlowSteps(TrainerCallback):
 CURVE_FILE = "lorasweep_curve.json"
 
 
-def _curve_until(step: int, *files: Path) -> list[dict]:
+def curve_until(step: int, *files: Path) -> list[dict]:
     """The curve points up to `step` from the first of `files` there is (later ones were evaluated
     after the checkpoint the run resumes from: it evaluates them again)."""
     for path in files:
@@ -305,7 +305,13 @@ def _curve_until(step: int, *files: Path) -> list[dict]:
 
 
 def last_complete_checkpoint(workdir: Path) -> str | None:
-    """The newest checkpoint that was saved to the end, or None.
+    """The newest checkpoint that was saved to the end, or None (complete_checkpoints)."""
+    found = complete_checkpoints(workdir)
+    return str(found[0]) if found else None
+
+
+def complete_checkpoints(workdir: Path) -> list[Path]:
+    """The checkpoints in `workdir` that were saved to the end, newest first.
 
     A job signalled (time limit, preemption) while the Trainer was saving leaves a checkpoint folder
     without its trainer_state.json, which the Trainer writes last; a full disk or a kill while it
@@ -313,20 +319,22 @@ def last_complete_checkpoint(workdir: Path) -> str | None:
     Such a checkpoint is removed (an unreadable one said), and the one before it (kept until the new
     one is complete) is resumed from instead."""
     if not workdir.is_dir():
-        return None
+        return []
     found = sorted((p for p in workdir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    complete = []
     for folder in found:
         state = folder / "trainer_state.json"
         try:
             json.loads(state.read_text())
-            return str(folder)
+            complete.append(folder)
+            continue
         except FileNotFoundError:
             pass
         except (OSError, ValueError) as e:
             say(f"  {state} cannot be read ({type(e).__name__}: {e}): its save was cut short, checkpoint discarded")
         shutil.rmtree(folder, ignore_errors=True)
-    return None
+    return complete
 
 
 def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: TrainSpec, *, head: str,
@@ -356,7 +364,7 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     last = last_complete_checkpoint(workdir) if loop.save_steps > 0 else None
     if last:
         outcome.resumed_from_step = int(Path(last).name.split("-")[-1])
-        outcome.curve = _curve_until(outcome.resumed_from_step, workdir / CURVE_FILE,
+        outcome.curve = curve_until(outcome.resumed_from_step, workdir / CURVE_FILE,
                                      Path(last) / CURVE_FILE)  # the latter: a checkpoint of an earlier version
         say(f"  resuming from step {outcome.resumed_from_step} ({last})")
         trainer.add_callback(_StopIfTrained())

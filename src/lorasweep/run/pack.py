@@ -5,12 +5,18 @@
 Each run is what it would be alone (run/lifecycle.py), except that the load and the training are
 shared: it is planned, checked against its budget and the store, claimed, built alone (its own
 seeded initialisation, its exact parameter count), then its adapter joins the pack's model
-(model/adapter_pack.py) and all train together (run/pack_loop.py). Each writes its own result.json, with
-`pack: {id, size, runs}` added, and its own PEFT adapter; a run that diverges or is pruned leaves the
-pack with that result, written as it leaves, while the others go on. A pack that fails records each
-run still in it as failed (with the shared traceback), and that error is its outcome (run_pack
-returns it, not raises it): the runs that left before, or that another process trains, keep theirs;
-an interrupted pack writes no result for the runs still training (the same command trains them).
+(model/adapter_pack.py) and all train together (run/pack_loop.py). Each writes its own result.json,
+with `pack: {id, size, runs}` added, its own PEFT adapter and, with tracking on, its own tracker
+run; a run that diverges or is pruned leaves the pack with that result, written as it leaves, while
+the others go on. A pack that fails records each run still in it as failed (with the shared
+traceback), and that error is its outcome (run_pack returns it, not raises it): the runs that left
+before, or that another process trains, keep theirs; an interrupted pack writes no result for the
+runs still training (the same command trains them).
+
+With train.save_steps (by default every eval_steps inside a SLURM job) each run's checkpoints go to
+its own folder, as alone (run/pack_checkpoints.py): a requeued or killed pack goes on from them, its
+runs together from the step they share (a run alone from its own), and each run's go once its
+result is written.
 """
 from __future__ import annotations
 
@@ -25,21 +31,23 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..console import say
-from ..errors import RunClaimedError
+from ..errors import RunClaimedError, UnreadableResultError
 from ..model import loading, methods
 from ..model.adapter_pack import Block, PackedModel, adapter_name, pack_models
 from ..tasks import classification
 from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
-from .claims import Claim, taken_from_us
-from .lifecycle import checked_params, finished_result, load_and_train, new_weight_notes
+from .claims import Claim
+from .lifecycle import checked_params, close_tracker, finished_result, load_and_train, new_weight_notes
 from .loop import LoopOptions, make_trainer
+from .pack_checkpoints import held_steps, resume_groups
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
 from .progress import PROGRESS_FILE, ProgressFile
 from .records import (base_record, diverged_result, done_result, pruned_result, record_failure, record_over_budget,
                       saving_weights, still_ours, timing_record)
+from .tracking import Tracker, make_tracker
 
 
 def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = None) -> list[dict[str, Any] | Exception]:
@@ -53,11 +61,16 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
     for d in dict.fromkeys(dirs):
         store.check_writable(d)
     reporters = list(reporters or [None] * len(cfgs))
+    trackings = [dict(cfg.get("tracking") or {}) for cfg in cfgs]
     out: list[dict[str, Any] | None] = [None] * len(cfgs)
+    keys = {plan.spec.run_key for plan in plans}
     with contextlib.ExitStack() as claims:
         todo = []
         for i, (plan, results_dir) in enumerate(zip(plans, dirs)):
             folder = plan.folder(results_dir)
+            out[i] = _left_before(folder, keys)
+            if out[i] is not None:
+                continue
             try:
                 finished_result(plan, folder, triaged=True, say_unreadable=False)  # finished since triage: raises
                 if plan.over_budget:
@@ -71,11 +84,25 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
             todo.append(i)
         if todo:
             results = _train_or_split([plans[i] for i in todo], [plans[i].folder(dirs[i]) for i in todo],
-                                      [reporters[i] for i in todo],
+                                      [reporters[i] for i in todo], [trackings[i] for i in todo],
                                       LoopOptions.from_config(cfgs[todo[0]].get("train") or {}))
             for i, result in zip(todo, results):
                 out[i] = result
     return out  # type: ignore[return-value]
+
+
+def _left_before(folder: Path, keys: set[str]) -> dict[str, Any] | None:
+    """The result of a run that left a pack of these runs (diverged, pruned) in an earlier attempt of
+    this pack (a requeued SLURM job runs it again), or None: that run stays as it ended."""
+    try:
+        previous = store.read_result(folder)
+    except UnreadableResultError:
+        return None
+    runs = (previous or {}).get("pack", {}).get("runs")
+    if runs and set(runs) <= keys and previous["status"] in ("diverged", "pruned"):
+        say(f"{previous['slug']}: {previous['status']} in an earlier attempt of this pack ({folder}), not trained again")
+        return previous
+    return None
 
 
 @dataclass
@@ -87,7 +114,7 @@ class _OutOfMemory:
     done: list[dict[str, Any] | None]
 
 
-def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list,
+def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list, trackings: list,
                     loop: LoopOptions) -> list[dict[str, Any] | Exception]:
     """Each run's result, or the exception it failed with (recorded): the runs trained as one pack,
     or one run as it trains alone. A pack that runs out of accelerator memory is trained again as two
@@ -96,10 +123,21 @@ def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list,
     AcceleratorMemoryError (the sweep says it as it says a run alone's), and the runs beside it go on."""
     if len(plans) == 1:
         try:
-            return [load_and_train(plans[0], folders[0], {}, reporters[0], loop)]
+            return [load_and_train(plans[0], folders[0], trackings[0], reporters[0], loop)]
         except Exception as e:  # recorded as alone (out of memory: its memory given back)
             return [e]
-    out = _train_pack(plans, folders, reporters, loop)
+    groups = resume_groups([held_steps(f / "trainer") for f in folders]) if loop.save_steps > 0 else [(0, [])]
+    if len(groups) > 1:  # runs whose checkpoints are of different steps go on apart
+        say(f"{pack_id([p.spec.run_key for p in plans])}: its runs' checkpoints are of different steps; they go on as "
+            + ", ".join(f"{len(g)} from step {step}" for step, g in groups))
+        results: list = [None] * len(plans)
+        for _, group in groups:
+            for i, result in zip(group, _train_or_split([plans[i] for i in group], [folders[i] for i in group],
+                                                        [reporters[i] for i in group], [trackings[i] for i in group],
+                                                        loop)):
+                results[i] = result
+        return results
+    out = _train_pack(plans, folders, reporters, trackings, loop, groups[0][0])
     if not isinstance(out, _OutOfMemory):
         return out
     memory.release()  # _train_pack has returned: nothing references its model any more
@@ -110,7 +148,8 @@ def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list,
     for half in halves:
         if half:
             for i, result in zip(half, _train_or_split([plans[i] for i in half], [folders[i] for i in half],
-                                                       [reporters[i] for i in half], loop)):
+                                                       [reporters[i] for i in half], [trackings[i] for i in half],
+                                                       loop)):
                 results[i] = result
     return results  # type: ignore[return-value]
 
@@ -120,21 +159,24 @@ def pack_id(run_keys: Sequence[str]) -> str:
     return "pack-" + hashlib.sha1(" ".join(sorted(run_keys)).encode()).hexdigest()[:8]
 
 
-def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
-                loop: LoopOptions) -> list[dict[str, Any] | Exception] | _OutOfMemory:
+def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, trackings: list, loop: LoopOptions,
+                resume_step: int = 0) -> list[dict[str, Any] | Exception] | _OutOfMemory:
     """Build, train, test and save the pack of `plans` (claimed, none finished); each run's result, or
     the exception that failed the pack for each run still in it (recorded failed, with its traceback;
     the runs that left the pack keep their results), or _OutOfMemory with nothing recorded for the
     runs still to train (returned, not raised: once this frame is gone nothing holds the pack's
-    model). Packs do not checkpoint (loop.save_steps): a pack interrupted in a SLURM job starts over."""
+    model). `resume_step` > 0: every run goes on from its checkpoint of that step. `trackings`: each
+    run's tracking config; each run is its own tracker run, ended as its result is written (as alone:
+    with its test metrics), or failed with the pack."""
     t_start = time.perf_counter()
     keys = [p.spec.run_key for p in plans]
     info = {"id": pack_id(keys), "size": len(plans), "runs": keys}
-    bases = [{**base_record(p), "pack": info} for p in plans]
+    resumed = {"resumed_from_step": resume_step} if resume_step else {}
+    bases = [{**base_record(p), "pack": info, **resumed} for p in plans]
     say(f"{info['id']}: {len(plans)} runs trained together over one {plans[0].spec.model.name}: "
         + ", ".join(p.spec.slug for p in plans))
     done: list[dict[str, Any] | Exception | None] = [None] * len(plans)
-    pack = None
+    pack, members = None, []
     try:
         first, tokenizer = _build_alone(plans[0])
         params = [checked_params(first, plans[0])]
@@ -149,7 +191,8 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
         load_s = time.perf_counter() - t_start
         members = [_member(pack, plan, i, folder, reporter, tokenizer)
                    for i, (plan, folder, reporter) in enumerate(zip(plans, folders, reporters))]
-        for m, plan, p in zip(members, plans, params):
+        for m, plan, p, tracking, folder, base in zip(members, plans, params, trackings, folders, bases):
+            m.tracker = make_tracker(tracking, folder, plan.spec.slug, base["config"])
             say(f"{plan.spec.slug}: {p['trainable']:,} trainable of {p['total']:,} parameters "
                 f"({p['trainable_pct']:.2f}%), {p['n_adapted_modules']} adapted modules; run key {plan.spec.run_key}")
         task = plans[0].task
@@ -166,13 +209,12 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
             except RunClaimedError as e:
                 done[i] = _claimed(e, plans[i])
                 return
+            _end_tracker(m, {}, True)
             shutil.rmtree(folders[i] / "trainer", ignore_errors=True)
 
         evaluate = _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train, plans[0].head)
-        train_pack(pack, members, evaluate, losses, loop.step_sleep_s, on_leave=left)
-        for folder in folders:
-            if not taken_from_us(folder):  # a new owner's checkpoints are its own
-                shutil.rmtree(folder / "trainer", ignore_errors=True)
+        train_pack(pack, members, evaluate, losses, loop.step_sleep_s, on_leave=left, save_steps=loop.save_steps,
+                   resume_step=resume_step)
         finishing = [i for i, result in enumerate(done) if result is None]
         _finish(pack, plans, members, bases, params, folders, finishing, done, tokenizer, load_s, t_start)
     except Exception as e:
@@ -184,7 +226,16 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list,
                 if pack is not None:  # a model that could not be built is not a run to keep failed (as alone)
                     record_failure(folder, base, e, t_start)
                 done[i] = e
+    finally:
+        for m in members:  # those still running: failed, out of memory, interrupted (as alone)
+            _end_tracker(m, {}, False)
     return done  # type: ignore[return-value]
+
+
+def _end_tracker(m: Member, final: Mapping[str, Any], ok: bool) -> None:
+    """End the run's tracker run (with `final`, its test metrics), once (lifecycle.close_tracker)."""
+    close_tracker(m.tracker, final, ok, m.label)
+    m.tracker = Tracker()
 
 
 def _claimed(error: RunClaimedError, plan: Plan) -> dict[str, Any]:
@@ -274,5 +325,7 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
                               {name: results[j] for name, results in more.items()},
                               m.outcome, timing_record(load_s, m.outcome, eval_s, t_start),
                               store.weights_memory(pack.model, plan.spec.method, plan.base_total), artifacts)
+        _end_tracker(m, {f"test_{k}": v for k, v in tests[j].items()}, True)
+        shutil.rmtree(folder / "trainer", ignore_errors=True)  # its result is written: checkpoints serve no more
         say(f"{plan.spec.slug}: test {headline(tests[j])} | {params[i]['trainable']:,} trainable params | "
             f"{done[i]['timing']['total_s']:.0f}s (in {bases[i]['pack']['id']}) | {folder / store.RESULT_FILE}")

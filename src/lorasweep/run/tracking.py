@@ -64,7 +64,7 @@ class WandbTracker(Tracker):
 
         folder.mkdir(parents=True, exist_ok=True)
         self._run = wandb.init(project=project, mode=mode, dir=str(folder), name=name, group=group,
-                               config=config, reinit="finish_previous")
+                               config=config, reinit="create_new")  # a pack's runs are tracked at once
 
     def log(self, metrics, step):
         self._run.log(dict(metrics), step=step)

@@ -6,9 +6,9 @@ alone. A pack shares one frozen base and one stream of batches, so its runs must
 shapes them: model, task and its data, batch size, evaluation batch size, steps or epochs,
 max_length, eval_steps. They may differ in all that makes them different runs: method among the
 adapter methods whose base stays frozen (lora, rslora, dora), rank, alpha, projections, dropout, lr,
-weight decay, warmup and seed. Anything else trains alone, and the plan says why (why_alone; a
-tracked run too: a pack does not track its runs; seq2seq, completion on an encoder-decoder; a run
-adapting MoE experts: a pack's layers are linear).
+weight decay, warmup and seed. Anything else trains alone, and the plan says why (why_alone:
+seq2seq, completion on an encoder-decoder; a run adapting MoE experts, a pack's layers are linear). A
+tracked run packs: each run of a pack is its own tracker run.
 """
 from __future__ import annotations
 
@@ -86,9 +86,6 @@ def why_alone(cfg: Mapping[str, Any]) -> str | None:
         return "it adapts MoE experts (peft's parameter adapters; a pack holds linear layers)"
     if (cfg.get("train") or {}).get("compile") is True:
         return "train.compile=true (a pack's step is not compiled)"
-    backend = (cfg.get("tracking") or {}).get("backend", "none")
-    if backend != "none":
-        return f"tracking={backend} (a pack does not track its runs)"
     return None
 
 
