@@ -12,7 +12,7 @@ adapted block, after the last): its rows stay as the base computed them.
 
 Padding, not one product per rank: each rank's blocks would have to be gathered out of the batch
 and scattered back (copies as large as the activations, for products whose cost is reading them);
-bench/pack_step.py measures both ways (bench/RESULTS.md).
+bench/pack_step.py times both ways (not yet run on a quiet machine).
 
 What torch 2.13's grouped_mm needs (seen on the CPU: float32 and bf16 forward and backward, equal
 bit for bit to a product per group): every row stride a multiple of 16 bytes, the contraction
@@ -87,7 +87,8 @@ def auto_product(device: torch.device, dtype: torch.dtype) -> str:
     """train.pack_product=auto's way on `device` for products in `dtype`. CUDA: grouped where torch
     has a grouped kernel (bf16 on compute capability 9.x and 10.x, CUTLASS); elsewhere torch 2.13's
     grouped_mm is a loop of products after copying the offsets to the host (a sync per product), so
-    batched products instead. The CPU: grouped (CPU_AUTO: measured no slower than the loop there)."""
+    batched products instead. The CPU: grouped (CPU_AUTO), equal bit for bit to the loop there; its speed
+    against the loop is not yet measured on a quiet machine (bench/pack_step.py)."""
     if device.type == "cuda":
         fast = dtype == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] in (9, 10)
         return "grouped" if fast else "batched"
