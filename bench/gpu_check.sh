@@ -6,7 +6,7 @@
 #     device run: command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600
 # Parts (a failed part is reported and the next one runs; each is cut to end by BUDGET_S), in the
 # order of what is still open after the H200 call of 2026-11-30 (bench/RESULTS.md §11):
-#   pack     bench/pack_gpu.py: 8 LoRA runs packed (adapters in batched products, and one by one)
+#   pack     bench/pack_gpu.py: 8 LoRA runs packed (adapters in grouped products, batched ones, one by one)
 #            vs one after another vs 8 processes
 #   compile  bench/gpu.py compiled LoRA, kept-rows loss: bf16 adapters at 64k tokens a step (was
 #            37.1% MFU at 32k), then fp32 adapters under autocast at 32k (model.dtype=bfloat16's way;
@@ -65,7 +65,7 @@ PY
 }
 
 part pack && step pack 130 python3 bench/pack_gpu.py --steps 20 --batch 4 --seq 512
-part pack && tail -7 "$LOG/pack.txt" >> "$SUMMARY"
+part pack && tail -8 "$LOG/pack.txt" >> "$SUMMARY"
 part compile && step compile 150 python3 bench/gpu.py --compile --methods lora --loss kept --adapters bf16 \
     --seq 2048 --tokens 65536 --steps 4 --warmup 2 --json "$LOG/compile.json"
 part compile && grep -E "^(measured|lora) " "$LOG/compile.txt" >> "$SUMMARY"

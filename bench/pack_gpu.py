@@ -9,13 +9,15 @@ position carries loss, as a plain LM forward computes it), AdamW per run. The 8 
 r = 4, 8, 16, 32 x projections qkvo, qkvogud (the issue's grid), each `--steps` optimizer steps of
 `--batch` sequences of `--seq` tokens, after one warm-up step that is not timed:
   packed       one process, one base, 8 adapters: each step one forward and backward over the 8
-               runs' batches stacked (model/adapter_pack: each adapter on its own rows), its adapters
-               applied in batched products (a GPU's way) and, beside it, one after another (the
-               loop a CPU keeps)
+               runs' batches stacked (model/adapter_pack: each adapter on its own rows), once for
+               each way its layers can apply the adapters (train.pack_product): grouped products,
+               batched products, one after another (the loop)
   sequential   one process, the 8 runs one after another, each on its own model
   8 processes  8 processes at once on the same GPU, each one run (its start-up included, as a
                sweep's would be)
-Printed: makespan (s), tokens/s (all runs' training tokens over the makespan), peak GPU memory.
+Every forward runs under bf16 autocast on a GPU, as the runs' Trainers run it (adapters float32,
+their products bf16). Printed: makespan (s), tokens/s (all runs' training tokens over the makespan),
+peak GPU memory.
 Target: packed at least 3x faster than sequential, and faster than 8 processes. Nothing is asserted.
 """
 from __future__ import annotations
@@ -34,10 +36,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from lorasweep.config.spec import ModelSpec  # noqa: E402
 from lorasweep.model.loading import model_config, tiny_config  # noqa: E402
-from lorasweep.model import adapter_pack  # noqa: E402
 from lorasweep.model.adapter_pack import Block, PackedModel, adapter_name  # noqa: E402
 from lorasweep.model.projections import resolve_modules  # noqa: E402
 
+PRODUCTS = ("grouped", "batched", "loop")  # train.pack_product: the first is the pack compared below
 RUNS = [(r, proj) for proj in ("qkvo", "qkvogud") for r in (4, 8, 16, 32)]
 QWEN = ModelSpec(name="qwen3-0.6b", family="qwen3", source="hub", id="Qwen/Qwen3-0.6B", config="configs/qwen3-0.6b.json")
 TINY = ModelSpec(name="tiny-qwen3", family="qwen3", source="tiny")
@@ -72,6 +74,11 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
 
 
+def autocast(device: str):
+    """The Trainer's mixed precision on a GPU (bf16 autocast); none on the CPU."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -89,19 +96,19 @@ def train_alone(config, device, dtype, run: int, args) -> float:
         if step == 1:
             sync(device)
             start = time.perf_counter()
-        lm_loss(model(input_ids=ids).logits, ids).backward()
+        with autocast(device):
+            logits = model(input_ids=ids).logits
+        lm_loss(logits, ids).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     sync(device)
     return time.perf_counter() - start
 
 
-def train_packed(config, device, dtype, args, batched: bool) -> float:
-    """The 8 runs as one pack: its training time in seconds (warm-up step excluded); `batched`:
-    plain-LoRA layers apply the adapters in batched products, else one after another."""
+def train_packed(config, device, dtype, args, product: str) -> tuple[float, dict]:
+    """The 8 runs as one pack: its training time in seconds (warm-up step excluded) and the ways its
+    layers took (PackedModel.took); `product`: train.pack_product."""
     from peft import get_peft_model
-
-    adapter_pack.BATCHED_DEVICES = {device} if batched else set()
 
     base = base_model(config, device, dtype)
     configs = [lora_config(r, proj, base) for r, proj in RUNS]
@@ -110,7 +117,7 @@ def train_packed(config, device, dtype, args, batched: bool) -> float:
     for i, lora in enumerate(configs[1:], start=1):
         model.add_adapter(adapter_name(i), lora)
         names.append(adapter_name(i))
-    pack = PackedModel(model, names)
+    pack = PackedModel(model, names, product)
     opts = [torch.optim.AdamW([p for _, p in pack.named_parameters_of(n)], lr=1e-4) for n in names]
     ids = torch.randint(0, config.vocab_size, (len(names) * args.batch, args.seq), device=device)
     blocks = [Block(n, i * args.batch, (i + 1) * args.batch) for i, n in enumerate(names)]
@@ -118,14 +125,14 @@ def train_packed(config, device, dtype, args, batched: bool) -> float:
         if step == 1:
             sync(device)
             start = time.perf_counter()
-        with pack.blocks(blocks):
+        with pack.blocks(blocks), autocast(device):
             logits = model(input_ids=ids).logits
         torch.stack([lm_loss(logits[b.rows], ids[b.rows]) for b in blocks]).sum().backward()
         for opt in opts:
             opt.step()
             opt.zero_grad(set_to_none=True)
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, dict(pack.took)
 
 
 def peak_gb(device: str) -> float:
@@ -147,10 +154,11 @@ def main() -> None:
     tokens = len(RUNS) * args.steps * args.batch * args.seq
     rows = []
 
-    for batched, label in ((True, "packed (1 process, 8 adapters)"), (False, "packed, adapters one by one")):
+    for product in PRODUCTS:
         start = time.perf_counter()
-        packed_train = train_packed(config, device, dtype, args, batched)
-        rows.append((label, time.perf_counter() - start, packed_train, peak_gb(device)))
+        packed_train, took = train_packed(config, device, dtype, args, product)
+        rows.append((f"packed, {product} products", time.perf_counter() - start, packed_train, peak_gb(device)))
+        print(f"packed with train.pack_product={product}: its layers took {took}")
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -172,9 +180,12 @@ def main() -> None:
     print(f"{'':34}{'makespan s':>12}{'train s':>10}{'tokens/s':>12}{'peak GB':>9}")
     for label, wall, train, peak in rows:
         print(f"{label:34}{wall:12.1f}{train:10.1f}{tokens / wall:12.0f}{peak:9.1f}")
-    print(f"packed vs sequential: {rows[2][1] / rows[0][1]:.2f}x makespan, {rows[2][2] / rows[0][2]:.2f}x training "
-          f"(target >= 3x); packed vs 8 processes: {rows[3][1] / rows[0][1]:.2f}x makespan; batched products "
-          f"vs one by one: {rows[1][2] / rows[0][2]:.2f}x training")
+    k = len(PRODUCTS)
+    seq, procs = rows[k], rows[k + 1]
+    print(f"packed ({PRODUCTS[0]}) vs sequential: {seq[1] / rows[0][1]:.2f}x makespan, {seq[2] / rows[0][2]:.2f}x "
+          f"training (target >= 3x); vs 8 processes: {procs[1] / rows[0][1]:.2f}x makespan; "
+          + "; ".join(f"{PRODUCTS[0]} vs {p}: {rows[i][2] / rows[0][2]:.2f}x training"
+                      for i, p in enumerate(PRODUCTS) if i))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,8 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path, group, value):
     (["train.step_sleep_s=abc"], "error: train.step_sleep_s='abc' is invalid: the seconds to pause after each "
                                  "training step"),
     (["train.save_steps=abc"], "error: train.save_steps='abc' is invalid: a whole number of steps >= 0"),
+    (["train.pack_product=fast"], "error: train.pack_product='fast' is invalid: how a pack applies its runs' "
+                                  "adapters, one of auto, grouped, batched, loop"),
     # task=hf: what needs no data is refused before the dataset (or torch) is opened
     (["task=hf"], "error: task.dataset='???' is invalid: a hub id (task.dataset=ag_news) or a local folder"),
     (["task=hf", "task.dataset=ag_news", "task.format=qa"], "error: task.format='qa' is invalid: choose one of"),

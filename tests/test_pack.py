@@ -37,23 +37,28 @@ RUNS["tiny-llama"] = RUNS["tiny-qwen3"] = [["lora.r=2", "lora.proj=qk", "train.l
                                            ["lora.r=4", "lora.proj=qkvogud", "train.lr=3e-3", "method=dora"],
                                            ["lora.r=8", "lora.proj=vo", "train.lr=2e-3", "train.seed=1"]]
 TOLERANCE = 1e-4  # relative to the tensor's largest value: the pack's larger GEMMs may round differently
-# How a pack's layers apply their runs' adapters (model/adapter_pack): a loop over the runs' blocks (a CPU's
-# way) or batched products over all of them (a GPU's way), forced here on the CPU. The batched products
-# sum in another order than a run alone's: largest adapter differences measured 1.5e-5 (classification,
-# 20 steps) and 1.1e-4 (tiny-llama SFT, 12 steps at lr up to 3e-3), so they get their own bound.
-PRODUCTS = {"loop": set(), "batched": {"cpu"}}
-TOLERANCES = {"loop": TOLERANCE, "batched": 5e-4}
+# How a pack's layers apply their runs' adapters (train.pack_product, model/adapter_pack): one grouped product
+# pair over every run's rows (auto's way), a loop over the runs' blocks, or batched products over blocks of
+# equal size. The batched products sum in another order than a run alone's: largest adapter differences
+# measured 1.5e-5 (classification, 20 steps) and 1.1e-4 (tiny-llama SFT, 12 steps at lr up to 3e-3), so
+# they get their own bound.
+PRODUCTS = ("grouped", "loop", "batched")
+TOLERANCES = {"grouped": TOLERANCE, "loop": TOLERANCE, "batched": 5e-4}
 # Over a bf16 base each layer's output is rounded to bf16, so the batched products' other summation
 # order flips some roundings and the adapters drift further (measured 3.9e-2 after 12 SFT steps on
 # tiny-qwen3, its largest tensor-relative difference), while the runs' losses still agree within 5e-4.
 BF16_BATCHED_ADAPTER_TOLERANCE = 0.1
 
 
-@pytest.fixture(params=list(PRODUCTS))
-def products(request, monkeypatch) -> str:
-    """Each test using it runs with either way of applying adapters ("loop" or "batched")."""
-    monkeypatch.setattr(adapter_pack, "BATCHED_DEVICES", PRODUCTS[request.param])
+@pytest.fixture(params=PRODUCTS)
+def products(request) -> str:
+    """Each test using it packs with each way of applying the adapters (train.pack_product)."""
     return request.param
+
+
+def _adapted_layers(results: list[dict]) -> int:
+    """How many layers of the pack's model hold an adapter: the runs' adapted modules, together."""
+    return len(set().union(*(r["params"]["adapted_modules"] for r in results)))
 
 
 def _configs(model: str, results: Path, extra: list[str] = ()) -> list[dict]:
@@ -80,13 +85,14 @@ def test_a_packed_run_trains_as_it_would_alone(model, products, tmp_path, capsys
     tolerance = TOLERANCES[products]
     steps = ["train.max_steps=17"]
     alone = [run_config(cfg) for cfg in _configs(model, tmp_path / "alone", steps)]
-    packed = run_pack(_configs(model, tmp_path / "packed", steps))
+    packed = run_pack(_configs(model, tmp_path / "packed", [*steps, f"train.pack_product={products}"]))
     worst = 0.0
     for a, p in zip(alone, packed):
         assert p["status"] == a["status"] == "done"
         assert p["run_key"] == a["run_key"]
         assert p["params"] == a["params"]
         assert p["pack"]["size"] == len(alone) and p["pack"]["runs"] == [r["run_key"] for r in alone]
+        assert p["pack"]["product"] == {products: _adapted_layers(alone)}  # the way every adapted layer took
         assert p.keys() - {"pack"} == a.keys() and p["memory"].keys() == a["memory"].keys()  # the same record
         assert p["memory"]["base_weights_mb"] == a["memory"]["base_weights_mb"] > 0
         worst = max(worst, _largest_difference(tmp_path / "alone" / Path(a["slug"] + "-" + a["run_key"]),
@@ -105,6 +111,56 @@ def test_a_packed_run_trains_as_it_would_alone(model, products, tmp_path, capsys
     assert worst < tolerance
 
 
+# lora, dora and rslora side by side on each family, with mixed ranks (2 is padded to grouped_mm's 16 bytes)
+# and projections: some layers adapted by one run, some by all three
+GROUPED_RUNS = {"tiny-bert": [["lora.r=2", "lora.proj=qk"], ["lora.r=4", "lora.proj=qkvo", "method=dora"],
+                              ["lora.r=8", "lora.proj=vud", "method=rslora", "train.seed=1"]],
+                "tiny-gpt2": [["lora.r=2", "lora.proj=qkv"], ["lora.r=4", "lora.proj=qkvo", "method=dora"],
+                              ["lora.r=8", "lora.proj=ud", "method=rslora", "train.seed=2"]]}
+GROUPED_RUNS["tiny-llama"] = GROUPED_RUNS["tiny-qwen3"] = [
+    ["lora.r=2", "lora.proj=qk"], ["lora.r=4", "lora.proj=qkvogud", "method=dora"],
+    ["lora.r=8", "lora.proj=vo", "method=rslora", "train.seed=1"]]
+GROUPED_TOLERANCE = 1e-5  # float32: measured 0 here (grouped_mm on the CPU multiplies group by group)
+FEW_STEPS = ["train.max_steps=4", "train.eval_steps=4", "train.lr=3e-3"]
+
+
+def _grouped(model: str, results: Path, extra: list[str] = (), runs: list[list[str]] | None = None) -> list[dict]:
+    return [compose_config([f"model={model}", *STEPS, *FEW_STEPS, "lora.dropout=0", *NO_DROPOUT[model], *run, *extra,
+                            f"results_dir={results}"]) for run in runs or GROUPED_RUNS[model]]
+
+
+@pytest.mark.parametrize("model", list(GROUPED_RUNS))
+def test_grouped_products_train_each_run_as_alone(model, tmp_path):
+    """train.pack_product=grouped: each adapted layer applies the three runs' adapters (lora, dora,
+    rslora) in one grouped A product and one grouped B product; every run's adapter is its run alone's
+    within 1e-5 of each tensor's largest value, and each result says that every layer took them."""
+    alone = [run_config(cfg) for cfg in _grouped(model, tmp_path / "alone")]
+    packed = run_pack(_grouped(model, tmp_path / "packed", ["train.pack_product=grouped"]))
+    differences = []
+    for a, p in zip(alone, packed):
+        assert p["status"] == a["status"] == "done" and p["run_key"] == a["run_key"]
+        assert p["pack"]["product"] == {"grouped": _adapted_layers(alone)}
+        differences.append(_largest_difference(tmp_path / "alone" / f"{a['slug']}-{a['run_key']}",
+                                               tmp_path / "packed" / f"{p['slug']}-{p['run_key']}"))
+        assert p["metrics"]["test"]["loss"] == pytest.approx(a["metrics"]["test"]["loss"], rel=GROUPED_TOLERANCE)
+    print(f"{model} grouped: largest relative difference of a packed adapter from its run alone: {max(differences):.2e}")
+    assert max(differences) < GROUPED_TOLERANCE
+
+
+def test_a_layer_grouped_products_cannot_take_loops_and_the_result_says_so(tmp_path):
+    """grouped_mm wants every row stride a multiple of 16 bytes: with an MLP 98 wide (not a multiple
+    of 4 floats) the gate, up and down projections apply their adapters one run after another, the
+    attention's in grouped products, and the runs are still as alone (auto's way on the CPU)."""
+    narrow = ["model.tiny.intermediate_size=98"]
+    runs = [["lora.r=2", "lora.proj=qkvogud"], ["lora.r=4", "lora.proj=qkvogud", "method=dora"]]
+    alone = [run_config(cfg) for cfg in _grouped("tiny-llama", tmp_path / "alone", narrow, runs)]
+    packed = run_pack(_grouped("tiny-llama", tmp_path / "packed", narrow, runs))
+    for a, p in zip(alone, packed):
+        assert p["pack"]["product"] == {"grouped": 8, "loop": 6}  # q k v o, and g u d, in each of 2 layers
+        assert _largest_difference(tmp_path / "alone" / f"{a['slug']}-{a['run_key']}",
+                                   tmp_path / "packed" / f"{p['slug']}-{p['run_key']}") < GROUPED_TOLERANCE
+
+
 # causal-LM SFT: chat-format MCQ (scored by option log-likelihood) and prompt -> completion (generated)
 SFT = {"tiny-llama": "task=wordnet_mcq", "tiny-qwen3": "task=wordnet_mcq", "tiny-gpt2": "task=nl2bash"}
 SFT_STEPS = ["train.max_steps=12", "train.eval_steps=6", "train.batch_size=4", "task.max_train=24",
@@ -117,16 +173,16 @@ def test_a_packed_sft_run_trains_as_it_would_alone(model, dtype, products, tmp_p
     carry loss, over their own count of them) and their own task evaluation: as alone. Also over a
     bf16 base (model.dtype=bfloat16), its adapters float32."""
     tolerance = TOLERANCES[products]
-    def configs(results):
+    def configs(results, extra=()):
         return [compose_config([f"model={model}", SFT[model], *SFT_STEPS, "lora.dropout=0", *NO_DROPOUT[model],
-                                *run, f"model.dtype={dtype}", f"results_dir={results}"]) for run in RUNS[model]]
+                                *run, f"model.dtype={dtype}", *extra, f"results_dir={results}"]) for run in RUNS[model]]
 
     alone = [run_config(cfg) for cfg in configs(tmp_path / "alone")]
-    packed = run_pack(configs(tmp_path / "packed"))
+    packed = run_pack(configs(tmp_path / "packed", [f"train.pack_product={products}"]))
     worst = 0.0
     for a, p in zip(alone, packed):
         assert p["status"] == a["status"] == "done" and p["run_key"] == a["run_key"]
-        assert p["pack"]["size"] == len(alone)
+        assert p["pack"]["size"] == len(alone) and p["pack"]["product"] == {products: _adapted_layers(alone)}
         worst = max(worst, _largest_difference(tmp_path / "alone" / f"{a['slug']}-{a['run_key']}",
                                                tmp_path / "packed" / f"{p['slug']}-{p['run_key']}"))
         assert p["metrics"]["train"]["loss"] == pytest.approx(a["metrics"]["train"]["loss"], rel=tolerance)
@@ -148,8 +204,8 @@ ONE_DIVERGES = [["lora.r=2", "lora.proj=qk", "train.lr=1e-3"], ["lora.r=4", "lor
                 ["lora.r=8", "lora.proj=v", "train.lr=2e-3"]]
 
 
-def _one_diverges(results: Path) -> list[dict]:
-    return [compose_config(["model=tiny-bert", *STEPS, "lora.dropout=0", *NO_DROPOUT["tiny-bert"], *run,
+def _one_diverges(results: Path, extra: list[str] = ()) -> list[dict]:
+    return [compose_config(["model=tiny-bert", *STEPS, "lora.dropout=0", *NO_DROPOUT["tiny-bert"], *run, *extra,
                             f"results_dir={results}"]) for run in ONE_DIVERGES]
 
 
@@ -157,7 +213,7 @@ def test_a_run_that_diverges_leaves_the_pack_and_the_others_go_on_as_alone(produ
     """The diverging run stops in a pack at the same step with the same reason as alone, and the runs
     beside it are unchanged: its non-finite weights reach its own rows only."""
     alone = [run_config(cfg) for cfg in _one_diverges(tmp_path / "alone")]
-    packed = run_pack(_one_diverges(tmp_path / "packed"))
+    packed = run_pack(_one_diverges(tmp_path / "packed", [f"train.pack_product={products}"]))
     assert [r["status"] for r in alone] == [r["status"] for r in packed] == ["done", "diverged", "done"]
     last = "last_finite_loss"
     assert packed[1]["divergence"][last] == pytest.approx(alone[1]["divergence"][last],
@@ -299,10 +355,12 @@ def test_a_pack_trains_in_the_mixed_precision_of_its_runs(products, tmp_path, mo
         return losses_of(*args)
 
     monkeypatch.setattr(pack_module, "classification_losses", recorded)
-    cfgs = [compose_config(["model=tiny-bert", *STEPS, "train.max_steps=3", *run, f"results_dir={tmp_path}"])
-            for run in RUNS["tiny-bert"][:2]]
-    assert [r["status"] for r in run_pack(cfgs)] == ["done", "done"]
+    cfgs = [compose_config(["model=tiny-bert", *STEPS, "train.max_steps=3", *run, f"train.pack_product={products}",
+                            f"results_dir={tmp_path}"]) for run in RUNS["tiny-bert"][:2]]
+    results = run_pack(cfgs)
+    assert [r["status"] for r in results] == ["done", "done"]
     assert seen == [(True, torch.bfloat16)] * 3
+    assert results[0]["pack"]["product"] == {products: _adapted_layers(results)}
 
 
 # A CPU has no accelerator to fill: a stand-in for one that holds two runs' rows of a step, no more.

@@ -1,6 +1,6 @@
 """What a composed config can be refused for from its own values: the spec (config/spec.py), the
 budget and lora.r=auto, a quantized method this machine cannot run, the data-parallel ranks a
-sweep's driver gave it, train.step_sleep_s and train.save_steps. No transformers, peft or data file is touched here (torch only to ask for a
+sweep's driver gave it, train.step_sleep_s, train.save_steps and train.pack_product. No transformers, peft or data file is touched here (torch only to ask for a
 GPU, for the quantized methods), so `python launch.py` says such a mistake in under a second, before
 those libraries load; run/plan.py builds on these to count the run.
 """
@@ -32,6 +32,7 @@ def checked_spec(cfg: Mapping[str, Any]) -> tuple[RunSpec, int | None, bool]:
     check_data_parallel(spec, data_parallel(cfg))
     step_sleep_s(cfg.get("train") or {})
     save_steps(cfg.get("train") or {})
+    pack_product(cfg.get("train") or {})
     return spec, budget, auto
 
 
@@ -44,6 +45,22 @@ def save_steps(train_cfg: Mapping[str, Any]) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"train.save_steps={value!r} is invalid: a whole number of steps >= 0 between "
                           f"checkpoints (0: none), or null (every train.eval_steps inside a SLURM job)")
+    return value
+
+
+PACK_PRODUCTS = ("auto", "grouped", "batched", "loop")
+
+
+def pack_product(train_cfg: Mapping[str, Any]) -> str:
+    """train.pack_product: how a pack's layers apply its runs' adapters (model/adapter_pack; not in the
+    run key: each way computes the same run, up to float rounding). ConfigError unless one of
+    PACK_PRODUCTS (null: auto)."""
+    value = train_cfg.get("pack_product")
+    if value is None:
+        return "auto"
+    if value not in PACK_PRODUCTS:
+        raise ConfigError(f"train.pack_product={value!r} is invalid: how a pack applies its runs' adapters, one of "
+                          f"{', '.join(PACK_PRODUCTS)} (default auto: grouped products where a layer allows them)")
     return value
 
 

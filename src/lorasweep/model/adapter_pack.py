@@ -14,14 +14,14 @@ rounding of the larger GEMMs (tests/test_pack.py measures it). peft refuses mixe
 in training and with DoRA (its `adapter_names`): this forward is peft's `lora.Linear.forward` for
 one adapter, applied per block of rows.
 
-On a GPU a pack's runs are small batches (that is why they pack), and a loop over K adapters in each
-adapted layer launches K small kernels per operation. There, the layers whose runs all use plain
-LoRA on blocks of equal size apply every adapter at once (`_batched_lora`): each adapter's A and B
-zero-padded to the largest rank and stacked, then two batched products, block i's rows through
-adapter i only. Padding adds exact zeros, so each row's term and each adapter's gradient are the
-loop's up to the products' summation order, and a run's non-finite weights reach its own rows only
-(a diverging run leaves the pack; the others go on). A CPU keeps the loop (`BATCHED_DEVICES`): it
-is compute-bound there (bench/RESULTS.md), where padding would only add arithmetic.
+How a layer applies its runs' adapters in a pack's steps (the blocks tile the batch) is the pack's
+`product` (train.pack_product): "grouped", one grouped A product and one grouped B product over every
+run's rows (model/pack_products.grouped_lora, DoRA included); "batched", two batched products over
+blocks of equal size (plain LoRA; DoRA per block); "loop", peft's forward once per block. "auto"
+takes grouped where torch has a grouped kernel for the products' dtype, else batched
+(pack_products.auto_product). A layer that cannot take the way asked (grouped_mm's strides, a LoRA
+bias; batched: unequal blocks) loops; `PackedModel.took` counts the adapted layers per way their
+pack steps took (each run's result says it).
 """
 from __future__ import annotations
 
@@ -40,9 +40,12 @@ from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
 from ..compat import cast_lora_input
+from ..config.checks import PACK_PRODUCTS
+from .pack_products import (Layouts, auto_product, batched_lora, groupable, grouped_lora, peft_dora,
+                            product_dtype)
 
 FIRST = "default"  # peft's name for the adapter a model is built with: the pack's first run
-BATCHED_DEVICES = {"cuda"}  # where plain-LoRA layers apply all adapters in batched products (see above)
+PRODUCTS = PACK_PRODUCTS  # train.pack_product: how a pack's layers apply the adapters
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,14 @@ class PackedModel:
     """A peft model holding several runs' adapters, whose forward applies each to its own rows:
     call the model inside `with pack.blocks(...)`."""
 
-    def __init__(self, model: PeftModel, adapters: Sequence[str]):
-        self.model, self.adapters = model, list(adapters)
+    def __init__(self, model: PeftModel, adapters: Sequence[str], product: str = "auto"):
+        if product not in PRODUCTS:
+            raise ValueError(f"pack product {product!r}: valid are {', '.join(PRODUCTS)}")
+        self.model, self.adapters, self.product = model, list(adapters), product
         self._blocks: list[Block] | None = None
-        self._stacking: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}  # stacking()'s cache
+        self.layouts = Layouts()  # the stacked adapters' layouts (model/pack_products), built once each
+        self.took: dict[str, int] = {}  # adapted layers per way their last pack step took (kept up to date)
+        self._ways: dict[int, str] = {}  # id(layer) -> that way
         for module in model.modules():
             if isinstance(module, LoraLinear):
                 module.forward = partial(_lora_forward, module, self)
@@ -108,16 +115,10 @@ class PackedModel:
         blocks = self.current()
         if len(blocks) == 1 and blocks[0].start == 0 and blocks[0].stop is None:
             return [t]
-        sizes = self._tile_sizes(len(t))
+        sizes = self.tile_sizes(len(t))
         return list(t.split(sizes)) if sizes else [t[b.rows] for b in blocks]
 
-    def equal_tiles(self, n_rows: int) -> bool:
-        """Whether the current blocks are 2 or more of one size that tile a batch of n_rows in order
-        (what `_batched_lora` needs): a pack's steps, not an evaluation alone."""
-        sizes = self._tile_sizes(n_rows)
-        return sizes is not None and len(sizes) > 1 and len(set(sizes)) == 1
-
-    def _tile_sizes(self, n_rows: int) -> list[int] | None:
+    def tile_sizes(self, n_rows: int) -> list[int] | None:
         """The current blocks' sizes when they tile a batch of n_rows in order (the first starts at 0,
         each stops where the next starts, the last at n_rows or open-ended), else None."""
         blocks = self.current()
@@ -126,20 +127,29 @@ class PackedModel:
             return [stop - b.start for stop, b in zip(stops, blocks)]
         return None
 
-    def stacking(self, layer: LoraLinear, blocks: list[Block], names: set[str], device: torch.device
-                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """For `_batched_lora`: where the rank rows of each block's adapter among `names` go in the
-        stack (block i's at i * width), each block's scaling in float32 (0 for a block of another
-        adapter), and width, the largest rank. Built once per layout."""
-        ranks = [layer.lora_A[b.adapter].weight.shape[0] if b.adapter in names else 0 for b in blocks]
-        scales = [layer.scaling[b.adapter] if b.adapter in names else 0.0 for b in blocks]
-        key = (tuple(ranks), tuple(scales), device)
-        if key not in self._stacking:
-            width = max(ranks)
-            index = [i * width + j for i, r in enumerate(ranks) for j in range(r)]
-            self._stacking[key] = (torch.tensor(index, device=device),
-                                   torch.tensor(scales, device=device, dtype=torch.float32), width)
-        return self._stacking[key]
+    def way(self, layer: LoraLinear, x: torch.Tensor) -> str:
+        """How `layer` applies the current blocks' adapters to `x`: "grouped", "batched" or "loop"
+        (the module's docstring). Recorded in `took` when the blocks tile the batch (a pack's step)."""
+        sizes = self.tile_sizes(len(x))
+        if layer.disable_adapters or sizes is None or len(sizes) < 2:
+            return "loop"  # a run alone (evaluation, generation), or rows that are not the pack's batch
+        present = [b.adapter for b in self.current() if b.adapter in layer.lora_A]
+        if not present:
+            return "loop"  # no adapter of this pack's runs on this layer: the base alone
+        dtype = product_dtype(layer, x.device)
+        asked = auto_product(x.device, dtype) if self.product == "auto" else self.product
+        if asked == "grouped" and groupable(layer, present, dtype):
+            way = "grouped"
+        elif asked == "batched" and len(set(sizes)) == 1:
+            way = "batched"
+        else:
+            way = "loop"
+        if self._ways.get(id(layer)) != way:
+            self._ways[id(layer)] = way
+            self.took.clear()
+            for w in sorted(set(self._ways.values())):
+                self.took[w] = sum(v == w for v in self._ways.values())
+        return way
 
     def owner(self, parameter: str) -> str | None:
         """The adapter a parameter of the model belongs to (None: the frozen base)."""
@@ -165,10 +175,11 @@ class PackedModel:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def pack_models(first: PeftModel, others: Iterator[PeftModel]) -> PackedModel:
+def pack_models(first: PeftModel, others: Iterator[PeftModel], product: str = "auto") -> PackedModel:
     """The pack of `first` (built as its run alone, it becomes the pack's model) and each of `others`
     (each built as its run alone, then dropped): every adapter starts from its own run's initial
-    weights, so the seed-dependent initialisation (LoRA A, a new classification head) is the run's own."""
+    weights, so the seed-dependent initialisation (LoRA A, a new classification head) is the run's own.
+    `product`: how its layers apply the adapters in its steps (PRODUCTS)."""
     names = [FIRST]
     for i, other in enumerate(others, start=1):
         name = adapter_name(i)
@@ -181,7 +192,7 @@ def pack_models(first: PeftModel, others: Iterator[PeftModel]) -> PackedModel:
         _check_loaded(first, name, state)
         names.append(name)
         del other
-    return PackedModel(first, names)
+    return PackedModel(first, names, product)
 
 
 def _check_loaded(model: PeftModel, name: str, state: dict[str, torch.Tensor]) -> None:
@@ -193,70 +204,29 @@ def _check_loaded(model: PeftModel, name: str, state: dict[str, torch.Tensor]) -
 
 
 def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """peft's lora.Linear.forward with one adapter a block of rows: one base GEMM over all rows."""
+    """peft's lora.Linear.forward with one adapter a block of rows: one base GEMM over all rows, then
+    the adapters' terms the pack's way (PackedModel.way)."""
     result = layer.base_layer(x, *args, **kwargs)
     dtype = result.dtype
     blocks = pack.current()
-    if x.device.type in BATCHED_DEVICES and not layer.disable_adapters and pack.equal_tiles(len(x)):
-        return _batched_forward(layer, pack, blocks, x, result).to(dtype)
+    way = pack.way(layer, x)
+    if way == "grouped":
+        return grouped_lora(layer, [b.adapter for b in blocks], pack.tile_sizes(len(x)), x, result,
+                            pack.layouts).to(dtype)
+    if way == "batched":
+        return batched_lora(layer, [b.adapter for b in blocks], len(x) // len(blocks), x, result,
+                            pack.layouts).to(dtype)
     parts = []
     for block, part, rows in zip(blocks, pack.rows_of(result), pack.rows_of(x)):
         name = block.adapter
         if name in layer.lora_A and not layer.disable_adapters:
             if name in layer.lora_variant:
-                part = _dora(layer, name, rows, part)
+                part = peft_dora(layer, name, rows, part)
             else:
                 rows = cast_lora_input(layer, rows, layer.lora_A[name].weight.dtype)
                 part = part + layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](rows))) * layer.scaling[name]
         parts.append(part)
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)
-
-
-def _batched_forward(layer: LoraLinear, pack: PackedModel, blocks: list[Block], x: torch.Tensor,
-                     result: torch.Tensor) -> torch.Tensor:
-    """`_lora_forward` on K equal blocks: the plain-LoRA runs' terms at once (`_batched_lora`), then
-    each DoRA run's on its rows through peft's own code, as the loop does."""
-    plain = {b.adapter for b in blocks if b.adapter in layer.lora_A and b.adapter not in layer.lora_variant}
-    if plain:
-        result = _batched_lora(layer, pack, blocks, x, result, plain)
-    dora = [i for i, b in enumerate(blocks) if b.adapter in layer.lora_variant]
-    if not dora:
-        return result
-    parts, rows = pack.rows_of(result), pack.rows_of(x)
-    for i in dora:
-        parts[i] = _dora(layer, blocks[i].adapter, rows[i], parts[i])
-    return torch.cat(parts)
-
-
-def _dora(layer: LoraLinear, name: str, rows: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-    """A DoRA run's output on its rows (`part`: the base's output there), through peft's own code."""
-    rows = cast_lora_input(layer, rows, layer.lora_A[name].weight.dtype)
-    return layer.lora_variant[name].forward(layer, active_adapter=name, x=rows, result=part)
-
-
-def _batched_lora(layer: LoraLinear, pack: PackedModel, blocks: list[Block], x: torch.Tensor,
-                  result: torch.Tensor, names: set[str]) -> torch.Tensor:
-    """The plain-LoRA terms of the adapters `names` in two batched products: block i's rows through
-    its adapter's A and B (zero-padded to the largest rank; a block of another adapter gets zeros),
-    times its scaling, added to the base's output."""
-    present = [b.adapter for b in blocks if b.adapter in names]
-    if all(isinstance(layer.lora_dropout[n], nn.Identity) for n in present):
-        dropped = x
-    else:  # each run's own dropout on its rows, in block order
-        dropped = torch.cat([layer.lora_dropout[b.adapter](rows) if b.adapter in names else rows
-                             for b, rows in zip(blocks, pack.rows_of(x))])
-    a_weights = [layer.lora_A[n].weight for n in present]  # each (rank, in)
-    dropped = cast_lora_input(layer, dropped, a_weights[0].dtype)
-    index, scale, width = pack.stacking(layer, blocks, names, x.device)
-    k = len(blocks)
-    # (K * width, in) and (K * width, out): block i's adapter's rows at i * width, the rest zeros
-    a = a_weights[0].new_zeros(k * width, dropped.shape[-1]).index_copy(0, index, torch.cat(a_weights))
-    b_rows = torch.cat([layer.lora_B[n].weight.t() for n in present])
-    b = b_rows.new_zeros(k * width, b_rows.shape[-1]).index_copy(0, index, b_rows)
-    low = torch.bmm(dropped.reshape(k, -1, dropped.shape[-1]), a.view(k, width, -1).transpose(1, 2))
-    out = torch.bmm(low, b.view(k, width, -1))
-    out = (out * scale.view(k, 1, 1)).to(out.dtype)  # as the loop's `* scaling`: float32 math, out's dtype
-    return result + out.view(result.shape)
 
 
 def _head_forward(wrapper: ModulesToSaveWrapper, pack: PackedModel, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

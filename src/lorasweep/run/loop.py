@@ -24,7 +24,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import compat
-from ..config.checks import save_steps, step_sleep_s
+from ..config.checks import pack_product, save_steps, step_sleep_s
 from ..config.spec import TrainSpec
 from ..console import say
 from ..errors import DataError
@@ -46,6 +46,7 @@ class LoopOptions:
     save_steps: int = 0         # checkpoint every N steps into the run's trainer/ folder (0: never)
     step_sleep_s: float = 0.0   # pause after each step: a tiny run watched, or stopped, mid-training
     compile: bool = False       # train.compile: torch.compile what trains (run/compile_check.py); same run
+    pack_product: str = "auto"  # train.pack_product: how a pack's layers apply its adapters (model/adapter_pack)
 
     @classmethod
     def from_config(cls, train_cfg: Mapping[str, Any]) -> "LoopOptions":
@@ -56,7 +57,7 @@ class LoopOptions:
         if save is None:
             save = int(train_cfg.get("eval_steps") or 50) if os.environ.get("SLURM_JOB_ID") else 0
         return cls(save_steps=int(save), step_sleep_s=step_sleep_s(train_cfg),
-                   compile=check_compile(train_cfg.get("compile", False)))
+                   compile=check_compile(train_cfg.get("compile", False)), pack_product=pack_product(train_cfg))
 
 
 @dataclass(frozen=True)

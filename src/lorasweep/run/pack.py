@@ -187,7 +187,8 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, trackin
                 params.append(checked_params(model, plan))
                 yield model
 
-        pack = pack_models(first, others())
+        pack = pack_models(first, others(), loop.pack_product)
+        info["product"] = pack.took  # kept up to date by its steps: each run's result says the way they took
         load_s = time.perf_counter() - t_start
         members = [_member(pack, plan, i, folder, reporter, tokenizer)
                    for i, (plan, folder, reporter) in enumerate(zip(plans, folders, reporters))]
