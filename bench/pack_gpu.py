@@ -1,7 +1,8 @@
 """GPU makespan of 8 LoRA runs on one base: packed (lorasweep.model.adapter_pack) vs one after another vs
 8 processes sharing the GPU.
 
-    python bench/pack_gpu.py [--steps 20] [--batch 4] [--seq 512]      # needs CUDA
+    python bench/pack_gpu.py [--steps 20] [--batch 4] [--seq 512] [--paths loop,batched] [--no-processes]
+                             [--json rows.json]                         # needs CUDA
     python bench/pack_gpu.py --tiny --steps 3                           # a smoke test on the CPU
 
 The Qwen3-0.6B architecture with random weights in bf16, causal-LM training on random tokens (every
@@ -9,12 +10,11 @@ position carries loss, as a plain LM forward computes it), AdamW per run. The 8 
 r = 4, 8, 16, 32 x projections qkvo, qkvogud (the issue's grid), each `--steps` optimizer steps of
 `--batch` sequences of `--seq` tokens, after one warm-up step that is not timed:
   packed       one process, one base, 8 adapters: each step one forward and backward over the 8
-               runs' batches stacked (model/adapter_pack: each adapter on its own rows), its adapters
-               applied in batched products (a GPU's way) and, beside it, one after another (the
-               loop a CPU keeps)
+               runs' batches stacked (model/adapter_pack: each adapter on its own rows), once per
+               product path its layers can take (adapter_pack.PATHS, each forced in turn: `--paths`)
   sequential   one process, the 8 runs one after another, each on its own model
   8 processes  8 processes at once on the same GPU, each one run (its start-up included, as a
-               sweep's would be)
+               sweep's would be; `--no-processes` leaves them out)
 Printed: makespan (s), tokens/s (all runs' training tokens over the makespan), peak GPU memory.
 Target: packed at least 3x faster than sequential, and faster than 8 processes. Nothing is asserted.
 """
@@ -96,12 +96,12 @@ def train_alone(config, device, dtype, run: int, args) -> float:
     return time.perf_counter() - start
 
 
-def train_packed(config, device, dtype, args, batched: bool) -> float:
-    """The 8 runs as one pack: its training time in seconds (warm-up step excluded); `batched`:
-    plain-LoRA layers apply the adapters in batched products, else one after another."""
+def train_packed(config, device, dtype, args, path: str) -> float:
+    """The 8 runs as one pack: its training time in seconds (warm-up step excluded), every adapted
+    layer taking the product path `path` (adapter_pack.PATHS)."""
     from peft import get_peft_model
 
-    adapter_pack.BATCHED_DEVICES = {device} if batched else set()
+    adapter_pack.FORCED_PATH = path
 
     base = base_model(config, device, dtype)
     configs = [lora_config(r, proj, base) for r, proj in RUNS]
@@ -138,43 +138,56 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="sequences per run per step")
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--tiny", action="store_true", help="tiny random Qwen3 on the CPU: a smoke test")
+    ap.add_argument("--paths", default="", help="the pack's product paths to time (default: all of adapter_pack.PATHS)")
+    ap.add_argument("--no-processes", action="store_true", help="leave out the 8 processes")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child of the 8-process side
     args = ap.parse_args()
     device, dtype, config = setting(args)
     if args.one is not None:
         print(json.dumps({"train_s": train_alone(config, device, dtype, args.one, args)}))
         return
+    paths = args.paths.split(",") if args.paths else list(adapter_pack.PATHS)
+    if unknown := [p for p in paths if p not in adapter_pack.PATHS]:
+        sys.exit(f"--paths: {','.join(unknown)} unknown; the paths are {','.join(adapter_pack.PATHS)}")
     tokens = len(RUNS) * args.steps * args.batch * args.seq
     rows = []
 
-    for batched, label in ((True, "packed (1 process, 8 adapters)"), (False, "packed, adapters one by one")):
+    for path in paths:
         start = time.perf_counter()
-        packed_train = train_packed(config, device, dtype, args, batched)
-        rows.append((label, time.perf_counter() - start, packed_train, peak_gb(device)))
+        packed_train = train_packed(config, device, dtype, args, path)
+        rows.append((f"packed, {path} path", time.perf_counter() - start, packed_train, peak_gb(device)))
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
 
     start = time.perf_counter()
     sequential_train = sum(train_alone(config, device, dtype, i, args) for i in range(len(RUNS)))
-    rows.append(("sequential (8 runs, 1 process)", time.perf_counter() - start, sequential_train, peak_gb(device)))
+    sequential = ("sequential (8 runs, 1 process)", time.perf_counter() - start, sequential_train, peak_gb(device))
+    rows.append(sequential)
 
-    start = time.perf_counter()
-    extra = ["--tiny"] if args.tiny else []
-    children = [subprocess.Popen([sys.executable, __file__, "--one", str(i), "--steps", str(args.steps),
-                                  "--batch", str(args.batch), "--seq", str(args.seq), *extra],
-                                 stdout=subprocess.PIPE, text=True) for i in range(len(RUNS))]
-    child_train = [json.loads(c.communicate()[0].strip().splitlines()[-1])["train_s"] for c in children]
-    rows.append(("8 processes sharing the device", time.perf_counter() - start, max(child_train), float("nan")))
+    if not args.no_processes:
+        start = time.perf_counter()
+        extra = ["--tiny"] if args.tiny else []
+        children = [subprocess.Popen([sys.executable, __file__, "--one", str(i), "--steps", str(args.steps),
+                                      "--batch", str(args.batch), "--seq", str(args.seq), *extra],
+                                     stdout=subprocess.PIPE, text=True) for i in range(len(RUNS))]
+        child_train = [json.loads(c.communicate()[0].strip().splitlines()[-1])["train_s"] for c in children]
+        rows.append(("8 processes sharing the device", time.perf_counter() - start, max(child_train), float("nan")))
 
     name = "tiny-qwen3 (CPU smoke test)" if args.tiny else f"Qwen3-0.6B architecture, {torch.cuda.get_device_name()}"
     print(f"{name}, {dtype}, 8 LoRA runs r=4/8/16/32 x qkvo/qkvogud, {args.steps} steps of {args.batch} x {args.seq} tokens each")
     print(f"{'':34}{'makespan s':>12}{'train s':>10}{'tokens/s':>12}{'peak GB':>9}")
     for label, wall, train, peak in rows:
         print(f"{label:34}{wall:12.1f}{train:10.1f}{tokens / wall:12.0f}{peak:9.1f}")
-    print(f"packed vs sequential: {rows[2][1] / rows[0][1]:.2f}x makespan, {rows[2][2] / rows[0][2]:.2f}x training "
-          f"(target >= 3x); packed vs 8 processes: {rows[3][1] / rows[0][1]:.2f}x makespan; batched products "
-          f"vs one by one: {rows[1][2] / rows[0][2]:.2f}x training")
+    for label, wall, train, _ in rows[:len(paths)]:
+        print(f"{label} vs sequential: {sequential[1] / wall:.2f}x makespan, {sequential[2] / train:.2f}x training "
+              f"(target >= 3x)" + (f"; vs 8 processes: {rows[-1][1] / wall:.2f}x makespan" if not args.no_processes else ""))
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "steps": args.steps, "batch": args.batch, "seq": args.seq,
+                                         "rows": [dict(zip(("way", "makespan_s", "train_s", "peak_gb"),
+                                                           [v if v == v else None for v in r])) for r in rows]},
+                                        indent=1) + "\n")
 
 
 if __name__ == "__main__":

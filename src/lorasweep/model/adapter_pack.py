@@ -43,6 +43,10 @@ from ..compat import cast_lora_input
 
 FIRST = "default"  # peft's name for the adapter a model is built with: the pack's first run
 BATCHED_DEVICES = {"cuda"}  # where plain-LoRA layers apply all adapters in batched products (see above)
+# The ways a layer can apply a pack's adapters, by name. FORCED_PATH (None: each device's way, above)
+# makes every layer take one where its blocks allow it (tests and benches compare them on one device).
+PATHS = ("loop", "batched")
+FORCED_PATH: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, 
     result = layer.base_layer(x, *args, **kwargs)
     dtype = result.dtype
     blocks = pack.current()
-    if x.device.type in BATCHED_DEVICES and not layer.disable_adapters and pack.equal_tiles(len(x)):
+    batched = x.device.type in BATCHED_DEVICES if FORCED_PATH is None else FORCED_PATH == "batched"
+    if batched and not layer.disable_adapters and pack.equal_tiles(len(x)):
         return _batched_forward(layer, pack, blocks, x, result).to(dtype)
     parts = []
     for block, part, rows in zip(blocks, pack.rows_of(result), pack.rows_of(x)):
