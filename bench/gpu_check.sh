@@ -88,21 +88,21 @@ gpu_only() {  # a part that has no CPU smoke size: said, not run
 if part pack; then
     step pack 170 $PY bench/pack_gpu.py $(size "--steps 20 --batch 4 --seq 512" "--tiny --steps 1 --batch 1 --seq 8") \
         --no-processes --json "$OUT/pack.json"
-    grep -E "^(packed|sequential|tiny|Qwen3)" "$LOG/pack.txt" >> "$SUMMARY"
+    grep -sE "^(packed|sequential|tiny|Qwen3)" "$LOG/pack.txt" >> "$SUMMARY"
 fi
 if part tier; then
     step tier 200 $PY -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/gpu_tier.xml" tests
-    grep -E "^(FAILED|ERROR|SKIPPED|[0-9]+ (passed|failed|skipped|deselected))|(passed|failed|skipped).* in [0-9.]+s" \
+    grep -sE "^(FAILED|ERROR|SKIPPED|[0-9]+ (passed|failed|skipped|deselected))|(passed|failed|skipped).* in [0-9.]+s" \
         "$LOG/tier.txt" | cut -c1-300 | tail -30 >> "$SUMMARY"
 fi
 if part mfu; then
     step mfu 150 $PY bench/gpu.py $(size "--compile --seq 2048 --tokens 65536 --steps 4 --warmup 2" \
         "--tiny --seq 16 --tokens 32 --steps 1 --warmup 1") --methods lora --loss kept --adapters bf16 --json "$OUT/mfu.json"
-    grep -E "^(measured|lora) " "$LOG/mfu.txt" >> "$SUMMARY"
+    grep -sE "^(measured|lora) " "$LOG/mfu.txt" >> "$SUMMARY"
 fi
 if part spread; then
     step spread 120 $PY bench/bf16_spread.py $(size "" "--parts golden --first 1") --json "$OUT/spread.json"
-    grep -E "^(bf16|largest)" "$LOG/spread.txt" >> "$SUMMARY"
+    grep -sE "^(bf16|largest)" "$LOG/spread.txt" >> "$SUMMARY"
 fi
 if part compile_fp32 && gpu_only compile_fp32; then
     step compile_fp32 150 $PY bench/gpu.py --compile --methods lora --loss kept --adapters fp32 \
