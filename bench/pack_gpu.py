@@ -1,7 +1,8 @@
 """GPU makespan of 8 LoRA runs on one base: packed (lorasweep.model.adapter_pack) vs one after another vs
 8 processes sharing the GPU.
 
-    python bench/pack_gpu.py [--steps 20] [--batch 4] [--seq 512]      # needs CUDA
+    python bench/pack_gpu.py [--steps 20] [--batch 4] [--seq 512] [--products grouped,loop] [--no-processes]
+                             [--json rows.json]                         # needs CUDA
     python bench/pack_gpu.py --tiny --steps 3                           # a smoke test on the CPU
 
 The Qwen3-0.6B architecture with random weights in bf16, causal-LM training on random tokens (every
@@ -11,10 +12,10 @@ r = 4, 8, 16, 32 x projections qkvo, qkvogud (the issue's grid), each `--steps` 
   packed       one process, one base, 8 adapters: each step one forward and backward over the 8
                runs' batches stacked (model/adapter_pack: each adapter on its own rows), once for
                each way its layers can apply the adapters (train.pack_product): grouped products,
-               batched products, one after another (the loop)
+               batched products, one after another (the loop); `--products` picks some
   sequential   one process, the 8 runs one after another, each on its own model
   8 processes  8 processes at once on the same GPU, each one run (its start-up included, as a
-               sweep's would be)
+               sweep's would be; `--no-processes` leaves them out)
 Every forward runs under bf16 autocast on a GPU, as the runs' Trainers run it (adapters float32,
 their products bf16). Printed: makespan (s), tokens/s (all runs' training tokens over the makespan),
 peak GPU memory.
@@ -145,19 +146,28 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="sequences per run per step")
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--tiny", action="store_true", help="tiny random Qwen3 on the CPU: a smoke test")
+    ap.add_argument("--products", default=",".join(PRODUCTS),
+                    help=f"the train.pack_product values to time, the first compared with the rest (default: {','.join(PRODUCTS)})")
+    ap.add_argument("--no-processes", action="store_true", help="leave out the 8 processes")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child of the 8-process side
     args = ap.parse_args()
     device, dtype, config = setting(args)
     if args.one is not None:
         print(json.dumps({"train_s": train_alone(config, device, dtype, args.one, args)}))
         return
+    products = args.products.split(",")
+    if unknown := [p for p in products if p not in PRODUCTS]:
+        sys.exit(f"--products: {','.join(unknown)} unknown; valid are {','.join(PRODUCTS)}")
     tokens = len(RUNS) * args.steps * args.batch * args.seq
     rows = []
+    took_by_product = {}
 
-    for product in PRODUCTS:
+    for product in products:
         start = time.perf_counter()
         packed_train, took = train_packed(config, device, dtype, args, product)
         rows.append((f"packed, {product} products", time.perf_counter() - start, packed_train, peak_gb(device)))
+        took_by_product[product] = took
         print(f"packed with train.pack_product={product}: its layers took {took}")
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -165,27 +175,34 @@ def main() -> None:
 
     start = time.perf_counter()
     sequential_train = sum(train_alone(config, device, dtype, i, args) for i in range(len(RUNS)))
-    rows.append(("sequential (8 runs, 1 process)", time.perf_counter() - start, sequential_train, peak_gb(device)))
+    sequential = ("sequential (8 runs, 1 process)", time.perf_counter() - start, sequential_train, peak_gb(device))
+    rows.append(sequential)
 
-    start = time.perf_counter()
-    extra = ["--tiny"] if args.tiny else []
-    children = [subprocess.Popen([sys.executable, __file__, "--one", str(i), "--steps", str(args.steps),
-                                  "--batch", str(args.batch), "--seq", str(args.seq), *extra],
-                                 stdout=subprocess.PIPE, text=True) for i in range(len(RUNS))]
-    child_train = [json.loads(c.communicate()[0].strip().splitlines()[-1])["train_s"] for c in children]
-    rows.append(("8 processes sharing the device", time.perf_counter() - start, max(child_train), float("nan")))
+    if not args.no_processes:
+        start = time.perf_counter()
+        extra = ["--tiny"] if args.tiny else []
+        children = [subprocess.Popen([sys.executable, __file__, "--one", str(i), "--steps", str(args.steps),
+                                      "--batch", str(args.batch), "--seq", str(args.seq), *extra],
+                                     stdout=subprocess.PIPE, text=True) for i in range(len(RUNS))]
+        child_train = [json.loads(c.communicate()[0].strip().splitlines()[-1])["train_s"] for c in children]
+        rows.append(("8 processes sharing the device", time.perf_counter() - start, max(child_train), float("nan")))
 
     name = "tiny-qwen3 (CPU smoke test)" if args.tiny else f"Qwen3-0.6B architecture, {torch.cuda.get_device_name()}"
     print(f"{name}, {dtype}, 8 LoRA runs r=4/8/16/32 x qkvo/qkvogud, {args.steps} steps of {args.batch} x {args.seq} tokens each")
     print(f"{'':34}{'makespan s':>12}{'train s':>10}{'tokens/s':>12}{'peak GB':>9}")
     for label, wall, train, peak in rows:
         print(f"{label:34}{wall:12.1f}{train:10.1f}{tokens / wall:12.0f}{peak:9.1f}")
-    k = len(PRODUCTS)
-    seq, procs = rows[k], rows[k + 1]
-    print(f"packed ({PRODUCTS[0]}) vs sequential: {seq[1] / rows[0][1]:.2f}x makespan, {seq[2] / rows[0][2]:.2f}x "
-          f"training (target >= 3x); vs 8 processes: {procs[1] / rows[0][1]:.2f}x makespan; "
-          + "; ".join(f"{PRODUCTS[0]} vs {p}: {rows[i][2] / rows[0][2]:.2f}x training"
-                      for i, p in enumerate(PRODUCTS) if i))
+    first = rows[0]
+    print(f"packed ({products[0]}) vs sequential: {sequential[1] / first[1]:.2f}x makespan, "
+          f"{sequential[2] / first[2]:.2f}x training (target >= 3x)"
+          + (f"; vs 8 processes: {rows[-1][1] / first[1]:.2f}x makespan" if not args.no_processes else "")
+          + "".join(f"; {products[0]} vs {p}: {rows[i][2] / first[2]:.2f}x training" for i, p in enumerate(products) if i))
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "steps": args.steps, "batch": args.batch, "seq": args.seq,
+                                         "took": took_by_product,
+                                         "rows": [dict(zip(("way", "makespan_s", "train_s", "peak_gb"),
+                                                           [v if v == v else None for v in r])) for r in rows]},
+                                        indent=1) + "\n")
 
 
 if __name__ == "__main__":

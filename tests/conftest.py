@@ -85,6 +85,19 @@ def unslowed(args: list[str]) -> list[str]:
     return [a for a in args if not a.startswith("train.step_sleep_s=")]
 
 
+def pytest_collection_modifyitems(config, items):
+    """The GPU tier (marker gpu: `pytest -m gpu`, tests/gpu_tier.py) skips, saying why, where torch
+    sees no CUDA GPU: CI and these machines always."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        from gpu_tier import why_no_cuda
+
+        reason = why_no_cuda()
+        if reason:
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture
 def results_dir(tmp_path: Path) -> Path:
     return tmp_path / "results"
