@@ -132,11 +132,17 @@ def _lengths(plan: Plan, tokenizer) -> TaskLengths:
     spec = plan.spec
     if tokenizer is not None:
         return task_lengths(plan.task, tokenizer, spec.train.max_length, plan.head)
-    return _cached_lengths(json.dumps(spec.model.__dict__, sort_keys=True, default=dict), plan.task.spec,
-                           spec.train.max_length, plan.head)
+    lengths = _cached_lengths(json.dumps(spec.model.__dict__, sort_keys=True, default=dict), plan.task.spec,
+                              spec.train.max_length, plan.head)
+    if lengths is None:
+        raise ValueError(f"model {spec.model.name}: its tokenizer cannot be loaded here, so its rows cannot be counted")
+    return lengths
 
 
-@lru_cache(maxsize=16)  # a sweep's runs share their model and task: tokenize its rows once
-def _cached_lengths(model_json: str, task: TaskSpec, max_length: int, head: str) -> TaskLengths:
-    tokenizer = loading.load_tokenizer(ModelSpec(**json.loads(model_json)))
+@lru_cache(maxsize=16)  # a sweep's runs share their model and task: tokenize its rows once (or fail once)
+def _cached_lengths(model_json: str, task: TaskSpec, max_length: int, head: str) -> TaskLengths | None:
+    try:
+        tokenizer = loading.load_tokenizer(ModelSpec(**json.loads(model_json)))
+    except Exception:  # a hub model not in the cache, no hub: no prediction, asked once a process
+        return None
     return task_lengths(load_task(task), tokenizer, max_length, head)  # load_task: cached, read once
