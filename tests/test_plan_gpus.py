@@ -33,7 +33,7 @@ def test_the_plan_view_shows_each_run_s_gpus_and_peak_gpu_memory(tmp_path):
     assert re.search(r"  over budget  gpu  peak gpu mem +train +whole run +peak RSS  status$", head), head
     rows = {line.split()[0]: line for line in lines if re.match(r"lora\.r=\d+ ", line)}
     assert re.search(r"  no  +0  +1,234 MiB +done 0\.623$", rows["lora.r=1"]), rows["lora.r=1"]  # 1234.5 rounds to even
-    assert re.search(r"  no  +2,3  +20,480 MiB +failed: RuntimeError: disk on fire$", rows["lora.r=2"])
+    assert re.search(r"  no  +2,3  +20,480 MiB  +\d+s +\d+s +[\d,]+ MiB  failed: RuntimeError: disk on fire$", rows["lora.r=2"])
     assert re.search(r"  no  +1  +512 MiB +running \(", rows["lora.r=3"]), rows["lora.r=3"]
     for cpu in ("lora.r=4", "lora.r=5", "lora.r=6"):  # a CPU run, CUDA_VISIBLE_DEVICES=-1, not started
         assert re.search(r"  no  +(done 0\.623|\d+s +\d+s +[\d,]+ MiB  not started)$", rows[cpu]), rows[cpu]

@@ -117,7 +117,7 @@ class ProgressFile(TrainerCallback):
                   "steps_per_s": round((step - first_step) / elapsed, 4) if elapsed > 0 else None,
                   "eta_s": 0.0 if step >= total else (round(eta, 1) if eta is not None else None),
                   "peak_gpu_mb": peak_memory()["peak_gpu_mb"],  # the plan view's peak GPU memory while it runs
-                  "predicted_s": round(self.predicted_s, 1) if self.predicted_s else None}
+                  "predicted_s": self.predicted_s or None}
         try:
             write_json_atomically(self.path, record)
         except StoreError:  # a look that cannot be written (a full disk) costs the run nothing; the next try may fit
