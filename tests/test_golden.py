@@ -272,9 +272,10 @@ STORE = GOLDEN_DIR / "store_classification_lora.json"      # its run folder's na
 #   timing  wall-clock seconds and examples/s
 #   env     library versions, device, torch's thread count, host name, SLURM job id and restarts
 #   memory  the process's peak RSS (and peak GPU memory)
+#   cost    the run's work as run/cost counts it (its constants are tuned against measurements)
 # Everything else is compared: floats to rel=abs=1e-6, all else exactly. That includes
 # artifacts.size_bytes, which follows peft's version (its model card and adapter_config.json).
-VARYING = ("timing", "env", "memory")
+VARYING = ("timing", "env", "memory", "cost")
 
 
 def store_layout(store: Path, result: dict) -> dict:

@@ -51,6 +51,7 @@ def test_a_tiny_run_leaves_its_progress_read_back_with_sane_values(results_dir):
     started, updated = (datetime.fromisoformat(data[k]) for k in ("started_at", "updated_at"))
     assert started <= updated and started.tzinfo is not None
     assert 0 < data["steps_per_s"]
+    assert data["predicted_s"] > 0  # training's predicted seconds (run/predict.py): tests/test_cost.py
     assert read_progress(folder).eta_now() == 0.0
     assert live_holder(folder) is None  # the claim went with the run: the file alone says nothing runs
 

@@ -57,3 +57,13 @@ class PlainText(io.TextIOBase):
     @property
     def encoding(self) -> str:
         return self.stream.encoding
+
+
+def duration(seconds: float) -> str:
+    """45s, 3m20s, 2h05m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -32,6 +32,7 @@ class LocalLauncher(ContextLauncher):
         from lorasweep.executors.local import LocalExecutor
         from lorasweep.sweep.grid import sweep_grid
         from lorasweep.sweep.interrupts import exit_status
+        from lorasweep.sweep.predicted import local_where
 
         assert self.config is not None and self.hydra_context is not None
         try:  # before anything is planned or trained
@@ -42,4 +43,5 @@ class LocalLauncher(ContextLauncher):
         with exit_status():  # the sweep's SweepExit: this process's exit status
             return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
                               open_executor=lambda: LocalExecutor(n_jobs, self.threads, gpus), retries=self.retries,
-                              pack=self.pack, gpus_per_run=int(self.gpus_per_run))  # checked and placed above
+                              pack=self.pack, gpus_per_run=int(self.gpus_per_run),  # checked and placed above
+                              where=local_where(n_jobs, self.threads))

@@ -7,7 +7,9 @@ interrupted, not started; lorasweep.sweep.status) and a total line counting each
 is planned from its config alone, its folder's small files looked at, and SLURM's queue asked once
 for all runs submitted there. With hydra.launcher.pack (and n_jobs) it shows the packs that the
 local launcher would train the runs still to run in (lorasweep.sweep.packs). A results_dir that looks not writable (looked at, not probed: that
-would write) is said in the total line.
+would write) is said in the total line. Each run still to run has its predicted train time, whole-run
+time and peak memory on this machine (lorasweep.run.predict; calibrated on the store's finished runs,
+or cold, as a line under the table says), and the total line the sweep's wall time at n_jobs.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class PlanLauncher(ContextLauncher):
         from lorasweep.config.checks import DATA_PARALLEL
         from lorasweep.sweep.packs import check_pack_gpus, pack_size
         from lorasweep.sweep.plan_table import format_plan, plan_row, settle_rows, with_packs
+        from lorasweep.sweep.predicted import local_where
 
         assert self.config is not None and self.hydra_context is not None
         shared, labels = varying_overrides(job_overrides)
@@ -44,13 +47,14 @@ class PlanLauncher(ContextLauncher):
         except ConfigError as e:
             print(f"plan: {e}")
             raise SystemExit(2) from None
+        where = local_where(self.n_jobs or 1)  # the local launcher's runs, for their predicted cost
         rows, cfgs, returns, problems = [], [], [], {}
         configs = JobConfigs(self.hydra_context.config_loader, self.config)
         for overrides, label in zip(job_overrides, labels):
             node, cfg = configs(overrides)
             if gpus_per_run > 1:
                 cfg[DATA_PARALLEL] = gpus_per_run
-            row = plan_row(label, cfg)
+            row = plan_row(label, cfg, where)
             store = str(store_dir(cfg))
             if store not in problems:
                 problems[store] = writable_problem(store)
@@ -63,5 +67,5 @@ class PlanLauncher(ContextLauncher):
         rows = settle_rows(rows)
         if pack is not None:
             rows = with_packs(rows, cfgs, pack, self.n_jobs or 1)
-        print(format_plan(rows, {d: why for d, why in problems.items() if why}), flush=True)
+        print(format_plan(rows, {d: why for d, why in problems.items() if why}, where.n_jobs), flush=True)
         return returns

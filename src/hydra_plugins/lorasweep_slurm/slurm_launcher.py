@@ -26,6 +26,7 @@ class SlurmLauncher(ContextLauncher):
         from lorasweep.executors.slurm import SlurmExecutor, SlurmSettings
         from lorasweep.sweep.grid import sweep_grid
         from lorasweep.sweep.interrupts import exit_status
+        from lorasweep.sweep.predicted import slurm_where
 
         assert self.config is not None and self.hydra_context is not None
         try:  # an unknown key, a GPU ask the run would not use: before anything is planned or submitted
@@ -36,4 +37,5 @@ class SlurmLauncher(ContextLauncher):
         with exit_status():  # the sweep's SweepExit: this process's exit status
             return sweep_grid(self.hydra_context.config_loader, self.config, job_overrides,
                               open_executor=lambda: SlurmExecutor(settings), retries=settings.retries,
-                              pack=settings.pack, gpus_per_run=int(settings.gpus_per_run))  # checked above
+                              pack=settings.pack, gpus_per_run=int(settings.gpus_per_run),  # checked above
+                              where=slurm_where(settings))

@@ -52,6 +52,34 @@ def gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.splitlines())  # MIG lines are indented
 
 
+def gpu_memory_mb() -> float | None:
+    """The memory of this machine's smallest GPU in MiB, as nvidia-smi reports it (None without one):
+    what a run placed on any of them must fit in (tests pretend one, tests/hooks/fake_gpus.py)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30).stdout
+        sizes = [float(line) for line in out.split() if line.strip()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return min(sizes) if sizes else None
+
+
+def gpu_name() -> str | None:
+    """The first GPU's name as nvidia-smi reports it (torch reports the same one), or None."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0].strip() if out.strip() else None
+
+
 def gpu_slots(gpus: Sequence[str], gpus_per_run: int = 1, runs_per_gpu: int = 1) -> list[str]:
     """Each worker slot's CUDA_VISIBLE_DEVICES: the GPUs in groups of `gpus_per_run`, each group
     `runs_per_gpu` times, round-robin, so that fewer workers than slots still spread over the GPUs."""

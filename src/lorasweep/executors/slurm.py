@@ -12,6 +12,8 @@ LocalExecutor (lorasweep.executors.local).
   SubmissionError with sbatch's own message, before anything waits.
 - A job asks for exactly the GPUs its one run uses (gpus_per_run); SlurmSettings.from_config refuses
   any other GPU ask before anything is submitted (slurm_gpus.py).
+- `timeout_min: auto` and `mem_gb: auto` ask each array for its runs' predicted cost plus a margin
+  (slurm_auto.py).
 """
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ from typing import Any, Mapping, Sequence
 import submitit
 
 from ..compat import job_outcome
+from ..console import say
 from ..errors import ConfigError, SubmissionError
 from ..run.claims import drop_job_claim
 from ..run.store import store_dir
 from .job import Job
-from .slurm_gpus import check_job_gpus
+from .slurm_auto import check_auto, is_auto
+from .slurm_gpus import check_job_gpus, gres_gpu_mb, gres_gpus
 from .slurm_jobs import job_state, read_record, record
 from .worker import configure_process, execute
 
@@ -53,9 +57,12 @@ class SlurmSettings:
 
     submitit_folder: str = ".submitit"
     partition: str | None = None
-    timeout_min: int = 60
+    timeout_min: Any = 60           # minutes, or auto: the run's predicted time + time_margin (slurm_auto)
     cpus_per_task: int | None = 1
-    mem_gb: float | None = None
+    mem_gb: Any = None              # GiB, null (the partition's default), or auto: predicted + mem_margin
+    time_margin: float = 0.5        # what auto adds to a prediction (0.5: +50%)
+    mem_margin: float = 0.25
+    gpu_mem_gb: Any = None          # each job's GPU's memory: a run predicted not to fit is refused (null: its gres type's)
     gres: str | None = None
     gpus_per_node: int | None = None
     gpus_per_run: Any = 1           # GPUs the job's run uses: its GPU ask must be this many (slurm_gpus)
@@ -83,16 +90,20 @@ class SlurmSettings:
         if unknown:
             raise ConfigError(f"hydra.launcher: unknown SLURM setting(s) {unknown}; valid: {sorted(known)}")
         settings = cls(**{k: v for k, v in cfg.items() if k in known})
+        check_auto("timeout_min", settings.timeout_min, "each job's time limit in minutes")
+        check_auto("mem_gb", settings.mem_gb, "each job's memory in GiB")
         check_job_gpus(settings.gres, settings.gpus_per_node, settings.gpus_per_run, settings.runs_per_gpu)
         return settings
 
     def sbatch_parameters(self) -> dict[str, Any]:
         # submitit.SlurmExecutor takes sbatch's names: time (minutes), mem
-        params: dict[str, Any] = {"time": int(self.timeout_min), "signal_delay_s": int(self.signal_delay_s),
+        params: dict[str, Any] = {"signal_delay_s": int(self.signal_delay_s),
                                   "array_parallelism": self.array_parallelism,
                                   "additional_parameters": dict(self.additional_parameters)}
         # (submitit runs the job through srun: sbatch --signal reaches job steps, not the batch script)
-        if self.mem_gb:
+        if not is_auto(self.timeout_min):  # auto: asked per array (SlurmExecutor._submit_array)
+            params["time"] = int(self.timeout_min)
+        if self.mem_gb and not is_auto(self.mem_gb):
             params["mem"] = f"{int(self.mem_gb * 1024)}M"
         for name in ("partition", "cpus_per_task", "gres", "gpus_per_node", "account", "qos", "constraint"):
             if getattr(self, name) not in (None, ""):
@@ -100,6 +111,22 @@ class SlurmSettings:
         if self.setup:
             params["setup"] = list(self.setup)
         return params
+
+    def target(self):
+        """Where a job trains, for its predicted cost (run/predict.Target): a GPU if it asks for one,
+        else its CPUs, on a node not known yet (calibrated on the store's runs of any machine)."""
+        from ..run.predict import Target  # torch: only where a prediction is made
+
+        gpu = bool(gres_gpus(self.gres) or self.gpus_per_node)
+        return Target("cuda" if gpu else "cpu", None, int(self.cpus_per_task or 1))
+
+    def gpu_mb(self) -> float | None:
+        """The memory of each job's GPU in MiB: gpu_mem_gb, else its gres type's (gpu:a100:1), else None."""
+        if not self.target().device == "cuda":
+            return None
+        if self.gpu_mem_gb:
+            return float(self.gpu_mem_gb) * 1024
+        return gres_gpu_mb(self.gres)
 
 
 class SlurmRun(submitit.helpers.Checkpointable):
@@ -158,6 +185,15 @@ class SlurmExecutor:
         return futures  # type: ignore[return-value]
 
     def _submit_array(self, jobs: list[Job]) -> list:
+        auto_time, auto_mem = is_auto(self.settings.timeout_min), is_auto(self.settings.mem_gb)
+        if auto_time or auto_mem:  # the array's jobs share their settings: the largest of their predictions
+            from .slurm_auto import requests
+
+            asked = requests(jobs, self.settings.target(), auto_time, auto_mem, self.settings.time_margin,
+                             self.settings.mem_margin)
+            self._executor.update_parameters(**({"time": asked.time_min} if asked.time_min else {}),
+                                             **({"mem": f"{asked.mem_mb}M"} if asked.mem_mb else {}))
+            say(f"SLURM jobs ask for {asked.note}")
         try:
             with self._executor.batch():  # one sbatch --array for the lot
                 return [self._executor.submit(SlurmRun(), job) for job in jobs]

@@ -36,6 +36,24 @@ def gres_gpus(gres: Any) -> int | None:
     return total
 
 
+# The memory of the GPU types a gres names (GiB, the smaller model where a type comes in two sizes):
+# what a run must fit when hydra.launcher.gpu_mem_gb does not say
+GPU_GB = {"h200": 141, "h100": 80, "a100": 40, "l40s": 48, "l40": 48, "a6000": 48, "a40": 48, "a10": 24,
+          "l4": 24, "v100": 16, "t4": 16, "rtx6000": 24}
+
+
+def gres_gpu_mb(gres: Any) -> float | None:
+    """The memory of the GPU type a gres names (gpu:a100:1 -> 40 GiB, in MiB), or None (no type, unknown)."""
+    if not isinstance(gres, str):
+        return None
+    for item in gres.split(","):
+        parts = item.strip().split(":")
+        if parts[0] == "gpu" and len(parts) >= 2 and not parts[1].isdigit():
+            gb = GPU_GB.get(parts[1].lower())
+            return gb * 1024 if gb else None
+    return None
+
+
 def check_job_gpus(gres: Any, gpus_per_node: Any, gpus_per_run: Any = 1, runs_per_gpu: Any = 1) -> None:
     """Raise a ConfigError (the field, its value, what is valid) unless each GPU ask of the job's
     (gpus_per_node, a gpu gres) is exactly its run's gpus_per_run."""

@@ -178,7 +178,8 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
             outcome = train(model, tokenizer, tasks.training_data(task, tokenizer, spec.train, plan.head),
                             tasks.evaluator(task, tokenizer, task.eval, spec.train, plan.head), spec.train,
                             head=plan.head, workdir=workdir, tracker=tracker,
-                            reporter=reporter, loop=loop, progress=folder / PROGRESS_FILE)
+                            reporter=reporter, loop=loop, progress=folder / PROGRESS_FILE,
+                            predicted_s=_predicted_training_s(plan, folder, tokenizer))
             if outcome.resumed_from_step is not None:
                 base = {**base, "resumed_from_step": outcome.resumed_from_step}
             if outcome.pruned_at is not None:
@@ -197,7 +198,8 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         eval_s = time.perf_counter() - t1
         artifacts = _save(model, tokenizer if token_ids else None, spec, folder, initial)
         result = done_result(folder, base, task, test, more, outcome, timing_record(load_s, outcome, eval_s, t_start),
-                             store.weights_memory(model, spec.method, plan.base_total), artifacts)
+                             store.weights_memory(model, spec.method, plan.base_total), artifacts,
+                             _cost_record(plan, tokenizer))
         final = {f"test_{k}": v for k, v in test.items()}
         ok = True
     finally:
@@ -209,6 +211,33 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     say(f"{spec.slug}: test {headline(test)} | "
         f"{params['trainable']:,} trainable params | {result['timing']['total_s']:.0f}s | {folder / store.RESULT_FILE}")
     return result
+
+
+def _predicted_training_s(plan: Plan, folder: Path, tokenizer) -> float | None:
+    """Training's predicted seconds on this machine, evaluations included (run/predict.py, calibrated
+    on the store's finished runs): what the progress line and file compare the measured rate with.
+    A look: a prediction that fails costs the run nothing."""
+    from .calibration import machine_fingerprint
+    from .predict import Target, predict
+
+    cuda = torch.cuda.is_available()
+    target = Target("cuda" if cuda else "cpu", machine_fingerprint(torch.cuda.get_device_name(0) if cuda else None),
+                    torch.get_num_threads())
+    try:
+        return predict(plan, folder.parent, target, tokenizer).training_s
+    except Exception:
+        return None
+
+
+def _cost_record(plan: Plan, tokenizer) -> dict[str, Any] | None:
+    """The run's work as run/cost counts it, for result.json (`cost.work`): what calibrates the next
+    predictions on this machine (run/calibration). A look: a count that fails costs the run nothing."""
+    from .predict import work
+
+    try:
+        return {"work": work(plan, "cuda" if torch.cuda.is_available() else "cpu", tokenizer).as_record()}
+    except Exception:
+        return None
 
 
 def close_tracker(tracker, final: Mapping[str, Any], ok: bool, slug: str) -> None:

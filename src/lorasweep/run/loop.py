@@ -31,7 +31,7 @@ from ..errors import DataError
 from ..tasks.metrics import headline
 from ..tasks.task import TrainingData
 from .compile_check import check_compile
-from .progress import ProgressFile, eta_seconds
+from .progress import ProgressFile, eta_seconds, versus_prediction
 from .store import write_json_atomically
 from .tracking import Tracker
 
@@ -241,8 +241,9 @@ class ProgressPrinter(TrainerCallback):
     The evaluation before any update (the curve's step-0 point) says `before training`, not `step 0/0`:
     the Trainer knows its number of steps only once training begins."""
 
-    def __init__(self, tracker: Tracker, batch_size: int):
+    def __init__(self, tracker: Tracker, batch_size: int, predicted_s: float | None = None):
         self.tracker, self.batch_size, self.start = tracker, batch_size, time.perf_counter()
+        self.predicted_s = predicted_s  # training's, evaluations included: the ETA is compared with it
         self.first_step = 0  # a resumed run's rate counts the steps of this process only
         self.training = False
 
@@ -265,7 +266,9 @@ class ProgressPrinter(TrainerCallback):
             done = max(1, step - self.first_step)
             rate = done * self.batch_size / elapsed
             eta = eta_seconds(elapsed, done, total - step) or 0.0
-            say(f"  train step {step:>5}/{total}  loss {logs['loss']:.4f}  {rate:.1f} ex/s  ETA {eta:.0f}s")
+            versus = versus_prediction(elapsed, eta, self.predicted_s) if self.first_step == 0 else ""
+            say(f"  train step {step:>5}/{total}  loss {logs['loss']:.4f}  {rate:.1f} ex/s  ETA {eta:.0f}s"
+                + (f"  ({versus})" if versus else ""))
 
 
 class _Checkpoints(TrainerCallback):
@@ -340,7 +343,8 @@ def complete_checkpoints(workdir: Path) -> list[Path]:
 
 def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: TrainSpec, *, head: str,
           workdir: Path, tracker: Tracker, reporter: Reporter | None = None,
-          loop: LoopOptions = LoopOptions(), progress: Path | None = None) -> TrainOutcome:
+          loop: LoopOptions = LoopOptions(), progress: Path | None = None,
+          predicted_s: float | None = None) -> TrainOutcome:
     """Train `model` in place and return its curve and timing. head: the plan's (run/plan.task_head).
 
     `reporter` sees every evaluation along training; when it answers True the run stops there.
@@ -349,15 +353,16 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
     a checkpoint found there at the start is resumed from: a run requeued after a time limit or a
     preemption continues instead of starting over (from the last step's checkpoint, kept until the
     run's result is written, it trains nothing more). `progress`: the run's progress.json, kept up
-    to date while it trains (run/progress.py).
+    to date while it trains (run/progress.py). `predicted_s`: training's predicted seconds, evaluations
+    included (run/predict.py), which the progress line and file compare the measured rate with.
     """
     outcome = TrainOutcome()
     trainer = make_trainer(model, tokenizer, data, spec, head, workdir, loop)
     trainer.task_evaluate, trainer.outcome, trainer.reporter = evaluator, outcome, reporter
     trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by ProgressPrinter's lines
-    trainer.add_callback(ProgressPrinter(tracker, spec.batch_size))
+    trainer.add_callback(ProgressPrinter(tracker, spec.batch_size, predicted_s))
     if progress is not None:
-        trainer.add_callback(ProgressFile(progress))
+        trainer.add_callback(ProgressFile(progress, predicted_s=predicted_s))
     if loop.save_steps > 0:
         trainer.add_callback(_Checkpoints(outcome, workdir))
     if loop.step_sleep_s > 0:

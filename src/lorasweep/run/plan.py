@@ -117,6 +117,11 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
                 auto_rank=auto and spec.method in methods.ADAPTER_METHODS, token_ids=token_ids)
 
 
+def skeleton(plan: Plan) -> nn.Module:
+    """The run's architecture on the meta device, as planned (cached: a sweep's runs share it)."""
+    return _skeleton(plan.spec.model, plan.head, plan.task.num_labels)
+
+
 def _check_head(spec: RunSpec, head: str, model_type: str) -> None:
     """A task whose head the model type lacks in transformers: refused before anything is built."""
     if has_head(model_type, head):

@@ -14,6 +14,8 @@ rate), then at most every WRITE_EVERY_S after a step, at each evaluation and whe
     started_at, updated_at     ISO 8601, local time with its offset
     steps_per_s, eta_s         the step rate since training began (evaluations included: it is the
                                wall clock a person waits on) and the seconds left at that rate
+    predicted_s                the seconds its training (evaluations included) was predicted to take
+                               (run/predict.py), for comparing with the rate measured; None: no prediction
 
 It is a look, never the truth. When the run ends (done, failed, diverged, pruned) its result.json
 says how, and the progress file stays behind, superseded. Nor does it say that the run is running:
@@ -33,6 +35,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ..console import duration
 from ..errors import StoreError
 from .store import peak_memory, slurm_job_id, write_json_atomically
 
@@ -41,6 +44,17 @@ PROGRESS_FILE = "progress.json"
 # fresh enough for a person looking at a sweep (the plan view's ETA counts down from updated_at).
 WRITE_EVERY_S = 5.0
 EVAL_METRICS = ("accuracy", "token_accuracy", "exact_match", "loss")  # the first one an evaluation has is shown
+
+
+def versus_prediction(elapsed_s: float, eta_s: float | None, predicted_s: float | None) -> str:
+    """"12% slower than predicted (2m30s)": training's time at the rate measured so far (elapsed and
+    left) against its prediction; "" without either."""
+    if eta_s is None or not predicted_s or elapsed_s <= 0:
+        return ""
+    ratio = (elapsed_s + eta_s) / predicted_s - 1
+    if abs(ratio) < 0.05:
+        return f"as predicted ({duration(predicted_s)})"
+    return f"{abs(ratio):.0%} {'slower' if ratio > 0 else 'faster'} than predicted ({duration(predicted_s)})"
 
 
 def eta_seconds(elapsed_s: float, steps_done: int, steps_left: int) -> float | None:
@@ -54,8 +68,8 @@ def eta_seconds(elapsed_s: float, steps_done: int, steps_left: int) -> float | N
 class ProgressFile(TrainerCallback):
     """Keeps `path` (the run's progress.json) up to date while the Trainer trains."""
 
-    def __init__(self, path: Path, every_s: float = WRITE_EVERY_S):
-        self.path, self.every_s = Path(path), every_s
+    def __init__(self, path: Path, every_s: float = WRITE_EVERY_S, predicted_s: float | None = None):
+        self.path, self.every_s, self.predicted_s = Path(path), every_s, predicted_s
         self.who = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job_id(), "gpu": _device(),
                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         self.loss: dict[str, Any] | None = None
@@ -66,6 +80,8 @@ class ProgressFile(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._begin = (time.monotonic(), state.global_step)  # a resumed run begins at its checkpoint's step
+        if self.predicted_s and state.global_step and state.max_steps:  # resumed: the steps left are predicted
+            self.predicted_s *= max(0, state.max_steps - state.global_step) / state.max_steps
         self.started_at = _now()
         self._write(state)
 
@@ -100,7 +116,8 @@ class ProgressFile(TrainerCallback):
                   "started_at": self.started_at, "updated_at": _now(),
                   "steps_per_s": round((step - first_step) / elapsed, 4) if elapsed > 0 else None,
                   "eta_s": 0.0 if step >= total else (round(eta, 1) if eta is not None else None),
-                  "peak_gpu_mb": peak_memory()["peak_gpu_mb"]}  # the plan view's peak GPU memory while it runs
+                  "peak_gpu_mb": peak_memory()["peak_gpu_mb"],  # the plan view's peak GPU memory while it runs
+                  "predicted_s": self.predicted_s or None}
         try:
             write_json_atomically(self.path, record)
         except StoreError:  # a look that cannot be written (a full disk) costs the run nothing; the next try may fit

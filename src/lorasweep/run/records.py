@@ -34,10 +34,11 @@ def base_record(plan: Plan) -> dict[str, Any]:
 
 
 def done_result(folder: Path, base: dict, task, test: dict, more: dict, outcome, timing: dict, weights: dict,
-                artifacts: dict) -> dict[str, Any]:
+                artifacts: dict, cost: dict | None = None) -> dict[str, Any]:
     """A run that trained to its end (or has nothing to train: method=none, outcome None), tested on
     `task.test` (`test`) and its other test sets (`more`), saved (`artifacts`); written and returned.
-    `weights`: store.weights_memory's figures, beside the process's peak memory."""
+    `weights`: store.weights_memory's figures, beside the process's peak memory. `cost`: its work as
+    run/cost counts it ({"work": ...}), which calibrates the next runs' predictions (run/calibration)."""
     metric, direction = task.objective
     return _write_own(folder, {
         **base, "status": "done", "reason": "",
@@ -45,7 +46,7 @@ def done_result(folder: Path, base: dict, task, test: dict, more: dict, outcome,
                     **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
         "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
         "curve": outcome.curve if outcome else [], "timing": timing,
-        "memory": {**store.peak_memory(), **weights}, "artifacts": artifacts})
+        "memory": {**store.peak_memory(), **weights}, **({"cost": cost} if cost else {}), "artifacts": artifacts})
 
 
 def pruned_result(folder: Path, base: dict, outcome, load_s: float, t_start: float) -> dict[str, Any]:

@@ -248,6 +248,8 @@ def _no_space_left(path: Path, below: int = 1 << 20) -> bool:
 
 def env_info() -> dict[str, Any]:
     import peft
+
+    from .calibration import machine_fingerprint
     import torch
     import transformers
 
@@ -257,6 +259,8 @@ def env_info() -> dict[str, Any]:
         "transformers": transformers.__version__, "peft": peft.__version__,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "threads": torch.get_num_threads(), "host": socket.gethostname(),
+        # what calibrates predictions (run/calibration): the CPU's model and count, the GPU's name
+        "machine": machine_fingerprint(torch.cuda.get_device_name(0) if cuda else None),
         # the GPUs this run's process was given (executors/gpus pins each local worker); None: not set
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         # data-parallel ranks that trained it (executors/data_parallel sets WORLD_SIZE); 1: one process

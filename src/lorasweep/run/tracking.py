@@ -18,7 +18,7 @@ lorasweep.sweep.compose.sweep_name) unless the user gave one; a single run has n
 
 A tracker that fails while the run trains (a server answering 503, a full disk under its files) is
 said in one line, once, and logs nothing more: the run trains on, its result is what counts. Its
-failure at the end is said too (run/lifecycle._close_tracker).
+failure at the end is said too (run/lifecycle.close_tracker).
 """
 from __future__ import annotations
 

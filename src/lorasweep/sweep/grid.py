@@ -46,6 +46,7 @@ from .compose import JobConfigs, varying_overrides
 from .driver import FINISHED, HERE, LANDED, RETRYING, WAITING, Driver, Outcome
 from .interrupts import interrupt_on_signals
 from .packs import check_pack_gpus, make_packs, pack_size
+from .predicted import Where, too_big
 from .triage import triage
 
 
@@ -121,13 +122,14 @@ class SweepTally:
 
 def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[Sequence[str]],
                open_executor: Callable[[], Executor], retries: Any = 0, pack: Any = None,
-               gpus_per_run: int = 1) -> list[JobReturn]:
+               gpus_per_run: int = 1, where: Where | None = None) -> list[JobReturn]:
     """Run a grid's jobs; `open_executor()` gives where they train (lorasweep.executors); a failed
     run is run again up to `retries` more times (hydra.launcher.retries); `pack` (hydra.launcher.pack):
     compatible runs train together over one base (sweep/packs); `gpus_per_run` > 1
     (hydra.launcher.gpus_per_run, checked by the launcher): each run trains data-parallel on that many
-    GPUs (executors/data_parallel), which each run's triage checks it can. Ends with SweepExit where
-    the exit status is not 0 (each reason said in its line)."""
+    GPUs (executors/data_parallel), which each run's triage checks it can. `where`: where the
+    launcher trains (sweep/predicted): a run predicted not to fit its GPU's memory is refused before
+    anything trains. Ends with SweepExit where the exit status is not 0 (each reason said in its line)."""
     try:
         retries = check_retries(retries)
         pack = pack_size(pack)
@@ -147,6 +149,12 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
             cfg[DATA_PARALLEL] = gpus_per_run
         source.triage(SweepJob(i, overrides, node, cfg, labels[i], total))
     tally = source.tally
+    problems = too_big([(job.label, job.cfg) for job in source.queue], where) if where is not None else []
+    for problem in problems:  # before any run starts: the cluster (or this machine) would kill it later
+        say(f"sweep: {problem}")
+    if problems:
+        say(f"sweep: {len(problems)} run{'s' if len(problems) != 1 else ''} would not fit the GPU; nothing was started")
+        raise SweepExit(2)
     if source.queue or source.elsewhere:
         with open_executor() as executor:
             Driver(executor, source, retries).drive()

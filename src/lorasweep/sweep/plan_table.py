@@ -7,9 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from ..run.cost import Cost
+from ..run.predict import pack_cost
+from ..run.store import store_dir
 from .gpu_usage import GpuUsage, gpu_usage
 from .packs import make_packs, why_alone
-from .status import STATES, TO_RUN, RunStatus, run_status, settle
+from .predicted import Where, run_cost, wall_seconds
+from .status import STATES, TO_RUN, RunStatus, duration, run_status, settle
 from .triage import triage
 
 
@@ -27,11 +31,13 @@ class PlanRow:
     gpu: GpuUsage = field(default_factory=GpuUsage)  # the GPU(s) it used or uses, its peak GPU memory
     pack: str = ""                 # with hydra.launcher.pack: the pack it would train in, or why alone
     covers: str = ""               # lora.proj=all: the modules it adapts, on which model
+    cost: Cost | None = None       # its predicted cost, for a run still to run (sweep/predicted)
+    pack_id: int | None = None     # the pack it would train in (with_packs)
 
 
-def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
+def plan_row(label: str, cfg: Mapping[str, Any], where: Where | None = None) -> PlanRow:
     """Plan one run, writing nothing; a config error becomes the row's error rather than stopping
-    the whole plan."""
+    the whole plan. `where`: where its launcher trains it, for its predicted cost (None: none)."""
     decision = triage(cfg, record=False)
     plan, status = decision.plan, run_status(decision)
     if plan is None:
@@ -42,8 +48,11 @@ def plan_row(label: str, cfg: Mapping[str, Any]) -> PlanRow:
     # method adds every parameter it trains (A, B, DoRA magnitudes, the head's trained copy, token rows)
     total = plan.base_total + (plan.predicted if plan.targets else 0)
     covers = f"lora.proj=all on model={spec.model.name} adapts {plan.covers}" if plan.covers else ""
+    # still to run, or submitted to SLURM (settle_rows may find it left the queue: to run again)
+    to_run = where is not None and status.state in TO_RUN + ("submitted",) and not plan.over_budget
     return PlanRow(label, plan.predicted, total, plan.budget, rank, plan.over_budget,
-                   unreadable=decision.unreadable, status=status, gpu=gpu_usage(decision, status), covers=covers)
+                   unreadable=decision.unreadable, status=status, gpu=gpu_usage(decision, status), covers=covers,
+                   cost=run_cost(plan, store_dir(cfg), where) if to_run else None)
 
 
 def settle_rows(rows: list[PlanRow]) -> list[PlanRow]:
@@ -59,20 +68,25 @@ def with_packs(rows: list[PlanRow], cfgs: list[Mapping[str, Any]], size: int, wo
     units = make_packs(waiting, lambda i: cfgs[i], size, workers)
     packs = [u for u in units if len(u) > 1]
     label = {i: f"pack {n} of {len(packs)} ({len(unit)} runs)" for n, unit in enumerate(packs, 1) for i in unit}
+    pack_id = {i: n for n, unit in enumerate(packs, 1) for i in unit}
     for unit in units:
         if len(unit) == 1:
             label[unit[0]] = f"alone: {why_alone(cfgs[unit[0]]) or 'no other run to pack it with'}"
-    return [replace(r, pack=label.get(i, "")) for i, r in enumerate(rows)]
+    return [replace(r, pack=label.get(i, ""), pack_id=pack_id.get(i)) for i, r in enumerate(rows)]
 
 
-def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None) -> str:
+def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None, n_jobs: int = 1) -> str:
     """The table and its total line; `store_problems` (results_dir -> why it looks not writable, from
-    lorasweep.run.store.writable_problem: looked at, not written) goes at the end of the total line."""
+    lorasweep.run.store.writable_problem: looked at, not written) goes at the end of the total line.
+    `n_jobs`: the runs (or packs) the launcher keeps in flight, for the sweep's predicted time."""
     gpus, packs = any(r.gpu.any for r in rows), any(r.pack for r in rows)
+    costs = [r.cost for r in rows if r.cost is not None]
+    memory = ("peak RSS" if all(c.device == "cpu" for c in costs) else "peak GPU mem") if costs else ""
     head = ("run", "r", "trainable", "% of all (peft)", "% of budget", "over budget") \
-        + (("gpu", "peak gpu mem") if gpus else ()) + ("status",) + (("pack",) if packs else ())
-    table = [head] + [_cells(r)[:-1] + (_gpu_cells(r.gpu) if gpus else ()) + _cells(r)[-1:]
-                      + ((r.pack,) if packs else ()) for r in rows]
+        + (("gpu", "peak gpu mem") if gpus else ()) + (("train", "whole run", memory) if costs else ()) \
+        + ("status",) + (("pack",) if packs else ())
+    table = [head] + [_cells(r)[:-1] + (_gpu_cells(r.gpu) if gpus else ()) + (_cost_cells(r.cost) if costs else ())
+                      + _cells(r)[-1:] + ((r.pack,) if packs else ()) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     # the run, its status and its pack read left to right; numbers line up on the right
     left = {0, head.index("status"), len(head) - 1}
@@ -83,7 +97,8 @@ def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = Non
     lines += [f"  error: {r.overrides}: {r.error}" for r in rows if r.error]
     lines += [f"  {r.overrides or '(defaults)'}: {r.unreadable}: it trains again" for r in rows if r.unreadable]
     lines += [f"  {r.overrides or '(defaults)'}: {r.status.detail}" for r in rows if r.status.detail]
-    lines.append(total_line(rows) + "".join(f"; results_dir={d} is not writable: {why}"
+    lines += [f"  predicted cost: {basis}" for basis in dict.fromkeys(_basis(c) for c in costs)]
+    lines.append(total_line(rows) + predicted_total(rows, n_jobs) + "".join(f"; results_dir={d} is not writable: {why}"
                                             for d, why in (store_problems or {}).items()))
     return "\n".join(lines)
 
@@ -97,6 +112,32 @@ def total_line(rows: list[PlanRow]) -> str:
     to_run = sum(counts[state] for state in TO_RUN)
     runs = f"{len(rows)} run" + ("" if len(rows) == 1 else "s")
     return f"total: {runs}" + (f": {', '.join(parts)}" if parts else "") + f"; {to_run} to run"
+
+
+def predicted_total(rows: list[PlanRow], n_jobs: int) -> str:
+    """"; predicted 12m30s for the 9 runs to run, 2 at a time (packs: as packed)": the sweep's wall
+    time, its units (runs alone, packs) n_jobs at a time; "" when no run to run has a prediction."""
+    costs = [r for r in rows if r.cost is not None and r.status.state in TO_RUN]
+    if not costs:
+        return ""
+    units: dict[object, list[Cost]] = {}
+    for i, r in enumerate(costs):
+        units.setdefault(("pack", r.pack_id) if r.pack_id is not None else ("run", i), []).append(r.cost)
+    durations = [pack_cost(u).total_s if len(u) > 1 else u[0].total_s for u in units.values()]
+    packed = sum(len(u) > 1 for u in units.values())
+    how = f", {packed} pack{'s' if packed != 1 else ''}" if packed else ""
+    return (f"; predicted {duration(wall_seconds(durations, n_jobs))} for the {len(costs)} run"
+            f"{'s' if len(costs) != 1 else ''} to run, {n_jobs} at a time{how}")
+
+
+def _basis(c: Cost) -> str:
+    return f"{c.basis}: time within ~{c.time_error:.0%}, {c.memory_name} within ~{c.memory_error:.0%}"
+
+
+def _cost_cells(c: Cost | None) -> tuple[str, str, str]:
+    if c is None:
+        return "", "", ""
+    return duration(c.train_s), duration(c.total_s), f"{c.peak_mb:,.0f} MiB"
 
 
 def _gpu_cells(usage: GpuUsage) -> tuple[str, str]:

@@ -3,7 +3,8 @@
     done 0.623                      its result: done, with its objective's value
     diverged at step 3              its result: diverged (never trained again)
     running (pid 4242 on node3) step 120/500, ETA 3m20s
-                                    a live claim (run/claims.py), and its progress.json (run/progress.py)
+                                    a live claim (run/claims.py), and its progress.json (run/progress.py);
+                                    its line under the table compares the rate with the prediction
     queued (SLURM job 812_3, pending)   submitted after its last result, and still in SLURM's queue
     submitted (SLURM job 812_3)     the same where the queue cannot be asked (no squeue here)
     failed: RuntimeError: ...       its result: failed, the reason shortened
@@ -26,11 +27,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 from ..executors.slurm_jobs import JOB_FILE, queue_states, read_record
+from ..console import duration
 from ..run.claims import Holder, holder
-from ..run.progress import Progress, read_progress
+from ..run.progress import Progress, read_progress, versus_prediction
 from ..run.store import RESULT_FILE
 from .triage import Triage
 
@@ -83,16 +86,6 @@ def settle(statuses: list[RunStatus]) -> list[RunStatus]:
     return [_settled(s, states) if s.job else s for s in statuses]
 
 
-def duration(seconds: float) -> str:
-    """45s, 3m20s, 2h05m."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
 def _running(claim: Holder, progress: Progress | None, now: float) -> RunStatus:
     where = claim.where
     if progress is None or progress.modified < claim.owner.get("since", 0) - 1:  # none, or an earlier try's
@@ -109,9 +102,21 @@ def _running(claim: Holder, progress: Progress | None, now: float) -> RunStatus:
         said.append(f"eval {last_eval.get('metric')} {last_eval['value']:.4g} (step {last_eval.get('step')})")
     eta_text = f"ETA {duration(eta)}" if eta is not None else ""
     said += [eta_text] if eta_text else []
+    versus = _versus(progress, eta, now)
+    said += [versus] if versus else []
     said.append(f"updated {duration(max(0.0, now - progress.updated))} ago")
     return RunStatus("running", f"running ({where}) {step}" + (f", {eta_text}" if eta_text else ""),
                      f"being trained by {claim.describe()}: {', '.join(said)}")
+
+
+def _versus(progress: Progress, eta: float | None, now: float) -> str:
+    """Training's time at the rate measured so far against its prediction (progress.json's predicted_s)."""
+    try:
+        started = datetime.fromisoformat(progress.data["started_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return ""
+    predicted = progress.data.get("predicted_s")
+    return versus_prediction(now - started, eta, predicted if isinstance(predicted, (int, float)) else None)
 
 
 def _not_running(decision: Triage, folder: Path, progress: Progress | None) -> RunStatus:
