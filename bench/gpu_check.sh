@@ -13,6 +13,9 @@
 #                                                                          -> $OUT/gpu_tier.xml (junit)
 #   mfu      bench/gpu.py compiled LoRA, kept-rows loss, bf16 adapters at 64k tokens a step (was 37.1%
 #            MFU at 32k)                                                   -> $OUT/mfu.json
+#   predict  bench/predict_gpu.py: predicted peak GPU memory (run/predict.py, cold) against the measured
+#            one, for LoRA, DoRA, qlora, a bf16 base and a pack on a random-weight Qwen3-0.6B
+#                                                                          -> $OUT/predict.txt
 #   spread   bench/bf16_spread.py: how far bf16 moves the tier's runs from float32 on this GPU, the
 #            figure its bounds are derived from                            -> $OUT/spread.json
 # and, opt-in (measured before: bench/RESULTS.md §11):
@@ -23,7 +26,7 @@
 #   sweep    a 4-run sweep with runs_per_gpu=2: each result's GPU and peak GPU memory
 #   qlora    lora vs qlora vs qlora8 runs of a random-weight Qwen3-0.6B (bench/gpu_model.py), and a
 #            lora run with model.dtype=bfloat16: each result's memory record and loss curve
-# PARTS="pack tier mfu spread compile_fp32 adapters liger gpu sweep qlora" picks some, run in that order.
+# PARTS="pack tier mfu predict spread compile_fp32 adapters liger gpu sweep qlora" picks some, run in that order.
 # --cpu-dry: every part of PARTS at smoke size on this machine's CPU with $PYTHON (tiny models, a step
 # or two; the tier skips, saying why), into $OUT (default /tmp/gpu_check_dry): the same steps, limits,
 # summary and files, so that the script is tested before a GPU call spends its minutes.
@@ -38,7 +41,7 @@ else
 fi
 LOG=${LOG:-/tmp/gpu_check_logs}  # the logs and results stores, packed into $OUT/logs.tgz at the end
 BUDGET_S=${BUDGET_S:-450}  # every part ends by then (each step's limit is cut to fit): with the install and the packing, 8 minutes
-PARTS=${PARTS:-"pack tier mfu spread"}
+PARTS=${PARTS:-"pack tier mfu predict spread"}
 rm -rf "$LOG"; mkdir -p "$OUT" "$LOG"
 cd "$(dirname "$0")/.."
 if [ "$DRY" = 0 ] && [ -d .whl ]; then
@@ -99,6 +102,11 @@ if part mfu; then
     step mfu 150 $PY bench/gpu.py $(size "--compile --seq 2048 --tokens 65536 --steps 4 --warmup 2" \
         "--tiny --seq 16 --tokens 32 --steps 1 --warmup 1") --methods lora --loss kept --adapters bf16 --json "$OUT/mfu.json"
     grep -sE "^(measured|lora) " "$LOG/mfu.txt" >> "$SUMMARY"
+fi
+if part predict && gpu_only predict; then
+    step model 60 $PY bench/gpu_model.py "$HF_HOME"
+    step predict 180 $PY bench/predict_gpu.py "$LOG/predict"
+    grep -sE "(predicted|median absolute error)" "$LOG/predict.txt" | tee "$OUT/predict.txt" >> "$SUMMARY"
 fi
 if part spread; then
     step spread 120 $PY bench/bf16_spread.py $(size "" "--parts golden --first 1") --json "$OUT/spread.json"
