@@ -133,3 +133,16 @@ def test_the_status_view_compares_a_running_runs_rate_with_its_prediction(tmp_pa
         write_progress(folder(1, store), started_at=started, eta_s=1000.0, predicted_s=500.0)
         _, text = plan_of([1], store)
     assert re.search(r"ETA 16m[34]\ds, 120% slower than predicted \(8m20s\), updated \d+s ago$", text, re.M), text
+
+
+def test_a_packed_run_records_its_work_but_does_not_calibrate(results_dir):
+    """A packed run's timing and peak memory are its pack's, shared with the other runs: its result
+    records its work (as a run alone does) and calibration leaves it out."""
+    from lorasweep.run.calibration import finished
+    from lorasweep.run.pack import run_pack
+
+    packed = run_pack([compose_config(TINY_MCQ + [f"lora.r={r}", f"results_dir={results_dir}"]) for r in (2, 4)])
+    assert [r["status"] for r in packed] == ["done", "done"] and all(r["cost"]["work"]["train_flops"] > 0 for r in packed)
+    assert finished(str(results_dir)) == ()
+    plan = plan_run(compose_config(TINY_MCQ + [f"results_dir={results_dir}"]))
+    assert predict(plan, results_dir, Target("cpu", machine_fingerprint(), 1)).basis.startswith("cold")

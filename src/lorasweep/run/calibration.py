@@ -128,10 +128,11 @@ def finished(store: str) -> tuple[dict, ...]:
 
 
 def reference(result: dict) -> dict | None:
-    """A done run's rates, or None: not done, or no work recorded (a run of an earlier version)."""
+    """A done run's rates, or None: not done, no work recorded (a run of an earlier version), or a
+    packed run (its timing and peak memory are its pack's, shared with the pack's other runs)."""
     w = (result.get("cost") or {}).get("work")
     timing, memory, env = result.get("timing") or {}, result.get("memory") or {}, result.get("env") or {}
-    if result.get("status") != "done" or not w or not timing.get("train_s"):
+    if result.get("status") != "done" or not w or not timing.get("train_s") or result.get("pack"):
         return None
     device = w["device"]
     threads = max(1, int(env.get("threads") or 1)) if device == "cpu" else 1

@@ -199,7 +199,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         artifacts = _save(model, tokenizer if token_ids else None, spec, folder, initial)
         result = done_result(folder, base, task, test, more, outcome, timing_record(load_s, outcome, eval_s, t_start),
                              store.weights_memory(model, spec.method, plan.base_total), artifacts,
-                             _cost_record(plan, tokenizer))
+                             cost_record(plan, tokenizer))
         final = {f"test_{k}": v for k, v in test.items()}
         ok = True
     finally:
@@ -229,7 +229,7 @@ def _predicted_training_s(plan: Plan, folder: Path, tokenizer) -> float | None:
         return None
 
 
-def _cost_record(plan: Plan, tokenizer) -> dict[str, Any] | None:
+def cost_record(plan: Plan, tokenizer) -> dict[str, Any] | None:
     """The run's work as run/cost counts it, for result.json (`cost.work`): what calibrates the next
     predictions on this machine (run/calibration). A look: a count that fails costs the run nothing."""
     from .predict import work

@@ -39,7 +39,8 @@ from ..tasks import task as tasks
 from ..tasks.metrics import headline
 from . import memory, store
 from .claims import Claim
-from .lifecycle import checked_params, close_tracker, finished_result, load_and_train, new_weight_notes
+from .lifecycle import (checked_params, close_tracker, cost_record, finished_result, load_and_train,
+                        new_weight_notes)
 from .loop import LoopOptions, make_trainer
 from .pack_checkpoints import held_steps, resume_groups
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
@@ -325,7 +326,8 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
         done[i] = done_result(folder, {**bases[i], "params": params[i]}, task, tests[j],
                               {name: results[j] for name, results in more.items()},
                               m.outcome, timing_record(load_s, m.outcome, eval_s, t_start),
-                              store.weights_memory(pack.model, plan.spec.method, plan.base_total), artifacts)
+                              store.weights_memory(pack.model, plan.spec.method, plan.base_total), artifacts,
+                              cost_record(plan, tokenizer))
         _end_tracker(m, {f"test_{k}": v for k, v in tests[j].items()}, True)
         shutil.rmtree(folder / "trainer", ignore_errors=True)  # its result is written: checkpoints serve no more
         say(f"{plan.spec.slug}: test {headline(tests[j])} | {params[i]['trainable']:,} trainable params | "
