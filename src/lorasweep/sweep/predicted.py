@@ -14,11 +14,11 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from ..run.cost import Cost
-from ..run.plan import Plan
-from ..run.predict import Target, predict
+if TYPE_CHECKING:  # run/plan imports torch: a sweep checks its configs before that loads
+    from ..run.cost import Cost
+    from ..run.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Where:
 
 def run_cost(plan: Plan, store: Path, where: Where) -> Cost | None:
     """The run's predicted cost, or None where it cannot be predicted (its tokenizer cannot be had)."""
+    from ..run.predict import Target, predict
+
     try:
         return predict(plan, store, Target(where.device, where.machine, where.threads))
     except Exception:  # a prediction is a look: a model it cannot read costs the plan nothing else
@@ -71,7 +73,7 @@ def too_big(cfgs: Sequence[tuple[str, dict]], where: Where) -> list[str]:
     """"<label>: predicted peak GPU memory ... does not fit ...; predicted to fit with ..." for each
     run (label, its config) predicted not to fit its GPU's memory; [] where that memory is not known."""
     from ..run.plan import plan_run
-    from ..run.predict import fit_problem
+    from ..run.predict import Target, fit_problem
     from ..run.store import store_dir
 
     if where.device != "cuda" or not where.gpu_mb:

@@ -9,10 +9,10 @@ run/lm_head). A classification row's loss is one label.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from . import generation, mcq
-from .task import SEQ2SEQ, Task
+if TYPE_CHECKING:  # .task and the encoders import torch: a sweep checks its configs before that loads
+    from .task import Task
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ def _lengths(task: Task, rows: Sequence[dict], tokenizer, max_length: int, head:
         enc = (tokenizer(texts, [p or "" for p in pairs], truncation=True, max_length=max_length)
                if any(p is not None for p in pairs) else tokenizer(texts, truncation=True, max_length=max_length))
         return SplitLengths(tuple(len(ids) for ids in enc["input_ids"]), (1,) * len(rows))
+    from .task import SEQ2SEQ
+
     tokens, kept = [], []
     for row in rows:
         prompt, answer = _pair(task, tokenizer, row)
@@ -79,6 +81,8 @@ def _lengths(task: Task, rows: Sequence[dict], tokenizer, max_length: int, head:
 
 def _pair(task: Task, tokenizer, row: dict) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) as trained."""
+    from . import generation, mcq
+
     if task.spec.kind == "mcq":
         spec = task.spec
         messages = mcq.prompt_messages(row, spec.instruction, spec.answer) + [
