@@ -882,8 +882,9 @@ def test_a_worker_whose_driver_is_gone_ends_quietly_after_its_run(tmp_path, how)
     without a traceback for the driver it cannot reach, and takes no next run."""
     proc = subprocess.run([sys.executable, "-c", SERVE, how], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
-    # none but Python's own note of what it swallowed
-    assert proc.stderr.count("Traceback") == proc.stderr.count("Exception ignored in"), proc.stderr[-3000:]
+    # not even Python's note of the Stopped it swallowed (was: "Exception ignored in ..." and its traceback,
+    # the 2 tracebacks of bench/chaos.py's 200-fault soak of 2026-12-06)
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == ["run"]  # one run, not the next
     assert proc.returncode == (0 if how == "driver killed" else 128 + signal.SIGTERM), proc.stderr[-3000:]
 

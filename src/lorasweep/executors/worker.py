@@ -152,6 +152,7 @@ def serve(conn, threads: int | None, gpus: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver decides
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # so does a closed terminal
     signal.signal(signal.SIGTERM, _stop)
+    sys.unraisablehook = _quiet_when_stopped
     try:
         die_with_parent()
         configure_process(threads)
@@ -179,6 +180,14 @@ def _stop(signum, frame) -> None:
     _stopping = True
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the cleanup short
     raise Stopped
+
+
+def _quiet_when_stopped(unraisable) -> None:
+    """Python's report of an exception it swallowed (in a __del__, a weakref callback): none for our
+    Stopped, which `_stopping` carries on (a stopped sweep is said in one line, by its driver); the
+    default report for any other."""
+    if not isinstance(unraisable.exc_value, Stopped):
+        sys.__unraisablehook__(unraisable)
 
 
 def _portable(error: Exception) -> tuple[Exception, str]:
