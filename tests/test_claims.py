@@ -240,3 +240,24 @@ def test_a_run_whose_claim_was_taken_over_while_it_stalled_writes_nothing_over_t
     [folder] = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert not (folder / "result.json").exists() and not (folder / "adapter").exists()
     assert holder(folder).owner["host"] == "node-elsewhere"  # the new owner's claim is left as it is
+
+
+def test_a_dead_trainers_claim_beside_its_finished_result_goes_at_the_next_sweep(tmp_path):
+    """A trainer killed after it wrote its result and before it released its claim (bench/chaos.py's
+    200-fault soak of 2026-12-06 left one so): the next sweep's triage deletes the dead claim; the plan
+    view, which writes nothing, leaves it; a live owner's claim stays."""
+    from conftest import TINY_TOPICS, compose_config
+    from lorasweep.run.plan import plan_run
+    from lorasweep.run.store import write_result
+    from lorasweep.sweep.triage import triage
+
+    cfg = compose_config(TINY_TOPICS + [f"results_dir={tmp_path / 'results'}"])
+    plan = plan_run(cfg)
+    folder = plan.folder(tmp_path / "results")
+    write_result(folder, {"run_key": plan.spec.run_key, "slug": plan.spec.slug, "status": "done",
+                          "config": plan.spec.defining()})
+    write_claim(folder, host=socket.gethostname(), pid=dead_pid(), pid_started=time.time() - 5)
+    assert triage(cfg, record=False).verdict == "done" and (folder / CLAIM_FILE).exists()
+    assert triage(cfg).verdict == "done" and not (folder / CLAIM_FILE).exists()
+    write_claim(folder, host=socket.gethostname(), pid=os.getpid(), pid_started=psutil.Process().create_time())
+    assert triage(cfg).verdict == "done" and live_holder(folder) is not None

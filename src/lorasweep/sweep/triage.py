@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import USER_ERRORS, UnreadableResultError
-from ..run.claims import Holder, live_holder
+from ..run.claims import Holder, drop_dead_claim, live_holder
 from ..run.store import FINISHED, check_writable, read_result, store_dir
 from ..run.tracking import check_tracking
 
@@ -90,6 +90,8 @@ def triage(cfg: Mapping[str, Any], record: bool = True) -> Triage:
     except UnreadableResultError as e:
         stored, unreadable = None, str(e)
     if stored and stored.get("status") in FINISHED:
+        if record:  # a trainer killed between writing its result and releasing its claim left it: no one else will
+            drop_dead_claim(folder)
         return Triage(stored["status"], plan, folder, stored)
     if plan.over_budget:
         return Triage("over_budget", plan, folder, record_over_budget(plan, store) if record else stored,
