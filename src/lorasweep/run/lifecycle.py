@@ -173,13 +173,14 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     tracker = make_tracker(tracking, folder, spec.slug, base["config"])
     ok, final = False, {}
     try:
-        outcome = None
+        outcome, prediction = None, None
         if spec.method != "none":
+            prediction = _prediction(plan, folder, tokenizer)
             outcome = train(model, tokenizer, tasks.training_data(task, tokenizer, spec.train, plan.head),
                             tasks.evaluator(task, tokenizer, task.eval, spec.train, plan.head), spec.train,
                             head=plan.head, workdir=workdir, tracker=tracker,
                             reporter=reporter, loop=loop, progress=folder / PROGRESS_FILE,
-                            predicted_s=_predicted_training_s(plan, folder, tokenizer))
+                            predicted_s=prediction.training_s if prediction else None)
             if outcome.resumed_from_step is not None:
                 base = {**base, "resumed_from_step": outcome.resumed_from_step}
             if outcome.pruned_at is not None:
@@ -199,7 +200,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         artifacts = _save(model, tokenizer if token_ids else None, spec, folder, initial)
         result = done_result(folder, base, task, test, more, outcome, timing_record(load_s, outcome, eval_s, t_start),
                              store.weights_memory(model, spec.method, plan.base_total), artifacts,
-                             cost_record(plan, tokenizer))
+                             cost_record(plan, tokenizer, prediction))
         final = {f"test_{k}": v for k, v in test.items()}
         ok = True
     finally:
@@ -213,10 +214,11 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
     return result
 
 
-def _predicted_training_s(plan: Plan, folder: Path, tokenizer) -> float | None:
-    """Training's predicted seconds on this machine, evaluations included (run/predict.py, calibrated
-    on the store's finished runs): what the progress line and file compare the measured rate with.
-    A look: a prediction that fails costs the run nothing."""
+def _prediction(plan: Plan, folder: Path, tokenizer):
+    """The run's predicted cost on this machine (run/predict.py, calibrated on the store's finished
+    runs), or None: its training_s (evaluations included) is what the progress line and file compare
+    the measured rate with, its work what the result records. A look: a prediction that fails costs
+    the run nothing."""
     from .calibration import machine_fingerprint
     from .predict import Target, predict
 
@@ -224,18 +226,22 @@ def _predicted_training_s(plan: Plan, folder: Path, tokenizer) -> float | None:
     target = Target("cuda" if cuda else "cpu", machine_fingerprint(torch.cuda.get_device_name(0) if cuda else None),
                     torch.get_num_threads())
     try:
-        return predict(plan, folder.parent, target, tokenizer).training_s
+        return predict(plan, folder.parent, target, tokenizer)
     except Exception:
         return None
 
 
-def cost_record(plan: Plan, tokenizer) -> dict[str, Any] | None:
+def cost_record(plan: Plan, tokenizer, prediction=None) -> dict[str, Any] | None:
     """The run's work as run/cost counts it, for result.json (`cost.work`): what calibrates the next
-    predictions on this machine (run/calibration). A look: a count that fails costs the run nothing."""
+    predictions on this machine (run/calibration). `prediction`: the run's predicted cost, whose work
+    it is (counted once: the count tokenizes every row of the task). A look: a count that fails costs
+    the run nothing."""
     from .predict import work
 
     try:
-        return {"work": work(plan, "cuda" if torch.cuda.is_available() else "cpu", tokenizer).as_record()}
+        counted = prediction.work if prediction is not None else work(
+            plan, "cuda" if torch.cuda.is_available() else "cpu", tokenizer)
+        return {"work": counted.as_record()}
     except Exception:
         return None
 
