@@ -42,42 +42,36 @@ def visible_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
 
 def gpu_count() -> int:
     """How many GPUs this machine has, as nvidia-smi lists them (0 without nvidia-smi or a working driver)."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return 0
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):  # a broken driver: as if there were no GPU
-        return 0
-    return sum(line.startswith("GPU ") for line in out.splitlines())  # MIG lines are indented
+    out = _smi("-L")
+    return 0 if out is None else sum(line.startswith("GPU ") for line in out.splitlines())  # MIG lines are indented
 
 
 def gpu_memory_mb() -> float | None:
     """The memory of this machine's smallest GPU in MiB, as nvidia-smi reports it (None without one):
     what a run placed on any of them must fit in (tests pretend one, tests/hooks/fake_gpus.py)."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
+    out = _smi("--query-gpu=memory.total", "--format=csv,noheader,nounits")
     try:
-        out = subprocess.run([smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30).stdout
-        sizes = [float(line) for line in out.split() if line.strip()]
-    except (OSError, subprocess.SubprocessError, ValueError):
+        sizes = [float(line) for line in (out or "").split() if line.strip()]
+    except ValueError:
         return None
     return min(sizes) if sizes else None
 
 
 def gpu_name() -> str | None:
     """The first GPU's name as nvidia-smi reports it (torch reports the same one), or None."""
+    out = _smi("--query-gpu=name", "--format=csv,noheader")
+    return out.splitlines()[0].strip() if out and out.strip() else None
+
+
+def _smi(*args: str) -> str | None:
+    """nvidia-smi's output for `args`, or None: no nvidia-smi, or a broken driver (as if there were no GPU)."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=30).stdout
+        return subprocess.run([smi, *args], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.splitlines()[0].strip() if out.strip() else None
 
 
 def gpu_slots(gpus: Sequence[str], gpus_per_run: int = 1, runs_per_gpu: int = 1) -> list[str]:
