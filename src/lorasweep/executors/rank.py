@@ -40,6 +40,7 @@ def train_rank(cfg: dict, rank: int, scratch: Path) -> None:
     from ..run.lifecycle import load_and_train
     from ..run.loop import LoopOptions
     from ..run.plan import plan_run
+    from ..run.records import TRAINER_DIR
     from ..run.store import store_dir
 
     plan = plan_run(cfg)
@@ -47,7 +48,7 @@ def train_rank(cfg: dict, rank: int, scratch: Path) -> None:
     own = folder if rank == 0 else scratch / f"rank-{rank}"
     tracking = dict(cfg.get("tracking") or {}) if rank == 0 else {}
     load_and_train(plan, own, tracking, None, LoopOptions.from_config(cfg.get("train") or {}),
-                    workdir=folder / "trainer")
+                    workdir=folder / TRAINER_DIR)
 
 
 def _write_error(rank: int, error: BaseException) -> None:

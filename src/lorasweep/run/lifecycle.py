@@ -38,7 +38,7 @@ from .loop import LoopOptions, Reporter, train
 from .plan import Plan, plan_run
 from .preflight import preflight
 from .progress import PROGRESS_FILE
-from .records import (base_record, diverged_result, done_result, pruned_result, record_failure, record_over_budget,
+from .records import (TRAINER_DIR, base_record, diverged_result, done_result, pruned_result, record_failure, record_over_budget,
                       saving_weights, still_ours, store_write, timing_record)
 from .tracking import make_tracker
 
@@ -152,7 +152,7 @@ def _load(plan: Plan, folder: Path, base: dict, t_start: float):
 def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, tracking: Mapping[str, Any],
                         t_start: float, reporter: Reporter | None, loop: LoopOptions,
                         notes: loading.LoadNotes = loading.LoadNotes(), workdir: Path | None = None):
-    workdir = workdir or folder / "trainer"
+    workdir = workdir or folder / TRAINER_DIR
     spec, task = plan.spec, plan.task
     token_ids = tokens.inject(model, tokenizer, spec.tokens.new, spec.tokens.init, spec.train.seed)
     if token_ids != plan.token_ids:
@@ -205,7 +205,7 @@ def _train_and_evaluate(plan: Plan, model, tokenizer, folder: Path, base: dict, 
         ok = True
     finally:
         if ok:  # checkpoints serve a resume only; until the result is written, a kill resumes from them
-            shutil.rmtree(folder / "trainer", ignore_errors=True)
+            shutil.rmtree(folder / TRAINER_DIR, ignore_errors=True)
         close_tracker(tracker, final, ok, spec.slug)
     for name, m in more.items():
         say(f"{spec.slug}: test set {name}: {headline(m)}")
@@ -231,16 +231,16 @@ def _prediction(plan: Plan, folder: Path, tokenizer):
         return None
 
 
-def cost_record(plan: Plan, tokenizer, prediction=None) -> dict[str, Any] | None:
+def cost_record(plan: Plan, tokenizer, prediction=None, lengths=None) -> dict[str, Any] | None:
     """The run's work as run/cost counts it, for result.json (`cost.work`): what calibrates the next
     predictions on this machine (run/calibration). `prediction`: the run's predicted cost, whose work
-    it is (counted once: the count tokenizes every row of the task). A look: a count that fails costs
-    the run nothing."""
+    it is, or `lengths`: its task's token lengths (either counted once: the count tokenizes every row
+    of the task). A look: a count that fails costs the run nothing."""
     from .predict import work
 
     try:
         counted = prediction.work if prediction is not None else work(
-            plan, "cuda" if torch.cuda.is_available() else "cpu", tokenizer)
+            plan, "cuda" if torch.cuda.is_available() else "cpu", tokenizer, lengths)
         return {"work": counted.as_record()}
     except Exception:
         return None

@@ -45,8 +45,9 @@ from .loop import LoopOptions, make_trainer
 from .pack_checkpoints import held_steps, resume_groups
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
+from .predict import task_lengths_of
 from .progress import PROGRESS_FILE, ProgressFile
-from .records import (base_record, diverged_result, done_result, pruned_result, record_failure, record_over_budget,
+from .records import (TRAINER_DIR, base_record, diverged_result, done_result, pruned_result, record_failure, record_over_budget,
                       saving_weights, still_ours, timing_record)
 from .tracking import Tracker, make_tracker
 
@@ -127,7 +128,7 @@ def _train_or_split(plans: list[Plan], folders: list[Path], reporters: list, tra
             return [load_and_train(plans[0], folders[0], trackings[0], reporters[0], loop)]
         except Exception as e:  # recorded as alone (out of memory: its memory given back)
             return [e]
-    groups = resume_groups([held_steps(f / "trainer") for f in folders]) if loop.save_steps > 0 else [(0, [])]
+    groups = resume_groups([held_steps(f / TRAINER_DIR) for f in folders]) if loop.save_steps > 0 else [(0, [])]
     if len(groups) > 1:  # runs whose checkpoints are of different steps go on apart
         say(f"{pack_id([p.spec.run_key for p in plans])}: its runs' checkpoints are of different steps; they go on as "
             + ", ".join(f"{len(g)} from step {step}" for step, g in groups))
@@ -212,7 +213,7 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, trackin
                 done[i] = _claimed(e, plans[i])
                 return
             _end_tracker(m, {}, True)
-            shutil.rmtree(folders[i] / "trainer", ignore_errors=True)
+            shutil.rmtree(folders[i] / TRAINER_DIR, ignore_errors=True)
 
         evaluate = _evaluator(pack, task, tokenizer, task.eval, plans[0].spec.train, plans[0].head)
         train_pack(pack, members, evaluate, losses, loop.step_sleep_s, on_leave=left, save_steps=loop.save_steps,
@@ -262,7 +263,7 @@ def _member(pack: PackedModel, plan: Plan, i: int, folder: Path, reporter, token
     """The run's place in the loop, with the Trainer its run alone would build (never trained)."""
     spec = plan.spec
     data = tasks.training_data(plan.task, tokenizer, spec.train, plan.head)
-    trainer = make_trainer(pack.model, tokenizer, data, spec.train, plan.head, folder / "trainer")
+    trainer = make_trainer(pack.model, tokenizer, data, spec.train, plan.head, folder / TRAINER_DIR)
     if plan.task.spec.kind != "classification":
         from . import lm_head  # imports trl: classification packs do without it
 
@@ -300,6 +301,15 @@ def _evaluator(pack: PackedModel, task, tokenizer, rows, train, head: str):
     return evaluate
 
 
+def _task_lengths(plan: Plan, tokenizer):
+    """The pack's task's token lengths, counted once for all its runs' `cost.work` records (one task, one
+    max_length, one tokenizer); None where they cannot be counted (each record then counts, and fails, alone)."""
+    try:
+        return task_lengths_of(plan, tokenizer)
+    except Exception:
+        return None
+
+
 def _finish(pack, plans, members, bases, params, folders, finishing, done, tokenizer, load_s, t_start) -> None:
     """Test every run that trained to its end, save its adapter, write its result."""
     if not finishing:
@@ -311,6 +321,7 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
     more = {name: _evaluator(pack, task, tokenizer, rows, plans[0].spec.train, plans[0].head)(adapters)
             for name, rows in task.tests.items()}
     eval_s = time.perf_counter() - t1
+    lengths = _task_lengths(plans[0], tokenizer)
     for j, i in enumerate(finishing):
         m, folder, plan = members[i], folders[i], plans[i]
         try:
@@ -327,8 +338,8 @@ def _finish(pack, plans, members, bases, params, folders, finishing, done, token
                               {name: results[j] for name, results in more.items()},
                               m.outcome, timing_record(load_s, m.outcome, eval_s, t_start),
                               store.weights_memory(pack.model, plan.spec.method, plan.base_total), artifacts,
-                              cost_record(plan, tokenizer))
+                              cost_record(plan, tokenizer, lengths=lengths))
         _end_tracker(m, {f"test_{k}": v for k, v in tests[j].items()}, True)
-        shutil.rmtree(folder / "trainer", ignore_errors=True)  # its result is written: checkpoints serve no more
+        shutil.rmtree(folder / TRAINER_DIR, ignore_errors=True)  # its result is written: checkpoints serve no more
         say(f"{plan.spec.slug}: test {headline(tests[j])} | {params[i]['trainable']:,} trainable params | "
             f"{done[i]['timing']['total_s']:.0f}s (in {bases[i]['pack']['id']}) | {folder / store.RESULT_FILE}")

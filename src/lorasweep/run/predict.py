@@ -30,11 +30,11 @@ class Target:
     threads: int = 1
 
 
-def work(plan: Plan, device: str, tokenizer=None) -> cost.Work:
+def work(plan: Plan, device: str, tokenizer=None, lengths: TaskLengths | None = None) -> cost.Work:
     """The run's work; `tokenizer`: the run's own, where it has one loaded (else its model's is loaded:
-    no weights)."""
+    no weights); `lengths`: its task's, counted already (a pack's runs share them)."""
     model = skeleton(plan)
-    lengths = _lengths(plan, tokenizer)
+    lengths = lengths or task_lengths_of(plan, tokenizer)
     return cost.work(plan.spec, shape(model, plan.targets), lengths, plan.predicted, plan.head, device)
 
 
@@ -128,7 +128,8 @@ def _fans(module: nn.Module) -> tuple[int, int]:
     return int(module.in_features), int(module.out_features)
 
 
-def _lengths(plan: Plan, tokenizer) -> TaskLengths:
+def task_lengths_of(plan: Plan, tokenizer=None) -> TaskLengths:
+    """The token lengths of the run's task rows, with `tokenizer` (else its model's, loaded once a process)."""
     spec = plan.spec
     if tokenizer is not None:
         return task_lengths(plan.task, tokenizer, spec.train.max_length, plan.head)

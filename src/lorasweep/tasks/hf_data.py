@@ -14,7 +14,6 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 from ..config.paths import resolve_data_path
