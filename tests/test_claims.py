@@ -211,6 +211,21 @@ def test_a_claim_on_a_full_disk_is_a_store_error_naming_the_file(tmp_path):
         assert sorted(p.name for p in (store / "run").iterdir()) == []  # no temp file left behind
 
 
+def test_a_claim_the_read_only_store_keeps_at_the_runs_end_is_said_and_the_run_ends_as_it_did(tmp_path, capsys):
+    """The store turns read-only while the run trains (a remount, a failing disk): the claim cannot be
+    deleted at the end. That is said in one line and raises nothing, so the run's outcome (here: it
+    ended well) stands; once this process has ended, the claim is a dead one, which is taken over."""
+    from test_faults import read_only, tmpfs
+
+    with tmpfs(tmp_path / "store", size="1m") as store:
+        folder = store / "run"
+        with Claim(folder):
+            read_only(store)
+        assert f"run: its claim could not be deleted (Read-only file system writing {folder / CLAIM_FILE}); it is " \
+            "taken over once this process has ended" in capsys.readouterr().err
+        assert holder(folder).owner["pid"] == os.getpid() and live_holder(folder) is not None
+
+
 def test_a_run_whose_claim_was_taken_over_while_it_stalled_writes_nothing_over_the_new_owner(tmp_path, monkeypatch):
     """A process stalled past STALE_AFTER_S (a suspended job, a lost mount) on another host has lost its
     claim to a process that trains the run now: when it wakes, it neither saves its adapter nor writes

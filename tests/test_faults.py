@@ -1003,6 +1003,46 @@ def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half
     assert per_run(trainings()) == {name: 2 if name in interrupted else 1 for name in statuses(store)}
 
 
+def test_a_driver_interrupted_while_its_idle_workers_end_says_so_in_one_line(tmp_path, monkeypatch, trainings):
+    """SIGTERM reaches the driver after its last run, while it waits for its idle workers to end (here
+    they linger: tests/hooks LORASWEEP_SLOW_EXIT). A chaos soak found a KeyboardInterrupt traceback
+    there. Every run had ended: the workers are killed, that is said in one line, and the sweep ends as
+    it would have (its summary, exit 0); the same command again trains nothing."""
+    lingering = tmp_path / "lingering"
+    with_hooks(monkeypatch, LORASWEEP_SLOW_EXIT=str(lingering))
+    args = ["-m", "lora.r=2,4", "hydra.launcher.n_jobs=2", *TINY_TOPICS]
+    with Sweep(args, tmp_path) as sweep:
+        wait_until(lambda: lingering.exists(), "a worker told to end")
+        os.kill(sweep.proc.pid, signal.SIGTERM)
+        code = sweep.wait(timeout=120)
+    out = sweep.output
+    assert code == 0, out[-3000:]
+    no_traceback(out)
+    assert "sweep: interrupted while its idle workers ended; every run had ended, nothing was lost" in out
+    assert "sweep: 2 runs: 2 done" in out
+    wait_gone(sweep.seen.values())  # killed, not left to linger their 60 s
+    again = launch(args, cwd=tmp_path, env={"LORASWEEP_SLOW_EXIT": ""})
+    assert again.returncode == 0 and "sweep: 2 runs: 2 already done" in again.stderr, again.stderr[-3000:]
+    assert len(per_run(trainings())) == 2 and set(per_run(trainings()).values()) == {1}
+
+
+def test_a_worker_whose_runs_log_the_read_only_store_refuses_raises_the_stores_fault(tmp_path):
+    """A run started while the store is read-only (a chaos soak found it): its worker cannot make the
+    run's folder for its log. That is the store's fault, a StoreError naming the path (which stops the
+    sweep in one line), not an OSError with a traceback."""
+    from lorasweep.errors import StoreError
+    from lorasweep.executors.job import Job
+    from lorasweep.executors.worker import execute
+
+    cfg = compose_config(TINY_TOPICS)
+    with tmpfs(tmp_path / "store", size="1m") as store:
+        read_only(store)
+        folder = store / "run"
+        with pytest.raises(StoreError) as raised:
+            execute(Job.alone(cfg, folder), str(folder / "log.txt"))
+        assert str(raised.value) == f"Read-only file system writing {folder}" and raised.value.whole_store
+
+
 def test_an_interrupted_optuna_sweep_stops_its_workers_and_is_continued(tmp_path, trainings, hold):
     """A closed terminal (SIGHUP) during an Optuna sweep with 2 trials in flight: the driver stops its
     workers as a grid's does, says what the study kept, exits 130; the same command finishes the study."""

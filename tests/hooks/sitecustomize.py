@@ -41,6 +41,9 @@ environment variable is set, so a process started without them is an ordinary on
                                        recorded its failure)
     LORASWEEP_FAKE_GPUS=<n>            this machine has <n> GPUs, as local workers are placed
                                        (fake_gpus.py; tests/conftest.py sets 0 for every test)
+    LORASWEEP_SLOW_EXIT=<file>         a local worker told to end (after the sweep's last run) appends
+                                       its pid to <file> and waits 60 s before it exits: a driver
+                                       caught while it lets its idle workers go
     LORASWEEP_HOLD=<gate file>@<step>  every run (alone or in a pack) waits before its <step>th training
                                        step (1-based) until <gate file> exists; as it starts to wait it
                                        appends "<pid> <run folder>[,<run folder>...] <step>" to
@@ -291,3 +294,20 @@ if _HOLD:
         return _pack_step_unheld(pack, live, step, *args, **kwargs)
 
     _pack_loop._step = _pack_step_held
+
+_SLOW_EXIT = os.environ.get("LORASWEEP_SLOW_EXIT")
+
+if _SLOW_EXIT:
+    import time
+
+    import lorasweep.executors.worker as _worker
+
+    _serve = _worker.serve
+
+    def _serve_then_linger(*args, **kwargs):
+        _serve(*args, **kwargs)  # returns when the driver says there is no next run (or is gone)
+        with open(_SLOW_EXIT, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(60)
+
+    _worker.serve = _serve_then_linger

@@ -143,7 +143,14 @@ class Claim:
         """Delete the claim if it is still ours (a claim taken over from us is not ours to delete)."""
         found = holder(self.folder)
         if found is not None and found.owner.get("token") == self.owner["token"]:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as e:  # a read-only store: the run's outcome stands; a claim whose owner is gone is taken over
+                failure = store.storage_error(e, self.path)
+                if failure is None:
+                    raise
+                say(f"{self.folder.name}: its claim could not be deleted ({failure}); it is taken over once this "
+                    "process has ended")
         for folder in self._created:  # a run that left nothing (its model could not be had) leaves no empty folders
             try:
                 folder.rmdir()

@@ -113,7 +113,10 @@ class Driver:
             self.source.interrupted(self.executor.in_flight())
             raise SweepExit(130) from None
         finally:
-            self._shutdown()
+            try:
+                self._shutdown()
+            except KeyboardInterrupt:  # every run had ended: only idle workers were let go, and the executor killed them
+                say("sweep: interrupted while its idle workers ended; every run had ended, nothing was lost")
 
     def await_claim(self, run: Run) -> bool:
         """A run another process trains now: waited for (True), unless it is a job of our own
