@@ -42,12 +42,17 @@ TOLERANCE = 1e-4  # relative to the tensor's largest value: the pack's larger GE
 # equal size. The batched products sum in another order than a run alone's: largest adapter differences
 # measured 1.5e-5 (classification, 20 steps) and 1.1e-4 (tiny-llama SFT, 12 steps at lr up to 3e-3), so
 # they get their own bound.
+# The grouped products (torch's grouped_mm) equal F.linear's bit for bit on some CPUs (an Intel machine,
+# 2026-12-05: every difference 0) but not on others: on an AMD EPYC with AVX512 (2026-12-06) a 64x32 by
+# 32x4 product differs in its last bit (2.4e-7), which training amplifies as the batched products' other
+# order does (1.1e-4 after 12 SFT steps on tiny-llama): the same bounds as batched.
 PRODUCTS = ("grouped", "loop", "batched")
-TOLERANCES = {"grouped": TOLERANCE, "loop": TOLERANCE, "batched": 5e-4}
+TOLERANCES = {"grouped": 5e-4, "loop": TOLERANCE, "batched": 5e-4}
 # Over a bf16 base each layer's output is rounded to bf16, so the batched products' other summation
 # order flips some roundings and the adapters drift further (measured 3.9e-2 after 12 SFT steps on
-# tiny-qwen3, its largest tensor-relative difference), while the runs' losses still agree within 5e-4.
-BF16_BATCHED_ADAPTER_TOLERANCE = 0.1
+# tiny-qwen3, its largest tensor-relative difference; grouped on the AMD EPYC: 1.8e-2), while the
+# runs' losses still agree within 5e-4.
+BF16_ADAPTER_TOLERANCE = 0.1
 
 
 @pytest.fixture(params=PRODUCTS)
@@ -120,7 +125,8 @@ GROUPED_RUNS = {"tiny-bert": [["lora.r=2", "lora.proj=qk"], ["lora.r=4", "lora.p
 GROUPED_RUNS["tiny-llama"] = GROUPED_RUNS["tiny-qwen3"] = [
     ["lora.r=2", "lora.proj=qk"], ["lora.r=4", "lora.proj=qkvogud", "method=dora"],
     ["lora.r=8", "lora.proj=vo", "method=rslora", "train.seed=1"]]
-GROUPED_TOLERANCE = 1e-5  # float32: measured 0 here (grouped_mm on the CPU multiplies group by group)
+# float32: measured 0 on an Intel CPU, 4.0e-5 on an AMD EPYC (grouped_mm's last bit: see TOLERANCES)
+GROUPED_TOLERANCE = 1e-4
 FEW_STEPS = ["train.max_steps=4", "train.eval_steps=4", "train.lr=3e-3"]
 
 
@@ -196,7 +202,7 @@ def test_a_packed_sft_run_trains_as_it_would_alone(model, dtype, products, tmp_p
                     assert pm[key] == value, key
     print(f"{model} {dtype} {products} SFT: largest relative difference of a packed adapter from its run alone: "
           f"{worst:.2e}")
-    assert worst < (BF16_BATCHED_ADAPTER_TOLERANCE if (dtype, products) == ("bfloat16", "batched") else tolerance)
+    assert worst < (BF16_ADAPTER_TOLERANCE if dtype == "bfloat16" and products != "loop" else tolerance)
 
 
 # three tiny-bert runs, the second at lr=1e4: its loss becomes NaN within a few steps (tests/test_faults.py)
