@@ -43,6 +43,8 @@ def main() -> None:
     extra = [f"train.max_steps={args.max_steps}"] if args.max_steps else []
     runs = [(n, o.split() + extra) for n, o in RUNS if not args.only or n in args.only]
     cold = {name: predicted(overrides, store) for name, overrides in runs}
+    packed = not args.only or PACK[0] in args.only
+    pack_cold = pack_predicted(store, extra) if packed else None
     rows, calibrators = [], set()
     for name, overrides in runs:
         model = cold[name][3]
@@ -51,8 +53,8 @@ def main() -> None:
         calibrators.add(model)
         rows.append((name, cold[name], warm, measured))
         show(*rows[-1])
-    if not args.only or PACK[0] in args.only:
-        rows.append(pack_row(store, extra))
+    if packed:
+        rows.append(pack_row(store, extra, pack_cold))
         show(*rows[-1])
     summary(rows)
     print(f"store: {store}")
@@ -82,20 +84,26 @@ def train(overrides: list[str], store: Path) -> tuple[float, float]:
     return r["timing"]["train_s"], r["memory"]["peak_rss_mb"]
 
 
-def pack_row(store: Path, extra: list[str]):
-    """The pack: its runs predicted (warm by now) and packed (run/predict.pack_cost), then trained
-    as one pack by the local launcher; its peak RSS is the worker's (the results' peak_rss_mb)."""
+def pack_predicted(store: Path, extra: list[str]) -> tuple[float, float, str, str]:
+    """The pack's (train s, peak MiB, basis, "pack"): its runs predicted and packed (run/predict.pack_cost)."""
     from conftest import compose_config
     from lorasweep.executors.local import usable_cores
     from lorasweep.run import calibration
     from lorasweep.run.plan import plan_run
     from lorasweep.run.predict import Target, pack_cost, predict
 
-    name, argv = PACK
     target = Target("cpu", calibration.machine_fingerprint(), usable_cores())
     costs = [predict(plan_run(compose_config([f"lora.r={r}", "lora.proj=qk", f"results_dir={store}/pack"] + extra)),
                      store, target) for r in (4, 8, 16)]
     c = pack_cost(costs)
+    return c.train_s, c.peak_mb, c.basis, "pack"
+
+
+def pack_row(store: Path, extra: list[str], cold):
+    """The pack: predicted cold (before any run) and warm (now), then trained as one pack by the local
+    launcher; its train time and peak RSS are the pack's (each of its results records the pack's)."""
+    name, argv = PACK
+    warm = pack_predicted(store, extra)
     t0 = time.time()
     proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), *argv, *extra, f"results_dir={store}/pack"],
                           cwd=ROOT, capture_output=True, text=True)
@@ -103,7 +111,7 @@ def pack_row(store: Path, extra: list[str]):
         raise SystemExit(f"pack: exit {proc.returncode}\n{proc.stderr[-2000:]}")
     results = [json.loads(p.read_text()) for p in (store / "pack").glob("*/result.json") if p.stat().st_mtime >= t0]
     measured = (max(r["timing"]["train_s"] for r in results), max(r["memory"]["peak_rss_mb"] for r in results))
-    return name, (c.train_s, c.peak_mb, c.basis, "pack"), None, measured
+    return name, cold, warm, measured
 
 
 def show(name, cold, warm, measured) -> None:
