@@ -36,7 +36,11 @@ rewrites the files from the current code and then fails each regenerated test, s
 `git diff tests/golden/` and run the tests again without the variable.
 
 The numbers belong to this environment's torch, transformers, peft and trl: a library upgrade may
-move them (regenerate then, in its own commit). They also depend on torch's thread count once runs
+move them (regenerate then, in its own commit). They belong to the CPU too: the same code on an AMD
+EPYC (AVX512, 2026-12-06) ends 1e-5 away from the CPU of 2026-12-05 after 48 steps (torch's GEMMs round
+otherwise there). So a CPU whose numbers differ has its own set, tests/golden/cpu/<its model name>/
+(values.json and result_classification_lora.json), made there with LORASWEEP_REGOLDEN=1; a CPU
+without one is held to the plain files. They also depend on torch's thread count once runs
 are this long (measured: 2 threads instead of 1 move classification-lora's last train_loss by 1.1e-5
 after 48 steps, as reductions split differently), so the runs train on one thread whatever the
 machine: the fixture sets it and restores the process's own after. With CUDA, training runs in bf16
@@ -47,6 +51,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -59,7 +64,18 @@ from lorasweep.run.plan import plan_run
 from conftest import ROOT, compose_config
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-VALUES = GOLDEN_DIR / "values.json"
+
+
+def for_this_cpu(name: str) -> Path:
+    """The golden file `name` of this machine's CPU: its own set's (tests/golden/cpu/<model name>/), when
+    it has one, else the plain file. With LORASWEEP_REGOLDEN=1 on a CPU that has a set, its set is rewritten."""
+    from lorasweep.run.calibration import cpu_model
+
+    own = GOLDEN_DIR / "cpu" / re.sub(r"[^A-Za-z0-9.-]+", "_", cpu_model()).strip("_") / name
+    return own if own.exists() else GOLDEN_DIR / name
+
+
+VALUES = for_this_cpu("values.json")
 REGOLDEN = os.environ.get("LORASWEEP_REGOLDEN") == "1"
 REL = ABS = 1e-6
 
@@ -266,7 +282,7 @@ def test_golden_runs_of_different_methods_end_far_apart():
 
 # --- the result.json contract and the results-store layout -----------------------------------------
 
-CONTRACT = GOLDEN_DIR / "result_classification_lora.json"  # the whole result.json of classification-lora
+CONTRACT = for_this_cpu("result_classification_lora.json")  # the whole result.json of classification-lora
 STORE = GOLDEN_DIR / "store_classification_lora.json"      # its run folder's name and every file in it
 # Sections whose values legitimately differ between machines and between runs; their keys are compared:
 #   timing  wall-clock seconds and examples/s

@@ -35,12 +35,13 @@ def machine_fingerprint(gpu: str | None = None) -> str:
     """This machine as calibration matches it: the CPU's model and logical count, and the GPU a run
     uses ("Intel(R) Xeon(R) ... x2" or "... x16 / NVIDIA H100 80GB HBM3"). Not the host name: the
     nodes of a partition are one machine here."""
-    cpu = _cpu_model()
+    cpu = cpu_model()
     return f"{cpu} x{os.cpu_count()}" + (f" / {gpu}" if gpu and gpu != "cpu" else "")
 
 
 @lru_cache(maxsize=1)
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
