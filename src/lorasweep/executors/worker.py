@@ -41,13 +41,11 @@ def execute(job: Job, log_file: str | None = None) -> dict:
     exception: it comes back alike from a local worker and from a SLURM job)."""
     if log_file is None:
         return _run(job)
-    try:
+    from ..run.records import store_write
+
+    with store_write(Path(log_file)):  # a store that refuses (read-only, full): its StoreError, as the run's writes
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         log = open(log_file, "a", buffering=1)
-    except OSError as e:  # the store refused (read-only, full): said as the store's fault, as the run's own writes are
-        from ..run.store import storage_error
-
-        raise storage_error(e, log_file) or e from None
     with log:
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = PlainText(log)  # no terminal colour codes in a log file
