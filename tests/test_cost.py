@@ -60,6 +60,10 @@ def test_a_finished_run_calibrates_the_next_prediction(results_dir):
     assert warm.train_s == pytest.approx(result["timing"]["train_s"], rel=1e-3)
     assert warm.peak_mb == pytest.approx(result["memory"]["peak_rss_mb"], rel=1e-3)
     assert warm.load_s == pytest.approx(result["timing"]["load_s"], rel=1e-3)
+    t = result["timing"]  # the rest of the run (tokenizing, its Trainer, saving): what pack=auto saves by packing
+    assert warm.setup_s == pytest.approx(t["total_s"] - t["load_s"] - t["train_s"] - t["train_eval_s"] - t["eval_s"],
+                                         abs=5e-3)
+    assert warm.setup_s > 0 and warm.total_s == pytest.approx(t["total_s"], rel=0.05)
     # twice the steps: twice the training time; another machine's runs do not calibrate this one
     longer = plan_run(compose_config(TINY_MCQ + [f"results_dir={results_dir}", "train.max_steps=8"]))
     assert predict(longer, results_dir, Target("cpu", machine_fingerprint(), threads)).train_s \

@@ -24,8 +24,10 @@ from .cost import Work
 # beyond its model's work (torch, transformers, peft, trl and datasets imported: ~490 MB; the
 # Trainer, the encoded data, the allocator's arenas). A GPU's are a fraction of its peak, for fp32
 # weights under bf16 autocast.
-COLD = {"cpu": {"flops": 80e9, "eval_flops": 250e9, "runtime_mb": 800.0, "load_s": 0.5},
-        "cuda": {"flops": 20e12, "eval_flops": 20e12, "runtime_mb": 50.0, "load_s": 3.0}}  # allocated: no CUDA context
+# A run's setup (its data tokenized, its Trainer built, its adapter saved: timing's total_s beyond
+# its load, training and evaluations) takes a few seconds either way.
+COLD = {"cpu": {"flops": 80e9, "eval_flops": 250e9, "runtime_mb": 800.0, "load_s": 0.5, "setup_s": 4.0},
+        "cuda": {"flops": 20e12, "eval_flops": 20e12, "runtime_mb": 50.0, "load_s": 3.0, "setup_s": 4.0}}  # allocated: no CUDA context
 COLD_ERROR = (0.5, 0.3)                 # time, memory: a cold prediction is a rough one
 SAME_MODEL_ERROR = (0.15, 0.10)         # the targets, met on this project's bench (bench/predict.py)
 OTHER_MODEL_ERROR = (0.3, 0.2)
@@ -59,6 +61,7 @@ class Rates:
     eval_flops: float
     runtime_mb: float          # peak memory beyond the model's work: the process's runtime
     load_s: float              # loading and adapting the model
+    setup_s: float             # the rest of a run beyond its load, training and evaluations
     basis: str                 # what the rates come from, said in the plan
     time_error: float
     memory_error: float
@@ -67,7 +70,7 @@ class Rates:
 
 def cold(device: str) -> Rates:
     c = COLD[device]
-    return Rates(c["flops"], c["eval_flops"], c["runtime_mb"], c["load_s"], "cold (no finished run on this machine)",
+    return Rates(c["flops"], c["eval_flops"], c["runtime_mb"], c["load_s"], c["setup_s"], "cold (no finished run on this machine)",
                  *COLD_ERROR)
 
 
@@ -94,7 +97,8 @@ def _from(refs: list[dict], basis: str, errors: tuple[float, float]) -> Rates:
     return Rates(statistics.median(train) if train else base.flops,
                  statistics.median(evals) if evals else base.eval_flops,
                  statistics.median(r["runtime_mb"] for r in refs),
-                 statistics.median(r["load_s"] for r in refs), basis,
+                 statistics.median(r["load_s"] for r in refs),
+                 statistics.median(r["setup_s"] for r in refs), basis,
                  max(errors[0], spread), errors[1], calibrated=True)
 
 
@@ -139,6 +143,8 @@ def reference(result: dict) -> dict | None:
     threads = max(1, int(env.get("threads") or 1)) if device == "cpu" else 1
     peak = memory.get("peak_rss_mb") if device == "cpu" else memory.get("peak_gpu_mb")
     eval_s = (timing.get("train_eval_s") or 0) + (timing.get("eval_s") or 0)
+    load_s = timing.get("load_s") or 0.0
+    setup_s = max(0.0, (timing.get("total_s") or 0.0) - load_s - timing["train_s"] - eval_s)
     try:
         model_mb = Work(**w).model_mb()
     except TypeError:  # a record of another version's fields
@@ -147,4 +153,4 @@ def reference(result: dict) -> dict | None:
             "machine": env.get("machine"),
             "train_rate": w["train_flops"] / timing["train_s"] / threads,
             "eval_rate": (w["eval_flops"] + w["test_flops"]) / eval_s / threads if eval_s > 0 else None,
-            "runtime_mb": (peak or 0) - model_mb, "load_s": timing.get("load_s") or 0.0}
+            "runtime_mb": (peak or 0) - model_mb, "load_s": load_s, "setup_s": setup_s}

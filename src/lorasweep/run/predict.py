@@ -47,17 +47,26 @@ def predict(plan: Plan, store: Path, target: Target = Target(), tokenizer=None) 
     eval_s, test_s = (f / (r.eval_flops * threads) for f in (w.eval_flops, w.test_flops))
     return cost.Cost(train_s=train_s, eval_s=eval_s, test_s=test_s, load_s=r.load_s, peak_mb=r.runtime_mb + w.model_mb(),
                      device=target.device, basis=r.basis, time_error=r.time_error, memory_error=r.memory_error,
-                     work=w)
+                     work=w, setup_s=r.setup_s)
+
+
+# A pack's work (its runs' summed) at a rate of its own, relative to its runs alone: a CPU's step is
+# compute-bound already, and a pack's larger activations fall out of the caches (0.94x on 2 cores,
+# bench/RESULTS.md section 9); one small run leaves a GPU idle, which a pack fills (8 runs 1.75x on
+# an H200 with the adapters looped, section 11).
+PACKED_WORK = {"cpu": 1.06, "cuda": 1 / 1.75}
 
 
 def pack_cost(costs: list[cost.Cost]) -> cost.Cost:
-    """A pack's cost from its runs' alone: their FLOPs summed (one base GEMM over all their rows is
-    the same arithmetic), loaded once; its memory holds the base and the runtime once, and each run's
-    adapters, optimizer and activations."""
+    """A pack's cost from its runs' alone: their work summed at the pack's rate (PACKED_WORK), the
+    model loaded and the run set up once; its memory holds the base and the runtime once, and each
+    run's adapters, optimizer and activations."""
     first = costs[0]
     others = sum(c.work.model_mb() - c.work.weights_mb for c in costs[1:])
-    return replace(first, train_s=sum(c.train_s for c in costs), eval_s=sum(c.eval_s for c in costs),
-                   test_s=sum(c.test_s for c in costs), load_s=max(c.load_s for c in costs), peak_mb=first.peak_mb + others)
+    rate = PACKED_WORK.get(first.device, 1.0)
+    return replace(first, train_s=rate * sum(c.train_s for c in costs), eval_s=rate * sum(c.eval_s for c in costs),
+                   test_s=rate * sum(c.test_s for c in costs), load_s=max(c.load_s for c in costs),
+                   setup_s=max(c.setup_s for c in costs), peak_mb=first.peak_mb + others)
 
 
 # What makes a run's memory smaller, in the config's names, each tried on the run's own work: a
