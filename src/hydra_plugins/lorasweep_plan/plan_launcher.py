@@ -6,7 +6,8 @@ interrupted, not started; lorasweep.sweep.status) and a total line counting each
 (lorasweep.sweep.plan_table). Nothing is trained, nothing is written and no weight is read: each run
 is planned from its config alone, its folder's small files looked at, and SLURM's queue asked once
 for all runs submitted there. With hydra.launcher.pack (and n_jobs) it shows the packs that the
-local launcher would train the runs still to run in (lorasweep.sweep.packs). A results_dir that looks not writable (looked at, not probed: that
+local launcher would train the runs still to run in (lorasweep.sweep.packs; pack=auto: each group's choice
+and why, lorasweep.sweep.pack_auto). A results_dir that looks not writable (looked at, not probed: that
 would write) is said in the total line. Each run still to run has its predicted train time, whole-run
 time and peak memory on this machine (lorasweep.run.predict; calibrated on the store's finished runs,
 or cold, as a line under the table says), and the total line the sweep's wall time at n_jobs.
@@ -64,8 +65,8 @@ class PlanLauncher(ContextLauncher):
                                      status=JobStatus.COMPLETED, _return_value=row.trainable))
         if shared:
             print("every run: " + " ".join(shared))
-        rows = settle_rows(rows)
+        rows, notes = settle_rows(rows), []
         if pack is not None:
-            rows = with_packs(rows, cfgs, pack, self.n_jobs or 1)
-        print(format_plan(rows, {d: why for d, why in problems.items() if why}, where.n_jobs), flush=True)
+            rows, notes = with_packs(rows, cfgs, pack, where)
+        print(format_plan(rows, {d: why for d, why in problems.items() if why}, where.n_jobs, notes), flush=True)
         return returns

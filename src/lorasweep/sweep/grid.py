@@ -40,13 +40,14 @@ from ..console import say
 from ..errors import SAID_IN_FULL, ConfigError, StoreError, SweepExit, UnwritableStoreError, WorkerDiedError, cause
 from ..executors.factory import check_retries
 from ..executors.interface import Executor
-from ..run.store import TRACEBACK_FILE
+from ..run.store import TRACEBACK_FILE, store_dir
 from ..tasks.metrics import headline
 from .compose import JobConfigs, varying_overrides
 from .driver import FINISHED, HERE, LANDED, RETRYING, WAITING, Driver, Outcome
 from .interrupts import interrupt_on_signals
-from .packs import check_pack_gpus, make_packs, pack_size
-from .predicted import Where, too_big
+from .pack_auto import AutoSplit
+from .packs import AUTO, check_pack_gpus, make_packs, pack_size
+from .predicted import Where, run_cost, too_big
 from .triage import triage
 
 
@@ -65,6 +66,7 @@ class SweepJob:
     started: float = 0.0           # perf_counter when sent
     attempt: int = 1               # 2 and more: retried (hydra.launcher.retries)
     before: dict | None = None     # its stored result at triage (a failed one from an earlier sweep, say)
+    plan: Any = None               # its plan (run/plan.Plan) at triage: pack=auto predicts its cost
     reports_to: None = None        # no Optuna trial (sweep/driver.Run)
 
     @property
@@ -141,7 +143,7 @@ def sweep_grid(config_loader, sweep_config: DictConfig, job_overrides: Sequence[
     shared, labels = varying_overrides(job_overrides)
     total = len(job_overrides)
     say(f"sweep: {total} runs" + (f"; every run: {' '.join(shared)}" if shared else ""))
-    source = GridSource(SweepTally(total), retries, pack)
+    source = GridSource(SweepTally(total), retries, pack, where)
     configs = JobConfigs(config_loader, sweep_config)
     for i, overrides in enumerate(job_overrides):
         node, cfg = configs(overrides)
@@ -175,8 +177,8 @@ class GridSource:
 
     halted = False  # a grid stops only on a store fault: the driver's
 
-    def __init__(self, tally: SweepTally, retries: int, pack: int | None) -> None:
-        self.tally, self.retries, self.pack = tally, retries, pack
+    def __init__(self, tally: SweepTally, retries: int, pack: int | str | None, where: Where | None = None) -> None:
+        self.tally, self.retries, self.pack, self.where = tally, retries, pack, where
         self.queue: list[SweepJob] = []
         self.queued: dict[Path, SweepJob] = {}  # run folder -> the job that trains it
         self.elsewhere: list[SweepJob] = []  # runs another process trains now
@@ -193,7 +195,7 @@ class GridSource:
         except StoreError as e:  # recording an over-budget run: the store refused the write
             say(f"sweep: {e}; stopped")
             raise SweepExit(1) from None
-        job.folder, job.before = decision.folder, decision.stored
+        job.folder, job.before, job.plan = decision.folder, decision.stored, decision.plan
         if decision.unreadable and decision.verdict == "train" and decision.folder not in self.queued:
             say(f"{job.tag}: {decision.unreadable}, training it again")
         if decision.verdict == "invalid":
@@ -221,7 +223,14 @@ class GridSource:
         still running (a restarted SLURM driver) joins them, the others are waited for."""
         queue = self.queue + [job for job in self.elsewhere if not driver.await_claim(job)]
         self.queue, self.elsewhere = [], []
-        return make_packs(queue, lambda job: job.cfg, self.pack, driver.executor.pack_spread)
+        split = None
+        if self.pack == AUTO:
+            where = self.where or Where(n_jobs=driver.executor.pack_spread)
+            split = AutoSplit(lambda job: run_cost(job.plan, store_dir(job.cfg), where), lambda job: job.cfg, where)
+        units = make_packs(queue, lambda job: job.cfg, self.pack, driver.executor.pack_spread, split)
+        for line in split.lines if split else ():
+            say(f"sweep: {line}")
+        return units
 
     def sent(self, unit: list[SweepJob], future: Future, verb: str, again: bool) -> None:
         note = getattr(future, "note", "")

@@ -1,8 +1,9 @@
 """Which runs of a sweep train together in one pack (lorasweep.run.pack), and the packs themselves.
 
 `hydra.launcher.pack=true` packs every group of compatible runs (split so that each of the n_jobs
-workers gets one), `pack=K` makes packs of at most K runs, `pack=false` (the default) trains each run
-alone. A pack shares one frozen base and one stream of batches, so its runs must agree on all that
+workers gets one), `pack=K` makes packs of at most K runs, `pack=auto` packs a group only where the
+plan predicts that it pays, in as many packs as predicted fastest (sweep/pack_auto), `pack=false` (the
+default) trains each run alone. A pack shares one frozen base and one stream of batches, so its runs must agree on all that
 shapes them: model, task and its data, batch size, evaluation batch size, steps or epochs,
 max_length, eval_steps. They may differ in all that makes them different runs: method among the
 adapter methods whose base stays frozen (lora, rslora, dora), rank, alpha, projections, dropout, lr,
@@ -31,10 +32,14 @@ RESEND = "resend"  # per_run's outcome for a run its task's result does not hold
 
 T = TypeVar("T")
 
+AUTO = "auto"  # pack_size's value for hydra.launcher.pack=auto (sweep/pack_auto)
 
-def pack_size(value: Any) -> int | None:
-    """hydra.launcher.pack: None (no packs), 0 (as many runs a pack as fit the workers) or K >= 2.
-    ConfigError naming the value otherwise."""
+
+def pack_size(value: Any) -> int | str | None:
+    """hydra.launcher.pack: None (no packs), 0 (as many runs a pack as fit the workers), K >= 2 or
+    AUTO. ConfigError naming the value otherwise."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
     if value is True:  # before the test for 1: True == 1 in Python
         return 0
     if value is None or value is False or value == 1:
@@ -44,11 +49,11 @@ def pack_size(value: Any) -> int | None:
     if isinstance(value, int) and value >= 2:
         return value
     raise ConfigError(f"hydra.launcher.pack={value!r} is invalid: it is how many compatible runs train together "
-                      f"over one base, true (every compatible run, split between the workers), false (each run "
-                      f"alone, the default) or a whole number 2 or more")
+                      f"over one base, true (every compatible run, split between the workers), auto (packs where "
+                      f"they are predicted to pay), false (each run alone, the default) or a whole number 2 or more")
 
 
-def check_pack_gpus(size: int | None, gpus_per_run: int) -> None:
+def check_pack_gpus(size: int | str | None, gpus_per_run: int) -> None:
     """A pack (pack_size) trains its runs in one process on one device: never data-parallel."""
     if size is not None and gpus_per_run > 1:
         raise ConfigError(f"hydra.launcher.pack={'true' if size == 0 else size} cannot be combined with "
@@ -61,8 +66,8 @@ def optuna_pack_size(value: Any) -> int | None:
     """hydra.launcher.pack under the Optuna sweeper: None or K, the trials a worker trains at once.
     pack=true has no meaning there: trials are asked as workers free up, not known in advance."""
     size = pack_size(value)
-    if size == 0:
-        raise ConfigError("hydra.launcher.pack=true needs a grid, whose runs are known in advance: an Optuna "
+    if size == 0 or size == AUTO:
+        raise ConfigError(f"hydra.launcher.pack={'true' if size == 0 else size} needs a grid, whose runs are known in advance: an Optuna "
                           "sweep asks its trials as workers free up; give pack=K, the trials a worker trains "
                           "at once (a larger K asks more trials before any is told)")
     return size
@@ -98,10 +103,11 @@ def pack_key(cfg: Mapping[str, Any]) -> str:
                        "results_dir": str(cfg.get("results_dir"))}, sort_keys=True, default=str)
 
 
-def make_packs(items: Sequence[T], cfg_of: Callable[[T], Mapping[str, Any]], size: int | None,
-               workers: int = 1) -> list[list[T]]:
+def make_packs(items: Sequence[T], cfg_of: Callable[[T], Mapping[str, Any]], size: int | str | None,
+               workers: int = 1, split: Callable[[list[T]], int] | None = None) -> list[list[T]]:
     """`items` as packs (lists of 2 or more, in sweep order) and runs alone (lists of one). `size`:
-    pack_size's value; 0 spreads each compatible group over `workers` packs. Packs of a group are
+    pack_size's value; 0 spreads each compatible group over `workers` packs; AUTO asks `split(group)`
+    how many packs a group makes (its length: each run alone; sweep/pack_auto). Packs of a group are
     balanced (9 runs at most 4 a pack: 3+3+3, not 4+4+1)."""
     if size is None:
         return [[item] for item in items]
@@ -114,12 +120,19 @@ def make_packs(items: Sequence[T], cfg_of: Callable[[T], Mapping[str, Any]], siz
         else:
             units.append([item])
     for group in groups.values():
-        cap = size or math.ceil(len(group) / max(1, workers))
-        n = math.ceil(len(group) / max(1, cap))
-        for i in range(n):
-            units.append(group[i * len(group) // n:(i + 1) * len(group) // n])
+        if size == AUTO:
+            n = split(group) if split is not None and len(group) > 1 else len(group)
+        else:
+            cap = size or math.ceil(len(group) / max(1, workers))
+            n = math.ceil(len(group) / max(1, cap))
+        units += balanced(group, n)
     position = {id(item): i for i, item in enumerate(items)}
     return sorted(units, key=lambda unit: position[id(unit[0])])
+
+
+def balanced(group: Sequence[T], n: int) -> list[list[T]]:
+    """`group` in `n` consecutive parts whose sizes differ by at most one."""
+    return [list(group[i * len(group) // n:(i + 1) * len(group) // n]) for i in range(n)]
 
 
 def unit_job(unit: Sequence[Any]) -> Job:

@@ -5,13 +5,14 @@ some run has one: a CPU-only sweep's table is as before."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..run.cost import Cost
 from ..run.predict import pack_cost
 from ..run.store import store_dir
 from .gpu_usage import GpuUsage, gpu_usage
-from .packs import make_packs, why_alone
+from .pack_auto import AutoSplit
+from .packs import AUTO, make_packs, why_alone
 from .predicted import Where, run_cost, wall_seconds
 from .status import STATES, TO_RUN, RunStatus, duration, run_status, settle
 from .triage import triage
@@ -61,24 +62,31 @@ def settle_rows(rows: list[PlanRow]) -> list[PlanRow]:
     return [r if s is r.status else replace(r, status=s) for r, s in zip(rows, statuses)]
 
 
-def with_packs(rows: list[PlanRow], cfgs: list[Mapping[str, Any]], size: int, workers: int) -> list[PlanRow]:
+def with_packs(rows: list[PlanRow], cfgs: list[Mapping[str, Any]], size: int | str, where: Where
+               ) -> tuple[list[PlanRow], list[str]]:
     """The rows with the pack each run still to run would train in ("pack 1 of 2 (5 runs)"), or why
-    it trains alone, as sweep/packs groups them for a grid started now."""
+    it trains alone, as sweep/packs groups them for a grid started now on `where`'s n_jobs workers;
+    and, with pack=auto, each group's choice in a line (sweep/pack_auto)."""
     waiting = [i for i, r in enumerate(rows) if r.status.state in TO_RUN and not r.error and not r.over_budget]
-    units = make_packs(waiting, lambda i: cfgs[i], size, workers)
+    split = AutoSplit(lambda i: rows[i].cost, lambda i: cfgs[i], where) if size == AUTO else None
+    units = make_packs(waiting, lambda i: cfgs[i], size, where.n_jobs, split)
     packs = [u for u in units if len(u) > 1]
     label = {i: f"pack {n} of {len(packs)} ({len(unit)} runs)" for n, unit in enumerate(packs, 1) for i in unit}
     pack_id = {i: n for n, unit in enumerate(packs, 1) for i in unit}
     for unit in units:
         if len(unit) == 1:
-            label[unit[0]] = f"alone: {why_alone(cfgs[unit[0]]) or 'no other run to pack it with'}"
-    return [replace(r, pack=label.get(i, ""), pack_id=pack_id.get(i)) for i, r in enumerate(rows)]
+            auto = split is not None and unit[0] in split.kept_alone
+            label[unit[0]] = f"alone: {why_alone(cfgs[unit[0]]) or ('pack=auto' if auto else 'no other run to pack it with')}"
+    rows = [replace(r, pack=label.get(i, ""), pack_id=pack_id.get(i)) for i, r in enumerate(rows)]
+    return rows, split.lines if split else []
 
 
-def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None, n_jobs: int = 1) -> str:
+def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None, n_jobs: int = 1,
+                notes: Sequence[str] = ()) -> str:
     """The table and its total line; `store_problems` (results_dir -> why it looks not writable, from
     lorasweep.run.store.writable_problem: looked at, not written) goes at the end of the total line.
-    `n_jobs`: the runs (or packs) the launcher keeps in flight, for the sweep's predicted time."""
+    `n_jobs`: the runs (or packs) the launcher keeps in flight, for the sweep's predicted time;
+    `notes`: lines under the table (pack=auto's choices)."""
     gpus, packs = any(r.gpu.any for r in rows), any(r.pack for r in rows)
     costs = [r.cost for r in rows if r.cost is not None]
     memory = ("peak RSS" if all(c.device == "cpu" for c in costs) else "peak GPU mem") if costs else ""
@@ -98,6 +106,7 @@ def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = Non
     lines += [f"  {r.overrides or '(defaults)'}: {r.unreadable}: it trains again" for r in rows if r.unreadable]
     lines += [f"  {r.overrides or '(defaults)'}: {r.status.detail}" for r in rows if r.status.detail]
     lines += [f"  predicted cost: {basis}" for basis in dict.fromkeys(_basis(c) for c in costs)]
+    lines += [f"  {note}" for note in notes]
     lines.append(total_line(rows) + predicted_total(rows, n_jobs) + "".join(f"; results_dir={d} is not writable: {why}"
                                             for d, why in (store_problems or {}).items()))
     return "\n".join(lines)
