@@ -133,12 +133,12 @@ def test_a_tracked_run_packs():
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "many"])
-def test_pack_must_be_true_false_or_a_whole_number_of_at_least_2(tmp_path, value):
+def test_pack_must_be_true_false_auto_or_a_whole_number_of_at_least_2(tmp_path, value):
     proc = launch([*GRID, f"hydra.launcher.pack={value}"], cwd=tmp_path)
     assert proc.returncode == 2
     assert f"hydra.launcher.pack={value if value == 'many' else value}" in proc.stderr.replace("'", "")
-    assert "true (every compatible run, split between the workers), false (each run alone, the default) " \
-           "or a whole number 2 or more; nothing was trained" in proc.stderr
+    assert "true (every compatible run, split between the workers), auto (packs where they are predicted to pay), " \
+           "false (each run alone, the default) or a whole number 2 or more; nothing was trained" in proc.stderr
     assert not (tmp_path / "results").exists()
 
 
