@@ -52,6 +52,11 @@ environment variable is set, so a process started without them is an ordinary on
                                        a run still held after 10 minutes raises RuntimeError
 
 A call is counted before it fails or trains.
+
+Each hook patches its module when a process first imports it (wrapt's post-import hooks), never at
+startup: a process that trains nothing (a driver's multiprocessing resource tracker, a wrapper, a
+SLURM helper) starts as fast as an ordinary one. Importing transformers and lorasweep's training
+loop in each of them cost about 6 s of CPU a process.
 """
 import os
 from pathlib import Path
@@ -70,46 +75,57 @@ _COUNT = os.environ.get("LORASWEEP_COUNT_TRAININGS")
 _FAIL_ONCE = os.environ.get("LORASWEEP_FAIL_ONCE")
 _SLOW_STOP = float(os.environ.get("LORASWEEP_SLOW_STOP") or 0)
 _OOM = os.environ.get("LORASWEEP_RAISE_OOM")
+_PACK_HOLDS = os.environ.get("LORASWEEP_PACK_HOLDS")
+_KILL_PACK_AT = os.environ.get("LORASWEEP_KILL_PACK_AT")
+_RANK_BATCHES = os.environ.get("LORASWEEP_RANK_BATCHES")
+_FAIL_RANK = os.environ.get("LORASWEEP_FAIL_RANK")
+_KILL_AT = os.environ.get("LORASWEEP_KILL_AT")
+_HOLD = os.environ.get("LORASWEEP_HOLD")
+_SLOW_EXIT = os.environ.get("LORASWEEP_SLOW_EXIT")
+
+if any([_COUNT, _FAIL_ONCE, _SLOW_STOP, _OOM, _PACK_HOLDS, _KILL_PACK_AT, _RANK_BATCHES, _FAIL_RANK, _KILL_AT,
+        _HOLD, _SLOW_EXIT]):
+    try:
+        from wrapt import when_imported
+    except ImportError as missing:  # Python says "Error in sitecustomize" with this, and goes on unhooked
+        raise ImportError("the LORASWEEP_* test hooks need wrapt: bash scripts/setup.sh --dev installs it") from missing
 
 if _COUNT or _FAIL_ONCE or _SLOW_STOP:
-    import transformers
+    @when_imported("transformers.trainer")
+    def _count_trainings(trainer):
+        _train = trainer.Trainer.train
 
-    _train = transformers.Trainer.train
-
-    def _hooked_train(self, *args, **kwargs):
-        line = f"{os.getpid()} {Path(self.args.output_dir).resolve().parent}\n"
-        if _COUNT:
-            with open(_COUNT, "a") as f:  # one short line per write, appended: whole lines even from many processes
-                f.write(line)
-        if _FAIL_ONCE:
+        def _hooked_train(self, *args, **kwargs):
+            line = f"{os.getpid()} {Path(self.args.output_dir).resolve().parent}\n"
+            if _COUNT:
+                with open(_COUNT, "a") as f:  # one short line per write, appended: whole lines even from many processes
+                    f.write(line)
+            if _FAIL_ONCE:
+                try:
+                    os.close(os.open(_FAIL_ONCE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # exactly one process wins
+                except FileExistsError:
+                    pass
+                else:
+                    raise RuntimeError(f"LORASWEEP_FAIL_ONCE: the first training fails ({_FAIL_ONCE})")
             try:
-                os.close(os.open(_FAIL_ONCE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # exactly one process wins
-            except FileExistsError:
-                pass
-            else:
-                raise RuntimeError(f"LORASWEEP_FAIL_ONCE: the first training fails ({_FAIL_ONCE})")
-        try:
-            out = _train(self, *args, **kwargs)
-        except KeyboardInterrupt:
-            if _SLOW_STOP:
-                import time
+                out = _train(self, *args, **kwargs)
+            except KeyboardInterrupt:
+                if _SLOW_STOP:
+                    import time
 
-                time.sleep(_SLOW_STOP)
-            raise
-        if _COUNT:
-            with open(_COUNT + ".finished", "a") as f:
-                f.write(line)
-        return out
+                    time.sleep(_SLOW_STOP)
+                raise
+            if _COUNT:
+                with open(_COUNT + ".finished", "a") as f:
+                    f.write(line)
+            return out
 
-    transformers.Trainer.train = _hooked_train
+        trainer.Trainer.train = _hooked_train
 
 if _COUNT:
-    try:  # patched before lorasweep.run.pack imports train_pack by name (this file runs first)
-        import lorasweep.run.pack_loop as _pack_loop
-    except ImportError:  # a process without lorasweep trains no pack
-        _pack_loop = None
-    if _pack_loop is not None:
-        _train_pack = _pack_loop.train_pack
+    @when_imported("lorasweep.run.pack_loop")  # patched before lorasweep.run.pack imports train_pack by name
+    def _count_packs(pack_loop):
+        _train_pack = pack_loop.train_pack
 
         def _counted_pack(pack, members, *args, **kwargs):
             lines = [f"{os.getpid()} {Path(m.trainer.args.output_dir).resolve().parent}\n" for m in members]
@@ -124,107 +140,97 @@ if _COUNT:
                     f.flush()
             return out
 
-        _pack_loop.train_pack = _counted_pack
+        pack_loop.train_pack = _counted_pack
 
 if _OOM:
-    import torch
-    import transformers
-
     _OOM_NAME, _, _OOM_STEP = _OOM.partition("@")
-    _training_step = transformers.Trainer.training_step
 
-    def _step_or_oom(self, *args, **kwargs):
-        # the Trainer's output_dir is <run folder>/trainer (lorasweep.run.lifecycle)
-        if _OOM_NAME in Path(self.args.output_dir).resolve().parent.name:
-            self._oom_steps = getattr(self, "_oom_steps", 0) + 1
-            if self._oom_steps == int(_OOM_STEP or 1):
-                raise torch.cuda.OutOfMemoryError(
-                    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
-                    "of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: LORASWEEP_RAISE_OOM)")
-        return _training_step(self, *args, **kwargs)
+    @when_imported("transformers.trainer")
+    def _raise_oom(trainer):
+        import torch
 
-    transformers.Trainer.training_step = _step_or_oom
+        _training_step = trainer.Trainer.training_step
 
-_PACK_HOLDS = os.environ.get("LORASWEEP_PACK_HOLDS")
+        def _step_or_oom(self, *args, **kwargs):
+            # the Trainer's output_dir is <run folder>/trainer (lorasweep.run.lifecycle)
+            if _OOM_NAME in Path(self.args.output_dir).resolve().parent.name:
+                self._oom_steps = getattr(self, "_oom_steps", 0) + 1
+                if self._oom_steps == int(_OOM_STEP or 1):
+                    raise torch.cuda.OutOfMemoryError(
+                        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+                        "of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: LORASWEEP_RAISE_OOM)")
+            return _training_step(self, *args, **kwargs)
+
+        trainer.Trainer.training_step = _step_or_oom
 
 if _PACK_HOLDS:
-    from torch.cuda import OutOfMemoryError
+    @when_imported("lorasweep.run.pack")
+    def _pack_holds(pack_module):
+        from torch.cuda import OutOfMemoryError
 
-    import lorasweep.run.pack as _pack
+        def _holding(losses_of):
+            def losses(pack, batch, blocks, live):
+                if len(blocks) > int(_PACK_HOLDS):
+                    raise OutOfMemoryError(
+                        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+                        "of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: LORASWEEP_PACK_HOLDS)")
+                return losses_of(pack, batch, blocks, live)
+            return losses
 
-    def _holding(losses_of):
-        def losses(pack, batch, blocks, live):
-            if len(blocks) > int(_PACK_HOLDS):
-                raise OutOfMemoryError(
-                    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
-                    "of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: LORASWEEP_PACK_HOLDS)")
-            return losses_of(pack, batch, blocks, live)
-        return losses
-
-    _pack.classification_losses = _holding(_pack.classification_losses)
-    _pack.sft_losses = _holding(_pack.sft_losses)
-
-_KILL_PACK_AT = os.environ.get("LORASWEEP_KILL_PACK_AT")
+        pack_module.classification_losses = _holding(pack_module.classification_losses)
+        pack_module.sft_losses = _holding(pack_module.sft_losses)
 
 if _KILL_PACK_AT:
-    import signal
+    @when_imported("lorasweep.run.pack")
+    def _kill_pack_at(pack_module):
+        import signal
 
-    import lorasweep.run.pack as _pack
+        _pack_steps = [0]
 
-    _pack_steps = [0]
+        def _killed_at(losses_of):
+            def losses(pack, batch, blocks, live):
+                _pack_steps[0] += 1
+                if _pack_steps[0] == int(_KILL_PACK_AT):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return losses_of(pack, batch, blocks, live)
+            return losses
 
-    def _killed_at(losses_of):
-        def losses(pack, batch, blocks, live):
-            _pack_steps[0] += 1
-            if _pack_steps[0] == int(_KILL_PACK_AT):
-                os.kill(os.getpid(), signal.SIGKILL)
-            return losses_of(pack, batch, blocks, live)
-        return losses
-
-    _pack.classification_losses = _killed_at(_pack.classification_losses)
-    _pack.sft_losses = _killed_at(_pack.sft_losses)
-
-_RANK_BATCHES = os.environ.get("LORASWEEP_RANK_BATCHES")
-_FAIL_RANK = os.environ.get("LORASWEEP_FAIL_RANK")
+        pack_module.classification_losses = _killed_at(pack_module.classification_losses)
+        pack_module.sft_losses = _killed_at(pack_module.sft_losses)
 
 if _RANK_BATCHES or _FAIL_RANK:
-    import json
+    @when_imported("transformers.trainer")
+    def _rank_steps(trainer):
+        import json
 
-    import transformers
+        _plain_step = trainer.Trainer.training_step
 
-    _plain_step = transformers.Trainer.training_step
+        def _step_seen(self, model, inputs, *args, **kwargs):
+            self._seen_steps = getattr(self, "_seen_steps", 0) + 1
+            rank = int(os.environ.get("RANK") or 0)
+            if _RANK_BATCHES:
+                rows = [int(r.sum()) for r in inputs["input_ids"]]
+                with open(_RANK_BATCHES, "a") as f:  # one short line per write, appended: whole lines
+                    f.write(json.dumps({"rank": rank, "world": int(os.environ.get("WORLD_SIZE") or 1),
+                                        "step": self._seen_steps, "rows": rows}) + "\n")
+            if _FAIL_RANK:
+                where, _, how = _FAIL_RANK.partition(":")
+                fail_rank, _, fail_step = where.partition("@")
+                if rank == int(fail_rank) and self._seen_steps == int(fail_step or 1):
+                    if how == "oom":
+                        import torch
 
-    def _step_seen(self, model, inputs, *args, **kwargs):
-        self._seen_steps = getattr(self, "_seen_steps", 0) + 1
-        rank = int(os.environ.get("RANK") or 0)
-        if _RANK_BATCHES:
-            rows = [int(r.sum()) for r in inputs["input_ids"]]
-            with open(_RANK_BATCHES, "a") as f:  # one short line per write, appended: whole lines
-                f.write(json.dumps({"rank": rank, "world": int(os.environ.get("WORLD_SIZE") or 1),
-                                    "step": self._seen_steps, "rows": rows}) + "\n")
-        if _FAIL_RANK:
-            where, _, how = _FAIL_RANK.partition(":")
-            fail_rank, _, fail_step = where.partition("@")
-            if rank == int(fail_rank) and self._seen_steps == int(fail_step or 1):
-                if how == "oom":
-                    import torch
+                        raise torch.cuda.OutOfMemoryError(
+                            f"CUDA out of memory. Tried to allocate 2.00 GiB. GPU {rank} has a total capacity of "
+                            f"79.19 GiB of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: "
+                            f"LORASWEEP_FAIL_RANK)")
+                    raise RuntimeError(f"LORASWEEP_FAIL_RANK: rank {rank} fails at step {self._seen_steps}")
+            return _plain_step(self, model, inputs, *args, **kwargs)
 
-                    raise torch.cuda.OutOfMemoryError(
-                        f"CUDA out of memory. Tried to allocate 2.00 GiB. GPU {rank} has a total capacity of 79.19 "
-                        f"GiB of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: LORASWEEP_FAIL_RANK)")
-                raise RuntimeError(f"LORASWEEP_FAIL_RANK: rank {rank} fails at step {self._seen_steps}")
-        return _plain_step(self, model, inputs, *args, **kwargs)
-
-    transformers.Trainer.training_step = _step_seen
-
-_KILL_AT = os.environ.get("LORASWEEP_KILL_AT")
+        trainer.Trainer.training_step = _step_seen
 
 if _KILL_AT:
     import signal
-
-    import transformers
-
-    import lorasweep.run.store as _store
 
     _KILLS = dict(spec.rsplit("@", 1) for spec in _KILL_AT.split(","))  # {name: step or "result"}
     _trained_here: set[str] = set()  # folders this process trains: only their trainer dies, not the driver
@@ -234,34 +240,33 @@ if _KILL_AT:
             if name in folder.name and at == when:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    _step_before_kill = transformers.Trainer.training_step
+    @when_imported("transformers.trainer")
+    def _kill_in_step(trainer):
+        _step_before_kill = trainer.Trainer.training_step
 
-    def _step_or_die(self, *args, **kwargs):
-        folder = Path(self.args.output_dir).resolve().parent  # <run folder>/trainer (lorasweep.run.lifecycle)
-        _trained_here.add(folder.name)
-        self._kill_steps = getattr(self, "_kill_steps", 0) + 1
-        _kill_when(folder, str(self._kill_steps))
-        return _step_before_kill(self, *args, **kwargs)
+        def _step_or_die(self, *args, **kwargs):
+            folder = Path(self.args.output_dir).resolve().parent  # <run folder>/trainer (lorasweep.run.lifecycle)
+            _trained_here.add(folder.name)
+            self._kill_steps = getattr(self, "_kill_steps", 0) + 1
+            _kill_when(folder, str(self._kill_steps))
+            return _step_before_kill(self, *args, **kwargs)
 
-    _write_result = _store.write_result
+        trainer.Trainer.training_step = _step_or_die
 
-    def _write_then_die(folder, result):
-        record = _write_result(folder, result)
-        if Path(folder).resolve().name in _trained_here:
-            _kill_when(Path(folder).resolve(), "result")
-        return record
+    @when_imported("lorasweep.run.store")  # patched before any module imports write_result by name
+    def _kill_after_result(store):
+        _write_result = store.write_result
 
-    transformers.Trainer.training_step = _step_or_die
-    _store.write_result = _write_then_die
+        def _write_then_die(folder, result):
+            record = _write_result(folder, result)
+            if Path(folder).resolve().name in _trained_here:
+                _kill_when(Path(folder).resolve(), "result")
+            return record
 
-_HOLD = os.environ.get("LORASWEEP_HOLD")
+        store.write_result = _write_then_die
 
 if _HOLD:
     import time
-
-    import transformers
-
-    import lorasweep.run.pack_loop as _pack_loop
 
     _HOLD_GATE, _, _HOLD_STEP = _HOLD.rpartition("@")
     _HOLD_GATE, _HOLD_STEP = Path(_HOLD_GATE), int(_HOLD_STEP)
@@ -277,37 +282,40 @@ if _HOLD:
                 raise RuntimeError(f"LORASWEEP_HOLD: no {_HOLD_GATE} in 10 minutes")
             time.sleep(0.05)
 
-    _step_unheld = transformers.Trainer.training_step
+    @when_imported("transformers.trainer")
+    def _hold_runs(trainer):
+        _step_unheld = trainer.Trainer.training_step
 
-    def _step_held(self, *args, **kwargs):
-        self._held_steps = getattr(self, "_held_steps", 0) + 1
-        if self._held_steps == _HOLD_STEP:
-            _hold([str(Path(self.args.output_dir).resolve().parent)])
-        return _step_unheld(self, *args, **kwargs)
+        def _step_held(self, *args, **kwargs):
+            self._held_steps = getattr(self, "_held_steps", 0) + 1
+            if self._held_steps == _HOLD_STEP:
+                _hold([str(Path(self.args.output_dir).resolve().parent)])
+            return _step_unheld(self, *args, **kwargs)
 
-    transformers.Trainer.training_step = _step_held
-    _pack_step_unheld = _pack_loop._step
+        trainer.Trainer.training_step = _step_held
 
-    def _pack_step_held(pack, live, step, *args, **kwargs):
-        if step == _HOLD_STEP:
-            _hold([str(Path(m.trainer.args.output_dir).resolve().parent) for m, _ in live])
-        return _pack_step_unheld(pack, live, step, *args, **kwargs)
+    @when_imported("lorasweep.run.pack_loop")
+    def _hold_packs(pack_loop):
+        _pack_step_unheld = pack_loop._step
 
-    _pack_loop._step = _pack_step_held
+        def _pack_step_held(pack, live, step, *args, **kwargs):
+            if step == _HOLD_STEP:
+                _hold([str(Path(m.trainer.args.output_dir).resolve().parent) for m, _ in live])
+            return _pack_step_unheld(pack, live, step, *args, **kwargs)
 
-_SLOW_EXIT = os.environ.get("LORASWEEP_SLOW_EXIT")
+        pack_loop._step = _pack_step_held
 
 if _SLOW_EXIT:
-    import time
+    @when_imported("lorasweep.executors.worker")
+    def _linger(worker):
+        import time
 
-    import lorasweep.executors.worker as _worker
+        _serve = worker.serve
 
-    _serve = _worker.serve
+        def _serve_then_linger(*args, **kwargs):
+            _serve(*args, **kwargs)  # returns when the driver says there is no next run (or is gone)
+            with open(_SLOW_EXIT, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            time.sleep(60)
 
-    def _serve_then_linger(*args, **kwargs):
-        _serve(*args, **kwargs)  # returns when the driver says there is no next run (or is gone)
-        with open(_SLOW_EXIT, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        time.sleep(60)
-
-    _worker.serve = _serve_then_linger
+        worker.serve = _serve_then_linger
