@@ -30,7 +30,7 @@ import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
@@ -78,6 +78,8 @@ class PackedModel:
         self.layouts = Layouts()  # the stacked adapters' layouts (model/pack_products), built once each
         self.took: dict[str, int] = {}  # adapted layers per way their last pack step took (kept up to date)
         self._ways: dict[int, str] = {}  # id(layer) -> that way
+        # train.compile: what a pack's step calls its model through (run/pack_compile.PackCompile); None: eager
+        self.compiled: Callable[..., Any] | None = None
         for module in model.modules():
             if isinstance(module, LoraLinear):
                 module.forward = partial(_lora_forward, module, self)
@@ -129,27 +131,47 @@ class PackedModel:
 
     def way(self, layer: LoraLinear, x: torch.Tensor) -> str:
         """How `layer` applies the current blocks' adapters to `x`: "grouped", "batched" or "loop"
-        (the module's docstring). Recorded in `took` when the blocks tile the batch (a pack's step)."""
-        sizes = self.tile_sizes(len(x))
+        (the module's docstring). Recorded in `took` when the blocks tile the batch (a pack's step),
+        except while torch.compile traces (a write there would be replayed at every call of the
+        graph): a compiled step records its layers' ways before it runs (record_ways)."""
+        way = self._choose(layer, len(x), x.device)
+        if way is not None and not torch.compiler.is_compiling():
+            self._record(layer, way)
+        return way or "loop"
+
+    def record_ways(self, n_rows: int, device: torch.device) -> None:
+        """Record in `took` the way each adapted layer applies the current blocks' adapters to a batch
+        of n_rows (a compiled step's, inside its autocast: the products' dtype follows it)."""
+        for module in self.model.modules():
+            if isinstance(module, LoraLinear):
+                way = self._choose(module, n_rows, device)
+                if way is not None:
+                    self._record(module, way)
+
+    def _choose(self, layer: LoraLinear, n_rows: int, device: torch.device) -> str | None:
+        """way's answer for a batch of n_rows; None where the blocks do not make a pack's step on this
+        layer (a run alone, rows that are not the pack's batch, no adapter of the pack's runs here):
+        peft's forward per block, not recorded."""
+        sizes = self.tile_sizes(n_rows)
         if layer.disable_adapters or sizes is None or len(sizes) < 2:
-            return "loop"  # a run alone (evaluation, generation), or rows that are not the pack's batch
+            return None
         present = [b.adapter for b in self.current() if b.adapter in layer.lora_A]
         if not present:
-            return "loop"  # no adapter of this pack's runs on this layer: the base alone
-        dtype = product_dtype(layer, x.device)
-        asked = auto_product(x.device, dtype) if self.product == "auto" else self.product
+            return None
+        dtype = product_dtype(layer, device)
+        asked = auto_product(device, dtype) if self.product == "auto" else self.product
         if asked == "grouped" and groupable(layer, present, dtype):
-            way = "grouped"
-        elif asked == "batched" and len(set(sizes)) == 1:
-            way = "batched"
-        else:
-            way = "loop"
+            return "grouped"
+        if asked == "batched" and len(set(sizes)) == 1:
+            return "batched"
+        return "loop"
+
+    def _record(self, layer: LoraLinear, way: str) -> None:
         if self._ways.get(id(layer)) != way:
             self._ways[id(layer)] = way
             self.took.clear()
             for w in sorted(set(self._ways.values())):
                 self.took[w] = sum(v == w for v in self._ways.values())
-        return way
 
     def owner(self, parameter: str) -> str | None:
         """The adapter a parameter of the model belongs to (None: the frozen base)."""

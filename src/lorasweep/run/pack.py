@@ -43,6 +43,7 @@ from .lifecycle import (checked_params, close_tracker, cost_record, finished_res
                         new_weight_notes)
 from .loop import LoopOptions, make_trainer
 from .pack_checkpoints import held_steps, resume_groups
+from .pack_compile import PackCompile
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
 from .predict import task_lengths_of
@@ -191,6 +192,9 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, trackin
 
         pack = pack_models(first, others(), loop.pack_product)
         info["product"] = pack.took  # kept up to date by its steps: each run's result says the way they took
+        if loop.compile:
+            pack.compiled = PackCompile(pack)
+            info["compile"] = pack.compiled.record  # kept up to date too: what its steps compiled
         load_s = time.perf_counter() - t_start
         members = [_member(pack, plan, i, folder, reporter, tokenizer)
                    for i, (plan, folder, reporter) in enumerate(zip(plans, folders, reporters))]
