@@ -28,8 +28,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
+from types import MethodType
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -44,6 +44,7 @@ from ..config.checks import PACK_PRODUCTS
 from .pack_products import (Layouts, auto_product, batched_lora, groupable, grouped_lora, peft_dora,
                             product_dtype)
 
+PACK = "lorasweep_pack"  # the attribute of each packed layer that holds its PackedModel
 FIRST = "default"  # peft's name for the adapter a model is built with: the pack's first run
 PRODUCTS = PACK_PRODUCTS  # train.pack_product: how a pack's layers apply the adapters
 
@@ -80,11 +81,16 @@ class PackedModel:
         self._ways: dict[int, str] = {}  # id(layer) -> that way
         # train.compile: what a pack's step calls its model through (run/pack_compile.PackCompile); None: eager
         self.compiled: Callable[..., Any] | None = None
+        # each layer's forward reads this pack from the layer (PACK), as a bound method, not a partial
+        # holding the pack: torch.compile's guards would pin that partial, and a later pack in this
+        # process (the same shapes) would compile anew, up to dynamo's limit of 8 graphs a function
         for module in model.modules():
             if isinstance(module, LoraLinear):
-                module.forward = partial(_lora_forward, module, self)
+                setattr(module, PACK, self)
+                module.forward = MethodType(_lora_forward, module)
             elif isinstance(module, ModulesToSaveWrapper):
-                module.forward = partial(_head_forward, module, self)
+                setattr(module, PACK, self)
+                module.forward = MethodType(_head_forward, module)
             elif isinstance(module, LoraLayer):  # an embedding, a convolution: not packed (yet)
                 raise NotImplementedError(f"a pack cannot hold LoRA on {type(module).__name__} layers")
         for name, p in model.named_parameters():  # peft trains the active adapter only: here, every one
@@ -225,9 +231,10 @@ def _check_loaded(model: PeftModel, name: str, state: dict[str, torch.Tensor]) -
                            f"{sorted(set(loaded) ^ set(state))[:4] or 'values differ'}")
 
 
-def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+def _lora_forward(layer: LoraLinear, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """peft's lora.Linear.forward with one adapter a block of rows: one base GEMM over all rows, then
     the adapters' terms the pack's way (PackedModel.way)."""
+    pack = getattr(layer, PACK)
     result = layer.base_layer(x, *args, **kwargs)
     dtype = result.dtype
     blocks = pack.current()
@@ -251,7 +258,8 @@ def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, 
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)
 
 
-def _head_forward(wrapper: ModulesToSaveWrapper, pack: PackedModel, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+def _head_forward(wrapper: ModulesToSaveWrapper, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """Each run's own copy of a trained module (its classification head) on its rows."""
+    pack = getattr(wrapper, PACK)
     parts = [wrapper.modules_to_save[b.adapter](rows, *args, **kwargs) for b, rows in zip(pack.current(), pack.rows_of(x))]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
