@@ -21,6 +21,9 @@ multiples of 4 in float32, 8 in bf16; `grouped_alignment`), int32 offsets, both 
 dtype (autocast does not cast them: we do). Rows past the last offset are left uninitialised
 (garbage, not zeros): the offsets here always end at the last row given.
 
+Under torch.compile (train.compile=true, run/pack_compile.py) the grouped products go through
+lorasweep's custom op (model/grouped_mm.py: torch 2.13 traces grouped_mm in bf16 only), the same kernel.
+
 DoRA: its low-rank product joins the grouped products; its magnitude and weight norm are peft's
 (DoraLinearLayer), applied to its block as DoraLinearLayer.forward applies them.
 """

@@ -5,8 +5,9 @@
 Each run is what it would be alone (run/lifecycle.py), except that the load and the training are
 shared: it is planned, checked against its budget and the store, claimed, built alone (its own
 seeded initialisation, its exact parameter count), then its adapter joins the pack's model
-(model/adapter_pack.py) and all train together (run/pack_loop.py). Each writes its own result.json,
-with `pack: {id, size, runs}` added, its own PEFT adapter and, with tracking on, its own tracker
+(model/adapter_pack.py) and all train together (run/pack_loop.py; with train.compile=true each step's
+forward compiled, run/pack_compile.py). Each writes its own result.json, with `pack: {id, size, runs,
+product}` added (and `compile` when compiled), its own PEFT adapter and, with tracking on, its own tracker
 run; a run that diverges or is pruned leaves the pack with that result, written as it leaves, while
 the others go on. A pack that fails records each run still in it as failed (with the shared
 traceback), and that error is its outcome (run_pack returns it, not raises it): the runs that left

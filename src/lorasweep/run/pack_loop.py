@@ -7,8 +7,8 @@ schedule (warmup, linear decay over its steps), gradient clipping at max_grad_no
 parameters, its logged loss (the mean over each logging window) and its curve (the task's evaluator
 every eval_steps, at the last step and before the first).
 
-A step stacks the runs' batches (model/adapter_pack: each run on its own rows), runs one forward and one
-backward of the sum of the runs' losses (each its own mean: the gradient of a run's parameters is
+A step stacks the runs' batches (model/adapter_pack: each run on its own rows), runs one forward (through
+torch.compile with train.compile=true: run/pack_compile.py) and one backward of the sum of the runs' losses (each its own mean: the gradient of a run's parameters is
 that of its loss alone), then clips and steps each run's optimizer. The loss is the task's, as the
 run's Trainer computes it alone: cross-entropy over a run's rows for classification; for causal-LM
 SFT (mcq, chat, completion) trl's loss from the LM head on the tokens that carry loss (run/lm_head.py),
