@@ -2,6 +2,7 @@
 time goes (bench/pack.py measures whole sweeps), and each way a pack's layers can apply the adapters.
 
     python bench/pack_step.py [--runs 9] [--repeat 6] [--products loop,grouped,grouped-by-rank,batched]
+    python bench/pack_step.py --products grouped,grouped-compiled     # train.compile=true's step against eager
 
 The embedded default's model (smollm2-4l, wordnet_topics' 26-class head), the design card's cells
 (r=4 qk, r=8 qkvo, r=16 qvkogdu, repeated up to --runs), each built as its run alone builds it
@@ -11,7 +12,9 @@ steps interleaved so that a busy machine slows each alike; prints each product's
 ratio to the loop's, then the ops that take the pack's time (torch's profiler, one step of the first
 product). "grouped-by-rank" is the grouped path without rank padding: a grouped product pair per
 rank, over that rank's blocks gathered out of the batch (written here only, to measure it against
-the padded one that model/pack_products keeps).
+the padded one that model/pack_products keeps). A product named "X-compiled" is X's step with its
+forward through torch.compile as train.compile=true runs it (run/pack_compile.PackCompile); its
+warm-up, which compiles, is timed and printed apart.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,6 +38,7 @@ from lorasweep.model import adapter_pack  # noqa: E402
 from lorasweep.model.adapter_pack import Block, pack_models  # noqa: E402
 from lorasweep.model.pack_products import grouped_alignment, product_dtype  # noqa: E402
 from lorasweep.run.pack import _build_alone  # noqa: E402
+from lorasweep.run.pack_compile import PackCompile  # noqa: E402
 from lorasweep.run.plan import plan_run  # noqa: E402
 
 CELLS = [("4", "qk"), ("8", "qkvo"), ("16", "qvkogdu")]
@@ -99,17 +104,23 @@ def main() -> None:
     blocks = [Block(a, i * BATCH, (i + 1) * BATCH) for i, a in enumerate(pack.adapters)]
     stacked = {"input_ids": ids.repeat(len(cells), 1), "attention_mask": mask.repeat(len(cells), 1)}
     grouped = adapter_pack.grouped_lora
+    compiled = PackCompile(pack)
 
     def packed_step(product: str) -> None:
-        pack.product = "grouped" if product == "grouped-by-rank" else product
-        adapter_pack.grouped_lora = grouped_by_rank if product == "grouped-by-rank" else grouped
+        way = product.removesuffix("-compiled")
+        pack.product = "grouped" if way == "grouped-by-rank" else way
+        adapter_pack.grouped_lora = grouped_by_rank if way == "grouped-by-rank" else grouped
+        forward = partial(compiled, pack.model) if product.endswith("-compiled") else pack.model
         with pack.blocks(blocks):
-            logits = pack.model(**stacked).logits
+            logits = forward(**stacked).logits
         torch.stack([F.cross_entropy(logits[b.rows], labels) for b in blocks]).sum().backward()
 
     times: dict[str, list[float]] = {p: [] for p in products}
     for p in products:
-        packed_step(p)  # warm-up
+        start = time.perf_counter()
+        packed_step(p)  # warm-up (a compiled product compiles here)
+        if p.endswith("-compiled"):
+            print(f"{p}: first step (compiling) {time.perf_counter() - start:.1f} s; {compiled.record}")
     for _ in range(args.repeat):  # interleaved: a busy machine slows every product alike
         for p in products:
             start = time.perf_counter()

@@ -75,6 +75,23 @@ def test_peft_casts_a_lora_layers_input_to_the_adapters_dtype_unless_casting_is_
         assert compat.cast_lora_input(layer, x, torch.float32) is x
 
 
+def test_peft_dora_forward_compiles_whole_with_its_base_weight_made_traceable():
+    """A compiled pack's DoRA layers (run/pack_compile.py): peft's DoRA forward, through
+    dequantize_module_weight, traced in one graph (fullgraph raises at a graph break), as eager computes it."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+                           LoraConfig(target_modules=["0"], r=2, use_dora=True, init_lora_weights=False))
+    x = torch.randn(3, 8)
+    compat.traceable_dora_weight()
+    torch._dynamo.reset()
+    try:
+        assert torch.equal(torch.compile(model, fullgraph=True, backend="eager")(x), model(x))
+    finally:
+        torch._dynamo.reset()
+
+
 def test_peft_moves_transformers_4_expert_names_onto_the_experts():
     """The names compat reads from peft's private table are the ones its conversion rewrites: a qwen3_moe
     target ending in .gate_proj becomes the experts' gate_up_proj parameter; llama keeps its targets."""

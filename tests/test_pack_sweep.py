@@ -85,12 +85,16 @@ def test_runs_that_cannot_be_packed_train_alone_and_the_plan_says_why(tmp_path):
     assert replan.returncode == 0 and "pack" not in replan.stdout.splitlines()[1]
 
 
-def test_a_compiled_run_trains_alone_rather_than_uncompiled_in_a_pack():
+def test_a_compiled_run_packs(tmp_path):
+    """train.compile=true compiles a pack's step (tests/test_pack_compile.py): the plan packs such runs."""
     from lorasweep.sweep.packs import why_alone
 
-    assert why_alone(compose_config(TINY_TOPICS)) is None
-    assert why_alone(compose_config([*TINY_TOPICS, "train.compile=true"])) == \
-        "train.compile=true (a pack's step is not compiled)"
+    assert why_alone(compose_config([*TINY_TOPICS, "train.compile=true"])) is None
+    plan = launch(["-m", "lora.r=2,4", *TINY_TOPICS, "train.compile=true", "hydra.launcher.pack=true",
+                   "hydra/launcher=plan"], cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    rows = [line for line in plan.stdout.splitlines() if line.startswith("lora.r=")]
+    assert len(rows) == 2 and all(row.endswith("pack 1 of 1 (2 runs)") for row in rows), plan.stdout
 
 
 def test_a_run_only_ever_gets_its_own_outcome_from_a_task():

@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 __all__ = ["basic_sweeper", "apply_overrides", "overrides_dirname", "trial_id", "reopen_trial",
-           "job_outcome", "cast_lora_input", "peft_moe_renamed", "sft_train_metrics", "count_sft_tokens"]
+           "job_outcome", "cast_lora_input", "traceable_dora_weight", "peft_moe_renamed", "sft_train_metrics", "count_sft_tokens"]
 
 # Hydra 1.3 -------------------------------------------------------------------------------------
 # Composing a job re-reads every YAML file (~0.1 s). Jobs of a sweep that differ from the first in
@@ -83,6 +83,30 @@ def job_outcome(job: Any) -> tuple[str, Any]:
 def cast_lora_input(layer: Any, x: Any, dtype: Any) -> Any:
     """`x` as peft's LoRA layer casts its input for an adapter whose weights are of `dtype`."""
     return layer._cast_input_dtype(x, dtype)
+
+
+# DoRA's forward gets its base weight through peft's dequantize_module_weight, which tests
+# `type(weight).__module__.startswith("torchao.")`: dynamo (torch 2.13) cannot trace that, so a
+# compiled DoRA layer breaks the graph there (a compiled pack step, run/pack_compile.py: 36 breaks on a
+# 2-layer BERT). torch.compiler.substitute_in_graph gives dynamo a traceable stand-in; eager calls
+# the original. peft has no traceable equivalent.
+
+
+@lru_cache(maxsize=None)  # once a process: dynamo keeps one stand-in a function
+def traceable_dora_weight() -> None:
+    """Let torch.compile trace peft's dequantize_module_weight where the weight is a plain tensor
+    (any other: peft's own code, eagerly, a graph break as before)."""
+    import torch
+    from peft.utils.integrations import dequantize_module_weight
+
+    untraced = torch.compiler.disable(dequantize_module_weight)
+
+    @torch.compiler.substitute_in_graph(dequantize_module_weight)
+    def traceable(module):
+        weight = getattr(module, "weight", None)
+        if not hasattr(module, "W_q") and type(weight) in (torch.nn.Parameter, torch.Tensor):
+            return weight  # what peft returns for a weight that is neither HQQ's nor torchao's
+        return untraced(module)
 
 
 # On transformers 5, peft rewrites a LoraConfig before it builds (utils/transformers_weight_conversion,

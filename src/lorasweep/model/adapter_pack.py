@@ -28,9 +28,9 @@ from __future__ import annotations
 import contextlib
 import shutil
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence
+from types import MethodType
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
@@ -44,6 +44,7 @@ from ..config.checks import PACK_PRODUCTS
 from .pack_products import (Layouts, auto_product, batched_lora, groupable, grouped_lora, peft_dora,
                             product_dtype)
 
+PACK = "lorasweep_pack"  # the attribute of each packed layer that holds its PackedModel
 FIRST = "default"  # peft's name for the adapter a model is built with: the pack's first run
 PRODUCTS = PACK_PRODUCTS  # train.pack_product: how a pack's layers apply the adapters
 
@@ -78,11 +79,18 @@ class PackedModel:
         self.layouts = Layouts()  # the stacked adapters' layouts (model/pack_products), built once each
         self.took: dict[str, int] = {}  # adapted layers per way their last pack step took (kept up to date)
         self._ways: dict[int, str] = {}  # id(layer) -> that way
+        # train.compile: what a pack's step calls its model through (run/pack_compile.PackCompile); None: eager
+        self.compiled: Callable[..., Any] | None = None
+        # each layer's forward reads this pack from the layer (PACK), as a bound method, not a partial
+        # holding the pack: torch.compile's guards would pin that partial, and a later pack in this
+        # process (the same shapes) would compile anew, up to dynamo's limit of 8 graphs a function
         for module in model.modules():
             if isinstance(module, LoraLinear):
-                module.forward = partial(_lora_forward, module, self)
+                setattr(module, PACK, self)
+                module.forward = MethodType(_lora_forward, module)
             elif isinstance(module, ModulesToSaveWrapper):
-                module.forward = partial(_head_forward, module, self)
+                setattr(module, PACK, self)
+                module.forward = MethodType(_head_forward, module)
             elif isinstance(module, LoraLayer):  # an embedding, a convolution: not packed (yet)
                 raise NotImplementedError(f"a pack cannot hold LoRA on {type(module).__name__} layers")
         for name, p in model.named_parameters():  # peft trains the active adapter only: here, every one
@@ -129,27 +137,47 @@ class PackedModel:
 
     def way(self, layer: LoraLinear, x: torch.Tensor) -> str:
         """How `layer` applies the current blocks' adapters to `x`: "grouped", "batched" or "loop"
-        (the module's docstring). Recorded in `took` when the blocks tile the batch (a pack's step)."""
-        sizes = self.tile_sizes(len(x))
+        (the module's docstring). Recorded in `took` when the blocks tile the batch (a pack's step),
+        except while torch.compile traces (a write there would be replayed at every call of the
+        graph): a compiled step records its layers' ways before it runs (record_ways)."""
+        way = self._choose(layer, len(x), x.device)
+        if way is not None and not torch.compiler.is_compiling():
+            self._record(layer, way)
+        return way or "loop"
+
+    def record_ways(self, n_rows: int, device: torch.device) -> None:
+        """Record in `took` the way each adapted layer applies the current blocks' adapters to a batch
+        of n_rows (a compiled step's, inside its autocast: the products' dtype follows it)."""
+        for module in self.model.modules():
+            if isinstance(module, LoraLinear):
+                way = self._choose(module, n_rows, device)
+                if way is not None:
+                    self._record(module, way)
+
+    def _choose(self, layer: LoraLinear, n_rows: int, device: torch.device) -> str | None:
+        """way's answer for a batch of n_rows; None where the blocks do not make a pack's step on this
+        layer (a run alone, rows that are not the pack's batch, no adapter of the pack's runs here):
+        peft's forward per block, not recorded."""
+        sizes = self.tile_sizes(n_rows)
         if layer.disable_adapters or sizes is None or len(sizes) < 2:
-            return "loop"  # a run alone (evaluation, generation), or rows that are not the pack's batch
+            return None
         present = [b.adapter for b in self.current() if b.adapter in layer.lora_A]
         if not present:
-            return "loop"  # no adapter of this pack's runs on this layer: the base alone
-        dtype = product_dtype(layer, x.device)
-        asked = auto_product(x.device, dtype) if self.product == "auto" else self.product
+            return None
+        dtype = product_dtype(layer, device)
+        asked = auto_product(device, dtype) if self.product == "auto" else self.product
         if asked == "grouped" and groupable(layer, present, dtype):
-            way = "grouped"
-        elif asked == "batched" and len(set(sizes)) == 1:
-            way = "batched"
-        else:
-            way = "loop"
+            return "grouped"
+        if asked == "batched" and len(set(sizes)) == 1:
+            return "batched"
+        return "loop"
+
+    def _record(self, layer: LoraLinear, way: str) -> None:
         if self._ways.get(id(layer)) != way:
             self._ways[id(layer)] = way
             self.took.clear()
             for w in sorted(set(self._ways.values())):
                 self.took[w] = sum(v == w for v in self._ways.values())
-        return way
 
     def owner(self, parameter: str) -> str | None:
         """The adapter a parameter of the model belongs to (None: the frozen base)."""
@@ -203,9 +231,10 @@ def _check_loaded(model: PeftModel, name: str, state: dict[str, torch.Tensor]) -
                            f"{sorted(set(loaded) ^ set(state))[:4] or 'values differ'}")
 
 
-def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+def _lora_forward(layer: LoraLinear, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """peft's lora.Linear.forward with one adapter a block of rows: one base GEMM over all rows, then
     the adapters' terms the pack's way (PackedModel.way)."""
+    pack = getattr(layer, PACK)
     result = layer.base_layer(x, *args, **kwargs)
     dtype = result.dtype
     blocks = pack.current()
@@ -229,7 +258,8 @@ def _lora_forward(layer: LoraLinear, pack: PackedModel, x: torch.Tensor, *args, 
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)
 
 
-def _head_forward(wrapper: ModulesToSaveWrapper, pack: PackedModel, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+def _head_forward(wrapper: ModulesToSaveWrapper, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """Each run's own copy of a trained module (its classification head) on its rows."""
+    pack = getattr(wrapper, PACK)
     parts = [wrapper.modules_to_save[b.adapter](rows, *args, **kwargs) for b, rows in zip(pack.current(), pack.rows_of(x))]
     return parts[0] if len(parts) == 1 else torch.cat(parts)

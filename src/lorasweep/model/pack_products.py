@@ -21,6 +21,9 @@ multiples of 4 in float32, 8 in bf16; `grouped_alignment`), int32 offsets, both 
 dtype (autocast does not cast them: we do). Rows past the last offset are left uninitialised
 (garbage, not zeros): the offsets here always end at the last row given.
 
+Under torch.compile (train.compile=true, run/pack_compile.py) the grouped products go through
+lorasweep's custom op (model/grouped_mm.py: torch 2.13 traces grouped_mm in bf16 only), the same kernel.
+
 DoRA: its low-rank product joins the grouped products; its magnitude and weight norm are peft's
 (DoraLinearLayer), applied to its block as DoraLinearLayer.forward applies them.
 """
@@ -37,6 +40,7 @@ from peft.utils.other import transpose
 from torch import nn
 
 from ..compat import cast_lora_input
+from .grouped_mm import grouped_mm
 
 
 CPU_AUTO = "grouped"
@@ -45,8 +49,10 @@ CPU_AUTO = "grouped"
 @dataclass(frozen=True)
 class Layout:
     """How one layer's adapters stack for a batch: block i's adapter's rank rows at i * width of the
-    stack (`index`), each row's scaling (`scale`: 0 for a block of another adapter), the group ends
-    (`offsets`, int32, in rows of the flattened input) and the stacked rank `width`."""
+    stack (`index`), each batch row's scaling (`scale`: 0 for a block of another adapter), the group
+    ends (`offsets`, int32, in batch rows: times the tokens a row, in rows of the flattened input) and
+    the stacked rank `width`. Per batch row, not per token: a compiled step (train.compile) takes
+    any sequence length with one graph."""
 
     index: torch.Tensor
     scale: torch.Tensor
@@ -55,24 +61,30 @@ class Layout:
 
 
 class Layouts:
-    """Layouts built once per (ranks, scalings, block sizes, tokens a row, device, alignment): a
-    pack's steps repeat a few."""
+    """Layouts built once per (ranks, scalings, block sizes, device, alignment): a pack's steps
+    repeat a few. While torch.compile traces, built in the graph instead (constants there): a cache
+    read would guard on the cache's contents and recompile the step once it is filled."""
 
     def __init__(self) -> None:
         self._built: dict[tuple, Layout] = {}
 
-    def get(self, ranks: list[int], scales: list[float], sizes: list[int], tokens: int,
-            device: torch.device, align: int = 1) -> Layout:
-        key = (tuple(ranks), tuple(scales), tuple(sizes), tokens, device, align)
+    def get(self, ranks: list[int], scales: list[float], sizes: list[int], device: torch.device,
+            align: int = 1) -> Layout:
+        key = (tuple(ranks), tuple(scales), tuple(sizes), device, align)
+        if torch.compiler.is_compiling():
+            return _layout(*key)
         if key not in self._built:
-            width = -(-max(ranks) // align) * align
-            index = [i * width + j for i, r in enumerate(ranks) for j in range(r)]
-            rows = [n * tokens for n in sizes]
-            self._built[key] = Layout(
-                torch.tensor(index, device=device),
-                torch.tensor(scales, dtype=torch.float32).repeat_interleave(torch.tensor(rows)).to(device),
-                torch.tensor(rows, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device), width)
+            self._built[key] = _layout(*key)
         return self._built[key]
+
+
+def _layout(ranks: tuple[int, ...], scales: tuple[float, ...], sizes: tuple[int, ...], device: torch.device,
+            align: int) -> Layout:
+    width = -(-max(ranks) // align) * align
+    index = [i * width + j for i, r in enumerate(ranks) for j in range(r)]
+    return Layout(torch.tensor(index, device=device),
+                  torch.tensor([s for s, n in zip(scales, sizes) for _ in range(n)], dtype=torch.float32, device=device),
+                  torch.tensor(sizes, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device), width)
 
 
 def product_dtype(layer: LoraLinear, device: torch.device) -> torch.dtype:
@@ -124,7 +136,8 @@ def grouped_lora(layer: LoraLinear, adapters: list[str], sizes: list[int], x: to
     a_weights = [layer.lora_A[n].weight for n in live]  # each (rank, in)
     layout = layouts.get([layer.lora_A[n].weight.shape[0] if n in layer.lora_A else 0 for n in names],
                          [layer.scaling[n] if n in layer.lora_A else 0.0 for n in names], span,
-                         x[0].numel() // x.shape[-1], x.device, grouped_alignment(dtype))
+                         x.device, grouped_alignment(dtype))
+    offsets = layout.offsets * (x[0].numel() // x.shape[-1])  # in rows of `flat`: a block's rows' tokens
     dropped = _dropped(layer, names, span, cast_lora_input(layer, x[start:stop], a_weights[0].dtype))
     k = len(names)
     # (k * width, in) and (k * width, out): block i's adapter's rank rows at i * width, the rest zeros
@@ -132,13 +145,13 @@ def grouped_lora(layer: LoraLinear, adapters: list[str], sizes: list[int], x: to
     b_rows = torch.cat([layer.lora_B[n].weight.t() for n in live])
     b = b_rows.new_zeros(k * layout.width, layer.out_features).index_copy(0, layout.index, b_rows)
     flat = dropped.reshape(-1, layer.in_features).to(dtype)  # a block's rows: its rows' tokens, in order
-    low = F.grouped_mm(flat, a.to(dtype).view(k, layout.width, -1).transpose(1, 2), offs=layout.offsets)
-    out = F.grouped_mm(low, b.to(dtype).view(k, layout.width, -1), offs=layout.offsets)
+    low = grouped_mm(flat, a.to(dtype).view(k, layout.width, -1).transpose(1, 2), offsets)
+    out = grouped_mm(low, b.to(dtype).view(k, layout.width, -1), offsets).view(*dropped.shape[:-1], -1)
     part = result[start:stop]
     if any(n in layer.lora_variant for n in live):
-        part = _with_dora(layer, names, span, dropped, part, out.view(*dropped.shape[:-1], -1))
+        part = _with_dora(layer, names, span, dropped, part, out)
     else:  # as the loop's `* scaling`: float32 math, rounded to the product's dtype
-        part = part + (out * layout.scale.unsqueeze(1)).to(out.dtype).view(*dropped.shape[:-1], -1)
+        part = part + (out * layout.scale.view(-1, *[1] * (out.dim() - 1))).to(out.dtype)
     if start == 0 and stop == len(x):
         return part
     return torch.cat([result[:start], part, result[stop:]])
@@ -198,7 +211,7 @@ def batched_lora(layer: LoraLinear, adapters: list[str], n_rows: int, x: torch.T
     if any(names):
         present = [n for n in names if n]
         layout = layouts.get([layer.lora_A[n].weight.shape[0] if n else 0 for n in names],
-                             [layer.scaling[n] if n else 0.0 for n in names], [1] * k, 1, x.device)
+                             [layer.scaling[n] if n else 0.0 for n in names], [1] * k, x.device)
         a_weights = [layer.lora_A[n].weight for n in present]
         dropped = _dropped(layer, [n or "" for n in names], sizes, cast_lora_input(layer, x, a_weights[0].dtype))
         a = a_weights[0].new_zeros(k * layout.width, dropped.shape[-1]).index_copy(0, layout.index, torch.cat(a_weights))

@@ -5,8 +5,9 @@
 Each run is what it would be alone (run/lifecycle.py), except that the load and the training are
 shared: it is planned, checked against its budget and the store, claimed, built alone (its own
 seeded initialisation, its exact parameter count), then its adapter joins the pack's model
-(model/adapter_pack.py) and all train together (run/pack_loop.py). Each writes its own result.json,
-with `pack: {id, size, runs}` added, its own PEFT adapter and, with tracking on, its own tracker
+(model/adapter_pack.py) and all train together (run/pack_loop.py; with train.compile=true each step's
+forward compiled, run/pack_compile.py). Each writes its own result.json, with `pack: {id, size, runs,
+product}` added (and `compile` when compiled), its own PEFT adapter and, with tracking on, its own tracker
 run; a run that diverges or is pruned leaves the pack with that result, written as it leaves, while
 the others go on. A pack that fails records each run still in it as failed (with the shared
 traceback), and that error is its outcome (run_pack returns it, not raises it): the runs that left
@@ -43,6 +44,7 @@ from .lifecycle import (checked_params, close_tracker, cost_record, finished_res
                         new_weight_notes)
 from .loop import LoopOptions, make_trainer
 from .pack_checkpoints import held_steps, resume_groups
+from .pack_compile import PackCompile
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
 from .predict import task_lengths_of
@@ -191,6 +193,9 @@ def _train_pack(plans: list[Plan], folders: list[Path], reporters: list, trackin
 
         pack = pack_models(first, others(), loop.pack_product)
         info["product"] = pack.took  # kept up to date by its steps: each run's result says the way they took
+        if loop.compile:
+            pack.compiled = PackCompile(pack)
+            info["compile"] = pack.compiled.record  # kept up to date too: what its steps compiled
         load_s = time.perf_counter() - t_start
         members = [_member(pack, plan, i, folder, reporter, tokenizer)
                    for i, (plan, folder, reporter) in enumerate(zip(plans, folders, reporters))]

@@ -7,8 +7,8 @@ schedule (warmup, linear decay over its steps), gradient clipping at max_grad_no
 parameters, its logged loss (the mean over each logging window) and its curve (the task's evaluator
 every eval_steps, at the last step and before the first).
 
-A step stacks the runs' batches (model/adapter_pack: each run on its own rows), runs one forward and one
-backward of the sum of the runs' losses (each its own mean: the gradient of a run's parameters is
+A step stacks the runs' batches (model/adapter_pack: each run on its own rows), runs one forward (through
+torch.compile with train.compile=true: run/pack_compile.py) and one backward of the sum of the runs' losses (each its own mean: the gradient of a run's parameters is
 that of its loss alone), then clips and steps each run's optimizer. The loss is the task's, as the
 run's Trainer computes it alone: cross-entropy over a run's rows for classification; for causal-LM
 SFT (mcq, chat, completion) trl's loss from the LM head on the tokens that carry loss (run/lm_head.py),
@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
@@ -245,7 +246,7 @@ def classification_losses(pack: PackedModel, batch: dict, blocks: list[Block], l
     """Each run's own mean loss, as the model computes it alone (cross-entropy over its rows)."""
     labels = batch.pop("labels")
     with pack.blocks(blocks):
-        logits = pack.model(**batch).logits
+        logits = _stepping(pack, pack.model)(**batch).logits
     return [F.cross_entropy(logits[b.rows].view(-1, logits.shape[-1]).float(), labels[b.rows].view(-1))
             for b in blocks]
 
@@ -258,13 +259,19 @@ def sft_losses(pack: PackedModel, batch: dict, blocks: list[Block], live) -> lis
 
     labels = batch.pop("labels")
     with pack.blocks(blocks):
-        hidden = lm_head.decoder_states(pack.model, batch)
+        body = lm_head.backbone(pack.model)
+        hidden = lm_head.decoder_states(pack.model, batch, body=_stepping(pack, body))
     sizes = [b.stop - b.start for b in blocks]
     losses = []
     for (m, own), states, rows in zip(live, hidden.split(sizes), labels.split(sizes)):
         _, n_items = m.trainer.get_batch_samples(iter([own]), 1, hidden.device)
         losses.append(lm_head.head_loss(pack.model, states, rows, n_items).loss)
     return losses
+
+
+def _stepping(pack: PackedModel, module: torch.nn.Module) -> Callable:
+    """`module` as a pack's training step calls it: compiled where the pack is (train.compile)."""
+    return module if pack.compiled is None else partial(pack.compiled, module)
 
 
 def _log_and_evaluate(pack, members: list[Member], evaluate: PackEvaluator, state, args, start: float,

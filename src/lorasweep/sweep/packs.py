@@ -89,8 +89,6 @@ def why_alone(cfg: Mapping[str, Any]) -> str | None:
             return f"model={spec.model.name} trains completion as seq2seq (packs hold classification and causal-LM runs)"
     if parameter_letters(spec.model.family, spec.lora.proj, spec.model.projections):
         return "it adapts MoE experts (peft's parameter adapters; a pack holds linear layers)"
-    if (cfg.get("train") or {}).get("compile") is True:
-        return "train.compile=true (a pack's step is not compiled)"
     return None
 
 
