@@ -130,6 +130,16 @@ def test_runs_that_differ_only_in_epochs_pack_when_max_steps_is_set():
     assert make_packs([1, 3], cfgs.get, 0) == [[1], [3]]
 
 
+def test_runs_that_differ_in_train_compile_go_to_different_packs():
+    """The same run either way (compile is outside the run key), but a pack compiles its step or not as a
+    whole: mixed, whether the compiled run compiled would hang on which run came first."""
+    from lorasweep.sweep.packs import make_packs
+
+    cfgs = {i: compose_config([*TINY_TOPICS, f"lora.r={r}", f"train.compile={c}"])
+            for i, (r, c) in enumerate([(2, "true"), (4, "false"), (8, "true"), (16, "false")])}
+    assert make_packs(list(cfgs), cfgs.get, 0) == [[0, 2], [1, 3]]
+
+
 def test_a_tracked_run_packs():
     from lorasweep.sweep.packs import why_alone
 

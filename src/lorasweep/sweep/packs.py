@@ -97,7 +97,9 @@ def pack_key(cfg: Mapping[str, Any]) -> str:
     d = from_config(cfg).defining()
     # the Trainer ignores epochs when max_steps is set: runs that differ only there step alike
     shared = {k: d["train"][k] for k in SHARED_TRAIN if not (k == "epochs" and d["train"]["max_steps"] > 0)}
-    return json.dumps({"model": d["model"], "task": d["task"], "train": shared,
+    # train.compile is outside the run key (the same run), but a pack compiles its step or not as a whole
+    compiled = bool((cfg.get("train") or {}).get("compile", False))
+    return json.dumps({"model": d["model"], "task": d["task"], "train": shared, "compile": compiled,
                        "results_dir": str(cfg.get("results_dir"))}, sort_keys=True, default=str)
 
 
