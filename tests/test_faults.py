@@ -844,6 +844,24 @@ def test_a_worker_dying_under_its_run_is_not_reported_with_an_earlier_sweep_s_re
     assert result["status"] == "failed" and result["reason"].startswith("worker killed by signal 9 (SIGKILL)")
 
 
+def test_the_traceback_after_a_sweep_is_a_run_s_that_raised_not_one_said_in_full(tmp_path, monkeypatch):
+    """Run 1's worker is killed (a failure said in full in its line: no traceback to show), run 2 raises
+    an exception of its own: Hydra shows the first failed return's exception after the sweep, which was
+    run 1's WorkerDiedError, with its own traceback, and not the one that explains run 2."""
+    store = tmp_path / "results"
+    folders = {r: folder_of([*TINY_ANY_STEPS, "train.max_steps=2", f"lora.r={r}"], store) for r in (2, 4)}
+    with_hooks(monkeypatch, LORASWEEP_KILL_AT=f"{folders[2].name}@1", LORASWEEP_FAIL_AT=f"{folders[4].name}@1")
+    proc = launch(["-m", "lora.r=2,4", *TINY_ANY_STEPS, "train.max_steps=2", "hydra.launcher.n_jobs=1",
+                   f"results_dir={store}"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "sweep: 2 runs: 2 failed; best: " in proc.stderr, proc.stderr[-3000:]
+    assert re.search(r"^run 1/2 lora\.r=2: FAILED after \d+s: worker killed by signal 9 \(SIGKILL\)", proc.stderr,
+                     re.M), proc.stderr[-3000:]
+    after = proc.stderr[proc.stderr.index("Traceback"):]
+    assert f"RuntimeError: LORASWEEP_FAIL_AT: {folders[4].name} fails at step 1" in after, after[-3000:]
+    assert "WorkerDiedError" not in after, after[-3000:]
+
+
 SERVE = """
 import multiprocessing, os, signal, sys
 from lorasweep.executors import worker

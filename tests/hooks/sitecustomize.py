@@ -39,6 +39,9 @@ environment variable is set, so a process started without them is an ordinary on
                                        <when> "result", right after it wrote that run's result.json
                                        (a failed one, say: a worker that dies just after its run
                                        recorded its failure)
+    LORASWEEP_FAIL_AT=<name>@<step>    the run whose folder's name contains <name> raises RuntimeError at
+                                       its <step>th training step (1-based): a run that fails with an
+                                       exception of its own, at a known point of a sweep
     LORASWEEP_FAKE_GPUS=<n>            this machine has <n> GPUs, as local workers are placed
                                        (fake_gpus.py; tests/conftest.py sets 0 for every test)
     LORASWEEP_SLOW_EXIT=<file>         a local worker told to end (after the sweep's last run) appends
@@ -80,11 +83,12 @@ _KILL_PACK_AT = os.environ.get("LORASWEEP_KILL_PACK_AT")
 _RANK_BATCHES = os.environ.get("LORASWEEP_RANK_BATCHES")
 _FAIL_RANK = os.environ.get("LORASWEEP_FAIL_RANK")
 _KILL_AT = os.environ.get("LORASWEEP_KILL_AT")
+_FAIL_AT = os.environ.get("LORASWEEP_FAIL_AT")
 _HOLD = os.environ.get("LORASWEEP_HOLD")
 _SLOW_EXIT = os.environ.get("LORASWEEP_SLOW_EXIT")
 
 if any([_COUNT, _FAIL_ONCE, _SLOW_STOP, _OOM, _PACK_HOLDS, _KILL_PACK_AT, _RANK_BATCHES, _FAIL_RANK, _KILL_AT,
-        _HOLD, _SLOW_EXIT]):
+        _FAIL_AT, _HOLD, _SLOW_EXIT]):
     try:
         from wrapt import when_imported
     except ImportError as missing:  # Python says "Error in sitecustomize" with this, and goes on unhooked
@@ -264,6 +268,22 @@ if _KILL_AT:
             return record
 
         store.write_result = _write_then_die
+
+if _FAIL_AT:
+    _FAIL_NAME, _, _FAIL_STEP = _FAIL_AT.rpartition("@")
+
+    @when_imported("transformers.trainer")
+    def _fail_in_step(trainer):
+        _step_before_failing = trainer.Trainer.training_step
+
+        def _step_or_fail(self, *args, **kwargs):
+            self._fail_steps = getattr(self, "_fail_steps", 0) + 1
+            folder = Path(self.args.output_dir).resolve().parent  # <run folder>/trainer (lorasweep.run.lifecycle)
+            if _FAIL_NAME in folder.name and self._fail_steps == int(_FAIL_STEP):
+                raise RuntimeError(f"LORASWEEP_FAIL_AT: {folder.name} fails at step {self._fail_steps}")
+            return _step_before_failing(self, *args, **kwargs)
+
+        trainer.Trainer.training_step = _step_or_fail
 
 if _HOLD:
     import time

@@ -99,9 +99,12 @@ class SweepTally:
             if self.best is None or sign * value > sign * self.best[0]:
                 self.best = (value, job.label, result)
         say(line)
+        # Hydra raises the first FAILED return's exception after the sweep: only a run's own exception,
+        # never one said in full in its line above (it would hide the traceback that explains another run)
+        raises = error is not None and not isinstance(error, SAID_IN_FULL)
         self.returns[job.index] = JobReturn(overrides=list(job.overrides), cfg=job.node, task_name="lorasweep",
-                                            status=JobStatus.FAILED if error else JobStatus.COMPLETED,
-                                            _return_value=error if error else value)
+                                            status=JobStatus.FAILED if raises else JobStatus.COMPLETED,
+                                            _return_value=error if raises else value)
 
     @property
     def finished(self) -> int:
