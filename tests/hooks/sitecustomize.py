@@ -326,16 +326,22 @@ if _HOLD:
         pack_loop._step = _pack_step_held
 
 if _SLOW_EXIT:
+    import time
+
+    _serve = None  # lorasweep's own serve, once its module is imported
+
+    def _serve_then_linger(*args, **kwargs):
+        # At this module's top level: a worker's target is pickled by name, and a nested function has
+        # none. A spawned worker finds it here before anything imported lorasweep's worker module: the
+        # import runs the hook below, which keeps the real serve.
+        import lorasweep.executors.worker  # noqa: F401
+        _serve(*args, **kwargs)  # returns when the driver says there is no next run (or is gone)
+        with open(_SLOW_EXIT, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(60)
+
     @when_imported("lorasweep.executors.worker")
     def _linger(worker):
-        import time
-
+        global _serve
         _serve = worker.serve
-
-        def _serve_then_linger(*args, **kwargs):
-            _serve(*args, **kwargs)  # returns when the driver says there is no next run (or is gone)
-            with open(_SLOW_EXIT, "a") as f:
-                f.write(f"{os.getpid()}\n")
-            time.sleep(60)
-
         worker.serve = _serve_then_linger
