@@ -146,26 +146,38 @@ if _COUNT:
 
         pack_loop.train_pack = _counted_pack
 
-if _OOM:
-    _OOM_NAME, _, _OOM_STEP = _OOM.partition("@")
+
+def _raise_at_step(spec: str, error) -> None:
+    """Once transformers' Trainer is imported: the run whose folder's name contains <name> (spec
+    "<name>@<step>"; "@<step>" left out: 1) raises error(run folder, step) at its <step>th training step."""
+    name, _, step = spec.partition("@")
+    counted = f"_steps_before_{id(error)}"  # on each Trainer: its run's training steps, for this hook alone
 
     @when_imported("transformers.trainer")
-    def _raise_oom(trainer):
-        import torch
-
+    def _patch(trainer):
         _training_step = trainer.Trainer.training_step
 
-        def _step_or_oom(self, *args, **kwargs):
-            # the Trainer's output_dir is <run folder>/trainer (lorasweep.run.lifecycle)
-            if _OOM_NAME in Path(self.args.output_dir).resolve().parent.name:
-                self._oom_steps = getattr(self, "_oom_steps", 0) + 1
-                if self._oom_steps == int(_OOM_STEP or 1):
-                    raise torch.cuda.OutOfMemoryError(
-                        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
-                        "of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: LORASWEEP_RAISE_OOM)")
+        def _step_or_raise(self, *args, **kwargs):
+            folder = Path(self.args.output_dir).resolve().parent  # <run folder>/trainer (lorasweep.run.lifecycle)
+            if name in folder.name:
+                setattr(self, counted, getattr(self, counted, 0) + 1)
+                if getattr(self, counted) == int(step or 1):
+                    raise error(folder, getattr(self, counted))
             return _training_step(self, *args, **kwargs)
 
-        trainer.Trainer.training_step = _step_or_oom
+        trainer.Trainer.training_step = _step_or_raise
+
+
+def _out_of_memory(folder: Path, step: int) -> BaseException:
+    import torch
+
+    return torch.cuda.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+        "of which 1.06 GiB is free. (raised by tests/hooks/sitecustomize.py: LORASWEEP_RAISE_OOM)")
+
+
+if _OOM:
+    _raise_at_step(_OOM, _out_of_memory)
 
 if _PACK_HOLDS:
     @when_imported("lorasweep.run.pack")
@@ -270,20 +282,7 @@ if _KILL_AT:
         store.write_result = _write_then_die
 
 if _FAIL_AT:
-    _FAIL_NAME, _, _FAIL_STEP = _FAIL_AT.rpartition("@")
-
-    @when_imported("transformers.trainer")
-    def _fail_in_step(trainer):
-        _step_before_failing = trainer.Trainer.training_step
-
-        def _step_or_fail(self, *args, **kwargs):
-            self._fail_steps = getattr(self, "_fail_steps", 0) + 1
-            folder = Path(self.args.output_dir).resolve().parent  # <run folder>/trainer (lorasweep.run.lifecycle)
-            if _FAIL_NAME in folder.name and self._fail_steps == int(_FAIL_STEP):
-                raise RuntimeError(f"LORASWEEP_FAIL_AT: {folder.name} fails at step {self._fail_steps}")
-            return _step_before_failing(self, *args, **kwargs)
-
-        trainer.Trainer.training_step = _step_or_fail
+    _raise_at_step(_FAIL_AT, lambda folder, step: RuntimeError(f"LORASWEEP_FAIL_AT: {folder.name} fails at step {step}"))
 
 if _HOLD:
     import time
