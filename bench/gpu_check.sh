@@ -18,6 +18,8 @@
 #                                                                          -> $OUT/predict.txt
 #   spread   bench/bf16_spread.py: how far bf16 moves the tier's runs from float32 on this GPU, the
 #            figure its bounds are derived from                            -> $OUT/spread.json
+#   pack_compile  bench/pack_gpu.py: the 8-run pack with train.compile=true (grouped products) against
+#            the eager grouped pack, and its first step's compile time     -> summary; logs.tgz
 # and, opt-in (measured before: bench/RESULTS.md §11):
 #   compile_fp32  bench/gpu.py compiled LoRA, fp32 adapters under autocast at 32k tokens
 #   adapters bench/gpu.py eager LoRA, kept-rows loss, bf16 vs fp32 adapters at 32k tokens
@@ -26,7 +28,7 @@
 #   sweep    a 4-run sweep with runs_per_gpu=2: each result's GPU and peak GPU memory
 #   qlora    lora vs qlora vs qlora8 runs of a random-weight Qwen3-0.6B (bench/gpu_model.py), and a
 #            lora run with model.dtype=bfloat16: each result's memory record and loss curve
-# PARTS="pack tier mfu predict spread compile_fp32 adapters liger gpu sweep qlora" picks some, run in that order.
+# PARTS="pack tier mfu predict spread pack_compile compile_fp32 adapters liger gpu sweep qlora" picks some, run in that order.
 # --cpu-dry: every part of PARTS at smoke size on this machine's CPU with $PYTHON (tiny models, a step
 # or two; the tier skips, saying why), into $OUT (default /tmp/gpu_check_dry): the same steps, limits,
 # summary and files, so that the script is tested before a GPU call spends its minutes.
@@ -41,7 +43,7 @@ else
 fi
 LOG=${LOG:-/tmp/gpu_check_logs}  # the logs and results stores, packed into $OUT/logs.tgz at the end
 BUDGET_S=${BUDGET_S:-450}  # every part ends by then (each step's limit is cut to fit): with the install and the packing, 8 minutes
-PARTS=${PARTS:-"pack tier mfu predict spread"}
+PARTS=${PARTS:-"pack tier mfu predict spread pack_compile"}
 rm -rf "$LOG"; mkdir -p "$OUT" "$LOG"
 cd "$(dirname "$0")/.."
 if [ "$DRY" = 0 ] && [ -d .whl ]; then
@@ -111,6 +113,11 @@ fi
 if part spread; then
     step spread 120 $PY bench/bf16_spread.py $(size "" "--parts golden --first 1") --json "$OUT/spread.json"
     grep -sE "^(bf16|largest)" "$LOG/spread.txt" >> "$SUMMARY"
+fi
+if part pack_compile; then
+    step pack_compile 150 $PY bench/pack_gpu.py $(size "--steps 20 --batch 4 --seq 512" "--tiny --steps 1 --batch 1 --seq 8") \
+        --products grouped-compiled,grouped --no-sequential --no-processes --json "$LOG/pack_compile.json"
+    grep -sE "^(packed|grouped-compiled|tiny|Qwen3)" "$LOG/pack_compile.txt" >> "$SUMMARY"
 fi
 if part compile_fp32 && gpu_only compile_fp32; then
     step compile_fp32 150 $PY bench/gpu.py --compile --methods lora --loss kept --adapters fp32 \

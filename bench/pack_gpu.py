@@ -2,7 +2,8 @@
 8 processes sharing the GPU.
 
     python bench/pack_gpu.py [--steps 20] [--batch 4] [--seq 512] [--products grouped,loop] [--no-processes]
-                             [--json rows.json]                         # needs CUDA
+                             [--no-sequential] [--json rows.json]      # needs CUDA
+    python bench/pack_gpu.py --products grouped-compiled,grouped --no-sequential --no-processes
     python bench/pack_gpu.py --tiny --steps 3                           # a smoke test on the CPU
 
 The Qwen3-0.6B architecture with random weights in bf16, causal-LM training on random tokens (every
@@ -12,8 +13,12 @@ r = 4, 8, 16, 32 x projections qkvo, qkvogud (the issue's grid), each `--steps` 
   packed       one process, one base, 8 adapters: each step one forward and backward over the 8
                runs' batches stacked (model/adapter_pack: each adapter on its own rows), once for
                each way its layers can apply the adapters (train.pack_product): grouped products,
-               batched products, one after another (the loop); `--products` picks some
-  sequential   one process, the 8 runs one after another, each on its own model
+               batched products, one after another (the loop); `--products` picks some.
+               "X-compiled" is X with the pack's forward through torch.compile, as
+               train.compile=true runs it (run/pack_compile.PackCompile); its warm-up step, which
+               compiles, is timed and printed apart (the makespan includes it)
+  sequential   one process, the 8 runs one after another, each on its own model (`--no-sequential`
+               leaves them out)
   8 processes  8 processes at once on the same GPU, each one run (its start-up included, as a
                sweep's would be; `--no-processes` leaves them out)
 Every forward runs under bf16 autocast on a GPU, as the runs' Trainers run it (adapters float32,
@@ -28,6 +33,7 @@ import json
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,8 +45,10 @@ from lorasweep.config.spec import ModelSpec  # noqa: E402
 from lorasweep.model.loading import model_config, tiny_config  # noqa: E402
 from lorasweep.model.adapter_pack import Block, PackedModel, adapter_name  # noqa: E402
 from lorasweep.model.projections import resolve_modules  # noqa: E402
+from lorasweep.run.pack_compile import PackCompile  # noqa: E402
 
 PRODUCTS = ("grouped", "batched", "loop")  # train.pack_product: the first is the pack compared below
+COMPILED = "-compiled"  # a product's suffix: its forward through torch.compile
 RUNS = [(r, proj) for proj in ("qkvo", "qkvogud") for r in (4, 8, 16, 32)]
 QWEN = ModelSpec(name="qwen3-0.6b", family="qwen3", source="hub", id="Qwen/Qwen3-0.6B", config="configs/qwen3-0.6b.json")
 TINY = ModelSpec(name="tiny-qwen3", family="qwen3", source="tiny")
@@ -108,7 +116,7 @@ def train_alone(config, device, dtype, run: int, args) -> float:
 
 def train_packed(config, device, dtype, args, product: str) -> tuple[float, dict]:
     """The 8 runs as one pack: its training time in seconds (warm-up step excluded) and the ways its
-    layers took (PackedModel.took); `product`: train.pack_product."""
+    layers took (PackedModel.took); `product`: train.pack_product, "-compiled" after it to compile."""
     from peft import get_peft_model
 
     base = base_model(config, device, dtype)
@@ -118,20 +126,26 @@ def train_packed(config, device, dtype, args, product: str) -> tuple[float, dict
     for i, lora in enumerate(configs[1:], start=1):
         model.add_adapter(adapter_name(i), lora)
         names.append(adapter_name(i))
-    pack = PackedModel(model, names, product)
+    pack = PackedModel(model, names, product.removesuffix(COMPILED))
+    compiled = PackCompile(pack) if product.endswith(COMPILED) else None
+    forward = partial(compiled, model) if compiled else model
     opts = [torch.optim.AdamW([p for _, p in pack.named_parameters_of(n)], lr=1e-4) for n in names]
     ids = torch.randint(0, config.vocab_size, (len(names) * args.batch, args.seq), device=device)
     blocks = [Block(n, i * args.batch, (i + 1) * args.batch) for i, n in enumerate(names)]
+    warm = time.perf_counter()
     for step in range(args.steps + 1):
         if step == 1:
             sync(device)
             start = time.perf_counter()
         with pack.blocks(blocks), autocast(device):
-            logits = model(input_ids=ids).logits
+            logits = forward(input_ids=ids).logits
         torch.stack([lm_loss(logits[b.rows], ids[b.rows]) for b in blocks]).sum().backward()
         for opt in opts:
             opt.step()
             opt.zero_grad(set_to_none=True)
+        if step == 0 and compiled:
+            sync(device)
+            print(f"{product}: warm-up step (compiling) {time.perf_counter() - warm:.1f} s; {compiled.record}", flush=True)
     sync(device)
     return time.perf_counter() - start, dict(pack.took)
 
@@ -149,6 +163,7 @@ def main() -> None:
     ap.add_argument("--products", default=",".join(PRODUCTS),
                     help=f"the train.pack_product values to time, the first compared with the rest (default: {','.join(PRODUCTS)})")
     ap.add_argument("--no-processes", action="store_true", help="leave out the 8 processes")
+    ap.add_argument("--no-sequential", action="store_true", help="leave out the 8 runs one after another")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child of the 8-process side
     args = ap.parse_args()
@@ -157,8 +172,8 @@ def main() -> None:
         print(json.dumps({"train_s": train_alone(config, device, dtype, args.one, args)}))
         return
     products = args.products.split(",")
-    if unknown := [p for p in products if p not in PRODUCTS]:
-        sys.exit(f"--products: {','.join(unknown)} unknown; valid are {','.join(PRODUCTS)}")
+    if unknown := [p for p in products if p.removesuffix(COMPILED) not in PRODUCTS]:
+        sys.exit(f"--products: {','.join(unknown)} unknown; valid are {','.join(PRODUCTS)}, each also with {COMPILED}")
     tokens = len(RUNS) * args.steps * args.batch * args.seq
     rows = []
     took_by_product = {}
@@ -173,10 +188,12 @@ def main() -> None:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
 
-    start = time.perf_counter()
-    sequential_train = sum(train_alone(config, device, dtype, i, args) for i in range(len(RUNS)))
-    sequential = ("sequential (8 runs, 1 process)", time.perf_counter() - start, sequential_train, peak_gb(device))
-    rows.append(sequential)
+    sequential = None
+    if not args.no_sequential:
+        start = time.perf_counter()
+        sequential_train = sum(train_alone(config, device, dtype, i, args) for i in range(len(RUNS)))
+        sequential = ("sequential (8 runs, 1 process)", time.perf_counter() - start, sequential_train, peak_gb(device))
+        rows.append(sequential)
 
     if not args.no_processes:
         start = time.perf_counter()
@@ -193,8 +210,9 @@ def main() -> None:
     for label, wall, train, peak in rows:
         print(f"{label:34}{wall:12.1f}{train:10.1f}{tokens / wall:12.0f}{peak:9.1f}")
     first = rows[0]
-    print(f"packed ({products[0]}) vs sequential: {sequential[1] / first[1]:.2f}x makespan, "
-          f"{sequential[2] / first[2]:.2f}x training (target >= 3x)"
+    print(f"packed ({products[0]})"
+          + (f" vs sequential: {sequential[1] / first[1]:.2f}x makespan, {sequential[2] / first[2]:.2f}x training "
+             "(target >= 3x)" if sequential else "")
           + (f"; vs 8 processes: {rows[-1][1] / first[1]:.2f}x makespan" if not args.no_processes else "")
           + "".join(f"; {products[0]} vs {p}: {rows[i][2] / first[2]:.2f}x training" for i, p in enumerate(products) if i))
     if args.json:
