@@ -9,11 +9,15 @@ grid, whose fixed costs dominate). Each way is a whole `python launch.py -m ...`
 results store (so pack=auto predicts cold, as on a first sweep), one after another in this
 invocation: unpacked, pack=true (one pack per worker) and pack=auto, each at every --n-jobs.
 Printed per grid: wall time, training examples per second (all runs' examples over the sweep's wall
-time), the largest worker peak RSS (result.json memory.peak_rss_mb), each way against the best
-unpacked one, what pack=auto chose (its line), and each cell's test accuracy of the best unpacked
-and best packed sweeps with the difference in units of their combined standard error. Targets (issue
-29, 2 CPU cores): pack=auto at least 0.97x of the best way on the default grid, and at least 1.8x of
-the best unpacked sweep on the 30-step grid. Nothing is asserted.
+time), the largest worker peak RSS (result.json memory.peak_rss_mb), the runs' summed training time
+(timing.train_s; a packed run records its pack's: read it for sweeps that packed nothing. Where two
+sweeps trained the same runs alone, unpacked and a pack=auto that packed nothing, its difference is
+the machine's drift between them, not the way: `--ways pack=auto,pack=true,unpacked` runs the ways in
+the other order), each way against the best unpacked one, what pack=auto chose (its line), and each
+cell's test accuracy of the best unpacked and best packed sweeps with the difference in units of
+their combined standard error. Targets (issue 29, 2 CPU cores): pack=auto at least 0.97x of the best
+way on the default grid, and at least 1.8x of the best unpacked sweep on the 30-step grid. Nothing is
+asserted.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from _proc import PYTHON, measure, results_in, row
 
 GRID = ["lora.r=4,8,16", "lora.proj=qk,qkvo,qvkogdu"]
 WAYS = {"unpacked": [], "pack=true": ["hydra.launcher.pack=true"], "pack=auto": ["hydra.launcher.pack=auto"]}
-WIDTHS = (26, 10, 10, 13, 16)
+WIDTHS = (26, 8, 8, 13, 13, 17)
 
 
 def sweep(tmp: Path, name: str, extra: list[str]) -> dict:
@@ -38,6 +42,7 @@ def sweep(tmp: Path, name: str, extra: list[str]) -> dict:
     examples = sum(r["timing"]["steps"] * r["config"]["train"]["batch_size"] for r in results)
     return {"name": name, "wall_s": m.wall_s, "examples_per_s": examples / m.wall_s,
             "peak_rss_mb": max(r["memory"]["peak_rss_mb"] or 0 for r in results),
+            "train_s": sum(r["timing"]["train_s"] for r in results),
             "auto": re.findall(r"^sweep: (pack=auto: .*)$", log.read_text(), re.M),
             "acc": {(r["config"]["lora"]["r"], r["config"]["lora"]["proj"]): r["metrics"]["test"] for r in results}}
 
@@ -48,13 +53,13 @@ def grid(tmp: Path, steps: int, n_jobs: list[int], ways: list[str]) -> None:
     done = {way: [sweep(tmp, f"{way} n_jobs={n} {steps or 'default'}", [f"hydra.launcher.n_jobs={n}", *WAYS[way], *common])
                   for n in n_jobs] for way in ways}
     print(f"\n9-cell grid {' x '.join(GRID)} on model=smollm2-4l, wordnet_topics, {title}")
-    print(row("sweep", "wall s", "ex/s", "peak RSS MB", "vs best unpacked", widths=WIDTHS))
+    print(row("sweep", "wall s", "ex/s", "peak RSS MB", "train s, sum", "vs best unpacked", widths=WIDTHS))
     every = [s for way in ways for s in done[way]]
     best = {way: min(done[way], key=lambda s: s["wall_s"]) for way in ways}
     base = best.get("unpacked", best[ways[0]])
     for s in every:
         print(row(s["name"], f"{s['wall_s']:.0f}", f"{s['examples_per_s']:.1f}", f"{s['peak_rss_mb']:.0f}",
-                  f"{base['wall_s'] / s['wall_s']:.2f}x", widths=WIDTHS))
+                  f"{s['train_s']:.0f}", f"{base['wall_s'] / s['wall_s']:.2f}x", widths=WIDTHS))
         for line in s["auto"]:
             print(f"    {line}")
     fastest = min(every, key=lambda s: s["wall_s"])
