@@ -59,14 +59,15 @@ PACKED_WORK = {"cpu": 1.06, "cuda": 1 / 1.75}
 
 def pack_cost(costs: list[cost.Cost]) -> cost.Cost:
     """A pack's cost from its runs' alone: their work summed at the pack's rate (PACKED_WORK), the
-    model loaded and the run set up once; its memory holds the base and the runtime once, and each
-    run's adapters, optimizer and activations."""
+    model loaded once, and each run set up as alone (its data, its Trainer, its adapter saved: a
+    pack's setup took at least its runs' summed, bench/RESULTS.md section 19); its memory holds the
+    base and the runtime once, and each run's adapters, optimizer and activations."""
     first = costs[0]
     others = sum(c.work.model_mb() - c.work.weights_mb for c in costs[1:])
     rate = PACKED_WORK.get(first.device, 1.0)
     return replace(first, train_s=rate * sum(c.train_s for c in costs), eval_s=rate * sum(c.eval_s for c in costs),
                    test_s=rate * sum(c.test_s for c in costs), load_s=max(c.load_s for c in costs),
-                   setup_s=max(c.setup_s for c in costs), peak_mb=first.peak_mb + others)
+                   setup_s=sum(c.setup_s for c in costs), peak_mb=first.peak_mb + others)
 
 
 # What makes a run's memory smaller, in the config's names, each tried on the run's own work: a
