@@ -5,13 +5,15 @@ A pack loads its model once, sets up each run as alone (its data, its Trainer, i
 their summed work at a rate of its own (run/predict.pack_cost: a little slower than alone on a CPU,
 faster on a GPU that one small run leaves idle). On a CPU, whose workers keep a model loaded from run
 to run, that leaves a pack little to save: 30-step runs of the embedded default trained 1.04x faster
-packed on one worker and 0.83x on two (bench/RESULTS.md section 19), and auto trains them alone. From each run's predicted cost (run/predict.py,
-calibrated on the store's finished runs on this machine, or cold), the group's wall time on the
-launcher's slots (n_jobs, or a SLURM array's parallel jobs) is predicted alone and in every split
-of 1 to n/2 balanced packs. The group packs where the fastest split that fits in memory (the GPU's;
-on a CPU the machine's memory over its slots) is predicted at least MIN_GAIN faster than alone:
-a prediction off by its error band must not make a sweep slower than not packing. Each group's
-choice is one line, in the sweep and in the plan view.
+packed on one worker and 0.83x on two (bench/RESULTS.md section 19), and auto trains them alone.
+
+From each run's predicted cost (run/predict.py, calibrated on the store's finished runs on this
+machine, or cold), the group's wall time on the launcher's slots (n_jobs, or a SLURM array's
+parallel jobs) is predicted alone and in every split of 1 to n/2 balanced packs. The group packs
+where the fastest split that fits in memory (the GPU's; on a CPU the machine's memory over its
+slots) is predicted at least MIN_GAIN faster than alone: a prediction off by its error band must not
+make a sweep slower than not packing. Each group's choice is one line, in the sweep and in the plan
+view.
 """
 from __future__ import annotations
 
