@@ -11,7 +11,8 @@ import torch
 from lorasweep.run import progress as progress_module
 from lorasweep.run.claims import live_holder
 from lorasweep.run.lifecycle import run_config
-from lorasweep.run.progress import PROGRESS_FILE, ProgressFile, eta_seconds, read_progress
+from lorasweep.run.progress import PROGRESS_FILE, eta_seconds, read_progress
+from lorasweep.run.progress_file import ProgressFile
 
 from conftest import TINY_TOPICS, compose_config
 

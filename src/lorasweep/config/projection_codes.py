@@ -15,10 +15,12 @@ parameter adapters (LoraConfig.target_parameters): no dropout, no DoRA (`paramet
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 from ..errors import ConfigError
 
+_LAYER_PREFIX = re.compile(r"^.*\.\d+\.")  # up to the layer index: model.layers.3.self_attn.q_proj -> self_attn.q_proj
 CANONICAL_ORDER = "qkvogud"
 ALL = "all"  # every linear layer of the model but its output head (peft's all-linear)
 LETTER_MEANING = {
@@ -166,3 +168,8 @@ def check_projections(projections: object) -> dict[str, str]:
                           f"({' '.join(CANONICAL_ORDER)}) to module-name patterns, e.g. "
                           f"+model.projections.q=self_attn.q_proj")
     return {k: projections[k] for k in CANONICAL_ORDER if k in projections}
+
+
+def module_tails(names: list[str]) -> list[str]:
+    """Linear module names without their layer prefix, each once: what model.projections patterns match."""
+    return list(dict.fromkeys(_LAYER_PREFIX.sub("", n) for n in names))

@@ -18,6 +18,7 @@ from .projection_codes import FAMILIES, canonical_code, check_code_for_family, c
 
 ADAPTER_METHODS = ("lora", "dora", "rslora", "pissa", "qlora", "qlora8")  # methods with lora.* settings
 QUANTIZED_METHODS = ("qlora", "qlora8")  # a 4-bit / 8-bit base: bitsandbytes and CUDA
+PISSA_INIT = "pissa_init"  # pissa: the adapter as initialised, in the run's folder until the trained one is converted
 METHODS = ("none", "lora", "dora", "full", "rslora", "pissa", "qlora", "qlora8")
 # hf: a hub id or a local HF-format folder (model=hf model.id=...), its family from its config.json
 MODEL_SOURCES = ("package", "gguf_package", "hub", "tiny", "hf")

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..compat import peft_moe_renamed
 from ..config.projection_codes import parameter_letters
-from ..config.spec import ADAPTER_METHODS, QUANTIZED_METHODS, RunSpec
+from ..config.spec import ADAPTER_METHODS, PISSA_INIT, QUANTIZED_METHODS, RunSpec
 from ..errors import ConfigError
 from .projections import is_conv1d, module_tails, split_targets
 
@@ -39,7 +39,6 @@ __all__ = ["ADAPTER_METHODS", "prepare", "save_initial", "save_adapter",
            "count_parameters", "adapted_modules", "check_targets"]
 _TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM,
                "seq2seq_lm": TaskType.SEQ_2_SEQ_LM}
-PISSA_INIT = "pissa_init"  # the adapter as initialised, kept until the trained one is converted
 
 
 def quantization_config(method: str):

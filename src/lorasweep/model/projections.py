@@ -17,11 +17,10 @@ from typing import Mapping
 from torch import nn
 
 from ..config.projection_codes import (ALL, LETTER_MEANING, MOE_FAMILIES, check_code_for_family,
-                                       family_table, fused_groups)
+                                       family_table, fused_groups, module_tails)
 from ..errors import ConfigError
 
 SEQ_CLS_HEADS = ("classifier", "score")  # peft's modules_to_save for sequence classification
-_LAYER_PREFIX = re.compile(r"^.*\.\d+\.")  # up to the layer index: model.layers.3.self_attn.q_proj -> self_attn.q_proj
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -104,11 +103,6 @@ def resolve_modules(model: nn.Module, family: str, code: str, config=None,
         raise ConfigError(f"{field_name}={code!r}: matched {len(chosen)} modules, the {family} "
                           f"architecture promises {expected_module_count(family, code, config, projections)}")
     return [n for n in names if n in chosen]  # the model's own order: layer by layer
-
-
-def module_tails(names: list[str]) -> list[str]:
-    """Linear module names without their layer prefix, each once: what model.projections patterns match."""
-    return list(dict.fromkeys(_LAYER_PREFIX.sub("", n) for n in names))
 
 
 def _unmapped(field_name: str, code: str, letter: str, family: str, names: list[str]) -> str:

@@ -31,7 +31,8 @@ from ..errors import DataError
 from ..tasks.metrics import headline
 from ..tasks.task import TrainingData
 from .compile_check import check_compile
-from .progress import ProgressFile, eta_seconds, versus_prediction
+from .progress import eta_seconds, versus_prediction
+from .progress_file import ProgressFile
 from .store import write_json_atomically
 from .tracking import Tracker
 

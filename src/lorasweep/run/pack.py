@@ -48,7 +48,8 @@ from .pack_compile import PackCompile
 from .pack_loop import Member, classification_losses, sft_losses, train_pack
 from .plan import Plan, plan_run
 from .predict import task_lengths_of
-from .progress import PROGRESS_FILE, ProgressFile
+from .progress import PROGRESS_FILE
+from .progress_file import ProgressFile
 from .records import (TRAINER_DIR, base_record, diverged_result, done_result, pruned_result, record_failure, record_over_budget,
                       saving_weights, still_ours, timing_record)
 from .tracking import Tracker, make_tracker

@@ -44,7 +44,7 @@ from ..model.adapter_pack import Block, PackedModel
 from ..tasks.metrics import headline
 from . import pack_checkpoints as checkpoints
 from .loop import Divergence, Reporter, TrainOutcome
-from .progress import ProgressFile
+from .progress_file import ProgressFile
 from .tracking import Tracker
 
 PackEvaluator = Callable[[Sequence[str]], list[dict]]  # adapters -> each one's metrics, in that order

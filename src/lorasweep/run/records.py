@@ -15,9 +15,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..config.spec import PISSA_INIT
 from ..console import say
 from ..errors import RunClaimedError, StoreError, UnreadableResultError
-from ..model import methods
 from . import store
 from .claims import drop_dead_claim, live_holder, taken_from_us
 from .plan import Plan, plan_run
@@ -73,7 +73,7 @@ def _stopped_early(folder: Path, base: dict, outcome, load_s: float, t_start: fl
     reason and `fields`, the curve so far and its timing; no test evaluation, no adapter (a PiSSA
     run's initial adapter, kept for converting a trained one, goes too)."""
     still_ours(folder)  # before anything in the folder goes
-    shutil.rmtree(folder / methods.PISSA_INIT, ignore_errors=True)
+    shutil.rmtree(folder / PISSA_INIT, ignore_errors=True)
     return _write_own(folder, {**base, **fields, "curve": outcome.curve,
                                        "timing": timing_record(load_s, outcome, 0.0, t_start),
                                        "memory": store.peak_memory()})
@@ -131,7 +131,7 @@ def drop_leftovers(folder: Path) -> None:
     """What a failed run left that serves only a run that goes on: a PiSSA run's initial adapter (each
     attempt saves it again before it trains) and a trainer/ folder without a checkpoint to resume from
     (the Trainer makes it at the start). Checkpoints stay: the next attempt resumes from them."""
-    shutil.rmtree(folder / methods.PISSA_INIT, ignore_errors=True)
+    shutil.rmtree(folder / PISSA_INIT, ignore_errors=True)
     workdir = folder / TRAINER_DIR
     if workdir.is_dir() and not any(workdir.glob("checkpoint-*")):
         shutil.rmtree(workdir, ignore_errors=True)

@@ -255,7 +255,8 @@ def env_info() -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     return {
-        "python": platform.python_version(), "torch": torch.__version__,
+        # str(): torch's is a TorchVersion, which would make the driver import torch to unpickle a result
+        "python": platform.python_version(), "torch": str(torch.__version__),
         "transformers": transformers.__version__, "peft": peft.__version__,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "threads": torch.get_num_threads(), "host": socket.gethostname(),

@@ -6,7 +6,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import DataCollatorWithPadding
 
 from .metrics import binomial_se
 
@@ -24,7 +23,9 @@ def encode(rows: Sequence[dict], tokenizer, label_ids: dict[str, int], max_lengt
             for ids, mask, r in zip(enc["input_ids"], enc["attention_mask"], rows)]
 
 
-def collator(tokenizer) -> DataCollatorWithPadding:
+def collator(tokenizer):
+    from transformers import DataCollatorWithPadding  # imported where a run trains: a sweep plans without it
+
     return DataCollatorWithPadding(tokenizer)
 
 

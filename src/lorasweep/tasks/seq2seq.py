@@ -12,7 +12,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import DataCollatorForSeq2Seq
 
 from .generation import completion_ids, summary
 
@@ -34,9 +33,11 @@ def encode_rows(rows: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
     return out
 
 
-def collator(tokenizer) -> DataCollatorForSeq2Seq:
+def collator(tokenizer):
     """Pads inputs with the pad token and labels with -100; the model makes its decoder inputs from
     the labels (shifted right after its decoder start token)."""
+    from transformers import DataCollatorForSeq2Seq  # imported where a run trains: a sweep plans without it
+
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
 
 

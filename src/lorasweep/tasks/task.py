@@ -8,7 +8,7 @@ from functools import lru_cache, partial, wraps
 from ..config.paths import resolve_data_path
 from ..config.spec import GENERATION_KINDS, TaskSpec, TrainSpec
 from ..errors import DataError
-from . import classification, generation, hf_data, mcq, seq2seq
+from . import hf_data
 from .formats import load_chat, load_classification, load_completion, load_mcq
 
 LOADERS = {"classification": load_classification, "mcq": load_mcq, "chat": load_chat,
@@ -93,6 +93,8 @@ def _labels(spec: TaskSpec, rows: list[dict], known: list[str]) -> list[str]:
 
 def training_data(task: Task, tokenizer, train: TrainSpec, head: str) -> TrainingData:
     """The task's rows in the form its trainer takes; `head`: the plan's (run/plan.task_head)."""
+    from . import classification, generation, mcq, seq2seq  # torch: where a run trains; a sweep plans without it
+
     kind = task.spec.kind
     if kind == "classification":
         enc = partial(classification.encode, tokenizer=tokenizer, label_ids=task.label_ids,
@@ -136,6 +138,8 @@ def evaluator(task: Task, tokenizer, rows: list[dict], train: TrainSpec, head: s
     """A function model -> metrics on `rows`: accuracy, accuracy_se, n, loss (classification, mcq);
     loss, token_accuracy, exact_match, each with its SE, and n (chat, completion; completion on an
     encoder-decoder, `head` seq2seq_lm, as seq2seq)."""
+    from . import classification, generation, mcq, seq2seq  # torch: where a run scores; a sweep plans without it
+
     kind = task.spec.kind
     if kind == "classification":
         encoded = classification.encode(rows, tokenizer, task.label_ids, train.max_length)
