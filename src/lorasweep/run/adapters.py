@@ -17,7 +17,7 @@ from ..errors import ExportError, UnreadableResultError
 from ..model import loading, tokens
 from ..tasks import task as tasks
 from . import store
-from .plan import task_head
+from .model_facts import task_head
 
 
 @dataclass(frozen=True)

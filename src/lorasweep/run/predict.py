@@ -4,20 +4,17 @@ what `timeout_min: auto` and `mem_gb: auto` ask SLURM for, and what a run record
 prediction's calibration (`cost` in result.json)."""
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-from torch import nn
-
 from ..config.spec import QUANTIZED_METHODS, ModelSpec, TaskSpec
-from ..model import loading
-from ..model.projections import is_conv1d
-from ..tasks.lengths import TaskLengths, task_lengths
+from ..tasks.lengths import SplitLengths, TaskLengths, task_lengths
 from ..tasks.task import load_task
-from . import calibration, cost
-from .plan import Plan, skeleton
+from . import calibration, cost, plan_cache
+from .plan import Plan
 
 
 @dataclass(frozen=True)
@@ -33,9 +30,8 @@ class Target:
 def work(plan: Plan, device: str, tokenizer=None, lengths: TaskLengths | None = None) -> cost.Work:
     """The run's work; `tokenizer`: the run's own, where it has one loaded (else its model's is loaded:
     no weights); `lengths`: its task's, counted already (a pack's runs share them)."""
-    model = skeleton(plan)
     lengths = lengths or task_lengths_of(plan, tokenizer)
-    return cost.work(plan.spec, shape(model, plan.targets), lengths, plan.predicted, plan.head, device)
+    return cost.work(plan.spec, plan.shape, lengths, plan.predicted, plan.head, device)
 
 
 def predict(plan: Plan, store: Path, target: Target = Target(), tokenizer=None) -> cost.Cost:
@@ -102,42 +98,6 @@ def fit_problem(plan: Plan, store: Path, target: Target, limit_mb: float, gpu: s
             f"{fit}")
 
 
-def shape(model: nn.Module, targets: tuple[str, ...] | list[str]) -> cost.Shape:
-    """The architecture's per-token costs, read off its meta-device skeleton."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    linear_weights = linear_outputs = 0
-    for module in model.modules():
-        if module is head:
-            continue
-        if isinstance(module, nn.Linear) or is_conv1d(module):
-            fan_in, fan_out = _fans(module)
-            linear_weights += fan_in * fan_out
-            linear_outputs += fan_out
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    hidden = next(getattr(config, k) for k in ("hidden_size", "n_embd", "d_model") if hasattr(config, k))
-    layers = next((getattr(config, k) for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(config, k)), 1)
-    adapted = [_fans(model.get_submodule(name)) for name in targets if _is_linear(model, name)]
-    return cost.Shape(linear_weights=linear_weights, linear_outputs=linear_outputs,
-                      head_weights=head.weight.numel() if head is not None else 0, hidden=int(hidden),
-                      layers=int(layers), params=sum(p.numel() for p in model.parameters()),
-                      adapted_in=sum(i for i, _ in adapted), adapted_out=sum(o for _, o in adapted),
-                      adapted_weights=sum(i * o for i, o in adapted), adapted=len(adapted))
-
-
-def _is_linear(model: nn.Module, name: str) -> bool:
-    try:
-        m = model.get_submodule(name)
-    except AttributeError:  # an expert parameter (peft's target_parameters), not a module
-        return False
-    return isinstance(m, nn.Linear) or is_conv1d(m)
-
-
-def _fans(module: nn.Module) -> tuple[int, int]:
-    if is_conv1d(module):  # (fan_in, fan_out) as stored
-        return int(module.weight.shape[0]), int(module.weight.shape[1])
-    return int(module.in_features), int(module.out_features)
-
-
 def task_lengths_of(plan: Plan, tokenizer=None) -> TaskLengths:
     """The token lengths of the run's task rows, with `tokenizer` (else its model's, loaded once a process)."""
     spec = plan.spec
@@ -151,9 +111,28 @@ def task_lengths_of(plan: Plan, tokenizer=None) -> TaskLengths:
 
 
 @lru_cache(maxsize=16)  # a sweep's runs share their model and task: tokenize its rows once (or fail once)
-def _cached_lengths(model_json: str, task: TaskSpec, max_length: int, head: str) -> TaskLengths | None:
+def _cached_lengths(model_json: str, task_spec: TaskSpec, max_length: int, head: str) -> TaskLengths | None:
+    model, task = ModelSpec(**json.loads(model_json)), load_task(task_spec)  # load_task: cached, read once
+
+    def count() -> dict:
+        from ..model import loading
+
+        try:
+            tokenizer = loading.load_tokenizer(model)
+        except Exception as err:  # a hub model not in the cache, no hub: no prediction, asked once a process
+            raise _NoTokenizer from err
+        return asdict(task_lengths(task, tokenizer, max_length, head))
+
+    rows = json.dumps([task.train, task.eval, task.test, task.tests, task.labels], sort_keys=True, default=str)
+    inputs = {"task": asdict(task_spec), "rows": hashlib.sha256(rows.encode()).hexdigest(),
+              "max_length": max_length, "head": head}
     try:
-        tokenizer = loading.load_tokenizer(ModelSpec(**json.loads(model_json)))
-    except Exception:  # a hub model not in the cache, no hub: no prediction, asked once a process
+        value = plan_cache.cached("lengths", model, inputs, count)
+    except _NoTokenizer:
         return None
-    return task_lengths(load_task(task), tokenizer, max_length, head)  # load_task: cached, read once
+    split = lambda d: SplitLengths(tuple(d["tokens"]), tuple(d["kept"]))  # noqa: E731
+    return TaskLengths(split(value["train"]), split(value["eval"]), split(value["test"]), value["new_tokens"])
+
+
+class _NoTokenizer(Exception):
+    """The model's tokenizer cannot be loaded here."""
