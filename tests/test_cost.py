@@ -125,6 +125,8 @@ def test_the_measured_rate_is_compared_with_the_prediction():
     assert versus_prediction(60, 60, 100) == "20% slower than predicted (1m40s)"
     assert versus_prediction(20, 30, 100) == "50% faster than predicted (1m40s)"
     assert versus_prediction(20, None, 100) == versus_prediction(20, 30, None) == ""
+    assert versus_prediction(1.5, 0.2, 0.02) == "85x slower than predicted (under 1s)"  # not "8400% slower (0s)"
+    assert versus_prediction(0.5, 0.5, 100) == "100x faster than predicted (1m40s)"
 
 
 def test_the_status_view_compares_a_running_runs_rate_with_its_prediction(tmp_path):

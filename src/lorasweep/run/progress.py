@@ -39,10 +39,14 @@ def versus_prediction(elapsed_s: float, eta_s: float | None, predicted_s: float 
     left) against its prediction; "" without either."""
     if eta_s is None or not predicted_s or elapsed_s <= 0:
         return ""
-    ratio = (elapsed_s + eta_s) / predicted_s - 1
-    if abs(ratio) < 0.05:
-        return f"as predicted ({duration(predicted_s)})"
-    return f"{abs(ratio):.0%} {'slower' if ratio > 0 else 'faster'} than predicted ({duration(predicted_s)})"
+    factor = (elapsed_s + eta_s) / predicted_s
+    predicted = duration(predicted_s) if predicted_s >= 1 else "under 1s"
+    if abs(factor - 1) < 0.05:
+        return f"as predicted ({predicted})"
+    if factor >= 10 or factor <= 0.1:  # a cold prediction for a tiny model: a factor, not "8366%"
+        how = f"{factor:.0f}x slower" if factor > 1 else f"{1 / factor:.0f}x faster"
+        return f"{how} than predicted ({predicted})"
+    return f"{abs(factor - 1):.0%} {'slower' if factor > 1 else 'faster'} than predicted ({predicted})"
 
 
 def eta_seconds(elapsed_s: float, steps_done: int, steps_left: int) -> float | None:
