@@ -81,7 +81,8 @@ def test_an_edited_model_folder_is_planned_anew(tmp_path):
     fresh = plan_in_new_process(case, tmp_path / "empty-cache")["plans"][0]
     assert after["imported"] == ["torch", "transformers", "peft"]  # read off the edited config, not the cache
     assert after["plans"][0] == fresh
-    assert after["plans"][0]["predicted"] - before["predicted"] == 2 * 3 * 8 * 32  # g u d in 2 layers, r=8: 32 more features each
+    # g, u and d in 2 layers at r=8, each with 32 more features
+    assert after["plans"][0]["predicted"] - before["predicted"] == 2 * 3 * 8 * 32
 
 
 def test_an_unreadable_entry_or_an_unwritable_cache_costs_only_time(tmp_path):
