@@ -124,6 +124,7 @@ def _write(path: Path, value: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.fchmod(fd, 0o644)  # readable by all, as the converted models beside it: a cache shared on a cluster
         with os.fdopen(fd, "w") as f:
             json.dump(value, f)
         os.replace(tmp, path)
