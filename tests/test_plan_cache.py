@@ -1,6 +1,6 @@
 """The plan cache (run/plan_cache.py): a model planned once on this machine is planned again, in a
-new process, to the same plan without importing torch, transformers or peft; a changed model file
-is a new plan; an unreadable entry or a cache that cannot be written change nothing but the time.
+new process, to the same plan without importing torch, transformers or peft, at any rank or budget;
+a changed model file is a new plan; an unreadable entry or a cache that cannot be written change nothing but the time.
 Each plan is made in a fresh process, as a sweep's driver makes it."""
 from __future__ import annotations
 
@@ -59,9 +59,13 @@ def test_a_model_planned_before_plans_again_alike_without_transformers(tmp_path)
     entries = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "plans").iterdir())
     assert entries == ["facts"] * 6 + ["lengths"] * 6
 
-    warm = plan_in_new_process(CASES, tmp_path / "cache")
+    # a rank or a budget not planned before is arithmetic on what is kept: no new entry
+    other_ranks = [CASES[0] + ["lora.r=32"], CASES[2][:3] + ["budget.max_trainable=20000", *SHORT]]
+    warm = plan_in_new_process(CASES + other_ranks, tmp_path / "cache")
     assert warm["imported"] == []
-    assert warm["plans"] == cold["plans"]
+    assert warm["plans"][:6] == cold["plans"]
+    assert warm["plans"][6:] == plan_in_new_process(other_ranks, tmp_path / "empty-cache")["plans"]
+    assert warm["plans"][6]["r"] == 32 and warm["plans"][7]["r"] > cold["plans"][2]["r"]  # 20,000 fits more than 6,000
     by_case = {tuple(c[:3]): p for c, p in zip(CASES, cold["plans"])}
     assert by_case["model=tiny-bert", "task=wordnet_topics", "lora.r=auto"]["r"] > 1  # the largest rank within 6,000
     qwen3 = [p for c, p in zip(CASES, cold["plans"]) if c[0] == "model=tiny-qwen3"]

@@ -103,6 +103,16 @@ def max_trainable(cfg: Mapping[str, Any]) -> int | None:
     return value
 
 
+def rank_within(per_rank: int, fixed: int, method: str, budget: int) -> int:
+    """lora.r=auto: the largest r whose run, fixed + r x per_rank trainable parameters (model/params.py
+    counts both), has at most `budget`."""
+    r = (budget - fixed) // per_rank
+    if r < 1:
+        raise ConfigError(f"budget.max_trainable={budget:,} is below the smallest possible {method} run on "
+                          f"these projections: r=1 needs {fixed + per_rank:,} trainable parameters")
+    return int(r)
+
+
 def with_rank(cfg: Mapping[str, Any], r: int) -> dict[str, Any]:
     """A copy of `cfg` with lora.r set to `r`."""
     cfg = copy.deepcopy(dict(cfg))

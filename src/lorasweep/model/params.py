@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..config.checks import rank_within
 from .projections import SEQ_CLS_HEADS, is_conv1d  # SEQ_CLS_HEADS: peft's modules_to_save for classification
 
 
@@ -23,7 +23,7 @@ def predict_trainable(skeleton: nn.Module, method: str, targets: list[str], r: i
         return 0
     if method == "full":
         return sum(p.numel() for p in skeleton.parameters())  # parameters() yields a tied weight once
-    per_rank, fixed = _linear_terms(skeleton, method, targets, head)
+    per_rank, fixed = linear_terms(skeleton, method, targets, head)
     return fixed + r * per_rank
 
 
@@ -35,15 +35,10 @@ def trainable_token_rows(skeleton: nn.Module, token_ids) -> int:
 
 def largest_rank_within(skeleton: nn.Module, method: str, targets: list[str], head: str, budget: int) -> int:
     """The largest r whose run has at most `budget` trainable parameters (lora.r=auto)."""
-    per_rank, fixed = _linear_terms(skeleton, method, targets, head)
-    r = (budget - fixed) // per_rank
-    if r < 1:
-        raise ConfigError(f"budget.max_trainable={budget:,} is below the smallest possible {method} run on "
-                          f"these projections: r=1 needs {fixed + per_rank:,} trainable parameters")
-    return int(r)
+    return rank_within(*linear_terms(skeleton, method, targets, head), method, budget)
 
 
-def _linear_terms(skeleton: nn.Module, method: str, targets: list[str], head: str) -> tuple[int, int]:
+def linear_terms(skeleton: nn.Module, method: str, targets: list[str], head: str) -> tuple[int, int]:
     """(parameters per unit of rank, parameters independent of rank)."""
     modules, parameters = dict(skeleton.named_modules()), dict(skeleton.named_parameters())
     per_rank = fixed = 0

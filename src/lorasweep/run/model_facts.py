@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
+from ..config.checks import rank_within
 from ..config.spec import ADAPTER_METHODS, ModelSpec, RunSpec
 from ..errors import ConfigError
 from ..tasks.task import Task
@@ -93,18 +94,26 @@ def _model_type(spec: ModelSpec) -> str:
 
 def model_facts(spec: RunSpec, task: Task, budget: int | None, auto: bool) -> ModelFacts:
     """The run's model facts: from the plan cache, or read off its skeleton (and kept). ConfigError
-    for what the model cannot do as asked (a head it lacks, a letter it has no module for, ...)."""
-    inputs = {"method": spec.method, "lora": asdict(spec.lora), "tokens": asdict(spec.tokens),
-              "kind": spec.task.kind, "num_labels": task.num_labels, "budget": budget, "auto": auto}
-    value = plan_cache.cached("facts", spec.model, inputs, lambda: asdict(_read(spec, task.num_labels, budget, auto)))
-    return ModelFacts(head=value["head"], targets=tuple(value["targets"]), predicted=value["predicted"],
-                      base_total=value["base_total"], shape=Shape(**value["shape"]),
-                      token_ids=tuple(value["token_ids"]), rank=value["rank"])
+    for what the model cannot do as asked (a head it lacks, a letter it has no module for, ...).
+    What is kept does not depend on the rank or the budget: a run's count is fixed + r x per_rank
+    (model/params.py), so a rank or budget not planned before is arithmetic, not a new entry."""
+    inputs = {"method": spec.method, "proj": spec.lora.proj, "dropout": spec.lora.dropout,
+              "tokens": asdict(spec.tokens), "kind": spec.task.kind, "num_labels": task.num_labels}
+    kept = plan_cache.cached("facts", spec.model, inputs, lambda: _read(spec, task.num_labels))
+    rank = None
+    if auto and spec.method in ADAPTER_METHODS:  # the largest rank within the budget, the tokens' rows counted
+        rank = rank_within(kept["per_rank"], kept["fixed"], spec.method, budget - kept["token_cost"])
+    return ModelFacts(head=kept["head"], targets=tuple(kept["targets"]),
+                      predicted=kept["fixed"] + kept["token_cost"] + (rank or spec.lora.r) * kept["per_rank"],
+                      base_total=kept["base_total"], shape=Shape(**kept["shape"]),
+                      token_ids=tuple(kept["token_ids"]), rank=rank)
 
 
-def _read(spec: RunSpec, num_labels: int | None, budget: int | None, auto: bool) -> ModelFacts:
+def _read(spec: RunSpec, num_labels: int | None) -> dict:
+    """What the plan cache keeps of the run's model: read off its skeleton (and tokenizer)."""
     from ..model import loading, methods, params, projections
     from ..model import tokens as lorasweep_tokens
+
     kind = _model_type(spec.model)  # a model=hf one's config.json, read once for both
     head = _head_for(kind, spec.task.kind)
     _check_head(spec, head, kind)
@@ -114,20 +123,18 @@ def _read(spec: RunSpec, num_labels: int | None, budget: int | None, auto: bool)
         config_vocab = skeleton(spec.model, head, num_labels).get_input_embeddings().weight.shape[0]
         vocab = lorasweep_tokens.vocab_size_for(config_vocab, token_ids)
     model = skeleton(spec.model, head, num_labels, vocab)
+    base_total = sum(p.numel() for p in model.parameters())  # a tied weight once
     token_cost = (params.trainable_token_rows(model, token_ids)
                   if spec.method in ADAPTER_METHODS and spec.tokens.train else 0)
     targets: list[str] = []
-    rank = None
+    per_rank, fixed = 0, {"full": base_total}.get(spec.method, 0)  # none: nothing trains
     if spec.method in ADAPTER_METHODS:
         targets = projections.resolve_modules(model, spec.model.family, spec.lora.proj, model.config,
                                               projections=spec.model.projections, head=head)
         methods.check_targets(spec, model, targets)  # what peft cannot adapt as asked (MoE experts)
-        if auto:
-            rank = params.largest_rank_within(model, spec.method, targets, head, budget - token_cost)
-    predicted = params.predict_trainable(model, spec.method, targets, rank or spec.lora.r, head) + token_cost
-    return ModelFacts(head=head, targets=tuple(targets), predicted=predicted,
-                      base_total=sum(p.numel() for p in model.parameters()), shape=shape(model, targets),
-                      token_ids=token_ids, rank=rank)
+        per_rank, fixed = params.linear_terms(model, spec.method, targets, head)
+    return {"head": head, "targets": targets, "per_rank": per_rank, "fixed": fixed, "token_cost": token_cost,
+            "base_total": base_total, "shape": asdict(shape(model, targets)), "token_ids": list(token_ids)}
 
 
 def skeleton(spec: ModelSpec, head: str, num_labels: int | None, vocab_size: int | None = None):
