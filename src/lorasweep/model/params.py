@@ -47,7 +47,7 @@ def linear_terms(skeleton: nn.Module, method: str, targets: list[str], head: str
             experts, a, b = parameters[name].shape
             per_rank += int(experts) * int(a + b)
             continue
-        fan_in, fan_out = _fans(modules[name])
+        fan_in, fan_out = fans(modules[name])
         per_rank += fan_in + fan_out
         fixed += fan_out if method == "dora" else 0
     if head == "classification":
@@ -56,7 +56,8 @@ def linear_terms(skeleton: nn.Module, method: str, targets: list[str], head: str
     return per_rank, fixed
 
 
-def _fans(module: nn.Module) -> tuple[int, int]:
+def fans(module: nn.Module) -> tuple[int, int]:
+    """(fan_in, fan_out) of a linear layer or a Conv1D."""
     if is_conv1d(module):  # GPT-2 stores its weight as (fan_in, fan_out)
         fan_in, fan_out = module.weight.shape
         return int(fan_in), int(fan_out)

@@ -151,17 +151,8 @@ def _cached_skeleton(spec_json: str, head: str, num_labels: int | None, vocab_si
 
 def shape(model, targets: tuple[str, ...] | list[str]) -> Shape:
     """The architecture's per-token costs, read off its meta-device skeleton."""
-    from torch import nn
-
-    from ..model.projections import is_conv1d
-
-    def fans(module) -> tuple[int, int]:
-        if is_conv1d(module):  # (fan_in, fan_out) as stored
-            return int(module.weight.shape[0]), int(module.weight.shape[1])
-        return int(module.in_features), int(module.out_features)
-
-    def linear(module) -> bool:
-        return isinstance(module, nn.Linear) or is_conv1d(module)
+    from ..model.params import fans
+    from ..model.projections import is_adaptable as linear
 
     def submodule(name: str):
         try:

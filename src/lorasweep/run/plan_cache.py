@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..config.spec import ModelSpec
+from ..errors import StoreError
+from .store import write_json_atomically
 
 FORMAT = 1  # of an entry's value: a change here is a new entry
 LIBRARIES = ("torch", "transformers", "peft", "tokenizers")
@@ -119,17 +119,9 @@ def _version(name: str) -> str:
 
 
 def _write(path: Path, value: dict) -> None:
-    """Atomically (a reader sees a whole entry or none); a cache that cannot be written (read-only,
-    full) only means the next plan reads the model again."""
+    """Atomically (run/store: a reader sees a whole entry or none); a cache that cannot be written
+    (read-only, full) only means the next plan reads the model again."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.fchmod(fd, 0o644)  # readable by all, as the converted models beside it: a cache shared on a cluster
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except (OSError, UnboundLocalError):
-            pass
+        write_json_atomically(path, value)
+    except StoreError:
+        pass
