@@ -1,6 +1,8 @@
 """Shared helpers: compose the project's real Hydra config, and run tiny end-to-end runs."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
@@ -86,8 +88,9 @@ def unslowed(args: list[str]) -> list[str]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The GPU tier (marker gpu: `pytest -m gpu`, tests/gpu_tier.py) skips, saying why, where torch
-    sees no CUDA GPU: CI and these machines always."""
+    """The longest test files first; the GPU tier (marker gpu: `pytest -m gpu`, tests/gpu_tier.py)
+    skips, saying why, where torch sees no CUDA GPU: CI and these machines always."""
+    _longest_files_first(items)
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if gpu:
         from gpu_tier import why_no_cuda
@@ -96,6 +99,19 @@ def pytest_collection_modifyitems(config, items):
         if reason:
             for item in gpu:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+DURATIONS = HOOKS.parent / "durations.json"  # each test file's seconds in CI (scripts/test_durations.py)
+
+
+def _longest_files_first(items: list) -> None:
+    """Order the files by their seconds in CI, longest first (a file without a figure before all),
+    each file's tests in their order. pytest-xdist's --dist loadfile hands the files out in this
+    order (--no-loadscope-reorder, pyproject.toml): in its own order, by test count, the few long
+    files (the chaos soak: one test, 280 s) came last, and one test process ran on alone for 2-4
+    minutes on one core while the other had ended (bench/RESULTS.md section 22)."""
+    seconds = json.loads(DURATIONS.read_text())
+    items.sort(key=lambda item: -seconds.get(item.path.name, math.inf))
 
 
 @pytest.fixture
