@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..config.spec import QUANTIZED_METHODS, ModelSpec, TaskSpec
-from ..tasks.lengths import SplitLengths, TaskLengths, task_lengths
+from ..tasks.lengths import TaskLengths, task_lengths
 from ..tasks.task import load_task
 from . import calibration, cost, plan_cache
 from .plan import Plan
@@ -130,8 +130,7 @@ def _cached_lengths(model_json: str, task_spec: TaskSpec, max_length: int, head:
         value = plan_cache.cached("lengths", model, inputs, count)
     except _NoTokenizer:
         return None
-    split = lambda d: SplitLengths(tuple(d["tokens"]), tuple(d["kept"]))  # noqa: E731
-    return TaskLengths(split(value["train"]), split(value["eval"]), split(value["test"]), value["new_tokens"])
+    return TaskLengths.from_dict(value)
 
 
 class _NoTokenizer(Exception):

@@ -46,6 +46,12 @@ class TaskLengths:
     test: SplitLengths          # the primary test set and the others, together (each is scored once)
     new_tokens: int = 0         # generation: tokens generated per row when scoring exact match
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskLengths":
+        """The inverse of dataclasses.asdict (what run/plan_cache stores)."""
+        split = lambda s: SplitLengths(tuple(s["tokens"]), tuple(s["kept"]))  # noqa: E731
+        return cls(split(d["train"]), split(d["eval"]), split(d["test"]), d["new_tokens"])
+
 
 def task_lengths(task: Task, tokenizer, max_length: int, head: str) -> TaskLengths:
     """The token lengths of `task`'s rows for a run with `head` (run/plan.task_head)."""
