@@ -1,6 +1,6 @@
 """Benchmark: a soak of random faults on four long tiny sweeps, and what they leave behind.
 
-    python bench/chaos.py [--faults 200] [--seed N] [--gap 3] [--keep DIR]
+    python bench/chaos.py [--faults 200] [--seed N] [--gap 3] [--sweeps grid,pack,optuna,jobs2] [--keep DIR]
 
 Four sweeps run side by side, each into a results store of its own, on a tiny random model
 (model=tiny-bert, wordnet_topics, 8 steps of at least 0.2 s a run; 6 runs a sweep):
@@ -10,6 +10,8 @@ Four sweeps run side by side, each into a results store of its own, on a tiny ra
     optuna    an Optuna study of the same cells (grid sampler) with the median pruner
               (hydra.launcher.retries=3: a trial whose worker is killed is run again in the study)
     jobs2     the same grid on 2 workers (hydra.launcher.n_jobs=2)
+
+(--sweeps runs some of them: the suite's short soak leaves out jobs2, whose restarts cost the most.)
 
 About every --gap seconds (random: the seed, printed, picks the times, the sweeps and the order of the
 faults, each kind as often as the others), one sweep that trains gets one of these faults, and a line
@@ -196,13 +198,13 @@ def _mount(args: list[str]) -> bool:
 class Chaos:
     """The soak: its sweeps, the faults it applies, the extra drivers it started."""
 
-    def __init__(self, root: Path, seed: int, gap: float, out=sys.stdout):
+    def __init__(self, root: Path, seed: int, gap: float, sweeps: tuple[str, ...] = tuple(SWEEPS)):
         self.root, self.rng, self.gap = root, random.Random(seed), gap
         self.count = root / "trainings.txt"
         self.env = hooked_env(self.count)
         self.watch = ResultWatch([], self.count, FINISHED)
         self.can_mount = os.geteuid() == 0 and _probe_mount(root)
-        self.sweeps = [Sweep(name, self) for name in SWEEPS]
+        self.sweeps = [Sweep(name, self) for name in sweeps]
         self.extras: list[tuple[Round, subprocess.Popen]] = []
         self.read_only: list[tuple[float, Round]] = []  # stores to make writable again, and when
         self.applied: Counter = Counter()
@@ -394,9 +396,16 @@ def failures(total: dict[str, int]) -> list[str]:
     return out
 
 
-def soak(faults: int, seed: int, gap: float, root: Path) -> dict:
-    """Run the soak in `root`; its counts: per sweep, in total, the faults applied and the wall time."""
-    chaos = Chaos(root, seed, gap)
+def known_sweeps(sweeps: tuple[str, ...]) -> bool:
+    return bool(sweeps) and all(name in SWEEPS for name in sweeps)
+
+
+def soak(faults: int, seed: int, gap: float, root: Path, sweeps: tuple[str, ...] = tuple(SWEEPS)) -> dict:
+    """Run the soak in `root` on `sweeps` (names in SWEEPS); its counts: per sweep, in total, the
+    faults applied and the wall time."""
+    if not known_sweeps(sweeps):
+        raise ValueError(f"sweeps={','.join(sweeps)!r}: each must be one of {', '.join(SWEEPS)}")
+    chaos = Chaos(root, seed, gap, sweeps)
     t0 = time.perf_counter()
     chaos.run(faults)
     wall = time.perf_counter() - t0
@@ -431,18 +440,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults", type=int, default=200, help="faults to apply in all (default 200)")
     ap.add_argument("--seed", type=int, default=None, help="the random seed (default: from the clock; printed)")
     ap.add_argument("--gap", type=float, default=3.0, help="mean seconds between faults (default 3)")
+    ap.add_argument("--sweeps", default=",".join(SWEEPS),
+                    help=f"the sweeps to run, comma-separated (default: all, {','.join(SWEEPS)})")
     ap.add_argument("--keep", type=Path, default=None, help="a folder to run in and keep (default: a temp one)")
     args = ap.parse_args(argv)
     if args.faults < 1 or args.gap <= 0:
         ap.error(f"--faults={args.faults} must be at least 1 and --gap={args.gap} above 0")
+    sweeps = tuple(filter(None, args.sweeps.split(",")))
+    if not known_sweeps(sweeps):
+        ap.error(f"--sweeps={args.sweeps!r}: each must be one of {', '.join(SWEEPS)}")
     seed = args.seed if args.seed is not None else int(time.time()) % 100_000
-    print(f"chaos soak: seed {seed}, {args.faults} faults, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
+    print(f"chaos soak: seed {seed}, {args.faults} faults on {', '.join(sweeps)}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=False)
-        report = soak(args.faults, seed, args.gap, args.keep.resolve())
+        report = soak(args.faults, seed, args.gap, args.keep.resolve(), sweeps)
     else:
         with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-            report = soak(args.faults, seed, args.gap, Path(tmp).resolve())
+            report = soak(args.faults, seed, args.gap, Path(tmp).resolve(), sweeps)
     print_report(report, seed)
     return 1 if report["failures"] else 0
 
