@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import model_zoo as zoo
 from conftest import ROOT
@@ -101,3 +102,28 @@ def test_an_unreadable_entry_or_an_unwritable_cache_costs_only_time(tmp_path):
 
     (tmp_path / "not-a-folder").write_text("")
     assert plan_in_new_process(case, tmp_path / "not-a-folder")["plans"] == first["plans"]
+
+
+def test_entries_unused_for_a_month_go_when_a_new_one_is_written(tmp_path):
+    bert, llama = [CASES[2]], [CASES[0]]
+    cache = tmp_path / "cache"
+    first = plan_in_new_process(bert, cache)
+    plans = cache / "plans"
+    month_ago = time.time() - 31 * 86400
+    bert_entries = sorted(plans.iterdir())
+    stale, cut = plans / f"facts-{'0' * 32}.json", plans / ".lengths-abc123.json"  # older code's; a write cut short
+    recent = plans / f"facts-{'1' * 32}.json"
+    for path in (stale, cut, recent):
+        path.write_text("{}")
+    for path in (*bert_entries, stale, cut):
+        os.utime(path, (month_ago, month_ago))
+
+    again = plan_in_new_process(bert, cache)  # reads its entries, which marks them used; writes none
+    assert again["imported"] == [] and again["plans"] == first["plans"]
+    assert stale.exists() and cut.exists()  # only a process that writes an entry removes any
+    assert all(p.stat().st_mtime > month_ago + 86400 for p in bert_entries)
+
+    plan_in_new_process(llama, cache)  # a model not planned here yet: two new entries
+    assert not stale.exists() and not cut.exists()
+    assert set(bert_entries) | {recent} < set(plans.iterdir())
+    assert len(list(plans.iterdir())) == len(bert_entries) + 1 + 2

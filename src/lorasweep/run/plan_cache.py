@@ -9,11 +9,15 @@ torch, transformers, peft and tokenizers, and the model's files (config, tokeniz
 its weights). A changed file, library or line of lorasweep is a new entry, never a stale one. Models
 read from the hub (source hub, a model=hf hub id) are not cached: their files are the HF cache's.
 Errors are never cached: a config that fails to plan fails each time, in the same words.
+Each read marks its entry used (its mtime); a process that writes an entry first removes those
+unused for KEEP_DAYS, so the entries of older code, libraries or model files go in time.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +30,7 @@ from .store import write_json_atomically
 FORMAT = 1  # of an entry's value: a change here is a new entry
 LIBRARIES = ("torch", "transformers", "peft", "tokenizers")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx")
+KEEP_DAYS = 30  # an entry unused this long is removed (by the next process that writes one)
 
 
 def cached(kind: str, model: ModelSpec, inputs: dict[str, Any], compute: Callable[[], dict]) -> dict:
@@ -39,10 +44,14 @@ def cached(kind: str, model: ModelSpec, inputs: dict[str, Any], compute: Callabl
                      sort_keys=True, default=_plain)
     path = plans_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):  # none yet, or unreadable: planned as if new, and kept
         pass
+    else:
+        _touch(path)
+        return value
     value = compute()
+    _remove_unused(path.parent)
     _write(path, value)
     return value
 
@@ -116,6 +125,27 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "-"
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry used now (a cache others own, or read-only: it ages as if unused)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+@lru_cache(maxsize=1)
+def _remove_unused(folder: Path) -> None:
+    """Remove the entries unused for KEEP_DAYS, and temp files left by a write cut short; once a
+    process (it lists the folder), and only where a new entry is written."""
+    oldest = time.time() - KEEP_DAYS * 86400
+    for path in folder.glob("*.json"):  # entries, and temp files (".facts-....json")
+        try:
+            if path.stat().st_mtime < oldest:
+                path.unlink()
+        except OSError:  # another process removed it first, or it is not ours to remove
+            pass
 
 
 def _write(path: Path, value: dict) -> None:
