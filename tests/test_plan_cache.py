@@ -32,6 +32,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from lorasweep.run.plan import plan_run
 from lorasweep.run.predict import task_lengths_of
+from lorasweep.sweep.packs import why_alone
 
 plans = []
 for overrides in json.loads(sys.argv[1]):
@@ -41,7 +42,7 @@ for overrides in json.loads(sys.argv[1]):
     plans.append({"run_key": plan.spec.run_key, "r": plan.spec.lora.r, "head": plan.head,
                   "targets": list(plan.targets), "predicted": plan.predicted, "base_total": plan.base_total,
                   "token_ids": list(plan.token_ids), "shape": asdict(plan.shape),
-                  "lengths": asdict(task_lengths_of(plan)), "covers": plan.covers})
+                  "lengths": asdict(task_lengths_of(plan)), "covers": plan.covers, "alone": why_alone(cfg)})
 print(json.dumps({"plans": plans, "imported": [m for m in ("torch", "transformers", "peft") if m in sys.modules]}))
 """
 
@@ -58,7 +59,7 @@ def test_a_model_planned_before_plans_again_alike_without_transformers(tmp_path)
     cold = plan_in_new_process(CASES, tmp_path / "cache")
     assert cold["imported"] == ["torch", "transformers", "peft"]  # read off the skeletons
     entries = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "plans").iterdir())
-    assert entries == ["facts"] * 6 + ["lengths"] * 6
+    assert entries == ["facts"] * 6 + ["head"] + ["lengths"] * 6  # head: the packs' question of the completion run
 
     # a rank or a budget not planned before is arithmetic on what is kept: no new entry
     other_ranks = [CASES[0] + ["lora.r=32"], CASES[2][:3] + ["budget.max_trainable=20000", *SHORT]]
@@ -73,6 +74,8 @@ def test_a_model_planned_before_plans_again_alike_without_transformers(tmp_path)
     assert qwen3[0]["predicted"] != qwen3[1]["predicted"]  # vocabulary 105 grows by 3 rows; 128 has room
     assert cold["plans"][0]["covers"].startswith("14 modules: self_attn.q_proj")
     assert cold["plans"][5]["head"] == "seq2seq_lm"
+    assert cold["plans"][5]["alone"] == "model=tiny-t5 trains completion as seq2seq (packs hold classification and " \
+        "causal-LM runs)"
 
 
 def test_an_edited_model_folder_is_planned_anew(tmp_path):

@@ -346,7 +346,7 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
           workdir: Path, tracker: Tracker, reporter: Reporter | None = None,
           loop: LoopOptions = LoopOptions(), progress: Path | None = None,
           predicted_s: float | None = None) -> TrainOutcome:
-    """Train `model` in place and return its curve and timing. head: the plan's (run/plan.task_head).
+    """Train `model` in place and return its curve and timing. head: the plan's (run/model_facts.task_head).
 
     `reporter` sees every evaluation along training; when it answers True the run stops there.
     A non-finite training loss stops training at once: `outcome.diverged` says where.
@@ -397,7 +397,7 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
 
 def make_trainer(model, tokenizer, data: TrainingData, spec: TrainSpec, head: str, workdir: Path,
                  loop: LoopOptions = LoopOptions()) -> Trainer:
-    """The run's Trainer (head: the plan's, run/plan.task_head): transformers' for classification and
+    """The run's Trainer (head: the plan's, run/model_facts.task_head): transformers' for classification and
     seq2seq, trl's SFTTrainer for a causal LM, each with the task's evaluation (_TaskEvaluation). A pack
     builds its runs' with this too, for their data order and optimizer settings (run/pack_loop.py)."""
     common = {**trainer_arguments(spec, workdir, loop.save_steps), "torch_compile": loop.compile}

@@ -53,8 +53,12 @@ def task_head(model: ModelSpec, kind: str) -> str:
     for classification; for chat, completion and mcq a causal LM, except completion on an
     encoder-decoder (a seq2seq LM head in transformers and no causal-LM one: t5, bart, ...), which
     trains as seq2seq: the prompt is the encoder's input, the completion the decoder's labels.
-    Reads config.json's model_type for a model=hf folder or hub id (no weights)."""
-    return _head_for(_model_type(model), kind)
+    Reads config.json's model_type for a model=hf folder or hub id (no weights), and transformers'
+    auto mappings: kept in the plan cache, so that a driver asking again (sweep/packs) imports neither."""
+    if kind == "classification":
+        return "classification"
+    kept = plan_cache.cached("head", model, {"kind": kind}, lambda: {"head": _head_for(_model_type(model), kind)})
+    return kept["head"]
 
 
 def _head_for(model_type: str, kind: str) -> str:

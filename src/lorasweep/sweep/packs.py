@@ -83,7 +83,7 @@ def why_alone(cfg: Mapping[str, Any]) -> str | None:
     if spec.tokens.new:
         return "it injects new tokens"
     if spec.task.kind == "completion":
-        from ..run.model_facts import task_head  # transformers' auto mappings: imported for completion runs only
+        from ..run.model_facts import task_head  # from the plan cache, else transformers' auto mappings
 
         if task_head(spec.model, spec.task.kind) == "seq2seq_lm":
             return f"model={spec.model.name} trains completion as seq2seq (packs hold classification and causal-LM runs)"

@@ -54,7 +54,7 @@ class TaskLengths:
 
 
 def task_lengths(task: Task, tokenizer, max_length: int, head: str) -> TaskLengths:
-    """The token lengths of `task`'s rows for a run with `head` (run/plan.task_head)."""
+    """The token lengths of `task`'s rows for a run with `head` (run/model_facts.task_head)."""
     tests = list(task.test) + [r for rows in task.tests.values() for r in rows]
     split = lambda rows: _lengths(task, rows, tokenizer, max_length, head)  # noqa: E731
     new = 0

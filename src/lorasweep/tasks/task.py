@@ -13,7 +13,7 @@ from .formats import load_chat, load_classification, load_completion, load_mcq
 
 LOADERS = {"classification": load_classification, "mcq": load_mcq, "chat": load_chat,
            "completion": load_completion}
-SEQ2SEQ = "seq2seq_lm"  # the head of a completion task on an encoder-decoder (decided in run/plan.task_head)
+SEQ2SEQ = "seq2seq_lm"  # the head of a completion task on an encoder-decoder (decided in run/model_facts.task_head)
 
 
 @dataclass
@@ -92,7 +92,7 @@ def _labels(spec: TaskSpec, rows: list[dict], known: list[str]) -> list[str]:
 
 
 def training_data(task: Task, tokenizer, train: TrainSpec, head: str) -> TrainingData:
-    """The task's rows in the form its trainer takes; `head`: the plan's (run/plan.task_head)."""
+    """The task's rows in the form its trainer takes; `head`: the plan's (run/model_facts.task_head)."""
     from . import classification, generation, mcq, seq2seq  # torch: where a run trains; a sweep plans without it
 
     kind = task.spec.kind
