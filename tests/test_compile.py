@@ -1,6 +1,6 @@
 """train.compile=true: the model torch.compile'd for training (run/loop.py, run/compile_check.py), a
 loop option outside the run key: the same run, its numbers close to the eager run's (not equal:
-inductor's dropout masks come from its own random generator)."""
+inductor's dropout masks come from its own random generator), and its result says what compiled."""
 import json
 
 import pytest
@@ -17,7 +17,7 @@ def only_result(store):
 
 
 @pytest.mark.slow  # ~60 s each on 2 cores: inductor compiles the forward and backward at the first step
-@pytest.mark.parametrize("task", [TINY_TOPICS, TINY_MCQ], ids=["classification", "sft"])
+@pytest.mark.parametrize("task", [TINY_TOPICS + ["method=dora"], TINY_MCQ], ids=["classification-dora", "sft"])
 def test_a_compiled_run_trains_the_same_run(tmp_path, monkeypatch, task):
     """Eager and compiled, each into its own store (one store would find the run done: same run key);
     the compiled one leaves inductor's generated code behind, so it did compile."""
@@ -37,6 +37,9 @@ def test_a_compiled_run_trains_the_same_run(tmp_path, monkeypatch, task):
     # close, not equal: inductor draws dropout masks from its own generator (1.5e-4 apart seen here)
     assert compiled["metrics"]["train"]["loss"] == pytest.approx(eager["metrics"]["train"]["loss"], rel=1e-2)
     assert any(p.suffix in (".py", ".so", ".cpp") for p in inductor.rglob("*")), "nothing was compiled"
+    # DoRA's weight norm traced whole (compat.traceable_dora_weight), as in a pack: no graph break
+    assert "compile" not in eager and compiled["compile"]["graph_breaks"] == 0, compiled["compile"]
+    assert compiled["compile"]["graphs"] >= 1
 
 
 def test_compile_is_not_in_the_run_key():

@@ -111,6 +111,7 @@ class TrainOutcome:
     pruned_at: int | None = None  # the step at which the reporter stopped the run
     resumed_from_step: int | None = None  # the checkpoint this run continued from (after a requeue)
     diverged: Divergence | None = None    # the training loss became NaN or infinite: training stopped there
+    compiled: dict[str, int] | None = None  # train.compile: the graphs torch.compile made and its graph breaks
 
 
 class _TaskEvaluation:
@@ -368,6 +369,9 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
         trainer.add_callback(_Checkpoints(outcome, workdir))
     if loop.step_sleep_s > 0:
         trainer.add_callback(_SlowSteps(loop.step_sleep_s))
+    if loop.compile:
+        compat.traceable_dora_weight()  # DoRA layers traced whole, as in a pack: no graph break in peft's DoRA
+    counted_before = compile_counts() if loop.compile else None
     last = last_complete_checkpoint(workdir) if loop.save_steps > 0 else None
     if last:
         outcome.resumed_from_step = int(Path(last).name.split("-")[-1])
@@ -389,10 +393,20 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
         steps = trainer.state.global_step  # the optimizer steps completed before the bad one
         say(f"  {e.divergence.reason}: training stopped")
     wall = time.perf_counter() - before_evals
+    if counted_before is not None:
+        outcome.compiled = {k: n - counted_before[k] for k, n in compile_counts().items()}
     outcome.train_seconds = wall - outcome.eval_seconds
     outcome.steps = steps
     outcome.examples = steps * spec.batch_size
     return outcome
+
+
+def compile_counts() -> dict[str, int]:
+    """What torch.compile has made in this process so far (dynamo counts as it traces): graphs, and
+    graph breaks (each splits a forward into more graphs, run eagerly between)."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values())}
 
 
 def make_trainer(model, tokenizer, data: TrainingData, spec: TrainSpec, head: str, workdir: Path,

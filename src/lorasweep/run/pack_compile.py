@@ -29,6 +29,7 @@ import torch
 
 from .. import compat
 from ..model.adapter_pack import PackedModel
+from .loop import compile_counts
 
 # Inductor's in-place buffer reuse, turned off for a pack's graphs only (torch._inductor.config.inplace_buffers)
 INDUCTOR_PATCHES = {"inplace_buffers": False}
@@ -60,13 +61,13 @@ class PackCompile:
         compiled = self._compiled.get(id(module))
         if compiled is None:
             compiled = self._compiled[id(module)] = torch.compile(module, backend=_inductor)
-        breaks = _graph_breaks()
+        breaks = compile_counts()["graph_breaks"]
         _compiling_for.append(self.record)
         try:
             return compiled(**inputs)
         finally:
             _compiling_for.pop()
-            self.record["graph_breaks"] += _graph_breaks() - breaks
+            self.record["graph_breaks"] += compile_counts()["graph_breaks"] - breaks
 
 
 def _inductor(graph: torch.fx.GraphModule, example_inputs: list) -> Any:
@@ -77,10 +78,3 @@ def _inductor(graph: torch.fx.GraphModule, example_inputs: list) -> Any:
     if _compiling_for:
         _compiling_for[-1]["graphs"] += 1
     return compile_fx(graph, example_inputs, config_patches=INDUCTOR_PATCHES)
-
-
-def _graph_breaks() -> int:
-    """Dynamo's count of graph breaks so far in this process (it counts as it traces)."""
-    from torch._dynamo.utils import counters
-
-    return sum(counters["graph_break"].values())

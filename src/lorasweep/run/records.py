@@ -46,6 +46,7 @@ def done_result(folder: Path, base: dict, task, test: dict, more: dict, outcome,
                     **({"train": {"loss": outcome.final_train_loss}} if outcome else {})},
         "objective": {"name": f"test.{metric}", "value": test[metric], "direction": direction},
         "curve": outcome.curve if outcome else [], "timing": timing,
+        **({"compile": outcome.compiled} if outcome and outcome.compiled is not None else {}),
         "memory": {**store.peak_memory(), **weights}, **({"cost": cost} if cost else {}), "artifacts": artifacts})
 
 
