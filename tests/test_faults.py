@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -33,7 +34,7 @@ from lorasweep.run import memory
 from lorasweep.run.claims import live_holder
 from lorasweep.run.lifecycle import run_config
 from lorasweep.run.plan import plan_run
-from lorasweep.run.store import write_json_atomically, write_result
+from lorasweep.run.store import check_writable, write_json_atomically, write_result
 
 
 def strict_json(text: str):
@@ -368,6 +369,34 @@ def test_unwritable_results_dir_stops_a_sweep_before_anything_trains(tmp_path):
         total = plan.stdout.strip().splitlines()[-1]
         assert "; 2 to run; predicted " in total, total  # the runs' predicted time (tests/test_cost.py), then
         assert total.endswith(f"; results_dir={store} is not writable: Read-only file system"), total
+
+
+def _probe_new_stores(start, base: Path, n: int, failures) -> None:
+    """A driver's first move on `n` new stores, each at the same moment as its rivals (`start`, a barrier)."""
+    for i in range(n):
+        start.wait()
+        try:
+            check_writable(base / f"store-{i}" / "results")
+        except Exception as e:
+            failures.put(f"{type(e).__name__}: {e}")
+
+
+def test_drivers_started_at_once_on_a_new_store_all_find_it_writable(tmp_path):
+    """Each driver creates a new results_dir, probes it and removes it again: a rival's removal between
+    its mkdir and its probe file said "not writable: No such file or directory" (12 of 3 x 300 probes;
+    the third driver of test_three_drivers_on_one_grid_train_each_run_once once exited so)."""
+    fork = multiprocessing.get_context("fork")  # the store module as it is here, without a new interpreter
+    start, failures = fork.Barrier(3), fork.Queue()
+    drivers = [fork.Process(target=_probe_new_stores, args=(start, tmp_path, 300, failures)) for _ in range(3)]
+    for p in drivers:
+        p.start()
+    for p in drivers:
+        p.join(timeout=120)
+    assert [p.exitcode for p in drivers] == [0, 0, 0]
+    said = []
+    while not failures.empty():
+        said.append(failures.get())
+    assert said == []
 
 
 # -- a result.json that cannot be read ---------------------------------------------------------------------

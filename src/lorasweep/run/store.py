@@ -135,6 +135,10 @@ def read_result(folder: Path) -> dict[str, Any] | None:
 # -- writing into the store: refused before anything trains, or one line naming the path and cause --
 
 _WRITABLE: dict[Path, str | None] = {}  # results_dir (resolved) -> why it is not writable, once per process
+# Drivers started at once on a new store each create it, probe it and remove it again: 3 x 300
+# probes at once saw the folder vanish 12 times (a sweep refused: "not writable: No such file or
+# directory"); each probe tries again, and gives up only on a folder that never stays
+PROBE_TRIES = 20
 
 
 def check_writable(results_dir: str | Path) -> None:
@@ -171,8 +175,14 @@ def _probe(path: Path) -> str | None:
         return "it is a file, not a folder"
     missing = missing_folders(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        for attempt in range(PROBE_TRIES):
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=path)
+                break
+            except FileNotFoundError:  # another process probing the same new store removed the folders
+                if attempt == PROBE_TRIES - 1:  # it made, between our mkdir and our file: make them again
+                    raise
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
