@@ -342,8 +342,11 @@ class Sweep:
     def __enter__(self) -> "Sweep":
         return self
 
-    def __exit__(self, *_) -> None:
-        """Whatever happened in the test, leave no process of this sweep behind."""
+    def __exit__(self, failure, *_) -> None:
+        """Whatever happened in the test, leave no process of this sweep behind; in a test that fails,
+        its output goes to the report (a driver that never got as far as the test waited for)."""
+        if failure is not None:
+            print(f"--- the output of launch.py {' '.join(self.proc.args[4:])}:\n" + "\n".join(self.lines[-60:]))
         self.workers()
         if self.proc.poll() is None:  # the driver still runs: its process group is this sweep's
             os.killpg(self.proc.pid, signal.SIGKILL)
