@@ -298,11 +298,11 @@ def _evaluator(pack: PackedModel, task, tokenizer, rows, train, head: str):
     on_cpu = next(pack.model.parameters()).device.type == "cpu"
 
     def evaluate(adapters):
-        # On a CPU a forward of every run's eval_batch_size rows at once leaves the caches that one run's
-        # batch fits in. 9 runs of the embedded default on its 1,000 test rows (2 cores): 38.7-41.0 s at 64
-        # rows a run (576 a forward), 24-31 s at 2 to 16 a run, 46 s at 1, 24-25 s for the runs alone.
-        # So there the runs share one eval_batch_size, at least 8 rows each; an accelerator takes each
-        # run's whole batch at once
+        # On a CPU a forward of every run's eval_batch_size rows at once makes tensors over glibc's mmap
+        # threshold, mapped and faulted in afresh each forward. 9 runs of the embedded default on its 1,000
+        # test rows (2 cores): 38.7-41.0 s at 64 rows a run (576 a forward), 24-31 s at 2 to 16 a run, 46 s
+        # at 1, 24-25 s for the runs alone (bench/pack_eval.py). So there the runs share one
+        # eval_batch_size, at least 8 rows each; an accelerator takes each run's whole batch at once
         rows_each = train.eval_batch_size
         if on_cpu:
             rows_each = min(rows_each, max(8, rows_each // len(adapters)))
