@@ -369,9 +369,10 @@ def train(model, tokenizer, data: TrainingData, evaluator: Evaluator, spec: Trai
         trainer.add_callback(_Checkpoints(outcome, workdir))
     if loop.step_sleep_s > 0:
         trainer.add_callback(_SlowSteps(loop.step_sleep_s))
+    counted_before = None
     if loop.compile:
         compat.traceable_dora_weight()  # DoRA layers traced whole, as in a pack: no graph break in peft's DoRA
-    counted_before = compile_counts() if loop.compile else None
+        counted_before = compile_counts()
     last = last_complete_checkpoint(workdir) if loop.save_steps > 0 else None
     if last:
         outcome.resumed_from_step = int(Path(last).name.split("-")[-1])
