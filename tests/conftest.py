@@ -267,6 +267,7 @@ class Sweep:
         self.proc = subprocess.Popen([sys.executable, "-c", _AS_A_FOREGROUND_JOB, str(ROOT / "launch.py"), *args],
                                      cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.args = args
         self.lines: list[str] = []
         self.ended = False
         self.seen: dict = {}  # every worker process seen, by pid (killed at the end if still there)
@@ -346,7 +347,7 @@ class Sweep:
         """Whatever happened in the test, leave no process of this sweep behind; in a test that fails,
         its output goes to the report (a driver that never got as far as the test waited for)."""
         if failure is not None:
-            print(f"--- the output of launch.py {' '.join(self.proc.args[4:])}:\n" + "\n".join(self.lines[-60:]))
+            print(f"--- the output of launch.py {' '.join(self.args)}:\n" + "\n".join(self.lines[-60:]))
         self.workers()
         if self.proc.poll() is None:  # the driver still runs: its process group is this sweep's
             os.killpg(self.proc.pid, signal.SIGKILL)

@@ -371,14 +371,17 @@ def test_unwritable_results_dir_stops_a_sweep_before_anything_trains(tmp_path):
         assert total.endswith(f"; results_dir={store} is not writable: Read-only file system"), total
 
 
-def _probe_new_stores(start, base: Path, n: int, failures) -> None:
-    """A driver's first move on `n` new stores, each at the same moment as its rivals (`start`, a barrier)."""
+def _probe_new_stores(start, base: Path, n: int, said) -> None:
+    """A driver's first move on `n` new stores, each at the same moment as its rivals (`start`, a
+    barrier); what it refused, put in `said` as one list at the end."""
+    refused = []
     for i in range(n):
         start.wait()
         try:
             check_writable(base / f"store-{i}" / "results")
         except Exception as e:
-            failures.put(f"{type(e).__name__}: {e}")
+            refused.append(f"{type(e).__name__}: {e}")
+    said.put(refused)
 
 
 def test_drivers_started_at_once_on_a_new_store_all_find_it_writable(tmp_path):
@@ -386,17 +389,15 @@ def test_drivers_started_at_once_on_a_new_store_all_find_it_writable(tmp_path):
     its mkdir and its probe file said "not writable: No such file or directory" (12 of 3 x 300 probes;
     the third driver of test_three_drivers_on_one_grid_train_each_run_once once exited so)."""
     fork = multiprocessing.get_context("fork")  # the store module as it is here, without a new interpreter
-    start, failures = fork.Barrier(3), fork.Queue()
-    drivers = [fork.Process(target=_probe_new_stores, args=(start, tmp_path, 300, failures)) for _ in range(3)]
+    start, said = fork.Barrier(3), fork.Queue()
+    drivers = [fork.Process(target=_probe_new_stores, args=(start, tmp_path, 300, said)) for _ in range(3)]
     for p in drivers:
         p.start()
+    refused = [said.get(timeout=120) for _ in drivers]  # read before joining: a full pipe blocks its writer
     for p in drivers:
-        p.join(timeout=120)
+        p.join(timeout=60)
     assert [p.exitcode for p in drivers] == [0, 0, 0]
-    said = []
-    while not failures.empty():
-        said.append(failures.get())
-    assert said == []
+    assert refused == [[], [], []]
 
 
 # -- a result.json that cannot be read ---------------------------------------------------------------------
