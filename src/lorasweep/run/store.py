@@ -180,8 +180,8 @@ def _probe(path: Path) -> str | None:
                 path.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=path)
                 break
-            except FileNotFoundError:  # a rival probing the same new store removed it between our
-                if attempt == PROBE_TRIES - 1:  # mkdir and our file: make it again
+            except (FileNotFoundError, FileExistsError):  # a rival probing the same new store removed
+                if attempt == PROBE_TRIES - 1:  # it after our mkdir, or between mkdir's own steps: again
                     raise
         os.close(fd)
         os.unlink(tmp)
