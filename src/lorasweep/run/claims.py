@@ -189,25 +189,10 @@ class Claim:
 
     def _take_over(self, dead: Holder) -> bool:
         """Replace `dead`'s claim by ours, as the only process doing so; False: look again."""
-        lock = self.folder / TAKEOVER_FILE
-        try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        except FileExistsError:
-            try:
-                if time.time() - lock.stat().st_mtime > TAKEOVER_STALE_S:
-                    lock.unlink(missing_ok=True)
-            except FileNotFoundError:
-                pass
-            time.sleep(0.1)  # another process takes it over now: look again after it
+        if not _delete_dead(self.folder, dead):
+            time.sleep(0.1)  # another process takes it over now, or did: look again after it
             return False
-        try:
-            now = holder(self.folder)
-            if now is None or now.owner.get("token") != dead.owner.get("token"):
-                return False  # it changed under us (released, or taken by another): look again
-            self.path.unlink(missing_ok=True)
-            return self._link()
-        finally:
-            lock.unlink(missing_ok=True)
+        return self._link()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -237,7 +222,31 @@ def drop_dead_claim(folder: Path) -> None:
     whose driver records the run failed): the next trainer need not take it over."""
     found = holder(folder)
     if found is not None and not found.alive:
-        (Path(folder) / CLAIM_FILE).unlink(missing_ok=True)
+        _delete_dead(Path(folder), found)
+
+
+def _delete_dead(folder: Path, dead: Holder) -> bool:
+    """Delete `dead`'s claim as the only process doing so (the takeover file), so that a process that
+    took it over meanwhile keeps its new claim; False: another process takes it over now, or it
+    changed since `dead` was read (released, or taken)."""
+    lock = folder / TAKEOVER_FILE
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        try:
+            if time.time() - lock.stat().st_mtime > TAKEOVER_STALE_S:
+                lock.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        return False
+    try:
+        now = holder(folder)
+        if now is None or now.owner.get("token") != dead.owner.get("token"):
+            return False
+        (folder / CLAIM_FILE).unlink(missing_ok=True)
+        return True
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def drop_job_claim(folder: Path, job_id: str) -> None:
