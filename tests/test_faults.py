@@ -759,6 +759,23 @@ def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, trainin
     assert list(per_run(trainings()).values()) == [2]  # the killed training, and the one that finished
 
 
+@pytest.mark.parametrize("pack", [False, True], ids=["alone", "pack"])
+def test_claims_the_store_kept_for_a_moment_at_the_runs_end_are_gone_when_the_sweep_ends(tmp_path, monkeypatch, pack):
+    """The store is read-only for the moment each run's claim is deleted, its result written (a chaos
+    soak's read-only fault left a pack's 5 claims so): the runs end done, each says its claim could not
+    be deleted, and once the sweep's workers have ended its driver deletes those claims, whose owners
+    are gone: none outlives its owner. Before, both stayed until a later sweep on the store."""
+    with tmpfs(tmp_path / "results", size="8m") as store:
+        with_hooks(monkeypatch, LORASWEEP_RO_AT_RELEASE=str(store))
+        done = launch(["-m", *TINY_TOPICS, "lora.r=2,4", f"results_dir={store}",
+                       *(["hydra.launcher.pack=true"] if pack else [])], cwd=tmp_path)
+        said = done.stdout + done.stderr
+        assert done.returncode == 0, said[-3000:]
+        assert said.count("its claim could not be deleted (Read-only file system") == 2, said[-3000:]
+        assert sorted(statuses(store).values()) == ["done", "done"]
+        assert [str(p.relative_to(store)) for p in store.rglob("claim.json")] == []
+
+
 def test_the_plan_view_shows_a_run_trained_elsewhere(tmp_path, trainings, hold):
     store = tmp_path / "results"
     run = [*TINY_TOPICS, "train.max_steps=40", f"results_dir={store}"]

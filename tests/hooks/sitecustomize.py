@@ -53,6 +53,10 @@ environment variable is set, so a process started without them is an ordinary on
                                        <gate file>.held: a barrier, so that a test acts on a run known to
                                        be mid-training (kills it, starts a rival) and then lets it go on;
                                        a run still held after 10 minutes raises RuntimeError
+    LORASWEEP_RO_AT_RELEASE=<mount>    each claim a process releases (lorasweep.run.claims) meets the
+                                       mount <mount> read-only: it is remounted so just before and
+                                       writable again just after (root): a store read-only for the
+                                       moment a run ends, after its result was written
 
 A call is counted before it fails or trains.
 
@@ -86,9 +90,10 @@ _KILL_AT = os.environ.get("LORASWEEP_KILL_AT")
 _FAIL_AT = os.environ.get("LORASWEEP_FAIL_AT")
 _HOLD = os.environ.get("LORASWEEP_HOLD")
 _SLOW_EXIT = os.environ.get("LORASWEEP_SLOW_EXIT")
+_RO_AT_RELEASE = os.environ.get("LORASWEEP_RO_AT_RELEASE")
 
 if any([_COUNT, _FAIL_ONCE, _SLOW_STOP, _OOM, _PACK_HOLDS, _KILL_PACK_AT, _RANK_BATCHES, _FAIL_RANK, _KILL_AT,
-        _FAIL_AT, _HOLD, _SLOW_EXIT]):
+        _FAIL_AT, _HOLD, _SLOW_EXIT, _RO_AT_RELEASE]):
     try:
         from wrapt import when_imported
     except ImportError as missing:  # Python says "Error in sitecustomize" with this, and goes on unhooked
@@ -344,3 +349,19 @@ if _SLOW_EXIT:
         global _serve
         _serve = worker.serve
         worker.serve = _serve_then_linger
+
+if _RO_AT_RELEASE:
+    @when_imported("lorasweep.run.claims")
+    def _release_read_only(claims):
+        import subprocess
+
+        _release = claims.Claim.release
+
+        def _released_read_only(self):
+            subprocess.run(["mount", "-o", "remount,ro", _RO_AT_RELEASE], check=True)
+            try:
+                _release(self)
+            finally:
+                subprocess.run(["mount", "-o", "remount,rw", _RO_AT_RELEASE], check=True)
+
+        claims.Claim.release = _released_read_only

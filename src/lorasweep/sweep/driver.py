@@ -6,7 +6,9 @@ sweep/packs), at most `executor.n_jobs` of them; each run's own outcome out of i
 (its claim is live, run/claims), waited for and polled every WAIT_POLL_S until its result lands or
 its claim goes without one (then it trains here); a store fault that every later run would hit
 (no space left, a read-only store), after which nothing new starts; the cluster refusing the runs
-(exit 2); an interrupt (the executor stops its runs; exit 130).
+(exit 2); an interrupt (the executor stops its runs; exit 130). Once its workers have ended, the
+claims they left on its runs are deleted: a worker killed outright leaves its claim, and so does one
+whose store was read-only for the moment its run ended (its result written, the claim not deleted).
 
 What differs is the source's (sweep/grid.GridSource, sweep/optuna_study.OptunaSweep): which units
 run next (`next_units`) and what an outcome means (`record`: the grid counts it, the study tells
@@ -24,7 +26,7 @@ from ..console import say
 from ..errors import StoreError, SubmissionError, SweepExit
 from ..executors.interface import Executor
 from ..executors.worker import claimed_by
-from ..run.claims import WAIT_POLL_S
+from ..run.claims import WAIT_POLL_S, drop_dead_claim
 from ..run.store import run_key_of
 from .packs import per_run, to_resend, unit_job
 from .triage import after_wait
@@ -94,6 +96,7 @@ class Driver:
         self.waiting: list[Run] = []  # runs another process trains now
         self.durations: list[float] = []  # of the tasks ended here: for an ETA
         self.stopped: StoreError | None = None  # the store fault that stops the sweep
+        self.sent: set[Path] = set()  # the folders of the runs sent, whose claims are ours to tidy at the end
 
     def drive(self) -> None:
         try:
@@ -117,6 +120,7 @@ class Driver:
                 self._shutdown()
             except KeyboardInterrupt:  # every run had ended: only idle workers were let go, and the executor killed them
                 say("sweep: interrupted while its idle workers ended; every run had ended, nothing was lost")
+            self._drop_dead_claims()
 
     def await_claim(self, run: Run) -> bool:
         """A run another process trains now: waited for (True), unless it is a job of our own
@@ -145,6 +149,7 @@ class Driver:
             for (unit, again), future in zip(batch, futures):
                 for run in unit:
                     run.started = time.perf_counter()
+                    self.sent.add(run.folder)
                 self.running[future] = unit
                 self.source.sent(unit, future, self.executor.verb, again)
 
@@ -212,3 +217,13 @@ class Driver:
 
     def _shutdown(self) -> None:
         self.executor.shutdown(cancel=bool(self.running))
+
+    def _drop_dead_claims(self) -> None:
+        """Delete the claims whose owners are gone on the runs this sweep sent (its workers' claims,
+        once they have ended; claims of live processes and of other hosts' stay). A store that still
+        refuses keeps them: the next trainer takes them over, the next triage of a finished run drops it."""
+        for folder in self.sent:
+            try:
+                drop_dead_claim(folder)
+            except OSError:
+                return
