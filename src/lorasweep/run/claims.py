@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -164,16 +163,10 @@ class Claim:
 
     def _link(self) -> bool:
         """Publish our claim if there is none: a complete temp file, hard-linked to claim.json."""
-        for attempt in range(3):
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".claim-", dir=self.folder)
-                break
-            except FileNotFoundError:  # a claim released just now removed its empty folder: make it again
-                if attempt == 2:
-                    raise
-            except OSError as e:
-                raise store.storage_error(e, self.path) or e
+        try:  # a claim released just now may remove its run's empty folder as we make it: made again
+            fd, tmp = store.new_temp_file(self.folder, ".claim-")
+        except OSError as e:
+            raise store.storage_error(e, self.path) or e
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(self.owner, f, indent=2)

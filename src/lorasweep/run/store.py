@@ -137,8 +137,8 @@ def read_result(folder: Path) -> dict[str, Any] | None:
 _WRITABLE: dict[Path, str | None] = {}  # results_dir (resolved) -> why it is not writable, once per process
 # Drivers started at once on a new store each create it, probe it and remove it again: 3 x 300
 # probes at once saw the folder vanish 12 times (a sweep refused: "not writable: No such file or
-# directory"); each probe tries again, and gives up only on a folder that never stays
-PROBE_TRIES = 20
+# directory"); new_temp_file tries again, and gives up only on a folder that never stays
+FOLDER_TRIES = 20
 
 
 def check_writable(results_dir: str | Path) -> None:
@@ -175,14 +175,7 @@ def _probe(path: Path) -> str | None:
         return "it is a file, not a folder"
     missing = missing_folders(path)
     try:
-        for attempt in range(PROBE_TRIES):
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=path)
-                break
-            except (FileNotFoundError, FileExistsError):  # a rival probing the same new store removed
-                if attempt == PROBE_TRIES - 1:  # it after our mkdir, or between mkdir's own steps: again
-                    raise
+        fd, tmp = new_temp_file(path, ".write-test-")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
@@ -194,6 +187,22 @@ def _probe(path: Path) -> str | None:
             except OSError:
                 pass
     return None
+
+
+def new_temp_file(folder: Path, prefix: str) -> tuple[int, str]:
+    """A new temp file in `folder` (fd, path), the folder made first with its missing parents. A
+    rival that makes the same new folders and removes them again (a probe of a new store, a claim
+    whose run left nothing) may remove them between our mkdir and our file, or inside mkdir itself
+    (it found the folder, then no folder: "File exists"): made again, up to FOLDER_TRIES times."""
+    tries = 1
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkstemp(prefix=prefix, dir=folder)
+        except (FileNotFoundError, FileExistsError):
+            if tries == FOLDER_TRIES:
+                raise
+            tries += 1
 
 
 def writable_problem(results_dir: str | Path) -> str | None:
