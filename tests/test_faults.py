@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from conftest import (NOT_HELD, TINY_TOPICS, Sweep, compose_config, counted_trainings, launch, per_run, wait_gone,
                       wait_until, with_hooks)
-from lorasweep.errors import AcceleratorMemoryError
+from lorasweep.errors import AcceleratorMemoryError, UnwritableStoreError
 from lorasweep.run import memory
 from lorasweep.run.claims import live_holder
 from lorasweep.run.lifecycle import run_config
@@ -246,10 +246,11 @@ def tmpfs(where: Path, size: str = "64k"):
             subprocess.run(["umount", "-l", str(where)], capture_output=True)  # busy: detach it now anyway
 
 
-def read_only(where: Path) -> None:
-    remounted = subprocess.run(["mount", "-o", "remount,ro", str(where)], capture_output=True, text=True)
+def read_only(where: Path, ro: bool = True) -> None:
+    """Remount the tmpfs on `where` read-only (`ro=False`: writable again)."""
+    remounted = subprocess.run(["mount", "-o", f"remount,{'ro' if ro else 'rw'}", str(where)], capture_output=True, text=True)
     if remounted.returncode != 0:
-        pytest.skip(f"cannot remount the tmpfs read-only: {remounted.stderr.strip()}")
+        pytest.skip(f"cannot remount the tmpfs {'read-only' if ro else 'writable'}: {remounted.stderr.strip()}")
 
 
 def fill(store: Path, leave: int = ROOM_LEFT) -> None:
@@ -1108,6 +1109,38 @@ def test_a_worker_whose_runs_log_the_read_only_store_refuses_raises_the_stores_f
         with pytest.raises(StoreError) as raised:
             execute(Job.alone(cfg, folder), str(folder / "log.txt"))
         assert str(raised.value) == f"Read-only file system writing {folder}" and raised.value.whole_store
+
+
+def test_a_store_read_only_for_a_moment_is_probed_again_once_it_is_writable(tmp_path):
+    """A long-lived worker probed the store while it was read-only for a moment: the refusal is not
+    kept, so its later runs train once the store is writable again. It was kept for the process's
+    life, and a 200-fault chaos soak's grid had a worker fail its 5 later runs in 0 s each with "not
+    writable" (then a traceback: the next test)."""
+    with tmpfs(tmp_path / "store", size="1m") as store:
+        read_only(store)
+        with pytest.raises(UnwritableStoreError, match=r"is not writable: Read-only file system$"):
+            check_writable(store)
+        read_only(store, ro=False)
+        check_writable(store)
+        assert list(store.iterdir()) == []  # the probe's file went again
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["alone", "pack"])
+def test_a_sweep_s_run_that_finds_the_store_refused_raises_the_store_s_fault(tmp_path, pack):
+    """In a sweep's worker (its driver found the store writable), a store that refuses now is the
+    store's fault: a StoreError naming it and the cause, which stops the sweep in one line as a write
+    the store refused does. It was the driver's own check's UnwritableStoreError, a config mistake's
+    kind: each run failed with it, and the sweep ended in its traceback."""
+    from lorasweep.errors import StoreError
+    from lorasweep.run.pack import run_pack
+
+    store = tmp_path / "store"
+    cfgs = [compose_config([*TINY_TOPICS, f"lora.r={r}", f"results_dir={store}"]) for r in (2, 4)]
+    with tmpfs(store, size="1m"):
+        read_only(store)
+        with pytest.raises(StoreError) as raised:
+            run_pack(cfgs) if pack else run_config(cfgs[0], triaged=True)
+    assert str(raised.value) == f"Read-only file system writing {store}" and raised.value.whole_store
 
 
 def test_an_interrupted_optuna_sweep_stops_its_workers_and_is_continued(tmp_path, trainings, hold):

@@ -65,7 +65,14 @@ class WorkerDiedError(RuntimeError):
 
 class UnwritableStoreError(ConfigError):
     """results_dir cannot be written at all (found before anything trains): 'results_dir=/x is not
-    writable: Read-only file system'."""
+    writable: Read-only file system'; `cause` and `errno` as the probe's OSError said them."""
+
+    def __init__(self, results_dir: str, cause: str, code: int | None = None):
+        super().__init__(str(results_dir), cause, code)  # args: what pickling (a worker process) sends back
+        self.results_dir, self.cause, self.errno = str(results_dir), cause, code
+
+    def __str__(self) -> str:
+        return f"results_dir={self.results_dir} is not writable: {self.cause}"
 
 
 class UnreadableResultError(ValueError):

@@ -53,7 +53,7 @@ def run_config(cfg: Mapping[str, Any], reporter: Reporter | None = None, *, tria
     """Validate a composed config and run it; returns the result dict (also written to disk).
     `triaged`: a sweep driver has already told the user what the store holds for this run.
     `trainer`: trains the run once it is claimed, instead of this process (see TrainFn)."""
-    results_dir = preflight(cfg)  # the config's values, its tracker, an unwritable store
+    results_dir = preflight(cfg, in_sweep=triaged)  # the config's values, its tracker, an unwritable store
     plan = plan_run(cfg)  # data, model and projection errors surface here, before any weight is read
     return run_planned(plan, results_dir, tracking=dict(cfg.get("tracking") or {}), reporter=reporter,
                        loop=LoopOptions.from_config(cfg.get("train") or {}), triaged=triaged, trainer=trainer)

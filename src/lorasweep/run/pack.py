@@ -64,7 +64,7 @@ def run_pack(cfgs: Sequence[Mapping[str, Any]], reporters: Sequence | None = Non
     plans = [plan_run(cfg) for cfg in cfgs]
     dirs = [store.store_dir(cfg) for cfg in cfgs]
     for d in dict.fromkeys(dirs):
-        store.check_writable(d)
+        store.check_still_writable(d)  # its driver found it writable: a refusal now is the store's fault
     reporters = list(reporters or [None] * len(cfgs))
     trackings = [dict(cfg.get("tracking") or {}) for cfg in cfgs]
     out: list[dict[str, Any] | None] = [None] * len(cfgs)

@@ -14,11 +14,13 @@ from .compile_check import check_compile
 from .tracking import check_tracking
 
 
-def preflight(cfg: Mapping[str, Any]) -> Path:
-    """Check `cfg` as far as its values go (ConfigError, UnwritableStoreError); returns the results store."""
+def preflight(cfg: Mapping[str, Any], in_sweep: bool = False) -> Path:
+    """Check `cfg` as far as its values go (ConfigError, UnwritableStoreError); returns the results
+    store. `in_sweep`: a sweep's worker, whose driver found the store writable: a refusal now is the
+    store's fault (StoreError)."""
     check_tracking(cfg.get("tracking") or {})
     checked_spec(cfg)
     check_compile((cfg.get("train") or {}).get("compile", False))  # without a compiler too
     results_dir = store.store_dir(cfg)
-    store.check_writable(results_dir)  # created if missing, once per process
+    (store.check_still_writable if in_sweep else store.check_writable)(results_dir)  # created if missing
     return results_dir

@@ -134,7 +134,7 @@ def read_result(folder: Path) -> dict[str, Any] | None:
 
 # -- writing into the store: refused before anything trains, or one line naming the path and cause --
 
-_WRITABLE: dict[Path, str | None] = {}  # results_dir (resolved) -> why it is not writable, once per process
+_WRITABLE: set[Path] = set()  # the results_dirs (resolved) this process found writable: probed once each
 # Drivers started at once on a new store each create it, probe it and remove it again: 3 x 300
 # probes at once saw the folder vanish 12 times (a sweep refused: "not writable: No such file or
 # directory"); new_temp_file tries again, and gives up only on a folder that never stays
@@ -145,14 +145,27 @@ def check_writable(results_dir: str | Path) -> None:
     """Refuse a results_dir that cannot be written, before anything trains: create it if missing, then
     create and remove a temp file in it (permissions alone do not tell: root ignores them, a read-only
     mount does not). Folders it created go again: a run that stops before writing (a model that
-    cannot be had) leaves no empty store behind. Once per results_dir per process, so a sweep of many
-    runs pays it once."""
+    cannot be had) leaves no empty store behind. Once per results_dir per process while it is
+    writable, so a sweep of many runs pays it once; a refusal is probed again next time, so that a
+    store read-only for a moment does not refuse a long-lived worker's every later run."""
     path = Path(results_dir)
     key = path.resolve()
-    if key not in _WRITABLE:
-        _WRITABLE[key] = _probe(path)
-    if _WRITABLE[key]:
-        raise UnwritableStoreError(f"results_dir={results_dir} is not writable: {_WRITABLE[key]}")
+    if key in _WRITABLE:
+        return
+    refused = _probe(path)
+    if refused is not None:
+        raise UnwritableStoreError(str(results_dir), refused.strerror or str(refused), refused.errno)
+    _WRITABLE.add(key)
+
+
+def check_still_writable(results_dir: str | Path) -> None:
+    """check_writable in a sweep's worker, whose driver found the store writable before the sweep
+    began: a refusal now (remounted read-only, full) is the store's fault, a StoreError naming it and
+    the cause, which stops the sweep in one line as a write it refused does."""
+    try:
+        check_writable(results_dir)
+    except UnwritableStoreError as e:
+        raise StoreError(str(results_dir), e.cause, e.errno) from None
 
 
 def missing_folders(path: Path) -> list[Path]:
@@ -170,16 +183,17 @@ def _nearest_existing(path: Path) -> Path:
     return missing[-1].parent if missing else path.absolute()
 
 
-def _probe(path: Path) -> str | None:
+def _probe(path: Path) -> OSError | None:
+    """Why `path` cannot be written (the OSError), or None."""
     if path.exists() and not path.is_dir():  # mkdir would say "File exists"
-        return "it is a file, not a folder"
+        return NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
     missing = missing_folders(path)
     try:
         fd, tmp = new_temp_file(path, ".write-test-")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        return e.strerror or str(e)
+        return e
     finally:
         for folder in missing:
             try:
