@@ -155,21 +155,24 @@ def serve(conn, threads: int | None, gpus: str | None = None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver decides
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # so does a closed terminal
-    signal.signal(signal.SIGTERM, _stop)
     sys.unraisablehook = _quiet_when_stopped
     try:
-        die_with_parent()
-        configure_process(threads)
-        while (task := conn.recv()) is not None:
-            task_id, job, log_file = task
-            _reset_peak_rss()
-            try:
-                reply = ("result", task_id, execute(job, log_file))
-            except Exception as e:  # the run recorded itself failed; the driver says why
-                reply = ("error", task_id, *_portable(e))
-            conn.send(reply)
-            if _stopping:  # Stopped was raised where Python swallows it (a __del__, a weakref callback)
-                raise Stopped
+        try:
+            signal.signal(signal.SIGTERM, _stop)
+            die_with_parent()
+            configure_process(threads)
+            while (task := conn.recv()) is not None:
+                task_id, job, log_file = task
+                _reset_peak_rss()
+                try:
+                    reply = ("result", task_id, execute(job, log_file))
+                except Exception as e:  # the run recorded itself failed; the driver says why
+                    reply = ("error", task_id, *_portable(e))
+                conn.send(reply)
+                if _stopping:  # Stopped was raised where Python swallows it (a __del__, a weakref callback)
+                    raise Stopped
+        finally:  # served: a SIGTERM from now on (the driver's death, as we exit) has nothing to stop; one
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # before this line is caught below
     except Stopped:
         raise SystemExit(STOPPED_EXIT) from None
     except (EOFError, BrokenPipeError, ConnectionResetError):  # the driver is gone (killed while we ran)
