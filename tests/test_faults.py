@@ -760,16 +760,25 @@ def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, trainin
     assert list(per_run(trainings()).values()) == [2]  # the killed training, and the one that finished
 
 
-@pytest.mark.parametrize("pack", [False, True], ids=["alone", "pack"])
-def test_claims_the_store_kept_for_a_moment_at_the_runs_end_are_gone_when_the_sweep_ends(tmp_path, monkeypatch, pack):
-    """The store is read-only for the moment each run's claim is deleted, its result written (a chaos
-    soak's read-only fault left a pack's 5 claims so): the runs end done, each says its claim could not
-    be deleted, and once the sweep's workers have ended its driver deletes those claims, whose owners
-    are gone: none outlives its owner. Before, both stayed until a later sweep on the store."""
+# an Optuna study whose storage is outside its results store (a database server, or a file elsewhere):
+# a store holding an open SQLite file for writing cannot be remounted read-only
+OPTUNA_2 = ["hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=2", "lora.r=choice(2,4)",
+            "hydra.sweeper.storage=sqlite:///{tmp}/optuna.db"]
+
+
+@pytest.mark.parametrize("sweep", [["lora.r=2,4"], ["lora.r=2,4", "hydra.launcher.pack=true"], OPTUNA_2],
+                         ids=["alone", "pack", "optuna"])
+def test_claims_the_store_kept_for_a_moment_at_the_runs_end_are_gone_when_the_sweep_ends(tmp_path, monkeypatch, sweep):
+    """The store is read-only for the moment each claim is released, 0.5 s from a run's result written
+    or a study's end (a chaos soak's read-only fault left a pack's 5 claims so): the runs end done,
+    each says its claim could not be deleted, and once the sweep's workers have ended its driver
+    deletes those claims, whose owners are gone; the Optuna driver's claim on its study, which nobody
+    else deletes, is tried again until the store takes it. None outlives its owner. Before, the runs'
+    claims stayed until a later sweep on the store, and the study's until its next driver."""
     with tmpfs(tmp_path / "results", size="8m") as store:
         with_hooks(monkeypatch, LORASWEEP_RO_AT_RELEASE=str(store))
-        done = launch(["-m", *TINY_TOPICS, "lora.r=2,4", f"results_dir={store}",
-                       *(["hydra.launcher.pack=true"] if pack else [])], cwd=tmp_path)
+        done = launch(["-m", *TINY_TOPICS, *(a.format(tmp=tmp_path) for a in sweep), f"results_dir={store}"],
+                      cwd=tmp_path)
         said = done.stdout + done.stderr
         assert done.returncode == 0, said[-3000:]
         assert said.count("its claim could not be deleted (Read-only file system") == 2, said[-3000:]

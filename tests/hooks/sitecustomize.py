@@ -54,9 +54,9 @@ environment variable is set, so a process started without them is an ordinary on
                                        be mid-training (kills it, starts a rival) and then lets it go on;
                                        a run still held after 10 minutes raises RuntimeError
     LORASWEEP_RO_AT_RELEASE=<mount>    each claim a process releases (lorasweep.run.claims) meets the
-                                       mount <mount> read-only: it is remounted so just before and
-                                       writable again just after (root): a store read-only for the
-                                       moment a run ends, after its result was written
+                                       mount <mount> read-only: it is remounted so just before, and
+                                       writable again 0.5 s later (root; the release returns once it
+                                       is): a store read-only for a moment as a run or a study ends
 
 A call is counted before it fails or trains.
 
@@ -354,14 +354,18 @@ if _RO_AT_RELEASE:
     @when_imported("lorasweep.run.claims")
     def _release_read_only(claims):
         import subprocess
+        import threading
 
         _release = claims.Claim.release
 
         def _released_read_only(self):
             subprocess.run(["mount", "-o", "remount,ro", _RO_AT_RELEASE], check=True)
+            writable = threading.Timer(0.5, subprocess.run, (["mount", "-o", "remount,rw", _RO_AT_RELEASE],),
+                                       {"check": True})
+            writable.start()
             try:
                 _release(self)
             finally:
-                subprocess.run(["mount", "-o", "remount,rw", _RO_AT_RELEASE], check=True)
+                writable.join()
 
         claims.Claim.release = _released_read_only

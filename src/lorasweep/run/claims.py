@@ -44,6 +44,7 @@ TAKEOVER_FILE = "claim.takeover"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0  # a claim from another host untouched this long: its owner is gone
 WAIT_POLL_S = 2.0  # how often a driver waiting for a run trained elsewhere looks at it: two small reads
+RELEASE_RETRY_S = 0.25  # a store refusing a claim's deletion, tried again this often (Claim.release_wait_s)
 TAKEOVER_STALE_S = 60.0  # a takeover takes milliseconds; one this old was left by a process that died in it
 
 
@@ -100,8 +101,9 @@ class Claim:
     """`with Claim(folder):` trains the run as its only trainer, or raises RunClaimedError (a live
     owner has it). The heartbeat runs while the block runs; the claim goes when it ends."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, release_wait_s: float = 0.0):
         self.folder = Path(folder)
+        self.release_wait_s = release_wait_s  # how long a store that refuses the claim's deletion is tried again
         self.path = self.folder / CLAIM_FILE
         self.owner = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
                       "pid_started": psutil.Process().create_time(), "pid_start": process_start(os.getpid()),
@@ -139,17 +141,24 @@ class Claim:
                 return
 
     def release(self) -> None:
-        """Delete the claim if it is still ours (a claim taken over from us is not ours to delete)."""
-        found = holder(self.folder)
-        if found is not None and found.owner.get("token") == self.owner["token"]:
+        """Delete the claim if it is still ours (a claim taken over from us is not ours to delete). A store
+        that refuses (read-only) is tried again every RELEASE_RETRY_S for release_wait_s."""
+        give_up_at = time.monotonic() + self.release_wait_s
+        while True:
             try:
-                self.path.unlink(missing_ok=True)
+                if self.held:
+                    self.path.unlink(missing_ok=True)
+                break
             except OSError as e:  # a read-only store: the run's outcome stands; a claim whose owner is gone is taken over
                 failure = store.storage_error(e, self.path)
                 if failure is None:
                     raise
+                if time.monotonic() < give_up_at:
+                    time.sleep(RELEASE_RETRY_S)
+                    continue
                 say(f"{self.folder.name}: its claim could not be deleted ({failure}); it is taken over once this "
                     "process has ended")
+                break
         for folder in self._created:  # a run that left nothing (its model could not be had) leaves no empty folders
             try:
                 folder.rmdir()

@@ -59,6 +59,9 @@ from .triage import triage
 
 ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
 REUSABLE = (*FINISHED_RESULTS, "pruned")  # a stored result of these stands for its run key's trial
+# the driver's claim on its study, in a store read-only for a moment as the driver ends: tried again this
+# long, since nobody else deletes it (a run's claim kept so is deleted by the driver, sweep/driver.py)
+STUDY_RELEASE_WAIT_S = 5.0
 
 
 @dataclass
@@ -134,7 +137,8 @@ class OptunaSweep:
             raise SweepExit(2) from None
         with ExitStack() as driving:
             try:  # before anything is recovered or asked: the study's RUNNING trials are then ours or abandoned
-                driving.enter_context(Claim(driver_folder(self.results_dir, self.storage, self.study.study_name)))
+                driving.enter_context(Claim(driver_folder(self.results_dir, self.storage, self.study.study_name),
+                                             release_wait_s=STUDY_RELEASE_WAIT_S))
             except RunClaimedError as e:
                 say(f"sweep: optuna study {self.study.study_name!r} is being driven by {e.holder}: the same "
                     f"command goes on there; let it end, or name another study (hydra.sweeper.study_name); "
