@@ -325,6 +325,31 @@ def test_full_disk_stops_a_grid_sweep_at_the_first_run_it_fails(tmp_path, traini
             assert json.loads((failed / "result.json").read_text())["status"] == "failed"
 
 
+def test_full_disk_stops_an_optuna_study_whose_trial_is_asked_again_once_there_is_room(tmp_path, trainings):
+    """A trial's run fails on the full store's write: the study stops in one line, as a grid does, and
+    that trial is not counted, the store's fault and not the run's: once there is room, the same
+    command trains its cell and the study ends at n_trials, all complete. Before, the trial was told
+    failed and counted, so the study ended without ever training its run."""
+    with tmpfs(tmp_path / "full", size="1m") as store:  # room for both runs once the filler goes
+        study = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=2",
+                 "lora.r=choice(4,8)", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", *TINY_TOPICS,
+                 f"results_dir={store}"]  # the storage beside the store: only the runs' writes meet the full disk
+        fill(store)
+        stopped = launch(study, cwd=tmp_path)
+        said = stopped.stdout + stopped.stderr
+        assert stopped.returncode == 1, said[-3000:]
+        no_traceback(said)
+        assert re.search(r"^trial 1/2 lora.r=\d: not finished: No space left on device writing \S+; asked again when "
+                         r"the same command runs again$", said, re.M), said[-3000:]
+        assert "sweep: stopped: No space left on device; no more trials are started" in said
+        (store / "filler").unlink()
+        again = launch(study, cwd=tmp_path)
+        said = again.stdout + again.stderr
+        assert again.returncode == 0, said[-3000:]
+        assert "sweep: 2/2 trials finished in study" in said and ": 2 complete, 0 pruned, 0 failed" in said, said[-3000:]
+    assert sorted(per_run(trainings()).values()) == [1, 2]  # the refused run trained again, the other once
+
+
 # -- a results_dir that cannot be written ------------------------------------------------------------------
 
 @pytest.fixture(params=["read-only mount", "under a regular file", "a regular file"])

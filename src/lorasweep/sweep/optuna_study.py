@@ -57,7 +57,7 @@ from .driver import FINISHED, HERE, LANDED, RETRYING, WAITING, Driver, Outcome
 from .packs import make_packs, optuna_pack_size
 from .triage import triage
 
-ABANDONED = "abandoned"  # a trial left running by a driver that died; its params are asked again
+ABANDONED = "abandoned"  # a trial left running by a driver that died, or whose run the store refused: asked again
 REUSABLE = (*FINISHED_RESULTS, "pruned")  # a stored result of these stands for its run key's trial
 # the driver's claim on its study, in a store read-only for a moment as the driver ends: tried again this
 # long, since nobody else deletes it (a run's claim kept so is deleted by the driver, sweep/driver.py)
@@ -300,12 +300,13 @@ class OptunaSweep:
 
     def _tell_outcome(self, trial, label: str, future: Future) -> None:
         error = future.exception()
-        if isinstance(error, StoreError):  # one line with the path and the cause
+        if isinstance(error, StoreError) and error.whole_store:  # the store's fault: the run is asked again
+            self._ask_again(trial, label, f"not finished: {error}; asked again when the same command runs again")
+            self._halt(f"sweep: stopped: {error.cause}; no more trials are started (each would fail the same "
+                       f"way); {'free space' if error.no_space else 'fix the results store'} and run the same "
+                       f"command again to continue the study")
+        elif isinstance(error, StoreError):  # one line with the path and the cause
             self._tell(trial, TrialState.FAIL, label, f"failed: {error}", status="failed", reason=str(error))
-            if error.whole_store:
-                self._halt(f"sweep: stopped: {error.cause}; no more trials are started (each would fail the same "
-                           f"way); {'free space' if error.no_space else 'fix the results store'} and run the same "
-                           f"command again to continue the study")
         elif error is not None:
             reason = cause(error)
             self._tell(trial, TrialState.FAIL, label, f"failed: {reason}", status="failed", reason=reason)
@@ -347,6 +348,14 @@ class OptunaSweep:
             if self.failures.exceeded:
                 self._halt(self.failures.stop_line())
 
+    def _ask_again(self, trial, label: str, message: str) -> None:
+        """Fail `trial` uncounted (ABANDONED): a later trial asks its params again. A grid walks to its
+        cell by itself; other samplers get the params back, so that the sampler's choice is not lost."""
+        params = dict(trial.params)
+        self._tell(trial, TrialState.FAIL, label, message, status=ABANDONED)
+        if self.grid is None:
+            self.study.enqueue_trial(params)
+
     def _halt(self, line: str) -> None:
         """Ask no more trials (those in flight finish), say why once; the sweep then exits 1."""
         if self.stop_line is None:
@@ -378,11 +387,10 @@ class OptunaSweep:
             if stored and stored.get("status") in REUSABLE:
                 self._tell_result(trial, label, stored, suffix=" (recovered from disk)")
                 continue
-            self._tell(trial, TrialState.FAIL, label, "abandoned by a stopped sweep, asked again"
-                       if complete else "abandoned by a stopped sweep", status=ABANDONED)
-            # a grid walks to the cell again by itself; other samplers get the params back
-            if complete and self.grid is None:
-                self.study.enqueue_trial(dict(frozen.params))
+            if complete:
+                self._ask_again(trial, label, "abandoned by a stopped sweep, asked again")
+            else:
+                self._tell(trial, TrialState.FAIL, label, "abandoned by a stopped sweep", status=ABANDONED)
 
     # -- configs and paths ------------------------------------------------------------------------
 
