@@ -8,7 +8,9 @@ Four sweeps run side by side, each into a results store of its own, on a tiny ra
     grid      a grid, one worker
     pack      the same grid packed (hydra.launcher.pack=true)
     optuna    an Optuna study of the same cells (grid sampler) with the median pruner
-              (hydra.launcher.retries=3: a trial whose worker is killed is run again in the study)
+              (hydra.launcher.retries=3: a trial whose worker is killed is run again in the study),
+              its storage a SQLite file beside its store (a store holding an open SQLite file for
+              writing cannot be remounted read-only: no read-only fault would reach it)
     jobs2     the same grid on 2 workers (hydra.launcher.n_jobs=2)
 
 (--sweeps runs some of them: the suite's short soak leaves out jobs2, whose restarts cost the most.)
@@ -74,6 +76,7 @@ SWEEPS = {
                "lora.r=choice(2,4,8)", "train.lr=choice(1e-3,3e-3)"],
     "jobs2": [*GRID, "hydra.launcher.n_jobs=2", "hydra.launcher.threads=1"],
 }
+STUDY_DB = "optuna.db"  # the Optuna sweep's storage, in its round's folder beside the store
 PLANNED = 6  # runs a round of each sweep (3 ranks x 2 learning rates; the study's 6 cells)
 FAULTS = ("kill-driver", "kill-sweep", "kill-worker", "sigterm", "drivers", "read-only")
 WORKER_FLAG = "--multiprocessing-fork"  # on the command line of every local worker (multiprocessing's spawn)
@@ -148,7 +151,8 @@ class Sweep:
         log = r.dir / f"driver-{r.starts}.log"
         r.logs.append(log)
         with open(log, "w") as out:
-            return subprocess.Popen([PYTHON, str(ROOT / "launch.py"), *self.args, f"results_dir={r.store}"],
+            storage = [f"hydra.sweeper.storage=sqlite:///{r.dir / STUDY_DB}"] if self.name == "optuna" else []
+            return subprocess.Popen([PYTHON, str(ROOT / "launch.py"), *self.args, *storage, f"results_dir={r.store}"],
                                     cwd=r.dir, env=self.chaos.env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -364,15 +368,15 @@ def check_round(r: Round, watch: ResultWatch, count: Path) -> dict[str, int]:
            "tracebacks": sum("Traceback" in log.read_text(errors="replace") for log in r.logs),
            "stuck": int(bool(r.stuck) or not r.done)}
     if r.sweep == "optuna":
-        row.update(_study_counts(r.store))
+        row.update(_study_counts(r.dir / STUDY_DB))
     return row
 
 
-def _study_counts(store: Path) -> dict[str, int]:
+def _study_counts(db: Path) -> dict[str, int]:
     import optuna
     from optuna.trial import TrialState
 
-    storage = f"sqlite:///{store / 'optuna.db'}"
+    storage = f"sqlite:///{db}"
     [name] = optuna.get_all_study_names(storage)
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     told = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
