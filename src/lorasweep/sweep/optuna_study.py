@@ -45,7 +45,7 @@ from ..errors import ConfigError, RunClaimedError, StoreError, SweepExit, Unwrit
 from ..executors.factory import check_retries, executor_for, local_placement, runs_on_slurm
 from ..run.claims import Claim
 from ..run.pruning import make_pruner
-from ..run.store import FINISHED as FINISHED_RESULTS, check_writable
+from ..run.store import FINISHED as FINISHED_RESULTS, check_writable, storage_error
 from ..run.study_storage import open_storage
 from . import optuna_space as space_of
 from .custom_space import CustomSearchSpaceError, extend_trial, load_custom_search_space
@@ -146,9 +146,17 @@ class OptunaSweep:
                 raise SweepExit(1) from None
             say(f"optuna study {self.study.study_name!r} in {self.storage}: {self.n_trials} trials, "
                 f"{self.settings.n_jobs} at a time, sampler {type(sampler).__name__}")
-            self._recover_abandoned()
-            interrupt_on_signals()  # kill, a closed terminal: handled as Ctrl-C
-            self._loop()  # interrupted: self.interrupted says it, SweepExit(130)
+            try:
+                self._recover_abandoned()
+                interrupt_on_signals()  # kill, a closed terminal: handled as Ctrl-C
+                self._loop()  # interrupted: self.interrupted says it, SweepExit(130)
+            except (OSError, StoreError) as e:  # a trial not told: it stays RUNNING, and the next start asks it again
+                failure = storage_error(e, self.storage)
+                if failure is None:
+                    raise
+                self.stop_line = (f"sweep: stopped: the study's storage refused a write: {failure}; "
+                                  f"{self._in_flight()} when the same command runs again, once it can be written")
+                say(self.stop_line)  # said even after another stop: the driver ends here (exit 1)
         self._summary()
         write_optimization_results(self.study, self.sweep_dir)
         if self.halted or self.failures.runs_failed:  # as a grid with a failed run: each said in its line
@@ -218,11 +226,14 @@ class OptunaSweep:
         """Nothing to say: each trial's line says it."""
 
     def interrupted(self, in_flight: list[str]) -> None:
-        away = ("the trials in flight go on as SLURM jobs and are collected"
-                if runs_on_slurm(self.launcher) else "the trials in flight were stopped and are asked again")
         say(f"sweep interrupted: {len(self._counted_trials())} of {self.n_trials} trials told and kept in "
-            f"the study; {away} when the same command runs again")
+            f"the study; {self._in_flight()} when the same command runs again")
         write_optimization_results(self.study, self.sweep_dir)
+
+    def _in_flight(self) -> str:
+        """What became of the trials in flight when the driver stopped short."""
+        return ("the trials in flight go on as SLURM jobs and are collected" if runs_on_slurm(self.launcher)
+                else "the trials in flight were stopped and are asked again")
 
     def _start(self, driver: Driver) -> None:
         """Ask one trial: told at once (over budget, reused, invalid), joined to the same run in
