@@ -8,9 +8,11 @@ Four sweeps run side by side, each into a results store of its own, on a tiny ra
     grid      a grid, one worker
     pack      the same grid packed (hydra.launcher.pack=true)
     optuna    an Optuna study of the same cells (grid sampler) with the median pruner
-              (hydra.launcher.retries=3: a trial whose worker is killed is run again in the study),
-              its storage a SQLite file beside its store (a store holding an open SQLite file for
-              writing cannot be remounted read-only: no read-only fault would reach it)
+              (hydra.launcher.retries=3: a trial whose worker is killed is run again in the study);
+              its storage, round by round, a SQLite file beside its store (a read-only store refuses
+              the runs alone) or a journal file in it (SLURM's default: the runs and the study
+              refused at once). Not SQLite in the store, the local default: a store holding an open
+              SQLite file for writing cannot be remounted read-only, so no read-only fault reaches it
     jobs2     the same grid on 2 workers (hydra.launcher.n_jobs=2)
 
 (--sweeps runs some of them: the suite's short soak leaves out jobs2, whose restarts cost the most.)
@@ -76,7 +78,6 @@ SWEEPS = {
                "lora.r=choice(2,4,8)", "train.lr=choice(1e-3,3e-3)"],
     "jobs2": [*GRID, "hydra.launcher.n_jobs=2", "hydra.launcher.threads=1"],
 }
-STUDY_DB = "optuna.db"  # the Optuna sweep's storage, in its round's folder beside the store
 PLANNED = 6  # runs a round of each sweep (3 ranks x 2 learning rates; the study's 6 cells)
 FAULTS = ("kill-driver", "kill-sweep", "kill-worker", "sigterm", "drivers", "read-only")
 WORKER_FLAG = "--multiprocessing-fork"  # on the command line of every local worker (multiprocessing's spawn)
@@ -97,6 +98,7 @@ class Round:
     dir: Path
     store: Path
     mounted: bool = False
+    storage: str = ""         # the Optuna sweep's storage URL (hydra.sweeper.storage)
     starts: int = 0           # drivers started with its command (the extra ones too)
     done: bool = False
     stuck: str = ""           # why it stopped short of a driver exiting 0
@@ -130,6 +132,8 @@ class Sweep:
         store.mkdir(parents=True)
         r = Round(self.name, number, folder, store.resolve())
         r.mounted = self.chaos.can_mount and _mount(["--bind", str(r.store), str(r.store)])
+        if self.name == "optuna":  # odd rounds beside the store, even rounds in it
+            r.storage = f"sqlite:///{folder / 'optuna.db'}" if number % 2 else f"journal://{r.store}/optuna.journal"
         self.rounds.append(r)
         self.chaos.watch.stores.append(r.store)
         self.quiet_ends, self.worker_kills, self.trained_before = 0, Counter(), 0
@@ -151,7 +155,7 @@ class Sweep:
         log = r.dir / f"driver-{r.starts}.log"
         r.logs.append(log)
         with open(log, "w") as out:
-            storage = [f"hydra.sweeper.storage=sqlite:///{r.dir / STUDY_DB}"] if self.name == "optuna" else []
+            storage = [f"hydra.sweeper.storage={r.storage}"] if r.storage else []
             return subprocess.Popen([PYTHON, str(ROOT / "launch.py"), *self.args, *storage, f"results_dir={r.store}"],
                                     cwd=r.dir, env=self.chaos.env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
@@ -368,15 +372,17 @@ def check_round(r: Round, watch: ResultWatch, count: Path) -> dict[str, int]:
            "tracebacks": sum("Traceback" in log.read_text(errors="replace") for log in r.logs),
            "stuck": int(bool(r.stuck) or not r.done)}
     if r.sweep == "optuna":
-        row.update(_study_counts(r.dir / STUDY_DB))
+        row.update(_study_counts(r.storage))
     return row
 
 
-def _study_counts(db: Path) -> dict[str, int]:
+def _study_counts(url: str) -> dict[str, int]:
     import optuna
     from optuna.trial import TrialState
 
-    storage = f"sqlite:///{db}"
+    from lorasweep.run.study_storage import open_storage
+
+    storage = open_storage(url)
     [name] = optuna.get_all_study_names(storage)
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     told = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
