@@ -383,6 +383,36 @@ def test_an_optuna_study_whose_storage_the_store_refuses_stops_in_one_line_and_i
     assert sorted(per_run(trainings()).values()) == [1, 2]  # the refused run trained again, the other once
 
 
+def test_a_disk_filled_under_an_optuna_study_s_sqlite_file_stops_it_in_one_line_and_is_continued(tmp_path, trainings,
+                                                                                                hold):
+    """The local default: the study's SQLite file in the results store. The disk fills while a trial
+    trains: its run fails on its write, and telling the study so fails in SQLite ("database or disk is
+    full"). The driver says it in one line and exits 1; once there is room, the same command asks that
+    trial again and the study ends at n_trials."""
+    with tmpfs(tmp_path / "results", size="8m") as store:
+        study = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=2",
+                 "lora.r=choice(2,4)", *TINY_TOPICS, f"results_dir={store}"]
+        held = hold(step=2)
+        with Sweep(study, tmp_path) as sweep:
+            held.wait()
+            fill(store, leave=0)
+            held.release()
+            code = sweep.wait(timeout=300)
+        (store / "filler").unlink()
+        said = sweep.output
+        assert code == 1, said[-3000:]
+        no_traceback(said)
+        assert re.search(r"^sweep: stopped: the study's storage refused a write: No space left on device writing "
+                         rf"sqlite:///{re.escape(str(store))}/optuna\.db; the trials in flight were stopped and are "
+                         r"asked again when the same command runs again, once it can be written$", said, re.M), said[-3000:]
+        again = launch(study, cwd=tmp_path, env=NOT_HELD)
+        said = again.stdout + again.stderr
+        assert again.returncode == 0, said[-3000:]
+        assert "sweep: 2/2 trials finished in study" in said and ": 2 complete, 0 pruned, 0 failed" in said, said[-3000:]
+        assert sorted(statuses(store).values()) == ["done", "done"]
+    assert sorted(per_run(trainings()).values()) == [1, 2]  # the refused run trained again, the other once
+
+
 # -- a results_dir that cannot be written ------------------------------------------------------------------
 
 @pytest.fixture(params=["read-only mount", "under a regular file", "a regular file"])

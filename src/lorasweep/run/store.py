@@ -237,6 +237,9 @@ def writable_problem(results_dir: str | Path) -> str | None:
 # errnos that mean the store itself refuses the write (not a bug in the run)
 STORE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 _OS_ERROR = re.compile(r"os error (\d+)")  # Rust's io::Error (safetensors): "... (os error 28)"
+# SQLite's own result codes for the same faults (an Optuna study's SQLite file in the store): SQLITE_FULL,
+# SQLITE_READONLY, SQLITE_IOERR, SQLITE_PERM, as sqlite3's errors carry them (the low byte: the primary code)
+_SQLITE_ERRNOS = {13: errno.ENOSPC, 8: errno.EROFS, 10: errno.EIO, 3: errno.EACCES}
 
 
 def storage_error(error: BaseException, path: str | Path) -> StoreError | None:
@@ -252,8 +255,8 @@ def storage_error(error: BaseException, path: str | Path) -> StoreError | None:
         if isinstance(e, OSError) and e.errno in STORE_ERRNOS:
             return _from_os_error(e, path)
         match = _OS_ERROR.search(str(e))
-        if match and int(match.group(1)) in STORE_ERRNOS:
-            number = int(match.group(1))
+        number = int(match.group(1)) if match else _SQLITE_ERRNOS.get((getattr(e, "sqlite_errorcode", None) or 0) & 0xFF)
+        if number in STORE_ERRNOS:
             return StoreError(str(path), os.strerror(number), number)
         e = e.__cause__ or e.__context__
     if _looks_like_a_failed_write(error) and _no_space_left(Path(path)):

@@ -150,7 +150,8 @@ class OptunaSweep:
                 self._recover_abandoned()
                 interrupt_on_signals()  # kill, a closed terminal: handled as Ctrl-C
                 self._loop()  # interrupted: self.interrupted says it, SweepExit(130)
-            except (OSError, StoreError) as e:  # a trial not told: it stays RUNNING, and the next start asks it again
+            # a journal file's OSError, SQLite's error inside Optuna's; a trial not told stays RUNNING: asked again
+            except (OSError, StoreError, optuna.exceptions.StorageInternalError) as e:
                 failure = storage_error(e, self.storage)
                 if failure is None:
                     raise
