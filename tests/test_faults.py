@@ -350,64 +350,44 @@ def test_full_disk_stops_an_optuna_study_whose_trial_is_asked_again_once_there_i
     assert sorted(per_run(trainings()).values()) == [1, 2]  # the refused run trained again, the other once
 
 
-def test_an_optuna_study_whose_storage_the_store_refuses_stops_in_one_line_and_is_continued(tmp_path, trainings,
-                                                                                           hold):
-    """The study's storage a journal file in the results store (the SLURM default), and the store turns
-    read-only while a trial trains: its run fails on its write, and telling the study so fails too. The
-    driver says it in one line and exits 1, the trial left RUNNING; once the store is writable, the same
-    command asks that trial again and the study ends at n_trials. Before, the driver ended in the
-    journal lock's OSError traceback (a chaos soak with the journal in the store: 7 in 7 read-only faults)."""
+@pytest.mark.parametrize("storage, refuse, written", [
+    (lambda store: f"hydra.sweeper.storage=journal://{store}/optuna.journal", lambda store: read_only(store),
+     lambda store: rf"Read-only file system writing {re.escape(str(store))}/optuna\.journal\S*"),
+    (lambda store: None, lambda store: fill(store, leave=0),
+     lambda store: rf"No space left on device writing sqlite:///{re.escape(str(store))}/optuna\.db")],
+    ids=["journal-read-only", "sqlite-full"])
+def test_an_optuna_study_whose_storage_the_store_refuses_stops_in_one_line_and_is_continued(
+        tmp_path, trainings, hold, storage, refuse, written):
+    """The study's storage in the results store: a journal file (the SLURM default) the store turns
+    read-only under, or the local default, a SQLite file, whose disk fills ("database or disk is full"),
+    while a trial trains. Its run fails on its write, and telling the study so fails too. The driver
+    says it in one line and exits 1, the trial left RUNNING; once the store takes writes again, the same
+    command asks that trial again and the study ends at n_trials. Before, the driver ended in a
+    traceback: the journal lock's OSError (a chaos soak with the journal in the store: 7 in 7 read-only
+    faults), Optuna's StorageInternalError."""
     with tmpfs(tmp_path / "results", size="8m") as store:
         study = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=2",
-                 "lora.r=choice(2,4)", f"hydra.sweeper.storage=journal://{store}/optuna.journal", *TINY_TOPICS,
-                 f"results_dir={store}"]
+                 "lora.r=choice(2,4)", *filter(None, [storage(store)]), *TINY_TOPICS, f"results_dir={store}"]
         held = hold(step=2)
         with Sweep(study, tmp_path) as sweep:
             held.wait()
-            read_only(store)
+            refuse(store)
             held.release()
             code = sweep.wait(timeout=300)
-        read_only(store, ro=False)
+        if (store / "filler").exists():
+            (store / "filler").unlink()
+        else:
+            read_only(store, ro=False)
         said = sweep.output
         assert code == 1, said[-3000:]
         no_traceback(said)
-        assert re.search(r"^sweep: stopped: the study's storage refused a write: Read-only file system writing "
-                         rf"{re.escape(str(store))}/optuna\.journal\S*; the trials in flight were stopped and are asked "
-                         r"again when the same command runs again, once it can be written$", said, re.M), said[-3000:]
+        assert re.search(rf"^sweep: stopped: the study's storage refused a write: {written(store)}; the trials in "
+                         r"flight were stopped and are asked again when the same command runs again, once it can be "
+                         r"written$", said, re.M), said[-3000:]
         again = launch(study, cwd=tmp_path, env=NOT_HELD)
         said = again.stdout + again.stderr
         assert again.returncode == 0, said[-3000:]
         assert re.search(r"^trial #0 \(left running\) lora.r=\d: abandoned by a stopped sweep, asked again$", said, re.M)
-        assert "sweep: 2/2 trials finished in study" in said and ": 2 complete, 0 pruned, 0 failed" in said, said[-3000:]
-        assert sorted(statuses(store).values()) == ["done", "done"]
-    assert sorted(per_run(trainings()).values()) == [1, 2]  # the refused run trained again, the other once
-
-
-def test_a_disk_filled_under_an_optuna_study_s_sqlite_file_stops_it_in_one_line_and_is_continued(tmp_path, trainings,
-                                                                                                hold):
-    """The local default: the study's SQLite file in the results store. The disk fills while a trial
-    trains: its run fails on its write, and telling the study so fails in SQLite ("database or disk is
-    full"). The driver says it in one line and exits 1; once there is room, the same command asks that
-    trial again and the study ends at n_trials."""
-    with tmpfs(tmp_path / "results", size="8m") as store:
-        study = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=2",
-                 "lora.r=choice(2,4)", *TINY_TOPICS, f"results_dir={store}"]
-        held = hold(step=2)
-        with Sweep(study, tmp_path) as sweep:
-            held.wait()
-            fill(store, leave=0)
-            held.release()
-            code = sweep.wait(timeout=300)
-        (store / "filler").unlink()
-        said = sweep.output
-        assert code == 1, said[-3000:]
-        no_traceback(said)
-        assert re.search(r"^sweep: stopped: the study's storage refused a write: No space left on device writing "
-                         rf"sqlite:///{re.escape(str(store))}/optuna\.db; the trials in flight were stopped and are "
-                         r"asked again when the same command runs again, once it can be written$", said, re.M), said[-3000:]
-        again = launch(study, cwd=tmp_path, env=NOT_HELD)
-        said = again.stdout + again.stderr
-        assert again.returncode == 0, said[-3000:]
         assert "sweep: 2/2 trials finished in study" in said and ": 2 complete, 0 pruned, 0 failed" in said, said[-3000:]
         assert sorted(statuses(store).values()) == ["done", "done"]
     assert sorted(per_run(trainings()).values()) == [1, 2]  # the refused run trained again, the other once
