@@ -200,9 +200,16 @@ class Held:
         return [(int(pid), [Path(f).name for f in folders.split(",")])
                 for pid, folders, _ in (line.split(" ") for line in lines)]
 
-    def wait(self, n: int = 1, timeout: float = 600) -> list[tuple[int, list[str]]]:
-        """Wait until `n` runs (or packs) are held; returns them all."""
-        return wait_until(lambda: self.runs() if len(self.runs()) >= n else None, f"{n} held run(s)", timeout)
+    def wait(self, n: int = 1, timeout: float = 600, sweeps: tuple["Sweep", ...] = ()) -> list[tuple[int, list[str]]]:
+        """Wait until `n` runs (or packs) are held; returns them all. One of `sweeps` that ends first
+        fails the test at once (its output goes to the report), not after `timeout`."""
+        def held():
+            for sweep in sweeps:
+                if sweep.ended:
+                    pytest.fail(f"launch.py {' '.join(sweep.args)} ended (exit {sweep.proc.wait()}) before "
+                                f"{n} run(s) were held")
+            return self.runs() if len(self.runs()) >= n else None
+        return wait_until(held, f"{n} held run(s)", timeout)
 
     def release(self) -> None:
         self.gate.touch()

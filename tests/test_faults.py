@@ -8,6 +8,7 @@ Each kind of fault has its own section below; add a new kind as a new section.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing
@@ -35,6 +36,8 @@ from lorasweep.run.claims import live_holder
 from lorasweep.run.lifecycle import run_config
 from lorasweep.run.plan import plan_run
 from lorasweep.run.store import check_writable, write_json_atomically, write_result
+from lorasweep.run.study_storage import open_storage
+from lorasweep.sweep.optuna_settings import storage_spec
 
 
 def strict_json(text: str):
@@ -370,7 +373,7 @@ def test_an_optuna_study_whose_storage_the_store_refuses_stops_in_one_line_and_i
                  "lora.r=choice(2,4)", *filter(None, [storage(store)]), *TINY_TOPICS, f"results_dir={store}"]
         held = hold(step=2)
         with Sweep(study, tmp_path) as sweep:
-            held.wait()
+            held.wait(sweeps=(sweep,))
             refuse(store)
             held.release()
             code = sweep.wait(timeout=300)
@@ -440,17 +443,31 @@ def test_unwritable_results_dir_stops_a_sweep_before_anything_trains(tmp_path):
         assert total.endswith(f"; results_dir={store} is not writable: Read-only file system"), total
 
 
-def _probe_new_stores(start, base: Path, n: int, said) -> None:
-    """A driver's first move on `n` new stores, each at the same moment as its rivals (`start`, a
-    barrier); what it refused, put in `said` as one list at the end."""
+def _first_moves(start, base: Path, n: int, said, move) -> None:
+    """A driver's first `move` (a function of the store) on `n` new stores, each at the same moment as
+    its rivals' (`start`, a barrier); what it refused, put in `said` as one list at the end."""
     refused = []
     for i in range(n):
         start.wait()
         try:
-            check_writable(base / f"store-{i}" / "results")
+            move(base / f"store-{i}" / "results")
         except Exception as e:
             refused.append(f"{type(e).__name__}: {e}")
     said.put(refused)
+
+
+def _drivers_at_once(base: Path, n: int, moves: list) -> list[list[str]]:
+    """One process per first move, each making it on the same `n` new stores at once; what each refused."""
+    fork = multiprocessing.get_context("fork")  # the modules as they are here, without a new interpreter
+    start, said = fork.Barrier(len(moves)), fork.Queue()
+    drivers = [fork.Process(target=_first_moves, args=(start, base, n, said, move)) for move in moves]
+    for p in drivers:
+        p.start()
+    refused = [said.get(timeout=120) for _ in drivers]  # read before joining: a full pipe blocks its writer
+    for p in drivers:
+        p.join(timeout=60)
+    assert [p.exitcode for p in drivers] == [0] * len(moves)
+    return refused
 
 
 def test_drivers_started_at_once_on_a_new_store_all_find_it_writable(tmp_path):
@@ -459,16 +476,25 @@ def test_drivers_started_at_once_on_a_new_store_all_find_it_writable(tmp_path):
     the third driver of test_three_drivers_on_one_grid_train_each_run_once once exited so), and one
     inside mkdir (it found the folder there, then not a folder) said "File exists" (4 of 3 x 300 in a
     CI run; rarer here: 3 in 3 x 3 x 1000)."""
-    fork = multiprocessing.get_context("fork")  # the store module as it is here, without a new interpreter
-    start, said = fork.Barrier(3), fork.Queue()
-    drivers = [fork.Process(target=_probe_new_stores, args=(start, tmp_path, 300, said)) for _ in range(3)]
-    for p in drivers:
-        p.start()
-    refused = [said.get(timeout=120) for _ in drivers]  # read before joining: a full pipe blocks its writer
-    for p in drivers:
-        p.join(timeout=60)
-    assert [p.exitcode for p in drivers] == [0, 0, 0]
-    assert refused == [[], [], []]
+    assert _drivers_at_once(tmp_path, 300, [check_writable] * 3) == [[], [], []]
+
+
+def _open_default_study(store: Path, cluster: bool) -> None:
+    """An Optuna driver's first moves: the store probed, the study opened in its default storage."""
+    check_writable(store)
+    optuna.create_study(storage=open_storage(storage_spec(None, store, cluster)), study_name="s", load_if_exists=True)
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["sqlite", "journal"])
+def test_a_study_started_at_once_with_grids_on_a_new_store_opens_its_default_storage(tmp_path, cluster):
+    """A study's default storage is a file in the results store, which Optuna opens after the driver
+    made the store; two grid drivers' probes of the same new store removed it between the two: "unable
+    to open database file" (SQLite, 81 of 100 studies; a CI run's study exited so, and the grid beside
+    it, test_a_grid_and_an_optuna_study_on_one_store_train_each_run_once, waited for it) or the
+    journal's FileNotFoundError (42 of 100). The probes, in one look, never take the store for a file
+    ("it is a file, not a folder": 1 of 200 probes here, the folder gone between two looks)."""
+    study = functools.partial(_open_default_study, cluster=cluster)
+    assert _drivers_at_once(tmp_path, 100, [study, check_writable, check_writable]) == [[], [], []]
 
 
 # -- a result.json that cannot be read ---------------------------------------------------------------------
@@ -751,7 +777,7 @@ def test_three_drivers_on_one_grid_train_each_run_once(tmp_path, trainings, hold
     args = ["-m", *CLAIMED_GRID, SIX_LRS, f"results_dir={store}"]
     held = hold(step=2)  # each driver's first run waits mid-training until all three have planned theirs
     with Sweep(args, tmp_path) as a, Sweep(args, tmp_path) as b, Sweep(args, tmp_path) as c:
-        assert len({pid for pid, _ in held.wait(3)}) == 3  # three runs held at once, in three workers
+        assert len({pid for pid, _ in held.wait(3, sweeps=(a, b, c))}) == 3  # three runs held at once, in three workers
         held.release()
         codes = [s.wait(timeout=600) for s in (a, b, c)]
         outputs = [s.output for s in (a, b, c)]
@@ -773,7 +799,7 @@ def test_a_grid_and_an_optuna_study_on_one_store_train_each_run_once(tmp_path, t
              "train.lr=choice(1e-3,2e-3,3e-3,4e-3)", *CLAIMED_GRID, f"results_dir={store}"]
     held = hold(step=2)  # a run of each waits mid-training until both have started one
     with Sweep(grid, tmp_path) as a, Sweep(study, tmp_path) as b:
-        held.wait(2)
+        held.wait(2, sweeps=(a, b))
         held.release()
         codes = [a.wait(timeout=600), b.wait(timeout=600)]
         outputs = [a.output, b.output]
@@ -795,7 +821,7 @@ def test_a_single_run_that_a_sweep_trains_now_is_refused_in_one_line(tmp_path, t
     run = [*TINY_TOPICS, f"results_dir={store}"]
     held = hold(step=2)  # the sweep's run waits mid-training until the single run has been refused
     with Sweep(["-m", *run], tmp_path) as sweep:
-        held.wait()
+        held.wait(sweeps=(sweep,))
         single = launch(run, cwd=tmp_path, env=NOT_HELD)  # trained here (claims broken), it fails, not hangs
         held.release()
         assert sweep.wait(timeout=300) == 0
@@ -811,7 +837,7 @@ def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, trainin
     args = ["-m", *TINY_TOPICS, f"results_dir={store}"]
     held = hold(step=2)  # killed mid-training
     with Sweep(args, tmp_path) as sweep:
-        held.wait()
+        held.wait(sweeps=(sweep,))
         workers = sweep.workers()
         os.killpg(sweep.proc.pid, signal.SIGKILL)  # driver and worker at once: nobody releases the claim
         sweep.wait()
@@ -859,7 +885,7 @@ def test_the_plan_view_shows_a_run_trained_elsewhere(tmp_path, trainings, hold):
     run = [*TINY_TOPICS, "train.max_steps=40", f"results_dir={store}"]
     held = hold(step=2)  # the sweep's run waits after its first step until the plan has been shown
     with Sweep(["-m", *run], tmp_path) as sweep:
-        held.wait()
+        held.wait(sweeps=(sweep,))
         plan = launch(["-m", *run, "hydra/launcher=plan"], cwd=tmp_path, env=NOT_HELD)
         held.release()
         assert sweep.wait(timeout=300) == 0
@@ -895,7 +921,7 @@ def test_a_killed_worker_fails_its_run_only_and_is_replaced(tmp_path, trainings,
     store = tmp_path / "results"
     held = hold(step=2)  # every run waits mid-training until the killed one has been replaced
     with Sweep(args, tmp_path) as sweep:
-        pid, [victim] = held.wait()[0]
+        pid, [victim] = held.wait(sweeps=(sweep,))[0]
         assert pid in sweep.workers()  # one of this sweep's workers, training `victim`
         os.kill(pid, signal.SIGKILL)  # what the kernel's out-of-memory killer does
         sweep.wait_for_line(KILLED.pattern)
@@ -1107,7 +1133,7 @@ def test_an_interrupted_parallel_sweep_stops_its_workers_and_leaves_nothing_half
     store = tmp_path / "results"
     held = hold(step=3)
     with Sweep(args, tmp_path) as sweep:
-        held.wait(2)  # both workers hold a 30-step run: the 2-step runs are done
+        held.wait(2, sweeps=(sweep,))  # both workers hold a 30-step run: the 2-step runs are done
         workers = sweep.workers()
         if how == "ctrl-c twice":  # the terminal signals its foreground process group: the workers ignore it
             os.killpg(sweep.proc.pid, signal.SIGINT)
@@ -1234,7 +1260,7 @@ def test_an_interrupted_optuna_sweep_stops_its_workers_and_is_continued(tmp_path
     store = tmp_path / "results"
     held = hold(step=3)  # the 8-step trials wait at their 3rd step until the sweep is interrupted
     with Sweep(args, tmp_path) as sweep:
-        held.wait(2)  # both workers hold an 8-step trial
+        held.wait(2, sweeps=(sweep,))  # both workers hold an 8-step trial
         workers = sweep.workers()
         os.kill(sweep.proc.pid, signal.SIGHUP)
         code = sweep.wait(timeout=240)

@@ -114,7 +114,7 @@ def test_the_same_command_started_again_while_its_study_runs_is_refused_and_the_
             *TINY_TOPICS, f"results_dir={results}"]
     held = hold(step=2)  # the first's trial waits mid-training until the second has been refused
     with Sweep(args, tmp_path) as first:
-        held.wait()
+        held.wait(sweeps=(first,))
         second = launch(args, cwd=tmp_path, env=NOT_HELD)  # had it trained (not refused), it fails, not hangs
         held.release()
         assert first.wait(timeout=300) == 0, first.output[-3000:]

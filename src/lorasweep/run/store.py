@@ -23,9 +23,10 @@ import re
 import platform
 import resource
 import socket
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from ..errors import StoreError, UnreadableResultError, UnwritableStoreError
 
@@ -139,6 +140,7 @@ _WRITABLE: set[Path] = set()  # the results_dirs (resolved) this process found w
 # probes at once saw the folder vanish 12 times (a sweep refused: "not writable: No such file or
 # directory"); new_temp_file tries again, and gives up only on a folder that never stays
 FOLDER_TRIES = 20
+T = TypeVar("T")
 
 
 def check_writable(results_dir: str | Path) -> None:
@@ -185,8 +187,11 @@ def _nearest_existing(path: Path) -> Path:
 
 def _probe(path: Path) -> OSError | None:
     """Why `path` cannot be written (the OSError), or None."""
-    if path.exists() and not path.is_dir():  # mkdir would say "File exists"
-        return NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
+    try:  # one look: a rival's probe may remove the folder between two (exists, then not a folder)
+        if not stat.S_ISDIR(path.stat().st_mode):  # mkdir would say "File exists"
+            return NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
+    except FileNotFoundError:
+        pass
     missing = missing_folders(path)
     try:
         fd, tmp = new_temp_file(path, ".write-test-")
@@ -204,15 +209,28 @@ def _probe(path: Path) -> OSError | None:
 
 
 def new_temp_file(folder: Path, prefix: str) -> tuple[int, str]:
-    """A new temp file in `folder` (fd, path), the folder made first with its missing parents. A
-    rival that makes the same new folders and removes them again (a probe of a new store, a claim
-    whose run left nothing) may remove them between our mkdir and our file, or inside mkdir itself
-    (it found the folder, then no folder: "File exists"): made again, up to FOLDER_TRIES times."""
+    """A new temp file in `folder` (fd, path), the folder made first with its missing parents."""
+    return _in_folder(folder, lambda: tempfile.mkstemp(prefix=prefix, dir=folder))
+
+
+def keep_file(path: Path) -> None:
+    """`path`, made empty if missing, its folder first with its missing parents: a file that another
+    library opens later (a study's SQLite database or journal, empty: new), whose new folder a rival's
+    probe would otherwise remove before it is opened."""
+    if not path.exists():
+        _in_folder(path.parent, lambda: os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666)))
+
+
+def _in_folder(folder: Path, make: Callable[[], T]) -> T:
+    """make() once `folder` is there, made with its missing parents. A rival that makes the same new
+    folders and removes them again (a probe of a new store, a claim whose run left nothing) may
+    remove them between our mkdir and our file, or inside mkdir itself (it found the folder, then no
+    folder: "File exists"): made again, up to FOLDER_TRIES times."""
     tries = 1
     while True:
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            return tempfile.mkstemp(prefix=prefix, dir=folder)
+            return make()
         except (FileNotFoundError, FileExistsError):
             if tries == FOLDER_TRIES:
                 raise

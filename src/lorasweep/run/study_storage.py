@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .store import keep_file
 
 JOURNAL = "journal://"  # + an absolute path: journal:///abs/path/optuna.journal
 SQLITE_FILE = "optuna.db"  # the default storages' names in the results store
@@ -72,7 +73,7 @@ def open_storage(spec: str) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    keep_file(path)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
 
 
@@ -81,8 +82,8 @@ def default_storage(store: Path, cluster: bool) -> str:
     locally sqlite; but a store that holds only the other kind keeps it, so that a study started
     before (or under the other launcher) is continued, not started anew."""
     store = store.resolve()
-    store.mkdir(parents=True, exist_ok=True)
     journal, sqlite = store / JOURNAL_FILE, store / SQLITE_FILE
     preferred, other = (journal, sqlite) if cluster else (sqlite, journal)
     chosen = other if other.exists() and not preferred.exists() else preferred
+    keep_file(chosen)  # made now: a new store, empty, would be removed by a rival sweep's probe of it
     return journal_spec(chosen) if chosen == journal else f"sqlite:///{chosen}"
