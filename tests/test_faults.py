@@ -854,6 +854,28 @@ def test_a_claim_left_by_a_killed_sweep_is_taken_over_and_said(tmp_path, trainin
     assert list(per_run(trainings()).values()) == [2]  # the killed training, and the one that finished
 
 
+def test_a_worker_s_death_recorded_late_leaves_the_result_of_the_process_that_trained_the_run_since(
+        tmp_path, monkeypatch, hold):
+    """Driver A's worker is killed under its run while driver B waits for it. A deletes the dead claim
+    and, stalled (a hook: 8 s), only then records the run failed; meanwhile B trains the run, free once
+    the claim went, and writes it done. A's late record must not overwrite B's result. Before, it did:
+    a 200-fault chaos soak (seed 20261211) found one run so, its done result lost and trained again."""
+    store = tmp_path / "results"
+    run = ["-m", *TINY_TOPICS, f"results_dir={store}"]
+    held = hold(step=2)
+    with_hooks(monkeypatch, LORASWEEP_SLOW_RECORD="8")
+    with Sweep(run, tmp_path) as a:
+        [(pid, [name])] = held.wait()
+        monkeypatch.setenv("LORASWEEP_HOLD", "")  # B's run trains unheld
+        with Sweep(run, tmp_path) as b:
+            wait_until(lambda: "being trained by" in b.output, "B waiting for A's run", timeout=300)
+            os.kill(pid, signal.SIGKILL)
+            assert b.wait(timeout=300) == 0, b.output[-3000:]
+            a.wait(timeout=300)
+    held.release()
+    assert statuses(store) == {name: "done"}, a.output[-3000:]
+
+
 # an Optuna study whose storage is outside its results store (a database server, or a file elsewhere):
 # a store holding an open SQLite file for writing cannot be remounted read-only
 OPTUNA_2 = ["hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=2", "lora.r=choice(2,4)",

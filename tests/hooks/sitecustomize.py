@@ -53,6 +53,9 @@ environment variable is set, so a process started without them is an ordinary on
                                        <gate file>.held: a barrier, so that a test acts on a run known to
                                        be mid-training (kills it, starts a rival) and then lets it go on;
                                        a run still held after 10 minutes raises RuntimeError
+    LORASWEEP_SLOW_RECORD=<seconds>    a driver recording a worker's death (lorasweep.run.records) waits
+                                       this long once it has deleted the dead worker's claim, before it
+                                       writes the run's failed result: a driver stalled on loaded cores
     LORASWEEP_RO_AT_RELEASE=<mount>    each claim a process releases (lorasweep.run.claims) meets the
                                        mount <mount> read-only: it is remounted so just before, and
                                        writable again 0.5 s later (root; the release returns once it
@@ -91,9 +94,10 @@ _FAIL_AT = os.environ.get("LORASWEEP_FAIL_AT")
 _HOLD = os.environ.get("LORASWEEP_HOLD")
 _SLOW_EXIT = os.environ.get("LORASWEEP_SLOW_EXIT")
 _RO_AT_RELEASE = os.environ.get("LORASWEEP_RO_AT_RELEASE")
+_SLOW_RECORD = float(os.environ.get("LORASWEEP_SLOW_RECORD") or 0)
 
 if any([_COUNT, _FAIL_ONCE, _SLOW_STOP, _OOM, _PACK_HOLDS, _KILL_PACK_AT, _RANK_BATCHES, _FAIL_RANK, _KILL_AT,
-        _FAIL_AT, _HOLD, _SLOW_EXIT, _RO_AT_RELEASE]):
+        _FAIL_AT, _HOLD, _SLOW_EXIT, _RO_AT_RELEASE, _SLOW_RECORD]):
     try:
         from wrapt import when_imported
     except ImportError as missing:  # Python says "Error in sitecustomize" with this, and goes on unhooked
@@ -369,3 +373,16 @@ if _RO_AT_RELEASE:
                 writable.join()
 
         claims.Claim.release = _released_read_only
+
+if _SLOW_RECORD:
+    @when_imported("lorasweep.run.records")
+    def _slow_record(records):
+        import time
+
+        _drop = records.drop_dead_claim
+
+        def _dropped_slowly(folder):
+            _drop(folder)
+            time.sleep(_SLOW_RECORD)
+
+        records.drop_dead_claim = _dropped_slowly

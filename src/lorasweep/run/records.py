@@ -19,7 +19,7 @@ from ..config.spec import PISSA_INIT
 from ..console import say
 from ..errors import RunClaimedError, StoreError, UnreadableResultError
 from . import store
-from .claims import drop_dead_claim, live_holder, taken_from_us
+from .claims import Claim, drop_dead_claim, live_holder, taken_from_us
 from .plan import Plan, plan_run
 
 
@@ -153,9 +153,17 @@ def record_worker_death(cfg: Mapping[str, Any], reason: str, peak_rss_mb: float 
     drop_dead_claim(folder)  # the dead worker's: nobody need take it over and say so
     if left is not None:
         return left
-    (folder / store.TRACEBACK_FILE).unlink(missing_ok=True)  # an earlier failure's: this one has none
-    return store.write_result(folder, {**base_record(plan), "status": "failed", "reason": reason,
-                                       "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})
+    try:  # written under a claim: a process that claimed the run since (free once the dead claim went)
+        with Claim(folder):  # trains it, and its result must not be overwritten by this record
+            with contextlib.suppress(UnreadableResultError):
+                stored = store.read_result(folder)
+                if stored and stored.get("status") in store.FINISHED:  # it finished meanwhile
+                    return stored
+            (folder / store.TRACEBACK_FILE).unlink(missing_ok=True)  # an earlier failure's: this one has none
+            return store.write_result(folder, {**base_record(plan), "status": "failed", "reason": reason,
+                                               "memory": {"peak_rss_mb": peak_rss_mb, "peak_gpu_mb": None}})
+    except RunClaimedError as e:  # another process trains it now: its driver, and ours, wait for its result
+        return {"claimed_by": e.holder, "run_key": plan.spec.run_key}
 
 
 def left_by_worker(cfg: Mapping[str, Any], since: float | None = None) -> dict[str, Any] | None:
