@@ -190,7 +190,7 @@ def _probe(path: Path) -> OSError | None:
     try:  # one look: a rival's probe may remove the folder between two (exists, then not a folder)
         if not stat.S_ISDIR(path.stat().st_mode):  # mkdir would say "File exists"
             return NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not there (mkdir makes it), or under a file (mkdir says so)
         pass
     missing = missing_folders(path)
     try:
