@@ -12,7 +12,7 @@ Four sweeps run side by side, each into a results store of its own, on a tiny ra
               its storage, round by round, a SQLite file beside its store (a read-only store refuses
               the runs alone) or a journal file in it (SLURM's default: the runs and the study
               refused at once). Not SQLite in the store, the local default: a store holding an open
-              SQLite file for writing cannot be remounted read-only, so no read-only fault reaches it
+              SQLite file for writing cannot be remounted read-only, so it would always be filled
     jobs2     the same grid on 2 workers (hydra.launcher.n_jobs=2)
 
 (--sweeps runs some of them: the suite's short soak leaves out jobs2, whose restarts cost the most.)
@@ -26,7 +26,9 @@ says which:
     kill-worker   SIGKILL of a worker that trains a run, or a pack (the out-of-memory killer)
     sigterm       SIGTERM to the driver (`kill`, a preemption)
     drivers       two more drivers of the same command, started at once
-    read-only     the results store read-only for 0.5-3 s (a bind mount remounted ro: needs root)
+    store-refuses the results store read-only for 0.5-3 s (remounted ro: needs root); but while a
+                  process keeps a file in it open for writing (a training run its log.txt), which a
+                  read-only remount refuses, full for as long (a filler file takes its free space)
 
 A driver that ends without success (killed, interrupted, a run failed) is started again with the same
 command, until it exits 0; a sweep that has finished starts a new round, in a new store, while faults
@@ -51,6 +53,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,7 +82,9 @@ SWEEPS = {
     "jobs2": [*GRID, "hydra.launcher.n_jobs=2", "hydra.launcher.threads=1"],
 }
 PLANNED = 6  # runs a round of each sweep (3 ranks x 2 learning rates; the study's 6 cells)
-FAULTS = ("kill-driver", "kill-sweep", "kill-worker", "sigterm", "drivers", "read-only")
+FAULTS = ("kill-driver", "kill-sweep", "kill-worker", "sigterm", "drivers", "store-refuses")
+STORE_SIZE = "256m"  # each round's store, a tmpfs: RAM as it is written (a round writes a few MB)
+FILLER = ".chaos-filler"  # the file that fills a store, at its top, beside the run folders
 WORKER_FLAG = "--multiprocessing-fork"  # on the command line of every local worker (multiprocessing's spawn)
 KILLS_PER_TRIAL = 2  # of one Optuna trial's run: fewer than its retries, so that the study trains it
 GIVE_UP_AFTER = 4    # driver ends in a row, with no fault in between, before a round counts as stuck
@@ -131,7 +136,7 @@ class Sweep:
         store = folder / "results"
         store.mkdir(parents=True)
         r = Round(self.name, number, folder, store.resolve())
-        r.mounted = self.chaos.can_mount and _mount(["--bind", str(r.store), str(r.store)])
+        r.mounted = self.chaos.can_mount and _mount(["-t", "tmpfs", "-o", f"size={STORE_SIZE}", "tmpfs", str(r.store)])
         if self.name == "optuna":  # odd rounds beside the store, even rounds in it
             r.storage = f"sqlite:///{folder / 'optuna.db'}" if number % 2 else f"journal://{r.store}/optuna.journal"
         self.rounds.append(r)
@@ -214,7 +219,7 @@ class Chaos:
         self.can_mount = os.geteuid() == 0 and _probe_mount(root)
         self.sweeps = [Sweep(name, self) for name in sweeps]
         self.extras: list[tuple[Round, subprocess.Popen]] = []
-        self.read_only: list[tuple[float, Round]] = []  # stores to make writable again, and when
+        self.refusing: list[tuple[float, Round]] = []  # stores refusing (read-only or full) until when
         self.applied: Counter = Counter()
         self.kinds: list[str] = []  # the fault kinds still to apply in this turn
         self.t0 = time.monotonic()
@@ -278,21 +283,27 @@ class Chaos:
         self.extras += [(sweep.round, p) for p in started]
         return f"pids {started[0].pid} {started[1].pid} beside {sweep.driver.pid}"
 
-    def _read_only(self, sweep: Sweep) -> str | None:
+    def _store_refuses(self, sweep: Sweep) -> str | None:
         r = sweep.round
-        if not r.mounted or any(ro is r for _, ro in self.read_only):
-            return None
-        if not _mount(["-o", "remount,bind,ro", str(r.store)]):
+        if not r.mounted or any(ro is r for _, ro in self.refusing):
             return None
         seconds = self.rng.uniform(0.5, 3.0)
-        self.read_only.append((time.monotonic() + seconds, r))
-        return f"{r.store} for {seconds:.1f}s"
+        if _mount(["-o", "remount,ro", str(r.store)]):
+            how = "read-only"
+        else:  # a file open for writing in it: filled instead
+            _fill(r.store / FILLER)
+            how = "full (open for writing)"
+        self.refusing.append((time.monotonic() + seconds, r))
+        return f"{r.store} {how} for {seconds:.1f}s"
 
     def writable_again(self, everything: bool = False) -> None:
-        for when, r in list(self.read_only):
+        for when, r in list(self.refusing):
             if everything or time.monotonic() >= when:
-                _mount(["-o", "remount,bind,rw", str(r.store)])
-                self.read_only.remove((when, r))
+                if (r.store / FILLER).exists():
+                    (r.store / FILLER).unlink()
+                else:
+                    _mount(["-o", "remount,rw", str(r.store)])
+                self.refusing.remove((when, r))
 
     # -- the soak --------------------------------------------------------------------------------------
 
@@ -311,7 +322,7 @@ class Chaos:
                     if self.fault(n + 1, faults):
                         n += 1
                         next_at = time.monotonic() + self.rng.uniform(0.3, 2 * self.gap)
-                elif n >= faults and not self.read_only and not self.extras \
+                elif n >= faults and not self.refusing and not self.extras \
                         and all(s.driver is None for s in self.sweeps):
                     break
                 time.sleep(0.1)
@@ -323,17 +334,41 @@ class Chaos:
                         os.killpg(p.pid, signal.SIGKILL)
                         p.wait()
             self.watch.stop()
-            for sweep in self.sweeps:
+            for sweep in self.sweeps:  # each store's tmpfs, copied into the folder it was mounted on
                 for r in sweep.rounds:
                     if r.mounted:
+                        kept = r.dir / "results.tmpfs"
+                        shutil.copytree(r.store, kept, symlinks=True)
                         subprocess.run(["umount", "-l", str(r.store)], capture_output=True)
+                        shutil.copytree(kept, r.store, symlinks=True, dirs_exist_ok=True)
+                        shutil.rmtree(kept)
+
+
+def _fill(path: Path) -> None:
+    """`path`, a file as large as its filesystem's free space: the store full."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        free = os.statvfs(path.parent)
+        try:
+            os.posix_fallocate(fd, 0, free.f_bavail * free.f_frsize)
+        except OSError:  # runs wrote meanwhile: what is left is filled block by block
+            pass
+        os.lseek(fd, 0, os.SEEK_END)
+        block = b"\0" * 65536
+        try:
+            while os.write(fd, block):
+                pass
+        except OSError:
+            pass
+    finally:
+        os.close(fd)
 
 
 def _probe_mount(root: Path) -> bool:
-    """Whether this process can bind-mount (and so make a store read-only even as root)."""
+    """Whether this process can mount a tmpfs (and so make a store read-only or full even as root)."""
     probe = root / ".mount-probe"
     probe.mkdir()
-    ok = _mount(["--bind", str(probe), str(probe)])
+    ok = _mount(["-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)])
     if ok:
         subprocess.run(["umount", str(probe)], capture_output=True)
     probe.rmdir()
@@ -437,7 +472,7 @@ def print_report(report: dict, seed: int) -> None:
           f"({', '.join(f'{k} {v}' for k, v in sorted(report['faults'].items()))}), "
           f"{report['wall_s']:.0f}s wall, {os.cpu_count()} cores")
     if not report["mounted"]:
-        print("read-only faults skipped: bind mounts need root")
+        print("store-refuses faults skipped: mounts need root")
     print(f"{'sweep':<8}" + "".join(f"{c:>{len(c) + 2}}" for c in cols))
     for name, row in [*report["per_sweep"].items(), ("total", report["total"])]:
         print(f"{name:<8}" + "".join(f"{row.get(c, ''):>{len(c) + 2}}" for c in cols))
