@@ -1,5 +1,5 @@
 """bench/chaos.py's short soak in the suite: about 20 random faults (SIGKILL of a driver, of a worker or
-of a whole sweep, SIGTERM, two extra drivers at once, a read-only store for a moment) on three tiny
+of a whole sweep, SIGTERM, two extra drivers at once, a store read-only, or full, for a moment) on three tiny
 sweeps side by side (a grid, a packed grid, an Optuna study with a pruner), each continued with its
 same command after each fault; then the benchmark's checks, from the results stores and the Optuna
 storage (bench/chaos.py says how each is counted). The full soak adds a grid on 2 workers: its
