@@ -219,7 +219,7 @@ class Chaos:
         self.can_mount = os.geteuid() == 0 and _probe_mount(root)
         self.sweeps = [Sweep(name, self) for name in sweeps]
         self.extras: list[tuple[Round, subprocess.Popen]] = []
-        self.refusing: list[tuple[float, Round]] = []  # stores refusing (read-only or full) until when
+        self.refusing: list[tuple[float, Round, str]] = []  # stores refusing until when, and how (read-only, full)
         self.applied: Counter = Counter()
         self.kinds: list[str] = []  # the fault kinds still to apply in this turn
         self.t0 = time.monotonic()
@@ -285,25 +285,25 @@ class Chaos:
 
     def _store_refuses(self, sweep: Sweep) -> str | None:
         r = sweep.round
-        if not r.mounted or any(ro is r for _, ro in self.refusing):
+        if not r.mounted or any(refusing is r for _, refusing, _ in self.refusing):
             return None
         seconds = self.rng.uniform(0.5, 3.0)
         if _mount(["-o", "remount,ro", str(r.store)]):
             how = "read-only"
         else:  # a file open for writing in it: filled instead
             _fill(r.store / FILLER)
-            how = "full (open for writing)"
-        self.refusing.append((time.monotonic() + seconds, r))
-        return f"{r.store} {how} for {seconds:.1f}s"
+            how = "full"
+        self.refusing.append((time.monotonic() + seconds, r, how))
+        return f"{r.store} {how}{' (open for writing)' if how == 'full' else ''} for {seconds:.1f}s"
 
     def writable_again(self, everything: bool = False) -> None:
-        for when, r in list(self.refusing):
+        for when, r, how in list(self.refusing):
             if everything or time.monotonic() >= when:
-                if (r.store / FILLER).exists():
+                if how == "full":
                     (r.store / FILLER).unlink()
                 else:
                     _mount(["-o", "remount,rw", str(r.store)])
-                self.refusing.remove((when, r))
+                self.refusing.remove((when, r, how))
 
     # -- the soak --------------------------------------------------------------------------------------
 

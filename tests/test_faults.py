@@ -865,7 +865,7 @@ def test_a_worker_s_death_recorded_late_leaves_the_result_of_the_process_that_tr
     held = hold(step=2)
     with_hooks(monkeypatch, LORASWEEP_SLOW_RECORD="8")
     with Sweep(run, tmp_path) as a:
-        [(pid, [name])] = held.wait()
+        [(pid, [name])] = held.wait(sweeps=(a,))
         monkeypatch.setenv("LORASWEEP_HOLD", "")  # B's run trains unheld
         with Sweep(run, tmp_path) as b:
             wait_until(lambda: "being trained by" in b.output, "B waiting for A's run", timeout=300)

@@ -218,7 +218,7 @@ def keep_file(path: Path) -> None:
     library opens later (a study's SQLite database or journal, empty: new), whose new folder a rival's
     probe would otherwise remove before it is opened."""
     if not path.exists():
-        _in_folder(path.parent, lambda: os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666)))
+        _in_folder(path.parent, path.touch)
 
 
 def _in_folder(folder: Path, make: Callable[[], T]) -> T:
