@@ -396,6 +396,30 @@ def test_an_optuna_study_whose_storage_the_store_refuses_stops_in_one_line_and_i
     assert sorted(per_run(trainings()).values()) == [1, 2]  # the refused run trained again, the other once
 
 
+
+def test_a_run_whose_report_the_study_s_storage_refuses_names_the_storage(tmp_path, hold):
+    """A run in a worker reports each evaluation to the study (run/pruning). When the study's storage,
+    on a filesystem of its own, is full, the run fails naming that storage, where before it named its
+    own folder, whose writes were all fine. The driver then stops on the same storage in one line."""
+    store = tmp_path / "results"
+    with tmpfs(tmp_path / "study", size="8m") as study_fs:
+        url = f"sqlite:///{study_fs}/optuna.db"
+        study = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=2",
+                 "lora.r=choice(2,4)", f"hydra.sweeper.storage={url}", *TINY_TOPICS, f"results_dir={store}"]
+        held = hold(step=2)
+        with Sweep(study, tmp_path) as sweep:
+            held.wait(sweeps=(sweep,))
+            fill(study_fs, leave=0)
+            held.release()
+            code = sweep.wait(timeout=300)
+    said = sweep.output
+    assert code == 1, said[-3000:]
+    no_traceback(said)
+    refused = f"No space left on device writing {url}"
+    assert [json.loads(p.read_text())["reason"] for p in store.glob("*/result.json")] == [f"StoreError: {refused}"]
+    assert f"sweep: stopped: the study's storage refused a write: {refused}; " in said, said[-3000:]
+
+
 # -- a results_dir that cannot be written ------------------------------------------------------------------
 
 @pytest.fixture(params=["read-only mount", "under a regular file", "a regular file"])
@@ -441,6 +465,7 @@ def test_unwritable_results_dir_stops_a_sweep_before_anything_trains(tmp_path):
         total = plan.stdout.strip().splitlines()[-1]
         assert "; 2 to run; predicted " in total, total  # the runs' predicted time (tests/test_cost.py), then
         assert total.endswith(f"; results_dir={store} is not writable: Read-only file system"), total
+
 
 
 def _first_moves(start, base: Path, n: int, said, move) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 
 from ..compat import reopen_trial
 from ..errors import ConfigError
+from .store import storage_error
 from .study_storage import open_storage
 
 Reporter = Callable[[int, dict], bool]  # same shape as lorasweep.run.loop.Reporter (no torch import here)
@@ -67,17 +68,22 @@ def reporter_for(trial_cfg: Mapping[str, Any]) -> Reporter:
             value = metrics.get("token_accuracy")
         if value is None:
             return False
-        if trial is None:
-            trial = _open_trial(trial_cfg)
         try:
+            if trial is None:
+                trial = _open_trial(trial_cfg)
             trial.report(float(value), int(step))
             return bool(trial.should_prune())
-        except Exception as e:  # optuna's UpdateFinishedTrialError, without importing optuna here
-            if type(e).__name__ != "UpdateFinishedTrialError":
+        except Exception as e:
+            if type(e).__name__ == "UpdateFinishedTrialError":  # optuna's, without importing optuna here
+                # the trial was closed under us: a restarted driver declared it abandoned and asked its
+                # params again as a new trial, which re-attached to this very run (a SLURM job). Train on.
+                return False
+            # the storage refused the write (full, read-only): said with the storage's name, which the
+            # run's failure would otherwise take for its own folder's
+            failure = storage_error(e, trial_cfg["storage"])
+            if failure is None or failure is e:
                 raise
-            # the trial was closed under us: a restarted driver declared it abandoned and asked its
-            # params again as a new trial, which re-attached to this very run (a SLURM job). Train on.
-            return False
+            raise failure from e
 
     return report
 
