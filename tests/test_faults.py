@@ -468,6 +468,32 @@ def test_unwritable_results_dir_stops_a_sweep_before_anything_trains(tmp_path):
 
 
 
+_ANOTHER_STUDY_IN = ("import sys, optuna\nfrom lorasweep.run.study_storage import open_storage\n"
+                     "for spec in sys.argv[1:]:\n    optuna.create_study(storage=open_storage(spec), study_name='another')")
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///{fs}/optuna.db", "journal://{fs}/optuna.journal",
+                                     "journal://{fs}/new/optuna.journal", "sqlite:///{fs}/new/optuna.db"],
+                         ids=["sqlite", "journal", "journal-new-folder", "sqlite-new-folder"])
+def test_a_study_whose_storage_is_not_writable_is_refused_before_anything_trains(tmp_path, storage):
+    """hydra.sweeper.storage on a read-only filesystem (a study's database or journal there already, or a
+    new one): one line naming the setting, its value and the cause, exit 2, where before the driver
+    ended in Optuna's, SQLAlchemy's or the journal's traceback."""
+    with tmpfs(tmp_path / "studies", size="8m") as fs:
+        spec = storage.format(fs=fs)
+        subprocess.run([sys.executable, "-c", _ANOTHER_STUDY_IN, f"sqlite:///{fs}/optuna.db", f"journal://{fs}/optuna.journal"],
+                       check=True)  # in a process of its own: a file left open here would keep the remount from happening
+        read_only(fs)
+        proc = launch(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "lora.r=choice(2,4)",
+                       f"hydra.sweeper.storage={spec}", *TINY_TOPICS, f"results_dir={tmp_path / 'results'}"],
+                      cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    no_traceback(proc.stdout + proc.stderr)
+    assert (f"sweep: hydra.sweeper.storage={spec} is not writable: Read-only file system; nothing was trained"
+            in proc.stderr.splitlines()), proc.stderr[-3000:]
+    assert "trainable of" not in proc.stderr and "started" not in proc.stderr
+
+
 def _first_moves(start, base: Path, n: int, said, move) -> None:
     """A driver's first `move` (a function of the store) on `n` new stores, each at the same moment as
     its rivals' (`start`, a barrier); what it refused, put in `said` as one list at the end."""

@@ -34,12 +34,25 @@ def test_a_journal_file_is_spelled_journal_and_its_absolute_path(tmp_path):
     assert [t.value for t in again.trials] == [1.5]
 
 
-@pytest.mark.parametrize("url", ["sqlite:///results/optuna.db", "sqlite:////abs/optuna.db",
-                                 "postgresql://user@host:5432/db", "mysql+pymysql://u:p@h/db"])
+@pytest.mark.parametrize("url", ["postgresql://user@host:5432/db", "mysql+pymysql://u:p@h/db", "sqlite:///:memory:"])
 def test_a_database_url_is_passed_to_optuna_as_it_is(url):
     assert check_storage(url) == url
     assert journal_path(url) is None
     assert open_storage(url) == url
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_sqlite_file_in_a_new_folder_is_made_with_its_folder(tmp_path, monkeypatch, relative):
+    """SQLite makes no folder ("unable to open database file"): its file is made, with its folder, as a
+    journal's is. A relative path is the working directory's, as SQLAlchemy reads it."""
+    monkeypatch.chdir(tmp_path)
+    url = "sqlite:///new/folder/optuna.db" if relative else f"sqlite:///{tmp_path}/new/folder/optuna.db"
+    assert check_storage(url) == url
+    assert open_storage(url) == url  # passed to Optuna as it is
+    assert (tmp_path / "new" / "folder" / "optuna.db").is_file()
+    study = optuna.create_study(storage=url, study_name="s")
+    study.tell(study.ask(), 3.0)
+    assert [t.value for t in optuna.load_study(study_name="s", storage=open_storage(url)).trials] == [3.0]
 
 
 def test_a_sqlite_url_opens_the_same_study_as_before(tmp_path):

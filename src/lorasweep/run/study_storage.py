@@ -27,11 +27,12 @@ from ..errors import ConfigError
 from .store import keep_file
 
 JOURNAL = "journal://"  # + an absolute path: journal:///abs/path/optuna.journal
+SQLITE = "sqlite:///"  # + a path, absolute with a fourth slash: sqlite:////abs/path/optuna.db
 SQLITE_FILE = "optuna.db"  # the default storages' names in the results store
 JOURNAL_FILE = "optuna.journal"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")  # a URL scheme, as SQLAlchemy's (and Optuna's) parse it
 
-_EXAMPLES = ("sqlite:///abs/path/optuna.db, postgresql://user@host/db, or a journal file as "
+_EXAMPLES = ("sqlite:////abs/path/optuna.db, postgresql://user@host/db, or a journal file as "
              "journal:///abs/path/optuna.journal")
 
 
@@ -64,11 +65,23 @@ def check_storage(spec: Any) -> str:
     raise ConfigError(f"hydra.sweeper.storage={spec!r} is not a storage URL{hint}: give {_EXAMPLES}")
 
 
+def sqlite_path(spec: str) -> Path | None:
+    """The file a sqlite:/// URL names, relative to the working directory unless absolute (None for
+    any other storage, and for SQLite's in-memory database)."""
+    if not spec.startswith(SQLITE):
+        return None
+    path = spec[len(SQLITE):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def open_storage(spec: str) -> Any:
     """What optuna.create_study / load_study take for a spelling: the URL itself for a database, a
-    JournalStorage for journal:///path (the file and its folder are created if missing)."""
+    JournalStorage for journal:///path. A storage file (a journal, a SQLite database) is made, empty,
+    with its folder, if missing: SQLite makes no folder, and says only "unable to open database file"."""
     path = journal_path(spec)
     if path is None:
+        if (database := sqlite_path(spec)) is not None:
+            keep_file(database)
         return spec
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
@@ -86,4 +99,4 @@ def default_storage(store: Path, cluster: bool) -> str:
     preferred, other = (journal, sqlite) if cluster else (sqlite, journal)
     chosen = other if other.exists() and not preferred.exists() else preferred
     keep_file(chosen)  # made now: a new store, empty, would be removed by a rival sweep's probe of it
-    return journal_spec(chosen) if chosen == journal else f"sqlite:///{chosen}"
+    return journal_spec(chosen) if chosen == journal else f"{SQLITE}{chosen}"

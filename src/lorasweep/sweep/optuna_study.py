@@ -118,9 +118,17 @@ class OptunaSweep:
         self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.settings.sampler) else None
         self.n_trials = min(self.settings.n_trials, len(self.grid)) if self.grid is not None else self.settings.n_trials
         self.storage = storage_spec(self.settings.storage, self.results_dir, runs_on_slurm(self.launcher))
-        self.study = optuna.create_study(storage=open_storage(self.storage), sampler=sampler, directions=directions,
-                                         study_name=self.settings.study_name or space_of.default_study_name(
-                                             params_conf, self.settings.objectives), load_if_exists=True)
+        try:
+            self.study = optuna.create_study(storage=open_storage(self.storage), sampler=sampler,
+                                             directions=directions, load_if_exists=True,
+                                             study_name=self.settings.study_name or space_of.default_study_name(
+                                                 params_conf, self.settings.objectives))
+        except (OSError, StoreError, optuna.exceptions.StorageInternalError) as e:  # a read-only or full storage
+            failure = storage_error(e, self.storage)
+            if failure is None:
+                raise
+            named = "hydra.sweeper.storage=" if self.settings.storage else "the study's storage "
+            raise ConfigError(f"{named}{self.storage} is not writable: {failure.cause}") from None
         if [d.name.lower() for d in self.study.directions] != directions:
             raise ConfigError(f"study {self.study.study_name!r} exists with directions "
                               f"{[d.name.lower() for d in self.study.directions]}, not {directions}: "
