@@ -1,4 +1,4 @@
-"""python -m analysis results/ [more dirs or globs] --budget 1000000 --out report/"""
+"""python -m analysis results/ [more dirs or globs] --budget 1M --out report/"""
 from __future__ import annotations
 
 import argparse
@@ -7,16 +7,15 @@ from pathlib import Path
 
 from analysis.load import load_results, path_matches
 from analysis.report import write_report
+from lorasweep.config.checks import parameter_count
 
 
 def budget(text: str) -> int:
-    """--budget: a cap on trainable parameters, a whole number 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a cap on trainable parameters: give a whole number 1 or more")
+    """--budget: a cap on trainable parameters, written as budget.max_trainable is (1000000, 1M, 500k)."""
+    value = parameter_count(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a cap on trainable parameters: give a whole number 1 "
+                                         f"or more, e.g. 1000000 or 1M")
     return value
 
 

@@ -275,8 +275,10 @@ def test_cli_where_and_empty_input(store, tmp_path):
 @pytest.mark.parametrize("args, said", [
     (["--where", "task==wordnet"], "--where 'task==wordnet' is not a query on the run table: UndefinedVariableError"),
     (["--where", "task == "], "--where 'task == ' is not a query on the run table: SyntaxError"),
-    (["--budget", "-5"], "argument --budget: '-5' is not a cap on trainable parameters: give a whole number 1 or more"),
-    (["--budget", "1e6"], "argument --budget: '1e6' is not a cap"),
+    (["--budget", "-5"], "argument --budget: '-5' is not a cap on trainable parameters: give a whole number 1 or more, "
+                         "e.g. 1000000 or 1M"),
+    (["--budget", "1.5"], "argument --budget: '1.5' is not a cap"),
+    (["--budget", "1X"], "argument --budget: '1X' is not a cap"),
     (["--out", "{file}"], "--out {file} is a file; give a folder"),
     (["{missing}"], "{missing}: no such file or folder"),
 ])
@@ -287,6 +289,13 @@ def test_cli_says_a_bad_argument_in_one_line(store, tmp_path, args, said):
     p = _cli(*([] if args[0] == where["missing"] else [str(store / "a")]), *args, "--no-plots")
     assert p.returncode == 2 and said.format(**where) in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("written", ["4500", "4.5k", "4.5K", "4_500"])
+def test_cli_takes_a_budget_as_researchers_write_it(store, tmp_path, written):
+    p = _cli(str(store / "a"), "--budget", written, "--out", str(tmp_path / "r"), "--no-plots")
+    assert p.returncode == 0, p.stderr
+    assert "(budget 4,500 trainable)" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_analysis_does_not_import_torch():

@@ -89,11 +89,22 @@ def test_r_auto_through_the_config(tmp_path):
     assert same.spec.run_key == plan.spec.run_key  # auto resolves to the same run as r=22
 
 
+@pytest.mark.parametrize("written", ["1000000", "1_000_000", "1e6", "1M", "1m", "1000k", "0.001B"])
+def test_a_budget_is_taken_as_researchers_write_it(written):
+    plan = plan_run(compose_config(TINY_TOPICS + [f"budget.max_trainable={written}"]))
+    assert plan.budget == 1_000_000
+    assert plan_run(compose_config(TINY_TOPICS + ["budget.max_trainable=1.5M"])).budget == 1_500_000
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["lora.r=auto"], "lora.r='auto' needs a budget"),
     (["lora.r=auto", "budget.max_trainable=1000"], "budget.max_trainable=1,000 is below the smallest possible"),
     (["budget.max_trainable=-5"], "budget.max_trainable=-5 is invalid"),
     (["budget.max_trainable=0"], "budget.max_trainable=0 is invalid"),
+    (["budget.max_trainable=1.5"], r"budget.max_trainable=1.5 is invalid: a positive number of trainable parameters "
+                                   r"\(e.g. 1000000 or 1M\), or null for no budget"),
+    (["budget.max_trainable=1X"], "budget.max_trainable='1X' is invalid"),
+    (["budget.max_trainable=0.1234k"], "budget.max_trainable='0.1234k' is invalid"),
 ])
 def test_bad_budgets(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+import re
+from decimal import Decimal
 from typing import Any, Mapping
 
 from ..errors import ConfigError
@@ -93,14 +95,36 @@ def check_available(method: str) -> None:
                           f"{' and '.join(missing)}; use method=lora here")
 
 
+_COUNT = re.compile(r"(\d[\d_]*(?:\.\d+)?(?:e\d+)?)([kmb]?)", re.IGNORECASE)
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
+
+
+def parameter_count(value: Any) -> int | None:
+    """A count of parameters as a researcher writes one: 1000000, 1_000_000, 1e6, 1M, 1.5m, 500k, 2B;
+    None when it is not a positive whole number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        match = _COUNT.fullmatch(value.strip())
+        if match is None:
+            return None
+        value = Decimal(match.group(1).replace("_", "")) * _SCALE[match.group(2).lower()]  # exact: 0.1k is 100
+    elif isinstance(value, float) and math.isfinite(value):
+        value = Decimal(value)
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        value = int(value)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def max_trainable(cfg: Mapping[str, Any]) -> int | None:
     value = (cfg.get("budget") or {}).get("max_trainable")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    count = parameter_count(value)
+    if count is None:
         raise ConfigError(f"budget.max_trainable={value!r} is invalid: a positive number of trainable "
-                          f"parameters (e.g. 1000000), or null for no budget")
-    return value
+                          f"parameters (e.g. 1000000 or 1M), or null for no budget")
+    return count
 
 
 def rank_within(per_rank: int, fixed: int, method: str, budget: int) -> int:
