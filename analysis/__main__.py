@@ -2,16 +2,32 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 from analysis.load import load_results, path_matches
 from analysis.report import write_report
-from lorasweep.config.checks import parameter_count
+
+
+# A count written as budget.max_trainable is (lorasweep.config.checks.parameter_count, not imported:
+# analysis reads result files only); tests/test_analysis.py keeps the two in step.
+_COUNT = re.compile(r"(\d[\d_]*(?:\.\d+)?(?:e\d+)?)([kmb]?)", re.IGNORECASE)
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
+
+
+def parameter_count(text: str) -> int | None:
+    """1000000, 1_000_000, 1e6, 1M, 1.5m, 500k, 2B as a whole number; None when it is not a positive one."""
+    match = _COUNT.fullmatch(text.strip())
+    if match is None:
+        return None
+    value = Decimal(match.group(1).replace("_", "")) * _SCALE[match.group(2).lower()]  # exact: 0.1k is 100
+    return int(value) if value == value.to_integral_value() and value > 0 else None
 
 
 def budget(text: str) -> int:
-    """--budget: a cap on trainable parameters, written as budget.max_trainable is (1000000, 1M, 500k)."""
+    """--budget: a cap on trainable parameters (1000000, 1M, 500k)."""
     value = parameter_count(text)
     if value is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a cap on trainable parameters: give a whole number 1 "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -298,9 +299,25 @@ def test_cli_takes_a_budget_as_researchers_write_it(store, tmp_path, written):
     assert "(budget 4,500 trainable)" in (tmp_path / "r" / "report.md").read_text()
 
 
-def test_analysis_does_not_import_torch():
-    code = "import analysis.__main__, analysis.report, analysis.plots, sys; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+SPELLINGS = ["4500", "4.5k", "1M", "1e6", "1E6", "0.1k", "2B", "1_000_000", " 1M ", "1.5", "0.1234k", "0", "-1M",
+             "1X", "M", "", "1,000", "inf", "nan"]
+
+
+def test_analysis_takes_budgets_as_a_runs_budget_max_trainable_does():
+    """analysis keeps its own twin of lorasweep's parser (it imports nothing of src/): the same counts."""
+    from analysis.__main__ import parameter_count as analysis_count
+    from lorasweep.config.checks import parameter_count
+    assert [analysis_count(s) for s in SPELLINGS] == [parameter_count(s) for s in SPELLINGS]
+    assert [parameter_count(s) for s in SPELLINGS[:8]] == [4500, 4500, 10**6, 10**6, 10**6, 100, 2 * 10**9, 10**6]
+
+
+def test_analysis_does_not_import_torch_or_lorasweep():
+    """It reads result files only (docs/ARCHITECTURE.md). Run without the tests' hooks (PYTHONPATH),
+    which import lorasweep into every process the tests start."""
+    code = ("import analysis.__main__, analysis.report, analysis.plots, sys; "
+            "assert not [m for m in sys.modules if m == 'torch' or m.startswith('lorasweep')]")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
 
 
 def _dropout_lr(dropout: float, lr: float, seed: int, acc: float, status: str = "done") -> dict:
