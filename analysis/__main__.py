@@ -7,6 +7,8 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import pandas as pd
+
 from analysis.load import load_results, path_matches
 from analysis.report import write_report
 
@@ -35,13 +37,21 @@ def budget(text: str) -> int:
     return value
 
 
+def objective_metric(df: pd.DataFrame) -> str:
+    """The test metric the runs were ranked by (their objective, test.NAME) where they all share one:
+    token_accuracy for chat and completion runs; else accuracy."""
+    names = {n.removeprefix("test.") for n in df["objective_name"].dropna() if n.startswith("test.")}
+    return names.pop() if len(names) == 1 else "accuracy"
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m analysis", description="Tables and a report from result JSONs.")
     p.add_argument("paths", nargs="+", help="folders (searched for result.json), files or glob patterns")
     p.add_argument("--budget", type=budget, default=None, help="cap on trainable parameters")
     p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default report/)")
     p.add_argument("--where", default=None, help="pandas query on the run table, e.g. 'task==\"wordnet_mcq\"'")
-    p.add_argument("--metric", default="accuracy", help="test metric column (default accuracy)")
+    p.add_argument("--metric", default=None,
+                   help="test metric column (default: the runs' objective, accuracy or token_accuracy)")
     p.add_argument("--group-by", default=None,
                    help="comma-separated keys for the cells table (default: every setting but the seed)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -73,16 +83,23 @@ def main(argv: list[str] | None = None) -> int:
         if df.empty:
             print(f"error: --where {a.where!r} kept no run (of {load.loaded})", file=sys.stderr)
             return 2
-    if a.metric not in df.columns:
-        print(f"error: metric {a.metric!r} is not in the results; test metrics found: "
-              f"{[c for c in ('accuracy', 'test_loss') if c in df.columns]}", file=sys.stderr)
+    metric = a.metric or objective_metric(df)
+    if metric not in df.columns:
+        found = sorted(m for m in load.test_metrics if not m.endswith("_se") and m not in ("n", "n_tokens"))
+        if found:
+            print(f"error: metric {metric!r} is not in the results; test metrics found: {', '.join(found)} "
+                  f"(--metric NAME)", file=sys.stderr)
+        else:
+            counts = ", ".join(f"{n} {status}" for status, n in df["status"].value_counts().items())
+            print(f"error: no run has test metrics yet ({len(df)} run{'s' * (len(df) != 1)}: {counts}): the tables need a "
+                  f"finished run", file=sys.stderr)
         return 2
     group_by = a.group_by.split(",") if a.group_by else None
     unknown = [k for k in group_by or [] if k not in df.columns]
     if unknown:
         print(f"error: --group-by {unknown} not among the run columns: {list(df.columns)}", file=sys.stderr)
         return 2
-    written = write_report(df, load, a.out, a.budget, a.metric, group_by, plots=not a.no_plots)
+    written = write_report(df, load, a.out, a.budget, metric, group_by, plots=not a.no_plots)
     print(f"read {load.files} files: {len(df)} runs, {load.duplicates} duplicates, {load.n_skipped} skipped")
     print(f"wrote {len(written)} files (tables as CSV and LaTeX, plots as PNG) into {a.out}/")
     print(f"report: {a.out / 'report.md'} and {a.out / 'report.html'}")

@@ -40,6 +40,7 @@ class LoadReport:
     loaded: int = 0
     duplicates: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    test_metrics: set[str] = field(default_factory=set)  # the column names of the test metrics found
 
     @property
     def n_skipped(self) -> int:
@@ -124,6 +125,7 @@ def flatten(res: dict, path: str) -> dict:
         "n_adapted_modules": params.get("n_adapted_modules"),
         "train_loss": _get(res, "metrics", "train", "loss"),
         "objective": _get(res, "objective", "value"),
+        "objective_name": _get(res, "objective", "name"),  # test.accuracy, test.token_accuracy (generation)
         "diverged_step": _get(res, "divergence", "step"),  # the step whose training loss was NaN or infinite
         "adapter_bytes": _get(res, "artifacts", "size_bytes"),
         "load_s": timing.get("load_s"), "train_s": timing.get("train_s"),
@@ -131,14 +133,17 @@ def flatten(res: dict, path: str) -> dict:
         "peak_rss_mb": _get(res, "memory", "peak_rss_mb"), "peak_gpu_mb": _get(res, "memory", "peak_gpu_mb"),
         "path": path,
     }
-    # Every scalar test metric gets its own column (accuracy, accuracy_se, n, ...); loss is renamed
-    # so it cannot be confused with the training loss.
-    for k, v in (_get(res, "metrics", "test") or {}).items():
-        if isinstance(v, (int, float)) or v is None:
-            row["test_loss" if k == "loss" else k] = v
+    row.update(test_metrics(res))
     row.update({k: v for k, v in config_settings(cfg).items() if k not in NAMED_SETTINGS})
     row["curve"] = res.get("curve") or []
     return row
+
+
+def test_metrics(res: dict) -> dict[str, object]:
+    """Every scalar test metric as its column (accuracy, accuracy_se, n, ...); loss is renamed so that
+    it cannot be confused with the training loss."""
+    return {"test_loss" if k == "loss" else k: v for k, v in (_get(res, "metrics", "test") or {}).items()
+            if isinstance(v, (int, float)) or v is None}
 
 
 def _check(res: object) -> str | None:
@@ -171,6 +176,7 @@ def load_results(paths: Iterable[str | Path], warn: TextIO | None = None) -> tup
             print(f"warning: skipped {f}: {why}", file=warn)
             continue
         row = flatten(res, str(f))
+        report.test_metrics.update(test_metrics(res))
         old = rows.get(row["run_key"])
         if old is not None:
             report.duplicates += 1

@@ -299,6 +299,40 @@ def test_cli_takes_a_budget_as_researchers_write_it(store, tmp_path, written):
     assert "(budget 4,500 trainable)" in (tmp_path / "r" / "report.md").read_text()
 
 
+def _generation(r: int, token_accuracy: float) -> dict:
+    """A completion run's result as lorasweep writes one: token accuracy is its objective; no accuracy."""
+    res = result(r=r, acc=None, trainable=1000 * r)
+    res["config"]["task"]["kind"] = "completion"
+    res["metrics"] = {"test": {"loss": 2.0, "token_accuracy": token_accuracy, "token_accuracy_se": 0.01,
+                               "exact_match": 0.0, "exact_match_se": 0.0, "n": 50, "n_tokens": 900}}
+    res["objective"] = {"name": "test.token_accuracy", "value": token_accuracy, "direction": "maximize"}
+    return res
+
+
+def test_a_generation_sweep_is_reported_by_its_objective_token_accuracy(tmp_path):
+    """Chat and completion runs have no accuracy: the report's default metric is their objective,
+    where before `python -m analysis results/` refused them until given --metric token_accuracy."""
+    from analysis.__main__ import main
+    for r, acc in ((2, 0.31), (4, 0.42)):
+        _write(tmp_path / "gen" / f"r{r}" / "result.json", json.dumps(_generation(r, acc)))
+    assert main([str(tmp_path / "gen"), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "r=4, alpha=8, dropout=0.05, proj=qv, lr=0.001: token_accuracy 0.42 ± 0.01, trainable 4,000" in md, md
+    p = _cli(str(tmp_path / "gen"), "--metric", "accuracy", "--out", str(tmp_path / "x"), "--no-plots")
+    assert p.returncode == 2 and not (tmp_path / "x").exists()
+    assert ("error: metric 'accuracy' is not in the results; test metrics found: exact_match, test_loss, "
+            "token_accuracy (--metric NAME)") in p.stderr.splitlines(), p.stderr
+
+
+def test_a_store_without_a_finished_run_says_so_in_one_line(tmp_path):
+    _write(tmp_path / "s" / "a" / "result.json", json.dumps(result(r=16, acc=None, status="failed")))
+    _write(tmp_path / "s" / "b" / "result.json", json.dumps(result(r=64, status="skipped_budget")))
+    p = _cli(str(tmp_path / "s"), "--out", str(tmp_path / "x"), "--no-plots")
+    assert p.returncode == 2 and not (tmp_path / "x").exists()
+    assert p.stderr.splitlines() == ["error: no run has test metrics yet (2 runs: 1 failed, 1 skipped_budget): the "
+                                     "tables need a finished run"], p.stderr
+
+
 SPELLINGS = ["4500", "4.5k", "1M", "1e6", "1E6", "0.1k", "2B", "1_000_000", " 1M ", "1.5", "0.1234k", "0", "-1M",
              "1X", "M", "", "1,000", "inf", "nan"]
 
