@@ -44,6 +44,20 @@ def objective_metric(df: pd.DataFrame) -> str:
     return names.pop() if len(names) == 1 else "accuracy"
 
 
+def other_objectives(df: pd.DataFrame, metric: str) -> list[str]:
+    """A note per task whose runs have no `metric` but another objective (a chat or completion task
+    beside classification ones): they are in the tables with no value, and can be reported by theirs."""
+    named = df["objective_name"].fillna("")
+    other = df[df[metric].isna() & named.str.startswith("test.") & (named != f"test.{metric}")]
+    lines = []
+    for (task, name), n in other.groupby(["task", "objective_name"]).size().items():
+        runs, have, theirs = ("1 run", "has", "its") if n == 1 else (f"{n} runs", "have", "their")
+        objective = name.removeprefix("test.")
+        lines.append(f"note: {runs} of task {task} {have} no {metric}: {theirs} objective is {objective} "
+                     f"(--where \"task == '{task}'\" --metric {objective} reports them)")
+    return lines
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m analysis", description="Tables and a report from result JSONs.")
     p.add_argument("paths", nargs="+", help="folders (searched for result.json), files or glob patterns")
@@ -94,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no run has test metrics yet ({len(df)} run{'s' * (len(df) != 1)}: {counts}): the tables need a "
                   f"finished run", file=sys.stderr)
         return 2
+    for line in other_objectives(df, metric):
+        print(line, file=sys.stderr)
     group_by = a.group_by.split(",") if a.group_by else None
     unknown = [k for k in group_by or [] if k not in df.columns]
     if unknown:

@@ -324,6 +324,27 @@ def test_a_generation_sweep_is_reported_by_its_objective_token_accuracy(tmp_path
             "token_accuracy (--metric NAME)") in p.stderr.splitlines(), p.stderr
 
 
+def test_generation_runs_beside_classification_ones_are_named_with_how_to_report_them(tmp_path):
+    """A store of both kinds is reported by accuracy (their objectives differ); the completion runs,
+    which have none, are in the tables without a value, and a note per task says how to report them."""
+    for r, acc in ((2, 0.31), (4, 0.42)):
+        gen = _generation(r, acc)
+        gen["config"]["task"]["name"], gen["run_key"] = "nl2bash", f"gen-{r}"
+        _write(tmp_path / "s" / f"gen{r}" / "result.json", json.dumps(gen))
+    cls = result(r=8, acc=0.64)
+    cls["objective"] = {"name": "test.accuracy", "value": 0.64, "direction": "maximize"}  # as lorasweep writes it
+    _write(tmp_path / "s" / "cls" / "result.json", json.dumps(cls))
+    p = _cli(str(tmp_path / "s"), "--out", str(tmp_path / "rep"), "--no-plots")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == ["note: 2 runs of task nl2bash have no accuracy: their objective is token_accuracy "
+                                     "(--where \"task == 'nl2bash'\" --metric token_accuracy reports them)"]
+    assert ": accuracy 0.64 ± 0.05, trainable 1,000" in (tmp_path / "rep" / "report.md").read_text()
+    p = _cli(str(tmp_path / "s"), "--where", "task == 'nl2bash'", "--metric", "token_accuracy",
+             "--out", str(tmp_path / "gen"), "--no-plots")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert ": token_accuracy 0.42 ± 0.01, trainable 4,000" in (tmp_path / "gen" / "report.md").read_text()
+
+
 def test_a_store_without_a_finished_run_says_so_in_one_line(tmp_path):
     _write(tmp_path / "s" / "a" / "result.json", json.dumps(result(r=16, acc=None, status="failed")))
     _write(tmp_path / "s" / "b" / "result.json", json.dumps(result(r=64, status="skipped_budget")))
