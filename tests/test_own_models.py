@@ -205,7 +205,6 @@ def test_an_own_pattern_matching_too_much_is_an_error(folders):
 # --- through the config: model=hf model.id=... -------------------------------------------------------
 
 from lorasweep.config import hf_model  # noqa: E402
-from lorasweep.config.spec import from_config  # noqa: E402
 from lorasweep.run.plan import plan_run  # noqa: E402
 from lorasweep.run.preflight import preflight  # noqa: E402
 
