@@ -110,8 +110,12 @@ def test_export_refuses_runs_without_an_adapter_and_a_full_runs_model_reloads_as
     assert f"method 'full' has no adapter to merge (its whole model is already saved in {full / 'model'})" \
         in capsys.readouterr().err
     assert not (none / "merged").exists() and not (full / "merged").exists()
-    with pytest.raises(export.ExportError, match="no readable result.json"):
+    with pytest.raises(export.ExportError) as refused:  # the store itself: its runs are named
         export.read_run(results_dir)
+    assert str(refused.value) == (f"{results_dir}: a results store of 2 runs, not a run: pass one run's folder, "
+                                  f"e.g. {min(full, none)}")
+    with pytest.raises(export.ExportError, match="no readable result.json"):
+        export.read_run(results_dir / "nothing-here")
 
 
 def test_label_names_travel_with_every_saved_classifier(results_dir, tmp_path):

@@ -40,6 +40,10 @@ def read_run(folder: str | Path) -> RunArtifact:
     except UnreadableResultError as e:
         raise ExportError(f"{e}: not a finished run to export") from None
     if result is None:
+        runs = sorted(found.parent for found in folder.glob(f"*/{store.RESULT_FILE}"))
+        if runs:  # the results store itself
+            raise ExportError(f"{folder}: a results store of {len(runs)} run{'s' * (len(runs) != 1)}, not a run: "
+                              f"pass one run's folder, e.g. {runs[0]}")
         raise ExportError(f"{folder}: no readable {store.RESULT_FILE}; pass a run's folder from the results store")
     if result.get("status") != "done":
         raise ExportError(f"{folder}: the run is {result.get('status')!r}, not done: nothing to export")
