@@ -49,6 +49,28 @@ def test_merged_model_logits_equal_the_adapted_models(base, method, auto, result
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
+def test_a_merge_never_overwrites_a_folder_of_other_files(results_dir, tmp_path, capsys):
+    """--out naming a folder of other files (a base model's, say) is refused before the model loads,
+    and the folder is left as it was; an earlier export (its lorasweep_export.json) is replaced."""
+    folder = run(TINY_TOPICS, results_dir)
+    base = tmp_path / "my-base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "mine"}')
+    (base / "model.safetensors").write_bytes(b"weights")
+    capsys.readouterr()  # the run's own lines
+    assert export.main([str(folder), "--merge", "--out", str(base)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --out {base} holds other files (config.json, model.safetensors), which the merged model would "
+        f"overwrite: give a new or empty folder, or an earlier export's"]
+    assert (base / "config.json").read_text() == '{"model_type": "mine"}' and len(list(base.iterdir())) == 2
+    (tmp_path / "a-file").write_text("mine")
+    assert export.main([str(folder), "--merge", "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file: give a new or empty folder" in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "mine"
+    first = export.merge(folder)  # RUN_DIR/merged, then over itself
+    assert export.merge(folder) == first and (first / "model.safetensors").is_file()
+
+
 def test_two_adapters_of_one_sweep_on_one_base_switch(results_dir):
     a = run(TINY_TOPICS + ["train.lr=5e-2", "lora.r=4"], results_dir)
     b = run(TINY_TOPICS + ["train.lr=5e-2", "lora.r=8", "train.seed=1"], results_dir)

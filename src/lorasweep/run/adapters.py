@@ -79,17 +79,36 @@ def load_adapted(folder: str | Path):
     return PeftModel.from_pretrained(base, run.adapter), tokenizer
 
 
+EXPORT_RECORD = "lorasweep_export.json"  # in every merged export: which run it is
+
+
 def merge(folder: str | Path, out: str | Path | None = None) -> Path:
     """Merge the run's adapter into its base weights and save model + tokenizer; returns the folder."""
     run = read_run(folder)
+    target = Path(out) if out else run.folder / "merged"
+    check_export_target(target)  # before the model loads
     model, tokenizer = load_adapted(folder)
     merged = model.merge_and_unload()  # W + (alpha/r) B A (DoRA: with its magnitudes) in place
-    target = Path(out) if out else run.folder / "merged"
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    store.write_json_atomically(target / "lorasweep_export.json", {
+    store.write_json_atomically(target / EXPORT_RECORD, {
         "run": run.slug, "method": run.method, "adapter": str(run.adapter.resolve())})
     return target
+
+
+def check_export_target(target: Path) -> None:
+    """A merged model is saved into a new or empty folder, or over an earlier export (which it replaces);
+    never into a folder of other files, whose config.json and weights it would overwrite (a base model's,
+    a project's)."""
+    if target.exists() and not target.is_dir():
+        raise ExportError(f"--out {target} is a file: give a new or empty folder for the merged model")
+    if not target.is_dir() or (target / EXPORT_RECORD).is_file():
+        return
+    held = sorted(p.name for p in target.iterdir())
+    if held:
+        more = f", ... ({len(held)} in all)" if len(held) > 3 else ""
+        raise ExportError(f"--out {target} holds other files ({', '.join(held[:3])}{more}), which the merged model "
+                          f"would overwrite: give a new or empty folder, or an earlier export's")
 
 
 def load_adapters(folders: Sequence[str | Path]):
