@@ -223,11 +223,6 @@ def test_a_custom_search_space_may_be_any_callable_by_its_dotted_path():
     ("hydra.sweeper.pruner={name:median,n_warmup:3}", "sweep: hydra.sweeper.pruner: median does not accept ['n_warmup']: "
      "MedianPruner.__init__() got an unexpected keyword argument 'n_warmup'"),
     ("hydra.sweeper.n_trials=0", "sweep: hydra.sweeper.n_trials=0, n_jobs=1: both must be at least 1"),
-    # the plan launcher was read as local workers: the study trained while the user asked for a list
-    ("hydra/launcher=plan", "sweep: hydra/launcher=plan lists a grid's runs before any trains; an Optuna study "
-     "(hydra/sweeper=optuna) picks each trial from the results of those before it, so there is no plan to list: "
-     "run the study without hydra/launcher=plan, or list a grid of the same values "
-     "(-m lora.r=4,8,16 ... hydra/launcher=plan)"),
 ])
 def test_an_invalid_setting_is_refused_before_anything_trains(tmp_path, setting, said):
     out = launch([*SWEEPER, "lora.r=choice(2,4)", setting, *TINY_2], cwd=tmp_path)

@@ -42,6 +42,74 @@ def test_plan_prints_every_run_and_a_total(tmp_path):
     assert not (tmp_path / "results").exists()  # nothing ran
 
 
+# -- an Optuna study's plan: the cells it picks from, and what its trials would take --------------------
+
+STUDY = ["-m", "hydra/sweeper=optuna", "lora.r=choice(4,8,16)", "lora.proj=choice(qk,qkvo)", "model=tiny-qwen3",
+         "task=wordnet_mcq", "budget.max_trainable=4000", "hydra/launcher=plan"]
+
+
+def test_an_optuna_study_s_plan_lists_its_cells_and_what_its_trials_would_take(tmp_path):
+    """Before, hydra/launcher=plan refused a study ("there is no plan to list")."""
+    proc = launch(STUDY + ["hydra.sweeper.n_trials=5", "train.lr=tag(log, interval(1e-4, 1e-3))"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = table_rows(proc.stdout)
+    assert len(rows) == 6 and sum(" OVER " in r for r in rows) == 3, proc.stdout  # r=16 of either set, r=8 qkvo
+    assert "  train.lr is drawn from [0.0001, 0.001] (log): planned at 0.0001" in proc.stdout.splitlines()
+    assert re.search(r"^study: 5 trials, each a cell of these 6 as its sampler picks \(3 over budget: told pruned, "
+                     r"not trained\): \S+( to \S+)? a trial, about \S+( \(\S+ to \S+\))? for the 5, 1 at a time, "
+                     r"if each trains a cell still to run$", proc.stdout, re.M), proc.stdout
+    assert not (tmp_path / "results").exists()  # nothing trained, no study stored
+
+
+def test_a_grid_study_s_plan_predicts_what_the_same_grid_does(tmp_path):
+    study = launch(STUDY + ["hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=50"], cwd=tmp_path)
+    grid = launch(["-m", "lora.r=4,8,16", "lora.proj=qk,qkvo", "model=tiny-qwen3", "task=wordnet_mcq",
+                   "budget.max_trainable=4000", "hydra/launcher=plan"], cwd=tmp_path)
+    assert study.returncode == 0 and grid.returncode == 0, study.stderr[-2000:] + grid.stderr[-2000:]
+    predicted = re.search(r"; predicted (\S+) for the 3 runs to run, 1 at a time$", grid.stdout, re.M).group(1)
+    assert (f"study: 6 trials, these 6 cells (the grid sampler) (3 over budget: told pruned, not trained): "
+            f"predicted {predicted} for the 3 to run, 1 at a time") in study.stdout.splitlines(), study.stdout
+    assert sorted(table_rows(study.stdout)) == sorted(table_rows(grid.stdout))
+
+
+def test_study_line_is_its_cells_mean_cost_times_n_trials_at_n_jobs():
+    from lorasweep.run.cost import Cost
+    from lorasweep.sweep.optuna_plan import study_line
+    from lorasweep.sweep.optuna_settings import OptunaSettings
+    from lorasweep.sweep.plan_table import PlanRow
+
+    def row(seconds):
+        return PlanRow("x", cost=Cost(train_s=seconds, eval_s=0, test_s=0, load_s=0, peak_mb=1, device="cpu",
+                                      basis="cold", time_error=0.5, memory_error=0.3))
+
+    settings = OptunaSettings.from_config({"n_trials": 10, "n_jobs": 2})
+    assert study_line([row(60), row(120), PlanRow("y", over_budget=True)], settings, grid=False) == (
+        "study: 10 trials, each a cell of these 3 as its sampler picks (1 over budget: told pruned, not trained): "
+        "1m00s to 2m00s a trial, about 7m30s (5m00s to 10m00s) for the 10, 2 at a time, if each trains a cell still to run")
+
+
+@pytest.mark.parametrize("setting, said", [
+    ("hydra.sweeper.pruner=bogus", "sweep: hydra.sweeper.pruner='bogus' is unknown: choose one of none, median, hyperband"),
+    ("hydra.sweeper.sampler=grid train.lr=interval(1e-4,1e-3)", "sweep: hydra.sweeper.sampler=grid needs a discrete "
+     "space, but train.lr is FloatDistribution"),
+    ("lora.r=range(1,1001)", "sweep: the search space has 2,000 cells, more than the 1,000 a plan lists: plan a slice "
+     "of it (fewer choices), or run the study"),
+])
+def test_a_study_s_plan_refuses_what_the_study_would(tmp_path, setting, said):
+    proc = launch(STUDY + setting.split(), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert said in proc.stderr and proc.stderr.rstrip().endswith("; nothing was trained"), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("plan", [True, False], ids=["plan", "study"])
+def test_a_study_with_no_search_space_is_refused(tmp_path, plan):
+    proc = launch(["-m", "hydra/sweeper=optuna", "lora.r=4"] + TINY_TOPICS + ["hydra/launcher=plan"] * plan, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert ("sweep: the Optuna sweeper found no search space: give one, e.g. 'lora.r=choice(4,8,16)' or "
+            "hydra.sweeper.params; nothing was trained") in proc.stderr.splitlines(), proc.stderr[-2000:]
+    assert not (tmp_path / "results").exists()
+
+
 def test_plan_marks_done_runs_and_config_errors(tmp_path):
     assert launch(TINY_TOPICS + ["lora.r=4", "lora.proj=qk"], cwd=tmp_path).returncode == 0
     proc = launch(["-m", "lora.r=4", "lora.proj=qk,qkg"] + TINY_TOPICS + ["hydra/launcher=plan"], cwd=tmp_path)

@@ -36,6 +36,7 @@ class OptunaSweeper(Sweeper):
         self.config, self.hydra_context = config, hydra_context
 
     def sweep(self, arguments: list[str]) -> None:
+        from lorasweep.executors.factory import PLAN_LAUNCHER
         from lorasweep.run.store import store_dir
         from lorasweep.sweep.interrupts import exit_status
         from lorasweep.sweep.optuna_study import OptunaSweep
@@ -45,6 +46,12 @@ class OptunaSweeper(Sweeper):
         launcher = OmegaConf.select(self.config, "hydra.launcher")  # slurm: trials run as SLURM jobs
         launcher = OmegaConf.to_container(launcher, resolve=True) if launcher is not None else None
         sweep_dir = OmegaConf.select(self.config, "hydra.sweep.dir")  # optimization_results.yaml goes there
+        if (launcher or {}).get("_target_") == PLAN_LAUNCHER:  # what the study would cost; nothing trains
+            from lorasweep.sweep.optuna_plan import plan_study
+
+            with exit_status():
+                plan_study(self.settings, configs, arguments)
+            return
         with exit_status():  # the sweep's SweepExit: this process's exit status
             OptunaSweep(self.settings, lambda overrides: configs(overrides)[1], launcher, store_dir(self.config),
                         sweep_config=self.config, sweep_dir=Path(sweep_dir) if sweep_dir else None).run(arguments)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from lorasweep.sweep.compose import ContextLauncher, JobConfigs, varying_overrides
+from lorasweep.sweep.compose import ContextLauncher, JobConfigs
 
 
 class PlanLauncher(ContextLauncher):
@@ -30,16 +30,13 @@ class PlanLauncher(ContextLauncher):
         self.gpus_per_run, self.runs_per_gpu = gpus_per_run, runs_per_gpu
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from lorasweep.run.store import store_dir, writable_problem
         from lorasweep.errors import ConfigError
         from lorasweep.executors.gpus import check_gpus_per_run, check_runs_per_gpu
-        from lorasweep.config.checks import DATA_PARALLEL
         from lorasweep.sweep.packs import check_pack_gpus, pack_size
-        from lorasweep.sweep.plan_table import format_plan, plan_row, settle_rows, with_packs
+        from lorasweep.sweep.plan_table import plan_runs
         from lorasweep.sweep.predicted import local_where
 
         assert self.config is not None and self.hydra_context is not None
-        shared, labels = varying_overrides(job_overrides)
         try:
             pack = pack_size(self.pack)
             gpus_per_run = check_gpus_per_run(self.gpus_per_run)
@@ -49,24 +46,8 @@ class PlanLauncher(ContextLauncher):
             print(f"plan: {e}")
             raise SystemExit(2) from None
         where = local_where(self.n_jobs or 1)  # the local launcher's runs, for their predicted cost
-        rows, cfgs, returns, problems = [], [], [], {}
         configs = JobConfigs(self.hydra_context.config_loader, self.config)
-        for overrides, label in zip(job_overrides, labels):
-            node, cfg = configs(overrides)
-            if gpus_per_run > 1:
-                cfg[DATA_PARALLEL] = gpus_per_run
-            row = plan_row(label, cfg, where)
-            store = str(store_dir(cfg))
-            if store not in problems:
-                problems[store] = writable_problem(store)
-            rows.append(row)
-            cfgs.append(cfg)
-            returns.append(JobReturn(overrides=list(overrides), cfg=node, task_name="plan",
-                                     status=JobStatus.COMPLETED, _return_value=row.trainable))
-        if shared:
-            print("every run: " + " ".join(shared))
-        rows, notes = settle_rows(rows), []
-        if pack is not None:
-            rows, notes = with_packs(rows, cfgs, pack, where)
-        print(format_plan(rows, {d: why for d, why in problems.items() if why}, where.n_jobs, notes), flush=True)
-        return returns
+        rows, nodes, text = plan_runs(job_overrides, configs, where, gpus_per_run, pack)
+        print(text, flush=True)
+        return [JobReturn(overrides=list(overrides), cfg=node, task_name="plan", status=JobStatus.COMPLETED,
+                          _return_value=row.trainable) for overrides, node, row in zip(job_overrides, nodes, rows)]

@@ -38,7 +38,9 @@ def local_placement(launcher: Mapping[str, Any] | None, n_jobs: Any,
     call it before anything trains. The Optuna sweeper's trials train on one GPU each: data-parallel
     trials (gpus_per_run > 1) would each need their pruner's decisions shared between ranks: not built."""
     launcher = dict(launcher or {})
-    if launcher.get("_target_") == PLAN_LAUNCHER:  # it would otherwise be read as local workers: a study that trains
+    # the sweeper plans a study itself under hydra/launcher=plan (sweep/optuna_plan); a study driven with
+    # that launcher anyway would read it as local workers, and train
+    if launcher.get("_target_") == PLAN_LAUNCHER:
         raise ConfigError("hydra/launcher=plan lists a grid's runs before any trains; an Optuna study "
                           "(hydra/sweeper=optuna) picks each trial from the results of those before it, so "
                           "there is no plan to list: run the study without hydra/launcher=plan, or list a grid "

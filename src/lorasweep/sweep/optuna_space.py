@@ -25,7 +25,8 @@ DIRECTIONS = ("maximize", "minimize")
 
 
 def parse_space(arguments: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
-    """Split overrides into a search space (sweeps: choice, range, interval, a,b,c) and fixed overrides.
+    """Split overrides into a search space (sweeps: choice, range, interval, a,b,c) and fixed overrides;
+    ConfigError when there is no search space.
 
     A key given twice (in hydra.sweeper.params and on the command line) takes the later one: the command line.
     """
@@ -39,6 +40,9 @@ def parse_space(arguments: Sequence[str]) -> tuple[dict[str, BaseDistribution], 
             space[key] = _distribution(override)
         else:
             fixed[key] = override.get_value_element_as_str()
+    if not space:
+        raise ConfigError("the Optuna sweeper found no search space: give one, e.g. 'lora.r=choice(4,8,16)' "
+                          "or hydra.sweeper.params")
     return space, fixed
 
 

@@ -103,9 +103,6 @@ class OptunaSweep:
         """The search space, the launcher's and sweeper's settings, the store and the study, checked
         and set; returns the sampler. ConfigError (or UnwritableStoreError) names what is wrong."""
         self.space, self.fixed = space_of.parse_space(params_conf)
-        if not self.space:
-            raise ConfigError("the Optuna sweeper found no search space: give one, e.g. 'lora.r=choice(4,8,16)' "
-                              "or hydra.sweeper.params")
         self.retries = check_retries((self.launcher or {}).get("retries", 0))
         self.settings.n_jobs, self.gpus = local_placement(self.launcher, self.settings.n_jobs, "hydra.sweeper.n_jobs")
         self.pack = optuna_pack_size((self.launcher or {}).get("pack"))

@@ -5,11 +5,13 @@ some run has one: a CPU-only sweep's table is as before."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from ..config.checks import DATA_PARALLEL
 from ..run.cost import Cost
 from ..run.predict import pack_cost
-from ..run.store import store_dir
+from ..run.store import store_dir, writable_problem
+from .compose import varying_overrides
 from .gpu_usage import GpuUsage, gpu_usage
 from .pack_auto import AutoSplit
 from .packs import AUTO, make_packs, why_alone
@@ -56,6 +58,32 @@ def plan_row(label: str, cfg: Mapping[str, Any], where: Where | None = None) -> 
                    cost=run_cost(plan, store_dir(cfg), where) if to_run else None)
 
 
+def plan_runs(job_overrides: Sequence[Sequence[str]], configs: Callable[[Sequence[str]], tuple[Any, dict]],
+              where: Where, gpus_per_run: int = 1, pack: int | str | None = None, total: bool = True
+              ) -> tuple[list[PlanRow], list[Any], str]:
+    """The plan of these runs, written nothing: (a row each, each one's composed node, the text to print:
+    the runs every run shares, the table and its total line). `configs` composes a run's (node, config);
+    `where` is where the runs would train, for their predicted costs; `pack`: the packs the local
+    launcher would make; `total`: the sweep's predicted wall time in the total line."""
+    shared, labels = varying_overrides(job_overrides)
+    rows, cfgs, nodes, problems = [], [], [], {}
+    for overrides, label in zip(job_overrides, labels):
+        node, cfg = configs(overrides)
+        if gpus_per_run > 1:
+            cfg[DATA_PARALLEL] = gpus_per_run
+        rows.append(plan_row(label, cfg, where))
+        store = str(store_dir(cfg))
+        if store not in problems:
+            problems[store] = writable_problem(store)
+        cfgs.append(cfg)
+        nodes.append(node)
+    rows, notes = settle_rows(rows), []
+    if pack is not None:
+        rows, notes = with_packs(rows, cfgs, pack, where)
+    text = format_plan(rows, {d: why for d, why in problems.items() if why}, where.n_jobs if total else None, notes)
+    return rows, nodes, ("every run: " + " ".join(shared) + "\n" if shared else "") + text
+
+
 def settle_rows(rows: list[PlanRow]) -> list[PlanRow]:
     """The rows with their SLURM jobs' queue states, asked once for the whole plan (status.settle)."""
     statuses = settle([r.status for r in rows])
@@ -81,12 +109,12 @@ def with_packs(rows: list[PlanRow], cfgs: list[Mapping[str, Any]], size: int | s
     return rows, split.lines if split else []
 
 
-def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None, n_jobs: int = 1,
+def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = None, n_jobs: int | None = 1,
                 notes: Sequence[str] = ()) -> str:
     """The table and its total line; `store_problems` (results_dir -> why it looks not writable, from
     lorasweep.run.store.writable_problem: looked at, not written) goes at the end of the total line.
-    `n_jobs`: the runs (or packs) the launcher keeps in flight, for the sweep's predicted time;
-    `notes`: lines under the table (pack=auto's choices)."""
+    `n_jobs`: the runs (or packs) the launcher keeps in flight, for the sweep's predicted time (None:
+    none said); `notes`: lines under the table (pack=auto's choices)."""
     gpus, packs = any(r.gpu.any for r in rows), any(r.pack for r in rows)
     costs = [r.cost for r in rows if r.cost is not None]
     memory = ("peak RSS" if all(c.device == "cpu" for c in costs) else "peak GPU mem") if costs else ""
@@ -107,7 +135,7 @@ def format_plan(rows: list[PlanRow], store_problems: dict[str, str] | None = Non
     lines += [f"  {r.overrides or '(defaults)'}: {r.status.detail}" for r in rows if r.status.detail]
     lines += [f"  predicted cost: {basis}" for basis in dict.fromkeys(_basis(c) for c in costs)]
     lines += [f"  {note}" for note in notes]
-    lines.append(total_line(rows) + predicted_total(rows, n_jobs) + "".join(f"; results_dir={d} is not writable: {why}"
+    lines.append(total_line(rows) + (predicted_total(rows, n_jobs) if n_jobs else "") + "".join(f"; results_dir={d} is not writable: {why}"
                                             for d, why in (store_problems or {}).items()))
     return "\n".join(lines)
 
