@@ -61,7 +61,7 @@ def plan_row(label: str, cfg: Mapping[str, Any], where: Where | None = None) -> 
 def plan_runs(job_overrides: Sequence[Sequence[str]], configs: Callable[[Sequence[str]], tuple[Any, dict]],
               where: Where, gpus_per_run: int = 1, pack: int | str | None = None, total: bool = True
               ) -> tuple[list[PlanRow], list[Any], str]:
-    """The plan of these runs, written nothing: (a row each, each one's composed node, the text to print:
+    """The plan of these runs, writing nothing: (a row each, each one's composed node, the text to print:
     the runs every run shares, the table and its total line). `configs` composes a run's (node, config);
     `where` is where the runs would train, for their predicted costs; `pack`: the packs the local
     launcher would make; `total`: the sweep's predicted wall time in the total line."""
