@@ -366,6 +366,14 @@ def test_analysis_takes_budgets_as_a_runs_budget_max_trainable_does():
     assert [parameter_count(s) for s in SPELLINGS[:8]] == [4500, 4500, 10**6, 10**6, 10**6, 100, 2 * 10**9, 10**6]
 
 
+def test_analysis_knows_the_adapter_methods_lorasweep_runs():
+    """analysis/load.py's own list (it imports nothing of src/): a method missing there would lose its
+    runs' r, alpha and proj in every table."""
+    from analysis.load import ADAPTER_METHODS as analysis_methods
+    from lorasweep.config.spec import ADAPTER_METHODS
+    assert analysis_methods == ADAPTER_METHODS
+
+
 def test_analysis_does_not_import_torch_or_lorasweep():
     """It reads result files only (docs/ARCHITECTURE.md). Run without the tests' hooks (PYTHONPATH),
     which import lorasweep into every process the tests start."""
