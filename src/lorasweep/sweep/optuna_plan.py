@@ -13,17 +13,16 @@ pruned without training; one already done is reused).
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from ..console import duration, say
 from ..errors import ConfigError, SweepExit
-from ..run.pruning import make_pruner
 from . import optuna_space as space_of
-from .custom_space import load_custom_search_space
-from .failure_rate import check_max_failure_rate
 from .optuna_settings import OptunaSettings
+from .optuna_study import check_search
 from .plan_table import PlanRow, plan_runs
 from .predicted import local_where, wall_seconds
 from .status import TO_RUN
@@ -38,12 +37,7 @@ def plan_study(settings: OptunaSettings, configs: Callable[[Sequence[str]], tupl
     params_conf = [f"{k}={v}" for k, v in settings.params.items()] + list(arguments)
     try:
         space, fixed = space_of.parse_space(params_conf)
-        # the study's other settings, as it checks them (what writes, its storage and store, is not touched)
-        space_of.make_sampler(settings.sampler, settings.seed, space)  # a grid sampler's space must be discrete
-        space_of.directions_for(settings.direction, settings.objectives)
-        make_pruner(settings.pruner)
-        check_max_failure_rate(settings.max_failure_rate)
-        load_custom_search_space(settings.custom_search_space)
+        check_search(settings, space)  # as the study checks them (its storage and store, which it writes: not)
         cells, drawn = space_cells(space)
     except ConfigError as e:
         say(f"sweep: {e}; nothing was trained")
@@ -74,9 +68,7 @@ def space_cells(space: Mapping[str, BaseDistribution]) -> tuple[list[dict[str, A
             values[name] = [d.low]
             drawn.append(f"{name} is drawn from [{space_of.short(d.low)}, {space_of.short(d.high)}]"
                          f"{' (log)' if d.log else ''}: planned at {space_of.short(d.low)}")
-    n = 1
-    for v in values.values():
-        n *= len(v)
+    n = math.prod(len(v) for v in values.values())
     if n > MAX_CELLS:
         raise ConfigError(f"the search space has {n:,} cells, more than the {MAX_CELLS:,} a plan lists: plan a "
                           f"slice of it (fewer choices), or run the study")
@@ -88,7 +80,7 @@ def study_line(rows: list[PlanRow], settings: OptunaSettings, grid: bool) -> str
     these 30 as its sampler picks: 47s to 1m05s a trial, about 18m (16m to 22m) for the 20, 1 at a time, ..."."""
     costs = sorted(r.cost.total_s for r in rows if r.cost is not None and r.status.state in TO_RUN)
     skipped = sum(r.over_budget for r in rows)
-    reused = len(rows) - len(costs) - skipped - sum(bool(r.error) for r in rows)
+    reused = sum(r.status.state not in TO_RUN and not (r.over_budget or r.error) for r in rows)
     n_jobs = settings.n_jobs
     trials = min(settings.n_trials, len(rows)) if grid else settings.n_trials
     if not grid:

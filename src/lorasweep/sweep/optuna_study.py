@@ -78,6 +78,27 @@ class TrialRun:
     reports_to: dict | None = None  # its first trial, whose pruner its evaluations go to (run/pruning)
 
 
+@dataclass(frozen=True)
+class Search:
+    """The sweeper's settings that shape the search, checked (sweep/optuna_plan checks them the same way)."""
+
+    max_failure_rate: float
+    extender: Any          # hydra.sweeper.custom_search_space's function, or None
+    directions: list[str]
+    sampler: optuna.samplers.BaseSampler
+
+
+def check_search(settings: OptunaSettings, space: dict) -> Search:
+    """max_failure_rate, custom_search_space, directions, the sampler on `space` and the pruner, each
+    refused by a ConfigError that names it; nothing is written."""
+    search = Search(check_max_failure_rate(settings.max_failure_rate),
+                    load_custom_search_space(settings.custom_search_space),
+                    space_of.directions_for(settings.direction, settings.objectives),
+                    space_of.make_sampler(settings.sampler, settings.seed, space))
+    make_pruner(settings.pruner)  # made again by each trial's run (run/pruning): checked here, once
+    return search
+
+
 class OptunaSweep:
     """One sweep: `OptunaSweep(settings, compose, launcher, results_dir).run(arguments)`.
 
@@ -106,11 +127,9 @@ class OptunaSweep:
         self.retries = check_retries((self.launcher or {}).get("retries", 0))
         self.settings.n_jobs, self.gpus = local_placement(self.launcher, self.settings.n_jobs, "hydra.sweeper.n_jobs")
         self.pack = optuna_pack_size((self.launcher or {}).get("pack"))
-        self.failures = FailureRate(check_max_failure_rate(self.settings.max_failure_rate))
-        self.extender = load_custom_search_space(self.settings.custom_search_space)
-        directions = space_of.directions_for(self.settings.direction, self.settings.objectives)
-        sampler = space_of.make_sampler(self.settings.sampler, self.settings.seed, self.space)
-        make_pruner(self.settings.pruner)  # made again by each trial's run (run/pruning): checked here, once
+        search = check_search(self.settings, self.space)
+        self.failures, self.extender = FailureRate(search.max_failure_rate), search.extender
+        directions, sampler = search.directions, search.sampler
         check_writable(self.results_dir)
         self.grid = space_of.grid_cells(self.space) if space_of.is_grid(self.settings.sampler) else None
         self.n_trials = min(self.settings.n_trials, len(self.grid)) if self.grid is not None else self.settings.n_trials
